@@ -1,0 +1,526 @@
+//! This node's channels: subscribers, fan-out and the history ring.
+//!
+//! Every bus implementation delivers through a [`Hub`]. For a channel, one
+//! mutex covers assigning ids (in-memory bus), appending to history and
+//! pushing to every subscriber queue, so all subscribers see one order and a
+//! subscription taken under the same lock gets history and live messages
+//! with no gap and no overlap.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::queue::{Pushed, SubscriberQueue};
+use super::Message;
+use crate::channel::ChannelName;
+use crate::config::{ChannelMode, ChannelRules, HistoryConfig};
+use crate::metrics::Metrics;
+use crate::transport::Transport;
+
+/// The answer to "what came after cursor N?".
+#[derive(Debug, Default)]
+pub struct HistoryRead {
+    /// Messages with id > cursor, oldest first, at most the asked limit.
+    pub messages: Vec<Arc<Message>>,
+    /// The id of the last message returned, or the cursor the client should
+    /// use next when none was.
+    pub last_id: u64,
+    /// History no longer reaches back to the cursor: messages were missed.
+    pub truncated: bool,
+    /// A `state` channel skipped intermediate values: only the latest is here.
+    pub conflated: bool,
+}
+
+/// Per-channel figures for `/channels`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelStats {
+    pub channel: String,
+    pub mode: ChannelMode,
+    pub last_id: u64,
+    pub history: usize,
+    pub subscribers: SubscriberCounts,
+}
+
+/// Subscribers of one channel on this node, by transport.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SubscriberCounts {
+    pub websocket: usize,
+    pub longpoll: usize,
+    pub sse: usize,
+    pub bridge: usize,
+}
+
+struct Subscriber {
+    key: u64,
+    queue: Arc<SubscriberQueue>,
+}
+
+struct ChannelInner {
+    /// Set when the sweeper forgot this channel; holders of a stale `Arc`
+    /// look the channel up again.
+    removed: bool,
+    mode: ChannelMode,
+    last_id: u64,
+    history: VecDeque<Arc<Message>>,
+    subscribers: Vec<Subscriber>,
+    last_activity: Instant,
+}
+
+struct ChannelSlot {
+    inner: Mutex<ChannelInner>,
+}
+
+/// All channels this node knows.
+pub struct Hub {
+    channels: DashMap<ChannelName, Arc<ChannelSlot>>,
+    rules: ChannelRules,
+    history: HistoryConfig,
+    metrics: Arc<Metrics>,
+    /// Subscriber keys are never reused, so a late unsubscribe can't remove
+    /// somebody else.
+    next_key: AtomicU64,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    slot: Arc<ChannelSlot>,
+    key: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut inner = self.slot.inner.lock();
+        if let Some(pos) = inner.subscribers.iter().position(|s| s.key == self.key) {
+            inner.subscribers.swap_remove(pos);
+            inner.last_activity = Instant::now();
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(rules: ChannelRules, history: HistoryConfig, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            channels: DashMap::new(),
+            rules,
+            history,
+            metrics,
+            next_key: AtomicU64::new(1),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn mode_of(&self, channel: &str) -> ChannelMode {
+        self.rules.resolve(channel).mode
+    }
+
+    /// Runs `f` on the channel's state under its lock, creating the channel
+    /// if needed and retrying if the sweeper removed it meanwhile.
+    fn with_channel<R>(
+        &self,
+        channel: &ChannelName,
+        f: impl FnOnce(&Arc<ChannelSlot>, &mut ChannelInner) -> R,
+    ) -> R {
+        loop {
+            let slot = match self.channels.get(channel) {
+                Some(slot) => slot.value().clone(),
+                None => self
+                    .channels
+                    .entry(channel.clone())
+                    .or_insert_with(|| {
+                        Arc::new(ChannelSlot {
+                            inner: Mutex::new(ChannelInner {
+                                removed: false,
+                                mode: self.mode_of(channel.as_str()),
+                                last_id: 0,
+                                history: VecDeque::new(),
+                                subscribers: Vec::new(),
+                                last_activity: Instant::now(),
+                            }),
+                        })
+                    })
+                    .value()
+                    .clone(),
+            };
+            // The DashMap guard is gone here; only the channel lock is held.
+            let mut inner = slot.inner.lock();
+            if inner.removed {
+                continue;
+            }
+            return f(&slot, &mut inner);
+        }
+    }
+
+    /// Assigns the next id, records the message and fans it out (the
+    /// in-memory bus's publish).
+    pub fn publish_next(&self, channel: &ChannelName, data: &Bytes) -> Arc<Message> {
+        self.with_channel(channel, |_, inner| {
+            let id = inner.last_id + 1;
+            let msg = Arc::new(Message::new(channel.clone(), id, data, Instant::now()));
+            self.record_and_fan_out(inner, &msg);
+            msg
+        })
+    }
+
+    /// Delivers a message whose id was assigned elsewhere (a shared bus).
+    /// Messages at or below the channel's last id are ignored, so replays
+    /// and gap-fills never duplicate.
+    pub fn deliver(&self, msg: Arc<Message>) -> bool {
+        self.with_channel(&msg.channel, |_, inner| {
+            if msg.id <= inner.last_id {
+                return false;
+            }
+            self.record_and_fan_out(inner, &msg);
+            true
+        })
+    }
+
+    fn record_and_fan_out(&self, inner: &mut ChannelInner, msg: &Arc<Message>) {
+        inner.last_id = msg.id;
+        inner.last_activity = msg.published_at;
+        if inner.mode == ChannelMode::State {
+            inner.history.clear();
+        }
+        inner.history.push_back(msg.clone());
+        while inner.history.len() > self.history.size {
+            inner.history.pop_front();
+        }
+        trim_by_age(&mut inner.history, self.history.max_age, msg.published_at);
+
+        let mode = inner.mode;
+        let mut i = 0;
+        while i < inner.subscribers.len() {
+            let queue = &inner.subscribers[i].queue;
+            match queue.push(msg, mode) {
+                Pushed::Queued | Pushed::Conflated => i += 1,
+                Pushed::Overflowed { dropped } => {
+                    self.metrics
+                        .transport(queue.transport())
+                        .dropped_slow_consumer
+                        .inc_by(dropped as u64);
+                    inner.subscribers.swap_remove(i);
+                }
+                Pushed::Closed => {
+                    inner.subscribers.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// Subscribes `queue` to `channel` and, when `since` is given, returns
+    /// the history after it — atomically, so the first live message is the
+    /// one after the last returned.
+    pub fn subscribe(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        queue: &Arc<SubscriberQueue>,
+        limit: usize,
+    ) -> (Subscription, HistoryRead) {
+        self.with_channel(channel, |slot, inner| {
+            let read = read_history(inner, since, limit);
+            let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+            inner.subscribers.push(Subscriber {
+                key,
+                queue: queue.clone(),
+            });
+            inner.last_activity = Instant::now();
+            (
+                Subscription {
+                    slot: slot.clone(),
+                    key,
+                },
+                read,
+            )
+        })
+    }
+
+    /// History after `since` (None: nothing, just the current last id).
+    pub fn read(&self, channel: &ChannelName, since: Option<u64>, limit: usize) -> HistoryRead {
+        // Reading a channel nobody has used must not create it.
+        let Some(slot) = self.channels.get(channel).map(|s| s.value().clone()) else {
+            return HistoryRead {
+                last_id: 0,
+                truncated: since.is_some_and(|s| s > 0),
+                ..HistoryRead::default()
+            };
+        };
+        let inner = slot.inner.lock();
+        read_history(&inner, since, limit)
+    }
+
+    /// The channel's last id (0 when unknown).
+    pub fn last_id(&self, channel: &ChannelName) -> u64 {
+        self.channels
+            .get(channel)
+            .map(|s| s.value().clone())
+            .map(|slot| slot.inner.lock().last_id)
+            .unwrap_or(0)
+    }
+
+    /// Per-channel figures, sorted by name.
+    pub fn stats(&self) -> Vec<ChannelStats> {
+        let slots: Vec<(ChannelName, Arc<ChannelSlot>)> = self
+            .channels
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut stats: Vec<ChannelStats> = slots
+            .into_iter()
+            .map(|(name, slot)| {
+                let inner = slot.inner.lock();
+                let mut subscribers = SubscriberCounts::default();
+                for s in &inner.subscribers {
+                    match s.queue.transport() {
+                        Transport::WebSocket => subscribers.websocket += 1,
+                        Transport::LongPoll => subscribers.longpoll += 1,
+                        Transport::Sse => subscribers.sse += 1,
+                        Transport::Bridge => subscribers.bridge += 1,
+                        Transport::Proxy => {}
+                    }
+                }
+                ChannelStats {
+                    channel: name.to_string(),
+                    mode: inner.mode,
+                    last_id: inner.last_id,
+                    history: inner.history.len(),
+                    subscribers,
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.channel.cmp(&b.channel));
+        stats
+    }
+
+    /// Ages history out and forgets channels with no history, no
+    /// subscribers and no activity for `idle_channel_ttl`.
+    pub fn sweep(&self, now: Instant) {
+        let max_age = self.history.max_age;
+        let ttl = self.history.idle_channel_ttl;
+        self.channels.retain(|_, slot| {
+            let mut inner = slot.inner.lock();
+            trim_by_age(&mut inner.history, max_age, now);
+            let idle = inner.subscribers.is_empty()
+                && inner.history.is_empty()
+                && now.saturating_duration_since(inner.last_activity) >= ttl;
+            if idle {
+                inner.removed = true;
+            }
+            !idle
+        });
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+fn trim_by_age(history: &mut VecDeque<Arc<Message>>, max_age: Duration, now: Instant) {
+    while history
+        .front()
+        .is_some_and(|m| now.saturating_duration_since(m.published_at) > max_age)
+    {
+        history.pop_front();
+    }
+}
+
+fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> HistoryRead {
+    let Some(mut since) = since else {
+        return HistoryRead {
+            last_id: inner.last_id,
+            ..HistoryRead::default()
+        };
+    };
+    let mut truncated = false;
+    if since > inner.last_id {
+        // Ids restarted (the in-memory bus was restarted): the client's
+        // cursor means nothing here any more; give it everything we have.
+        since = 0;
+        truncated = true;
+    }
+    let first_kept = inner
+        .history
+        .front()
+        .map(|m| m.id)
+        .unwrap_or(inner.last_id + 1);
+    let mut conflated = false;
+    if since + 1 < first_kept {
+        if inner.mode == ChannelMode::State {
+            conflated = !inner.history.is_empty();
+        } else {
+            truncated = true;
+        }
+    }
+    let skip = inner.history.partition_point(|m| m.id <= since);
+    let messages: Vec<Arc<Message>> = inner
+        .history
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .cloned()
+        .collect();
+    HistoryRead {
+        last_id: messages.last().map(|m| m.id).unwrap_or(since),
+        messages,
+        truncated,
+        conflated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::queue::QueueClosed;
+    use crate::config::ChannelRule;
+
+    fn hub_with(size: usize, rules: Vec<ChannelRule>) -> Hub {
+        let history = HistoryConfig {
+            size,
+            ..HistoryConfig::default()
+        };
+        Hub::new(ChannelRules::new(rules), history, Arc::new(Metrics::new()))
+    }
+
+    fn name(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    fn ids(read: &HistoryRead) -> Vec<u64> {
+        read.messages.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn ids_start_at_one_and_history_is_bounded() {
+        let hub = hub_with(3, vec![]);
+        let ch = name("news");
+        for i in 1..=5u64 {
+            assert_eq!(hub.publish_next(&ch, &Bytes::from("1")).id, i);
+        }
+        let all = hub.read(&ch, Some(0), 100);
+        assert_eq!(ids(&all), vec![3, 4, 5]);
+        assert!(all.truncated);
+        let recent = hub.read(&ch, Some(3), 100);
+        assert_eq!(ids(&recent), vec![4, 5]);
+        assert!(!recent.truncated);
+        assert_eq!(recent.last_id, 5);
+        let none = hub.read(&ch, Some(5), 100);
+        assert!(none.messages.is_empty());
+        assert_eq!(none.last_id, 5);
+        let limited = hub.read(&ch, Some(2), 1);
+        assert_eq!(ids(&limited), vec![3]);
+        assert_eq!(limited.last_id, 3);
+    }
+
+    #[test]
+    fn cursor_from_the_future_is_a_reset() {
+        let hub = hub_with(10, vec![]);
+        let ch = name("news");
+        hub.publish_next(&ch, &Bytes::from("1"));
+        let read = hub.read(&ch, Some(500), 100);
+        assert!(read.truncated);
+        assert_eq!(ids(&read), vec![1]);
+        let unknown = hub.read(&name("never"), Some(3), 100);
+        assert!(unknown.truncated);
+        assert!(unknown.messages.is_empty());
+    }
+
+    #[test]
+    fn subscription_continues_exactly_after_history() {
+        let hub = hub_with(100, vec![]);
+        let ch = name("news");
+        for _ in 0..3 {
+            hub.publish_next(&ch, &Bytes::from("1"));
+        }
+        let q = SubscriberQueue::new(16, Transport::WebSocket);
+        let (sub, read) = hub.subscribe(&ch, Some(1), &q, 100);
+        assert_eq!(ids(&read), vec![2, 3]);
+        hub.publish_next(&ch, &Bytes::from("1"));
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        assert_eq!(out.iter().map(|m| m.id).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(hub.stats()[0].subscribers.websocket, 1);
+        drop(sub);
+        assert_eq!(hub.stats()[0].subscribers.websocket, 0);
+    }
+
+    #[test]
+    fn slow_subscriber_is_cut_off_and_counted() {
+        let hub = hub_with(100, vec![]);
+        let ch = name("flood");
+        let slow = SubscriberQueue::new(4, Transport::WebSocket);
+        let fast = SubscriberQueue::new(1000, Transport::Sse);
+        let (_s1, _) = hub.subscribe(&ch, None, &slow, 0);
+        let (_s2, _) = hub.subscribe(&ch, None, &fast, 0);
+        for _ in 0..10 {
+            hub.publish_next(&ch, &Bytes::from("1"));
+        }
+        let mut out = Vec::new();
+        assert_eq!(slow.try_drain(&mut out, 100), Err(QueueClosed::Overflow));
+        fast.try_drain(&mut out, 100).unwrap();
+        assert_eq!(out.len(), 10);
+        let dropped = hub
+            .metrics()
+            .transport(Transport::WebSocket)
+            .dropped_slow_consumer
+            .get();
+        assert_eq!(dropped, 5, "4 queued + the one that overflowed");
+        assert_eq!(hub.stats()[0].subscribers.websocket, 0);
+    }
+
+    #[test]
+    fn state_channel_keeps_latest_and_flags_conflation() {
+        let rules = vec![ChannelRule {
+            pattern: "price.*".into(),
+            mode: ChannelMode::State,
+            allow_client_publish: false,
+            auth: Default::default(),
+        }];
+        let hub = hub_with(100, rules);
+        let ch = name("price.eur");
+        for _ in 0..100 {
+            hub.publish_next(&ch, &Bytes::from("1"));
+        }
+        let read = hub.read(&ch, Some(1), 100);
+        assert_eq!(ids(&read), vec![100]);
+        assert!(read.conflated && !read.truncated);
+        let next = hub.read(&ch, Some(99), 100);
+        assert_eq!(ids(&next), vec![100]);
+        assert!(!next.conflated);
+    }
+
+    #[test]
+    fn deliver_ignores_duplicates() {
+        let hub = hub_with(10, vec![]);
+        let ch = name("x");
+        let m = |id| Arc::new(Message::new(ch.clone(), id, b"1", Instant::now()));
+        assert!(hub.deliver(m(1)));
+        assert!(hub.deliver(m(2)));
+        assert!(!hub.deliver(m(2)));
+        assert!(!hub.deliver(m(1)));
+        assert_eq!(hub.last_id(&ch), 2);
+    }
+
+    #[test]
+    fn sweep_forgets_idle_empty_channels_only() {
+        let history = HistoryConfig {
+            size: 10,
+            max_age: Duration::from_secs(60),
+            idle_channel_ttl: Duration::from_secs(1),
+        };
+        let hub = Hub::new(ChannelRules::default(), history, Arc::new(Metrics::new()));
+        hub.publish_next(&name("old"), &Bytes::from("1"));
+        let q = SubscriberQueue::new(4, Transport::Sse);
+        let (_sub, _) = hub.subscribe(&name("watched"), None, &q, 0);
+        let later = Instant::now() + Duration::from_secs(120);
+        hub.sweep(later);
+        let names: Vec<_> = hub.stats().into_iter().map(|s| s.channel).collect();
+        assert_eq!(names, vec!["watched"]);
+    }
+}

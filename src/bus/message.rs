@@ -1,0 +1,195 @@
+//! A published message and its encodings, each made once and shared by
+//! every subscriber (`Bytes` clones are reference counts, not copies).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::channel::ChannelName;
+
+/// What a publisher sent, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A JSON value, already validated and with insignificant whitespace
+    /// removed (so it fits on one SSE `data:` line).
+    Json(Bytes),
+    /// Any other body, delivered as a JSON string.
+    Text(String),
+}
+
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PayloadError {
+    #[error("body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("body is not valid UTF-8 text")]
+    NotUtf8,
+}
+
+impl Payload {
+    /// A JSON payload from raw bytes: validated, then minified.
+    pub fn json(raw: &[u8]) -> Result<Payload, PayloadError> {
+        serde_json::from_slice::<&serde_json::value::RawValue>(raw)
+            .map_err(|e| PayloadError::BadJson(e.to_string()))?;
+        Ok(Payload::Json(minify_json(raw)))
+    }
+
+    /// A JSON payload from an already-parsed value (batch publishes, client
+    /// publishes).
+    pub fn from_value(value: &serde_json::Value) -> Payload {
+        Payload::Json(Bytes::from(
+            serde_json::to_vec(value).expect("a Value always serialises"),
+        ))
+    }
+
+    /// A text payload from raw bytes.
+    pub fn text(raw: &[u8]) -> Result<Payload, PayloadError> {
+        std::str::from_utf8(raw)
+            .map(|s| Payload::Text(s.to_owned()))
+            .map_err(|_| PayloadError::NotUtf8)
+    }
+
+    /// The `data` member of the envelope, as JSON text.
+    pub fn to_json_bytes(&self) -> Bytes {
+        match self {
+            Payload::Json(bytes) => bytes.clone(),
+            Payload::Text(text) => {
+                Bytes::from(serde_json::to_vec(text).expect("a string always serialises"))
+            }
+        }
+    }
+}
+
+/// Removes whitespace outside strings from valid JSON text.
+fn minify_json(raw: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in raw {
+        if in_string {
+            out.put_u8(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.put_u8(b);
+        }
+    }
+    out.freeze()
+}
+
+/// A message as the bus delivers it.
+#[derive(Debug)]
+pub struct Message {
+    pub channel: ChannelName,
+    /// The channel's sequence number: 1, 2, 3… the same on every node.
+    pub id: u64,
+    /// Length of the `data` value inside the envelope: the payload bytes.
+    pub payload_len: usize,
+    /// When this node's bus accepted (or received) the message; delivery
+    /// latency is measured from here.
+    pub published_at: Instant,
+    /// `{"channel":"…","id":N,"data":…}`, encoded once.
+    pub envelope: Bytes,
+    ws_frame: OnceLock<Bytes>,
+    sse_event: OnceLock<Bytes>,
+}
+
+impl Message {
+    /// Builds the envelope around already-encoded `data` JSON.
+    pub fn new(channel: ChannelName, id: u64, data: &[u8], published_at: Instant) -> Message {
+        let mut id_buf = itoa::Buffer::new();
+        let id_text = id_buf.format(id);
+        let mut env = BytesMut::with_capacity(34 + channel.as_str().len() + data.len());
+        env.put_slice(b"{\"channel\":\"");
+        // Channel names are restricted to characters that need no escaping.
+        env.put_slice(channel.as_str().as_bytes());
+        env.put_slice(b"\",\"id\":");
+        env.put_slice(id_text.as_bytes());
+        env.put_slice(b",\"data\":");
+        env.put_slice(data);
+        env.put_u8(b'}');
+        Message {
+            channel,
+            id,
+            payload_len: data.len(),
+            published_at,
+            envelope: env.freeze(),
+            ws_frame: OnceLock::new(),
+            sse_event: OnceLock::new(),
+        }
+    }
+
+    /// The envelope as one complete, unmasked WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame
+            .get_or_init(|| crate::transport::websocket::frame::encode_text(&self.envelope))
+    }
+
+    /// The envelope as one SSE event: `id: N\ndata: <envelope>\n\n`.
+    pub fn sse_event(&self) -> &Bytes {
+        self.sse_event.get_or_init(|| {
+            let mut id_buf = itoa::Buffer::new();
+            let id = id_buf.format(self.id);
+            let mut out = BytesMut::with_capacity(self.envelope.len() + id.len() + 13);
+            out.put_slice(b"id: ");
+            out.put_slice(id.as_bytes());
+            out.put_slice(b"\ndata: ");
+            out.put_slice(&self.envelope);
+            out.put_slice(b"\n\n");
+            out.freeze()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_shape() {
+        let ch = ChannelName::new("news").unwrap();
+        let msg = Message::new(ch, 42, br#"{"a":1}"#, Instant::now());
+        assert_eq!(
+            &msg.envelope[..],
+            br#"{"channel":"news","id":42,"data":{"a":1}}"#
+        );
+        assert_eq!(msg.payload_len, 7);
+        let parsed: serde_json::Value = serde_json::from_slice(&msg.envelope).unwrap();
+        assert_eq!(parsed["data"]["a"], 1);
+        assert_eq!(
+            &msg.sse_event()[..],
+            &b"id: 42\ndata: {\"channel\":\"news\",\"id\":42,\"data\":{\"a\":1}}\n\n"[..]
+        );
+    }
+
+    #[test]
+    fn json_payloads_are_minified_but_strings_kept() {
+        let p = Payload::json(b"{ \"a\" : [1, 2],\n \"s\": \"x  y\\\" z\" }").unwrap();
+        assert_eq!(
+            p.to_json_bytes(),
+            Bytes::from_static(br#"{"a":[1,2],"s":"x  y\" z"}"#)
+        );
+        assert!(matches!(
+            Payload::json(b"{nope"),
+            Err(PayloadError::BadJson(_))
+        ));
+    }
+
+    #[test]
+    fn text_payloads_become_json_strings() {
+        let p = Payload::text(b"line1\nline2 \"q\"").unwrap();
+        assert_eq!(
+            p.to_json_bytes(),
+            Bytes::from_static(br#""line1\nline2 \"q\"""#)
+        );
+        assert_eq!(Payload::text(&[0xff, 0xfe]), Err(PayloadError::NotUtf8));
+    }
+}

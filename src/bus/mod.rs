@@ -1,0 +1,124 @@
+//! The message bus: publish once, deliver to every subscriber on every
+//! transport (and, with a shared bus, every node).
+//!
+//! Transports see only the [`Bus`] trait. Each implementation assigns ids
+//! and stores history its own way and delivers live messages through this
+//! node's [`Hub`], so the per-subscriber queues, fan-out and shared
+//! encodings are the same whichever bus is in use.
+
+pub mod hub;
+pub mod memory;
+mod message;
+pub mod queue;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
+pub use message::{Message, Payload, PayloadError};
+pub use queue::{QueueClosed, SubscriberQueue};
+
+use crate::channel::ChannelName;
+
+/// Why the bus could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The shared store is unreachable; nothing was published.
+    #[error("message bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a publish returns once the message is durable in the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: u64,
+}
+
+/// The bus seam. Every method is safe to call concurrently.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one message; returns its id once it is stored.
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: &Payload,
+    ) -> impl Future<Output = Result<Published, BusError>> + Send;
+
+    /// Subscribes `queue` to live messages of `channel` and returns the
+    /// history after `since` (None: no history). Messages delivered live
+    /// may overlap the returned history on shared buses; readers skip ids
+    /// they already have.
+    fn subscribe(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        queue: &Arc<SubscriberQueue>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Subscription, HistoryRead), BusError>> + Send;
+
+    /// History after `since`, for polls.
+    fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryRead, BusError>> + Send;
+
+    /// True while the bus can publish and deliver.
+    fn is_ready(&self) -> bool;
+
+    /// This node's channels and subscribers.
+    fn hub(&self) -> &Hub;
+}
+
+/// The bus chosen at startup (`bus = "memory"` …). An enum rather than
+/// `dyn Bus` because the trait's async methods are not object-safe.
+pub enum AnyBus {
+    Memory(memory::MemoryBus),
+}
+
+impl Bus for AnyBus {
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: &Payload,
+    ) -> Result<Published, BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.publish(channel, payload).await,
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        queue: &Arc<SubscriberQueue>,
+        limit: usize,
+    ) -> Result<(Subscription, HistoryRead), BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.subscribe(channel, since, queue, limit).await,
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryRead, BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.history(channel, since, limit).await,
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            AnyBus::Memory(bus) => bus.is_ready(),
+        }
+    }
+
+    fn hub(&self) -> &Hub {
+        match self {
+            AnyBus::Memory(bus) => bus.hub(),
+        }
+    }
+}

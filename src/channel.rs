@@ -1,0 +1,87 @@
+//! Channel names and cursors as clients send them.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest channel name in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A validated channel name: 1–128 bytes of `[A-Za-z0-9_.:@-]`. Cheap to
+/// clone (shared), so every message and subscription can carry one.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+/// Why a channel name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("channel name must be 1-{MAX_NAME_LEN} bytes of [A-Za-z0-9_.:@-]")]
+pub struct BadChannelName;
+
+pub(crate) fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
+}
+
+impl ChannelName {
+    pub fn new(name: &str) -> Result<Self, BadChannelName> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(is_name_byte) {
+            return Err(BadChannelName);
+        }
+        Ok(ChannelName(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a cursor (`since`, `Last-Event-ID`): an unsigned decimal integer.
+pub fn parse_cursor(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(ChannelName::new("news").is_ok());
+        assert!(ChannelName::new("a.b:c@d-e_f").is_ok());
+        assert!(ChannelName::new(&"x".repeat(128)).is_ok());
+        assert!(ChannelName::new(&"x".repeat(129)).is_err());
+        assert!(ChannelName::new("").is_err());
+        assert!(ChannelName::new("a b").is_err());
+        assert!(ChannelName::new("a/b").is_err());
+        assert!(ChannelName::new("é").is_err());
+    }
+
+    #[test]
+    fn cursors() {
+        assert_eq!(parse_cursor("0"), Some(0));
+        assert_eq!(parse_cursor("42"), Some(42));
+        assert_eq!(parse_cursor("-1"), None);
+        assert_eq!(parse_cursor("+1"), None);
+        assert_eq!(parse_cursor(""), None);
+        assert_eq!(parse_cursor("99999999999999999999999"), None);
+    }
+}

@@ -1,0 +1,335 @@
+//! Command line and environment: one flag per scalar configuration key.
+//!
+//! The flags are generated from [`SETTINGS`], a table of (flag, config key,
+//! kind, help). Each flag also reads `POLLBRIDGE_<FLAG>` from the
+//! environment (clap's own precedence: flag beats environment). The values
+//! are written into the TOML table loaded from `--config` before it is
+//! deserialised, so flags, environment and file share one parser and one
+//! error format.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+use super::{Config, ConfigProblem};
+
+/// How a flag's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Kept as a string (addresses, durations, URLs, names).
+    Text,
+    /// An unsigned integer.
+    Integer,
+    /// `true` / `false`.
+    Bool,
+    /// A comma-separated list of strings (or the flag repeated).
+    List,
+}
+
+/// Every configuration key that has a flag.
+const SETTINGS: &[(&str, &str, Kind, &str)] = &[
+    ("listen", "listen", Kind::Text, "Public listener address [default: 127.0.0.1:8080]"),
+    ("admin-listen", "admin_listen", Kind::Text, "Admin listener address (metrics, health, publish) [default: 127.0.0.1:9090]"),
+    ("upstream", "upstream", Kind::Text, "Backend URL that every non-gateway path is proxied to, e.g. http://127.0.0.1:3000 [default: none]"),
+    ("prefix", "prefix", Kind::Text, "Path prefix of the client transports [default: /rt]"),
+    ("bus", "bus", Kind::Text, "Message bus: memory [default: memory]"),
+    ("log-level", "log_level", Kind::Text, "Log filter when RUST_LOG is unset [default: info]"),
+    ("history-size", "history.size", Kind::Integer, "Messages kept per channel for resuming clients [default: 1000]"),
+    ("history-max-age", "history.max_age", Kind::Text, "Drop history older than this [default: 1h]"),
+    ("history-idle-channel-ttl", "history.idle_channel_ttl", Kind::Text, "Forget an empty, unwatched channel after this [default: 5m]"),
+    ("max-connections", "limits.max_connections", Kind::Integer, "Open client connections on the public listener [default: 19000]"),
+    ("max-message-bytes", "limits.max_message_bytes", Kind::Integer, "Largest published payload / client WebSocket message [default: 65536]"),
+    ("queue-length", "limits.queue_length", Kind::Integer, "Messages queued per subscriber before a slow one is dropped [default: 1024]"),
+    ("max-subscriptions", "limits.max_subscriptions_per_connection", Kind::Integer, "Channels per WebSocket connection [default: 64]"),
+    ("max-header-bytes", "limits.max_header_bytes", Kind::Integer, "Largest HTTP request head [default: 16384]"),
+    ("header-read-timeout", "limits.header_read_timeout", Kind::Text, "A request head must arrive within this time [default: 10s]"),
+    ("body-read-timeout", "limits.body_read_timeout", Kind::Text, "A publish body must arrive within this time [default: 10s]"),
+    ("ws-enabled", "websocket.enabled", Kind::Bool, "Accept WebSocket upgrades [default: true]"),
+    ("ws-ping-interval", "websocket.ping_interval", Kind::Text, "Ping a WebSocket client silent for this long [default: 30s]"),
+    ("ws-idle-timeout", "websocket.idle_timeout", Kind::Text, "Drop a WebSocket client silent for this long [default: 75s]"),
+    ("ws-write-timeout", "websocket.write_timeout", Kind::Text, "Drop a WebSocket client whose socket accepts nothing for this long [default: 30s]"),
+    ("longpoll-timeout", "longpoll.default_timeout", Kind::Text, "Hold time of a long-poll without ?timeout= [default: 25s]"),
+    ("longpoll-max-timeout", "longpoll.max_timeout", Kind::Text, "Upper bound on a long-poll's ?timeout= [default: 120s]"),
+    ("longpoll-max-messages", "longpoll.max_messages", Kind::Integer, "Most messages in one long-poll answer [default: 1000]"),
+    ("cors-origin", "longpoll.cors_origins", Kind::List, "Origin allowed to poll cross-site; repeat or comma-separate [default: none]"),
+    ("sse-keepalive", "sse.keepalive_interval", Kind::Text, "SSE comment keep-alive interval [default: 15s]"),
+    ("sse-retry", "sse.retry", Kind::Text, "Reconnect delay suggested to SSE clients [default: 2s]"),
+    ("proxy-connect-timeout", "proxy.connect_timeout", Kind::Text, "Upstream connect timeout, then 502 [default: 2s]"),
+    ("proxy-timeout", "proxy.timeout", Kind::Text, "Upstream response-head timeout, then 504 [default: 30s]"),
+    ("proxy-pool-idle-timeout", "proxy.pool_idle_timeout", Kind::Text, "Close idle upstream connections after this [default: 30s]"),
+    ("proxy-pool-max-idle", "proxy.pool_max_idle", Kind::Integer, "Idle upstream connections kept [default: 256]"),
+    ("publish-key", "publish.keys", Kind::List, "Key allowing POST {prefix}/publish on the public listener; repeat or comma-separate [default: none]"),
+    ("drain-timeout", "shutdown.drain_timeout", Kind::Text, "Time connections get to finish after SIGTERM [default: 10s]"),
+];
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The configuration, fully merged and validated.
+    pub config: Config,
+    /// `--check-config`: validate and exit.
+    pub check_only: bool,
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new("pollbridge")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(
+            "Gateway that lets Ajax-polling web apps and WebSocket clients share one live feed.\n\
+             Every flag can also be set as POLLBRIDGE_<FLAG> (e.g. POLLBRIDGE_ADMIN_LISTEN) \
+             or in the TOML file; flag beats environment beats file beats default.",
+        )
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .short('c')
+                .env("POLLBRIDGE_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML configuration file"),
+        )
+        .arg(
+            Arg::new("check-config")
+                .long("check-config")
+                .action(ArgAction::SetTrue)
+                .help("Load and validate the configuration, print a summary and exit (0 valid, 2 invalid)"),
+        );
+    for &(flag, key, kind, help) in SETTINGS {
+        let env = format!("POLLBRIDGE_{}", flag.to_uppercase().replace('-', "_"));
+        let mut arg = Arg::new(flag)
+            .long(flag)
+            .env(env)
+            .help(format!("{help}  (config key: {key})"));
+        arg = match kind {
+            Kind::List => arg
+                .value_name("VALUE")
+                .action(ArgAction::Append)
+                .value_delimiter(','),
+            Kind::Bool => arg
+                .value_name("BOOL")
+                .value_parser(clap::value_parser!(bool)),
+            Kind::Integer => arg.value_name("N").value_parser(clap::value_parser!(u64)),
+            Kind::Text => arg.value_name("VALUE"),
+        };
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// Parses the command line and environment, loads the file and merges all
+/// layers. `Err` carries every problem found; the caller prints them and
+/// exits with code 2. Clap's own usage errors exit from inside (also code 2).
+pub fn parse<I, T>(args: I) -> Result<Invocation, Vec<ConfigProblem>>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().get_matches_from(args);
+    let table = match matches.get_one::<PathBuf>("config") {
+        Some(path) => read_table(path)?,
+        None => toml::Table::new(),
+    };
+    let config = merge(table, &matches)?;
+    Ok(Invocation {
+        config,
+        check_only: matches.get_flag("check-config"),
+    })
+}
+
+/// Loads a configuration file on its own, without flags or environment.
+pub fn load_file(path: &std::path::Path) -> Result<Config, Vec<ConfigProblem>> {
+    from_table(read_table(path)?)
+}
+
+/// Parses configuration text, as from a file.
+pub fn from_toml_str(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+    from_table(parse_toml(text)?)
+}
+
+fn read_table(path: &std::path::Path) -> Result<toml::Table, Vec<ConfigProblem>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigProblem {
+            key: "--config".into(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }]
+    })?;
+    parse_toml(&text)
+}
+
+fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigProblem>> {
+    text.parse::<toml::Table>().map_err(|e| {
+        // toml's message spans several lines (a source excerpt); keep its
+        // first line and the position so the error stays one line.
+        let line = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_string();
+        let at = e
+            .span()
+            .map(|s| {
+                let line_no = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line_no})")
+            })
+            .unwrap_or_default();
+        vec![ConfigProblem {
+            key: "(file)".into(),
+            message: format!("{line}{at}"),
+        }]
+    })
+}
+
+fn merge(mut table: toml::Table, matches: &ArgMatches) -> Result<Config, Vec<ConfigProblem>> {
+    for &(flag, key, kind, _) in SETTINGS {
+        let value = match kind {
+            Kind::Text => matches
+                .get_one::<String>(flag)
+                .map(|s| toml::Value::String(s.clone())),
+            Kind::Integer => matches
+                .get_one::<u64>(flag)
+                .map(|n| toml::Value::Integer(i64::try_from(*n).unwrap_or(i64::MAX))),
+            Kind::Bool => matches
+                .get_one::<bool>(flag)
+                .map(|b| toml::Value::Boolean(*b)),
+            Kind::List => matches.get_many::<String>(flag).map(|items| {
+                toml::Value::Array(
+                    items
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.clone()))
+                        .collect(),
+                )
+            }),
+        };
+        if let Some(value) = value {
+            set_path(&mut table, key, value);
+        }
+    }
+    from_table(table)
+}
+
+/// Writes `value` at a dotted key path, creating tables on the way.
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("non-empty key");
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            // The file had a scalar where a section belongs; the flag wins and
+            // deserialisation reports nothing odd about a value we replaced.
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current.insert(last.to_string(), value);
+}
+
+fn from_table(table: toml::Table) -> Result<Config, Vec<ConfigProblem>> {
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = inner
+                .lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim()
+                .to_string();
+            vec![ConfigProblem {
+                key: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message,
+            }]
+        })?;
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(args: &[&str], file: Option<&str>) -> Result<Config, Vec<ConfigProblem>> {
+        let table = match file {
+            Some(text) => parse_toml(text)?,
+            None => toml::Table::new(),
+        };
+        let mut argv = vec!["pollbridge"];
+        argv.extend_from_slice(args);
+        let matches = command().try_get_matches_from(argv).expect("valid flags");
+        merge(table, &matches)
+    }
+
+    #[test]
+    fn no_configuration_gives_the_contract_defaults() {
+        let cfg = parse_with(&[], None).unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(cfg.prefix, "/rt");
+    }
+
+    #[test]
+    fn flag_beats_file() {
+        let file = "listen = \"127.0.0.1:1000\"\n[longpoll]\ndefault_timeout = \"5s\"\n";
+        let cfg = parse_with(&["--listen", "127.0.0.1:2000"], Some(file)).unwrap();
+        assert_eq!(cfg.listen.port(), 2000);
+        assert_eq!(cfg.longpoll.default_timeout.as_secs(), 5);
+        let cfg = parse_with(&["--longpoll-timeout", "7s"], Some(file)).unwrap();
+        assert_eq!(cfg.longpoll.default_timeout.as_secs(), 7);
+    }
+
+    #[test]
+    fn list_flags_split_on_commas() {
+        let cfg = parse_with(
+            &[
+                "--cors-origin",
+                "http://a.test,http://b.test",
+                "--cors-origin",
+                "*",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.longpoll.cors_origins,
+            ["http://a.test", "http://b.test", "*"]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse_with(&[], Some("[longpoll]\ntimeuot = \"5s\"\n")).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert!(err[0].to_string().contains("longpoll"), "{}", err[0]);
+        assert!(err[0].to_string().contains("timeuot"), "{}", err[0]);
+    }
+
+    #[test]
+    fn bad_duration_and_address_name_their_keys() {
+        let err =
+            parse_with(&[], Some("[websocket]\nping_interval = \"5 parsecs\"\n")).unwrap_err();
+        assert_eq!(err[0].key, "websocket.ping_interval");
+        let err = parse_with(&["--admin-listen", "nowhere"], None).unwrap_err();
+        assert_eq!(err[0].key, "admin_listen");
+        assert!(!err[0].to_string().contains('\n'));
+    }
+
+    #[test]
+    fn broken_toml_is_one_line() {
+        let err = parse_with(&[], Some("listen = \n")).unwrap_err();
+        assert!(!err[0].to_string().contains('\n'), "{}", err[0]);
+        assert!(err[0].to_string().contains("line 1"), "{}", err[0]);
+    }
+}

@@ -1,0 +1,418 @@
+//! Configuration: one serde struct tree with documented defaults.
+//!
+//! Values come from four layers, later ones winning: the embedded defaults,
+//! the TOML file (`--config`), `POLLBRIDGE_*` environment variables and
+//! command-line flags. The flag and environment layers are merged into the
+//! file's TOML table *before* deserialising (see [`cli`]), so every value,
+//! whatever its source, goes through the same parser and the same error
+//! message naming its key.
+
+pub mod cli;
+mod rules;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use rules::{ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
+
+/// The whole configuration. Every field has a default, so an empty file (or
+/// no file) gives a working gateway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Public listener: client transports under `prefix` and the reverse proxy.
+    /// Default: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener: metrics, health, publishing. Default: `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// The backend every non-gateway path is proxied to (`http://host:port`).
+    /// Default: none (such paths answer 404).
+    pub upstream: Option<String>,
+    /// Path prefix of the client transports. Default: `/rt`.
+    pub prefix: String,
+    /// Message bus: `memory` (one process). Default: `memory`.
+    pub bus: String,
+    /// Log filter when `RUST_LOG` is not set (`error`..`trace`). Default: `info`.
+    pub log_level: String,
+    pub history: HistoryConfig,
+    pub limits: LimitsConfig,
+    pub websocket: WebSocketConfig,
+    pub longpoll: LongPollConfig,
+    pub sse: SseConfig,
+    pub proxy: ProxyConfig,
+    pub publish: PublishConfig,
+    pub shutdown: ShutdownConfig,
+    /// Per-channel rules, first match wins.
+    pub channels: Vec<ChannelRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            upstream: None,
+            prefix: "/rt".into(),
+            bus: "memory".into(),
+            log_level: "info".into(),
+            history: HistoryConfig::default(),
+            limits: LimitsConfig::default(),
+            websocket: WebSocketConfig::default(),
+            longpoll: LongPollConfig::default(),
+            sse: SseConfig::default(),
+            proxy: ProxyConfig::default(),
+            publish: PublishConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// How much of each channel's past is kept for resuming clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per channel. Default: 1000.
+    pub size: usize,
+    /// Messages older than this are dropped from history. Default: 1h.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A channel with no history and no subscribers is forgotten after this
+    /// long. Default: 5m.
+    #[serde(with = "humantime_serde")]
+    pub idle_channel_ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            size: 1000,
+            max_age: Duration::from_secs(3600),
+            idle_channel_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Limits that keep one client from costing the gateway without bound.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open client connections on the public listener; past it new ones are
+    /// answered 503 and closed. Default: 19000 (the open-file limit here is 20000).
+    pub max_connections: usize,
+    /// Largest published payload and largest WebSocket message from a
+    /// client, in bytes. Default: 65536.
+    pub max_message_bytes: usize,
+    /// Messages queued per subscriber before a slow `stream` subscriber is
+    /// disconnected. Default: 1024.
+    pub queue_length: usize,
+    /// Channels one WebSocket connection may subscribe to. Default: 64.
+    pub max_subscriptions_per_connection: usize,
+    /// Largest HTTP request head in bytes (request line + headers); larger
+    /// heads are answered 431. Default: 16384.
+    pub max_header_bytes: usize,
+    /// A request head must arrive completely within this time (slowloris).
+    /// Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A publish body must arrive completely within this time. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 19_000,
+            max_message_bytes: 64 * 1024,
+            queue_length: 1024,
+            max_subscriptions_per_connection: 64,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// WebSocket transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Accept WebSocket upgrades on `{prefix}/ws`. Default: true.
+    pub enabled: bool,
+    /// A ping is sent after this long without traffic from the client.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client silent for this long (no frame, no pong) is dropped.
+    /// Default: 75s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long drops it.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: true,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Long-poll and plain-poll transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongPollConfig {
+    /// How long a poll is held when it gives no `timeout`. Default: 25s.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Upper bound on a poll's `timeout`. Default: 120s.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Most messages in one answer; the client polls again for the rest.
+    /// Default: 1000.
+    pub max_messages: usize,
+    /// Origins allowed to poll cross-site (CORS), e.g. `https://app.example.com`,
+    /// or `*`. Default: none.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            default_timeout: Duration::from_secs(25),
+            max_timeout: Duration::from_secs(120),
+            max_messages: 1000,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Server-sent events transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    /// A comment line is sent after this long without an event, so proxies
+    /// keep the stream open. Default: 15s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Reconnect delay suggested to browsers (`retry:` field). Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            keepalive_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Reverse proxy to the upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Connecting to the upstream must succeed within this time, else 502.
+    /// Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The upstream must send its response head within this time, else 504.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Idle pooled upstream connections are closed after this long. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept to the upstream. Default: 256.
+    pub pool_max_idle: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 256,
+        }
+    }
+}
+
+/// Publishing on the public listener (the admin listener always allows it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Keys accepted as `Authorization: Bearer KEY` on
+    /// `POST {prefix}/publish/{channel}`. Empty: public publishing is off.
+    /// Default: none.
+    pub keys: Vec<String>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, connections get this long to finish before the process
+    /// exits anyway. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One problem found in a configuration, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key '{}': {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// Semantic checks that serde can't express. Returns every problem, not
+    /// only the first.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(ConfigProblem {
+                key: key.into(),
+                message,
+            })
+        };
+        if let Some(upstream) = &self.upstream {
+            if let Err(e) = crate::proxy::parse_upstream(upstream) {
+                bad("upstream", e);
+            }
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 || self.prefix.ends_with('/') {
+            bad(
+                "prefix",
+                format!("must look like \"/rt\" (got {:?})", self.prefix),
+            );
+        }
+        if self.bus != "memory" {
+            bad(
+                "bus",
+                format!("unsupported bus {:?} (supported: \"memory\")", self.bus),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            bad(
+                "log_level",
+                format!("not a log filter: {:?}", self.log_level),
+            );
+        }
+        let positive = [
+            ("history.size", self.history.size),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.queue_length", self.limits.queue_length),
+            (
+                "limits.max_subscriptions_per_connection",
+                self.limits.max_subscriptions_per_connection,
+            ),
+            ("longpoll.max_messages", self.longpoll.max_messages),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            bad(
+                "limits.max_header_bytes",
+                "must be at least 8192 (hyper's smallest read buffer)".into(),
+            );
+        }
+        let nonzero = [
+            ("websocket.ping_interval", self.websocket.ping_interval),
+            ("websocket.idle_timeout", self.websocket.idle_timeout),
+            ("websocket.write_timeout", self.websocket.write_timeout),
+            ("sse.keepalive_interval", self.sse.keepalive_interval),
+            (
+                "limits.header_read_timeout",
+                self.limits.header_read_timeout,
+            ),
+            ("limits.body_read_timeout", self.limits.body_read_timeout),
+            ("proxy.connect_timeout", self.proxy.connect_timeout),
+            ("proxy.timeout", self.proxy.timeout),
+        ];
+        for (key, value) in nonzero {
+            if value.is_zero() {
+                bad(key, "must be longer than 0s".into());
+            }
+        }
+        if self.websocket.idle_timeout <= self.websocket.ping_interval {
+            bad(
+                "websocket.idle_timeout",
+                "must be longer than websocket.ping_interval".into(),
+            );
+        }
+        if self.longpoll.default_timeout > self.longpoll.max_timeout {
+            bad(
+                "longpoll.default_timeout",
+                "must not exceed longpoll.max_timeout".into(),
+            );
+        }
+        for origin in &self.longpoll.cors_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                bad(
+                    "longpoll.cors_origins",
+                    format!("{origin:?} is not \"*\" or an http(s) origin"),
+                );
+            }
+        }
+        for (i, rule) in self.channels.iter().enumerate() {
+            if let Err(e) = rules::validate_pattern(&rule.pattern) {
+                bad(&format!("channels[{i}].pattern"), e);
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), vec![]);
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut cfg = Config {
+            prefix: "rt".into(),
+            ..Config::default()
+        };
+        cfg.limits.queue_length = 0;
+        cfg.websocket.idle_timeout = Duration::from_secs(1);
+        let keys: Vec<_> = cfg.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            vec!["prefix", "limits.queue_length", "websocket.idle_timeout"]
+        );
+    }
+}

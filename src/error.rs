@@ -1,0 +1,144 @@
+//! Errors the gateway answers clients with: each maps to one HTTP status,
+//! a stable machine-readable `code` and a human message, sent as
+//! `{"error":code,"message":…}`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::bus::BusError;
+use crate::channel::BadChannelName;
+
+/// Where an error came from: decides how loudly it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something wrong: debug.
+    Client,
+    /// The upstream or bus failed: warn.
+    Upstream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    BadChannel(#[from] BadChannelName),
+    #[error("`{0}` must be an unsigned integer id")]
+    BadCursor(&'static str),
+    #[error("`timeout` must be a whole number of seconds")]
+    BadTimeout,
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed here; use {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("body larger than the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("a body must arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("this is a WebSocket endpoint: send an Upgrade: websocket request")]
+    UpgradeRequired,
+    #[error("a connection may subscribe to at most {0} channels")]
+    TooManySubscriptions(usize),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    UpstreamUnreachable(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadChannel(_) | BadCursor(_) | BadTimeout | BadJson(_) | BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            NotFound(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            TooManySubscriptions(_) => StatusCode::TOO_MANY_REQUESTS,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            Bus(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable code for clients and tests; never changes with the wording.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            BadChannel(_) => "bad_channel",
+            BadCursor(_) => "bad_cursor",
+            BadTimeout => "bad_timeout",
+            BadJson(_) => "bad_json",
+            BadRequest(_) => "bad_request",
+            NotFound(_) => "not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
+            TooLarge { .. } => "too_large",
+            BodyTimeout(_) => "body_timeout",
+            UpgradeRequired => "upgrade_required",
+            TooManySubscriptions(_) => "too_many_subscriptions",
+            Unauthorized(_) => "unauthorized",
+            Forbidden(_) => "forbidden",
+            Bus(_) => "bus_unavailable",
+            ShuttingDown => "shutting_down",
+            UpstreamUnreachable(_) => "upstream_unreachable",
+            UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            ApiError::Bus(_) | ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout(_) => {
+                Source::Upstream
+            }
+            _ => Source::Client,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for 503s.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Bus(_) => Some(1),
+            ApiError::ShuttingDown => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The JSON body: `{"error":code,"message":…}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": self.code(),
+            "message": self.to_string(),
+        }))
+        .expect("json! values serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_code_and_message() {
+        let err = ApiError::TooLarge { limit: 10 };
+        assert_eq!(err.status(), 413);
+        let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        assert_eq!(v["error"], "too_large");
+        assert_eq!(v["message"], "body larger than the 10-byte limit");
+    }
+}

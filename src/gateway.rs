@@ -1,0 +1,56 @@
+//! The gateway's shared state: what every request handler and session can
+//! reach. Built once at startup and shared behind an `Arc`.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{memory::MemoryBus, AnyBus, Hub};
+use crate::config::{ChannelRules, Config};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+pub struct Gateway {
+    pub config: Config,
+    pub rules: ChannelRules,
+    pub bus: AnyBus,
+    pub metrics: Arc<Metrics>,
+    /// Absent when no upstream is configured.
+    pub proxy: Option<Proxy>,
+    /// Cancelled on SIGTERM: listeners stop accepting, held polls answer,
+    /// streams end, WebSockets close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every connection and session task, so shutdown can wait for them
+    /// (hyper's own graceful shutdown forgets upgraded connections).
+    pub tasks: TaskTracker,
+    /// Open connections on the public listener.
+    pub open_connections: Arc<AtomicUsize>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
+        let metrics = Arc::new(Metrics::new());
+        let rules = ChannelRules::new(config.channels.clone());
+        let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
+        let bus = match config.bus.as_str() {
+            "memory" => AnyBus::Memory(MemoryBus::new(hub)),
+            other => return Err(format!("unsupported bus {other:?}")),
+        };
+        let proxy = match &config.upstream {
+            Some(url) => Some(Proxy::new(url, &config.proxy, metrics.clone())?),
+            None => None,
+        };
+        Ok(Arc::new(Gateway {
+            config,
+            rules,
+            bus,
+            metrics,
+            proxy,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            open_connections: Arc::new(AtomicUsize::new(0)),
+        }))
+    }
+}

@@ -1,0 +1,192 @@
+//! The HTTP vocabulary shared by both listeners: one response body type for
+//! every kind of answer, and builders for JSON answers and errors.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::error::ApiError;
+use crate::server::meter::ConnMeter;
+use crate::transport::sse::SseBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Request = hyper::Request<Incoming>;
+pub type Response = hyper::Response<Body>;
+
+enum Kind {
+    Full(Option<Bytes>),
+    Sse(Box<SseBody>),
+    Upstream(Incoming),
+}
+
+/// Every response body the gateway sends. A plain enum (not a boxed trait
+/// object) so the common case, a small full body, costs no allocation.
+pub struct Body {
+    kind: Kind,
+    /// Told when the response is finished, so bytes read afterwards are
+    /// attributed to the next request on the connection.
+    meter: Option<Arc<ConnMeter>>,
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::full(Bytes::new())
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        Body {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            meter: None,
+        }
+    }
+
+    pub fn sse(body: SseBody) -> Body {
+        Body {
+            kind: Kind::Sse(Box::new(body)),
+            meter: None,
+        }
+    }
+
+    pub fn upstream(body: Incoming) -> Body {
+        Body {
+            kind: Kind::Upstream(body),
+            meter: None,
+        }
+    }
+
+    pub(crate) fn set_meter(&mut self, meter: Arc<ConnMeter>) {
+        self.meter = Some(meter);
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            meter.response_done();
+        }
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Every variant is Unpin, so the body can be reached mutably.
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Sse(sse) => Pin::new(sse.as_mut()).poll_frame(cx),
+            Kind::Upstream(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Sse(_) => false,
+            Kind::Upstream(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Sse(_) => SizeHint::default(),
+            Kind::Upstream(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
+/// `200` (or `status`) with a JSON body.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut resp = hyper::Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON value as the response body.
+pub fn json_value(status: StatusCode, value: &impl serde::Serialize) -> Response {
+    json(
+        status,
+        serde_json::to_vec(value).expect("response values serialise"),
+    )
+}
+
+/// The error's status, JSON body and, for 503s, `Retry-After`.
+pub fn error(err: &ApiError) -> Response {
+    let mut resp = json(err.status(), err.body());
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if matches!(err, ApiError::UpgradeRequired) {
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    }
+    resp
+}
+
+/// Plain text with a content type.
+pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut resp = hyper::Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Query parameters as (name, value) pairs, percent-decoded.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes one percent-encoded path segment (channel names travel in paths).
+pub fn decode_segment(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Reads a request body up to `limit` bytes within `timeout`.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::BodyTimeout(timeout)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge { limit })
+        }
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
+            "could not read the body: {e}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}

@@ -1,0 +1,261 @@
+//! Prometheus metrics: one registry owned by the gateway, every series
+//! registered (and so visible as 0) at startup.
+//!
+//! The hot paths (socket reads and writes, deliveries) never look a label up:
+//! each transport's counters are resolved once into a [`TransportMetrics`]
+//! and indexed by [`Transport`], so counting is one atomic add.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::transport::Transport;
+
+/// Latency buckets from 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Counters of one transport, resolved from their label sets once.
+pub struct TransportMetrics {
+    /// Open connections (WebSocket, SSE) or in-flight requests (polls, proxy).
+    pub connections: IntGauge,
+    pub wire_in: IntCounter,
+    pub wire_out: IntCounter,
+    pub payload_in: IntCounter,
+    pub payload_out: IntCounter,
+    pub delivered: IntCounter,
+    pub latency: Histogram,
+    pub dropped_slow_consumer: IntCounter,
+}
+
+/// Why a long-poll answer ended the way it did.
+#[derive(Debug, Clone, Copy)]
+pub enum PollResult {
+    Messages = 0,
+    Empty = 1,
+    Truncated = 2,
+}
+
+/// All of the gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    transports: Vec<TransportMetrics>,
+    pub published: IntCounter,
+    polls: [IntCounter; 3],
+    proxy_requests: [IntCounter; 5],
+    pub proxy_duration: Histogram,
+    pub bus_ready: IntGauge,
+    pub bridge_upstream_requests: IntCounterVec,
+    pub bridge_client_polls: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry =
+            Registry::new_custom(Some("pollbridge".into()), None).expect("valid registry prefix");
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "connections",
+                "Open client connections (WebSocket, SSE) and in-flight requests (polls, proxy) by transport",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let wire = IntCounterVec::new(
+            Opts::new(
+                "wire_bytes_total",
+                "Bytes read (in) and written (out) on client sockets, by the transport of the request they belong to",
+            ),
+            &["transport", "direction"],
+        )
+        .unwrap();
+        let payload = IntCounterVec::new(
+            Opts::new(
+                "payload_bytes_total",
+                "Application payload bytes (the published data) inside the wire bytes",
+            ),
+            &["transport", "direction"],
+        )
+        .unwrap();
+        let delivered = IntCounterVec::new(
+            Opts::new("messages_delivered_total", "Envelopes handed to clients"),
+            &["transport"],
+        )
+        .unwrap();
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Publish accepted by the bus to envelope written to the client socket",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["transport"],
+        )
+        .unwrap();
+        let dropped = IntCounterVec::new(
+            Opts::new("dropped_total", "Messages not delivered, by reason"),
+            &["transport", "reason"],
+        )
+        .unwrap();
+        let published =
+            IntCounter::new("messages_published_total", "Messages accepted by the bus").unwrap();
+        let polls = IntCounterVec::new(
+            Opts::new("polls_total", "Long-poll answers by result"),
+            &["result"],
+        )
+        .unwrap();
+        let proxy_requests = IntCounterVec::new(
+            Opts::new("proxy_requests_total", "Proxied requests by status class"),
+            &["code"],
+        )
+        .unwrap();
+        let proxy_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "proxy_duration_seconds",
+                "Time from forwarding a request to the upstream's response head",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let bus_ready = IntGauge::new("bus_ready", "1 when the message bus is reachable").unwrap();
+        let bridge_upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "bridge_upstream_requests_total",
+                "The gateway's own polls of the backend, by result",
+            ),
+            &["bridge", "result"],
+        )
+        .unwrap();
+        let bridge_client_polls = IntCounterVec::new(
+            Opts::new(
+                "bridge_client_polls_total",
+                "Legacy polls answered by the gateway, by result",
+            ),
+            &["bridge", "result"],
+        )
+        .unwrap();
+
+        let transports = Transport::ALL
+            .iter()
+            .map(|t| {
+                let name = t.as_str();
+                TransportMetrics {
+                    connections: connections.with_label_values(&[name]),
+                    wire_in: wire.with_label_values(&[name, "in"]),
+                    wire_out: wire.with_label_values(&[name, "out"]),
+                    payload_in: payload.with_label_values(&[name, "in"]),
+                    payload_out: payload.with_label_values(&[name, "out"]),
+                    delivered: delivered.with_label_values(&[name]),
+                    latency: latency.with_label_values(&[name]),
+                    dropped_slow_consumer: dropped.with_label_values(&[name, "slow_consumer"]),
+                }
+            })
+            .collect();
+        let poll_results =
+            ["messages", "empty", "truncated"].map(|r| polls.with_label_values(&[r]));
+        let proxy_classes =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| proxy_requests.with_label_values(&[c]));
+
+        reg(Box::new(connections));
+        reg(Box::new(wire));
+        reg(Box::new(payload));
+        reg(Box::new(delivered));
+        reg(Box::new(latency));
+        reg(Box::new(dropped));
+        reg(Box::new(published.clone()));
+        reg(Box::new(polls));
+        reg(Box::new(proxy_requests));
+        reg(Box::new(proxy_duration.clone()));
+        reg(Box::new(bus_ready.clone()));
+        reg(Box::new(bridge_upstream_requests.clone()));
+        reg(Box::new(bridge_client_polls.clone()));
+
+        Metrics {
+            registry,
+            transports,
+            published,
+            polls: poll_results,
+            proxy_requests: proxy_classes,
+            proxy_duration,
+            bus_ready,
+            bridge_upstream_requests,
+            bridge_client_polls,
+        }
+    }
+
+    /// The counters of one transport.
+    #[inline]
+    pub fn transport(&self, transport: Transport) -> &TransportMetrics {
+        &self.transports[transport as usize]
+    }
+
+    pub fn poll_answered(&self, result: PollResult) {
+        self.polls[result as usize].inc();
+    }
+
+    pub fn proxy_answered(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.proxy_requests[class].inc();
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) and its content type.
+    pub fn render(&self) -> (String, Vec<u8>) {
+        let encoder = TextEncoder::new();
+        let mut buf = Vec::with_capacity(16 * 1024);
+        encoder
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        (encoder.format_type().to_string(), buf)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_at_startup() {
+        let metrics = Metrics::new();
+        let (_, text) = metrics.render();
+        let text = String::from_utf8(text).unwrap();
+        for needle in [
+            "pollbridge_connections{transport=\"bridge\"} 0",
+            "pollbridge_wire_bytes_total{direction=\"in\",transport=\"longpoll\"} 0",
+            "pollbridge_payload_bytes_total{direction=\"out\",transport=\"sse\"} 0",
+            "pollbridge_messages_published_total 0",
+            "pollbridge_messages_delivered_total{transport=\"websocket\"} 0",
+            "pollbridge_delivery_latency_seconds_bucket{transport=\"proxy\",le=\"0.0001\"} 0",
+            "pollbridge_polls_total{result=\"truncated\"} 0",
+            "pollbridge_proxy_requests_total{code=\"5xx\"} 0",
+            "pollbridge_dropped_total{reason=\"slow_consumer\",transport=\"websocket\"} 0",
+            "pollbridge_bus_ready 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle}\n{text}");
+        }
+    }
+
+    #[test]
+    fn transport_counters_are_the_labelled_series() {
+        let metrics = Metrics::new();
+        metrics.transport(Transport::Sse).wire_out.inc_by(7);
+        metrics.proxy_answered(504);
+        metrics.poll_answered(PollResult::Empty);
+        let (_, text) = metrics.render();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("pollbridge_wire_bytes_total{direction=\"out\",transport=\"sse\"} 7"));
+        assert!(text.contains("pollbridge_proxy_requests_total{code=\"5xx\"} 1"));
+        assert!(text.contains("pollbridge_polls_total{result=\"empty\"} 1"));
+    }
+}

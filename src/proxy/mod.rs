@@ -1,0 +1,176 @@
+//! Reverse proxy: every path outside the gateway's prefix goes to the
+//! upstream unchanged, bodies streamed both ways, upgrades tunnelled.
+
+mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{Authority, Scheme};
+use http::{StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::ProxyConfig;
+use crate::error::ApiError;
+use crate::http::{Body, Request, Response};
+use crate::metrics::Metrics;
+use crate::transport::{ConnectionGuard, Transport};
+
+pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
+
+/// Checks an upstream URL: `http://host[:port]`, no path.
+pub fn parse_upstream(url: &str) -> Result<Authority, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}): {url:?}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!("must start with http:// (got {url:?})"));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+    {
+        return Err(format!("must not have a path (got {url:?})"));
+    }
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| format!("needs a host (got {url:?})"))
+}
+
+/// The pooled client and where it sends requests.
+pub struct Proxy {
+    client: Client<HttpConnector, Incoming>,
+    upstream: Authority,
+    timeout: std::time::Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    pub fn new(url: &str, cfg: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Proxy, String> {
+        let upstream = parse_upstream(url)?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            // Without a timer no task evicts idle pooled sockets.
+            .pool_timer(TokioTimer::new())
+            .build(http);
+        Ok(Proxy {
+            client,
+            upstream,
+            timeout: cfg.timeout,
+            metrics,
+        })
+    }
+
+    /// Forwards one request and returns the upstream's answer (or 502/504).
+    pub async fn forward(&self, mut req: Request, peer: SocketAddr) -> Response {
+        let _in_flight = ConnectionGuard::new(&self.metrics, Transport::Proxy);
+        let started = Instant::now();
+        let client_version = req.version();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.upstream.clone());
+        parts.path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .or_else(|| Some("/".parse().expect("valid")));
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+
+        let upgrade = upgrade_protocol(req.headers());
+        remove_hop_by_hop(req.headers_mut());
+        add_forwarding(req.headers_mut(), peer.ip(), "http", client_version);
+        let downstream_upgrade = upgrade.map(|proto| {
+            req.headers_mut().insert(http::header::UPGRADE, proto);
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            // Taken before `req` moves into the client.
+            hyper::upgrade::on(&mut req)
+        });
+
+        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        self.metrics
+            .proxy_duration
+            .observe(started.elapsed().as_secs_f64());
+        let mut resp = match result {
+            Err(_) => {
+                return self.fail(ApiError::UpstreamTimeout(format!(
+                    "upstream {} did not answer within {:?}",
+                    self.upstream, self.timeout
+                )))
+            }
+            Ok(Err(e)) => {
+                let err = if e.is_connect() {
+                    ApiError::UpstreamUnreachable(format!(
+                        "cannot connect to upstream {}",
+                        self.upstream
+                    ))
+                } else {
+                    ApiError::UpstreamUnreachable(format!("upstream {} failed: {e}", self.upstream))
+                };
+                return self.fail(err);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        self.metrics.proxy_answered(resp.status().as_u16());
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    let _tunnel = ConnectionGuard::new(&metrics, Transport::Proxy);
+                    match tokio::try_join!(downstream, upstream) {
+                        Ok((down, up)) => {
+                            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "proxied upgrade failed"),
+                    }
+                });
+                // Keep the upstream's Upgrade / Connection / Sec-WebSocket-Accept.
+                return resp.map(Body::upstream);
+            }
+        }
+        remove_hop_by_hop(resp.headers_mut());
+        resp.map(Body::upstream)
+    }
+
+    fn fail(&self, err: ApiError) -> Response {
+        tracing::warn!(error = %err, "proxy");
+        self.metrics.proxy_answered(err.status().as_u16());
+        crate::http::error(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:3000").unwrap().as_str(),
+            "127.0.0.1:3000"
+        );
+        assert_eq!(
+            parse_upstream("http://backend/").unwrap().as_str(),
+            "backend"
+        );
+        assert!(parse_upstream("https://x").is_err());
+        assert!(parse_upstream("http://x/api").is_err());
+        assert!(parse_upstream("127.0.0.1:3000").is_err());
+    }
+}

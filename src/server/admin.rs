@@ -1,0 +1,49 @@
+//! The admin listener: metrics, health, readiness, channel stats and
+//! publishing. Keep it off the public internet.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use super::publish;
+use crate::bus::Bus;
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::http::{self as h, Request, Response};
+
+pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let result = match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let (content_type, body) = gw.metrics.render();
+            let mut resp = h::json(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                content_type.parse().expect("valid content type"),
+            );
+            Ok(resp)
+        }
+        (&Method::GET, "/healthz") => Ok(h::json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])),
+        (&Method::GET, "/readyz") => Ok(if gw.bus.is_ready() && !gw.shutdown.is_cancelled() {
+            h::json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
+        } else {
+            h::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &b"{\"status\":\"not ready\"}"[..],
+            )
+        }),
+        (&Method::GET, "/channels") => Ok(h::json_value(
+            StatusCode::OK,
+            &serde_json::json!({"channels": gw.bus.hub().stats()}),
+        )),
+        (_, "/publish") => publish::batch(&gw, req).await,
+        (_, p) if p.starts_with("/publish/") => {
+            let channel = h::decode_segment(&p["/publish/".len()..]);
+            publish::single(&gw, req, &channel).await
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "no admin endpoint {path}; see /metrics, /healthz, /readyz, /channels, /publish"
+        ))),
+    };
+    result.unwrap_or_else(|e| h::error(&e))
+}

@@ -1,0 +1,236 @@
+//! Byte-exact accounting of client sockets.
+//!
+//! [`MeteredStream`] wraps the accepted socket below hyper and
+//! fastwebsockets, so it sees every byte that crosses the wire: request
+//! heads, bodies, the upgrade handshake, frames, pings, close frames. Each
+//! read or write costs one relaxed atomic add on a pre-resolved counter.
+//!
+//! Attribution: a connection's bytes belong to the transport of the request
+//! they are part of. Bytes read while no request is being handled (the head
+//! of the next request on a keep-alive connection) are held as *pending*
+//! until the router has classified that request, then credited to it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::Metrics;
+use crate::transport::Transport;
+
+/// Bit set in `state` while no request is in progress.
+const IDLE: u8 = 0x80;
+
+/// One client connection's attribution state, shared by the socket wrapper
+/// (or both halves of a split socket) and the request handlers.
+pub struct ConnMeter {
+    metrics: Arc<Metrics>,
+    /// Transport index, plus [`IDLE`] between requests.
+    state: AtomicU8,
+    /// Bytes read while idle, not yet attributed.
+    pending_in: AtomicU64,
+    /// The listener's open-connection count; decremented when the last
+    /// reference (socket or session) goes away.
+    open: Arc<AtomicUsize>,
+}
+
+impl ConnMeter {
+    pub fn new(metrics: Arc<Metrics>, open: Arc<AtomicUsize>) -> Arc<ConnMeter> {
+        Arc::new(ConnMeter {
+            metrics,
+            // Bytes that never become a routed request (garbage, a
+            // half-sent head) are charged to the proxy, the default route.
+            state: AtomicU8::new(IDLE | Transport::Proxy as u8),
+            pending_in: AtomicU64::new(0),
+            open,
+        })
+    }
+
+    fn transport(state: u8) -> Transport {
+        Transport::ALL[(state & !IDLE) as usize]
+    }
+
+    #[inline]
+    fn on_read(&self, n: usize) {
+        let state = self.state.load(Ordering::Relaxed);
+        if state & IDLE != 0 {
+            self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            self.metrics
+                .transport(Self::transport(state))
+                .wire_in
+                .inc_by(n as u64);
+        }
+    }
+
+    #[inline]
+    fn on_write(&self, n: usize) {
+        let state = self.state.load(Ordering::Relaxed);
+        self.metrics
+            .transport(Self::transport(state))
+            .wire_out
+            .inc_by(n as u64);
+    }
+
+    /// The current request was classified: it and its pending head bytes
+    /// belong to `transport`.
+    pub fn begin_request(&self, transport: Transport) {
+        self.state.store(transport as u8, Ordering::Relaxed);
+        self.flush_pending(transport);
+    }
+
+    /// The response is finished; bytes read from now on wait for the next
+    /// request. Writes keep going to the last transport (the response's tail).
+    pub fn response_done(&self) {
+        self.state.fetch_or(IDLE, Ordering::Relaxed);
+    }
+
+    fn flush_pending(&self, transport: Transport) {
+        let pending = self.pending_in.swap(0, Ordering::Relaxed);
+        if pending > 0 {
+            self.metrics.transport(transport).wire_in.inc_by(pending);
+        }
+    }
+}
+
+impl Drop for ConnMeter {
+    fn drop(&mut self) {
+        let state = self.state.load(Ordering::Relaxed);
+        self.flush_pending(Self::transport(state));
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket (or socket half) that counts what crosses it.
+    pub struct MeteredStream<S> {
+        #[pin]
+        inner: S,
+        meter: Arc<ConnMeter>,
+    }
+}
+
+impl<S> MeteredStream<S> {
+    pub fn new(inner: S, meter: Arc<ConnMeter>) -> Self {
+        MeteredStream { inner, meter }
+    }
+
+    pub fn meter(&self) -> &Arc<ConnMeter> {
+        &self.meter
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn into_parts(self) -> (S, Arc<ConnMeter>) {
+        (self.inner, self.meter)
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for MeteredStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.meter.on_read(n);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for MeteredStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.meter.on_write(n);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            this.meter.on_write(n);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_are_attributed_to_the_request_they_belong_to() {
+        let metrics = Arc::new(Metrics::new());
+        let open = Arc::new(AtomicUsize::new(1));
+        let meter = ConnMeter::new(metrics.clone(), open.clone());
+        let (client, server) = tokio::io::duplex(1024);
+        let mut server = MeteredStream::new(server, meter.clone());
+        let mut client = client;
+
+        // A request head arrives before routing: pending.
+        client
+            .write_all(b"GET /rt/poll/x HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(metrics.transport(Transport::LongPoll).wire_in.get(), 0);
+        meter.begin_request(Transport::LongPoll);
+        assert_eq!(
+            metrics.transport(Transport::LongPoll).wire_in.get(),
+            n as u64
+        );
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        meter.response_done();
+        assert_eq!(metrics.transport(Transport::LongPoll).wire_out.get(), 19);
+
+        // The next request on the connection is a proxied one.
+        client.write_all(b"GET /x HTTP/1.1\r\n\r\n").await.unwrap();
+        let n2 = server.read(&mut buf).await.unwrap();
+        meter.begin_request(Transport::Proxy);
+        assert_eq!(metrics.transport(Transport::Proxy).wire_in.get(), n2 as u64);
+        assert_eq!(
+            metrics.transport(Transport::LongPoll).wire_in.get(),
+            n as u64
+        );
+
+        drop(server);
+        drop(meter);
+        assert_eq!(open.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,191 @@
+//! Listeners, connections and the shutdown sequence.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests
+//! (and `main`) decide the ports. Shutdown order: stop accepting, then
+//! cancel the gateway's token (held polls answer, SSE streams end,
+//! WebSockets close with 1001, idle keep-alive connections close), then wait
+//! for every tracked task up to `shutdown.drain_timeout`.
+
+pub mod admin;
+pub mod meter;
+pub mod public;
+mod publish;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::bus::Bus;
+use crate::gateway::Gateway;
+use meter::{ConnMeter, MeteredStream};
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// How often history is aged and idle channels are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` completes, then drains. Returns whether every
+/// connection finished within the drain time.
+pub async fn run(
+    gw: Arc<Gateway>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let sweeper = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                gw.bus.hub().sweep(std::time::Instant::now());
+            }
+        }
+    });
+    let public = tokio::spawn(accept_public(gw.clone(), listeners.public));
+    let admin = tokio::spawn(accept_admin(gw.clone(), listeners.admin));
+
+    shutdown.await;
+    tracing::info!(drain = ?gw.config.shutdown.drain_timeout, "shutting down: no new connections, draining");
+    gw.shutdown.cancel();
+    // The accept loops see the token and drop their listeners.
+    let _ = tokio::join!(public, admin);
+    gw.tasks.close();
+    let drained = tokio::time::timeout(gw.config.shutdown.drain_timeout, gw.tasks.wait())
+        .await
+        .is_ok();
+    sweeper.abort();
+    if drained {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!(
+            open = gw.tasks.len(),
+            "drain time over; dropping what is left"
+        );
+    }
+    drained
+}
+
+/// Accepts with backoff on errors (EMFILE and the like would otherwise spin).
+async fn accept(gw: &Gateway, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+fn http1_builder(gw: &Gateway) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // Without a timer hyper silently disables the header-read timeout.
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.config.limits.header_read_timeout)
+        .max_buf_size(gw.config.limits.max_header_bytes)
+        .keep_alive(true)
+        // The Date header is 37 bytes on every poll answer; the product is
+        // about not paying for headers nobody reads.
+        .auto_date_header(false);
+    builder
+}
+
+async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
+    let builder = http1_builder(&gw);
+    let max = gw.config.limits.max_connections;
+    while let Some((stream, peer)) = accept(&gw, &listener).await {
+        if gw.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            gw.open_connections.fetch_sub(1, Ordering::Relaxed);
+            gw.tasks.spawn(refuse(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone());
+        let io = TokioIo::new(MeteredStream::new(stream, meter.clone()));
+        let svc_gw = gw.clone();
+        let service = service_fn(move |req| {
+            let gw = svc_gw.clone();
+            let meter = meter.clone();
+            async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter).await) }
+        });
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        let token = gw.shutdown.clone();
+        gw.tasks.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Over the connection limit: a short 503 and close, never a queue.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str =
+        r#"{"error":"too_many_connections","message":"the gateway is at its connection limit"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+}
+
+async fn accept_admin(gw: Arc<Gateway>, listener: TcpListener) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(gw.config.limits.header_read_timeout);
+    while let Some((stream, peer)) = accept(&gw, &listener).await {
+        let svc_gw = gw.clone();
+        let service = service_fn(move |req| {
+            let gw = svc_gw.clone();
+            async move { Ok::<_, Infallible>(admin::route(gw, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let token = gw.shutdown.clone();
+        gw.tasks.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! The public listener's router: client transports under the prefix, the
+//! reverse proxy for everything else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::meter::ConnMeter;
+use super::publish;
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::http::{self as h, Request, Response};
+use crate::transport::{longpoll, sse, websocket, Transport};
+
+/// Where a request goes.
+enum Route {
+    WebSocket(Option<String>),
+    Poll(String),
+    Sse(String),
+    Publish(String),
+    UnknownGatewayPath,
+    Proxy,
+}
+
+fn classify(prefix: &str, path: &str) -> Route {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return Route::Proxy;
+    };
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return Route::Proxy; // "/rtx" is not under "/rt"
+    }
+    let (endpoint, arg) = match rest.trim_start_matches('/').split_once('/') {
+        Some((endpoint, arg)) => (endpoint, Some(h::decode_segment(arg))),
+        None => (rest.trim_start_matches('/'), None),
+    };
+    match (endpoint, arg) {
+        ("ws", arg) => Route::WebSocket(arg),
+        ("poll", Some(ch)) => Route::Poll(ch),
+        ("sse", Some(ch)) => Route::Sse(ch),
+        ("publish", Some(ch)) => Route::Publish(ch),
+        _ => Route::UnknownGatewayPath,
+    }
+}
+
+impl Route {
+    fn transport(&self) -> Transport {
+        match self {
+            Route::WebSocket(_) => Transport::WebSocket,
+            Route::Poll(_) => Transport::LongPoll,
+            Route::Sse(_) => Transport::Sse,
+            Route::Publish(_) | Route::UnknownGatewayPath | Route::Proxy => Transport::Proxy,
+        }
+    }
+}
+
+pub async fn route(
+    gw: Arc<Gateway>,
+    req: Request,
+    peer: SocketAddr,
+    meter: Arc<ConnMeter>,
+) -> Response {
+    let route = classify(&gw.config.prefix, req.uri().path());
+    meter.begin_request(route.transport());
+    let result = match route {
+        Route::WebSocket(channel) => websocket::handle(&gw, req, channel).await,
+        Route::Poll(channel) => longpoll::handle(&gw, &req, &channel).await,
+        Route::Sse(channel) => sse::handle(&gw, &req, &channel).await,
+        Route::Publish(channel) => match authorize_publisher(&gw, &req) {
+            Ok(()) => publish::single(&gw, req, &channel).await,
+            Err(e) => Err(e),
+        },
+        Route::UnknownGatewayPath => Err(ApiError::NotFound(format!(
+            "no gateway endpoint {}; see {p}/ws, {p}/poll/{{channel}}, {p}/sse/{{channel}}",
+            req.uri().path(),
+            p = gw.config.prefix
+        ))),
+        Route::Proxy => match &gw.proxy {
+            Some(proxy) => Ok(proxy.forward(req, peer).await),
+            None => Err(ApiError::NotFound(format!(
+                "{} is not a gateway path and no upstream is configured (--upstream)",
+                req.uri().path()
+            ))),
+        },
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        match e.source() {
+            crate::error::Source::Client => {
+                tracing::debug!(error = %e, code = e.code(), "request refused")
+            }
+            crate::error::Source::Upstream => {
+                tracing::warn!(error = %e, code = e.code(), "request failed")
+            }
+        }
+        h::error(&e)
+    });
+    resp.body_mut().set_meter(meter);
+    resp
+}
+
+/// Public publishing needs one of the configured keys as a bearer token.
+fn authorize_publisher(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
+    let keys = &gw.config.publish.keys;
+    if keys.is_empty() {
+        return Err(ApiError::NotFound(
+            "publishing is not enabled on the public listener (publish.keys)".into(),
+        ));
+    }
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => Err(ApiError::Unauthorized(
+            "publishing needs Authorization: Bearer KEY".into(),
+        )),
+        Some(key)
+            if keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::Forbidden("publisher key not accepted".into())),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(classify("/rt", "/rt/ws"), Route::WebSocket(None)));
+        assert!(matches!(classify("/rt", "/rt/ws/news"), Route::WebSocket(Some(c)) if c == "news"));
+        assert!(matches!(classify("/rt", "/rt/poll/a%20b"), Route::Poll(c) if c == "a b"));
+        assert!(matches!(classify("/rt", "/rt/sse/x"), Route::Sse(_)));
+        assert!(matches!(
+            classify("/rt", "/rt/poll"),
+            Route::UnknownGatewayPath
+        ));
+        assert!(matches!(
+            classify("/rt", "/rt/nope"),
+            Route::UnknownGatewayPath
+        ));
+        assert!(matches!(classify("/rt", "/rtx/ws"), Route::Proxy));
+        assert!(matches!(classify("/rt", "/api/rt/ws"), Route::Proxy));
+        assert!(matches!(classify("/rt", "/rt/poll/a/b"), Route::Poll(c) if c == "a/b"));
+    }
+}

@@ -1,0 +1,221 @@
+//! Server-sent events: `GET {prefix}/sse/{channel}`, resumable with
+//! `Last-Event-ID` (what browsers send on reconnect) or `?since=`.
+//!
+//! The response body *is* the subscriber: hyper polls [`SseBody`], which
+//! drains the subscriber queue directly, so an SSE stream costs no task or
+//! channel of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::bus::{Bus, HistoryRead, Message, SubscriberQueue, Subscription};
+use crate::channel::{parse_cursor, ChannelName};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::http::{query_pairs, Body, BoxError, Request, Response};
+use crate::metrics::Metrics;
+use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
+
+/// Most messages written in one chunk.
+const BATCH: usize = 256;
+
+/// Handles `GET {prefix}/sse/{channel}`.
+pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<Response, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    let channel = ChannelName::new(channel)?;
+    // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
+    // the original URL but sends the id it actually got to.
+    let since = match req.headers().get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| parse_cursor(s.trim()))
+                .ok_or(ApiError::BadCursor("Last-Event-ID"))?,
+        ),
+        None => match query_pairs(req.uri().query())
+            .into_iter()
+            .find(|(k, _)| k == "since")
+        {
+            Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
+            None => None,
+        },
+    };
+    if gw.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::Sse);
+    let (subscription, history) = gw
+        .bus
+        .subscribe(&channel, since, &queue, gw.config.history.size)
+        .await?;
+    let body = SseBody::new(gw, channel, since, queue, subscription, history);
+    let mut resp = hyper::Response::new(Body::sse(body));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    longpoll::cors(gw, req.headers(), resp.headers_mut());
+    Ok(resp)
+}
+
+/// An event stream fed by one subscription.
+pub struct SseBody {
+    metrics: Arc<Metrics>,
+    queue: Arc<SubscriberQueue>,
+    _subscription: Subscription,
+    _connection: ConnectionGuard,
+    cursor: Cursor,
+    /// `retry:`, any truncation notice and the replayed history.
+    prelude: Option<(Bytes, Vec<Arc<Message>>)>,
+    keepalive_every: Duration,
+    keepalive: Pin<Box<tokio::time::Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    batch: Vec<Arc<Message>>,
+    ended: bool,
+}
+
+impl SseBody {
+    fn new(
+        gw: &Arc<Gateway>,
+        channel: ChannelName,
+        since: Option<u64>,
+        queue: Arc<SubscriberQueue>,
+        subscription: Subscription,
+        history: HistoryRead,
+    ) -> SseBody {
+        let mut head = BytesMut::new();
+        head.put_slice(format!("retry: {}\n\n", gw.config.sse.retry.as_millis()).as_bytes());
+        if history.truncated || history.conflated {
+            let event = if history.truncated {
+                "truncated"
+            } else {
+                "conflated"
+            };
+            let data = serde_json::json!({"channel": channel.as_str(), "since": since});
+            head.put_slice(format!("event: {event}\ndata: {data}\n\n").as_bytes());
+        }
+        let start = history
+            .messages
+            .first()
+            .map(|m| m.id - 1)
+            .unwrap_or(history.last_id);
+        let keepalive_every = gw.config.sse.keepalive_interval;
+        SseBody {
+            metrics: gw.metrics.clone(),
+            queue,
+            _subscription: subscription,
+            _connection: ConnectionGuard::new(&gw.metrics, Transport::Sse),
+            cursor: Cursor(start),
+            prelude: Some((head.freeze(), history.messages)),
+            keepalive_every,
+            keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
+            shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
+            batch: Vec::with_capacity(BATCH),
+            ended: false,
+        }
+    }
+
+    /// The events of `messages` this client hasn't had, as one chunk.
+    fn encode(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
+        let fresh: Vec<&Arc<Message>> = messages
+            .iter()
+            .filter(|m| self.cursor.advance(m.id))
+            .collect();
+        let chunk = match fresh.as_slice() {
+            [] => return None,
+            // The common case: one event, its shared encoding, no copy.
+            [only] => only.sse_event().clone(),
+            many => {
+                let size = many.iter().map(|m| m.sse_event().len()).sum();
+                let mut out = BytesMut::with_capacity(size);
+                for m in many {
+                    out.put_slice(m.sse_event());
+                }
+                out.freeze()
+            }
+        };
+        let delivered: Vec<Arc<Message>> = fresh.into_iter().cloned().collect();
+        record_delivery(&self.metrics, Transport::Sse, &delivered);
+        Some(chunk)
+    }
+
+    fn reset_keepalive(&mut self) {
+        let next = tokio::time::Instant::now() + self.keepalive_every;
+        self.keepalive.as_mut().reset(next);
+    }
+}
+
+impl HttpBody for SseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some((head, replay)) = this.prelude.take() {
+            let mut out = BytesMut::from(&head[..]);
+            if let Some(events) = this.encode(&replay) {
+                out.put_slice(&events);
+            }
+            this.reset_keepalive();
+            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            // Ending the stream makes the browser reconnect (to another
+            // node, or this one once it is back) after `retry`.
+            this.ended = true;
+            return Poll::Ready(None);
+        }
+        loop {
+            let queue = this.queue.clone();
+            match queue.poll_drain(cx, &mut this.batch, BATCH) {
+                Poll::Ready(Ok(())) => {
+                    let batch = std::mem::take(&mut this.batch);
+                    let chunk = this.encode(&batch);
+                    this.batch = batch;
+                    this.batch.clear();
+                    if let Some(chunk) = chunk {
+                        this.reset_keepalive();
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                }
+                Poll::Ready(Err(_)) => {
+                    // Overflow (slow consumer, already counted) or shutdown.
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if this.keepalive.as_mut().poll(cx).is_ready() {
+            this.reset_keepalive();
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}

@@ -1,0 +1,171 @@
+//! Client-to-server JSON commands on a WebSocket.
+
+use serde::Deserialize;
+
+use crate::channel::{parse_cursor, ChannelName};
+
+/// A command a client may send as a text frame.
+#[derive(Debug)]
+pub enum Command {
+    Subscribe {
+        channel: ChannelName,
+        since: Option<u64>,
+    },
+    Unsubscribe {
+        channel: ChannelName,
+    },
+    Publish {
+        channel: ChannelName,
+        data: serde_json::Value,
+    },
+}
+
+/// A refused command: answered with `{"type":"error",…}`, connection kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub code: &'static str,
+    pub message: String,
+    pub channel: Option<String>,
+}
+
+impl CommandError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        CommandError {
+            code,
+            message: message.into(),
+            channel: None,
+        }
+    }
+
+    pub fn on(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_string());
+        self
+    }
+
+    /// `{"type":"error","code":…,"message":…[,"channel":…]}`
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "type": "error",
+            "code": self.code,
+            "message": self.message,
+        });
+        if let Some(ch) = &self.channel {
+            v["channel"] = serde_json::Value::String(ch.clone());
+        }
+        serde_json::to_vec(&v).expect("json! values serialise")
+    }
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    channel: Option<String>,
+    since: Option<serde_json::Value>,
+    data: Option<serde_json::Value>,
+}
+
+/// Parses one text message.
+pub fn parse(text: &str) -> Result<Command, CommandError> {
+    let raw: Raw = serde_json::from_str(text)
+        .map_err(|e| CommandError::new("bad_json", format!("not a JSON command object: {e}")))?;
+    let kind = raw
+        .kind
+        .ok_or_else(|| CommandError::new("bad_command", "a command needs a \"type\""))?;
+    let channel = || -> Result<ChannelName, CommandError> {
+        let name = raw.channel.as_deref().ok_or_else(|| {
+            CommandError::new("bad_command", format!("\"{kind}\" needs a \"channel\""))
+        })?;
+        ChannelName::new(name).map_err(|e| CommandError::new("bad_channel", e.to_string()).on(name))
+    };
+    match kind.as_str() {
+        "subscribe" => {
+            let channel = channel()?;
+            let since = match &raw.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                    CommandError::new("bad_cursor", "\"since\" must be an unsigned integer id")
+                        .on(channel.as_str())
+                })?),
+                Some(serde_json::Value::String(s)) => Some(parse_cursor(s).ok_or_else(|| {
+                    CommandError::new("bad_cursor", "\"since\" must be an unsigned integer id")
+                        .on(channel.as_str())
+                })?),
+                Some(_) => {
+                    return Err(CommandError::new(
+                        "bad_cursor",
+                        "\"since\" must be an unsigned integer id",
+                    )
+                    .on(channel.as_str()))
+                }
+            };
+            Ok(Command::Subscribe { channel, since })
+        }
+        "unsubscribe" => Ok(Command::Unsubscribe {
+            channel: channel()?,
+        }),
+        "publish" => {
+            let channel = channel()?;
+            let data = raw.data.ok_or_else(|| {
+                CommandError::new("bad_command", "\"publish\" needs \"data\"").on(channel.as_str())
+            })?;
+            Ok(Command::Publish { channel, data })
+        }
+        other => Err(CommandError::new(
+            "unknown_command",
+            format!("unknown command type {other:?}; expected subscribe, unsubscribe or publish"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","channel":"a","since":7}"#),
+            Ok(Command::Subscribe { since: Some(7), .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","channel":"a","since":"7"}"#),
+            Ok(Command::Subscribe { since: Some(7), .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"unsubscribe","channel":"a"}"#),
+            Ok(Command::Unsubscribe { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"publish","channel":"a","data":{"x":1}}"#),
+            Ok(Command::Publish { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_commands_with_codes() {
+        let code = |s: &str| parse(s).unwrap_err().code;
+        assert_eq!(code("{not json"), "bad_json");
+        assert_eq!(code("[]"), "bad_json");
+        assert_eq!(code(r#"{"channel":"a"}"#), "bad_command");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_command");
+        assert_eq!(code(r#"{"type":"subscribe"}"#), "bad_command");
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a b"}"#),
+            "bad_channel"
+        );
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","since":-1}"#),
+            "bad_cursor"
+        );
+        assert_eq!(code(r#"{"type":"publish","channel":"a"}"#), "bad_command");
+    }
+
+    #[test]
+    fn error_json_names_the_channel() {
+        let e = CommandError::new("forbidden", "no").on("c");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["channel"], "c");
+    }
+}

@@ -1,0 +1,257 @@
+//! WebSocket transport (RFC 6455): `GET {prefix}/ws/{channel}` and
+//! `GET {prefix}/ws?channel=a&channel=b`.
+//!
+//! The handshake is answered here (hyper does the HTTP/1.1 upgrade); the
+//! channels are subscribed *before* the 101 goes out so nothing published
+//! meanwhile is missed. After the upgrade the raw socket is recovered from
+//! hyper, split, and served by two tasks: [`reader`] (frames in, through
+//! fastwebsockets) and [`session`] (everything else; it writes pre-encoded
+//! frames itself so one shared buffer per message serves every client).
+
+pub mod command;
+pub mod frame;
+mod reader;
+mod session;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, SubscriberQueue};
+use crate::channel::{parse_cursor, ChannelName};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::http::{query_pairs, Body, Request, Response};
+use crate::server::meter::MeteredStream;
+use crate::transport::{ConnectionGuard, Transport};
+use session::{InitialSubscription, Session};
+
+/// The subprotocol we speak, selected when a client offers it.
+pub const SUBPROTOCOL: &str = "pollbridge.v1";
+
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The client socket as hyper hands it back after the upgrade.
+type ClientIo = TokioIo<MeteredStream<TcpStream>>;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// True for a request that asks to become a WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+}
+
+/// `Sec-WebSocket-Accept` for a client key.
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Handles `GET {prefix}/ws[/{channel}]`. `path_channel` is the decoded
+/// path segment, if any.
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    mut req: Request,
+    path_channel: Option<String>,
+) -> Result<Response, ApiError> {
+    if req.method() != http::Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    if !gw.config.websocket.enabled {
+        return Err(ApiError::Forbidden(
+            "WebSocket is disabled on this gateway; use long-poll or SSE".into(),
+        ));
+    }
+    if !is_upgrade(req.headers()) {
+        return Err(ApiError::UpgradeRequired);
+    }
+    if gw.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    if !version_ok {
+        return Err(ApiError::BadRequest(
+            "Sec-WebSocket-Version must be 13".into(),
+        ));
+    }
+    let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(k)
+            if base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .is_ok_and(|d| d.len() == 16) =>
+        {
+            k.clone()
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "missing or malformed Sec-WebSocket-Key".into(),
+            ))
+        }
+    };
+
+    // Which channels, from which cursor.
+    let query = query_pairs(req.uri().query());
+    let mut names: Vec<String> = path_channel.into_iter().collect();
+    names.extend(
+        query
+            .iter()
+            .filter(|(k, _)| k == "channel")
+            .map(|(_, v)| v.clone()),
+    );
+    let mut channels: Vec<ChannelName> = Vec::with_capacity(names.len());
+    for name in &names {
+        let channel = ChannelName::new(name)?;
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    let since = match query.iter().find(|(k, _)| k == "since") {
+        Some((_, v)) => Some(parse_cursor(v).ok_or(ApiError::BadCursor("since"))?),
+        None => None,
+    };
+    if since.is_some() && channels.len() != 1 {
+        return Err(ApiError::BadRequest(
+            "`since` needs exactly one channel; for several, send subscribe commands with their own since".into(),
+        ));
+    }
+    let max = gw.config.limits.max_subscriptions_per_connection;
+    if channels.len() > max {
+        return Err(ApiError::TooManySubscriptions(max));
+    }
+
+    // Subscribe before answering, so nothing published meanwhile is lost.
+    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    let mut initial = Vec::with_capacity(channels.len());
+    for channel in channels {
+        let (subscription, history) = gw
+            .bus
+            .subscribe(&channel, since, &queue, gw.config.history.size)
+            .await?;
+        initial.push(InitialSubscription {
+            channel,
+            subscription,
+            history,
+        });
+    }
+
+    let protocol_offered =
+        header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session_gw = gw.clone();
+    gw.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
+        tracing::debug!("websocket open");
+        match upgraded.downcast::<ClientIo>() {
+            Ok(parts) => {
+                // The raw socket is back: split it into owned halves (no
+                // lock between reader and writer) that keep counting bytes.
+                let (stream, meter) = parts.io.into_inner().into_parts();
+                let (read, write) = stream.into_split();
+                let read = std::io::Cursor::new(parts.read_buf)
+                    .chain(MeteredStream::new(read, meter.clone()));
+                let write = MeteredStream::new(write, meter);
+                serve(session_gw, read, write, queue, initial).await;
+            }
+            Err(upgraded) => {
+                // Not our socket type (cannot happen with our listener);
+                // still serve it correctly, through a lock-based split.
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                serve(session_gw, read, write, queue, initial).await;
+            }
+        }
+    });
+
+    let mut resp = hyper::Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept_key(key.as_bytes())).expect("base64 is a valid header"),
+    );
+    if protocol_offered {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(resp)
+}
+
+async fn serve<R, W>(
+    gw: Arc<Gateway>,
+    read: R,
+    write: W,
+    queue: Arc<SubscriberQueue>,
+    initial: Vec<InitialSubscription>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // fastwebsockets needs a write half to split with; we write frames
+    // ourselves, so it gets a sink it never uses.
+    let (ws_read, _unused) = fastwebsockets::after_handshake_split(
+        read,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    );
+    let (tx, rx) = mpsc::channel(16);
+    let reader = tokio::spawn(reader::run(ws_read, gw.config.limits.max_message_bytes, tx));
+    Session::new(gw, write, queue).run(initial, rx).await;
+    reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 §1.3
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn upgrade_detection_is_token_based() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(is_upgrade(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!is_upgrade(&h));
+    }
+}

@@ -1,0 +1,414 @@
+//! The writing half of a WebSocket session, and its brain: delivers queued
+//! messages, answers commands and control frames, pings idle clients and
+//! closes with the right code.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::command::{self, Command, CommandError};
+use super::frame;
+use super::reader::Inbound;
+use crate::bus::{Bus, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue, Subscription};
+use crate::channel::ChannelName;
+use crate::gateway::Gateway;
+use crate::transport::{record_delivery, Cursor, Transport};
+
+/// Most messages taken from the queue for one write.
+const BATCH: usize = 64;
+
+/// A subscription the session holds, with the last id it delivered.
+struct Subscribed {
+    _subscription: Subscription,
+    cursor: Cursor,
+}
+
+/// How a session ends: the close frame to send, if any can be sent.
+enum End {
+    Close(u16, String),
+    /// The socket is unusable (peer gone, write cut mid-frame): just drop it.
+    Drop,
+}
+
+pub struct Session<W> {
+    gw: Arc<Gateway>,
+    writer: W,
+    queue: Arc<SubscriberQueue>,
+    subscriptions: HashMap<ChannelName, Subscribed>,
+    last_heard: Instant,
+    ping_sent: bool,
+}
+
+/// A subscription taken before the handshake answer, with its history.
+pub struct InitialSubscription {
+    pub channel: ChannelName,
+    pub subscription: Subscription,
+    pub history: HistoryRead,
+}
+
+impl<W: AsyncWrite + Unpin> Session<W> {
+    pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
+        Session {
+            gw,
+            writer,
+            queue,
+            subscriptions: HashMap::new(),
+            last_heard: Instant::now(),
+            ping_sent: false,
+        }
+    }
+
+    /// Runs until the connection ends.
+    pub async fn run(
+        mut self,
+        initial: Vec<InitialSubscription>,
+        mut inbound: mpsc::Receiver<Inbound>,
+    ) {
+        let end = match self.start(initial).await {
+            Ok(()) => self.serve(&mut inbound).await,
+            Err(end) => end,
+        };
+        if let End::Close(code, ref reason) = end {
+            let close = frame::close(code, reason);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.writer.write_all(&close)).await;
+            // Give the client a moment to answer the close, per the RFC's
+            // handshake, without waiting on a peer that never will.
+            if code != 1013 {
+                let wait = async {
+                    while let Some(ev) = inbound.recv().await {
+                        if matches!(ev, Inbound::Close(_)) {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+        tracing::debug!(code = ?match &end { End::Close(c, _) => Some(*c), End::Drop => None }, "websocket closed");
+    }
+
+    async fn start(&mut self, initial: Vec<InitialSubscription>) -> Result<(), End> {
+        for sub in initial {
+            self.adopt(sub.channel, sub.subscription, sub.history)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a subscription and sends its ack and replayed history.
+    async fn adopt(
+        &mut self,
+        channel: ChannelName,
+        subscription: Subscription,
+        history: HistoryRead,
+    ) -> Result<(), End> {
+        let ack = serde_json::json!({
+            "type": "subscribed",
+            "channel": channel.as_str(),
+            "last_id": history.last_id,
+            "truncated": history.truncated,
+            "conflated": history.conflated,
+        });
+        let mut cursor = Cursor(
+            history
+                .messages
+                .first()
+                .map(|m| m.id - 1)
+                .unwrap_or(history.last_id),
+        );
+        self.send_text(&serde_json::to_vec(&ack).expect("json"))
+            .await?;
+        let replay: Vec<Arc<Message>> = history
+            .messages
+            .into_iter()
+            .filter(|m| cursor.advance(m.id))
+            .collect();
+        self.subscriptions.insert(
+            channel,
+            Subscribed {
+                _subscription: subscription,
+                cursor,
+            },
+        );
+        self.write_messages(&replay).await
+    }
+
+    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> End {
+        let cfg = &self.gw.config.websocket;
+        let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
+        let shutdown = self.gw.shutdown.clone();
+        let mut ticker = tokio::time::interval(
+            ping_interval
+                .min(idle_timeout / 2)
+                .max(Duration::from_millis(100)),
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
+        loop {
+            let queue = self.queue.clone();
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(End::Close(1001, "server shutting down".into())),
+                event = inbound.recv() => match event {
+                    Some(event) => {
+                        self.last_heard = Instant::now();
+                        self.ping_sent = false;
+                        self.on_inbound(event).await
+                    }
+                    None => Err(End::Drop), // the peer went away without a close frame
+                },
+                drained = queue.drain(&mut batch, BATCH) => match drained {
+                    Ok(()) => {
+                        let result = self.write_messages(&batch).await;
+                        batch.clear();
+                        result
+                    }
+                    Err(QueueClosed::Overflow) => Err(slow_consumer()),
+                    Err(QueueClosed::Shutdown) => Err(End::Close(1001, "server shutting down".into())),
+                },
+                _ = ticker.tick() => self.on_tick(ping_interval, idle_timeout).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_tick(
+        &mut self,
+        ping_interval: Duration,
+        idle_timeout: Duration,
+    ) -> Result<(), End> {
+        let silent = self.last_heard.elapsed();
+        if silent >= idle_timeout {
+            return Err(End::Close(1001, "no answer to ping".into()));
+        }
+        if silent >= ping_interval && !self.ping_sent {
+            self.ping_sent = true;
+            self.write_frames(&[frame::encode(frame::OP_PING, b"")])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_inbound(&mut self, event: Inbound) -> Result<(), End> {
+        match event {
+            Inbound::Text(text) => self.on_command(&text).await,
+            Inbound::Binary => {
+                let err =
+                    CommandError::new("binary_not_supported", "send commands as JSON text frames");
+                self.send_text(&err.to_json()).await
+            }
+            Inbound::Ping(payload) => {
+                self.write_frames(&[frame::encode(frame::OP_PONG, &payload)])
+                    .await
+            }
+            Inbound::Pong => Ok(()),
+            Inbound::Close(code) => {
+                // Echo the client's code (RFC 6455 §5.5.1), then we're done.
+                let _ = self.write_frames(&[frame::close(code, "")]).await;
+                Err(End::Drop)
+            }
+            Inbound::Violation(code, reason) => Err(End::Close(code, reason.into())),
+        }
+    }
+
+    async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        let result = match command::parse(text) {
+            Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
+            Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
+            Ok(Command::Publish { channel, data }) => self.publish(channel, data).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(result) => result,
+            Err(e) => self.send_text(&e.to_json()).await,
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        since: Option<u64>,
+    ) -> Result<Result<(), End>, CommandError> {
+        if let Some(existing) = self.subscriptions.get(&channel) {
+            let ack = serde_json::json!({
+                "type": "subscribed", "channel": channel.as_str(),
+                "last_id": existing.cursor.0, "truncated": false, "conflated": false,
+            });
+            return Ok(self
+                .send_text(&serde_json::to_vec(&ack).expect("json"))
+                .await);
+        }
+        let max = self.gw.config.limits.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(CommandError::new(
+                "too_many_subscriptions",
+                format!("a connection may subscribe to at most {max} channels"),
+            )
+            .on(channel.as_str()));
+        }
+        let limit = self.gw.config.history.size;
+        let (subscription, history) = self
+            .gw
+            .bus
+            .subscribe(&channel, since, &self.queue, limit)
+            .await
+            .map_err(|e| {
+                CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
+            })?;
+        Ok(self.adopt(channel, subscription, history).await)
+    }
+
+    async fn unsubscribe(&mut self, channel: ChannelName) -> Result<Result<(), End>, CommandError> {
+        if self.subscriptions.remove(&channel).is_none() {
+            return Err(
+                CommandError::new("not_subscribed", "not subscribed to this channel")
+                    .on(channel.as_str()),
+            );
+        }
+        let ack = serde_json::json!({"type": "unsubscribed", "channel": channel.as_str()});
+        Ok(self
+            .send_text(&serde_json::to_vec(&ack).expect("json"))
+            .await)
+    }
+
+    async fn publish(
+        &mut self,
+        channel: ChannelName,
+        data: serde_json::Value,
+    ) -> Result<Result<(), End>, CommandError> {
+        if !self.gw.rules.resolve(channel.as_str()).allow_client_publish {
+            return Err(
+                CommandError::new("forbidden", "clients may not publish on this channel")
+                    .on(channel.as_str()),
+            );
+        }
+        let payload = Payload::from_value(&data);
+        let size = payload.to_json_bytes().len();
+        let published = self.gw.bus.publish(&channel, &payload).await.map_err(|e| {
+            CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
+        })?;
+        self.gw
+            .metrics
+            .transport(Transport::WebSocket)
+            .payload_in
+            .inc_by(size as u64);
+        let ack = serde_json::json!({"type": "published", "channel": channel.as_str(), "id": published.id});
+        Ok(self
+            .send_text(&serde_json::to_vec(&ack).expect("json"))
+            .await)
+    }
+
+    async fn send_text(&mut self, json: &[u8]) -> Result<(), End> {
+        self.write_frames(&[frame::encode_text(json)]).await
+    }
+
+    /// Writes the messages this client hasn't had yet, in one vectored write.
+    async fn write_messages(&mut self, messages: &[Arc<Message>]) -> Result<(), End> {
+        let mut frames: Vec<Bytes> = Vec::with_capacity(messages.len());
+        let mut fresh: Vec<Arc<Message>> = Vec::with_capacity(messages.len());
+        for msg in messages {
+            // A message for a channel we just left may still be queued.
+            let Some(sub) = self.subscriptions.get_mut(&msg.channel) else {
+                continue;
+            };
+            if sub.cursor.advance(msg.id) {
+                frames.push(msg.ws_frame().clone());
+                fresh.push(msg.clone());
+            }
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.write_frames(&frames).await?;
+        record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
+        Ok(())
+    }
+
+    /// Writes whole frames. Gives up when the client accepts nothing for
+    /// `write_timeout`, or when its queue overflows meanwhile (it is too
+    /// slow: waiting longer only delays the disconnect).
+    async fn write_frames(&mut self, frames: &[Bytes]) -> Result<(), End> {
+        let timeout = self.gw.config.websocket.write_timeout;
+        let queue = self.queue.clone();
+        let write = write_all_vectored(&mut self.writer, frames);
+        tokio::select! {
+            result = write => result.map_err(|_| End::Drop),
+            _ = queue.overflowed() => {
+                // A frame may be half written: no clean close is possible.
+                Err(End::Drop)
+            }
+            _ = tokio::time::sleep(timeout) => Err(End::Drop),
+        }
+    }
+}
+
+fn slow_consumer() -> End {
+    End::Close(1013, "slow consumer: message queue overflowed".into())
+}
+
+/// Writes every byte of `frames`, several frames per system call.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[Bytes],
+) -> io::Result<()> {
+    if frames.len() == 1 {
+        return writer.write_all(&frames[0]).await;
+    }
+    let mut index = 0; // first frame not completely written
+    let mut offset = 0; // bytes of frames[index] already written
+    while index < frames.len() {
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity((frames.len() - index).min(64));
+        slices.push(IoSlice::new(&frames[index][offset..]));
+        for f in frames[index + 1..].iter().take(63) {
+            slices.push(IoSlice::new(f));
+        }
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let remaining = frames[index].len() - offset;
+            if written >= remaining {
+                written -= remaining;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn vectored_write_survives_partial_writes() {
+        let (mut a, mut b) = tokio::io::duplex(7); // tiny buffer forces partial writes
+        let frames: Vec<Bytes> = (0..20)
+            .map(|i| Bytes::from(format!("frame-{i};")))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_all_vectored(&mut a, &frames).await.unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+}
