@@ -4,6 +4,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -11,6 +12,7 @@ use crate::bus::{memory::MemoryBus, AnyBus, Hub};
 use crate::config::{ChannelRules, Config};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::server::stats::StatsSampler;
 
 pub struct Gateway {
     pub config: Config,
@@ -27,6 +29,12 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Open connections on the public listener.
     pub open_connections: Arc<AtomicUsize>,
+    /// The bandwidth report's sampler.
+    pub stats: Arc<StatsSampler>,
+    /// Cancelled (and replaced) by the admin `POST /disconnect`: every
+    /// WebSocket and SSE session open at that moment ends, and clients
+    /// reconnect and resume.
+    kick: Mutex<CancellationToken>,
 }
 
 impl Gateway {
@@ -42,6 +50,7 @@ impl Gateway {
             Some(url) => Some(Proxy::new(url, &config.proxy, metrics.clone())?),
             None => None,
         };
+        let stats = StatsSampler::new(metrics.clone());
         Ok(Arc::new(Gateway {
             config,
             rules,
@@ -51,6 +60,20 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             open_connections: Arc::new(AtomicUsize::new(0)),
+            stats,
+            kick: Mutex::new(CancellationToken::new()),
         }))
+    }
+
+    /// A token that is cancelled when the operator disconnects every
+    /// session; sessions take it when they start.
+    pub fn kick_token(&self) -> CancellationToken {
+        self.kick.lock().clone()
+    }
+
+    /// Ends every WebSocket and SSE session open now.
+    pub fn disconnect_all(&self) {
+        let old = std::mem::replace(&mut *self.kick.lock(), CancellationToken::new());
+        old.cancel();
     }
 }

@@ -80,7 +80,7 @@ async fn channels_shows_last_id_and_subscribers_by_transport() {
     assert_eq!(find_number(ch, "websocket"), Some(1), "{ch}");
     assert_eq!(find_number(ch, "sse").unwrap_or(0), 0, "{ch}");
 
-    let mut sse = SseClient::open(gw.public, "/rt/sse/stats", &[]).await;
+    let sse = SseClient::open(gw.public, "/rt/sse/stats", &[]).await;
     let all = eventually(T5, "an SSE subscriber in /channels", || async {
         let all = channels(&gw).await;
         let ch = find_channel(&all, "stats")?.clone();

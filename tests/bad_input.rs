@@ -273,3 +273,36 @@ async fn admin_batch_publish_with_a_bad_item_publishes_nothing() {
     assert_eq!(r.status(), 400, "a batch must be a list: {}", r.text());
     gw.assert_still_serving().await;
 }
+
+#[tokio::test]
+async fn connections_past_the_limit_get_503() {
+    let gw = Gateway::start(&["--max-connections", "2"]).await;
+    let mut a = WsClient::connect(&gw.ws_url("/rt/ws/lim")).await;
+    a.expect_control("subscribed", T5).await;
+    let mut b = WsClient::connect(&gw.ws_url("/rt/ws/lim")).await;
+    b.expect_control("subscribed", T5).await;
+    let r = get(&gw.public_url("/rt/poll/lim?timeout=0")).await;
+    assert_error(&r, 503, "too_many_connections");
+    assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+    // A slot frees up when a client leaves.
+    a.close().await;
+    eventually(T5, "a slot is free again", || async {
+        let r = get(&gw.public_url("/rt/poll/lim?timeout=0")).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    drop(b);
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let gw = Gateway::start(&["--max-header-bytes", "8192"]).await;
+    let big = "v".repeat(10_000);
+    let mut conn = RawHttpConn::connect(gw.public).await.unwrap();
+    conn.send_request("GET", "/rt/poll/x?timeout=0", &[("X-Big", &big)], None)
+        .await
+        .unwrap();
+    let r = conn.read_response("GET").await.unwrap();
+    assert_eq!(r.status(), 431, "{}", r.text());
+    gw.assert_still_serving().await;
+}

@@ -167,3 +167,46 @@ async fn sse_resume_with_last_event_id_gets_exactly_the_missed_messages() {
     }
     sse.expect_no_event(QUIET).await;
 }
+
+const STATE_CONFIG: &str = r#"
+[[channels]]
+pattern = "prices.*"
+mode = "state"
+"#;
+
+#[tokio::test]
+async fn state_channel_poll_behind_the_latest_gets_only_the_latest() {
+    let gw = Gateway::start_with_config(STATE_CONFIG, &[]).await;
+    for i in 1..=5 {
+        gw.publish_json("prices.eur", &json!({ "price": i })).await;
+    }
+    let (status, body) = gw.poll("prices.eur", "since=1&timeout=0").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["conflated"], true, "{body}");
+    assert_eq!(body["last_id"], 5, "{body}");
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{body}");
+    assert_envelope(&messages[0], "prices.eur", 5, &json!({"price": 5}));
+
+    // A stream channel under the same gateway is not conflated.
+    for i in 1..=3 {
+        gw.publish_json("other", &json!(i)).await;
+    }
+    let (_, body) = gw.poll("other", "since=1&timeout=0").await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 2, "{body}");
+    assert_ne!(body["conflated"], true, "{body}");
+}
+
+#[tokio::test]
+async fn state_channel_websocket_resume_gets_only_the_latest() {
+    let gw = Gateway::start_with_config(STATE_CONFIG, &[]).await;
+    for i in 1..=5 {
+        gw.publish_json("prices.usd", &json!({ "price": i })).await;
+    }
+    let mut ws = WsClient::connect(&gw.ws_url("/rt/ws/prices.usd?since=1")).await;
+    let sub = ws.expect_control("subscribed", T5).await;
+    assert_eq!(sub["last_id"], 5, "{sub}");
+    let env = ws.next_envelope(T5).await;
+    assert_envelope(&env, "prices.usd", 5, &json!({"price": 5}));
+    ws.expect_no_envelope(QUIET).await;
+}

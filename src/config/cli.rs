@@ -61,6 +61,10 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("proxy-pool-max-idle", "proxy.pool_max_idle", Kind::Integer, "Idle upstream connections kept [default: 256]"),
     ("publish-key", "publish.keys", Kind::List, "Key allowing POST {prefix}/publish on the public listener; repeat or comma-separate [default: none]"),
     ("drain-timeout", "shutdown.drain_timeout", Kind::Text, "Time connections get to finish after SIGTERM [default: 10s]"),
+    ("demo", "demo.enabled", Kind::Bool, "Serve the live demo at {prefix}/demo [default: false]"),
+    ("demo-channel", "demo.channel", Kind::Text, "Channel of the demo page [default: demo]"),
+    ("public-stats", "demo.public_stats", Kind::Bool, "Serve {prefix}/stats on the public listener [default: same as --demo]"),
+    ("conformance-echo", "conformance_echo", Kind::Bool, "Serve a WebSocket echo at {prefix}/echo for conformance tests [default: false]"),
 ];
 
 /// What the command line asked for.

@@ -44,6 +44,10 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub publish: PublishConfig,
     pub shutdown: ShutdownConfig,
+    pub demo: DemoConfig,
+    /// Serve a WebSocket echo endpoint at `{prefix}/echo` (same session code
+    /// as subscribers), for the Autobahn conformance suite. Default: false.
+    pub conformance_echo: bool,
     /// Per-channel rules, first match wins.
     pub channels: Vec<ChannelRule>,
 }
@@ -65,6 +69,8 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             publish: PublishConfig::default(),
             shutdown: ShutdownConfig::default(),
+            demo: DemoConfig::default(),
+            conformance_echo: false,
             channels: Vec::new(),
         }
     }
@@ -276,6 +282,36 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The live demo page and the read-only figures it shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo page at `{prefix}/demo`, and let anyone publish on
+    /// `demo.channel` from it without a key. Default: false.
+    pub enabled: bool,
+    /// The channel the demo reads and publishes. Default: `demo`.
+    pub channel: String,
+    /// Serve the bandwidth figures at `{prefix}/stats` on the public
+    /// listener. Default: on exactly when the demo is.
+    pub public_stats: Option<bool>,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: false,
+            channel: "demo".into(),
+            public_stats: None,
+        }
+    }
+}
+
+impl DemoConfig {
+    pub fn public_stats(&self) -> bool {
+        self.public_stats.unwrap_or(self.enabled)
+    }
+}
+
 /// One problem found in a configuration, naming its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -382,6 +418,12 @@ impl Config {
                     format!("{origin:?} is not \"*\" or an http(s) origin"),
                 );
             }
+        }
+        if crate::channel::ChannelName::new(&self.demo.channel).is_err() {
+            bad(
+                "demo.channel",
+                format!("{:?} is not a valid channel name", self.demo.channel),
+            );
         }
         for (i, rule) in self.channels.iter().enumerate() {
             if let Err(e) = rules::validate_pattern(&rule.pattern) {

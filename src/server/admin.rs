@@ -23,6 +23,15 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
             );
             Ok(resp)
         }
+        (&Method::GET, "/") => Ok(super::assets::ADMIN_HTML.serve(req.headers())),
+        (&Method::GET, "/stats") => Ok(h::json_value(StatusCode::OK, &gw.stats.report())),
+        (&Method::POST, "/disconnect") => {
+            let sessions = gw.metrics.transport(crate::transport::Transport::WebSocket).connections.get()
+                + gw.metrics.transport(crate::transport::Transport::Sse).connections.get();
+            gw.disconnect_all();
+            tracing::info!(sessions, "operator disconnected every WebSocket and SSE session");
+            Ok(h::json_value(StatusCode::OK, &serde_json::json!({"disconnected": sessions})))
+        }
         (&Method::GET, "/healthz") => Ok(h::json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])),
         (&Method::GET, "/readyz") => Ok(if gw.bus.is_ready() && !gw.shutdown.is_cancelled() {
             h::json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
@@ -42,7 +51,7 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
             publish::single(&gw, req, &channel).await
         }
         _ => Err(ApiError::NotFound(format!(
-            "no admin endpoint {path}; see /metrics, /healthz, /readyz, /channels, /publish"
+            "no admin endpoint {path}; see /, /stats, /metrics, /healthz, /readyz, /channels, /publish, /disconnect"
         ))),
     };
     result.unwrap_or_else(|e| h::error(&e))

@@ -7,9 +7,11 @@
 //! for every tracked task up to `shutdown.drain_timeout`.
 
 pub mod admin;
+pub mod assets;
 pub mod meter;
 pub mod public;
 mod publish;
+pub mod stats;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,10 +49,15 @@ pub async fn run(
     let sweeper = tokio::spawn({
         let gw = gw.clone();
         async move {
-            let mut every = tokio::time::interval(SWEEP_EVERY);
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut last_sweep = std::time::Instant::now();
             loop {
                 every.tick().await;
-                gw.bus.hub().sweep(std::time::Instant::now());
+                gw.stats.sample();
+                if last_sweep.elapsed() >= SWEEP_EVERY {
+                    last_sweep = std::time::Instant::now();
+                    gw.bus.hub().sweep(last_sweep);
+                }
             }
         }
     });

@@ -17,6 +17,10 @@ enum Route {
     Poll(String),
     Sse(String),
     Publish(String),
+    Echo,
+    Asset(&'static super::assets::Asset),
+    Demo,
+    Stats,
     UnknownGatewayPath,
     Proxy,
 }
@@ -37,6 +41,12 @@ fn classify(prefix: &str, path: &str) -> Route {
         ("poll", Some(ch)) => Route::Poll(ch),
         ("sse", Some(ch)) => Route::Sse(ch),
         ("publish", Some(ch)) => Route::Publish(ch),
+        ("echo", None) => Route::Echo,
+        ("client.js", None) => Route::Asset(&super::assets::CLIENT_JS),
+        ("client.d.ts", None) => Route::Asset(&super::assets::CLIENT_DTS),
+        ("demo", None) => Route::Demo,
+        ("demo", Some(rest)) if rest.is_empty() => Route::Demo,
+        ("stats", None) => Route::Stats,
         _ => Route::UnknownGatewayPath,
     }
 }
@@ -44,10 +54,15 @@ fn classify(prefix: &str, path: &str) -> Route {
 impl Route {
     fn transport(&self) -> Transport {
         match self {
-            Route::WebSocket(_) => Transport::WebSocket,
+            Route::WebSocket(_) | Route::Echo => Transport::WebSocket,
             Route::Poll(_) => Transport::LongPoll,
             Route::Sse(_) => Transport::Sse,
-            Route::Publish(_) | Route::UnknownGatewayPath | Route::Proxy => Transport::Proxy,
+            Route::Publish(_)
+            | Route::Asset(_)
+            | Route::Demo
+            | Route::Stats
+            | Route::UnknownGatewayPath
+            | Route::Proxy => Transport::Proxy,
         }
     }
 }
@@ -62,9 +77,27 @@ pub async fn route(
     meter.begin_request(route.transport());
     let result = match route {
         Route::WebSocket(channel) => websocket::handle(&gw, req, channel).await,
+        Route::Echo if gw.config.conformance_echo => websocket::handle_echo(&gw, req).await,
+        Route::Asset(asset) => {
+            let mut resp = asset.serve(req.headers());
+            // Module scripts load in CORS mode; the client is public anyway.
+            resp.headers_mut().insert(
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                http::HeaderValue::from_static("*"),
+            );
+            Ok(resp)
+        }
+        Route::Demo if gw.config.demo.enabled => Ok(super::assets::DEMO_HTML.serve(req.headers())),
+        Route::Stats if gw.config.demo.public_stats() => {
+            Ok(h::json_value(http::StatusCode::OK, &gw.stats.report()))
+        }
+        Route::Echo | Route::Demo | Route::Stats => Err(ApiError::NotFound(format!(
+            "{} is not enabled on this gateway",
+            req.uri().path()
+        ))),
         Route::Poll(channel) => longpoll::handle(&gw, &req, &channel).await,
         Route::Sse(channel) => sse::handle(&gw, &req, &channel).await,
-        Route::Publish(channel) => match authorize_publisher(&gw, &req) {
+        Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
             Ok(()) => publish::single(&gw, req, &channel).await,
             Err(e) => Err(e),
         },
@@ -96,8 +129,12 @@ pub async fn route(
     resp
 }
 
-/// Public publishing needs one of the configured keys as a bearer token.
-fn authorize_publisher(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
+/// Public publishing needs one of the configured keys as a bearer token,
+/// except on the demo's channel while the demo is enabled.
+fn authorize_publisher(gw: &Gateway, req: &Request, channel: &str) -> Result<(), ApiError> {
+    if gw.config.demo.enabled && channel == gw.config.demo.channel {
+        return Ok(());
+    }
     let keys = &gw.config.publish.keys;
     if keys.is_empty() {
         return Err(ApiError::NotFound(

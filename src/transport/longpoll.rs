@@ -190,6 +190,10 @@ pub fn cors(gw: &Gateway, request: &HeaderMap, response: &mut HeaderMap) {
     if let Some(origin) = allowed_origin(gw, request) {
         response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(header::VARY, HeaderValue::from_static("Origin"));
+        response.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
+        );
     }
 }
 

@@ -86,6 +86,8 @@ pub struct SseBody {
     keepalive_every: Duration,
     keepalive: Pin<Box<tokio::time::Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The operator's "disconnect everyone" (admin `POST /disconnect`).
+    kick: Pin<Box<WaitForCancellationFutureOwned>>,
     batch: Vec<Arc<Message>>,
     ended: bool,
 }
@@ -126,6 +128,7 @@ impl SseBody {
             keepalive_every,
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
+            kick: Box::pin(gw.kick_token().cancelled_owned()),
             batch: Vec::with_capacity(BATCH),
             ended: false,
         }
@@ -181,7 +184,7 @@ impl HttpBody for SseBody {
             this.reset_keepalive();
             return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if this.shutdown.as_mut().poll(cx).is_ready() || this.kick.as_mut().poll(cx).is_ready() {
             // Ending the stream makes the browser reconnect (to another
             // node, or this one once it is back) after `retry`.
             this.ended = true;

@@ -7,6 +7,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
 pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;

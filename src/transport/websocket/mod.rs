@@ -31,7 +31,7 @@ use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
-use session::{InitialSubscription, Session};
+use session::{Handler, InitialSubscription, Session};
 
 /// The subprotocol we speak, selected when a client offers it.
 pub const SUBPROTOCOL: &str = "pollbridge.v1";
@@ -79,35 +79,7 @@ pub async fn handle(
             "WebSocket is disabled on this gateway; use long-poll or SSE".into(),
         ));
     }
-    if !is_upgrade(req.headers()) {
-        return Err(ApiError::UpgradeRequired);
-    }
-    if gw.shutdown.is_cancelled() {
-        return Err(ApiError::ShuttingDown);
-    }
-    let version_ok = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
-    if !version_ok {
-        return Err(ApiError::BadRequest(
-            "Sec-WebSocket-Version must be 13".into(),
-        ));
-    }
-    let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
-        Some(k)
-            if base64::engine::general_purpose::STANDARD
-                .decode(k.as_bytes())
-                .is_ok_and(|d| d.len() == 16) =>
-        {
-            k.clone()
-        }
-        _ => {
-            return Err(ApiError::BadRequest(
-                "missing or malformed Sec-WebSocket-Key".into(),
-            ))
-        }
-    };
+    check_handshake(gw, &req)?;
 
     // Which channels, from which cursor.
     let query = query_pairs(req.uri().query());
@@ -154,9 +126,71 @@ pub async fn handle(
         });
     }
 
+    Ok(upgrade(gw, &mut req, queue, initial, Handler::Commands))
+}
+
+/// Handles `GET {prefix}/echo` (only with `conformance_echo`): the same
+/// session, echoing instead of interpreting commands.
+pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response, ApiError> {
+    if req.method() != http::Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    check_handshake(gw, &req)?;
+    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    Ok(upgrade(gw, &mut req, queue, Vec::new(), Handler::Echo))
+}
+
+/// The checks of an opening handshake (RFC 6455 §4.2.1) that decide
+/// between 101 and an error.
+fn check_handshake(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
+    if !is_upgrade(req.headers()) {
+        return Err(ApiError::UpgradeRequired);
+    }
+    if gw.shutdown.is_cancelled() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    if !version_ok {
+        return Err(ApiError::BadRequest(
+            "Sec-WebSocket-Version must be 13".into(),
+        ));
+    }
+    let key_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .is_ok_and(|d| d.len() == 16)
+        });
+    if !key_ok {
+        return Err(ApiError::BadRequest(
+            "missing or malformed Sec-WebSocket-Key".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Answers 101 and hands the connection to a session once hyper lets go
+/// of it.
+fn upgrade(
+    gw: &Arc<Gateway>,
+    req: &mut Request,
+    queue: Arc<SubscriberQueue>,
+    initial: Vec<InitialSubscription>,
+    handler: Handler,
+) -> Response {
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .expect("checked by check_handshake");
     let protocol_offered =
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = hyper::upgrade::on(req);
     let session_gw = gw.clone();
     gw.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -177,13 +211,13 @@ pub async fn handle(
                 let read = std::io::Cursor::new(parts.read_buf)
                     .chain(MeteredStream::new(read, meter.clone()));
                 let write = MeteredStream::new(write, meter);
-                serve(session_gw, read, write, queue, initial).await;
+                serve(session_gw, handler, read, write, queue, initial).await;
             }
             Err(upgraded) => {
                 // Not our socket type (cannot happen with our listener);
                 // still serve it correctly, through a lock-based split.
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                serve(session_gw, read, write, queue, initial).await;
+                serve(session_gw, handler, read, write, queue, initial).await;
             }
         }
     });
@@ -203,11 +237,12 @@ pub async fn handle(
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
-    Ok(resp)
+    resp
 }
 
 async fn serve<R, W>(
     gw: Arc<Gateway>,
+    handler: Handler,
     read: R,
     write: W,
     queue: Arc<SubscriberQueue>,
@@ -225,7 +260,9 @@ async fn serve<R, W>(
     );
     let (tx, rx) = mpsc::channel(16);
     let reader = tokio::spawn(reader::run(ws_read, gw.config.limits.max_message_bytes, tx));
-    Session::new(gw, write, queue).run(initial, rx).await;
+    Session::new(gw, handler, write, queue)
+        .run(initial, rx)
+        .await;
     reader.abort();
 }
 

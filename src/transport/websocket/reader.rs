@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum Inbound {
     Text(String),
-    Binary,
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     /// The client's close frame, valid: echo this code.
@@ -95,7 +95,7 @@ impl Assembler {
                 String::from_utf8(data).expect("validated above"),
             )))
         } else {
-            Ok(Some(Inbound::Binary))
+            Ok(Some(Inbound::Binary(data)))
         }
     }
 }

@@ -35,8 +35,19 @@ enum End {
     Drop,
 }
 
+/// What the session does with the client's messages: the only difference
+/// between a subscriber and the conformance echo endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// JSON commands (subscribe, unsubscribe, publish).
+    Commands,
+    /// Echo every message back (Autobahn conformance).
+    Echo,
+}
+
 pub struct Session<W> {
     gw: Arc<Gateway>,
+    handler: Handler,
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: HashMap<ChannelName, Subscribed>,
@@ -52,9 +63,10 @@ pub struct InitialSubscription {
 }
 
 impl<W: AsyncWrite + Unpin> Session<W> {
-    pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
+    pub fn new(gw: Arc<Gateway>, handler: Handler, writer: W, queue: Arc<SubscriberQueue>) -> Self {
         Session {
             gw,
+            handler,
             writer,
             queue,
             subscriptions: HashMap::new(),
@@ -144,6 +156,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let cfg = &self.gw.config.websocket;
         let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
         let shutdown = self.gw.shutdown.clone();
+        let kick = self.gw.kick_token();
         let mut ticker = tokio::time::interval(
             ping_interval
                 .min(idle_timeout / 2)
@@ -156,6 +169,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Close(1001, "server shutting down".into())),
+                _ = kick.cancelled() => Err(End::Close(1012, "disconnected by the operator: reconnect and resume".into())),
                 event = inbound.recv() => match event {
                     Some(event) => {
                         self.last_heard = Instant::now();
@@ -200,12 +214,23 @@ impl<W: AsyncWrite + Unpin> Session<W> {
 
     async fn on_inbound(&mut self, event: Inbound) -> Result<(), End> {
         match event {
-            Inbound::Text(text) => self.on_command(&text).await,
-            Inbound::Binary => {
-                let err =
-                    CommandError::new("binary_not_supported", "send commands as JSON text frames");
-                self.send_text(&err.to_json()).await
-            }
+            Inbound::Text(text) => match self.handler {
+                Handler::Commands => self.on_command(&text).await,
+                Handler::Echo => self.send_text(text.as_bytes()).await,
+            },
+            Inbound::Binary(data) => match self.handler {
+                Handler::Commands => {
+                    let err = CommandError::new(
+                        "binary_not_supported",
+                        "send commands as JSON text frames",
+                    );
+                    self.send_text(&err.to_json()).await
+                }
+                Handler::Echo => {
+                    self.write_frames(&[frame::encode(frame::OP_BINARY, &data)])
+                        .await
+                }
+            },
             Inbound::Ping(payload) => {
                 self.write_frames(&[frame::encode(frame::OP_PONG, &payload)])
                     .await
