@@ -112,6 +112,8 @@ fn command() -> Command {
                 .value_delimiter(','),
             Kind::Bool => arg
                 .value_name("BOOL")
+                .num_args(0..=1)
+                .default_missing_value("true")
                 .value_parser(clap::value_parser!(bool)),
             Kind::Integer => arg.value_name("N").value_parser(clap::value_parser!(u64)),
             Kind::Text => arg.value_name("VALUE"),

@@ -128,7 +128,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             "truncated": history.truncated,
             "conflated": history.conflated,
         });
-        let mut cursor = Cursor(
+        // The cursor starts just before the replay; write_messages moves it.
+        let cursor = Cursor(
             history
                 .messages
                 .first()
@@ -137,11 +138,6 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         );
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
-        let replay: Vec<Arc<Message>> = history
-            .messages
-            .into_iter()
-            .filter(|m| cursor.advance(m.id))
-            .collect();
         self.subscriptions.insert(
             channel,
             Subscribed {
@@ -149,7 +145,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 cursor,
             },
         );
-        self.write_messages(&replay).await
+        self.write_messages(&history.messages).await
     }
 
     async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> End {
