@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bridge::Bridges;
 use crate::bus::{memory::MemoryBus, AnyBus, Hub};
 use crate::config::{ChannelRules, Config};
 use crate::metrics::Metrics;
@@ -35,12 +36,21 @@ pub struct Gateway {
     /// WebSocket and SSE session open at that moment ends, and clients
     /// reconnect and resume.
     kick: Mutex<CancellationToken>,
+    /// The legacy polling bridge's routes and running feeds.
+    pub bridges: Bridges,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
         let metrics = Arc::new(Metrics::new());
-        let rules = ChannelRules::new(config.channels.clone());
+        // Bridged channels carry state (the latest body), not a stream.
+        let rules = config
+            .bridges
+            .iter()
+            .fold(ChannelRules::new(config.channels.clone()), |rules, b| {
+                rules.with_state_default(&b.channel)
+            });
+        let bridges = Bridges::new(&config, &metrics);
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
@@ -61,6 +71,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             open_connections: Arc::new(AtomicUsize::new(0)),
             stats,
+            bridges,
             kick: Mutex::new(CancellationToken::new()),
         }))
     }

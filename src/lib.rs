@@ -11,11 +11,13 @@
 //! - [`bus`]: the message bus trait, the in-memory bus, this node's
 //!   fan-out hub and the per-subscriber queues.
 //! - [`proxy`]: the reverse proxy to the upstream.
+//! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`gateway`]: the shared state every handler reaches.
 //! - [`channel`], [`error`], [`http`]: names and cursors, error answers,
 //!   HTTP helpers.
 
+pub mod bridge;
 pub mod bus;
 pub mod channel;
 pub mod config;

@@ -48,6 +48,15 @@ pub struct Metrics {
     proxy_requests: [IntCounter; 5],
     pub proxy_duration: Histogram,
     pub bus_ready: IntGauge,
+    /// Time for the bus to accept one publish (assign the id, store it).
+    pub bus_publish_duration: Histogram,
+    /// Redis subscription connection re-established after a loss.
+    pub redis_reconnects: IntCounter,
+    /// Messages a node recovered from the shared history after missing
+    /// them live (reconnects, dropped notifications).
+    pub bus_gap_fill_messages: IntCounter,
+    /// Channels this node is subscribed to on the shared bus.
+    pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
 }
@@ -124,6 +133,29 @@ impl Metrics {
         )
         .unwrap();
         let bus_ready = IntGauge::new("bus_ready", "1 when the message bus is reachable").unwrap();
+        let bus_publish_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "bus_publish_duration_seconds",
+                "Time for the bus to accept a publish: id assigned and message stored",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let redis_reconnects = IntCounter::new(
+            "redis_reconnects_total",
+            "Redis subscription connection re-established after a loss",
+        )
+        .unwrap();
+        let bus_gap_fill_messages = IntCounter::new(
+            "bus_gap_fill_messages_total",
+            "Messages recovered from the shared history after being missed live",
+        )
+        .unwrap();
+        let bus_subscriptions = IntGauge::new(
+            "bus_subscriptions",
+            "Channels this node is subscribed to on the shared bus",
+        )
+        .unwrap();
         let bridge_upstream_requests = IntCounterVec::new(
             Opts::new(
                 "bridge_upstream_requests_total",
@@ -173,6 +205,10 @@ impl Metrics {
         reg(Box::new(proxy_requests));
         reg(Box::new(proxy_duration.clone()));
         reg(Box::new(bus_ready.clone()));
+        reg(Box::new(bus_publish_duration.clone()));
+        reg(Box::new(redis_reconnects.clone()));
+        reg(Box::new(bus_gap_fill_messages.clone()));
+        reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
 
@@ -184,6 +220,10 @@ impl Metrics {
             proxy_requests: proxy_classes,
             proxy_duration,
             bus_ready,
+            bus_publish_duration,
+            redis_reconnects,
+            bus_gap_fill_messages,
+            bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
         }
@@ -241,6 +281,10 @@ mod tests {
             "pollbridge_proxy_requests_total{code=\"5xx\"} 0",
             "pollbridge_dropped_total{reason=\"slow_consumer\",transport=\"websocket\"} 0",
             "pollbridge_bus_ready 0",
+            "pollbridge_bus_publish_duration_seconds_bucket{le=\"0.0001\"} 0",
+            "pollbridge_redis_reconnects_total 0",
+            "pollbridge_bus_gap_fill_messages_total 0",
+            "pollbridge_bus_subscriptions 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

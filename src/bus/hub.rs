@@ -15,7 +15,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::queue::{Pushed, SubscriberQueue};
+use super::queue::{Pushed, QueueClosed, SubscriberQueue};
 use super::Message;
 use crate::channel::ChannelName;
 use crate::config::{ChannelMode, ChannelRules, HistoryConfig};
@@ -200,14 +200,9 @@ impl Hub {
             let queue = &inner.subscribers[i].queue;
             match queue.push(msg, mode) {
                 Pushed::Queued | Pushed::Conflated => i += 1,
-                Pushed::Overflowed { dropped } => {
-                    self.metrics
-                        .transport(queue.transport())
-                        .dropped_slow_consumer
-                        .inc_by(dropped as u64);
-                    inner.subscribers.swap_remove(i);
-                }
-                Pushed::Closed => {
+                // The reader learns of the overflow from its queue and
+                // decides: catch up from history, or give up and count.
+                Pushed::Overflowed { .. } | Pushed::Closed => {
                     inner.subscribers.swap_remove(i);
                 }
             }
@@ -276,16 +271,7 @@ impl Hub {
             .into_iter()
             .map(|(name, slot)| {
                 let inner = slot.inner.lock();
-                let mut subscribers = SubscriberCounts::default();
-                for s in &inner.subscribers {
-                    match s.queue.transport() {
-                        Transport::WebSocket => subscribers.websocket += 1,
-                        Transport::LongPoll => subscribers.longpoll += 1,
-                        Transport::Sse => subscribers.sse += 1,
-                        Transport::Bridge => subscribers.bridge += 1,
-                        Transport::Proxy => {}
-                    }
-                }
+                let subscribers = count_subscribers(&inner.subscribers);
                 ChannelStats {
                     channel: name.to_string(),
                     mode: inner.mode,
@@ -317,9 +303,50 @@ impl Hub {
         });
     }
 
+    /// Subscribers of one channel on this node, by transport (zero for a
+    /// channel this node doesn't know).
+    pub fn subscriber_counts(&self, channel: &ChannelName) -> SubscriberCounts {
+        let Some(slot) = self.channels.get(channel).map(|s| s.value().clone()) else {
+            return SubscriberCounts::default();
+        };
+        let inner = slot.inner.lock();
+        count_subscribers(&inner.subscribers)
+    }
+
     pub fn channel_count(&self) -> usize {
         self.channels.len()
     }
+
+    /// Drops all this node holds for `channel` and closes its subscribers'
+    /// queues (`Shutdown`), so their clients reconnect and resume from the
+    /// shared history, which then tells them plainly what was lost. A
+    /// shared bus calls this when its store no longer has messages this
+    /// node's subscribers missed, or its ids restarted.
+    pub fn forget(&self, channel: &ChannelName) {
+        let Some((_, slot)) = self.channels.remove(channel) else {
+            return;
+        };
+        let mut inner = slot.inner.lock();
+        inner.removed = true;
+        inner.history.clear();
+        for subscriber in inner.subscribers.drain(..) {
+            subscriber.queue.close(QueueClosed::Shutdown);
+        }
+    }
+}
+
+fn count_subscribers(subscribers: &[Subscriber]) -> SubscriberCounts {
+    let mut counts = SubscriberCounts::default();
+    for s in subscribers {
+        match s.queue.transport() {
+            Transport::WebSocket => counts.websocket += 1,
+            Transport::LongPoll => counts.longpoll += 1,
+            Transport::Sse => counts.sse += 1,
+            Transport::Bridge => counts.bridge += 1,
+            Transport::Proxy => {}
+        }
+    }
+    counts
 }
 
 fn trim_by_age(history: &mut VecDeque<Arc<Message>>, max_age: Duration, now: Instant) {
@@ -331,33 +358,60 @@ fn trim_by_age(history: &mut VecDeque<Arc<Message>>, max_age: Duration, now: Ins
     }
 }
 
+/// Where a history read starts, by the cursor rules every bus shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStart {
+    /// Return the kept messages with ids above this.
+    pub after: u64,
+    /// History no longer reaches back to the cursor (or the cursor was
+    /// from the future and was reset).
+    pub truncated: bool,
+    /// A `state` channel skipped values: only the latest is kept.
+    pub conflated: bool,
+}
+
+/// Applies the cursor rules to a channel whose last id is `last_id` and
+/// whose oldest kept message is `first_kept` (`last_id + 1` when nothing is
+/// kept).
+pub fn read_start(since: u64, last_id: u64, first_kept: u64, mode: ChannelMode) -> ReadStart {
+    let mut start = ReadStart {
+        after: since,
+        truncated: false,
+        conflated: false,
+    };
+    if since > last_id {
+        // Ids restarted (the bus's store was reset): the client's cursor
+        // means nothing here any more; give it everything we have.
+        start.after = 0;
+        start.truncated = true;
+    }
+    if start.after + 1 < first_kept {
+        if mode == ChannelMode::State {
+            start.conflated = first_kept <= last_id;
+        } else {
+            start.truncated = true;
+        }
+    }
+    start
+}
+
 fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> HistoryRead {
-    let Some(mut since) = since else {
+    let Some(since) = since else {
         return HistoryRead {
             last_id: inner.last_id,
             ..HistoryRead::default()
         };
     };
-    let mut truncated = false;
-    if since > inner.last_id {
-        // Ids restarted (the in-memory bus was restarted): the client's
-        // cursor means nothing here any more; give it everything we have.
-        since = 0;
-        truncated = true;
-    }
     let first_kept = inner
         .history
         .front()
         .map(|m| m.id)
         .unwrap_or(inner.last_id + 1);
-    let mut conflated = false;
-    if since + 1 < first_kept {
-        if inner.mode == ChannelMode::State {
-            conflated = !inner.history.is_empty();
-        } else {
-            truncated = true;
-        }
-    }
+    let ReadStart {
+        after: since,
+        truncated,
+        conflated,
+    } = read_start(since, inner.last_id, first_kept, inner.mode);
     let skip = inner.history.partition_point(|m| m.id <= since);
     let messages: Vec<Arc<Message>> = inner
         .history
@@ -451,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn slow_subscriber_is_cut_off_and_counted() {
+    fn slow_subscriber_is_cut_off() {
         let hub = hub_with(100, vec![]);
         let ch = name("flood");
         let slow = SubscriberQueue::new(4, Transport::WebSocket);
@@ -465,12 +519,11 @@ mod tests {
         assert_eq!(slow.try_drain(&mut out, 100), Err(QueueClosed::Overflow));
         fast.try_drain(&mut out, 100).unwrap();
         assert_eq!(out.len(), 10);
-        let dropped = hub
-            .metrics()
-            .transport(Transport::WebSocket)
-            .dropped_slow_consumer
-            .get();
-        assert_eq!(dropped, 5, "4 queued + the one that overflowed");
+        assert_eq!(
+            slow.overflow_dropped(),
+            5,
+            "4 queued + the one that overflowed"
+        );
         assert_eq!(hub.stats()[0].subscribers.websocket, 0);
     }
 
@@ -493,6 +546,72 @@ mod tests {
         let next = hub.read(&ch, Some(99), 100);
         assert_eq!(ids(&next), vec![100]);
         assert!(!next.conflated);
+    }
+
+    #[test]
+    fn read_start_rules() {
+        use ChannelMode::{State, Stream};
+        let plain = |after| ReadStart {
+            after,
+            truncated: false,
+            conflated: false,
+        };
+        // Inside history, at its edge, and at the newest message.
+        assert_eq!(read_start(5, 10, 3, Stream), plain(5));
+        assert_eq!(read_start(2, 10, 3, Stream), plain(2));
+        assert_eq!(read_start(10, 10, 3, Stream), plain(10));
+        // Older than history.
+        assert_eq!(
+            read_start(1, 10, 3, Stream),
+            ReadStart {
+                truncated: true,
+                ..plain(1)
+            }
+        );
+        // From the future: a reset, and truncated.
+        assert_eq!(
+            read_start(50, 10, 3, Stream),
+            ReadStart {
+                truncated: true,
+                ..plain(0)
+            }
+        );
+        assert_eq!(
+            read_start(50, 10, 1, Stream),
+            ReadStart {
+                truncated: true,
+                ..plain(0)
+            }
+        );
+        // Nothing kept, cursor current: not truncated.
+        assert_eq!(read_start(10, 10, 11, Stream), plain(10));
+        assert_eq!(read_start(0, 0, 1, Stream), plain(0));
+        // State channels conflate instead, but only if something is kept.
+        assert_eq!(
+            read_start(1, 10, 10, State),
+            ReadStart {
+                conflated: true,
+                ..plain(1)
+            }
+        );
+        assert_eq!(read_start(1, 10, 11, State), plain(1));
+    }
+
+    #[test]
+    fn forget_closes_subscribers_and_resets_the_channel() {
+        let hub = hub_with(10, vec![]);
+        let ch = name("lost");
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let (sub, _) = hub.subscribe(&ch, None, &q, 0);
+        hub.publish_next(&ch, &Bytes::from("1"));
+        hub.forget(&ch);
+        let mut out = Vec::new();
+        assert_eq!(q.try_drain(&mut out, 10), Ok(()), "queued messages stay readable");
+        assert_eq!(q.try_drain(&mut out, 10), Err(QueueClosed::Shutdown));
+        assert_eq!(hub.last_id(&ch), 0);
+        drop(sub);
+        hub.forget(&name("never-seen"));
+        assert_eq!(hub.publish_next(&ch, &Bytes::from("1")).id, 1);
     }
 
     #[test]

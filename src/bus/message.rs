@@ -127,6 +127,13 @@ impl Message {
         }
     }
 
+    /// The `data` value inside the envelope, as JSON text.
+    pub fn data(&self) -> &[u8] {
+        // The envelope ends with `"data":<data>}`.
+        let end = self.envelope.len() - 1;
+        &self.envelope[end - self.payload_len..end]
+    }
+
     /// The envelope as one complete, unmasked WebSocket text frame.
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
@@ -162,6 +169,7 @@ mod tests {
             br#"{"channel":"news","id":42,"data":{"a":1}}"#
         );
         assert_eq!(msg.payload_len, 7);
+        assert_eq!(msg.data(), br#"{"a":1}"#);
         let parsed: serde_json::Value = serde_json::from_slice(&msg.envelope).unwrap();
         assert_eq!(parsed["data"]["a"], 1);
         assert_eq!(

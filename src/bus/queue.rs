@@ -46,6 +46,9 @@ struct State {
     items: VecDeque<Arc<Message>>,
     waker: Option<Waker>,
     closed: Option<QueueClosed>,
+    /// Messages lost to the overflow (what was queued, and the one that
+    /// did not fit).
+    dropped: usize,
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -62,6 +65,7 @@ impl SubscriberQueue {
                 items: VecDeque::new(),
                 waker: None,
                 closed: None,
+                dropped: 0,
             }),
             capacity: capacity.max(1),
             transport,
@@ -90,6 +94,7 @@ impl SubscriberQueue {
             let dropped = state.items.len() + 1;
             state.items = VecDeque::new();
             state.closed = Some(QueueClosed::Overflow);
+            state.dropped = dropped;
             let waker = state.waker.take();
             drop(state);
             if let Some(w) = waker {
@@ -150,6 +155,13 @@ impl SubscriberQueue {
         std::future::poll_fn(|cx| self.poll_drain(cx, out, max)).await
     }
 
+    /// How many messages the overflow took from this subscriber. Whoever
+    /// gives up on the subscriber counts them as dropped; a reader that
+    /// catches up from history has lost nothing.
+    pub fn overflow_dropped(&self) -> usize {
+        self.state.lock().dropped
+    }
+
     /// Completes once the queue has overflowed. Lets a writer blocked on a
     /// client that reads nothing give up at once instead of at its timeout.
     pub async fn overflowed(&self) {
@@ -206,6 +218,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(q.try_drain(&mut out, 10), Err(QueueClosed::Overflow));
         assert!(out.is_empty());
+        assert_eq!(q.overflow_dropped(), 3);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Config {
     pub conformance_echo: bool,
     /// Per-channel rules, first match wins.
     pub channels: Vec<ChannelRule>,
+    /// Legacy polling bridge routes (`[[bridge]]`).
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeRoute>,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             conformance_echo: false,
             channels: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -282,6 +286,46 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// One `[[bridge]]` route: the gateway polls the backend's existing
+/// polling URL itself and answers the legacy clients from its copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeRoute {
+    /// The backend's polling URL path, e.g. `/api/scores`. Legacy clients
+    /// keep polling it; its query string is ignored (cache busters).
+    pub path: String,
+    /// The channel its changes are published on.
+    pub channel: String,
+    /// How often the gateway asks the backend. Default: 1s.
+    #[serde(default = "default_bridge_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Hold a poll whose `If-None-Match` is current until the next change,
+    /// up to this long. Default: none (answer 304 at once).
+    #[serde(default, with = "humantime_serde")]
+    pub hold: Option<Duration>,
+    /// Request header that tells users apart (`Cookie`, `Authorization`):
+    /// each distinct value gets its own poller and its own channel
+    /// `{channel}.{hash}`. Default: none (one shared copy).
+    #[serde(default)]
+    pub vary_by: Option<String>,
+    /// Request headers copied from the legacy client that started a poller
+    /// to its upstream requests (e.g. `Accept-Language`). Default: none.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// A poller nobody asked for (no legacy poll, no subscriber) for this
+    /// long stops. Default: 60s.
+    #[serde(default = "default_bridge_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_bridge_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_bridge_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
 /// The live demo page and the read-only figures it shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -424,6 +468,51 @@ impl Config {
                 "demo.channel",
                 format!("{:?} is not a valid channel name", self.demo.channel),
             );
+        }
+        for (i, route) in self.bridges.iter().enumerate() {
+            let key = |field: &str| format!("bridge[{i}].{field}");
+            if self.upstream.is_none() {
+                bad(&key("path"), "a bridge needs `upstream` to poll".into());
+            }
+            if !route.path.starts_with('/') || route.path.contains('?') {
+                bad(
+                    &key("path"),
+                    format!("{:?} must be a path like \"/api/scores\"", route.path),
+                );
+            } else if route.path == self.prefix
+                || route.path.starts_with(&format!("{}/", self.prefix))
+            {
+                bad(
+                    &key("path"),
+                    format!(
+                        "{:?} is under the gateway prefix {:?}",
+                        route.path, self.prefix
+                    ),
+                );
+            }
+            if crate::channel::ChannelName::new(&route.channel).is_err() {
+                bad(
+                    &key("channel"),
+                    format!("{:?} is not a valid channel name", route.channel),
+                );
+            }
+            if route.interval < Duration::from_millis(10) {
+                bad(&key("interval"), "must be at least 10ms".into());
+            }
+            if route.hold.is_some_and(|h| h.is_zero()) {
+                bad(&key("hold"), "must be longer than 0s (or left out)".into());
+            }
+            for name in route.vary_by.iter().chain(&route.forward_headers) {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    bad(&key("vary_by"), format!("{name:?} is not a header name"));
+                }
+            }
+            if self.bridges[..i]
+                .iter()
+                .any(|other| other.path == route.path)
+            {
+                bad(&key("path"), format!("{:?} is bridged twice", route.path));
+            }
         }
         for (i, rule) in self.channels.iter().enumerate() {
             if let Err(e) = rules::validate_pattern(&rule.pattern) {

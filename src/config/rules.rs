@@ -57,24 +57,54 @@ pub struct ResolvedRule {
 #[derive(Debug, Clone, Default)]
 pub struct ChannelRules {
     rules: Vec<ChannelRule>,
+    /// Channels that are `state` unless a rule says otherwise: those fed by
+    /// a polling bridge (and their per-user variants `name.*`).
+    state_by_default: Vec<String>,
 }
 
 impl ChannelRules {
     pub fn new(rules: Vec<ChannelRule>) -> Self {
-        ChannelRules { rules }
+        ChannelRules {
+            rules,
+            state_by_default: Vec::new(),
+        }
+    }
+
+    /// Makes `channel` (and `channel.*`) `state` channels when no rule matches.
+    pub fn with_state_default(mut self, channel: &str) -> Self {
+        self.state_by_default.push(channel.to_string());
+        self
     }
 
     /// The first rule whose pattern matches `channel`, or the defaults.
     pub fn resolve(&self, channel: &str) -> ResolvedRule {
-        self.rules
+        let rule = self
+            .rules
             .iter()
-            .find(|rule| glob_match(rule.pattern.as_bytes(), channel.as_bytes()))
-            .map(|rule| ResolvedRule {
+            .find(|rule| glob_match(rule.pattern.as_bytes(), channel.as_bytes()));
+        match rule {
+            Some(rule) => ResolvedRule {
                 mode: rule.mode,
                 allow_client_publish: rule.allow_client_publish,
                 auth: rule.auth,
-            })
-            .unwrap_or_default()
+            },
+            None => {
+                let bridged = self.state_by_default.iter().any(|base| {
+                    channel == base
+                        || channel
+                            .strip_prefix(base.as_str())
+                            .is_some_and(|rest| rest.starts_with('.'))
+                });
+                ResolvedRule {
+                    mode: if bridged {
+                        ChannelMode::State
+                    } else {
+                        ChannelMode::Stream
+                    },
+                    ..ResolvedRule::default()
+                }
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ enum Route {
     Demo,
     Stats,
     UnknownGatewayPath,
+    Bridge(usize),
     Proxy,
 }
 
@@ -63,6 +64,7 @@ impl Route {
             | Route::Stats
             | Route::UnknownGatewayPath
             | Route::Proxy => Transport::Proxy,
+            Route::Bridge(_) => Transport::Bridge,
         }
     }
 }
@@ -73,7 +75,15 @@ pub async fn route(
     peer: SocketAddr,
     meter: Arc<ConnMeter>,
 ) -> Response {
-    let route = classify(&gw.config.prefix, req.uri().path());
+    let route = match classify(&gw.config.prefix, req.uri().path()) {
+        Route::Proxy => match gw.bridges.route_for(req.uri().path()) {
+            Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
+                Route::Bridge(index)
+            }
+            _ => Route::Proxy,
+        },
+        other => other,
+    };
     meter.begin_request(route.transport());
     let result = match route {
         Route::WebSocket(channel) => websocket::handle(&gw, req, channel).await,
@@ -106,6 +116,7 @@ pub async fn route(
             req.uri().path(),
             p = gw.config.prefix
         ))),
+        Route::Bridge(index) => gw.bridges.handle(&gw, index, &req).await,
         Route::Proxy => match &gw.proxy {
             Some(proxy) => Ok(proxy.forward(req, peer).await),
             None => Err(ApiError::NotFound(format!(

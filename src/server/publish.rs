@@ -94,8 +94,10 @@ pub async fn batch(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError
     })?;
     let mut checked = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let channel = ChannelName::new(&item.channel)
-            .map_err(|e| ApiError::BadRequest(format!("item {i}: {e}")))?;
+        let channel = ChannelName::new(&item.channel).map_err(|e| {
+            tracing::debug!(item = i, "batch publish refused: {e}");
+            ApiError::BadChannel(e)
+        })?;
         let payload = Payload::from_value(&item.data);
         if payload.to_json_bytes().len() > limits.max_message_bytes {
             return Err(ApiError::TooLarge {

@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::bus::{Bus, HistoryRead, Message, SubscriberQueue, Subscription};
+use crate::bus::{Bus, HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -203,8 +203,15 @@ impl HttpBody for SseBody {
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                 }
-                Poll::Ready(Err(_)) => {
-                    // Overflow (slow consumer, already counted) or shutdown.
+                Poll::Ready(Err(reason)) => {
+                    // A slow consumer's stream ends; the browser reconnects
+                    // with Last-Event-ID and resumes from history.
+                    if reason == QueueClosed::Overflow {
+                        this.metrics
+                            .transport(Transport::Sse)
+                            .dropped_slow_consumer
+                            .inc_by(this.queue.overflow_dropped() as u64);
+                    }
                     this.ended = true;
                     return Poll::Ready(None);
                 }

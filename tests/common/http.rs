@@ -262,6 +262,13 @@ impl RawHttpConn {
     /// terminating zero-size chunk (trailers consumed). Cancel-safe: nothing
     /// is consumed until the whole chunk is buffered.
     pub async fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let t = self.timeout;
+        tokio::time::timeout(t, self.read_chunk_untimed())
+            .await
+            .map_err(|_| timed_out("chunk", t))?
+    }
+
+    async fn read_chunk_untimed(&mut self) -> io::Result<Option<Vec<u8>>> {
         loop {
             if let Some(result) = self.try_take_chunk()? {
                 return Ok(result);
@@ -337,7 +344,7 @@ impl RawHttpConn {
         }
         if head.is_chunked() {
             let mut body = Vec::new();
-            while let Some(chunk) = self.read_chunk().await? {
+            while let Some(chunk) = self.read_chunk_untimed().await? {
                 body.extend_from_slice(&chunk);
             }
             return Ok(body);

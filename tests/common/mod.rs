@@ -164,6 +164,8 @@ impl GatewayBuilder {
 
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, Vec<String>>>();
         let out_pipe = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_sink = stdout.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             let mut before = Vec::new();
@@ -171,6 +173,12 @@ impl GatewayBuilder {
             // on a full pipe.
             for line in BufReader::new(out_pipe).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut all = out_sink.lock().unwrap();
+                    if all.len() < 1000 {
+                        all.push(line.clone());
+                    }
+                }
                 if tx.is_some() {
                     if line.starts_with("pollbridge ready ") {
                         let _ = tx.take().unwrap().send(Ok(line));
@@ -189,6 +197,7 @@ impl GatewayBuilder {
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             child,
             stderr,
+            stdout,
             _dir: dir,
         };
         let line = match tokio::time::timeout(READY_TIMEOUT, rx).await {
@@ -236,6 +245,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Every stdout line (the first thousand).
+    stdout: Arc<Mutex<Vec<String>>>,
     /// Holds the config file for the life of the process.
     _dir: TempDir,
 }
@@ -292,6 +303,11 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The stdout lines printed so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn stderr_text(&self) -> String {

@@ -180,7 +180,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         batch.clear();
                         result
                     }
-                    Err(QueueClosed::Overflow) => Err(slow_consumer()),
+                    Err(QueueClosed::Overflow) => self.catch_up().await,
                     Err(QueueClosed::Shutdown) => Err(End::Close(1001, "server shutting down".into())),
                 },
                 _ = ticker.tick() => self.on_tick(ping_interval, idle_timeout).await,
@@ -358,18 +358,91 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// `write_timeout`, or when its queue overflows meanwhile (it is too
     /// slow: waiting longer only delays the disconnect).
     async fn write_frames(&mut self, frames: &[Bytes]) -> Result<(), End> {
-        let timeout = self.gw.config.websocket.write_timeout;
+        let timeout = tokio::time::sleep(self.gw.config.websocket.write_timeout);
         let queue = self.queue.clone();
+        let (gw, subscriptions) = (&self.gw, &self.subscriptions);
         let write = write_all_vectored(&mut self.writer, frames);
-        tokio::select! {
-            result = write => result.map_err(|_| End::Drop),
-            _ = queue.overflowed() => {
-                // A frame may be half written: no clean close is possible.
-                Err(End::Drop)
+        tokio::pin!(write, timeout);
+        let mut lagging = false;
+        loop {
+            tokio::select! {
+                result = &mut write => return result.map_err(|_| End::Drop),
+                _ = &mut timeout => return Err(End::Drop),
+                _ = queue.overflowed(), if !lagging => lagging = true,
+                // Behind, and the socket takes nothing: once history can no
+                // longer cover what this client has missed, waiting is
+                // pointless. (A frame may be half written: no close frame.)
+                _ = tokio::time::sleep(LAG_CHECK), if lagging => {
+                    if let Some(missed) = beyond_history(gw, subscriptions) {
+                        count_dropped(gw, missed);
+                        return Err(End::Drop);
+                    }
+                }
             }
-            _ = tokio::time::sleep(timeout) => Err(End::Drop),
         }
     }
+
+    /// The subscriber queue overflowed: the client fell behind by more than
+    /// `limits.queue_length` messages. Catch it up from history and carry on;
+    /// if history no longer reaches back to where it is, it has lost
+    /// messages and is disconnected (1013).
+    async fn catch_up(&mut self) -> Result<(), End> {
+        if let Some(missed) = beyond_history(&self.gw, &self.subscriptions) {
+            count_dropped(&self.gw, missed);
+            return Err(slow_consumer());
+        }
+        let queue = SubscriberQueue::new(self.gw.config.limits.queue_length, Transport::WebSocket);
+        let channels: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
+        let mut backlog = Vec::new();
+        for channel in channels {
+            let cursor = self.subscriptions[&channel].cursor.0;
+            let (subscription, history) = self
+                .gw
+                .bus
+                .subscribe(&channel, Some(cursor), &queue, self.gw.config.history.size)
+                .await
+                .map_err(|e| End::Close(1011, format!("bus unavailable: {e}")))?;
+            if history.truncated {
+                count_dropped(
+                    &self.gw,
+                    self.gw.bus.hub().last_id(&channel).saturating_sub(cursor),
+                );
+                return Err(slow_consumer());
+            }
+            let entry = self.subscriptions.get_mut(&channel).expect("listed above");
+            entry._subscription = subscription;
+            backlog.extend(history.messages);
+        }
+        self.queue = queue;
+        self.write_messages(&backlog).await
+    }
+}
+
+/// How often a blocked writer that has fallen behind checks whether
+/// history still covers it.
+const LAG_CHECK: Duration = Duration::from_millis(250);
+
+/// Messages a client has missed beyond what history still holds, if any:
+/// then it can never catch up.
+fn beyond_history(gw: &Gateway, subscriptions: &HashMap<ChannelName, Subscribed>) -> Option<u64> {
+    let hub = gw.bus.hub();
+    let mut missed = 0;
+    let mut hopeless = false;
+    for (channel, sub) in subscriptions {
+        let read = hub.read(channel, Some(sub.cursor.0), 0);
+        if read.truncated {
+            hopeless = true;
+        }
+        missed += hub.last_id(channel).saturating_sub(sub.cursor.0);
+    }
+    hopeless.then_some(missed)
+}
+
+fn count_dropped(gw: &Gateway, missed: u64) {
+    gw.metrics
+        .transport(Transport::WebSocket)
+        .dropped_slow_consumer
+        .inc_by(missed);
 }
 
 fn slow_consumer() -> End {

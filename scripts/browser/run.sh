@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# scripts/browser/run.sh — end-to-end browser test of the demo page and the
+# browser client: headless Debian chromium driven by playwright-core.
+#
+#   scripts/browser/run.sh                      # setup, cargo build, run
+#   POLLBRIDGE_BIN=path/to/pollbridge scripts/browser/run.sh   # skip the build
+#
+# Starts two gateways on free loopback ports (one with --demo, one with --demo
+# --ws-enabled false), runs scripts/browser/e2e.mjs against them and stops them
+# on exit. Artifacts in artifacts/browser/: demo.png (the demo after the first
+# scenario), fail-*.png (page at a failure), gateway*.log (gateway stderr).
+# Last line: `browser: N passed, M failed`; exit status non-zero on any failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+start_ms=$(date +%s%3N)
+
+"$here/setup.sh"
+
+if [ -n "${POLLBRIDGE_BIN:-}" ]; then
+  bin=$POLLBRIDGE_BIN
+else
+  cargo build --quiet --bin pollbridge
+  bin="${CARGO_TARGET_DIR:-$root/target}/debug/pollbridge"
+fi
+[ -x "$bin" ] || { echo "run.sh: no gateway binary at $bin" >&2; exit 2; }
+
+artifacts="$root/artifacts/browser"
+mkdir -p "$artifacts"
+rm -f "$artifacts"/demo.png "$artifacts"/fail-*.png
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_gateway NAME ARGS...: sets ${NAME}_public and ${NAME}_admin from the ready line.
+start_gateway() {
+  local name=$1
+  shift
+  ${PB_WRAP:-} "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$artifacts/$name.log" &
+  local pid=$!
+  pids+=("$pid")
+  local line="" i
+  for i in $(seq 1 200); do  # up to 10 s
+    line=$(grep -m1 '^pollbridge ready ' "$tmp/$name.out" || true)
+    [ -n "$line" ] && break
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "run.sh: gateway $name ($*) exited before it was ready:" >&2
+      tail -n 20 "$artifacts/$name.log" >&2
+      exit 2
+    fi
+    sleep 0.05
+  done
+  [ -n "$line" ] || { echo "run.sh: gateway $name printed no ready line within 10 s" >&2; exit 2; }
+  local pub adm
+  pub=$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")
+  adm=$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")
+  printf -v "${name}_public" '%s' "$pub"
+  printf -v "${name}_admin" '%s' "$adm"
+}
+
+start_gateway gateway --demo
+start_gateway gateway_nows --demo --ws-enabled false
+
+status=0
+PB_PUBLIC=$gateway_public PB_ADMIN=$gateway_admin \
+PB_NOWS_PUBLIC=$gateway_nows_public PB_NOWS_ADMIN=$gateway_nows_admin \
+PB_ARTIFACTS=$artifacts \
+  node "$here/e2e.mjs" || status=$?
+echo "run.sh: $(( ($(date +%s%3N) - start_ms) ))ms total (setup, build, gateways, browser)" >&2
+exit "$status"

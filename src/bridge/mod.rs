@@ -1,0 +1,318 @@
+//! The legacy polling bridge (`[[bridge]]` routes): the gateway polls the
+//! backend's existing polling URL once per interval for everybody,
+//! publishes each change on a channel, and answers the old polling browsers
+//! from its own copy — with `ETag`/`304`, and optionally holding a poll
+//! until the next change. WebSocket, SSE and long-poll clients subscribe to
+//! the channel. The backend changes nothing.
+
+mod feed;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use prometheus::IntCounter;
+use sha1::{Digest, Sha1};
+
+use crate::channel::ChannelName;
+use crate::config::BridgeRoute;
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::http::{Body, Request, Response};
+use crate::metrics::Metrics;
+use crate::transport::Transport;
+use feed::{Answer, Feed};
+pub use upstream::UpstreamClient;
+
+/// How long a first-time client waits for the backend's first answer.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// One configured route with its counters resolved.
+pub struct Route {
+    pub config: BridgeRoute,
+    vary_header: Option<HeaderName>,
+    forward: Vec<HeaderName>,
+    upstream_changed: IntCounter,
+    upstream_not_modified: IntCounter,
+    upstream_error: IntCounter,
+    client_body: IntCounter,
+    client_not_modified: IntCounter,
+    client_held: IntCounter,
+}
+
+impl Route {
+    fn new(config: BridgeRoute, metrics: &Metrics) -> Route {
+        let up = |r: &str| {
+            metrics
+                .bridge_upstream_requests
+                .with_label_values(&[config.channel.as_str(), r])
+        };
+        let client = |r: &str| {
+            metrics
+                .bridge_client_polls
+                .with_label_values(&[config.channel.as_str(), r])
+        };
+        Route {
+            vary_header: config
+                .vary_by
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            forward: config
+                .forward_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            upstream_changed: up("changed"),
+            upstream_not_modified: up("not_modified"),
+            upstream_error: up("error"),
+            client_body: client("body"),
+            client_not_modified: client("not_modified"),
+            client_held: client("held"),
+            config,
+        }
+    }
+
+    fn upstream_result(&self, result: &str) {
+        match result {
+            "changed" => self.upstream_changed.inc(),
+            "not_modified" => self.upstream_not_modified.inc(),
+            _ => self.upstream_error.inc(),
+        }
+    }
+}
+
+/// All bridge routes and their running feeds.
+pub struct Bridges {
+    routes: Vec<Arc<Route>>,
+    /// Running feeds by (route index, vary key).
+    feeds: DashMap<(usize, String), Arc<Feed>>,
+    client: Option<Arc<UpstreamClient>>,
+}
+
+impl Bridges {
+    pub fn new(config: &crate::Config, metrics: &Metrics) -> Bridges {
+        let client = config
+            .upstream
+            .as_deref()
+            .and_then(|url| crate::proxy::parse_upstream(url).ok())
+            .map(|authority| {
+                Arc::new(UpstreamClient::new(
+                    authority,
+                    &config.proxy,
+                    config.limits.max_message_bytes,
+                ))
+            });
+        Bridges {
+            routes: config
+                .bridges
+                .iter()
+                .map(|r| Arc::new(Route::new(r.clone(), metrics)))
+                .collect(),
+            feeds: DashMap::new(),
+            client,
+        }
+    }
+
+    /// The route bridging `path`, if any.
+    pub fn route_for(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.config.path == path)
+    }
+
+    /// Answers a legacy poll of a bridged path.
+    pub async fn handle(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        req: &Request,
+    ) -> Result<Response, ApiError> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(ApiError::MethodNotAllowed("GET"));
+        }
+        let feed = self.feed(gw, index, req.headers())?;
+        feed.touch();
+        let route = &feed.route;
+
+        // Before the first poll has come back, wait for it: the first
+        // client's request is the one that reaches the backend.
+        let mut watch = feed.watch();
+        if !feed.resolved() {
+            let wait = watch.wait_for(|_| feed.resolved());
+            let _ = tokio::time::timeout(FIRST_ANSWER_WAIT, wait).await;
+        }
+        let answer = feed.answer().ok_or_else(|| {
+            ApiError::UpstreamTimeout(format!(
+                "no answer from the backend for {} yet",
+                route.config.path
+            ))
+        })?;
+        let (copy, age) = match answer {
+            Answer::Failure(failure) => {
+                let mut resp = hyper::Response::new(Body::full(failure.body));
+                *resp.status_mut() = failure.status;
+                if let Some(ct) = failure.content_type {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                return Ok(resp);
+            }
+            Answer::Copy { copy, age } => (copy, age),
+        };
+
+        let current = client_has(req.headers(), &copy.etag);
+        if current {
+            let Some(hold) = route.config.hold else {
+                route.client_not_modified.inc();
+                return Ok(not_modified(&copy.etag));
+            };
+            // Hold the poll until the copy changes or the hold ends.
+            let seen = copy.id;
+            let changed = watch.wait_for(
+                |_| matches!(feed.answer(), Some(Answer::Copy { copy, .. }) if copy.id != seen),
+            );
+            let outcome = tokio::select! {
+                changed = tokio::time::timeout(hold, changed) => changed.is_ok_and(|r| r.is_ok()),
+                _ = gw.shutdown.cancelled() => false,
+            };
+            drop(watch);
+            if !outcome {
+                route.client_not_modified.inc();
+                return Ok(not_modified(&copy.etag));
+            }
+            route.client_held.inc();
+            let Some(Answer::Copy { copy, age }) = feed.answer() else {
+                return Ok(not_modified(&copy.etag));
+            };
+            return Ok(self.body(gw, copy, age));
+        }
+        route.client_body.inc();
+        Ok(self.body(gw, copy, age))
+    }
+
+    fn body(&self, gw: &Gateway, copy: feed::Copy, age: Option<Duration>) -> Response {
+        let delivered = gw.metrics.transport(Transport::Bridge);
+        delivered.delivered.inc();
+        delivered.payload_out.inc_by(copy.body.len() as u64);
+        let mut resp = hyper::Response::new(Body::full(copy.body));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, copy.content_type);
+        h.insert(header::ETAG, copy.etag);
+        // Legacy clients must revalidate every time; the ETag makes it cheap.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Some(age) = age {
+            h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        }
+        resp
+    }
+
+    /// The feed for this request's variant, started if needed.
+    fn feed(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Feed>, ApiError> {
+        let route = &self.routes[index];
+        let vary_value = route
+            .vary_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .cloned();
+        let key = vary_value
+            .as_ref()
+            .map(|v| variant_key(v.as_bytes()))
+            .unwrap_or_default();
+        if let Some(feed) = self.feeds.get(&(index, key.clone())) {
+            return Ok(feed.clone());
+        }
+        let client = self
+            .client
+            .clone()
+            .ok_or_else(|| ApiError::NotFound("bridge configured without an upstream".into()))?;
+        let channel_name = match &route.vary_header {
+            Some(_) => format!("{}.{key}", route.config.channel),
+            None => route.config.channel.clone(),
+        };
+        let channel = ChannelName::new(&channel_name)?;
+        let mut forwarded = HeaderMap::new();
+        for name in &route.forward {
+            if let Some(value) = headers.get(name) {
+                forwarded.insert(name.clone(), value.clone());
+            }
+        }
+        let entry = self.feeds.entry((index, key.clone()));
+        let feed = match entry {
+            dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),
+            dashmap::Entry::Vacant(v) => {
+                let feed = Feed::new(route.clone(), channel, vary_value, forwarded);
+                v.insert(feed.clone());
+                feed
+            }
+        };
+        let task_feed = feed.clone();
+        let task_gw = gw.clone();
+        gw.tasks.spawn(async move {
+            task_feed.run(task_gw.clone(), client).await;
+            // Retired (idle) or shutting down: forget it; the next poll
+            // starts a fresh one.
+            task_gw.bridges.feeds.remove(&(index, key));
+        });
+        Ok(feed)
+    }
+}
+
+/// A per-user channel suffix: a hash of the `vary_by` header's value, so
+/// the value itself (a cookie, a token) never appears in a channel name.
+fn variant_key(value: &[u8]) -> String {
+    let digest = Sha1::digest(value);
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// True when the request's `If-None-Match` names `etag`.
+fn client_has(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| {
+            let t = t.trim_ascii();
+            t == etag.as_bytes() || t == b"*" || t.strip_prefix(b"W/") == Some(etag.as_bytes())
+        })
+}
+
+fn not_modified(etag: &HeaderValue) -> Response {
+    let mut resp = hyper::Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    resp.headers_mut().insert(header::ETAG, etag.clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_forms() {
+        let etag = HeaderValue::from_static("\"pb-3\"");
+        let mut h = HeaderMap::new();
+        assert!(!client_has(&h, &etag));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"pb-2\", W/\"pb-3\""),
+        );
+        assert!(client_has(&h, &etag));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"pb-30\""));
+        assert!(!client_has(&h, &etag));
+    }
+
+    #[test]
+    fn variant_keys_hide_the_value_and_differ() {
+        let a = variant_key(b"Bearer alice");
+        let b = variant_key(b"Bearer bob");
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(!a.contains("alice"));
+        assert!(ChannelName::new(&format!("scores.{a}")).is_ok());
+    }
+}
