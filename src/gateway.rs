@@ -54,7 +54,15 @@ impl Gateway {
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
-            other => return Err(format!("unsupported bus {other:?}")),
+            url if crate::bus::redis::is_redis_url(url) => {
+                AnyBus::Redis(crate::bus::redis::RedisBus::new(hub, &config)?)
+            }
+            other => {
+                return Err(format!(
+                    "unsupported bus {:?}",
+                    crate::bus::redis::redact(other)
+                ))
+            }
         };
         let proxy = match &config.upstream {
             Some(url) => Some(Proxy::new(url, &config.proxy, metrics.clone())?),

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             "pollbridge: configuration OK (public {}, admin {}, bus {}, upstream {}, {} channel rule(s))",
             config.listen,
             config.admin_listen,
-            config.bus,
+            pollbridge::bus::redis::redact(&config.bus),
             config.upstream.as_deref().unwrap_or("none"),
             config.channels.len()
         );

@@ -21,8 +21,8 @@ fake_pids=()
 cleanup() {
   local p
   for p in "${fake_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  # live cases still running after an interrupt
-  for p in $(jobs -p); do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  # live cases still running after an interrupt (each cleans up its Prometheus on TERM)
+  for p in "${case_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -79,9 +79,17 @@ run_case() {
       sed 's/^/         /' "$out" | tail -n 25; } >"$tmp/results/$name"
   fi
 }
+case_pids=()
 live_case() {
-  while [ "$(jobs -rp | wc -l)" -ge 4 ]; do wait -n; done
+  # at most 4 live cases at once (each runs its own Prometheus)
+  while [ "$(running_cases)" -ge 4 ]; do sleep 0.2; done
   run_case "$@" &
+  case_pids+=($!)
+}
+running_cases() {
+  local p n=0
+  for p in "${case_pids[@]}"; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done
+  echo "$n"
 }
 
 files="$here/check-files.sh"
@@ -173,7 +181,7 @@ live_case live-duplicate-series fail 'duplicate series pollbridge_connections' \
 live_case live-bad-lint fail 'promtool check metrics exited' "$(variant live-lint)" "$live" "$FAKE_lint"
 live_case live-unreachable fail 'cannot fetch' "$(variant live-unreachable)" "$live" \
   "http://127.0.0.1:$(obs_free_port)/metrics"
-wait
+for p in "${case_pids[@]}"; do wait "$p"; done
 
 passed=0 failed=0
 for f in "$tmp"/results/*; do

@@ -606,7 +606,11 @@ mod tests {
         hub.publish_next(&ch, &Bytes::from("1"));
         hub.forget(&ch);
         let mut out = Vec::new();
-        assert_eq!(q.try_drain(&mut out, 10), Ok(()), "queued messages stay readable");
+        assert_eq!(
+            q.try_drain(&mut out, 10),
+            Ok(()),
+            "queued messages stay readable"
+        );
         assert_eq!(q.try_drain(&mut out, 10), Err(QueueClosed::Shutdown));
         assert_eq!(hub.last_id(&ch), 0);
         drop(sub);

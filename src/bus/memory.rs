@@ -23,8 +23,13 @@ impl Bus for MemoryBus {
         channel: &ChannelName,
         payload: &Payload,
     ) -> Result<Published, BusError> {
+        let started = std::time::Instant::now();
         let msg = self.hub.publish_next(channel, &payload.to_json_bytes());
-        self.hub.metrics().published.inc();
+        let metrics = self.hub.metrics();
+        metrics
+            .bus_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.published.inc();
         Ok(Published { id: msg.id })
     }
 

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod memory;
 mod message;
 pub mod queue;
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +75,7 @@ pub trait Bus: Send + Sync + 'static {
 /// `dyn Bus` because the trait's async methods are not object-safe.
 pub enum AnyBus {
     Memory(memory::MemoryBus),
+    Redis(redis::RedisBus),
 }
 
 impl Bus for AnyBus {
@@ -84,6 +86,7 @@ impl Bus for AnyBus {
     ) -> Result<Published, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.publish(channel, payload).await,
+            AnyBus::Redis(bus) => bus.publish(channel, payload).await,
         }
     }
 
@@ -96,6 +99,7 @@ impl Bus for AnyBus {
     ) -> Result<(Subscription, HistoryRead), BusError> {
         match self {
             AnyBus::Memory(bus) => bus.subscribe(channel, since, queue, limit).await,
+            AnyBus::Redis(bus) => bus.subscribe(channel, since, queue, limit).await,
         }
     }
 
@@ -107,18 +111,21 @@ impl Bus for AnyBus {
     ) -> Result<HistoryRead, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.history(channel, since, limit).await,
+            AnyBus::Redis(bus) => bus.history(channel, since, limit).await,
         }
     }
 
     fn is_ready(&self) -> bool {
         match self {
             AnyBus::Memory(bus) => bus.is_ready(),
+            AnyBus::Redis(bus) => bus.is_ready(),
         }
     }
 
     fn hub(&self) -> &Hub {
         match self {
             AnyBus::Memory(bus) => bus.hub(),
+            AnyBus::Redis(bus) => bus.hub(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! message naming its key.
 
 pub mod cli;
+mod redis;
 mod rules;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
 /// The whole configuration. Every field has a default, so an empty file (or
@@ -32,8 +34,11 @@ pub struct Config {
     pub upstream: Option<String>,
     /// Path prefix of the client transports. Default: `/rt`.
     pub prefix: String,
-    /// Message bus: `memory` (one process). Default: `memory`.
+    /// Message bus: `memory` (one process), or a Redis shared by every node:
+    /// `redis://[[user]:password@]host[:port][/db]`, `rediss://…` for TLS
+    /// (see `[redis]`). Default: `memory`.
     pub bus: String,
+    pub redis: RedisConfig,
     /// Log filter when `RUST_LOG` is not set (`error`..`trace`). Default: `info`.
     pub log_level: String,
     pub history: HistoryConfig,
@@ -63,6 +68,7 @@ impl Default for Config {
             upstream: None,
             prefix: "/rt".into(),
             bus: "memory".into(),
+            redis: RedisConfig::default(),
             log_level: "info".into(),
             history: HistoryConfig::default(),
             limits: LimitsConfig::default(),
@@ -391,11 +397,17 @@ impl Config {
                 format!("must look like \"/rt\" (got {:?})", self.prefix),
             );
         }
-        if self.bus != "memory" {
+        if self.bus != "memory" && !crate::bus::redis::is_redis_url(&self.bus) {
             bad(
                 "bus",
-                format!("unsupported bus {:?} (supported: \"memory\")", self.bus),
+                format!(
+                    "unsupported bus {:?} (supported: \"memory\", \"redis://…\", \"rediss://…\")",
+                    crate::bus::redis::redact(&self.bus)
+                ),
             );
+        }
+        for (key, message) in self.redis.problems(&self.bus) {
+            bad(&key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             bad(

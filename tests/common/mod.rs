@@ -13,6 +13,7 @@
 //! broken gateway fails a test instead of hanging it or leaking a process.
 #![allow(dead_code, unused_imports)]
 
+pub mod bridge_upstream;
 pub mod http;
 pub mod sse;
 pub mod upstream;

@@ -10,6 +10,8 @@ use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
+use super::frame::MAX_CONTROL_PAYLOAD;
+
 /// What the reader tells the session.
 #[derive(Debug)]
 pub enum Inbound {
@@ -147,6 +149,15 @@ pub async fn run<R: AsyncRead + Unpin>(
                 }
             }
             OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
+            // fastwebsockets refuses an over-long ping but lets an
+            // over-long pong through; every control frame must fit 125
+            // bytes (RFC 6455 §5.5).
+            OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
+                let _ = tx
+                    .send(Inbound::Violation(1002, "pong frame over 125 bytes"))
+                    .await;
+                return;
+            }
             OpCode::Pong => Inbound::Pong,
             OpCode::Close => {
                 let event = check_close(&frame.payload);
@@ -164,7 +175,7 @@ fn check_close(payload: &[u8]) -> Inbound {
     match payload.len() {
         0 => Inbound::Close(1000),
         1 => Inbound::Violation(1002, "close frame with a 1-byte payload"),
-        n if n > 125 => Inbound::Violation(1002, "close frame over 125 bytes"),
+        n if n > MAX_CONTROL_PAYLOAD => Inbound::Violation(1002, "close frame over 125 bytes"),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             if !close_code_allowed(code) {
@@ -228,6 +239,79 @@ mod tests {
         let mut c = Assembler::new(9);
         c.push(OpCode::Text, false, b"a").unwrap();
         assert_eq!(code(c.push(OpCode::Text, true, b"b")), 1002);
+    }
+
+    /// A client frame (masked, as clients must) with the given first byte
+    /// (FIN, RSV and opcode bits).
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Runs the reader over `bytes` (then end of stream) and collects what
+    /// it tells the session.
+    async fn events(bytes: Vec<u8>) -> Vec<Inbound> {
+        let (ws, _) = fastwebsockets::after_handshake_split(
+            std::io::Cursor::new(bytes),
+            tokio::io::sink(),
+            fastwebsockets::Role::Server,
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        run(ws, 1000, tx).await;
+        let mut out = Vec::new();
+        while let Some(event) = rx.recv().await {
+            out.push(event);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn control_frames_inside_a_fragmented_message_pass_through() {
+        // Autobahn 5.6-5.9: a ping between fragments is answered at once,
+        // and the message is still reassembled around it.
+        let mut bytes = client_frame(0x01, b"hel"); // text, not final
+        bytes.extend(client_frame(0x89, b"ping")); // ping
+        bytes.extend(client_frame(0x8A, b"")); // pong
+        bytes.extend(client_frame(0x80, b"lo")); // final continuation
+        bytes.extend(client_frame(0x88, &[3, 232])); // close 1000
+        let got = events(bytes).await;
+        assert!(
+            matches!(
+                got.as_slice(),
+                [
+                    Inbound::Ping(p),
+                    Inbound::Pong,
+                    Inbound::Text(t),
+                    Inbound::Close(1000)
+                ] if p == b"ping" && t == "hello"
+            ),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn over_long_control_frames_are_violations() {
+        let long = [b'a'; 126];
+        for opcode in [0x89u8, 0x8A, 0x88] {
+            let got = events(client_frame(opcode, &long)).await;
+            assert!(
+                matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+                "opcode {opcode:#x}: {got:?}"
+            );
+        }
+        // Right at the limit is fine.
+        let got = events(client_frame(0x8A, &long[..125])).await;
+        assert!(matches!(got.as_slice(), [Inbound::Pong]), "{got:?}");
     }
 
     #[test]
