@@ -1,5 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need, only when missing. Safe to run repeatedly.
+# Installs everything the tests need, only what is missing. Idempotent and
+# quick when all is present. Needs root (or sudo) only when installing.
+#   - Debian: redis-server + redis-tools (Redis bus tests), prometheus
+#     (promtool and a throw-away Prometheus), chromium + fonts (browser test),
+#     curl and jq (script checks)
+#   - npm: playwright-core for the browser test (pinned, scripts/browser)
+# Suites that need more (Autobahn's Python 2.7 environment, the deploy
+# linters) install it themselves into .cache/ on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "setup: nothing beyond the Rust toolchain and Node.js needed yet"
+scripts/lib/ensure-apt.sh redis-server redis-tools prometheus chromium fonts-dejavu-core curl jq
+scripts/browser/setup.sh
+echo "setup: ok"

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the Rust unit and integration tests, the
-# browser client's unit tests, the Prometheus/Grafana checks against a live
-# gateway, and the end-to-end browser test. Installs what they need first
-# (idempotent; fast when already present). Prints one summary line at the end.
+# Runs every test of the project:
+#   - the Rust unit and integration tests (the real binary over real sockets,
+#     incl. the Redis bus against real redis-server instances)
+#   - the browser client's unit tests (node --test)
+#   - the Prometheus/Grafana checks: promtool on the rules and config, and a
+#     real Prometheus evaluating every dashboard and rule query against a
+#     gateway under load
+#   - the Autobahn TestSuite (RFC 6455 conformance, 301 cases)
+#   - the end-to-end browser test in headless Chromium
+# Installs what they need first (scripts/setup.sh; idempotent). Prints one
+# summary line at the end and exits non-zero if any suite failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +31,16 @@ suite() {
   fi
 }
 
-suite "setup" ./scripts/setup.sh
-suite "cargo test" cargo test --all-targets
-if [ -d client ] && ls client/*.test.mjs >/dev/null 2>&1; then
-  suite "client unit tests (node --test)" node --test client/
-fi
+suite "setup" scripts/setup.sh
+suite "cargo build" cargo build --workspace --all-targets
+# Script suites share the debug binary cargo test builds anyway.
+export POLLBRIDGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/pollbridge"
+suite "cargo test" cargo test --workspace --all-targets
+suite "client unit tests" node --test client/
+suite "prometheus files" scripts/prometheus/check-files.sh
+suite "prometheus live" scripts/prometheus/check-gateway.sh "$POLLBRIDGE_BIN"
+suite "autobahn" scripts/autobahn.sh
+suite "browser e2e" scripts/browser/run.sh
 
 echo
 if [ ${#failures[@]} -gt 0 ]; then

@@ -5,7 +5,13 @@ use std::process::ExitCode;
 use pollbridge::{config::cli, Gateway, Listeners};
 
 fn main() -> ExitCode {
-    let invocation = match cli::parse(std::env::args_os()) {
+    // `pollbridge healthcheck [--admin ADDR]`: for container HEALTHCHECKs,
+    // which have no shell or curl.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "healthcheck") {
+        return healthcheck(&args[2..]);
+    }
+    let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(problems) => {
             for problem in problems {
@@ -33,6 +39,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if std::env::var_os("POLLBRIDGE_BENCH_NO_WIRE_METERING").is_some_and(|v| v == "1") {
+        tracing::warn!("wire byte counting is OFF (benchmark switch); wire_bytes_total stays 0");
+        pollbridge::server::meter::disable_counting_for_benchmarks();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,8 +77,75 @@ async fn serve(config: pollbridge::Config) -> ExitCode {
     tracing::info!(%public, %admin, "pollbridge listening");
     // The one line on stdout: tools and tests read the bound ports from it.
     println!("pollbridge ready public={public} admin={admin}");
-    pollbridge::run(gateway, listeners, shutdown_signal()).await;
+    // systemd Type=notify: ready only now that both listeners accept.
+    // A no-op without NOTIFY_SOCKET.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let shutdown = async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    };
+    pollbridge::run(gateway, listeners, shutdown).await;
     ExitCode::SUCCESS
+}
+
+/// GETs `/healthz` on the admin listener: exit 0 when it answers 200.
+fn healthcheck(args: &[std::ffi::OsString]) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut admin =
+        std::env::var("POLLBRIDGE_ADMIN_LISTEN").unwrap_or_else(|_| "127.0.0.1:9090".into());
+    let mut rest = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--admin" => match rest.next() {
+                Some(addr) => admin = addr,
+                None => {
+                    eprintln!("pollbridge healthcheck: --admin needs an address");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("pollbridge healthcheck: unknown argument {other:?}; usage: pollbridge healthcheck [--admin ADDR]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let check = || -> Result<bool, String> {
+        let addr: std::net::SocketAddr = admin
+            .parse()
+            .map_err(|e| format!("bad address {admin:?}: {e}"))?;
+        let timeout = Duration::from_secs(3);
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        let mut head = [0u8; 12];
+        stream
+            .read_exact(&mut head)
+            .map_err(|e| format!("no answer from {addr}: {e}"))?;
+        Ok(&head[8..12] == b" 200")
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("pollbridge healthcheck: {admin} is not healthy");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("pollbridge healthcheck: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

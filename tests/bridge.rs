@@ -13,7 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::bridge_upstream::{scores_body, ScoresUpstream, SCORES_PATH};
+use common::bridge_upstream::{html_body, scores_body, ScoresUpstream, SCORES_PATH};
 use common::*;
 use serde_json::{json, Value};
 
@@ -397,6 +397,16 @@ async fn subscribers_and_legacy_clients_see_the_same_changes_and_ids() {
         up.polls().iter().all(|p| p.if_none_match.is_none()),
         "the backend sent no ETag, yet the gateway sent If-None-Match"
     );
+    let listed = get(&gw.admin_url("/channels")).await.json();
+    let scores = listed["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "scores")
+        .unwrap_or_else(|| panic!("no scores channel in {listed}"));
+    assert_eq!(scores["mode"], "state", "a bridged channel: {scores}");
+    assert_eq!(scores["last_id"], 4, "{scores}");
+
     assert_eq!(upstream_metric(&gw, "changed").await, 4.0);
     assert!(
         upstream_metric(&gw, "not_modified").await >= 3.0,
@@ -726,14 +736,158 @@ async fn other_methods_and_paths_are_proxied() {
         ]
     );
 
-    // GET of the bridged path is the bridge's answer.
+    // GET (and HEAD) of the bridged path is the bridge's answer.
     let r = get(&gw.public_url(SCORES_PATH)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.header("x-upstream"), None, "{:?}", r.head);
     assert_eq!(etag_id(r.header("etag").unwrap()), 1);
+    let r = http("HEAD", &gw.public_url(SCORES_PATH), &[], None).await;
+    assert_eq!(r.status(), 200, "{:?}", r.head);
+    assert_eq!(r.header("x-upstream"), None, "{:?}", r.head);
+    assert_eq!(r.header("etag").map(etag_id), Some(1), "{:?}", r.head);
+    assert!(
+        up.seen().iter().all(|s| s.method != "HEAD"),
+        "HEAD reached the backend"
+    );
     let polls = up.polls();
     assert!(
         !polls.is_empty() && polls.iter().all(|p| p.target == SCORES_PATH),
         "the bridge polls the path without the client's query: {polls:?}"
     );
+}
+
+#[tokio::test]
+async fn backend_hanging_from_the_start_is_a_504_json() {
+    let hanging = common::upstream::hanging_upstream().await;
+    let gw = bridged_gateway(&hanging.url(), "\n[proxy]\ntimeout = \"300ms\"").await;
+    let started = Instant::now();
+    let r = http("GET", &gw.public_url(SCORES_PATH), &[], None).await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504, "{:?} {}", r.head, r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{:?}",
+        r.head
+    );
+    assert!(r.json().is_object());
+    assert!(took < Duration::from_secs(3), "504 after {took:?}");
+}
+
+#[tokio::test]
+async fn a_subscriber_keeps_the_feed_polled_without_legacy_polls() {
+    let up = ScoresUpstream::start().await;
+    let gw = bridged_gateway(&up.url(), "idle_timeout = \"300ms\"").await;
+    let mut ws = WsClient::connect(&gw.ws_url("/rt/ws/scores")).await;
+    ws.expect_control("subscribed", T5).await;
+    let r = get(&gw.public_url(SCORES_PATH)).await;
+    assert_eq!(r.status(), 200);
+    let first = ws.next_envelope(T5).await;
+    assert_envelope(&first, "scores", 1, &json!({"v": 1}));
+
+    // Long past idle_timeout with no legacy poll: the subscriber still
+    // gets the next change.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    up.set_version(2);
+    let next = ws.next_envelope(T5).await;
+    assert_envelope(&next, "scores", 2, &json!({"v": 2}));
+}
+
+#[tokio::test]
+async fn an_idle_feed_stops_polling_and_resumes_where_it_was() {
+    let up = ScoresUpstream::start().await;
+    up.set_html(true);
+    let gw = bridged_gateway(&up.url(), "idle_timeout = \"300ms\"").await;
+    let url = gw.public_url(SCORES_PATH);
+    let r = http("GET", &url, &[], None).await;
+    assert_eq!(r.status(), 200, "{:?} {}", r.head, r.text());
+    assert_eq!(r.text(), html_body(1));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("etag"), Some("\"pb-1\""));
+    // Non-JSON bodies are published as strings.
+    let (_, body) = gw.poll("scores", "since=0&timeout=0").await;
+    assert_eq!(body["messages"][0]["data"], json!(html_body(1)), "{body}");
+
+    // Nobody asks: the poller stops.
+    let stopped = eventually(T5, "the idle poller stops", || async {
+        let before = up.poll_count();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        (up.poll_count() == before).then_some(before)
+    })
+    .await;
+    assert!(stopped >= 2, "{stopped} backend polls before going idle");
+
+    // The next poll starts it again, from the channel's latest copy: same
+    // body, same ETag, same content type.
+    let r = http("GET", &url, &[], None).await;
+    assert_eq!(r.status(), 200, "{:?} {}", r.head, r.text());
+    assert_eq!(r.text(), html_body(1));
+    assert_eq!(r.header("etag"), Some("\"pb-1\""), "{:?}", r.head);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/html; charset=utf-8"),
+        "content type after the feed restarted"
+    );
+    let r = http("GET", &url, &[("If-None-Match", "\"pb-1\"")], None).await;
+    assert_eq!(r.status(), 304, "{:?}", r.head);
+    up.set_version(2);
+    let r = eventually(T5, "the restarted feed sees the change", || async {
+        let r = http("GET", &url, &[("If-None-Match", "\"pb-1\"")], None).await;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.text(), html_body(2));
+    assert_eq!(r.header("etag"), Some("\"pb-2\""));
+    assert!(up.poll_count() > stopped, "polling resumed");
+}
+
+#[tokio::test]
+async fn a_websocket_subscriber_alone_gets_the_backend_feed() {
+    // Every page has moved to WebSocket and the gateway was restarted: no
+    // legacy poll will ever come. The subscriber still wants the feed.
+    let up = ScoresUpstream::start().await;
+    let gw = bridged_gateway(&up.url(), "").await;
+    let mut ws = WsClient::connect(&gw.ws_url("/rt/ws/scores")).await;
+    ws.expect_control("subscribed", T5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.set_version(2);
+    match ws.recv(Duration::from_secs(2)).await {
+        WsEvent::Json(v) => assert_eq!(v["data"]["v"], 2, "{v}"),
+        other => panic!(
+            "a subscriber of a bridged channel got {other:?} within 2 s; \
+             backend polls so far: {}",
+            up.poll_count()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn an_etag_from_before_a_gateway_restart_is_not_taken_as_current() {
+    let up = ScoresUpstream::start().await;
+    let config = bridge_config(&up.url(), "");
+    let first = Gateway::builder().config(&config).start().await;
+    let r = get(&first.public_url(SCORES_PATH)).await;
+    assert_eq!(r.json(), json!({"v": 1}));
+    let etag = r.header("etag").unwrap().to_string();
+    drop(first);
+
+    // The backend changes while the gateway is being restarted; the
+    // browser revalidates the copy it has.
+    up.set_version(2);
+    let second = Gateway::builder().config(&config).start().await;
+    let r = http(
+        "GET",
+        &second.public_url(SCORES_PATH),
+        &[("If-None-Match", &etag)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "If-None-Match {etag} (the v1 copy) after a restart, backend at v2: got {} ETag {:?}",
+        r.status(),
+        r.header("etag")
+    );
+    assert_eq!(r.json(), json!({"v": 2}));
 }

@@ -44,7 +44,10 @@ obs_need_python() {
   if ! { [ -x "$OBS_PY" ] && [ "$(cat "$OBS_CACHE/venv/.stamp" 2>/dev/null)" = "$want" ]; }; then
     echo "obs-tools: building Python venv in $OBS_CACHE/venv (one-time)" >&2
     rm -rf "$OBS_CACHE/venv"
-    _obs_run "$OBS_CACHE/venv.log" python3 -m venv "$OBS_CACHE/venv" &&
+    # Debian's system python3 needs python3-venv for ensurepip.
+    { python3 -m venv "$OBS_CACHE/venv" >"$OBS_CACHE/venv.log" 2>&1 ||
+      { rm -rf "$OBS_CACHE/venv"; "$OBS_ROOT/scripts/lib/ensure-apt.sh" python3-venv &&
+        _obs_run "$OBS_CACHE/venv.log" python3 -m venv "$OBS_CACHE/venv"; }; } &&
       _obs_run "$OBS_CACHE/venv.log" "$OBS_CACHE/venv/bin/pip" install -q --disable-pip-version-check \
         -r "$OBS_DIR/requirements.txt" &&
       echo "$want" >"$OBS_CACHE/venv/.stamp" || { _obs_unlock; return 1; }

@@ -34,7 +34,7 @@ start_fake() {
   python3 "$here/fake_metrics.py" --port 0 "$@" >"$tmp/fake-$name.out" 2>&1 &
   fake_pids+=($!)
   local i
-  for i in $(seq 1 50); do grep -q listening "$tmp/fake-$name.out" && break; sleep 0.1; done
+  for i in $(seq 1 50); do grep -qs listening "$tmp/fake-$name.out" && break; sleep 0.1; done
   local addr; addr=$(sed -n 's/^fake_metrics listening //p' "$tmp/fake-$name.out")
   [ -n "$addr" ] || { echo "selftest: fake_metrics $name did not start"; cat "$tmp/fake-$name.out"; exit 1; }
   printf -v "FAKE_$name" 'http://%s/metrics' "$addr"
@@ -49,15 +49,29 @@ variant() {
   echo "$d"
 }
 
-# jsonedit FILE PYTHON : edit a dashboard in place; `d` is the parsed JSON.
+# jsonedit FILE PYTHON : edit a dashboard in place; `d` is the parsed JSON,
+# P(title) the (non-row) panel with that title. A failed edit aborts the
+# self-test, and so does an edit that changes nothing.
 jsonedit() {
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" <<'PY' || { echo "selftest: cannot make broken copy $1"; exit 1; }
 import json, sys
 path, code = sys.argv[1], sys.argv[2]
 d = json.load(open(path))
+before = json.dumps(d, sort_keys=True)
+def P(title):
+    return next(p for p in d["panels"] if p.get("title") == title and p.get("type") != "row")
 exec(code)
+if json.dumps(d, sort_keys=True) == before:
+    sys.exit("edit changed nothing")
 json.dump(d, open(path, "w"), indent=2)
 PY
+}
+
+# sededit SCRIPT FILE : sed -i that must change the file.
+sededit() {
+  local before; before=$(sha256sum <"$2")
+  sed -i "$1" "$2"
+  [ "$(sha256sum <"$2")" != "$before" ] || { echo "selftest: sed changed nothing in $2: $1"; exit 1; }
 }
 
 # case NAME WANT PATTERN VARIANT_DIR CMD... ; WANT is pass or fail. Writes the
@@ -99,39 +113,39 @@ live="$here/check-live.sh"
 run_case files-real pass '^check-files: PASS' "$(variant files-real)" "$files"
 
 d=$(variant files-bad-promql)
-sed -i 's/expr: sum by (job, transport) (rate(pollbridge_wire_bytes_total\[5m\]))/expr: sum by (job, transport (rate(pollbridge_wire_bytes_total[5m]))/' "$d/prom/rules.yml"
+sededit 's/expr: sum by (job, transport) (rate(pollbridge_wire_bytes_total\[5m\]))/expr: sum by (job, transport (rate(pollbridge_wire_bytes_total[5m]))/' "$d/prom/rules.yml"
 run_case files-bad-promql fail 'promtool check rules: FAILED' "$d" "$files"
 
 d=$(variant files-wrong-value)
-sed -i 's/            - ignoring (transport)/            + ignoring (transport)/' "$d/prom/rules.yml"
+sededit 's/            - ignoring (transport)/            + ignoring (transport)/' "$d/prom/rules.yml"
 run_case files-wrong-value fail 'promtool test rules: FAILED.*|longpoll_savings' "$d" "$files"
 
 d=$(variant files-bad-record-name)
-sed -i 's/record: pollbridge:published_per_second:rate5m/record: pollbridge_published_per_second_rate5m/' "$d/prom/rules.yml"
+sededit 's/record: pollbridge:published_per_second:rate5m/record: pollbridge_published_per_second_rate5m/' "$d/prom/rules.yml"
 run_case files-bad-record-name fail 'level:metric:operations' "$d" "$files"
 
 d=$(variant files-no-runbook)
-sed -i '/runbook: "README.md#alert-pollbridgebusnotready"/d' "$d/prom/alerts.yml"
+sededit '/runbook: "README.md#alert-pollbridgebusnotready"/d' "$d/prom/alerts.yml"
 run_case files-no-runbook fail 'PollbridgeBusNotReady: no runbook annotation' "$d" "$files"
 
 d=$(variant files-healthy-fires)
-sed -i 's/expr: up{job="pollbridge"} == 0/expr: up == 0/' "$d/prom/alerts.yml"
+sededit 's/expr: up{job="pollbridge"} == 0/expr: up == 0/' "$d/prom/alerts.yml"
 run_case files-healthy-fires fail 'promtool test rules: FAILED' "$d" "$files"
 
 d=$(variant files-config-missing-rules)
-sed -i 's/  - alerts.yml/  - alert.yml/' "$d/prom/prometheus.yml"
+sededit 's/  - alerts.yml/  - alert.yml/' "$d/prom/prometheus.yml"
 run_case files-config-missing-rules fail 'promtool check config: FAILED' "$d" "$files"
 
 d=$(variant files-schema-typo)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][1]["gridPos"]["x"] = "zero"; d["panels"][2]["titel"] = d["panels"][2].pop("title")'
+jsonedit "$d/dash/pollbridge-overview.json" 'P("Bytes on the wire per delivered message")["gridPos"]["x"] = "zero"; p = P("Header overhead share of wire bytes"); p["titel"] = p.pop("title")'
 run_case files-schema-typo fail "'titel' was unexpected" "$d" "$files"
 
 d=$(variant files-no-description)
-jsonedit "$d/dash/pollbridge-overview.json" 'del d["panels"][1]["description"]'
-run_case files-no-description fail 'panels\[1\]\.description: missing' "$d" "$files"
+jsonedit "$d/dash/pollbridge-overview.json" 'del P("Long-poll empty ratio")["description"]'
+run_case files-no-description fail 'panels\[[0-9]+\]\.description: missing' "$d" "$files"
 
 d=$(variant files-hardcoded-ds)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][3]["datasource"] = {"type": "prometheus", "uid": "P1809F7CD0C75ACF3"}'
+jsonedit "$d/dash/pollbridge-overview.json" 'P("Message bus ready")["datasource"] = {"type": "prometheus", "uid": "P1809F7CD0C75ACF3"}'
 run_case files-hardcoded-ds fail 'datasource: want uid' "$d" "$files"
 
 # ---------------------------------------------------------------- check-live
@@ -146,32 +160,36 @@ live_case live-no-bridge-allowed pass '^check-live: PASS .* [1-9][0-9]* allow-li
   "$(variant live-no-bridge)" "$live" "$FAKE_nobridge"
 
 d=$(variant live-metric-typo)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][1]["targets"][0]["expr"] = d["panels"][1]["targets"][0]["expr"].replace("pollbridge_wire_bytes_total", "pollbridge_wire_byte_total")'
+jsonedit "$d/dash/pollbridge-overview.json" 't = P("Bytes on the wire per delivered message")["targets"][0]; t["expr"] = t["expr"].replace("pollbridge_wire_bytes_total", "pollbridge_wire_byte_total")'
 live_case live-metric-typo fail 'UNKNOWN_METRIC .*never seen: pollbridge_wire_byte_total' "$d" "$live" "$FAKE_all"
 
 d=$(variant live-parse-error)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][6]["targets"][0]["expr"] = "sum(rate(pollbridge_messages_published_total[$__rate_interval])"'
+jsonedit "$d/dash/pollbridge-overview.json" 'P("Messages published and delivered per second")["targets"][0]["expr"] = "sum(rate(pollbridge_messages_published_total[$__rate_interval])"'
 live_case live-parse-error fail 'PARSE_ERROR .*Messages published' "$d" "$live" "$FAKE_all"
 
 d=$(variant live-unguarded-division)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][1]["targets"][0]["expr"] = d["panels"][1]["targets"][0]["expr"].replace(" > 0)", ")")'
+jsonedit "$d/dash/pollbridge-overview.json" 't = P("Bytes on the wire per delivered message")["targets"][0]; t["expr"] = t["expr"].replace(" > 0)", ")")'
 live_case live-unguarded-division fail 'NAN_OR_INF .*Bytes on the wire' "$d" env SETTLE_TIMEOUT=4 "$live" "$FAKE_all"
 
 d=$(variant live-many-to-many)
-jsonedit "$d/dash/pollbridge-overview.json" 'd["panels"][6]["targets"][0]["expr"] = "pollbridge_wire_bytes_total / on(transport) pollbridge_messages_delivered_total"'
+jsonedit "$d/dash/pollbridge-overview.json" 'P("Messages published and delivered per second")["targets"][0]["expr"] = "pollbridge_wire_bytes_total / on(transport) pollbridge_messages_delivered_total"'
 live_case live-many-to-many fail 'EXEC_ERROR' "$d" "$live" "$FAKE_all"
 
+d=$(variant live-unresolved-var)
+jsonedit "$d/dash/pollbridge-overview.json" 't = P("Delivery latency p50 / p99 by transport")["targets"][1]; t["expr"] = t["expr"].replace("histogram_quantile(0.99,", "histogram_quantile($quantile,")'
+live_case live-unresolved-var fail 'UNRESOLVED_VAR .*\$quantile has no value' "$d" "$live" "$FAKE_all"
+
 d=$(variant live-rule-bad-promql)
-sed -i 's/expr: sum by (job) (rate(pollbridge_messages_published_total\[5m\]))/expr: sum by (job) (rate(pollbridge_messages_published_total[5m])/' "$d/prom/rules.yml"
+sededit 's/expr: sum by (job) (rate(pollbridge_messages_published_total\[5m\]))/expr: sum by (job) (rate(pollbridge_messages_published_total[5m])/' "$d/prom/rules.yml"
 live_case live-rule-bad-promql fail 'promtool check rules' "$d" "$live" "$FAKE_all"
 
 d=$(variant live-rule-metric-typo)
-sed -i 's/rate(pollbridge_messages_published_total\[5m\])/rate(pollbridge_message_published_total[5m])/' "$d/prom/rules.yml"
+sededit 's/rate(pollbridge_messages_published_total\[5m\])/rate(pollbridge_message_published_total[5m])/' "$d/prom/rules.yml"
 live_case live-rule-metric-typo fail 'published_per_second.*never seen: pollbridge_message_published_total' \
   "$d" env SETTLE_TIMEOUT=4 "$live" "$FAKE_all"
 
 d=$(variant live-alert-metric-typo)
-sed -i 's/expr: pollbridge_bus_ready == 0/expr: pollbridge_bus_readyy == 0/' "$d/prom/alerts.yml"
+sededit 's/expr: pollbridge_bus_ready == 0/expr: pollbridge_bus_readyy == 0/' "$d/prom/alerts.yml"
 live_case live-alert-metric-typo fail 'PollbridgeBusNotReady.*never seen: pollbridge_bus_readyy' "$d" "$live" "$FAKE_all"
 
 live_case live-missing-metric fail 'UNKNOWN_METRIC .*never seen: pollbridge_polls_total' \

@@ -21,6 +21,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::metrics::Metrics;
 use crate::transport::Transport;
 
+/// Benchmarks only: counting can be switched off to measure what it costs
+/// (`POLLBRIDGE_BENCH_NO_WIRE_METERING=1`). Always on otherwise.
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Switches byte counting off (for the accounting-cost benchmark).
+pub fn disable_counting_for_benchmarks() {
+    COUNTING.store(false, Ordering::Relaxed);
+}
+
 /// Bit set in `state` while no request is in progress.
 const IDLE: u8 = 0x80;
 
@@ -55,6 +64,9 @@ impl ConnMeter {
 
     #[inline]
     fn on_read(&self, n: usize) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         let state = self.state.load(Ordering::Relaxed);
         if state & IDLE != 0 {
             self.pending_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -68,6 +80,9 @@ impl ConnMeter {
 
     #[inline]
     fn on_write(&self, n: usize) {
+        if !COUNTING.load(Ordering::Relaxed) {
+            return;
+        }
         let state = self.state.load(Ordering::Relaxed);
         self.metrics
             .transport(Self::transport(state))

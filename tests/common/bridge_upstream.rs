@@ -3,7 +3,8 @@
 //! [`ScoresUpstream`] serves `GET /api/scores` as `{"v":N}` (or
 //! `{"user":"<Authorization>","v":N}` when the request has an
 //! `Authorization` header), where `N` changes only when the test calls
-//! [`ScoresUpstream::set_version`]. It sends an `ETag` and answers a
+//! [`ScoresUpstream::set_version`] (or `text/html` `<p>score N</p>` after
+//! [`ScoresUpstream::set_html`]). It sends an `ETag` and answers a
 //! matching `If-None-Match` with `304` unless validators are switched off
 //! (then every poll gets the whole, identical body). It records every
 //! request, tracks how many are in flight at once, and can be made slow,
@@ -51,6 +52,8 @@ struct Shared {
     validators: AtomicBool,
     delay_ms: AtomicU64,
     failing: AtomicBool,
+    /// Serve `text/html` (`<p>score N</p>`) instead of JSON.
+    html: AtomicBool,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     seen: Mutex<Vec<Seen>>,
@@ -164,6 +167,11 @@ impl ScoresUpstream {
         self.shared.failing.store(on, Ordering::SeqCst);
     }
 
+    /// On: `text/html; charset=utf-8` bodies, [`html_body`], instead of JSON.
+    pub fn set_html(&self, on: bool) {
+        self.shared.html.store(on, Ordering::SeqCst);
+    }
+
     /// Closes the listener and every connection: from now on connecting is
     /// refused.
     pub fn stop(&self) {
@@ -219,6 +227,11 @@ pub fn scores_body(user: Option<&str>, v: u64) -> serde_json::Value {
         Some(user) => serde_json::json!({"user": user, "v": v}),
         None => serde_json::json!({"v": v}),
     }
+}
+
+/// The body for a version in HTML mode.
+pub fn html_body(v: u64) -> String {
+    format!("<p>score {v}</p>")
 }
 
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
@@ -289,7 +302,9 @@ fn answer(shared: &Shared, req: &Seen) -> Response<Body> {
     let user = req.authorization.as_deref();
     let mut tag = Fnv::default();
     tag.update(user.unwrap_or("").as_bytes());
-    let etag = format!("\"s{v}-{}\"", tag.hex());
+    let html = shared.html.load(Ordering::SeqCst);
+    let kind = if html { "h" } else { "j" };
+    let etag = format!("\"{kind}{v}-{}\"", tag.hex());
     let validators = shared.validators.load(Ordering::SeqCst);
     if validators && req.if_none_match.as_deref() == Some(etag.as_str()) {
         return Response::builder()
@@ -298,13 +313,16 @@ fn answer(shared: &Shared, req: &Seen) -> Response<Body> {
             .body(full(Bytes::new()))
             .unwrap();
     }
+    let (content_type, body) = if html {
+        ("text/html; charset=utf-8", html_body(v))
+    } else {
+        ("application/json", scores_body(user, v).to_string())
+    };
     let mut builder = Response::builder()
         .status(200)
-        .header("content-type", "application/json");
+        .header("content-type", content_type);
     if validators {
         builder = builder.header("etag", etag);
     }
-    builder
-        .body(full(scores_body(user, v).to_string()))
-        .unwrap()
+    builder.body(full(body)).unwrap()
 }

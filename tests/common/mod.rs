@@ -15,6 +15,7 @@
 
 pub mod bridge_upstream;
 pub mod http;
+pub mod redis;
 pub mod sse;
 pub mod upstream;
 pub mod ws;

@@ -16,9 +16,10 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline,
-    ProtocolVersion, PushInfo, RedisFuture, RedisResult, TlsCertificates, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    ProtocolVersion, PushInfo, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -222,12 +223,29 @@ impl PubSubConn {
         }
     }
 
-    /// `PING` (every master, in a cluster).
+    /// `PING`; in a cluster, every master the cluster currently lists, by
+    /// address (the cluster client's own `PING` skips nodes it can't
+    /// reach, which would hide a master that is down).
     pub async fn ping(&mut self) -> RedisResult<()> {
         let ping = redis::cmd("PING");
         match self {
             PubSubConn::Single(c) => ping.exec_async(c).await,
-            PubSubConn::Cluster(c) => ping.exec_async(c).await,
+            PubSubConn::Cluster(c) => {
+                let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+                let masters = masters_of(&slots);
+                if masters.is_empty() {
+                    return Err(RedisError::from((
+                        ErrorKind::Client,
+                        "the cluster lists no master",
+                    )));
+                }
+                for (host, port) in masters {
+                    let to = SingleNodeRoutingInfo::ByAddress { host, port };
+                    c.route_command(ping.clone(), RoutingInfo::SingleNode(to))
+                        .await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -242,6 +260,37 @@ impl PubSubConn {
         };
         Ok(min_major_version(&value))
     }
+}
+
+/// The (host, port) of every master in a `CLUSTER SLOTS` answer.
+pub fn masters_of(slots: &Value) -> Vec<(String, u16)> {
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = slots else {
+        return masters;
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let Some(Value::Array(node)) = fields.get(2) else {
+            continue;
+        };
+        let host = match node.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = node.get(1) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
+        }
+    }
+    masters
 }
 
 /// Finds every `redis_version:X.Y.Z` in an `INFO` answer (one text, or one
@@ -286,5 +335,40 @@ mod tests {
         ]);
         assert_eq!(min_major_version(&cluster), Some(6));
         assert_eq!(min_major_version(&Value::Nil), None);
+    }
+
+    #[test]
+    fn masters_come_from_cluster_slots() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a, b, nodes: Vec<Value>| {
+            let mut fields = vec![Value::Int(a), Value::Int(b)];
+            fields.extend(nodes);
+            Value::Array(fields)
+        };
+        let slots = Value::Array(vec![
+            range(
+                0,
+                5460,
+                vec![node("10.0.0.1", 7000), node("10.0.0.4", 7003)],
+            ),
+            range(5461, 10922, vec![node("10.0.0.2", 7001)]),
+            range(10923, 12000, vec![node("10.0.0.1", 7000)]),
+            range(12001, 16383, vec![node("10.0.0.3", 70000)]),
+            Value::Nil,
+        ]);
+        assert_eq!(
+            masters_of(&slots),
+            [
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.2".to_string(), 7001)
+            ]
+        );
+        assert!(masters_of(&Value::Nil).is_empty());
     }
 }

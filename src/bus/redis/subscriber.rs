@@ -95,6 +95,9 @@ struct Subscriber {
     /// The current connection's command worker.
     ops: Option<mpsc::UnboundedSender<Op>>,
     sharded: bool,
+    /// Failed connects and connections lost before their first good health
+    /// check, in a row: sets the backoff.
+    failures: u32,
 }
 
 /// Runs until `stop` is cancelled.
@@ -109,6 +112,7 @@ pub async fn run(
         generation: 0,
         ops: None,
         sharded: false,
+        failures: 0,
     };
     loop {
         task.shared.set_ready(false);
@@ -141,7 +145,12 @@ pub async fn run(
             .serve(&mut conn, &mut pushes, &mut control, &stop)
             .await;
         let Some(why) = why else { return };
-        tracing::warn!(reason = %why, "redis subscription connection lost; reconnecting");
+        if task.failures == 0 {
+            tracing::warn!(reason = %why, "redis subscription connection lost; reconnecting");
+        } else {
+            tracing::debug!(reason = %why, "redis subscription connection lost again");
+        }
+        task.failures = task.failures.saturating_add(1);
         task.ops = None;
         for watch in task.watches.values_mut() {
             watch.confirmed = false;
@@ -160,8 +169,23 @@ impl Subscriber {
         stop: &CancellationToken,
     ) -> Option<(PubSubConn, mpsc::UnboundedReceiver<PushInfo>)> {
         let settings = self.shared.settings.clone();
-        let mut failures: u32 = 0;
         loop {
+            if self.failures > 0 {
+                let delay = backoff(
+                    settings.reconnect_min_delay,
+                    settings.reconnect_max_delay,
+                    self.failures - 1,
+                );
+                let sleep = tokio::time::sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        _ = stop.cancelled() => return None,
+                        Some(msg) = control.recv() => self.on_control(msg),
+                    }
+                }
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             let shared = self.shared.clone();
             let attempt = async move {
@@ -184,26 +208,12 @@ impl Subscriber {
                     return Some((conn, rx));
                 }
                 Err(e) => {
-                    if failures == 0 {
+                    if self.failures <= 1 {
                         tracing::warn!(error = %e, "cannot reach redis; retrying");
                     } else {
-                        tracing::debug!(error = %e, failures, "cannot reach redis");
+                        tracing::debug!(error = %e, failures = self.failures, "cannot reach redis");
                     }
-                }
-            }
-            let delay = backoff(
-                settings.reconnect_min_delay,
-                settings.reconnect_max_delay,
-                failures,
-            );
-            failures = failures.saturating_add(1);
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    _ = stop.cancelled() => return None,
-                    Some(msg) = control.recv() => self.on_control(msg),
+                    self.failures = self.failures.saturating_add(1);
                 }
             }
         }
@@ -239,6 +249,7 @@ impl Subscriber {
                     if let Err(e) = bounded(timeout, conn.ping()).await {
                         return Some(format!("ping failed: {e}"));
                     }
+                    self.failures = 0;
                     self.sweep_idle();
                     self.retry_unconfirmed();
                 }
