@@ -9,7 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::Bridges;
-use crate::bus::{memory::MemoryBus, AnyBus, Hub};
+use crate::bus::{
+    memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
+};
+use crate::channel::ChannelName;
 use crate::config::{ChannelRules, Config};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -82,6 +85,22 @@ impl Gateway {
             bridges,
             kick: Mutex::new(CancellationToken::new()),
         }))
+    }
+
+    /// Subscribes a client's queue to a channel (see [`Bus::subscribe`]).
+    /// Every transport subscribes through here, so a subscriber of a bridged
+    /// channel also starts the bridge's poller: a feed is polled while
+    /// anyone wants it, legacy poller or subscriber.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        since: Option<u64>,
+        queue: &Arc<SubscriberQueue>,
+        limit: usize,
+    ) -> Result<(Subscription, HistoryRead), BusError> {
+        let subscribed = self.bus.subscribe(channel, since, queue, limit).await?;
+        self.bridges.wanted(self, channel);
+        Ok(subscribed)
     }
 
     /// A token that is cancelled when the operator disconnects every

@@ -149,7 +149,13 @@ impl Shared {
         }
     }
 
-    fn conn_ended(&self, finished: bool) {
+    /// Connection `i` ended; it counts against completion only if it
+    /// ended short of what it expected.
+    fn conn_ended(&self, i: usize) {
+        let finished = match self.args.kind {
+            Kind::Http => false,
+            _ => self.per_conn.borrow()[i] >= self.args.expect,
+        };
         let mut c = self.counts.borrow_mut();
         if !finished {
             c.ended += 1;
@@ -355,13 +361,10 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         Kind::Lp => lp_loop(&shared, i, stream, buf).await,
         Kind::Http => http_loop(&shared, stream, buf).await,
     };
-    match outcome {
-        Ok(finished) => shared.conn_ended(finished),
-        Err(e) => {
-            shared.error(format!("connection {i}: {e}"));
-            shared.conn_ended(false);
-        }
+    if let Err(e) = outcome {
+        shared.error(format!("connection {i}: {e}"));
     }
+    shared.conn_ended(i);
 }
 
 /// Head facts the SSE loop needs.
@@ -485,9 +488,8 @@ async fn read_response(
     Ok((status, head, length))
 }
 
-/// WebSocket: parse frames, answer pings, stop on close or EOF. Returns
-/// Ok(true) if the connection got everything it expected before ending.
-async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<bool> {
+/// WebSocket: parse frames, answer pings, stop on close or EOF.
+async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
     let mut last_id = 0;
     let mut pong = Vec::with_capacity(132);
     let mut closed = None;
@@ -524,11 +526,11 @@ async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) 
             if got < shared.args.expect {
                 return Err(io::Error::other(format!("closed with {code}")));
             }
-            return Ok(true);
+            return Ok(());
         }
         let n = s.read_buf(&mut buf).await?;
         if n == 0 {
-            return Ok(shared.per_conn.borrow()[i] >= shared.args.expect);
+            return Ok(());
         }
         shared.bytes(n, 0);
     }
@@ -541,7 +543,7 @@ async fn sse_loop(
     mut s: TcpStream,
     mut buf: Vec<u8>,
     head: Head,
-) -> io::Result<bool> {
+) -> io::Result<()> {
     let mut last_id = 0;
     let mut events = Vec::with_capacity(4096);
     let mut dechunk = wire::Dechunk::default();
@@ -565,11 +567,11 @@ async fn sse_loop(
             return Err(io::Error::other("SSE event never ended"));
         }
         if finished {
-            return Ok(shared.per_conn.borrow()[i] >= shared.args.expect);
+            return Ok(());
         }
         let n = s.read_buf(&mut buf).await?;
         if n == 0 {
-            return Ok(shared.per_conn.borrow()[i] >= shared.args.expect);
+            return Ok(());
         }
         shared.bytes(n, 0);
     }
@@ -577,14 +579,15 @@ async fn sse_loop(
 
 /// Long-poll: poll `since=` the last id seen until everything expected
 /// has arrived. Stays connected (idle) afterwards.
-async fn lp_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<bool> {
+async fn lp_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
     let args = &shared.args;
     let mut request = Vec::with_capacity(256);
     let mut since = 0u64;
     let max_polls = args.expect * 4 + 1000;
     for _ in 0..max_polls {
         if shared.per_conn.borrow()[i] >= args.expect {
-            return Ok(true);
+            // Stay connected, as a real client would, until the worker exits.
+            return std::future::pending().await;
         }
         request.clear();
         request.extend_from_slice(b"GET ");
@@ -623,7 +626,7 @@ async fn lp_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) 
 
 /// Keep-alive GETs, one at a time, until the shared request budget is
 /// spent; latency is request written → response complete.
-async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<bool> {
+async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
     let mut go = shared.go.clone();
     let _ = go.wait_for(|g| *g).await;
     let request = format!(
@@ -633,7 +636,7 @@ async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::R
     for _ in 0..shared.args.expect {
         let left = shared.unclaimed.get();
         if left == 0 {
-            return Ok(true);
+            return std::future::pending().await;
         }
         shared.unclaimed.set(left - 1);
         let sent = Instant::now();
@@ -654,5 +657,5 @@ async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::R
         c.last_rx_us = now;
         shared.check_done(&c);
     }
-    Ok(true)
+    Ok(())
 }

@@ -320,6 +320,20 @@ async function scenarioFallback(context) {
     ` ids 1..50 in order on both panels (${took} ms)`;
 }
 
+/** After a failure: say so if a gateway no longer answers (it crashed, or was stopped from outside). */
+async function gatewaysDown() {
+  const notes = [];
+  for (const [name, gw] of [['gateway', GW], ['gateway_nows', NOWS]]) {
+    try {
+      const res = await fetch(`http://${gw.admin}/healthz`, {signal: AbortSignal.timeout(2000)});
+      if (!res.ok) notes.push(`${name} /healthz answered ${res.status}`);
+    } catch (err) {
+      notes.push(`${name} at ${gw.admin} is not answering (${err.cause && err.cause.code || err.message})`);
+    }
+  }
+  return notes.length ? ` [NOTE: ${notes.join('; ')}]` : '';
+}
+
 // ---- runner ---------------------------------------------------------------------
 
 async function main() {
@@ -343,7 +357,8 @@ async function main() {
         console.log(`ok   ${name}: ${detail} [${((Date.now() - t0) / 1000).toFixed(1)} s]`);
       } catch (err) {
         failed += 1;
-        console.log(`FAIL ${name}: ${String(err && err.message || err).replace(/\s*\n\s*/g, ' ')} [${((Date.now() - t0) / 1000).toFixed(1)} s]`);
+        const down = await gatewaysDown();
+        console.log(`FAIL ${name}: ${String(err && err.message || err).replace(/\s*\n\s*/g, ' ')}${down} [${((Date.now() - t0) / 1000).toFixed(1)} s]`);
         if (process.env.PB_VERBOSE) console.error(err);
         const page = ctx.current;
         if (page && !page.isClosed()) {

@@ -31,6 +31,7 @@ mkdir -p "$artifacts"
 rm -f "$artifacts"/demo.png "$artifacts"/fail-*.png
 tmp=$(mktemp -d)
 pids=()
+names=()
 cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -44,12 +45,13 @@ trap 'exit 130' INT TERM
 start_gateway() {
   local name=$1
   shift
-  ${PB_WRAP:-} "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$artifacts/$name.log" &
+  "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$artifacts/$name.log" &
   local pid=$!
   pids+=("$pid")
+  names+=("$name")
   local line="" i
   for i in $(seq 1 200); do  # up to 10 s
-    line=$(grep -m1 '^pollbridge ready ' "$tmp/$name.out" || true)
+    line=$(grep -s -m1 '^pollbridge ready ' "$tmp/$name.out" || true)
     [ -n "$line" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "run.sh: gateway $name ($*) exited before it was ready:" >&2
@@ -73,6 +75,17 @@ status=0
 PB_PUBLIC=$gateway_public PB_ADMIN=$gateway_admin \
 PB_NOWS_PUBLIC=$gateway_nows_public PB_NOWS_ADMIN=$gateway_nows_admin \
 PB_ARTIFACTS=$artifacts \
-  node "$here/e2e.mjs" || status=$?
+  node "$here/${PB_E2E:-e2e.mjs}" || status=$?
+# A gateway that is gone now was stopped during the run (a crash, or a signal
+# from outside: SIGTERM/SIGINT log "shutting down" in its log).
+for i in "${!pids[@]}"; do
+  if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+    gw_status=0
+    wait "${pids[$i]}" || gw_status=$?
+    echo "run.sh: gateway ${names[$i]} (pid ${pids[$i]}) exited during the run with status $gw_status; its log ends:" >&2
+    tail -n 3 "$artifacts/${names[$i]}.log" >&2
+    status=1
+  fi
+done
 echo "run.sh: $(( ($(date +%s%3N) - start_ms) ))ms total (setup, build, gateways, browser)" >&2
 exit "$status"

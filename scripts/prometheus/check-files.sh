@@ -9,7 +9,8 @@
 #                           relative to the config file)
 # 4. rule policy            annotations, runbook anchors, record names
 #                           (check_rule_files.py)
-# 5. Grafana structure      JSON Schema from @grafana/schema (lenient profile)
+# 5. dashboard variables    every $var in every query resolves (check_dashboards.py --offline)
+# 6. Grafana structure      JSON Schema from @grafana/schema (lenient profile)
 #                           plus project policy (check_grafana_schema.py)
 #
 # Env: PROM_DIR (default deploy/prometheus), DASHBOARD_DIR (default dashboards),
@@ -18,7 +19,7 @@
 # output and exits 1. Installs its tools on first use (scripts/prometheus/obs-tools.sh).
 set -uo pipefail
 start=${EPOCHREALTIME/./}
-# shellcheck source=obs-tools.sh
+# shellcheck source=scripts/prometheus/obs-tools.sh
 source "$(dirname "${BASH_SOURCE[0]}")/obs-tools.sh"
 PROM_DIR=$(cd "${PROM_DIR:-$OBS_ROOT/deploy/prometheus}" && pwd) || { echo "check-files: FAIL: no PROM_DIR"; exit 1; }
 DASHBOARD_DIR=$(cd "${DASHBOARD_DIR:-$OBS_ROOT/dashboards}" && pwd) || { echo "check-files: FAIL: no DASHBOARD_DIR"; exit 1; }
@@ -95,6 +96,12 @@ dashboards=("$DASHBOARD_DIR"/*.json)
 if [ "${#dashboards[@]}" -eq 0 ]; then
   echo "--- Grafana structure: FAILED (no dashboards in $DASHBOARD_DIR)"
   failed+=("Grafana structure")
+else
+  # Every template variable in every query resolves (same substitution as check-live).
+  step "dashboard variables" "$OBS_PY" "$OBS_DIR/check_dashboards.py" --offline --var job=pollbridge "${dashboards[@]}"
+fi
+if [ "${#dashboards[@]}" -eq 0 ]; then
+  :
 elif schema=$(obs_grafana_schema); then
   step "Grafana structure" "$OBS_PY" "$OBS_DIR/check_grafana_schema.py" --schema "$schema" "${dashboards[@]}"
 else

@@ -31,8 +31,8 @@ trap 'exit 130' INT TERM
 
 # wait_line FILE PATTERN PID: wait (max 30 s) until FILE has a line matching PATTERN.
 wait_line() {
-  local i
-  for i in $(seq 1 300); do
+
+  for _ in $(seq 1 300); do
     grep -qs -- "$2" "$1" && return 0
     kill -0 "$3" 2>/dev/null || return 1
     sleep 0.1

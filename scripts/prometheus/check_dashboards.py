@@ -5,6 +5,7 @@ Prometheus rules against a live Prometheus (standard library only).
   check_dashboards.py --prom URL [--job pollbridge] [--var job=pollbridge]
                       [--allow-no-data NAME]... [--rules] DASHBOARD.json...
   check_dashboards.py --list DASHBOARD.json...        # substituted exprs, offline
+  check_dashboards.py --offline DASHBOARD.json...     # only: does every variable resolve?
   check_dashboards.py --prom URL --wait-only          # just wait for samples
 
 Before checking it waits (polling, no fixed sleeps) until Prometheus is ready
@@ -396,6 +397,8 @@ def main():
     ap.add_argument("--rules", action="store_true", help="also check every loaded rule")
     ap.add_argument("--wait-only", action="store_true")
     ap.add_argument("--list", action="store_true", help="print substituted exprs, no Prometheus")
+    ap.add_argument("--offline", action="store_true",
+                    help="no Prometheus: only check that every variable resolves")
     ap.add_argument("-v", "--verbose", action="store_true", help="print OK lines too")
     ap.add_argument("dashboards", nargs="*")
     a = ap.parse_args()
@@ -419,14 +422,14 @@ def main():
             except Unresolved as e:
                 problems.append(("UNRESOLVED_VAR", where, f"${e} has no value (use --var {e}=...)"))
 
-    if a.list:
-        for where, expr, kind, extra in checks:
+    if a.list or a.offline:
+        for where, expr, kind, extra in checks if a.list else []:
             print(f"# {where} ({kind}{' ' + extra if extra else ''})\n{expr}\n")
         for p in problems:
             print(f"{p[0]:<16} {p[1]}: {p[2]}")
         return 1 if problems else 0
     if not a.prom:
-        ap.error("--prom is required unless --list")
+        ap.error("--prom is required unless --list / --offline")
 
     prom = Prom(a.prom)
     t0 = time.time()

@@ -11,7 +11,7 @@
 # any case failed.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=obs-tools.sh
+# shellcheck source=scripts/prometheus/obs-tools.sh
 source "$here/obs-tools.sh"
 obs_need_prometheus && obs_need_python && obs_need_node || { echo "selftest: cannot install tools"; exit 1; }
 start=${EPOCHREALTIME/./}
@@ -33,8 +33,8 @@ start_fake() {
   local name=$1; shift
   python3 "$here/fake_metrics.py" --port 0 "$@" >"$tmp/fake-$name.out" 2>&1 &
   fake_pids+=($!)
-  local i
-  for i in $(seq 1 50); do grep -qs listening "$tmp/fake-$name.out" && break; sleep 0.1; done
+
+  for _ in $(seq 1 50); do grep -qs listening "$tmp/fake-$name.out" && break; sleep 0.1; done
   local addr; addr=$(sed -n 's/^fake_metrics listening //p' "$tmp/fake-$name.out")
   [ -n "$addr" ] || { echo "selftest: fake_metrics $name did not start"; cat "$tmp/fake-$name.out"; exit 1; }
   printf -v "FAKE_$name" 'http://%s/metrics' "$addr"
@@ -148,7 +148,12 @@ d=$(variant files-hardcoded-ds)
 jsonedit "$d/dash/pollbridge-overview.json" 'P("Message bus ready")["datasource"] = {"type": "prometheus", "uid": "P1809F7CD0C75ACF3"}'
 run_case files-hardcoded-ds fail 'datasource: want uid' "$d" "$files"
 
+d=$(variant files-unresolved-var)
+jsonedit "$d/dash/pollbridge-overview.json" 't = P("Long-poll empty ratio")["targets"][0]; t["expr"] = t["expr"] + " * $scale"'
+run_case files-unresolved-var fail 'UNRESOLVED_VAR .*scale has no value' "$d" "$files"
+
 # ---------------------------------------------------------------- check-live
+FAKE_all="" FAKE_nobridge="" FAKE_omit="" FAKE_dup="" FAKE_lint=""  # set by start_fake
 start_fake all
 start_fake nobridge --without-bridge
 start_fake omit --omit pollbridge_polls_total
@@ -156,7 +161,7 @@ start_fake dup --duplicate
 start_fake lint --bad-lint
 
 live_case live-real pass '^check-live: PASS' "$(variant live-real)" "$live" "$FAKE_all"
-live_case live-no-bridge-allowed pass '^check-live: PASS .* [1-9][0-9]* allow-listed NO_DATA' \
+live_case live-no-bridge-allowed pass '^check-live: PASS .*ALLOWED_NO_DATA [1-9]' \
   "$(variant live-no-bridge)" "$live" "$FAKE_nobridge"
 
 d=$(variant live-metric-typo)

@@ -146,7 +146,10 @@ impl Feed {
         if state.copy.as_ref().is_some_and(|c| c.id >= msg.id) {
             return;
         }
-        let content_type = state.content_type.clone();
+        let content_type = state
+            .content_type
+            .clone()
+            .or_else(|| self.route.content_type.lock().clone());
         state.copy = Some(copy_from_data(msg.id, msg.data(), content_type));
         drop(state);
         self.changed();
@@ -257,6 +260,7 @@ impl Feed {
                 };
                 let data = payload.to_json_bytes();
                 if self.current_data_is(&data) {
+                    self.learn_content_type(content_type);
                     self.confirm();
                     "not_modified"
                 } else {
@@ -264,6 +268,7 @@ impl Feed {
                         Ok(published) => {
                             let mut state = self.state.lock();
                             state.content_type = content_type.clone();
+                            *self.route.content_type.lock() = content_type.clone();
                             if state.copy.as_ref().is_none_or(|c| c.id < published.id) {
                                 state.copy =
                                     Some(copy_from_data(published.id, &data, content_type));
@@ -303,6 +308,23 @@ impl Feed {
         };
         self.route.upstream_result(result);
         true
+    }
+
+    /// The backend's content type, once seen, is what the copy is served
+    /// with (a copy adopted from the channel only had a guess).
+    fn learn_content_type(&self, content_type: Option<HeaderValue>) {
+        let Some(content_type) = content_type else {
+            return;
+        };
+        *self.route.content_type.lock() = Some(content_type.clone());
+        let mut state = self.state.lock();
+        state.content_type = Some(content_type.clone());
+        if let Some(copy) = &mut state.copy {
+            if copy.content_type != content_type {
+                copy.body = served_body(&copy.data, Some(&content_type));
+                copy.content_type = content_type;
+            }
+        }
     }
 
     fn current_data_is(&self, data: &[u8]) -> bool {
@@ -393,9 +415,19 @@ fn copy_from_data(id: u64, data: &[u8], content_type: Option<HeaderValue>) -> Co
         id,
         data: Bytes::copy_from_slice(data),
         body: served_body(data, Some(&content_type)),
-        etag: HeaderValue::from_str(&format!("\"pb-{id}\"")).expect("digits are a valid header"),
+        etag: etag_for(id, data),
         content_type,
     }
+}
+
+/// `"pb-<id>-<content hash>"`: the id ties the ETag to the channel's
+/// message ids; the hash keeps an ETag from before a restart (when an
+/// in-memory bus starts its ids again) from matching different content.
+fn etag_for(id: u64, data: &[u8]) -> HeaderValue {
+    let hash = data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    HeaderValue::from_str(&format!("\"pb-{id}-{hash:016x}\"")).expect("hex is a valid header")
 }
 
 #[cfg(test)]
@@ -408,7 +440,8 @@ mod tests {
         let payload = to_payload(b"<b>2-1</b>", Some(&html)).unwrap();
         let copy = copy_from_data(3, &payload.to_json_bytes(), Some(html));
         assert_eq!(copy.body, Bytes::from_static(b"<b>2-1</b>"));
-        assert_eq!(copy.etag, "\"pb-3\"");
+        assert!(copy.etag.to_str().unwrap().starts_with("\"pb-3-"));
+        assert_ne!(copy.etag, copy_from_data(3, b"\"other\"", None).etag);
 
         let json = HeaderValue::from_static("application/json; charset=utf-8");
         let payload = to_payload(b"{ \"a\": 1 }", Some(&json)).unwrap();

@@ -33,6 +33,9 @@ const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// One configured route with its counters resolved.
 pub struct Route {
     pub config: BridgeRoute,
+    /// The backend's content type, last seen by any of the route's feeds
+    /// (a feed that restarts serves its first copy with it).
+    content_type: parking_lot::Mutex<Option<HeaderValue>>,
     vary_header: Option<HeaderName>,
     forward: Vec<HeaderName>,
     upstream_changed: IntCounter,
@@ -56,6 +59,7 @@ impl Route {
                 .with_label_values(&[config.channel.as_str(), r])
         };
         Route {
+            content_type: parking_lot::Mutex::new(None),
             vary_header: config
                 .vary_by
                 .as_deref()
@@ -206,6 +210,18 @@ impl Bridges {
         resp
     }
 
+    /// Someone subscribed to `channel`: if a route bridges it (one shared
+    /// feed, no `vary_by`), make sure its feed is polling.
+    pub fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
+        for (index, route) in self.routes.iter().enumerate() {
+            if route.vary_header.is_none() && route.config.channel == channel.as_str() {
+                if let Err(e) = self.start_feed(gw, index, None, HeaderMap::new()) {
+                    tracing::debug!(%channel, error = %e, "bridge feed not started");
+                }
+            }
+        }
+    }
+
     /// The feed for this request's variant, started if needed.
     fn feed(
         &self,
@@ -219,6 +235,24 @@ impl Bridges {
             .as_ref()
             .and_then(|name| headers.get(name))
             .cloned();
+        let mut forwarded = HeaderMap::new();
+        for name in &route.forward {
+            if let Some(value) = headers.get(name) {
+                forwarded.insert(name.clone(), value.clone());
+            }
+        }
+        self.start_feed(gw, index, vary_value, forwarded)
+    }
+
+    /// The running feed of a route variant, or a new one.
+    fn start_feed(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        vary_value: Option<HeaderValue>,
+        forwarded: HeaderMap,
+    ) -> Result<Arc<Feed>, ApiError> {
+        let route = &self.routes[index];
         let key = vary_value
             .as_ref()
             .map(|v| variant_key(v.as_bytes()))
@@ -235,12 +269,6 @@ impl Bridges {
             None => route.config.channel.clone(),
         };
         let channel = ChannelName::new(&channel_name)?;
-        let mut forwarded = HeaderMap::new();
-        for name in &route.forward {
-            if let Some(value) = headers.get(name) {
-                forwarded.insert(name.clone(), value.clone());
-            }
-        }
         let entry = self.feeds.entry((index, key.clone()));
         let feed = match entry {
             dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),

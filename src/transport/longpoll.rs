@@ -93,7 +93,6 @@ async fn wait(
 ) -> Result<HistoryRead, ApiError> {
     let queue = SubscriberQueue::new(gw.config.longpoll.max_messages, Transport::LongPoll);
     let (_subscription, read) = gw
-        .bus
         .subscribe(
             channel,
             Some(cursor),

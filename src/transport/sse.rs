@@ -17,7 +17,7 @@ use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::bus::{Bus, HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
+use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -56,7 +56,6 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     }
     let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::Sse);
     let (subscription, history) = gw
-        .bus
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
     let body = SseBody::new(gw, channel, since, queue, subscription, history);

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::bus::{Bus, SubscriberQueue};
+use crate::bus::SubscriberQueue;
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -116,7 +116,6 @@ pub async fn handle(
     let mut initial = Vec::with_capacity(channels.len());
     for channel in channels {
         let (subscription, history) = gw
-            .bus
             .subscribe(&channel, since, &queue, gw.config.history.size)
             .await?;
         initial.push(InitialSubscription {

@@ -279,7 +279,6 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let limit = self.gw.config.history.size;
         let (subscription, history) = self
             .gw
-            .bus
             .subscribe(&channel, since, &self.queue, limit)
             .await
             .map_err(|e| {
@@ -398,7 +397,6 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             let cursor = self.subscriptions[&channel].cursor.0;
             let (subscription, history) = self
                 .gw
-                .bus
                 .subscribe(&channel, Some(cursor), &queue, self.gw.config.history.size)
                 .await
                 .map_err(|e| End::Close(1011, format!("bus unavailable: {e}")))?;
