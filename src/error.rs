@@ -42,6 +42,8 @@ pub enum ApiError {
     UpgradeRequired,
     #[error("a connection may subscribe to at most {0} channels")]
     TooManySubscriptions(usize),
+    #[error("too many requests from this address; retry after {0} s")]
+    RateLimited(u64),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -68,7 +70,7 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            TooManySubscriptions(_) => StatusCode::TOO_MANY_REQUESTS,
+            TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             Bus(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,6 +94,7 @@ impl ApiError {
             BodyTimeout(_) => "body_timeout",
             UpgradeRequired => "upgrade_required",
             TooManySubscriptions(_) => "too_many_subscriptions",
+            RateLimited(_) => "rate_limited",
             Unauthorized(_) => "unauthorized",
             Forbidden(_) => "forbidden",
             Bus(_) => "bus_unavailable",
@@ -115,6 +118,7 @@ impl ApiError {
         match self {
             ApiError::Bus(_) => Some(1),
             ApiError::ShuttingDown => Some(2),
+            ApiError::RateLimited(secs) => Some(*secs),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authorizer;
 use crate::bridge::Bridges;
 use crate::bus::{
     memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
@@ -16,6 +17,7 @@ use crate::channel::ChannelName;
 use crate::config::{ChannelRules, Config};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::server::limits::IpLimits;
 use crate::server::stats::StatsSampler;
 
 pub struct Gateway {
@@ -41,6 +43,10 @@ pub struct Gateway {
     kick: Mutex<CancellationToken>,
     /// The legacy polling bridge's routes and running feeds.
     pub bridges: Bridges,
+    /// Who may subscribe, and from which origins.
+    pub auth: Arc<Authorizer>,
+    /// Per-client-address limits (connections, long-poll rate).
+    pub ip_limits: Arc<IpLimits>,
 }
 
 impl Gateway {
@@ -54,6 +60,8 @@ impl Gateway {
                 rules.with_state_default(&b.channel)
             });
         let bridges = Bridges::new(&config, &metrics);
+        let auth = Authorizer::new(&config.auth, rules.clone())?;
+        let ip_limits = IpLimits::new(&config.limits);
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
@@ -83,6 +91,8 @@ impl Gateway {
             open_connections: Arc::new(AtomicUsize::new(0)),
             stats,
             bridges,
+            auth,
+            ip_limits,
             kick: Mutex::new(CancellationToken::new()),
         }))
     }

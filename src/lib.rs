@@ -12,11 +12,13 @@
 //!   fan-out hub and the per-subscriber queues.
 //! - [`proxy`]: the reverse proxy to the upstream.
 //! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
+//! - [`auth`]: who may subscribe (tokens, backend delegation) and from which origins.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`gateway`]: the shared state every handler reaches.
 //! - [`channel`], [`error`], [`http`]: names and cursors, error answers,
 //!   HTTP helpers.
 
+pub mod auth;
 pub mod bridge;
 pub mod bus;
 pub mod channel;

@@ -420,7 +420,9 @@ async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head
     let status = response.code.unwrap_or(0);
     let wanted = if args.kind == Kind::Ws { 101 } else { 200 };
     if status != wanted {
-        return Err(io::Error::other(format!("status {status}, wanted {wanted}")));
+        return Err(io::Error::other(format!(
+            "status {status}, wanted {wanted}"
+        )));
     }
     let chunked = response.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding")
@@ -465,7 +467,13 @@ async fn read_response(
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
             .ok_or_else(|| io::Error::other("response without content-length"))?;
         (response.code.unwrap_or(0), length)
     };

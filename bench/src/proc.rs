@@ -63,8 +63,7 @@ impl Child {
                 if let Some(core) = pin {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     libc::CPU_SET(core, &mut set);
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-                        != 0
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
                     {
                         return Err(io::Error::last_os_error());
                     }
@@ -192,7 +191,10 @@ pub fn ticks_per_second() -> u64 {
 pub fn cpu(pid: u32) -> io::Result<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')').ok_or_else(|| io::Error::other("bad stat"))? + 1..];
+    let rest = &stat[stat
+        .rfind(')')
+        .ok_or_else(|| io::Error::other("bad stat"))?
+        + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| -> io::Result<u64> {
         fields

@@ -121,20 +121,58 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 impl Outcome {
-    pub fn new(scenario: &str, run: usize, params: Value, gateway: Phase, floor: Option<Phase>) -> Self {
+    pub fn new(
+        scenario: &str,
+        run: usize,
+        params: Value,
+        gateway: Phase,
+        floor: Option<Phase>,
+    ) -> Self {
         let mut r = BTreeMap::new();
         if let Some(f) = &floor {
             let g = &gateway;
             let pairs = [
-                ("cpu_us_per_delivery", g.cpu_us_per_delivery, f.cpu_us_per_delivery),
-                ("cpu_user", g.cpu_user_us_per_delivery, f.cpu_user_us_per_delivery),
-                ("cpu_sys", g.cpu_sys_us_per_delivery, f.cpu_sys_us_per_delivery),
-                ("latency_p50", Some(g.latency_ms.p50), Some(f.latency_ms.p50)),
-                ("latency_p99", Some(g.latency_ms.p99), Some(f.latency_ms.p99)),
+                (
+                    "cpu_us_per_delivery",
+                    g.cpu_us_per_delivery,
+                    f.cpu_us_per_delivery,
+                ),
+                (
+                    "cpu_user",
+                    g.cpu_user_us_per_delivery,
+                    f.cpu_user_us_per_delivery,
+                ),
+                (
+                    "cpu_sys",
+                    g.cpu_sys_us_per_delivery,
+                    f.cpu_sys_us_per_delivery,
+                ),
+                (
+                    "latency_p50",
+                    Some(g.latency_ms.p50),
+                    Some(f.latency_ms.p50),
+                ),
+                (
+                    "latency_p99",
+                    Some(g.latency_ms.p99),
+                    Some(f.latency_ms.p99),
+                ),
                 ("rss_kib_per_conn", g.rss_kib_per_conn, f.rss_kib_per_conn),
-                ("wire_bytes_per_delivery", g.wire_bytes_per_delivery, f.wire_bytes_per_delivery),
-                ("idle_cpu", g.idle_cpu_us_per_conn_s, f.idle_cpu_us_per_conn_s),
-                ("deliveries_per_s", Some(g.deliveries_per_s), Some(f.deliveries_per_s)),
+                (
+                    "wire_bytes_per_delivery",
+                    g.wire_bytes_per_delivery,
+                    f.wire_bytes_per_delivery,
+                ),
+                (
+                    "idle_cpu",
+                    g.idle_cpu_us_per_conn_s,
+                    f.idle_cpu_us_per_conn_s,
+                ),
+                (
+                    "deliveries_per_s",
+                    Some(g.deliveries_per_s),
+                    Some(f.deliveries_per_s),
+                ),
             ];
             for (name, a, b) in pairs {
                 if let Some(v) = ratio(a, b) {
@@ -170,46 +208,179 @@ impl Outcome {
             "{:<28}{:>16}{:>16}{:>10}\n",
             "", g.target, flabel, "ratio"
         ));
-        let mut row = |name: &str, a: Option<f64>, b: Option<f64>, prec: usize, key: Option<&str>| {
-            let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.prec$}"));
-            let r = key
-                .and_then(|k| self.ratio.get(k))
-                .map_or(String::new(), |r| format!("{r:.2}x"));
-            out.push_str(&format!("{name:<28}{:>16}{:>16}{r:>10}\n", cell(a), cell(b)));
-        };
+        let mut row =
+            |name: &str, a: Option<f64>, b: Option<f64>, prec: usize, key: Option<&str>| {
+                let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.prec$}"));
+                let r = key
+                    .and_then(|k| self.ratio.get(k))
+                    .map_or(String::new(), |r| format!("{r:.2}x"));
+                out.push_str(&format!(
+                    "{name:<28}{:>16}{:>16}{r:>10}\n",
+                    cell(a),
+                    cell(b)
+                ));
+            };
         let fo = |get: fn(&Phase) -> Option<f64>| f.and_then(get);
-        row("connected", Some(g.connected as f64), fo(|p| Some(p.connected as f64)), 0, None);
-        row("connect failures", Some(g.connect_failed as f64), fo(|p| Some(p.connect_failed as f64)), 0, None);
-        row("deliveries", Some(g.deliveries as f64), fo(|p| Some(p.deliveries as f64)), 0, None);
-        row("expected", Some(g.expected as f64), fo(|p| Some(p.expected as f64)), 0, None);
-        row("losses", Some(g.losses as f64), fo(|p| Some(p.losses as f64)), 0, None);
-        row("deliveries/s", Some(g.deliveries_per_s), fo(|p| Some(p.deliveries_per_s)), 0, Some("deliveries_per_s"));
-        row("latency p50 ms", Some(g.latency_ms.p50), fo(|p| Some(p.latency_ms.p50)), 3, Some("latency_p50"));
-        row("latency p99 ms", Some(g.latency_ms.p99), fo(|p| Some(p.latency_ms.p99)), 3, Some("latency_p99"));
-        row("latency max ms", Some(g.latency_ms.max), fo(|p| Some(p.latency_ms.max)), 3, None);
-        row("server cpu us/delivery", g.cpu_us_per_delivery, fo(|p| p.cpu_us_per_delivery), 3, Some("cpu_us_per_delivery"));
-        row("  user us", g.cpu_user_us_per_delivery, fo(|p| p.cpu_user_us_per_delivery), 3, Some("cpu_user"));
-        row("  sys us", g.cpu_sys_us_per_delivery, fo(|p| p.cpu_sys_us_per_delivery), 3, Some("cpu_sys"));
-        row("  (clock ticks)", g.cpu_ticks.map(|t| t as f64), fo(|p| p.cpu_ticks.map(|t| t as f64)), 0, None);
-        row("server core busy %", g.server_busy.map(|b| b * 100.0), fo(|p| p.server_busy.map(|b| b * 100.0)), 1, None);
-        row("client cpu us/delivery", g.client_cpu_us_per_delivery, fo(|p| p.client_cpu_us_per_delivery), 3, None);
-        row("client core busy %", g.client_busy.map(|b| b * 100.0), fo(|p| p.client_busy.map(|b| b * 100.0)), 1, None);
-        row("rss KiB/conn", g.rss_kib_per_conn, fo(|p| p.rss_kib_per_conn), 2, Some("rss_kib_per_conn"));
-        row("wire bytes/delivery", g.wire_bytes_per_delivery, fo(|p| p.wire_bytes_per_delivery), 1, Some("wire_bytes_per_delivery"));
+        row(
+            "connected",
+            Some(g.connected as f64),
+            fo(|p| Some(p.connected as f64)),
+            0,
+            None,
+        );
+        row(
+            "connect failures",
+            Some(g.connect_failed as f64),
+            fo(|p| Some(p.connect_failed as f64)),
+            0,
+            None,
+        );
+        row(
+            "rss KiB/conn",
+            g.rss_kib_per_conn,
+            fo(|p| p.rss_kib_per_conn),
+            2,
+            Some("rss_kib_per_conn"),
+        );
         if g.idle_cpu_us_per_conn_s.is_some() {
-            row("idle cpu us/conn/s", g.idle_cpu_us_per_conn_s, fo(|p| p.idle_cpu_us_per_conn_s), 3, Some("idle_cpu"));
+            row(
+                "idle cpu us/conn/s",
+                g.idle_cpu_us_per_conn_s,
+                fo(|p| p.idle_cpu_us_per_conn_s),
+                3,
+                Some("idle_cpu"),
+            );
         }
+        if g.expected == 0 {
+            return self.errors_below(out);
+        }
+        row(
+            "deliveries",
+            Some(g.deliveries as f64),
+            fo(|p| Some(p.deliveries as f64)),
+            0,
+            None,
+        );
+        row(
+            "expected",
+            Some(g.expected as f64),
+            fo(|p| Some(p.expected as f64)),
+            0,
+            None,
+        );
+        row(
+            "losses",
+            Some(g.losses as f64),
+            fo(|p| Some(p.losses as f64)),
+            0,
+            None,
+        );
+        row(
+            "deliveries/s",
+            Some(g.deliveries_per_s),
+            fo(|p| Some(p.deliveries_per_s)),
+            0,
+            Some("deliveries_per_s"),
+        );
+        row(
+            "latency p50 ms",
+            Some(g.latency_ms.p50),
+            fo(|p| Some(p.latency_ms.p50)),
+            3,
+            Some("latency_p50"),
+        );
+        row(
+            "latency p99 ms",
+            Some(g.latency_ms.p99),
+            fo(|p| Some(p.latency_ms.p99)),
+            3,
+            Some("latency_p99"),
+        );
+        row(
+            "latency max ms",
+            Some(g.latency_ms.max),
+            fo(|p| Some(p.latency_ms.max)),
+            3,
+            None,
+        );
+        row(
+            "server cpu us/delivery",
+            g.cpu_us_per_delivery,
+            fo(|p| p.cpu_us_per_delivery),
+            3,
+            Some("cpu_us_per_delivery"),
+        );
+        row(
+            "  user us",
+            g.cpu_user_us_per_delivery,
+            fo(|p| p.cpu_user_us_per_delivery),
+            3,
+            Some("cpu_user"),
+        );
+        row(
+            "  sys us",
+            g.cpu_sys_us_per_delivery,
+            fo(|p| p.cpu_sys_us_per_delivery),
+            3,
+            Some("cpu_sys"),
+        );
+        row(
+            "  (clock ticks)",
+            g.cpu_ticks.map(|t| t as f64),
+            fo(|p| p.cpu_ticks.map(|t| t as f64)),
+            0,
+            None,
+        );
+        row(
+            "server core busy %",
+            g.server_busy.map(|b| b * 100.0),
+            fo(|p| p.server_busy.map(|b| b * 100.0)),
+            1,
+            None,
+        );
+        row(
+            "client cpu us/delivery",
+            g.client_cpu_us_per_delivery,
+            fo(|p| p.client_cpu_us_per_delivery),
+            3,
+            None,
+        );
+        row(
+            "client core busy %",
+            g.client_busy.map(|b| b * 100.0),
+            fo(|p| p.client_busy.map(|b| b * 100.0)),
+            1,
+            None,
+        );
+        row(
+            "wire bytes/delivery",
+            g.wire_bytes_per_delivery,
+            fo(|p| p.wire_bytes_per_delivery),
+            1,
+            Some("wire_bytes_per_delivery"),
+        );
         if g.upstream_cpu_us_per_request.is_some() {
-            row("upstream cpu us/request", g.upstream_cpu_us_per_request, fo(|p| p.cpu_us_per_delivery), 3, None);
+            row(
+                "upstream cpu us/request",
+                g.upstream_cpu_us_per_request,
+                fo(|p| p.cpu_us_per_delivery),
+                3,
+                None,
+            );
         }
         if g.server_dropped.is_some_and(|d| d > 0.0) {
             row("gateway dropped", g.server_dropped, None, 0, None);
         }
-        for (who, p) in [(&g.target, Some(g)), (&flabel, f)] {
-            if let Some(p) = p {
-                if p.error_count > 0 {
-                    out.push_str(&format!("{who}: {} error(s), e.g. {:?}\n", p.error_count, p.errors));
-                }
+        self.errors_below(out)
+    }
+
+    fn errors_below(&self, mut out: String) -> String {
+        for p in std::iter::once(&self.gateway).chain(self.floor.iter()) {
+            if p.error_count > 0 || !p.errors.is_empty() {
+                out.push_str(&format!(
+                    "{}: {} error(s), e.g. {:?}\n",
+                    p.target, p.error_count, p.errors
+                ));
             }
         }
         out
@@ -226,7 +397,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {
         }
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -252,7 +427,11 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
     let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for run in runs {
         let mut flat = BTreeMap::new();
-        flatten("", &serde_json::to_value(run).unwrap_or_default(), &mut flat);
+        flatten(
+            "",
+            &serde_json::to_value(run).unwrap_or_default(),
+            &mut flat,
+        );
         for (k, v) in flat {
             if !k.starts_with("params.") && k != "run" {
                 series.entry(k).or_default().push(v);
@@ -264,11 +443,17 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
     let mut max = BTreeMap::new();
     for (k, mut vs) in series {
         min.insert(k.clone(), vs.iter().copied().fold(f64::INFINITY, f64::min));
-        max.insert(k.clone(), vs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        max.insert(
+            k.clone(),
+            vs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
         med.insert(k, median(&mut vs));
     }
     let name = runs.first().map_or("", |r| r.scenario.as_str());
-    let mut table = format!("== {name}: median of {} runs (min..max, spread = (max-min)/median)\n", runs.len());
+    let mut table = format!(
+        "== {name}: median of {} runs (min..max, spread = (max-min)/median)\n",
+        runs.len()
+    );
     let keys = [
         "gateway.cpu_us_per_delivery",
         "floor.cpu_us_per_delivery",
@@ -293,8 +478,14 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
     ];
     for k in keys {
         if let (Some(m), Some(lo), Some(hi)) = (med.get(k), min.get(k), max.get(k)) {
-            let spread = if m.abs() > 0.0 { (hi - lo) / m.abs() * 100.0 } else { 0.0 };
-            table.push_str(&format!("{k:<38}{m:>12.3}   ({lo:.3}..{hi:.3}, {spread:.0}%)\n"));
+            let spread = if m.abs() > 0.0 {
+                (hi - lo) / m.abs() * 100.0
+            } else {
+                0.0
+            };
+            table.push_str(&format!(
+                "{k:<38}{m:>12.3}   ({lo:.3}..{hi:.3}, {spread:.0}%)\n"
+            ));
         }
     }
     let json = serde_json::json!({
@@ -315,27 +506,48 @@ pub fn smoke_problems(o: &Outcome) -> Vec<String> {
     let phases = std::iter::once(&o.gateway).chain(o.floor.iter());
     for p in phases {
         let t = &p.target;
-        check(p.connected == p.conns && p.conns > 0, format!("{t}: {} of {} connected", p.connected, p.conns));
-        check(p.deliveries == p.expected, format!("{t}: {} deliveries, expected {}", p.deliveries, p.expected));
-        check(p.losses == 0 && p.duplicates == 0, format!("{t}: {} lost, {} duplicated", p.losses, p.duplicates));
+        check(
+            p.connected == p.conns && p.conns > 0,
+            format!("{t}: {} of {} connected", p.connected, p.conns),
+        );
+        check(
+            p.deliveries == p.expected,
+            format!("{t}: {} deliveries, expected {}", p.deliveries, p.expected),
+        );
+        check(
+            p.losses == 0 && p.duplicates == 0,
+            format!("{t}: {} lost, {} duplicated", p.losses, p.duplicates),
+        );
         if p.expected > 0 {
             let l = &p.latency_ms;
-            check(l.p50 > 0.0 && l.p99.is_finite() && l.max >= l.p50, format!("{t}: latency {l:?}"));
             check(
-                p.cpu_us_per_delivery.is_some_and(|c| c.is_finite() && c > 0.0),
+                l.p50 > 0.0 && l.p99.is_finite() && l.max >= l.p50,
+                format!("{t}: latency {l:?}"),
+            );
+            check(
+                p.cpu_us_per_delivery
+                    .is_some_and(|c| c.is_finite() && c > 0.0),
                 format!("{t}: cpu per delivery {:?}", p.cpu_us_per_delivery),
             );
         }
-        check(p.rss_kib_per_conn.is_some_and(f64::is_finite), format!("{t}: rss per conn {:?}", p.rss_kib_per_conn));
+        check(
+            p.rss_kib_per_conn.is_some_and(f64::is_finite),
+            format!("{t}: rss per conn {:?}", p.rss_kib_per_conn),
+        );
     }
     check(o.floor.is_some(), "no floor measured".into());
     if o.gateway.expected > 0 {
         check(
-            o.ratio.get("cpu_us_per_delivery").is_some_and(|r| r.is_finite() && *r > 0.0),
+            o.ratio
+                .get("cpu_us_per_delivery")
+                .is_some_and(|r| r.is_finite() && *r > 0.0),
             format!("cpu ratio {:?}", o.ratio.get("cpu_us_per_delivery")),
         );
     }
-    check(o.ratio.values().all(|r| r.is_finite()), format!("ratios {:?}", o.ratio));
+    check(
+        o.ratio.values().all(|r| r.is_finite()),
+        format!("ratios {:?}", o.ratio),
+    );
     problems
 }
 

@@ -32,7 +32,7 @@ fn self_exe() -> String {
 
 pub enum TargetKind {
     Gateway,
-    Floor(FloorMode),
+    Floor,
 }
 
 /// A server under test.
@@ -122,7 +122,10 @@ impl Target {
             Stdio::from(stderr),
         )?;
         let ready = child
-            .expect_line("pollbridge ready ", Instant::now() + Duration::from_secs(30))
+            .expect_line(
+                "pollbridge ready ",
+                Instant::now() + Duration::from_secs(30),
+            )
             .ok_or_else(|| {
                 format!(
                     "gateway did not print its ready line; its log: {}",
@@ -149,7 +152,13 @@ impl Target {
     }
 
     /// Starts a floor server (`--batch` frames per write).
-    pub fn start_floor(opts: &Opts, mode: FloorMode, batch: usize, label: &str) -> Result<Target> {
+    pub fn start_floor(
+        opts: &Opts,
+        mode: FloorMode,
+        batch: usize,
+        label: &str,
+        channel: &str,
+    ) -> Result<Target> {
         let mode_name = match mode {
             FloorMode::Ws => "ws",
             FloorMode::Sse => "sse",
@@ -165,7 +174,7 @@ impl Target {
             "--payload-bytes".into(),
             opts.payload_bytes.to_string(),
             "--channel".into(),
-            "bench".into(),
+            channel.into(),
             "--deadline-secs".into(),
             opts.phase_deadline().as_secs().to_string(),
         ];
@@ -177,21 +186,20 @@ impl Target {
             Stdio::inherit(),
         )?;
         let ready = child
-            .expect_line("floor ready addr=", Instant::now() + Duration::from_secs(10))
+            .expect_line(
+                "floor ready addr=",
+                Instant::now() + Duration::from_secs(10),
+            )
             .ok_or("floor server did not start")?;
         Ok(Target {
             label: label.into(),
-            kind: TargetKind::Floor(mode),
+            kind: TargetKind::Floor,
             pid: Some(child.pid()),
             child: Some(child),
             public: ready.parse()?,
             admin: None,
             log: None,
         })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
     }
 
     pub fn cpu(&self) -> Option<Cpu> {
@@ -215,7 +223,10 @@ impl Target {
     /// `pollbridge_dropped_total`, all labels.
     pub fn gateway_dropped(&mut self) -> Option<f64> {
         let body = self.admin.as_mut()?.get("/metrics").ok()?;
-        Some(metric_sum(&String::from_utf8_lossy(&body), "pollbridge_dropped_total"))
+        Some(metric_sum(
+            &String::from_utf8_lossy(&body),
+            "pollbridge_dropped_total",
+        ))
     }
 
     pub fn admin(&mut self) -> Option<&mut Http> {
@@ -321,10 +332,6 @@ impl Clients {
             )?);
         }
         Ok(Clients { workers: started })
-    }
-
-    pub fn pids(&self) -> Vec<u32> {
-        self.workers.iter().map(|w| w.pid()).collect()
     }
 
     /// Sum of the workers' CPU clocks, ns.

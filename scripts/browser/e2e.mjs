@@ -37,7 +37,7 @@ const GW = {public: env('PB_PUBLIC'), admin: env('PB_ADMIN')};
 const NOWS = {public: env('PB_NOWS_PUBLIC'), admin: env('PB_NOWS_ADMIN')};
 const ARTIFACTS = path.resolve(env('PB_ARTIFACTS', 'artifacts/browser'));
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
-const WAIT_MS = Number(env('PB_WAIT_MS', '15000')); // longest any single wait may take
+const WAIT_MS = Number(env('PB_WAIT_MS', '10000')); // longest any single wait may take
 const RUN = process.pid.toString(36); // channel suffix: fresh channels, ids from 1
 
 // The issue's flags. Playwright itself also passes --headless when headless: true.
@@ -140,6 +140,18 @@ async function until(page, what, fn, arg, timeout = WAIT_MS) {
   }
 }
 
+/** Wait until both panels hold `n` messages; on timeout name the ids each one lacks. */
+async function waitPanels(page, n, what) {
+  try {
+    await until(page, what, (k) => window.__demo.ws.length >= k && window.__demo.poll.length >= k, n);
+  } catch (err) {
+    const ids = await page.evaluate(() => ({ws: window.__demo.ws.map((e) => e.id), poll: window.__demo.poll.map((e) => e.id)}))
+      .catch(() => ({ws: [], poll: []}));
+    const lacks = (have) => range(1, n).filter((id) => !have.includes(id));
+    throw new Error(`${err.message}; missing ids: client panel [${lacks(ids.ws)}], polling panel [${lacks(ids.poll)}]`);
+  }
+}
+
 async function openDemo(context, gw, query) {
   const page = await context.newPage();
   ctx.current = page;
@@ -180,8 +192,7 @@ async function scenarioOrder(context) {
     assert.equal(await publish(GW.admin, channel, payload(i)), i, 'admin publish id');
     await sleep(20);
   }
-  await until(page, 'both panels to have 50 messages',
-    () => window.__demo.ws.length >= 50 && window.__demo.poll.length >= 50);
+  await waitPanels(page, 50, 'both panels to have 50 messages');
   const took = Date.now() - t0;
   // Late duplicates would show up within the legacy panel's next polls: wait for two more.
   const polls = Number(await page.textContent('#poll-requests'));
@@ -237,8 +248,7 @@ async function scenarioResume(context) {
     if (i === DROP_AFTER) disconnected = await adminPost(GW.admin, '/disconnect');
     else await sleep(30);
   }
-  await until(page, `the WebSocket panel to have ${N} messages after the reconnect`,
-    (n) => window.__demo.ws.length >= n && window.__demo.opens >= 1, N);
+  await waitPanels(page, N, `both panels to have ${N} messages after the reconnect`);
   const polls = Number(await page.textContent('#poll-requests'));
   await until(page, 'two more legacy polls', (n) => Number(document.getElementById('poll-requests').textContent) >= n + 2, polls);
 
@@ -262,11 +272,13 @@ async function scenarioResume(context) {
   const dupes = all.filter((id, i) => all.indexOf(id) !== i);
   assert.deepEqual(dupes, [], `ids sent twice on the wire across connections: ${JSON.stringify(perConn)}`);
   assert.deepEqual([...all].sort((a, b) => a - b), range(1, N), 'ids on the wire');
-  const lastBefore = Math.max(0, ...perConn[0]);
-  const resubscribe = w.sockets[1].sent.find((m) => m.type === 'subscribe' && m.channel === channel);
-  assert.ok(resubscribe, 'second connection sent no subscribe');
-  assert.equal(resubscribe.since, lastBefore, 'resume cursor of the second connection');
-  const ack = w.sockets[1].received.find((m) => m.type === 'subscribed' && m.channel === channel);
+  const isSubscribe = (m) => m.type === 'subscribe' && m.channel === channel;
+  const k = w.sockets.findIndex((s, i) => i > 0 && s.sent.some(isSubscribe)); // the connection that resumed
+  assert.ok(k > 0, 'no later connection subscribed again');
+  const lastBefore = Math.max(0, ...perConn.slice(0, k).flat());
+  const resubscribe = w.sockets[k].sent.find(isSubscribe);
+  assert.equal(resubscribe.since, lastBefore, 'resume cursor of the reconnected WebSocket');
+  const ack = w.sockets[k].received.find((m) => m.type === 'subscribed' && m.channel === channel);
   assert.ok(ack && ack.truncated === false, `subscribed ack on resume: ${JSON.stringify(ack)}`);
   const replayed = ack.last_id - lastBefore;
   await hygiene(page, w);
@@ -286,7 +298,7 @@ async function scenarioFallback(context) {
     assert.equal(await publish(NOWS.admin, channel, payload(i)), i, 'admin publish id');
     await sleep(20);
   }
-  await until(page, 'both panels to have 50 messages', () => window.__demo.ws.length >= 50 && window.__demo.poll.length >= 50);
+  await waitPanels(page, 50, 'both panels to have 50 messages');
   const took = Date.now() - t0;
   const polls = Number(await page.textContent('#poll-requests'));
   await until(page, 'two more legacy polls', (n) => Number(document.getElementById('poll-requests').textContent) >= n + 2, polls);

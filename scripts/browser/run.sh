@@ -16,15 +16,22 @@ root=$(cd "$here/../.." && pwd)
 cd "$root"
 start_ms=$(date +%s%3N)
 
-"$here/setup.sh"
+# Failures before the scenarios run still end with the summary line.
+die() {
+  echo "run.sh: $*" >&2
+  echo "browser: 0 passed, 1 failed"
+  exit 1
+}
+
+"$here/setup.sh" || die "setup failed (scripts/browser/setup.sh)"
 
 if [ -n "${POLLBRIDGE_BIN:-}" ]; then
   bin=$POLLBRIDGE_BIN
 else
-  cargo build --quiet --bin pollbridge
+  cargo build --quiet --bin pollbridge || die "cargo build failed"
   bin="${CARGO_TARGET_DIR:-$root/target}/debug/pollbridge"
 fi
-[ -x "$bin" ] || { echo "run.sh: no gateway binary at $bin" >&2; exit 2; }
+[ -x "$bin" ] || die "no gateway binary at $bin"
 
 artifacts="$root/artifacts/browser"
 mkdir -p "$artifacts"
@@ -45,7 +52,8 @@ trap 'exit 130' INT TERM
 start_gateway() {
   local name=$1
   shift
-  "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$artifacts/$name.log" &
+  # NO_COLOR: the log goes to a file (the gateway colours even when not on a terminal).
+  NO_COLOR=1 "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" >"$tmp/$name.out" 2>"$artifacts/$name.log" &
   local pid=$!
   pids+=("$pid")
   names+=("$name")
@@ -54,13 +62,12 @@ start_gateway() {
     line=$(grep -s -m1 '^pollbridge ready ' "$tmp/$name.out" || true)
     [ -n "$line" ] && break
     if ! kill -0 "$pid" 2>/dev/null; then
-      echo "run.sh: gateway $name ($*) exited before it was ready:" >&2
       tail -n 20 "$artifacts/$name.log" >&2
-      exit 2
+      die "gateway $name ($*) exited before it was ready (log above)"
     fi
     sleep 0.05
   done
-  [ -n "$line" ] || { echo "run.sh: gateway $name printed no ready line within 10 s" >&2; exit 2; }
+  [ -n "$line" ] || die "gateway $name printed no ready line within 10 s"
   local pub adm
   pub=$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")
   adm=$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")
@@ -75,16 +82,16 @@ status=0
 PB_PUBLIC=$gateway_public PB_ADMIN=$gateway_admin \
 PB_NOWS_PUBLIC=$gateway_nows_public PB_NOWS_ADMIN=$gateway_nows_admin \
 PB_ARTIFACTS=$artifacts \
-  node "$here/${PB_E2E:-e2e.mjs}" || status=$?
-# A gateway that is gone now was stopped during the run (a crash, or a signal
-# from outside: SIGTERM/SIGINT log "shutting down" in its log).
+  node "$here/e2e.mjs" || status=$?
+# A gateway that is gone now was stopped during the run: a crash, or a signal
+# from outside (SIGTERM/SIGINT: "shutting down" in its log). Say so, since the
+# scenario failures it causes look like client or gateway bugs.
 for i in "${!pids[@]}"; do
   if ! kill -0 "${pids[$i]}" 2>/dev/null; then
     gw_status=0
     wait "${pids[$i]}" || gw_status=$?
-    echo "run.sh: gateway ${names[$i]} (pid ${pids[$i]}) exited during the run with status $gw_status; its log ends:" >&2
+    echo "run.sh: WARNING: gateway ${names[$i]} (pid ${pids[$i]}) exited during the run with status $gw_status; its log ends:" >&2
     tail -n 3 "$artifacts/${names[$i]}.log" >&2
-    status=1
   fi
 done
 echo "run.sh: $(( ($(date +%s%3N) - start_ms) ))ms total (setup, build, gateways, browser)" >&2

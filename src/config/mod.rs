@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use redis::{PubSubMode, RedisConfig};
-pub use rules::{ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
+pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
 /// The whole configuration. Every field has a default, so an empty file (or
 /// no file) gives a working gateway.
@@ -50,6 +50,7 @@ pub struct Config {
     pub publish: PublishConfig,
     pub shutdown: ShutdownConfig,
     pub demo: DemoConfig,
+    pub auth: AuthConfig,
     /// Serve a WebSocket echo endpoint at `{prefix}/echo` (same session code
     /// as subscribers), for the Autobahn conformance suite. Default: false.
     pub conformance_echo: bool,
@@ -79,6 +80,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             shutdown: ShutdownConfig::default(),
             demo: DemoConfig::default(),
+            auth: AuthConfig::default(),
             conformance_echo: false,
             channels: Vec::new(),
             bridges: Vec::new(),
@@ -136,6 +138,17 @@ pub struct LimitsConfig {
     /// A publish body must arrive completely within this time. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Open connections from one client address; past it new ones get 429
+    /// and are closed. 0: no per-address limit. Default: 1000.
+    pub max_connections_per_ip: usize,
+    /// Long-polls per second from one client address (a burst of twice
+    /// this is allowed); past it 429 with `Retry-After`. 0: unlimited.
+    /// Default: 100.
+    pub longpoll_rate_per_ip: u32,
+    /// Proxies (CIDRs like `10.0.0.0/8`) whose `X-Forwarded-For` is
+    /// trusted to name the client, for the per-address limits. Connections
+    /// from them are not counted per address. Default: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for LimitsConfig {
@@ -148,6 +161,9 @@ impl Default for LimitsConfig {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 1000,
+            longpoll_rate_per_ip: 100,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -332,6 +348,56 @@ fn default_bridge_idle() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Who may subscribe: subscriber tokens, delegation to the backend, and
+/// the origins browsers may connect from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 subscriber tokens (channels with
+    /// `auth = "token"`). Default: none.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 (RSA key) or ES256 (P-256 key) subscriber
+    /// tokens. Default: none.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Cookie that may carry the token (besides `?token=` and
+    /// `Authorization: Bearer`). Default: `pollbridge_token`.
+    pub token_cookie: String,
+    /// Backend endpoint asked whether a client may subscribe (channels with
+    /// `auth = "backend"`): `GET {auth_url}?channel=NAME` with the client's
+    /// `Cookie` and `Authorization`; 2xx allows. `http://` only. Default: none.
+    pub auth_url: Option<String>,
+    /// How long a backend answer is reused for the same credentials and
+    /// channel. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+    /// The backend must answer within this, else the client is refused
+    /// (503). Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Origins (`https://app.example.com`) allowed to open WebSockets, SSE
+    /// streams and long-polls; empty allows any. Listed origins also get
+    /// CORS answers. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// With `allowed_origins` set, also refuse requests that carry no
+    /// `Origin` (non-browser clients). Default: false.
+    pub require_origin: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            token_cookie: "pollbridge_token".into(),
+            auth_url: None,
+            auth_cache_ttl: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(2),
+            allowed_origins: Vec::new(),
+            require_origin: false,
+        }
+    }
+}
+
 /// The live demo page and the read-only figures it shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -475,6 +541,40 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &self.auth.auth_url {
+            if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
+                bad("auth.auth_url", format!("{url:?} must be an http:// URL"));
+            }
+        }
+        if let Some(path) = &self.auth.jwt_public_key_file {
+            if let Err(e) = crate::auth::load_public_key(path) {
+                bad("auth.jwt_public_key_file", e);
+            }
+        }
+        if self
+            .auth
+            .jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            bad("auth.jwt_secret", "must be at least 16 bytes".into());
+        }
+        for cidr in &self.limits.trusted_proxies {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                bad(
+                    "limits.trusted_proxies",
+                    format!("{cidr:?} is not an address or CIDR"),
+                );
+            }
+        }
+        for origin in &self.auth.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                bad(
+                    "auth.allowed_origins",
+                    format!("{origin:?} is not an http(s) origin"),
+                );
+            }
+        }
         if crate::channel::ChannelName::new(&self.demo.channel).is_err() {
             bad(
                 "demo.channel",
@@ -529,6 +629,19 @@ impl Config {
         for (i, rule) in self.channels.iter().enumerate() {
             if let Err(e) = rules::validate_pattern(&rule.pattern) {
                 bad(&format!("channels[{i}].pattern"), e);
+            }
+            let has_key = self.auth.jwt_secret.is_some() || self.auth.jwt_public_key_file.is_some();
+            if rule.auth == ChannelAuth::Token && !has_key {
+                bad(
+                    &format!("channels[{i}].auth"),
+                    "\"token\" needs auth.jwt_secret or auth.jwt_public_key_file".into(),
+                );
+            }
+            if rule.auth == ChannelAuth::Backend && self.auth.auth_url.is_none() {
+                bad(
+                    &format!("channels[{i}].auth"),
+                    "\"backend\" needs auth.auth_url".into(),
+                );
             }
         }
         problems

@@ -124,7 +124,7 @@ pub(super) fn validate_pattern(pattern: &str) -> Result<(), String> {
 
 /// Glob match where `*` matches any (possibly empty) run of bytes.
 /// Iterative with one backtrack point: linear in practice, never exponential.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+pub fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while n < name.len() {

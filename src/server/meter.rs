@@ -44,10 +44,16 @@ pub struct ConnMeter {
     /// The listener's open-connection count; decremented when the last
     /// reference (socket or session) goes away.
     open: Arc<AtomicUsize>,
+    /// The per-address connection slot, released with the connection.
+    _ip_slot: Option<super::limits::IpSlot>,
 }
 
 impl ConnMeter {
-    pub fn new(metrics: Arc<Metrics>, open: Arc<AtomicUsize>) -> Arc<ConnMeter> {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        open: Arc<AtomicUsize>,
+        ip_slot: Option<super::limits::IpSlot>,
+    ) -> Arc<ConnMeter> {
         Arc::new(ConnMeter {
             metrics,
             // Bytes that never become a routed request (garbage, a
@@ -55,6 +61,7 @@ impl ConnMeter {
             state: AtomicU8::new(IDLE | Transport::Proxy as u8),
             pending_in: AtomicU64::new(0),
             open,
+            _ip_slot: ip_slot,
         })
     }
 
@@ -212,7 +219,7 @@ mod tests {
     async fn bytes_are_attributed_to_the_request_they_belong_to() {
         let metrics = Arc::new(Metrics::new());
         let open = Arc::new(AtomicUsize::new(1));
-        let meter = ConnMeter::new(metrics.clone(), open.clone());
+        let meter = ConnMeter::new(metrics.clone(), open.clone(), None);
         let (client, server) = tokio::io::duplex(1024);
         let mut server = MeteredStream::new(server, meter.clone());
         let mut client = client;

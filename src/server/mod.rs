@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod limits;
 pub mod meter;
 pub mod public;
 mod publish;
@@ -57,6 +58,7 @@ pub async fn run(
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = std::time::Instant::now();
                     gw.bus.hub().sweep(last_sweep);
+                    gw.ip_limits.sweep();
                 }
             }
         }
@@ -123,11 +125,19 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
     while let Some((stream, peer)) = accept(&gw, &listener).await {
         if gw.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
             gw.open_connections.fetch_sub(1, Ordering::Relaxed);
-            gw.tasks.spawn(refuse(stream));
+            gw.tasks.spawn(refuse(stream, Refusal::Total));
             continue;
         }
+        let ip_slot = match gw.ip_limits.connect(peer.ip()) {
+            Ok(slot) => slot,
+            Err(()) => {
+                gw.open_connections.fetch_sub(1, Ordering::Relaxed);
+                gw.tasks.spawn(refuse(stream, Refusal::PerAddress));
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone());
+        let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone(), ip_slot);
         let io = TokioIo::new(MeteredStream::new(stream, meter.clone()));
         let svc_gw = gw.clone();
         let service = service_fn(move |req| {
@@ -153,13 +163,29 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
     }
 }
 
-/// Over the connection limit: a short 503 and close, never a queue.
-async fn refuse(mut stream: TcpStream) {
-    const BODY: &str =
-        r#"{"error":"too_many_connections","message":"the gateway is at its connection limit"}"#;
+/// Which connection limit a refused connection hit.
+enum Refusal {
+    /// `limits.max_connections`: the gateway as a whole is full.
+    Total,
+    /// `limits.max_connections_per_ip`: this client address is.
+    PerAddress,
+}
+
+/// Over a connection limit: a short 503/429 and close, never a queue.
+async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+    let (status, body) = match refusal {
+        Refusal::Total => (
+            "503 Service Unavailable",
+            r#"{"error":"too_many_connections","message":"the gateway is at its connection limit"}"#,
+        ),
+        Refusal::PerAddress => (
+            "429 Too Many Requests",
+            r#"{"error":"too_many_connections","message":"too many connections from this address"}"#,
+        ),
+    };
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     );
     let _ = tokio::time::timeout(
         Duration::from_secs(2),

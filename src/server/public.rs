@@ -105,7 +105,7 @@ pub async fn route(
             "{} is not enabled on this gateway",
             req.uri().path()
         ))),
-        Route::Poll(channel) => longpoll::handle(&gw, &req, &channel).await,
+        Route::Poll(channel) => longpoll::handle(&gw, &req, &channel, peer).await,
         Route::Sse(channel) => sse::handle(&gw, &req, &channel).await,
         Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
             Ok(()) => publish::single(&gw, req, &channel).await,

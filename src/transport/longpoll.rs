@@ -49,7 +49,12 @@ fn parse_query(gw: &Gateway, query: Option<&str>) -> Result<PollQuery, ApiError>
 }
 
 /// Handles one poll.
-pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<Response, ApiError> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    channel: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Response, ApiError> {
     if req.method() == Method::OPTIONS {
         return Ok(preflight(gw, req.headers()));
     }
@@ -58,6 +63,13 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     }
     let channel = ChannelName::new(channel)?;
     let query = parse_query(gw, req.uri().query())?;
+    let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
+    gw.ip_limits
+        .allow_poll(client)
+        .map_err(|limited| ApiError::RateLimited(limited.retry_after))?;
+    gw.auth.check_origin(req.headers())?;
+    let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+    gw.auth.may_subscribe(&channel, &credentials).await?;
     if gw.shutdown.is_cancelled() {
         return Err(ApiError::ShuttingDown);
     }
@@ -178,10 +190,10 @@ fn allowed_origin<'a>(gw: &Gateway, headers: &'a HeaderMap) -> Option<&'a Header
     let origin = headers.get(header::ORIGIN)?;
     let origins = &gw.config.longpoll.cors_origins;
     let text = origin.to_str().ok()?;
-    origins
+    let listed = origins
         .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
-        .then_some(origin)
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(text));
+    (listed || gw.auth.origin_allowed(text)).then_some(origin)
 }
 
 /// CORS headers for an allowed cross-site poll.

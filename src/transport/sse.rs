@@ -34,6 +34,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
         return Err(ApiError::MethodNotAllowed("GET"));
     }
     let channel = ChannelName::new(channel)?;
+    gw.auth.check_origin(req.headers())?;
+    let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+    let grant = gw.auth.may_subscribe(&channel, &credentials).await?;
     // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
     // the original URL but sends the id it actually got to.
     let since = match req.headers().get("last-event-id") {
@@ -58,7 +61,14 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     let (subscription, history) = gw
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
-    let body = SseBody::new(gw, channel, since, queue, subscription, history);
+    let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
+    if let Some(expires) = grant.expires {
+        // The stream ends when the subscriber token does.
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        body.token_expiry = Some(Box::pin(tokio::time::sleep(left)));
+    }
     let mut resp = hyper::Response::new(Body::sse(body));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -87,6 +97,8 @@ pub struct SseBody {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The operator's "disconnect everyone" (admin `POST /disconnect`).
     kick: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set when reading needed a token: the stream ends when it expires.
+    token_expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     batch: Vec<Arc<Message>>,
     ended: bool,
 }
@@ -128,6 +140,7 @@ impl SseBody {
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
             kick: Box::pin(gw.kick_token().cancelled_owned()),
+            token_expiry: None,
             batch: Vec::with_capacity(BATCH),
             ended: false,
         }
@@ -183,7 +196,14 @@ impl HttpBody for SseBody {
             this.reset_keepalive();
             return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() || this.kick.as_mut().poll(cx).is_ready() {
+        let expired = this
+            .token_expiry
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if expired
+            || this.shutdown.as_mut().poll(cx).is_ready()
+            || this.kick.as_mut().poll(cx).is_ready()
+        {
             // Ending the stream makes the browser reconnect (to another
             // node, or this one once it is back) after `retry`.
             this.ended = true;

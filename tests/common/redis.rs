@@ -261,26 +261,20 @@ impl RedisCluster {
     /// Waits until every node reports `cluster_state:ok` and knows all
     /// three masters.
     pub async fn wait_ok(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = self.nodes.iter().all(|n| {
-                let info = n.cli(&["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-            });
-            if ok {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "cluster not ok within 30s: {}",
-                self.nodes[0].cli(&["cluster", "info"])
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_cluster_ok(&self.nodes).await;
     }
 
     pub fn url(&self) -> String {
         self.nodes[0].url()
+    }
+
+    /// Kills node `i` (`kill -9`), waits `down`, starts it again and waits
+    /// until the whole cluster is ok.
+    pub async fn restart_node(&mut self, i: usize, down: Duration) {
+        self.nodes[i].kill();
+        tokio::time::sleep(down).await;
+        self.nodes[i].restart().await;
+        self.wait_ok().await;
     }
 
     /// The index of the node serving `key`'s slot.
@@ -317,6 +311,28 @@ impl RedisCluster {
             }
         }
         panic!("no channel for node {node}");
+    }
+}
+
+/// Waits until every node reports `cluster_state:ok` and knows all of
+/// them.
+pub async fn wait_cluster_ok(nodes: &[RedisServer]) {
+    let known = format!("cluster_known_nodes:{}", nodes.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = nodes.iter().all(|n| {
+            let info = n.cli(&["cluster", "info"]);
+            info.contains("cluster_state:ok") && info.contains(&known)
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster not ok within 30s: {}",
+            nodes[0].cli(&["cluster", "info"])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

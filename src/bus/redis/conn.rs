@@ -223,13 +223,14 @@ impl PubSubConn {
         }
     }
 
-    /// `PING`; in a cluster, every master the cluster currently lists, by
-    /// address (the cluster client's own `PING` skips nodes it can't
-    /// reach, which would hide a master that is down).
+    /// `PING`. In a cluster, `CLUSTER INFO` on every master the cluster
+    /// currently lists, by address (the cluster client's own `PING` skips
+    /// nodes it can't reach, which would hide a master that is down), and
+    /// each must say `cluster_state:ok` (a restarted master refuses keyed
+    /// commands for a while after it answers pings).
     pub async fn ping(&mut self) -> RedisResult<()> {
-        let ping = redis::cmd("PING");
         match self {
-            PubSubConn::Single(c) => ping.exec_async(c).await,
+            PubSubConn::Single(c) => redis::cmd("PING").exec_async(c).await,
             PubSubConn::Cluster(c) => {
                 let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
                 let masters = masters_of(&slots);
@@ -239,10 +240,25 @@ impl PubSubConn {
                         "the cluster lists no master",
                     )));
                 }
+                let mut info = redis::cmd("CLUSTER");
+                info.arg("INFO");
                 for (host, port) in masters {
-                    let to = SingleNodeRoutingInfo::ByAddress { host, port };
-                    c.route_command(ping.clone(), RoutingInfo::SingleNode(to))
+                    let to = SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port,
+                    };
+                    let answer = c
+                        .route_command(info.clone(), RoutingInfo::SingleNode(to))
                         .await?;
+                    let mut texts = Vec::new();
+                    collect_texts(&answer, &mut texts);
+                    if !texts.iter().any(|t| t.contains("cluster_state:ok")) {
+                        return Err(RedisError::from((
+                            ErrorKind::Client,
+                            "cluster state is not ok on",
+                            format!("{host}:{port}"),
+                        )));
+                    }
                 }
                 Ok(())
             }

@@ -14,6 +14,7 @@ mod reader;
 mod session;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -31,7 +32,7 @@ use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
-use session::{Handler, InitialSubscription, Session};
+use session::{Handler, InitialSubscription, Session, Start};
 
 /// The subprotocol we speak, selected when a client offers it.
 pub const SUBPROTOCOL: &str = "pollbridge.v1";
@@ -80,6 +81,7 @@ pub async fn handle(
         ));
     }
     check_handshake(gw, &req)?;
+    gw.auth.check_origin(req.headers())?;
 
     // Which channels, from which cursor.
     let query = query_pairs(req.uri().query());
@@ -111,6 +113,14 @@ pub async fn handle(
         return Err(ApiError::TooManySubscriptions(max));
     }
 
+    // Every channel must be allowed before any is subscribed.
+    let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+    let mut expires = None;
+    for channel in &channels {
+        let grant = gw.auth.may_subscribe(channel, &credentials).await?;
+        expires = earliest(expires, grant.expires);
+    }
+
     // Subscribe before answering, so nothing published meanwhile is lost.
     let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
     let mut initial = Vec::with_capacity(channels.len());
@@ -125,7 +135,21 @@ pub async fn handle(
         });
     }
 
-    Ok(upgrade(gw, &mut req, queue, initial, Handler::Commands))
+    let start = Start {
+        handler: Handler::Commands,
+        credentials,
+        expires,
+        initial,
+    };
+    Ok(upgrade(gw, &mut req, queue, start))
+}
+
+/// The earlier of two optional deadlines.
+pub(crate) fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Handles `GET {prefix}/echo` (only with `conformance_echo`): the same
@@ -136,7 +160,13 @@ pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response
     }
     check_handshake(gw, &req)?;
     let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
-    Ok(upgrade(gw, &mut req, queue, Vec::new(), Handler::Echo))
+    let start = Start {
+        handler: Handler::Echo,
+        credentials: Default::default(),
+        expires: None,
+        initial: Vec::new(),
+    };
+    Ok(upgrade(gw, &mut req, queue, start))
 }
 
 /// The checks of an opening handshake (RFC 6455 §4.2.1) that decide
@@ -179,8 +209,7 @@ fn upgrade(
     gw: &Arc<Gateway>,
     req: &mut Request,
     queue: Arc<SubscriberQueue>,
-    initial: Vec<InitialSubscription>,
-    handler: Handler,
+    start: Start,
 ) -> Response {
     let key = req
         .headers()
@@ -210,13 +239,13 @@ fn upgrade(
                 let read = std::io::Cursor::new(parts.read_buf)
                     .chain(MeteredStream::new(read, meter.clone()));
                 let write = MeteredStream::new(write, meter);
-                serve(session_gw, handler, read, write, queue, initial).await;
+                serve(session_gw, read, write, queue, start).await;
             }
             Err(upgraded) => {
                 // Not our socket type (cannot happen with our listener);
                 // still serve it correctly, through a lock-based split.
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                serve(session_gw, handler, read, write, queue, initial).await;
+                serve(session_gw, read, write, queue, start).await;
             }
         }
     });
@@ -239,14 +268,8 @@ fn upgrade(
     resp
 }
 
-async fn serve<R, W>(
-    gw: Arc<Gateway>,
-    handler: Handler,
-    read: R,
-    write: W,
-    queue: Arc<SubscriberQueue>,
-    initial: Vec<InitialSubscription>,
-) where
+async fn serve<R, W>(gw: Arc<Gateway>, read: R, write: W, queue: Arc<SubscriberQueue>, start: Start)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -259,9 +282,7 @@ async fn serve<R, W>(
     );
     let (tx, rx) = mpsc::channel(16);
     let reader = tokio::spawn(reader::run(ws_read, gw.config.limits.max_message_bytes, tx));
-    Session::new(gw, handler, write, queue)
-        .run(initial, rx)
-        .await;
+    Session::new(gw, write, queue).run(start, rx).await;
     reader.abort();
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::command::{self, Command, CommandError};
 use super::frame;
 use super::reader::Inbound;
+use crate::auth::Credentials;
 use crate::bus::{Bus, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue, Subscription};
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
@@ -45,9 +46,23 @@ pub enum Handler {
     Echo,
 }
 
+/// What a session starts with besides its socket.
+pub struct Start {
+    pub handler: Handler,
+    /// What the client presented at the handshake; later subscribe
+    /// commands are judged on it.
+    pub credentials: Credentials,
+    /// When its subscriber token expires, if a token was needed.
+    pub expires: Option<SystemTime>,
+    /// Subscriptions taken before the 101.
+    pub initial: Vec<InitialSubscription>,
+}
+
 pub struct Session<W> {
     gw: Arc<Gateway>,
     handler: Handler,
+    credentials: Credentials,
+    expires: Option<SystemTime>,
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: HashMap<ChannelName, Subscribed>,
@@ -63,10 +78,12 @@ pub struct InitialSubscription {
 }
 
 impl<W: AsyncWrite + Unpin> Session<W> {
-    pub fn new(gw: Arc<Gateway>, handler: Handler, writer: W, queue: Arc<SubscriberQueue>) -> Self {
+    pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
         Session {
             gw,
-            handler,
+            handler: Handler::Commands,
+            credentials: Credentials::default(),
+            expires: None,
             writer,
             queue,
             subscriptions: HashMap::new(),
@@ -76,12 +93,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     /// Runs until the connection ends.
-    pub async fn run(
-        mut self,
-        initial: Vec<InitialSubscription>,
-        mut inbound: mpsc::Receiver<Inbound>,
-    ) {
-        let end = match self.start(initial).await {
+    pub async fn run(mut self, start: Start, mut inbound: mpsc::Receiver<Inbound>) {
+        self.handler = start.handler;
+        self.credentials = start.credentials;
+        self.expires = start.expires;
+        let end = match self.start(start.initial).await {
             Ok(()) => self.serve(&mut inbound).await,
             Err(end) => end,
         };
@@ -196,6 +212,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         ping_interval: Duration,
         idle_timeout: Duration,
     ) -> Result<(), End> {
+        if self.expires.is_some_and(|t| t <= SystemTime::now()) {
+            return Err(End::Close(
+                1008,
+                "subscriber token expired: reconnect with a new one".into(),
+            ));
+        }
         let silent = self.last_heard.elapsed();
         if silent >= idle_timeout {
             return Err(End::Close(1001, "no answer to ping".into()));
@@ -276,6 +298,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             )
             .on(channel.as_str()));
         }
+        self.authorize(&channel).await?;
         let limit = self.gw.config.history.size;
         let (subscription, history) = self
             .gw
@@ -285,6 +308,19 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
             })?;
         Ok(self.adopt(channel, subscription, history).await)
+    }
+
+    /// The channel's rule lets this client read it (keeps the earliest
+    /// token expiry: the session ends then).
+    async fn authorize(&mut self, channel: &ChannelName) -> Result<(), CommandError> {
+        let grant = self
+            .gw
+            .auth
+            .may_subscribe(channel, &self.credentials)
+            .await
+            .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
+        self.expires = super::earliest(self.expires, grant.expires);
+        Ok(())
     }
 
     async fn unsubscribe(&mut self, channel: ChannelName) -> Result<Result<(), End>, CommandError> {
@@ -311,6 +347,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     .on(channel.as_str()),
             );
         }
+        // Only a client allowed to read a channel may write to it.
+        self.authorize(&channel).await?;
         let payload = Payload::from_value(&data);
         let size = payload.to_json_bytes().len();
         let published = self.gw.bus.publish(&channel, &payload).await.map_err(|e| {

@@ -1,0 +1,541 @@
+//! The scenarios: each runs its phase against the gateway and against its
+//! floor, one after the other, and returns an [`Outcome`] of the two.
+//!
+//! A fanout phase: start the server, measure its RSS, ramp the client
+//! workers up, wait until the server reports them all subscribed, measure
+//! RSS again, snapshot its CPU and byte counters, publish M messages at
+//! R per second, wait for every connection to have them all (or the
+//! deadline), snapshot again. CPU is the server's alone (its own process);
+//! the clients and the publisher run elsewhere (another core with --pin).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::client::{now_us, Kind};
+use crate::floor::FloorMode;
+use crate::http::Http;
+use crate::proc::{cpu_delta, Cpu};
+use crate::report::{merge_results, Outcome, Phase};
+use crate::target::{Clients, Result, Target};
+use crate::{wire, Opts, Scenario};
+
+/// Runs one scenario once.
+pub fn run(opts: &Opts, scenario: Scenario, run: usize) -> Result<Outcome> {
+    match scenario {
+        Scenario::WsFanout => fanout(opts, "ws-fanout", Kind::Ws, 1, opts.messages, run),
+        Scenario::SseFanout => fanout(opts, "sse-fanout", Kind::Sse, 1, opts.messages, run),
+        Scenario::LpFanout => fanout(opts, "lp-fanout", Kind::Lp, 1, opts.messages, run),
+        Scenario::Burst => fanout(
+            opts,
+            "burst",
+            Kind::Ws,
+            opts.batch.max(1),
+            opts.messages,
+            run,
+        ),
+        Scenario::HeldPolls => fanout(opts, "held-polls", Kind::Lp, 1, 1, run),
+        Scenario::Idle => idle(opts, run),
+        Scenario::Proxy => proxy(opts, run),
+        Scenario::Smoke | Scenario::All => Err("smoke and all are expanded by main".into()),
+    }
+}
+
+fn floor_mode(kind: Kind) -> FloorMode {
+    match kind {
+        Kind::Ws | Kind::Http => FloorMode::Ws,
+        Kind::Sse => FloorMode::Sse,
+        Kind::Lp => FloorMode::Lp,
+    }
+}
+
+fn path(opts: &Opts, kind: Kind, channel: &str) -> String {
+    let prefix = opts.prefix.trim_end_matches('/');
+    match kind {
+        Kind::Ws => format!("{prefix}/ws/{channel}"),
+        Kind::Sse => format!("{prefix}/sse/{channel}"),
+        Kind::Lp => format!("{prefix}/poll/{channel}"),
+        Kind::Http => opts.proxy_path.clone(),
+    }
+}
+
+/// The gateway's `/stats` name of a transport.
+fn stats_key(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Ws => "websocket",
+        Kind::Sse => "sse",
+        Kind::Lp => "longpoll",
+        Kind::Http => "proxy",
+    }
+}
+
+fn fanout(
+    opts: &Opts,
+    name: &str,
+    kind: Kind,
+    batch: usize,
+    m: u64,
+    run: usize,
+) -> Result<Outcome> {
+    let n = opts.subscribers;
+    let params = json!({
+        "subscribers": n, "messages": m, "rate": opts.rate, "batch": batch,
+        "payload_bytes": opts.payload_bytes, "pinned": opts.pin,
+    });
+    // A fresh channel, in case the gateway is not ours and has history.
+    let channel = format!("bench-{name}-{}-{run}", std::process::id());
+    let gateway = {
+        let mut target = Target::start_gateway(opts, None, name)?;
+        fanout_phase(opts, &mut target, kind, &channel, n, m, batch)
+            .map_err(|e| with_log(e, &target))?
+    };
+    let floor = if opts.no_floor {
+        None
+    } else {
+        let label = match (kind, batch) {
+            (Kind::Ws, 1) => "floor ws".to_string(),
+            (Kind::Ws, b) => format!("floor burst x{b}"),
+            (Kind::Sse, _) => "floor sse".into(),
+            _ => "floor lp".into(),
+        };
+        // The same channel name, so envelopes (and wire bytes) match.
+        let mut target = Target::start_floor(opts, floor_mode(kind), batch, &label, &channel)?;
+        Some(fanout_phase(
+            opts,
+            &mut target,
+            kind,
+            &channel,
+            n,
+            m,
+            batch,
+        )?)
+    };
+    Ok(Outcome::new(name, run, params, gateway, floor))
+}
+
+fn with_log(e: crate::target::Error, target: &Target) -> crate::target::Error {
+    match &target.log {
+        Some(log) => format!("{e} (gateway log: {})", log.display()).into(),
+        None => e,
+    }
+}
+
+/// CPU, bytes and time at one instant.
+struct Snapshot {
+    cpu: Option<Cpu>,
+    client_ns: u64,
+    at: Instant,
+    /// Server-side wire bytes (in + out) of the transport so far.
+    wire_bytes: Option<f64>,
+    dropped: Option<f64>,
+}
+
+impl Snapshot {
+    /// `counters_first`: read the byte counters before the CPU clock (at
+    /// the start of a window) or after it (at the end), so the `/stats`
+    /// request itself stays outside the measured CPU.
+    fn take(target: &mut Target, clients: &Clients, kind: Kind, counters_first: bool) -> Snapshot {
+        let mut wire_bytes = None;
+        let mut dropped = None;
+        let mut read_counters = |target: &mut Target| {
+            if target.is_gateway() {
+                wire_bytes = target.gateway_stats().and_then(|s| {
+                    let t = &s["transports"][stats_key(kind)];
+                    Some(t["wire_bytes_in"].as_f64()? + t["wire_bytes_out"].as_f64()?)
+                });
+                dropped = target.gateway_dropped();
+            } else {
+                wire_bytes = target
+                    .floor_command("stats", "stats ", Duration::from_secs(10))
+                    .ok()
+                    .and_then(|s| Some(s["bytes_in"].as_f64()? + s["bytes_out"].as_f64()?));
+            }
+        };
+        if counters_first {
+            read_counters(target);
+        }
+        let cpu = target.cpu();
+        let client_ns = clients.cpu_ns();
+        let at = Instant::now();
+        if !counters_first {
+            read_counters(target);
+        }
+        Snapshot {
+            cpu,
+            client_ns,
+            at,
+            wire_bytes,
+            dropped,
+        }
+    }
+}
+
+/// Fills the CPU, byte and rate figures of `phase` from two snapshots.
+fn account(
+    phase: &mut Phase,
+    before: &Snapshot,
+    after: &Snapshot,
+    results: &[Value],
+    start_us: u64,
+) {
+    merge_results(phase, results);
+    let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-6);
+    let per = phase.deliveries.max(1) as f64;
+    if let (Some(b), Some(a)) = (before.cpu, after.cpu) {
+        let d = cpu_delta(b, a);
+        phase.cpu_us_per_delivery = Some(d.total_us / per);
+        // Under MIN_TICKS the user/system split is mostly rounding.
+        if d.ticks >= MIN_TICKS {
+            phase.cpu_user_us_per_delivery = Some(d.user_us / per);
+            phase.cpu_sys_us_per_delivery = Some(d.sys_us / per);
+        }
+        phase.cpu_ticks = Some(d.ticks);
+        phase.server_busy = Some(d.total_us / 1e6 / wall);
+    }
+    let client_us = after.client_ns.saturating_sub(before.client_ns) as f64 / 1000.0;
+    phase.client_cpu_us_per_delivery = Some(client_us / per);
+    phase.client_busy = Some(client_us / 1e6 / wall);
+    if let (Some(b), Some(a)) = (before.wire_bytes, after.wire_bytes) {
+        phase.wire_bytes_per_delivery = Some((a - b) / per);
+    }
+    if let (Some(b), Some(a)) = (before.dropped, after.dropped) {
+        phase.server_dropped = Some(a - b);
+    }
+    let last_rx = results
+        .iter()
+        .filter_map(|r| r["last_rx_us"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let span = last_rx.saturating_sub(start_us) as f64 / 1e6;
+    phase.wall_s = span;
+    if span > 0.0 {
+        phase.deliveries_per_s = phase.deliveries as f64 / span;
+    }
+}
+
+/// Clock ticks (10 ms) needed before user and system time are shown apart.
+const MIN_TICKS: u64 = 5;
+
+fn connect_budget(opts: &Opts, n: usize) -> Duration {
+    Duration::from_secs_f64(n as f64 / opts.ramp.max(1.0) * 2.0 + 30.0)
+}
+
+/// Waits (bounded) until the server counts `want` subscribers of `kind`.
+fn wait_subscribed(target: &mut Target, kind: Kind, want: u64) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = 0;
+    for _ in 0..10_000 {
+        seen = if target.is_gateway() {
+            match target.gateway_stats() {
+                Some(s) => s["transports"][stats_key(kind)]["connections"]
+                    .as_u64()
+                    .unwrap_or(0),
+                None => return Ok(()), // an external gateway without /stats: nothing to wait on
+            }
+        } else {
+            let key = if kind == Kind::Lp {
+                "waiting"
+            } else {
+                "subscribers"
+            };
+            target
+                .floor_command("stats", "stats ", Duration::from_secs(10))
+                .map_err(|e| e.to_string())?[key]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        if seen >= want || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if seen >= want {
+        Ok(())
+    } else {
+        Err(format!(
+            "server counted {seen} of {want} subscribers before publishing"
+        ))
+    }
+}
+
+fn rss_growth(before: Option<u64>, after: Option<u64>, conns: u64) -> Option<f64> {
+    Some((after? as f64 - before? as f64) / conns.max(1) as f64)
+}
+
+fn fanout_phase(
+    opts: &Opts,
+    target: &mut Target,
+    kind: Kind,
+    channel: &str,
+    n: usize,
+    m: u64,
+    batch: usize,
+) -> Result<Phase> {
+    let mut phase = Phase {
+        target: target.label.clone(),
+        conns: n as u64,
+        messages: m,
+        ..Phase::default()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    phase.rss_base_kib = target.rss_kib();
+    let mut clients = Clients::start(opts, kind, target.public, &path(opts, kind, channel), n, m)?;
+    let connected = clients.wait_connected(Instant::now() + connect_budget(opts, n))?;
+    phase.connected = connected.ok;
+    phase.connect_failed = connected.failed;
+    phase.expected = connected.ok * m;
+    phase.errors.extend(connected.errors);
+    if let Err(e) = wait_subscribed(target, kind, connected.ok) {
+        phase.errors.push(e);
+    }
+    std::thread::sleep(Duration::from_millis(opts.settle_ms));
+    phase.rss_kib_per_conn = rss_growth(phase.rss_base_kib, target.rss_kib(), connected.ok);
+
+    let before = Snapshot::take(target, &clients, kind, true);
+    let start_us = now_us();
+    let publishing = Duration::from_secs_f64(m as f64 / opts.rate.max(0.001));
+    publish(opts, target, channel, m, batch)?;
+    let grace = Duration::from_secs(10).max(publishing / 2);
+    let results = clients.results(before.at + publishing + grace);
+    let after = Snapshot::take(target, &clients, kind, false);
+    clients.stop();
+    account(&mut phase, &before, &after, &results, start_us);
+    Ok(phase)
+}
+
+/// Publishes `m` messages at `--rate`, `batch` per request.
+fn publish(opts: &Opts, target: &mut Target, channel: &str, m: u64, batch: usize) -> Result<()> {
+    if !target.is_gateway() {
+        let wait = Duration::from_secs_f64(m as f64 / opts.rate.max(0.001) + 60.0);
+        target.floor_command(&format!("publish {m} {}", opts.rate), "published ", wait)?;
+        return Ok(());
+    }
+    let admin = target.admin().ok_or("no admin address")?;
+    publish_gateway(admin, channel, m, opts.rate, batch, opts.payload_bytes)
+}
+
+fn publish_gateway(
+    admin: &mut Http,
+    channel: &str,
+    m: u64,
+    rate: f64,
+    batch: usize,
+    payload_bytes: usize,
+) -> Result<()> {
+    let batch = batch.max(1) as u64;
+    let every = Duration::from_secs_f64(batch as f64 / rate.max(0.001));
+    let single = format!("/publish/{channel}");
+    let mut body = Vec::with_capacity(256 * batch as usize);
+    let start = Instant::now();
+    for b in 0..m.div_ceil(batch) {
+        let slot = start + every * b as u32;
+        if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let k = batch.min(m - b * batch);
+        body.clear();
+        let t = now_us();
+        let path = if batch == 1 {
+            wire::payload(t, payload_bytes, &mut body);
+            single.as_str()
+        } else {
+            body.push(b'[');
+            for i in 0..k {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(b"{\"channel\":\"");
+                body.extend_from_slice(channel.as_bytes());
+                body.extend_from_slice(b"\",\"data\":");
+                wire::payload(t, payload_bytes, &mut body);
+                body.push(b'}');
+            }
+            body.push(b']');
+            "/publish"
+        };
+        let (status, answer) = admin.request("POST", path, Some("application/json"), &body)?;
+        if status != 200 {
+            return Err(format!(
+                "publish answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn idle(opts: &Opts, run: usize) -> Result<Outcome> {
+    let n = opts.subscribers;
+    let params = json!({"connections": n, "idle_seconds": opts.idle_seconds, "pinned": opts.pin});
+    let channel = format!("bench-idle-{}-{run}", std::process::id());
+    let gateway = {
+        let mut target = Target::start_gateway(opts, None, "idle")?;
+        idle_phase(opts, &mut target, &channel, n).map_err(|e| with_log(e, &target))?
+    };
+    let floor = if opts.no_floor {
+        None
+    } else {
+        let mut target = Target::start_floor(opts, FloorMode::Ws, 1, "floor ws", &channel)?;
+        Some(idle_phase(opts, &mut target, &channel, n)?)
+    };
+    Ok(Outcome::new("idle", run, params, gateway, floor))
+}
+
+fn idle_phase(opts: &Opts, target: &mut Target, channel: &str, n: usize) -> Result<Phase> {
+    let mut phase = Phase {
+        target: target.label.clone(),
+        conns: n as u64,
+        ..Phase::default()
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    phase.rss_base_kib = target.rss_kib();
+    let mut clients = Clients::start(
+        opts,
+        Kind::Ws,
+        target.public,
+        &path(opts, Kind::Ws, channel),
+        n,
+        0,
+    )?;
+    let connected = clients.wait_connected(Instant::now() + connect_budget(opts, n))?;
+    phase.connected = connected.ok;
+    phase.connect_failed = connected.failed;
+    phase.errors.extend(connected.errors);
+    if let Err(e) = wait_subscribed(target, Kind::Ws, connected.ok) {
+        phase.errors.push(e);
+    }
+    std::thread::sleep(Duration::from_millis(opts.settle_ms));
+    phase.rss_kib_per_conn = rss_growth(phase.rss_base_kib, target.rss_kib(), connected.ok);
+    let before = Snapshot::take(target, &clients, Kind::Ws, true);
+    std::thread::sleep(Duration::from_secs_f64(opts.idle_seconds));
+    let after = Snapshot::take(target, &clients, Kind::Ws, false);
+    if let (Some(b), Some(a)) = (before.cpu, after.cpu) {
+        let secs = after.at.duration_since(before.at).as_secs_f64();
+        phase.idle_cpu_us_per_conn_s =
+            Some(cpu_delta(b, a).total_us / connected.ok.max(1) as f64 / secs);
+    }
+    let results = clients.results(Instant::now());
+    clients.stop();
+    merge_results(&mut phase, &results);
+    Ok(phase)
+}
+
+fn proxy(opts: &Opts, run: usize) -> Result<Outcome> {
+    let params = json!({
+        "connections": opts.proxy_conns, "requests": opts.requests,
+        "path": opts.proxy_path, "pinned": opts.pin,
+    });
+    // The upstream: ours (a hand-rolled responder), or the one given.
+    let mut upstream =
+        match &opts.upstream_url {
+            Some(_) if opts.gateway_url.is_none() => return Err(
+                "--upstream-url is for --gateway-url; without it the bench starts its own upstream"
+                    .into(),
+            ),
+            Some(_) => None,
+            None => Some(Target::start_floor(
+                opts,
+                FloorMode::Upstream,
+                1,
+                "direct upstream",
+                "bench",
+            )?),
+        };
+    let upstream_addr = match (&upstream, &opts.upstream_url) {
+        (Some(u), _) => u.public,
+        (None, Some(url)) => {
+            use std::net::ToSocketAddrs;
+            url.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_socket_addrs()?
+                .next()
+                .ok_or("bad --upstream-url")?
+        }
+        (None, None) => unreachable!("one of them is set"),
+    };
+    let direct = if opts.no_floor {
+        None
+    } else {
+        Some(proxy_phase(
+            opts,
+            upstream.as_mut(),
+            None,
+            upstream_addr,
+            "direct upstream",
+        )?)
+    };
+    let mut gateway = Target::start_gateway(opts, Some(upstream_addr), "proxy")?;
+    let addr = gateway.public;
+    let via = proxy_phase(opts, Some(&mut gateway), upstream.as_mut(), addr, "gateway")
+        .map_err(|e| with_log(e, &gateway))?;
+    Ok(Outcome::new("proxy", run, params, via, direct))
+}
+
+fn proxy_phase(
+    opts: &Opts,
+    mut server: Option<&mut Target>,
+    mut upstream: Option<&mut Target>,
+    addr: std::net::SocketAddr,
+    label: &str,
+) -> Result<Phase> {
+    let conns = opts.proxy_conns;
+    let mut phase = Phase {
+        target: label.into(),
+        conns: conns as u64,
+        expected: opts.requests,
+        ..Phase::default()
+    };
+    phase.rss_base_kib = server.as_ref().and_then(|s| s.rss_kib());
+    let mut clients = Clients::start(
+        opts,
+        Kind::Http,
+        addr,
+        &opts.proxy_path,
+        conns,
+        opts.requests,
+    )?;
+    let connected = clients.wait_connected(Instant::now() + connect_budget(opts, conns))?;
+    phase.connected = connected.ok;
+    phase.connect_failed = connected.failed;
+    phase.errors.extend(connected.errors);
+    std::thread::sleep(Duration::from_millis(opts.settle_ms.min(500)));
+    phase.rss_kib_per_conn = rss_growth(
+        phase.rss_base_kib,
+        server.as_ref().and_then(|s| s.rss_kib()),
+        connected.ok,
+    );
+    let up_before = upstream.as_ref().and_then(|u| u.cpu());
+    let before = match &mut server {
+        Some(s) => Snapshot::take(s, &clients, Kind::Http, true),
+        None => Snapshot {
+            cpu: None,
+            client_ns: clients.cpu_ns(),
+            at: Instant::now(),
+            wire_bytes: None,
+            dropped: None,
+        },
+    };
+    let start_us = now_us();
+    clients.send_all("go");
+    let budget = Duration::from_secs_f64(opts.requests as f64 / 500.0 + 60.0);
+    let results = clients.results(before.at + budget);
+    let after = match &mut server {
+        Some(s) => Snapshot::take(s, &clients, Kind::Http, false),
+        None => Snapshot {
+            cpu: None,
+            client_ns: clients.cpu_ns(),
+            at: Instant::now(),
+            wire_bytes: None,
+            dropped: None,
+        },
+    };
+    let up_after = upstream.as_mut().and_then(|u| u.cpu());
+    clients.stop();
+    account(&mut phase, &before, &after, &results, start_us);
+    if let (Some(b), Some(a)) = (up_before, up_after) {
+        phase.upstream_cpu_us_per_request =
+            Some(cpu_delta(b, a).total_us / phase.deliveries.max(1) as f64);
+    }
+    Ok(phase)
+}

@@ -1,0 +1,128 @@
+//! Delegating the decision to the existing backend: `GET {auth_url}?channel=NAME`
+//! with the client's `Cookie` and `Authorization`; 2xx allows, anything else
+//! denies. Answers are cached per (credentials, channel) for
+//! `auth.auth_cache_ttl`, so a long-polling client doesn't cost the backend
+//! a request per poll.
+
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::header;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Credentials, Grant};
+use crate::channel::ChannelName;
+use crate::config::AuthConfig;
+use crate::error::ApiError;
+
+/// Cached answers kept at most; past it the cache starts over (bounded
+/// memory whatever the number of distinct clients).
+const MAX_CACHED: usize = 100_000;
+
+pub struct BackendAuth {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    url: String,
+    ttl: Duration,
+    timeout: Duration,
+    /// (hash of the credentials, channel) → (allowed, until).
+    cache: DashMap<(u64, ChannelName), (bool, Instant)>,
+}
+
+impl BackendAuth {
+    pub fn new(url: &str, config: &AuthConfig) -> Result<BackendAuth, String> {
+        url.parse::<http::Uri>()
+            .map_err(|e| format!("auth.auth_url {url:?}: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.auth_timeout));
+        Ok(BackendAuth {
+            client: Client::builder(TokioExecutor::new()).build(http),
+            url: url.to_string(),
+            ttl: config.auth_cache_ttl,
+            timeout: config.auth_timeout,
+            cache: DashMap::new(),
+        })
+    }
+
+    pub async fn allows(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<Grant, ApiError> {
+        let key = (credentials_hash(credentials), channel.clone());
+        let cached = self.cache.get(&key).map(|e| *e.value());
+        let allowed = match cached {
+            Some((allowed, until)) if until > Instant::now() => allowed,
+            _ => {
+                let allowed = self.ask(channel, credentials).await?;
+                if self.cache.len() >= MAX_CACHED {
+                    self.cache.clear();
+                }
+                self.cache.insert(key, (allowed, Instant::now() + self.ttl));
+                allowed
+            }
+        };
+        if allowed {
+            Ok(Grant::default())
+        } else {
+            Err(ApiError::Forbidden("not allowed to subscribe".into()))
+        }
+    }
+
+    async fn ask(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<bool, ApiError> {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        let uri = format!("{}{separator}channel={}", self.url, channel.as_str());
+        let mut request = http::Request::get(uri).body(Empty::new()).map_err(|e| {
+            ApiError::Bus(crate::bus::BusError::Unavailable(format!(
+                "auth request: {e}"
+            )))
+        })?;
+        if let Some(cookie) = &credentials.cookie {
+            request.headers_mut().insert(header::COOKIE, cookie.clone());
+        }
+        if let Some(authorization) = &credentials.authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, authorization.clone());
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response.status().is_success()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "backend auth request failed");
+                Err(ApiError::UpstreamUnreachable(
+                    "the authorisation backend is unreachable".into(),
+                ))
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "backend auth request timed out");
+                Err(ApiError::UpstreamTimeout(
+                    "the authorisation backend did not answer in time".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn credentials_hash(credentials: &Credentials) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    credentials
+        .cookie
+        .as_ref()
+        .map(|v| v.as_bytes())
+        .hash(&mut hasher);
+    credentials
+        .authorization
+        .as_ref()
+        .map(|v| v.as_bytes())
+        .hash(&mut hasher);
+    credentials.token.hash(&mut hasher);
+    hasher.finish()
+}

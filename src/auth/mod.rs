@@ -1,0 +1,208 @@
+//! Who may subscribe: per-channel rules choose `public`, `token` (a signed
+//! JWT naming the allowed channel patterns) or `backend` (the existing
+//! backend decides, answers cached); and which browser origins may connect.
+//!
+//! Denials never say whether a channel exists: the same 401/403 answer for
+//! every channel a client may not read.
+
+mod backend;
+mod token;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::channel::ChannelName;
+use crate::config::{AuthConfig, ChannelAuth, ChannelRules};
+use crate::error::ApiError;
+use crate::http::query_pairs;
+
+/// Checks that a public key file loads (for configuration validation).
+pub fn load_public_key(path: &std::path::Path) -> Result<(), String> {
+    token::load_public_key(path).map(|_| ())
+}
+
+/// What a client presented: its token (from `?token=`, `Authorization:
+/// Bearer` or the token cookie) and the headers the backend may want.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub cookie: Option<HeaderValue>,
+    pub authorization: Option<HeaderValue>,
+}
+
+impl Credentials {
+    pub fn from_request(
+        headers: &HeaderMap,
+        query: Option<&str>,
+        token_cookie: &str,
+    ) -> Credentials {
+        let from_query = query_pairs(query)
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v);
+        let from_bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let from_cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == token_cookie)
+            .map(|(_, value)| value.to_string());
+        Credentials {
+            token: from_query.or(from_bearer).or(from_cookie),
+            cookie: headers.get(header::COOKIE).cloned(),
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+        }
+    }
+}
+
+/// A permission to read a channel, possibly until the token expires.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grant {
+    pub expires: Option<SystemTime>,
+}
+
+pub struct Authorizer {
+    rules: ChannelRules,
+    tokens: Option<token::Verifier>,
+    backend: Option<backend::BackendAuth>,
+    allowed_origins: Vec<String>,
+    require_origin: bool,
+    token_cookie: String,
+}
+
+impl Authorizer {
+    pub fn new(config: &AuthConfig, rules: ChannelRules) -> Result<Arc<Authorizer>, String> {
+        Ok(Arc::new(Authorizer {
+            rules,
+            tokens: token::Verifier::from_config(config)?,
+            backend: config
+                .auth_url
+                .as_deref()
+                .map(|url| backend::BackendAuth::new(url, config))
+                .transpose()?,
+            allowed_origins: config.allowed_origins.clone(),
+            require_origin: config.require_origin,
+            token_cookie: config.token_cookie.clone(),
+        }))
+    }
+
+    pub fn credentials(&self, headers: &HeaderMap, query: Option<&str>) -> Credentials {
+        Credentials::from_request(headers, query, &self.token_cookie)
+    }
+
+    /// Whether the request's origin may connect at all.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.allowed_origins.is_empty() {
+            return Ok(());
+        }
+        match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            Some(origin) if self.origin_allowed(origin) => Ok(()),
+            Some(_) => Err(ApiError::Forbidden("origin not allowed".into())),
+            None if self.require_origin => {
+                Err(ApiError::Forbidden("an Origin header is required".into()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// True when `origin` is on the allow-list (also used for CORS).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Whether these credentials may subscribe to `channel`.
+    pub async fn may_subscribe(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<Grant, ApiError> {
+        match self.rules.resolve(channel.as_str()).auth {
+            ChannelAuth::Public => Ok(Grant::default()),
+            ChannelAuth::Token => {
+                let verifier = self
+                    .tokens
+                    .as_ref()
+                    .ok_or_else(|| ApiError::Forbidden("not allowed to subscribe".into()))?;
+                let token = credentials.token.as_deref().ok_or_else(|| {
+                    ApiError::Unauthorized("a subscriber token is required".into())
+                })?;
+                verifier.allows(token, channel.as_str())
+            }
+            ChannelAuth::Backend => {
+                let backend = self
+                    .backend
+                    .as_ref()
+                    .ok_or_else(|| ApiError::Forbidden("not allowed to subscribe".into()))?;
+                backend.allows(channel, credentials).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_sources_in_order() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; pollbridge_token=fromcookie"),
+        );
+        let c = Credentials::from_request(&h, None, "pollbridge_token");
+        assert_eq!(c.token.as_deref(), Some("fromcookie"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer frombearer"),
+        );
+        let c = Credentials::from_request(&h, None, "pollbridge_token");
+        assert_eq!(c.token.as_deref(), Some("frombearer"));
+        let c = Credentials::from_request(&h, Some("x=1&token=fromquery"), "pollbridge_token");
+        assert_eq!(c.token.as_deref(), Some("fromquery"));
+        assert!(c.cookie.is_some() && c.authorization.is_some());
+    }
+
+    #[test]
+    fn origins() {
+        let config = AuthConfig {
+            allowed_origins: vec!["https://app.test".into()],
+            ..AuthConfig::default()
+        };
+        let auth = Authorizer::new(&config, ChannelRules::default()).unwrap();
+        let mut h = HeaderMap::new();
+        assert!(
+            auth.check_origin(&h).is_ok(),
+            "no Origin: a non-browser client"
+        );
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://app.test"));
+        assert!(auth.check_origin(&h).is_ok());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.test"),
+        );
+        assert_eq!(auth.check_origin(&h).unwrap_err().status(), 403);
+        let strict = Authorizer::new(
+            &AuthConfig {
+                require_origin: true,
+                ..config
+            },
+            ChannelRules::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            strict.check_origin(&HeaderMap::new()).unwrap_err().status(),
+            403
+        );
+    }
+}
