@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::limits::IpLimits;
 use crate::server::stats::StatsSampler;
+use crate::server::tls::Tls;
 
 pub struct Gateway {
     pub config: Config,
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub auth: Arc<Authorizer>,
     /// Per-client-address limits (connections, long-poll rate).
     pub ip_limits: Arc<IpLimits>,
+    /// TLS on the public listener, if configured.
+    pub tls: Option<Tls>,
 }
 
 impl Gateway {
@@ -62,6 +65,7 @@ impl Gateway {
         let bridges = Bridges::new(&config, &metrics);
         let auth = Authorizer::new(&config.auth, rules.clone())?;
         let ip_limits = IpLimits::new(&config.limits);
+        let tls = Tls::new(&config.tls)?;
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
@@ -93,6 +97,7 @@ impl Gateway {
             bridges,
             auth,
             ip_limits,
+            tls,
             kick: Mutex::new(CancellationToken::new()),
         }))
     }

@@ -8,8 +8,8 @@
 //!   admin API, byte-exact socket metering and the shutdown sequence.
 //! - [`transport`]: the client transports (WebSocket, long-poll, SSE) and
 //!   what they share.
-//! - [`bus`]: the message bus trait, the in-memory bus, this node's
-//!   fan-out hub and the per-subscriber queues.
+//! - [`bus`]: the message bus trait, the in-memory and Redis buses, this
+//!   node's fan-out hub and the per-subscriber queues.
 //! - [`proxy`]: the reverse proxy to the upstream.
 //! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
 //! - [`auth`]: who may subscribe (tokens, backend delegation) and from which origins.

@@ -80,6 +80,7 @@ async fn serve(config: pollbridge::Config) -> ExitCode {
     // systemd Type=notify: ready only now that both listeners accept.
     // A no-op without NOTIFY_SOCKET.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tokio::spawn(reload_on_sighup(gateway.clone()));
     let shutdown = async {
         shutdown_signal().await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -144,6 +145,25 @@ fn healthcheck(args: &[std::ffi::OsString]) -> ExitCode {
         Err(e) => {
             eprintln!("pollbridge healthcheck: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGHUP re-reads the TLS certificate and key (connections stay open).
+async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &gateway.tls {
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+                }
+            },
+            None => tracing::info!("SIGHUP: nothing to reload (no TLS configured)"),
         }
     }
 }

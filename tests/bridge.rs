@@ -862,12 +862,18 @@ async fn a_websocket_subscriber_alone_gets_the_backend_feed() {
     let gw = bridged_gateway(&up.url(), "").await;
     let mut ws = WsClient::connect(&gw.ws_url("/rt/ws/scores")).await;
     ws.expect_control("subscribed", T5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The subscription starts the poller: the current answer, then changes.
+    expect_version(&mut ws, &up, 1).await;
     up.set_version(2);
+    expect_version(&mut ws, &up, 2).await;
+}
+
+/// The next WebSocket frame is the envelope of version `v` (id `v`).
+async fn expect_version(ws: &mut WsClient, up: &ScoresUpstream, v: u64) {
     match ws.recv(Duration::from_secs(2)).await {
-        WsEvent::Json(v) => assert_eq!(v["data"]["v"], 2, "{v}"),
+        WsEvent::Json(e) => assert_envelope(&e, "scores", v, &json!({"v": v})),
         other => panic!(
-            "a subscriber of a bridged channel got {other:?} within 2 s; \
+            "a subscriber of a bridged channel waiting for v{v} got {other:?} within 2 s; \
              backend polls so far: {}",
             up.poll_count()
         ),

@@ -221,11 +221,11 @@ async function scenarioScreenshot() {
     const delivered = (name) => Number((rows.find((r) => r[0] === name) || [])[2]?.replace(/,/g, ''));
     return delivered('websocket') >= 50 && delivered('longpoll') >= 50 && rows.every((r) => r.slice(1, 6).every((c) => /^[\d,]+$/.test(c)));
   });
-  const rows = await page.$$eval('#stats-body tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   await mkdir(ARTIFACTS, {recursive: true});
   const file = path.join(ARTIFACTS, 'demo.png');
-  await page.setViewportSize({width: 1200, height: 900});
   await page.screenshot({path: file, fullPage: true});
+  // Read right after the shot (the table refreshes every 2 s, so the two may still differ slightly).
+  const rows = await page.$$eval('#stats-body tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const perMessage = rows.filter((r) => r[6] !== '–').map((r) => `${r[0]} ${r[6]} B/msg`).join(', ');
   return `${path.relative(process.cwd(), file)} (wire bytes per message: ${perMessage})`;
 }

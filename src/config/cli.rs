@@ -84,6 +84,8 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("auth-timeout", "auth.auth_timeout", Kind::Text, "Backend auth answer deadline [default: 2s]"),
     ("allowed-origin", "auth.allowed_origins", Kind::List, "Origin allowed to connect (WebSocket, SSE, long-poll); repeat or comma-separate [default: any]"),
     ("require-origin", "auth.require_origin", Kind::Bool, "Refuse requests without Origin when origins are restricted [default: false]"),
+    ("tls-cert-file", "tls.cert_file", Kind::Text, "PEM certificate chain for TLS on the public listener [default: none]"),
+    ("tls-key-file", "tls.key_file", Kind::Text, "PEM private key for TLS on the public listener [default: none]"),
     ("demo", "demo.enabled", Kind::Bool, "Serve the live demo at {prefix}/demo [default: false]"),
     ("demo-channel", "demo.channel", Kind::Text, "Channel of the demo page [default: demo]"),
     ("public-stats", "demo.public_stats", Kind::Bool, "Serve {prefix}/stats on the public listener [default: same as --demo]"),

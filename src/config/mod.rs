@@ -51,6 +51,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub demo: DemoConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
     /// Serve a WebSocket echo endpoint at `{prefix}/echo` (same session code
     /// as subscribers), for the Autobahn conformance suite. Default: false.
     pub conformance_echo: bool,
@@ -81,6 +82,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             demo: DemoConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             conformance_echo: false,
             channels: Vec::new(),
             bridges: Vec::new(),
@@ -348,6 +350,17 @@ fn default_bridge_idle() -> Duration {
     Duration::from_secs(60)
 }
 
+/// TLS on the public listener. Both files or neither; re-read on SIGHUP
+/// without dropping connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Default: none (plain HTTP).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Default: none.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
 /// Who may subscribe: subscriber tokens, delegation to the backend, and
 /// the origins browsers may connect from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -558,6 +571,16 @@ impl Config {
             .is_some_and(|s| s.len() < 16)
         {
             bad("auth.jwt_secret", "must be at least 16 bytes".into());
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(_), Some(_)) => {
+                if let Err(e) = crate::server::tls::load(&self.tls) {
+                    bad("tls.cert_file", e);
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => bad("tls.key_file", "tls.cert_file needs tls.key_file".into()),
+            (None, Some(_)) => bad("tls.cert_file", "tls.key_file needs tls.cert_file".into()),
         }
         for cidr in &self.limits.trusted_proxies {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {

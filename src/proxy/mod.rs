@@ -71,7 +71,12 @@ impl Proxy {
     }
 
     /// Forwards one request and returns the upstream's answer (or 502/504).
-    pub async fn forward(&self, mut req: Request, peer: SocketAddr) -> Response {
+    pub async fn forward(
+        &self,
+        mut req: Request,
+        peer: SocketAddr,
+        proto: &'static str,
+    ) -> Response {
         let _in_flight = ConnectionGuard::new(&self.metrics, Transport::Proxy);
         let started = Instant::now();
         let client_version = req.version();
@@ -89,7 +94,7 @@ impl Proxy {
 
         let upgrade = upgrade_protocol(req.headers());
         remove_hop_by_hop(req.headers_mut());
-        add_forwarding(req.headers_mut(), peer.ip(), "http", client_version);
+        add_forwarding(req.headers_mut(), peer.ip(), proto, client_version);
         let downstream_upgrade = upgrade.map(|proto| {
             req.headers_mut().insert(http::header::UPGRADE, proto);
             req.headers_mut().insert(

@@ -13,6 +13,7 @@ pub mod meter;
 pub mod public;
 mod publish;
 pub mod stats;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -138,28 +139,69 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone(), ip_slot);
-        let io = TokioIo::new(MeteredStream::new(stream, meter.clone()));
-        let svc_gw = gw.clone();
-        let service = service_fn(move |req| {
-            let gw = svc_gw.clone();
-            let meter = meter.clone();
-            async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter).await) }
-        });
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        let token = gw.shutdown.clone();
+        let stream = MeteredStream::new(stream, meter.clone());
+        let conn_gw = gw.clone();
+        let builder = builder.clone();
         gw.tasks.spawn(async move {
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = token.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match &conn_gw.tls {
+                None => {
+                    serve_public(&conn_gw, &builder, TokioIo::new(stream), peer, meter, false).await
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                Some(tls) => {
+                    // The handshake gets the same deadline as a request head.
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(conn_gw.config.limits.header_read_timeout, handshake)
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            serve_public(
+                                &conn_gw,
+                                &builder,
+                                TokioIo::new(tls_stream),
+                                peer,
+                                meter,
+                                true,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted public connection until
+/// it ends or the gateway shuts down.
+async fn serve_public<I>(
+    gw: &Arc<Gateway>,
+    builder: &http1::Builder,
+    io: I,
+    peer: SocketAddr,
+    meter: Arc<ConnMeter>,
+    secure: bool,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc_gw = gw.clone();
+    let service = service_fn(move |req| {
+        let gw = svc_gw.clone();
+        let meter = meter.clone();
+        async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter, secure).await) }
+    });
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = gw.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -74,6 +74,7 @@ pub async fn route(
     req: Request,
     peer: SocketAddr,
     meter: Arc<ConnMeter>,
+    secure: bool,
 ) -> Response {
     let route = match classify(&gw.config.prefix, req.uri().path()) {
         Route::Proxy => match gw.bridges.route_for(req.uri().path()) {
@@ -118,7 +119,9 @@ pub async fn route(
         ))),
         Route::Bridge(index) => gw.bridges.handle(&gw, index, &req).await,
         Route::Proxy => match &gw.proxy {
-            Some(proxy) => Ok(proxy.forward(req, peer).await),
+            Some(proxy) => Ok(proxy
+                .forward(req, peer, if secure { "https" } else { "http" })
+                .await),
             None => Err(ApiError::NotFound(format!(
                 "{} is not a gateway path and no upstream is configured (--upstream)",
                 req.uri().path()

@@ -346,6 +346,15 @@ impl Subscriber {
         } else {
             let read = self.shared.read(&channel, None, 0).await;
             let last_id = read.map_err(|e| e.to_string())?.last_id;
+            if last_id < self.shared.hub.last_id(&channel) {
+                // This node delivered ids Redis no longer has: its data was
+                // lost and ids restarted. Start the channel afresh here.
+                tracing::error!(
+                    channel = %channel, last_id,
+                    "redis ids went backwards (its data was lost); closing this channel's local subscribers"
+                );
+                self.shared.hub.forget(&channel);
+            }
             if let Some(watch) = self.watches.get_mut(&channel) {
                 watch.floor = last_id;
             }

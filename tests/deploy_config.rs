@@ -1,0 +1,299 @@
+//! `deploy/pollbridge.toml`, the example configuration, never falls behind
+//! the code:
+//!
+//! - every key of the configuration structs appears in it (commented-out
+//!   lines count), including the keys of optional values and of the
+//!   `[[channels]]` / `[[bridge]]` array entries;
+//! - every key it names exists (no stale or misspelt keys, even commented);
+//! - its uncommented values are exactly the built-in defaults;
+//! - with every commented-out example line switched on, it is still valid;
+//! - the real binary's `--check-config` accepts it (exit 0).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pollbridge::config::{cli, BridgeRoute, ChannelRule};
+use pollbridge::Config;
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pollbridge.toml")
+}
+
+fn example_text() -> String {
+    std::fs::read_to_string(example_path()).expect("deploy/pollbridge.toml is readable")
+}
+
+/// Walks a serialised config and collects the dotted path of every leaf.
+/// Arrays of tables (`channels`, `bridge`) contribute their entries' keys
+/// under the array's own name (`bridge.path`); arrays of scalars are leaves.
+fn leaf_keys(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_keys(child, &path, out);
+            }
+        }
+        serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+            for item in items {
+                leaf_keys(item, prefix, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+/// Every key of the configuration structs, as dotted paths.
+///
+/// `serde_json` writes `None` as `null` (unlike TOML, which leaves it out),
+/// so optional keys are present even in the default config. Empty arrays of
+/// tables have no entries to walk, so one `[[channels]]` and one `[[bridge]]`
+/// entry (with only their required fields; defaults fill the rest) are
+/// added. As a second source, a TOML serialisation of a config whose
+/// optional values are all set is walked too.
+fn code_keys() -> BTreeSet<String> {
+    let mut cfg = Config::default();
+    cfg.channels.push(
+        serde_json::from_value::<ChannelRule>(serde_json::json!({"pattern": "chat.*"}))
+            .expect("a channel rule from its required fields"),
+    );
+    cfg.bridges.push(
+        serde_json::from_value::<BridgeRoute>(
+            serde_json::json!({"path": "/api/scores", "channel": "scores"}),
+        )
+        .expect("a bridge route from its required fields"),
+    );
+    let mut keys = BTreeSet::new();
+    leaf_keys(
+        &serde_json::to_value(&cfg).expect("Config serialises"),
+        "",
+        &mut keys,
+    );
+
+    // The same config with its optional values set, through TOML.
+    cfg.upstream = Some("http://127.0.0.1:3000".into());
+    cfg.redis.tls_ca_file = Some("/ca.pem".into());
+    cfg.auth.jwt_secret = Some("0123456789abcdef".into());
+    cfg.auth.jwt_public_key_file = Some("/key.pem".into());
+    cfg.auth.auth_url = Some("http://127.0.0.1:3000/auth".into());
+    cfg.demo.public_stats = Some(true);
+    cfg.bridges[0].hold = Some(std::time::Duration::from_secs(25));
+    cfg.bridges[0].vary_by = Some("Cookie".into());
+    let text = toml::to_string(&cfg).expect("Config serialises to TOML");
+    let table: toml::Value = toml::from_str(&text).expect("TOML round trip");
+    leaf_keys(
+        &serde_json::to_value(&table).expect("TOML to JSON"),
+        "",
+        &mut keys,
+    );
+    keys
+}
+
+/// A line of the example, with a leading `# ` (a commented-out setting)
+/// removed. Prose comments do not look like settings or section headers.
+enum Line<'a> {
+    Header(&'a str),
+    Key(&'a str),
+    Other,
+}
+
+fn classify(line: &str) -> (bool, Line<'_>) {
+    let (commented, rest) = match line.strip_prefix("# ") {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let rest = rest.trim_end();
+    let name_chars = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+    };
+    if let Some(inner) = rest
+        .strip_prefix("[[")
+        .and_then(|r| r.strip_suffix("]]"))
+        .or_else(|| rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+    {
+        if name_chars(inner) {
+            return (commented, Line::Header(inner));
+        }
+    }
+    if let Some((key, _value)) = rest.split_once(" = ") {
+        if name_chars(key) && !key.contains('.') {
+            return (commented, Line::Key(key));
+        }
+    }
+    (commented, Line::Other)
+}
+
+/// Dotted keys the example names, commented out or not.
+fn example_keys(text: &str) -> BTreeSet<String> {
+    let mut section = String::new();
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        match classify(line).1 {
+            Line::Header(name) => section = name.to_string(),
+            Line::Key(key) if section.is_empty() => {
+                keys.insert(key.to_string());
+            }
+            Line::Key(key) => {
+                keys.insert(format!("{section}.{key}"));
+            }
+            Line::Other => {}
+        }
+    }
+    keys
+}
+
+/// The example with every commented-out setting and section header switched on.
+fn uncomment_all(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        match classify(line) {
+            (true, Line::Header(_) | Line::Key(_)) => out.push_str(&line[2..]),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn every_config_key_is_in_the_example() {
+    let documented = example_keys(&example_text());
+    let missing: Vec<_> = code_keys().difference(&documented).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/pollbridge.toml lacks these keys (add each with its default and one line on what it does): {missing:?}"
+    );
+}
+
+#[test]
+fn every_key_in_the_example_exists() {
+    let known = code_keys();
+    let stale: Vec<_> = example_keys(&example_text())
+        .difference(&known)
+        .cloned()
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "deploy/pollbridge.toml names keys the configuration does not have: {stale:?}"
+    );
+}
+
+#[test]
+fn the_example_values_are_the_defaults() {
+    let loaded = cli::load_file(&example_path()).unwrap_or_else(|problems| {
+        panic!(
+            "deploy/pollbridge.toml does not load: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+    assert_eq!(
+        loaded,
+        Config::default(),
+        "an uncommented value in deploy/pollbridge.toml is not the built-in default"
+    );
+}
+
+#[test]
+fn the_commented_examples_are_valid_too() {
+    // A P-256 public key (nothing secret) for `auth.jwt_public_key_file`,
+    // which validation reads.
+    const PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\n\
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEaKymXA6cN+yuA+CXXxObQH22p7Kl\n\
+27+51q4+pCRhdCvKA9mCTqTIwGpB0g71QkGYxVRq6gKd3v0/weOJ8ppzsw==\n\
+-----END PUBLIC KEY-----\n";
+    let dir = std::env::temp_dir().join(format!("pollbridge-deploy-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("jwt-public.pem");
+    std::fs::write(&key_file, PUBLIC_KEY).unwrap();
+
+    let text: String = uncomment_all(&example_text())
+        .lines()
+        .map(|line| {
+            if line.starts_with("jwt_public_key_file = ") {
+                format!(
+                    "jwt_public_key_file = {:?}\n",
+                    key_file.display().to_string()
+                )
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    let result = cli::from_toml_str(&text);
+    std::fs::remove_dir_all(&dir).ok();
+    let cfg = result.unwrap_or_else(|problems| {
+        panic!(
+            "deploy/pollbridge.toml with its commented-out examples switched on is invalid: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+    // Every optional value got an example.
+    assert!(cfg.upstream.is_some());
+    assert!(cfg.redis.tls_ca_file.is_some());
+    assert!(!cfg.redis.cluster_nodes.is_empty());
+    assert!(!cfg.limits.trusted_proxies.is_empty());
+    assert!(!cfg.longpoll.cors_origins.is_empty());
+    assert!(!cfg.publish.keys.is_empty());
+    assert!(cfg.auth.jwt_secret.is_some() && cfg.auth.auth_url.is_some());
+    assert!(!cfg.auth.allowed_origins.is_empty());
+    assert!(cfg.demo.public_stats.is_some());
+    assert_eq!(cfg.channels.len(), 1);
+    assert_eq!(cfg.bridges.len(), 1);
+    assert!(cfg.bridges[0].hold.is_some() && cfg.bridges[0].vary_by.is_some());
+    assert!(!cfg.bridges[0].forward_headers.is_empty());
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pollbridge"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(example_path())
+        // The variables of the test runner's environment must not change
+        // what is checked.
+        .env_clear()
+        .output()
+        .expect("run pollbridge --check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "pollbridge --check-config --config deploy/pollbridge.toml failed:\n{stdout}{stderr}"
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
+#[test]
+fn the_line_parser_finds_settings_and_skips_prose() {
+    let text = "listen = \"x\"\n# upstream = \"y\"\n# A prose line: mode = no\n\
+                [limits]\nmax_connections = 1\n# [[bridge]]\n# path = \"/a\"\n";
+    let keys: Vec<_> = example_keys(text).into_iter().collect();
+    assert_eq!(
+        keys,
+        [
+            "bridge.path",
+            "limits.max_connections",
+            "listen",
+            "upstream"
+        ]
+    );
+    assert!(uncomment_all(text).contains("\n[[bridge]]\npath = \"/a\"\n"));
+}
