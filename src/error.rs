@@ -52,6 +52,8 @@ pub enum ApiError {
     Bus(#[from] BusError),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("too many new sessions right now; retry after {0} s")]
+    Overloaded(u64),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -73,7 +75,7 @@ impl ApiError {
             TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Bus(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Bus(_) | ShuttingDown | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -99,6 +101,7 @@ impl ApiError {
             Forbidden(_) => "forbidden",
             Bus(_) => "bus_unavailable",
             ShuttingDown => "shutting_down",
+            Overloaded(_) => "overloaded",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -118,7 +121,7 @@ impl ApiError {
         match self {
             ApiError::Bus(_) => Some(1),
             ApiError::ShuttingDown => Some(2),
-            ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::RateLimited(secs) | ApiError::Overloaded(secs) => Some(*secs),
             _ => None,
         }
     }

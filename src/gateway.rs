@@ -16,8 +16,9 @@ use crate::bus::{
 use crate::channel::ChannelName;
 use crate::config::{ChannelRules, Config};
 use crate::metrics::Metrics;
+use crate::migration::Migration;
 use crate::proxy::Proxy;
-use crate::server::limits::IpLimits;
+use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
 
@@ -48,8 +49,12 @@ pub struct Gateway {
     pub auth: Arc<Authorizer>,
     /// Per-client-address limits (connections, long-poll rate).
     pub ip_limits: Arc<IpLimits>,
+    /// Admission control for new WebSocket and SSE sessions.
+    pub admission: Admission,
     /// TLS on the public listener, if configured.
     pub tls: Option<Tls>,
+    /// Who still polls: distinct legacy clients, top polling pages.
+    pub migration: Migration,
 }
 
 impl Gateway {
@@ -65,7 +70,14 @@ impl Gateway {
         let bridges = Bridges::new(&config, &metrics);
         let auth = Authorizer::new(&config.auth, rules.clone())?;
         let ip_limits = IpLimits::new(&config.limits);
+        let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
+        let bridged_paths: Vec<String> = config.bridges.iter().map(|b| b.path.clone()).collect();
+        let migration = Migration::new(
+            config.migration.legacy_window,
+            metrics.legacy_clients.clone(),
+            &bridged_paths,
+        );
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
@@ -97,7 +109,9 @@ impl Gateway {
             bridges,
             auth,
             ip_limits,
+            admission,
             tls,
+            migration,
             kick: Mutex::new(CancellationToken::new()),
         }))
     }

@@ -14,6 +14,7 @@
 //! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
 //! - [`auth`]: who may subscribe (tokens, backend delegation) and from which origins.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`migration`]: who still polls (distinct pollers, top polling pages).
 //! - [`gateway`]: the shared state every handler reaches.
 //! - [`channel`], [`error`], [`http`]: names and cursors, error answers,
 //!   HTTP helpers.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod migration;
 pub mod proxy;
 pub mod server;
 pub mod transport;

@@ -29,7 +29,32 @@ pub struct TransportMetrics {
     pub delivered: IntCounter,
     pub latency: Histogram,
     pub dropped_slow_consumer: IntCounter,
+    /// Undelivered messages replaced by a newer one on a `state` channel.
+    pub conflated: IntCounter,
+    /// New sessions refused by admission control.
+    pub admission_refused: IntCounter,
 }
+
+/// Why a browser client fell back from WebSocket (what it reports).
+pub const FALLBACK_REASONS: [&str; 5] = [
+    "ws_error",
+    "ws_timeout",
+    "ws_closed_before_open",
+    "ws_blocked",
+    "other",
+];
+
+/// Why the gateway refused a WebSocket upgrade.
+#[derive(Debug, Clone, Copy)]
+pub enum UpgradeFailure {
+    Origin = 0,
+    Auth = 1,
+    Limit = 2,
+    BadHandshake = 3,
+    Disabled = 4,
+}
+
+const UPGRADE_FAILURES: [&str; 5] = ["origin", "auth", "limit", "bad_handshake", "disabled"];
 
 /// Why a long-poll answer ended the way it did.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +84,10 @@ pub struct Metrics {
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
+    /// Distinct legacy pollers per route over the telemetry window.
+    pub legacy_clients: IntGaugeVec,
+    fallbacks: [IntCounter; 5],
+    upgrade_failures: [IntCounter; 5],
 }
 
 impl Metrics {
@@ -173,6 +202,46 @@ impl Metrics {
         )
         .unwrap();
 
+        let conflated = IntCounterVec::new(
+            Opts::new(
+                "conflated_total",
+                "Undelivered messages replaced by a newer one for a subscriber of a state channel",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let admission = IntCounterVec::new(
+            Opts::new(
+                "admission_refused_total",
+                "New WebSocket/SSE sessions refused by admission control (503 with Retry-After)",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let legacy_clients = IntGaugeVec::new(
+            Opts::new(
+                "legacy_clients",
+                "Distinct polling clients seen in the telemetry window, by bridged route (or longpoll)",
+            ),
+            &["route"],
+        )
+        .unwrap();
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "transport_fallbacks_total",
+                "Browser clients that fell back from WebSocket to long-poll, by the reason they reported",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let upgrade_failures = IntCounterVec::new(
+            Opts::new(
+                "ws_upgrade_failures_total",
+                "WebSocket upgrades the gateway refused, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
         let transports = Transport::ALL
             .iter()
             .map(|t| {
@@ -186,9 +255,14 @@ impl Metrics {
                     delivered: delivered.with_label_values(&[name]),
                     latency: latency.with_label_values(&[name]),
                     dropped_slow_consumer: dropped.with_label_values(&[name, "slow_consumer"]),
+                    conflated: conflated.with_label_values(&[name]),
+                    admission_refused: admission.with_label_values(&[name]),
                 }
             })
             .collect();
+        let fallback_counters = FALLBACK_REASONS.map(|r| fallbacks.with_label_values(&[r]));
+        let upgrade_failure_counters =
+            UPGRADE_FAILURES.map(|r| upgrade_failures.with_label_values(&[r]));
         let poll_results =
             ["messages", "empty", "truncated"].map(|r| polls.with_label_values(&[r]));
         let proxy_classes =
@@ -211,6 +285,11 @@ impl Metrics {
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
+        reg(Box::new(conflated));
+        reg(Box::new(admission));
+        reg(Box::new(legacy_clients.clone()));
+        reg(Box::new(fallbacks));
+        reg(Box::new(upgrade_failures));
 
         Metrics {
             registry,
@@ -226,7 +305,25 @@ impl Metrics {
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
+            legacy_clients,
+            fallbacks: fallback_counters,
+            upgrade_failures: upgrade_failure_counters,
         }
+    }
+
+    /// A browser reported falling back from WebSocket (unknown reasons
+    /// count as `other`, so the label stays bounded).
+    pub fn fallback(&self, reason: &str) {
+        let index = FALLBACK_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(FALLBACK_REASONS.len() - 1);
+        self.fallbacks[index].inc();
+    }
+
+    /// The gateway refused a WebSocket upgrade.
+    pub fn upgrade_failed(&self, reason: UpgradeFailure) {
+        self.upgrade_failures[reason as usize].inc();
     }
 
     /// The counters of one transport.

@@ -131,12 +131,20 @@ impl Bridges {
         gw: &Arc<Gateway>,
         index: usize,
         req: &Request,
+        peer: std::net::SocketAddr,
     ) -> Result<Response, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::MethodNotAllowed("GET"));
         }
         let feed = self.feed(gw, index, req.headers())?;
         feed.touch();
+        let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
+        gw.migration.record_poll(
+            &feed.route.config.path,
+            feed.channel.as_str(),
+            crate::migration::client_key(client, req.headers(), None),
+            crate::migration::referer_path(req.headers()).as_deref(),
+        );
         let route = &feed.route;
 
         // Before the first poll has come back, wait for it: the first

@@ -199,7 +199,11 @@ impl Hub {
         while i < inner.subscribers.len() {
             let queue = &inner.subscribers[i].queue;
             match queue.push(msg, mode) {
-                Pushed::Queued | Pushed::Conflated => i += 1,
+                Pushed::Queued => i += 1,
+                Pushed::Conflated => {
+                    self.metrics.transport(queue.transport()).conflated.inc();
+                    i += 1;
+                }
                 // The reader learns of the overflow from its queue and
                 // decides: catch up from history, or give up and count.
                 Pushed::Overflowed { .. } | Pushed::Closed => {

@@ -52,6 +52,7 @@ pub struct Config {
     pub demo: DemoConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub migration: MigrationConfig,
     /// Serve a WebSocket echo endpoint at `{prefix}/echo` (same session code
     /// as subscribers), for the Autobahn conformance suite. Default: false.
     pub conformance_echo: bool,
@@ -83,6 +84,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            migration: MigrationConfig::default(),
             conformance_echo: false,
             channels: Vec::new(),
             bridges: Vec::new(),
@@ -151,6 +153,10 @@ pub struct LimitsConfig {
     /// trusted to name the client, for the per-address limits. Connections
     /// from them are not counted per address. Default: none.
     pub trusted_proxies: Vec<String>,
+    /// New WebSocket and SSE sessions admitted per second, gateway-wide
+    /// (a burst of one second's worth); past it `503` with a jittered
+    /// `Retry-After`. 0: unlimited. Default: 2000.
+    pub new_sessions_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -166,6 +172,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1000,
             longpoll_rate_per_ip: 100,
             trusted_proxies: Vec::new(),
+            new_sessions_per_second: 2000,
         }
     }
 }
@@ -348,6 +355,24 @@ fn default_bridge_interval() -> Duration {
 
 fn default_bridge_idle() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Migration telemetry: who still polls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// Distinct legacy pollers are counted over this sliding window.
+    /// Default: 5m.
+    #[serde(with = "humantime_serde")]
+    pub legacy_window: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            legacy_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// TLS on the public listener. Both files or neither; re-read on SIGHUP

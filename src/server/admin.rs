@@ -24,7 +24,11 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
             Ok(resp)
         }
         (&Method::GET, "/") => Ok(super::assets::ADMIN_HTML.serve(req.headers())),
-        (&Method::GET, "/stats") => Ok(h::json_value(StatusCode::OK, &gw.stats.report())),
+        (&Method::GET, "/stats") => {
+            let mut report = serde_json::to_value(gw.stats.report()).expect("stats serialise");
+            report["migration"] = gw.migration.report();
+            Ok(h::json_value(StatusCode::OK, &report))
+        }
         (&Method::POST, "/disconnect") => {
             let sessions = gw.metrics.transport(crate::transport::Transport::WebSocket).connections.get()
                 + gw.metrics.transport(crate::transport::Transport::Sse).connections.get();

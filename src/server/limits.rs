@@ -48,6 +48,10 @@ impl Drop for IpSlot {
     }
 }
 
+/// The address already has `limits.max_connections_per_ip` open.
+#[derive(Debug)]
+pub struct AddressFull;
+
 /// Past the long-poll rate: retry after this many seconds.
 pub struct RateLimited {
     pub retry_after: u64,
@@ -79,13 +83,13 @@ impl IpLimits {
 
     /// Counts a new connection from `peer`; `None` when that address is at
     /// its limit. Trusted proxies and an unlimited setting always pass.
-    pub fn connect(self: &Arc<Self>, peer: IpAddr) -> Result<Option<IpSlot>, ()> {
+    pub fn connect(self: &Arc<Self>, peer: IpAddr) -> Result<Option<IpSlot>, AddressFull> {
         if self.max_connections == 0 || self.is_trusted(peer) {
             return Ok(None);
         }
         let mut count = self.open.entry(peer).or_insert(0);
         if *count >= self.max_connections {
-            return Err(());
+            return Err(AddressFull);
         }
         *count += 1;
         Ok(Some(IpSlot {
@@ -151,6 +155,62 @@ impl IpLimits {
     }
 }
 
+/// Admission control for new WebSocket and SSE sessions: a token bucket
+/// over the whole gateway, so a reconnect storm is met with quick `503`s and
+/// a `Retry-After` (spread with jitter) instead of an accept queue that
+/// overflows while every client waits.
+pub struct Admission {
+    rate: f64,
+    bucket: Mutex<Bucket>,
+}
+
+/// Refused by admission control: retry after this many seconds.
+pub struct Overloaded {
+    pub retry_after: u64,
+}
+
+impl Admission {
+    /// `rate` sessions per second, with a burst of one second's worth.
+    /// 0: unlimited.
+    pub fn new(rate: u32) -> Admission {
+        Admission {
+            rate: rate as f64,
+            bucket: Mutex::new(Bucket {
+                tokens: rate as f64,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn admit(&self) -> Result<(), Overloaded> {
+        if self.rate == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut b = self.bucket.lock();
+        b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.rate).min(self.rate);
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok(());
+        }
+        drop(b);
+        // Spread the retries over a few seconds so they don't come back
+        // as one wave.
+        Err(Overloaded {
+            retry_after: 1 + jitter_below(4),
+        })
+    }
+}
+
+/// A cheap random number in `0..n` (not for anything secret).
+pub fn jitter_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() % n.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +256,17 @@ mod tests {
             l.connect("10.0.0.1".parse().unwrap()).unwrap().is_none(),
             "proxies are not counted"
         );
+    }
+
+    #[test]
+    fn admission_allows_the_rate_then_refuses_with_a_spread_retry() {
+        let a = Admission::new(3);
+        for _ in 0..3 {
+            assert!(a.admit().is_ok());
+        }
+        let refused = a.admit().expect_err("over the rate");
+        assert!((1..=4).contains(&refused.retry_after));
+        assert!(Admission::new(0).admit().is_ok());
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub async fn run(
                     last_sweep = std::time::Instant::now();
                     gw.bus.hub().sweep(last_sweep);
                     gw.ip_limits.sweep();
+                    gw.migration.refresh();
                 }
             }
         }
@@ -131,7 +132,7 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
         }
         let ip_slot = match gw.ip_limits.connect(peer.ip()) {
             Ok(slot) => slot,
-            Err(()) => {
+            Err(limits::AddressFull) => {
                 gw.open_connections.fetch_sub(1, Ordering::Relaxed);
                 gw.tasks.spawn(refuse(stream, Refusal::PerAddress));
                 continue;

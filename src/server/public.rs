@@ -117,7 +117,7 @@ pub async fn route(
             req.uri().path(),
             p = gw.config.prefix
         ))),
-        Route::Bridge(index) => gw.bridges.handle(&gw, index, &req).await,
+        Route::Bridge(index) => gw.bridges.handle(&gw, index, &req, peer).await,
         Route::Proxy => match &gw.proxy {
             Some(proxy) => Ok(proxy
                 .forward(req, peer, if secure { "https" } else { "http" })

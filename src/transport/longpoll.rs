@@ -18,17 +18,24 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{json, query_pairs, Request, Response};
 use crate::metrics::PollResult;
+use crate::migration;
 use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
 
 /// The parsed query of a poll.
 struct PollQuery {
     since: Option<u64>,
     timeout: Duration,
+    /// The browser client's reason for falling back from WebSocket, sent
+    /// on its first poll after the fallback.
+    fallback: Option<String>,
+    /// The browser client's page-load id, for counting distinct pollers.
+    client_id: Option<String>,
 }
 
 fn parse_query(gw: &Gateway, query: Option<&str>) -> Result<PollQuery, ApiError> {
     let mut since = None;
     let mut timeout = gw.config.longpoll.default_timeout;
+    let (mut fallback, mut client_id) = (None, None);
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "since" => since = Some(parse_cursor(&value).ok_or(ApiError::BadCursor("since"))?),
@@ -39,12 +46,16 @@ fn parse_query(gw: &Gateway, query: Option<&str>) -> Result<PollQuery, ApiError>
                 }
                 timeout = Duration::from_secs_f64(secs.min(86_400.0));
             }
+            "fallback" => fallback = Some(value),
+            "cid" if value.len() <= 64 => client_id = Some(value),
             _ => {}
         }
     }
     Ok(PollQuery {
         since,
         timeout: timeout.min(gw.config.longpoll.max_timeout),
+        fallback,
+        client_id,
     })
 }
 
@@ -74,6 +85,15 @@ pub async fn handle(
         return Err(ApiError::ShuttingDown);
     }
     let _in_flight = ConnectionGuard::new(&gw.metrics, Transport::LongPoll);
+    if let Some(reason) = &query.fallback {
+        gw.metrics.fallback(reason);
+    }
+    gw.migration.record_poll(
+        "longpoll",
+        channel.as_str(),
+        migration::client_key(client, req.headers(), query.client_id.as_deref()),
+        migration::referer_path(req.headers()).as_deref(),
+    );
     let limit = gw.config.longpoll.max_messages;
 
     let read = gw.bus.history(&channel, query.since, limit).await?;

@@ -37,6 +37,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     gw.auth.check_origin(req.headers())?;
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
     let grant = gw.auth.may_subscribe(&channel, &credentials).await?;
+    super::websocket::admit(gw, Transport::Sse)?;
     // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
     // the original URL but sends the id it actually got to.
     let since = match req.headers().get("last-event-id") {

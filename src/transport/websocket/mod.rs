@@ -29,6 +29,7 @@ use crate::bus::SubscriberQueue;
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::metrics::UpgradeFailure;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
@@ -75,13 +76,22 @@ pub async fn handle(
     if req.method() != http::Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
+    let failed = |reason: UpgradeFailure| move |_: &ApiError| gw.metrics.upgrade_failed(reason);
     if !gw.config.websocket.enabled {
+        gw.metrics.upgrade_failed(UpgradeFailure::Disabled);
         return Err(ApiError::Forbidden(
             "WebSocket is disabled on this gateway; use long-poll or SSE".into(),
         ));
     }
-    check_handshake(gw, &req)?;
-    gw.auth.check_origin(req.headers())?;
+    check_handshake(gw, &req).inspect_err(|e| {
+        gw.metrics.upgrade_failed(match e {
+            ApiError::ShuttingDown => UpgradeFailure::Limit,
+            _ => UpgradeFailure::BadHandshake,
+        })
+    })?;
+    gw.auth
+        .check_origin(req.headers())
+        .inspect_err(failed(UpgradeFailure::Origin))?;
 
     // Which channels, from which cursor.
     let query = query_pairs(req.uri().query());
@@ -94,7 +104,9 @@ pub async fn handle(
     );
     let mut channels: Vec<ChannelName> = Vec::with_capacity(names.len());
     for name in &names {
-        let channel = ChannelName::new(name)?;
+        let channel = ChannelName::new(name)
+            .map_err(ApiError::from)
+            .inspect_err(failed(UpgradeFailure::BadHandshake))?;
         if !channels.contains(&channel) {
             channels.push(channel);
         }
@@ -110,6 +122,7 @@ pub async fn handle(
     }
     let max = gw.config.limits.max_subscriptions_per_connection;
     if channels.len() > max {
+        gw.metrics.upgrade_failed(UpgradeFailure::Limit);
         return Err(ApiError::TooManySubscriptions(max));
     }
 
@@ -117,9 +130,16 @@ pub async fn handle(
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
     let mut expires = None;
     for channel in &channels {
-        let grant = gw.auth.may_subscribe(channel, &credentials).await?;
+        let grant = gw
+            .auth
+            .may_subscribe(channel, &credentials)
+            .await
+            .inspect_err(failed(UpgradeFailure::Auth))?;
         expires = earliest(expires, grant.expires);
     }
+
+    // Last, so only otherwise acceptable sessions spend admission tokens.
+    admit(gw, Transport::WebSocket).inspect_err(failed(UpgradeFailure::Limit))?;
 
     // Subscribe before answering, so nothing published meanwhile is lost.
     let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
@@ -142,6 +162,14 @@ pub async fn handle(
         initial,
     };
     Ok(upgrade(gw, &mut req, queue, start))
+}
+
+/// Admission control for a new session (WebSocket or SSE).
+pub(crate) fn admit(gw: &Gateway, transport: Transport) -> Result<(), ApiError> {
+    gw.admission.admit().map_err(|overloaded| {
+        gw.metrics.transport(transport).admission_refused.inc();
+        ApiError::Overloaded(overloaded.retry_after)
+    })
 }
 
 /// The earlier of two optional deadlines.
