@@ -90,7 +90,11 @@ class Feed {
 
     this._state = CONNECTING;
     this._transport = mode === 'auto' ? 'websocket' : mode;
-    this._fallback = null; // why 'auto' left WebSocket, sent as ?fallback=
+    this._fallback = null; // why 'auto' left WebSocket, sent once as ?fallback=
+    this._fallbackReported = false;
+    // A random id for this page load, sent on polls so the gateway can count
+    // distinct polling clients without identifying anyone.
+    this._cid = Math.floor(Math.random() * 2 ** 52).toString(36);
     this._channels = new Map(); // channel -> Set of handlers
     this._cursor = new Map(); // channel -> last id delivered (or resumed from)
     this._listeners = new Map(); // event type -> Set of listeners
@@ -540,8 +544,12 @@ class Feed {
     // learns quickly that it is connected and, starting "from now", where
     // now is (`last_id`). Later requests are held by the server.
     const timeout = loop.first ? 0 : this._pollTimeout;
+    // The fallback reason goes on the first poll after the fallback only:
+    // the gateway counts each one it sees.
+    const fallback = this._fallback && !this._fallbackReported ? this._fallback : null;
+    if (fallback) this._fallbackReported = true;
     const url = `${this._base.http}/poll/${esc(channel)}${query([
-      ['since', since], ['timeout', timeout], ['fallback', this._fallback], ['token', this._token],
+      ['since', since], ['timeout', timeout], ['fallback', fallback], ['cid', this._cid], ['token', this._token],
     ])}`;
     const controller = typeof AbortController === 'function' ? new AbortController() : null;
     loop.abort = controller;

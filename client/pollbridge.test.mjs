@@ -81,10 +81,13 @@ function fakeWebSocket() {
 
 function fakeFetch() {
   const calls = [];
-  const fetch = (url, init = {}) => new Promise((resolve, reject) => {
+  const fetch = (rawUrl, init = {}) => new Promise((resolve, reject) => {
+    // The page-load id (cid) is random; keep it apart so URLs compare exactly.
+    const cid = new URL(rawUrl).searchParams.get('cid');
+    const url = rawUrl.replace(/([?&])cid=[^&]*(&|$)/, (_, lead, tail) => (tail ? lead : '')).replace(/\?$/, '');
     const u = new URL(url);
     const call = {
-      url, init, path: u.pathname, q: Object.fromEntries(u.searchParams), aborted: false, settled: false,
+      url, cid, init, path: u.pathname, q: Object.fromEntries(u.searchParams), aborted: false, settled: false,
       respond(status, body, headers = {}) {
         call.settled = true;
         resolve({
@@ -334,7 +337,9 @@ test('auto: a WebSocket error before open falls back to long-poll with fallback=
   fetch.calls[0].respond(200, {messages: [], last_id: 5, truncated: false});
   await flush();
   assert.equal(feed.readyState, OPEN);
-  assert.deepEqual(fetch.calls[1].q, {since: '5', timeout: '25', fallback: 'ws_error', token: 't1'});
+  // The reason is reported once; every poll carries the same page-load id.
+  assert.deepEqual(fetch.calls[1].q, {since: '5', timeout: '25', token: 't1'});
+  assert.ok(fetch.calls[0].cid && fetch.calls[0].cid === fetch.calls[1].cid, 'a stable cid on every poll');
   // Publishing needs a WebSocket.
   await assert.rejects(feed.publish('news', 1), /websocket transport/);
   assert.equal(sockets.length, 1, 'stays on long-poll');

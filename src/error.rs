@@ -50,8 +50,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("the gateway is shutting down")]
-    ShuttingDown,
+    /// With the suggested retry delay in seconds (spread over the
+    /// reconnect window, so clients don't all come back at once).
+    #[error("the gateway is shutting down; retry after {0} s")]
+    ShuttingDown(u64),
     #[error("too many new sessions right now; retry after {0} s")]
     Overloaded(u64),
     #[error("{0}")]
@@ -75,7 +77,7 @@ impl ApiError {
             TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Bus(_) | ShuttingDown | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Bus(_) | ShuttingDown(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -100,7 +102,7 @@ impl ApiError {
             Unauthorized(_) => "unauthorized",
             Forbidden(_) => "forbidden",
             Bus(_) => "bus_unavailable",
-            ShuttingDown => "shutting_down",
+            ShuttingDown(_) => "shutting_down",
             Overloaded(_) => "overloaded",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
@@ -120,8 +122,9 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Bus(_) => Some(1),
-            ApiError::ShuttingDown => Some(2),
-            ApiError::RateLimited(secs) | ApiError::Overloaded(secs) => Some(*secs),
+            ApiError::ShuttingDown(secs)
+            | ApiError::RateLimited(secs)
+            | ApiError::Overloaded(secs) => Some(*secs),
             _ => None,
         }
     }

@@ -132,6 +132,20 @@ impl Gateway {
         Ok(subscribed)
     }
 
+    /// A suggested reconnect delay, random within `shutdown.reconnect_window`:
+    /// what clients told to go away are asked to wait, so a restart doesn't
+    /// bring every client back in the same second.
+    pub fn reconnect_delay(&self) -> std::time::Duration {
+        let window = self.config.shutdown.reconnect_window.as_millis() as u64;
+        std::time::Duration::from_millis(crate::server::limits::jitter_below(window.max(1)))
+    }
+
+    /// The answer to a new request while draining: 503 with a spread
+    /// `Retry-After`.
+    pub fn shutting_down(&self) -> crate::error::ApiError {
+        crate::error::ApiError::ShuttingDown(self.reconnect_delay().as_secs().max(1))
+    }
+
     /// A token that is cancelled when the operator disconnects every
     /// session; sessions take it when they start.
     pub fn kick_token(&self) -> CancellationToken {

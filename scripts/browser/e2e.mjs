@@ -59,6 +59,14 @@ async function publish(admin, channel, data) {
   return JSON.parse(body).id;
 }
 
+/** One sample's value from a gateway's /metrics (the fallback gateway's). */
+async function metricValue(series, admin = NOWS.admin) {
+  const text = await (await fetch(`http://${admin}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(series + ' '));
+  assert.ok(line, `no ${series} in /metrics`);
+  return Number(line.slice(series.length + 1));
+}
+
 async function adminPost(admin, p) {
   const res = await fetch(`http://${admin}${p}`, {method: 'POST'});
   const body = await res.text();
@@ -315,20 +323,25 @@ async function scenarioFallback(context) {
   // The browser tried one WebSocket, and it never opened.
   assert.equal(w.sockets.length, 1, 'WebSocket attempts');
   assert.equal(w.sockets[0].received.length, 0, 'frames received on the refused WebSocket');
-  // The client's polls (held, timeout=25) all say why; the legacy panel's (timeout=0, no since or since=N) don't.
+  // The client reports why on its first poll after the fallback (the gateway
+  // counts each report), and sends its page-load id (cid) on every poll;
+  // the legacy panel's plain polls carry neither.
   const pollUrls = w.requests.map((u) => new URL(u)).filter((u) => u.pathname === `/rt/poll/${channel}`);
-  const clientPolls = pollUrls.filter((u) => u.searchParams.has('fallback'));
-  assert.ok(clientPolls.length >= 2, `client polls with fallback=: ${clientPolls.length} of ${pollUrls.length}`);
-  for (const u of clientPolls) assert.equal(u.searchParams.get('fallback'), reason, `fallback= in ${u}`);
-  const heldWithout = pollUrls.filter((u) => !u.searchParams.has('fallback') && u.searchParams.get('timeout') !== '0');
-  assert.deepEqual(heldWithout.map(String), [], 'held polls without fallback=');
+  const clientPolls = pollUrls.filter((u) => u.searchParams.has('cid'));
+  assert.ok(clientPolls.length >= 2, `client polls: ${clientPolls.length} of ${pollUrls.length}`);
+  const reports = clientPolls.filter((u) => u.searchParams.has('fallback'));
+  assert.equal(reports.length, 1, `polls carrying fallback=: ${reports.map(String)}`);
+  assert.equal(reports[0].searchParams.get('fallback'), reason, `fallback= in ${reports[0]}`);
+  assert.equal(new Set(clientPolls.map((u) => u.searchParams.get('cid'))).size, 1, 'one cid per page load');
+  const fallbacks = await metricValue(`pollbridge_transport_fallbacks_total{reason="${reason}"}`);
+  assert.equal(fallbacks, 1, 'the gateway counted the fallback once');
 
   // Chromium itself logs the refused handshake; the page cannot silence that one.
   const wsUrl = w.sockets[0].url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const expected = new RegExp(`^WebSocket connection to '${wsUrl}' failed: Error during WebSocket handshake: Unexpected response code: 403`);
   await hygiene(page, w, {allowConsole: [expected]});
   await page.close();
-  return `WebSocket refused (403), fell back (${reason}), ${clientPolls.length} polls with fallback=${reason},` +
+  return `WebSocket refused (403), fell back (${reason}), counted once, ${clientPolls.length} client polls,` +
     ` ids 1..50 in order on both panels (${took} ms)`;
 }
 

@@ -88,6 +88,7 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("tls-cert-file", "tls.cert_file", Kind::Text, "PEM certificate chain for TLS on the public listener [default: none]"),
     ("tls-key-file", "tls.key_file", Kind::Text, "PEM private key for TLS on the public listener [default: none]"),
     ("legacy-window", "migration.legacy_window", Kind::Text, "Window over which distinct legacy pollers are counted [default: 5m]"),
+    ("reconnect-window", "shutdown.reconnect_window", Kind::Text, "Reconnect hints to clients are spread over this window [default: 10s]"),
     ("demo", "demo.enabled", Kind::Bool, "Serve the live demo at {prefix}/demo [default: false]"),
     ("demo-channel", "demo.channel", Kind::Text, "Channel of the demo page [default: demo]"),
     ("public-stats", "demo.public_stats", Kind::Bool, "Serve {prefix}/stats on the public listener [default: same as --demo]"),

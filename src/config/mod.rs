@@ -307,12 +307,18 @@ pub struct ShutdownConfig {
     /// exits anyway. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Clients told to reconnect (drain, restart, operator disconnect) get
+    /// a suggested delay spread at random over this window, so they don't
+    /// all come back in the same second. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_window: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout: Duration::from_secs(10),
+            reconnect_window: Duration::from_secs(10),
         }
     }
 }

@@ -158,14 +158,21 @@ mod tests {
     #[test]
     fn referer_paths_drop_the_query() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::REFERER, "https://shop.test/cart?id=3#x".parse().unwrap());
+        h.insert(
+            http::header::REFERER,
+            "https://shop.test/cart?id=3#x".parse().unwrap(),
+        );
         assert_eq!(referer_path(&h).as_deref(), Some("/cart"));
     }
 
     #[test]
     fn report_counts_clients_per_route_and_channel() {
         let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["route"]).unwrap();
-        let m = Migration::new(Duration::from_secs(300), gauge.clone(), &["/api/scores".into()]);
+        let m = Migration::new(
+            Duration::from_secs(300),
+            gauge.clone(),
+            &["/api/scores".into()],
+        );
         for client in 0..50u64 {
             for _ in 0..3 {
                 m.record_poll("longpoll", "news", client, Some("/home"));

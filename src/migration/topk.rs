@@ -42,8 +42,11 @@ impl SpaceSaving {
 
     /// The `n` most frequent items with their counts, most frequent first.
     pub fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut items: Vec<(String, u64)> =
-            self.counts.iter().map(|(k, (c, _))| (k.clone(), *c)).collect();
+        let mut items: Vec<(String, u64)> = self
+            .counts
+            .iter()
+            .map(|(k, (c, _))| (k.clone(), *c))
+            .collect();
         items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         items.truncate(n);
         items

@@ -39,7 +39,8 @@ impl DistinctWindow {
             self.slices.push((now, sketch()));
         }
         let horizon = self.slice_len * SLICES as u32;
-        self.slices.retain(|(t, _)| now.duration_since(*t) < horizon);
+        self.slices
+            .retain(|(t, _)| now.duration_since(*t) < horizon);
         if self.slices.is_empty() {
             self.slices.push((now, sketch()));
         }
@@ -48,7 +49,11 @@ impl DistinctWindow {
     /// Records one client (a hash of who it is).
     pub fn insert(&mut self, client: u64, now: Instant) {
         self.rotate(now);
-        self.slices.last_mut().expect("never empty").1.insert(&client);
+        self.slices
+            .last_mut()
+            .expect("never empty")
+            .1
+            .insert(&client);
     }
 
     /// Estimated distinct clients over the window.

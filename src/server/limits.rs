@@ -188,7 +188,8 @@ impl Admission {
         }
         let now = Instant::now();
         let mut b = self.bucket.lock();
-        b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.rate).min(self.rate);
+        b.tokens =
+            (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.rate).min(self.rate);
         b.refilled = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;

@@ -82,7 +82,7 @@ pub async fn handle(
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
     gw.auth.may_subscribe(&channel, &credentials).await?;
     if gw.shutdown.is_cancelled() {
-        return Err(ApiError::ShuttingDown);
+        return Err(gw.shutting_down());
     }
     let _in_flight = ConnectionGuard::new(&gw.metrics, Transport::LongPoll);
     if let Some(reason) = &query.fallback {

@@ -56,7 +56,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
         },
     };
     if gw.shutdown.is_cancelled() {
-        return Err(ApiError::ShuttingDown);
+        return Err(gw.shutting_down());
     }
     let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::Sse);
     let (subscription, history) = gw
@@ -98,6 +98,9 @@ pub struct SseBody {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The operator's "disconnect everyone" (admin `POST /disconnect`).
     kick: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Sent as `retry:` when the gateway ends the stream (drain, operator
+    /// disconnect): spread over the reconnect window.
+    farewell_retry: Duration,
     /// Set when reading needed a token: the stream ends when it expires.
     token_expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     batch: Vec<Arc<Message>>,
@@ -142,6 +145,7 @@ impl SseBody {
             shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
             kick: Box::pin(gw.kick_token().cancelled_owned()),
             token_expiry: None,
+            farewell_retry: gw.reconnect_delay(),
             batch: Vec::with_capacity(BATCH),
             ended: false,
         }
@@ -201,14 +205,17 @@ impl HttpBody for SseBody {
             .token_expiry
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready());
-        if expired
-            || this.shutdown.as_mut().poll(cx).is_ready()
-            || this.kick.as_mut().poll(cx).is_ready()
-        {
-            // Ending the stream makes the browser reconnect (to another
-            // node, or this one once it is back) after `retry`.
+        if expired {
             this.ended = true;
             return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() || this.kick.as_mut().poll(cx).is_ready() {
+            // Ending the stream makes the browser reconnect (to another
+            // node, or this one once it is back) after `retry`: a delay
+            // spread over the reconnect window, so they don't all come at once.
+            this.ended = true;
+            let retry = format!("retry: {}\n\n", this.farewell_retry.as_millis().max(1));
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(retry)))));
         }
         loop {
             let queue = this.queue.clone();

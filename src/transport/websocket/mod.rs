@@ -29,8 +29,8 @@ use crate::bus::SubscriberQueue;
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::metrics::UpgradeFailure;
 use crate::http::{query_pairs, Body, Request, Response};
+use crate::metrics::UpgradeFailure;
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
 use session::{Handler, InitialSubscription, Session, Start};
@@ -85,7 +85,7 @@ pub async fn handle(
     }
     check_handshake(gw, &req).inspect_err(|e| {
         gw.metrics.upgrade_failed(match e {
-            ApiError::ShuttingDown => UpgradeFailure::Limit,
+            ApiError::ShuttingDown(_) => UpgradeFailure::Limit,
             _ => UpgradeFailure::BadHandshake,
         })
     })?;
@@ -204,7 +204,7 @@ fn check_handshake(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
         return Err(ApiError::UpgradeRequired);
     }
     if gw.shutdown.is_cancelled() {
-        return Err(ApiError::ShuttingDown);
+        return Err(gw.shutting_down());
     }
     let version_ok = req
         .headers()

@@ -180,8 +180,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             let queue = self.queue.clone();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(End::Close(1001, "server shutting down".into())),
-                _ = kick.cancelled() => Err(End::Close(1012, "disconnected by the operator: reconnect and resume".into())),
+                _ = shutdown.cancelled() => Err(self.going_away(1001, "server shutting down")),
+                _ = kick.cancelled() => Err(self.going_away(1012, "disconnected by the operator")),
                 event = inbound.recv() => match event {
                     Some(event) => {
                         self.last_heard = Instant::now();
@@ -197,7 +197,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                         result
                     }
                     Err(QueueClosed::Overflow) => self.catch_up().await,
-                    Err(QueueClosed::Shutdown) => Err(End::Close(1001, "server shutting down".into())),
+                    Err(QueueClosed::Shutdown) => Err(self.going_away(1001, "server shutting down")),
                 },
                 _ = ticker.tick() => self.on_tick(ping_interval, idle_timeout).await,
             };
@@ -205,6 +205,13 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 return end;
             }
         }
+    }
+
+    /// A close that asks the client to come back later: the reason carries
+    /// `retry=<ms>`, spread over the reconnect window.
+    fn going_away(&self, code: u16, why: &str) -> End {
+        let delay = self.gw.reconnect_delay().as_millis();
+        End::Close(code, format!("{why}; reconnect and resume; retry={delay}"))
     }
 
     async fn on_tick(
