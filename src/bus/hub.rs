@@ -538,6 +538,7 @@ mod tests {
             mode: ChannelMode::State,
             allow_client_publish: false,
             auth: Default::default(),
+            conflate_interval: None,
         }];
         let hub = hub_with(100, rules);
         let ch = name("price.eur");

@@ -43,6 +43,10 @@ pub struct ChannelRule {
     /// Default: `public`.
     #[serde(default)]
     pub auth: ChannelAuth,
+    /// On a `state` channel: send any one subscriber at most one update per
+    /// this interval — the newest value at each tick. Default: none.
+    #[serde(default, with = "humantime_serde")]
+    pub conflate_interval: Option<std::time::Duration>,
 }
 
 /// The settings that apply to one channel.
@@ -51,6 +55,8 @@ pub struct ResolvedRule {
     pub mode: ChannelMode,
     pub allow_client_publish: bool,
     pub auth: ChannelAuth,
+    /// Only ever set on `state` channels.
+    pub conflate_interval: Option<std::time::Duration>,
 }
 
 /// The rule list, ready to match names.
@@ -76,6 +82,13 @@ impl ChannelRules {
         self
     }
 
+    /// True when some rule throttles its channels (`conflate_interval`).
+    pub fn has_conflate_interval(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.mode == ChannelMode::State && r.conflate_interval.is_some_and(|i| !i.is_zero())
+        })
+    }
+
     /// The first rule whose pattern matches `channel`, or the defaults.
     pub fn resolve(&self, channel: &str) -> ResolvedRule {
         let rule = self
@@ -87,6 +100,9 @@ impl ChannelRules {
                 mode: rule.mode,
                 allow_client_publish: rule.allow_client_publish,
                 auth: rule.auth,
+                conflate_interval: rule
+                    .conflate_interval
+                    .filter(|i| rule.mode == ChannelMode::State && !i.is_zero()),
             },
             None => {
                 let bridged = self.state_by_default.iter().any(|base| {
@@ -169,12 +185,14 @@ mod tests {
                 mode: ChannelMode::Stream,
                 allow_client_publish: true,
                 auth: ChannelAuth::Public,
+                conflate_interval: None,
             },
             ChannelRule {
                 pattern: "*".into(),
                 mode: ChannelMode::State,
                 allow_client_publish: false,
                 auth: ChannelAuth::Public,
+                conflate_interval: None,
             },
         ]);
         assert!(rules.resolve("chat.lobby").allow_client_publish);

@@ -5,6 +5,7 @@
 
 pub mod longpoll;
 pub mod sse;
+pub mod throttle;
 pub mod websocket;
 
 use std::sync::Arc;

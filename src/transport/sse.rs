@@ -19,10 +19,12 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
 use crate::channel::{parse_cursor, ChannelName};
+use crate::config::ChannelRules;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
+use crate::transport::throttle::Throttle;
 use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
 
 /// Most messages written in one chunk.
@@ -105,6 +107,10 @@ pub struct SseBody {
     token_expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     batch: Vec<Arc<Message>>,
     ended: bool,
+    /// `conflate_interval` on state channels, and its timer.
+    throttle: Throttle,
+    throttle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    rules: ChannelRules,
 }
 
 impl SseBody {
@@ -148,11 +154,48 @@ impl SseBody {
             farewell_retry: gw.reconnect_delay(),
             batch: Vec::with_capacity(BATCH),
             ended: false,
+            throttle: Throttle::new(&gw.rules),
+            throttle_timer: None,
+            rules: gw.rules.clone(),
         }
     }
 
-    /// The events of `messages` this client hasn't had, as one chunk.
+    /// The events of `messages` this client may have now, as one chunk
+    /// (throttled channels' extra updates are held).
     fn encode(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
+        if !self.throttle.is_enabled() {
+            return self.encode_now(messages);
+        }
+        let mut batch = messages.to_vec();
+        let metrics = self.metrics.clone();
+        self.throttle.admit(
+            &self.rules,
+            &mut batch,
+            std::time::Instant::now(),
+            metrics.transport(Transport::Sse),
+        );
+        self.encode_now(&batch)
+    }
+
+    /// Held updates whose time has come, as one chunk.
+    fn poll_throttled(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        let deadline = self.throttle.deadline()?;
+        let timer = self
+            .throttle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        if timer.deadline() != deadline.into() {
+            timer.as_mut().reset(deadline.into());
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        let mut due = Vec::new();
+        self.throttle.release(std::time::Instant::now(), &mut due);
+        self.encode_now(&due)
+    }
+
+    /// The events of `messages` this client hasn't had, as one chunk.
+    fn encode_now(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
         let fresh: Vec<&Arc<Message>> = messages
             .iter()
             .filter(|m| self.cursor.advance(m.id))
@@ -244,6 +287,10 @@ impl HttpBody for SseBody {
                 }
                 Poll::Pending => break,
             }
+        }
+        if let Some(chunk) = this.poll_throttled(cx) {
+            this.reset_keepalive();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         if this.keepalive.as_mut().poll(cx).is_ready() {
             this.reset_keepalive();

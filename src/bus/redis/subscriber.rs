@@ -169,6 +169,7 @@ impl Subscriber {
         stop: &CancellationToken,
     ) -> Option<(PubSubConn, mpsc::UnboundedReceiver<PushInfo>)> {
         let settings = self.shared.settings.clone();
+        let mut warned = false;
         loop {
             if self.failures > 0 {
                 let delay = backoff(
@@ -208,7 +209,8 @@ impl Subscriber {
                     return Some((conn, rx));
                 }
                 Err(e) => {
-                    if self.failures <= 1 {
+                    if !warned {
+                        warned = true;
                         tracing::warn!(error = %e, "cannot reach redis; retrying");
                     } else {
                         tracing::debug!(error = %e, failures = self.failures, "cannot reach redis");
@@ -232,17 +234,12 @@ impl Subscriber {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Pushes last: under a steady flood of messages they are always
+            // ready, and must not starve subscription requests or the
+            // health check.
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
-                push = pushes.recv() => {
-                    let Some(push) = push else {
-                        return Some("connection closed".into());
-                    };
-                    if let Err(why) = self.on_push(push).await {
-                        return Some(why);
-                    }
-                }
                 Some(msg) = control.recv() => self.on_control(msg),
                 _ = tick.tick() => {
                     let timeout = self.shared.settings.command_timeout;
@@ -252,6 +249,14 @@ impl Subscriber {
                     self.failures = 0;
                     self.sweep_idle();
                     self.retry_unconfirmed();
+                }
+                push = pushes.recv() => {
+                    let Some(push) = push else {
+                        return Some("connection closed".into());
+                    };
+                    if let Err(why) = self.on_push(push).await {
+                        return Some(why);
+                    }
                 }
             }
         }

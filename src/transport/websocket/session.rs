@@ -18,6 +18,7 @@ use crate::auth::Credentials;
 use crate::bus::{Bus, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue, Subscription};
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
+use crate::transport::throttle::Throttle;
 use crate::transport::{record_delivery, Cursor, Transport};
 
 /// Most messages taken from the queue for one write.
@@ -60,6 +61,8 @@ pub struct Start {
 
 pub struct Session<W> {
     gw: Arc<Gateway>,
+    /// `conflate_interval` on state channels.
+    throttle: Throttle,
     handler: Handler,
     credentials: Credentials,
     expires: Option<SystemTime>,
@@ -80,6 +83,7 @@ pub struct InitialSubscription {
 impl<W: AsyncWrite + Unpin> Session<W> {
     pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
         Session {
+            throttle: Throttle::new(&gw.rules),
             gw,
             handler: Handler::Commands,
             credentials: Credentials::default(),
@@ -178,6 +182,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let mut batch: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
         loop {
             let queue = self.queue.clone();
+            let throttled = self.throttle.deadline();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(self.going_away(1001, "server shutting down")),
@@ -200,6 +205,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     Err(QueueClosed::Shutdown) => Err(self.going_away(1001, "server shutting down")),
                 },
                 _ = ticker.tick() => self.on_tick(ping_interval, idle_timeout).await,
+                _ = sleep_until_opt(throttled), if throttled.is_some() => {
+                    let mut due = Vec::new();
+                    self.throttle.release(Instant::now(), &mut due);
+                    self.write_now(&due).await
+                }
             };
             if let Err(end) = step {
                 return end;
@@ -378,6 +388,18 @@ impl<W: AsyncWrite + Unpin> Session<W> {
 
     /// Writes the messages this client hasn't had yet, in one vectored write.
     async fn write_messages(&mut self, messages: &[Arc<Message>]) -> Result<(), End> {
+        if !self.throttle.is_enabled() {
+            return self.write_now(messages).await;
+        }
+        let mut batch = messages.to_vec();
+        let metrics = self.gw.metrics.transport(Transport::WebSocket);
+        self.throttle
+            .admit(&self.gw.rules, &mut batch, Instant::now(), metrics);
+        self.write_now(&batch).await
+    }
+
+    /// Writes the messages this client hasn't had yet, now (no throttle).
+    async fn write_now(&mut self, messages: &[Arc<Message>]) -> Result<(), End> {
         let mut frames: Vec<Bytes> = Vec::with_capacity(messages.len());
         let mut fresh: Vec<Arc<Message>> = Vec::with_capacity(messages.len());
         for msg in messages {
@@ -486,6 +508,14 @@ fn count_dropped(gw: &Gateway, missed: u64) {
         .transport(Transport::WebSocket)
         .dropped_slow_consumer
         .inc_by(missed);
+}
+
+/// Sleeps until `deadline` (forever without one; the caller guards it).
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn slow_consumer() -> End {
