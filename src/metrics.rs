@@ -321,6 +321,24 @@ impl Metrics {
         self.fallbacks[index].inc();
     }
 
+    /// Fallbacks so far, by reason.
+    pub fn fallback_counts(&self) -> Vec<(&'static str, u64)> {
+        FALLBACK_REASONS
+            .iter()
+            .zip(&self.fallbacks)
+            .map(|(r, c)| (*r, c.get()))
+            .collect()
+    }
+
+    /// Refused upgrades so far, by reason.
+    pub fn upgrade_failure_counts(&self) -> Vec<(&'static str, u64)> {
+        UPGRADE_FAILURES
+            .iter()
+            .zip(&self.upgrade_failures)
+            .map(|(r, c)| (*r, c.get()))
+            .collect()
+    }
+
     /// The gateway refused a WebSocket upgrade.
     pub fn upgrade_failed(&self, reason: UpgradeFailure) {
         self.upgrade_failures[reason as usize].inc();

@@ -26,7 +26,17 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
         (&Method::GET, "/") => Ok(super::assets::ADMIN_HTML.serve(req.headers())),
         (&Method::GET, "/stats") => {
             let mut report = serde_json::to_value(gw.stats.report()).expect("stats serialise");
-            report["migration"] = gw.migration.report();
+            let mut migration = gw.migration.report();
+            let counts = |pairs: Vec<(&str, u64)>| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            migration["fallbacks_by_reason"] = counts(gw.metrics.fallback_counts()).into();
+            migration["upgrade_failures_by_reason"] =
+                counts(gw.metrics.upgrade_failure_counts()).into();
+            report["migration"] = migration;
             Ok(h::json_value(StatusCode::OK, &report))
         }
         (&Method::POST, "/disconnect") => {
