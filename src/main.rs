@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use pollbridge::{config::cli, Gateway, Listeners};
 
+// jemalloc keeps per-connection memory smallest of the allocators measured
+// (see API-NOTES §8 and BENCHMARKS.md) and returns freed memory steadily.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // `pollbridge healthcheck [--admin ADDR]`: for container HEALTHCHECKs,
     // which have no shell or curl.
