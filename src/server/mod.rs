@@ -193,6 +193,7 @@ async fn serve_public<I>(
         async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter, secure).await) }
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
+    tracing::debug!(%peer, secure, "connection open");
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -201,8 +202,9 @@ async fn serve_public<I>(
             conn.await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match result {
+        Ok(()) => tracing::debug!(%peer, "connection closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection closed with an error"),
     }
 }
 
