@@ -7,9 +7,11 @@
 # both listeners on port 0 of 127.0.0.1 (in-memory bus, --upstream set), reads
 # their addresses from the gateway's ready line on stdout, then runs
 # check-live.sh on the admin /metrics with LOAD_CMD = gateway_load.py load
-# (publish, 2 WebSocket, 1 SSE, 2 long-poll, 1 timeout=0 poller, proxied GETs,
-# a legacy poller of a [[bridge]] route), which starts after Prometheus' first
-# scrape. Everything is stopped on exit.
+# (publish, 2 WebSocket, 1 SSE, 2 long-poll, 1 timeout=0 poller, browsers
+# reporting a WebSocket fallback, refused upgrades (bad handshake, and an origin
+# outside the auth.allowed_origins set below), proxied GETs, a legacy poller of
+# a [[bridge]] route), which starts after Prometheus' first scrape. Everything
+# is stopped on exit.
 # Env: BRIDGE=0 runs the gateway without a bridge route (then only the
 # allow-listed bridge metrics may be absent); POLLBRIDGE_ARGS="..." adds flags.
 # Does not build: run `cargo build` first.
@@ -46,16 +48,23 @@ wait_line "$tmp/upstream.out" "^upstream listening " "$up_pid" ||
   { cat "$tmp/upstream.out"; echo "check-gateway: FAIL: upstream did not start"; exit 1; }
 upstream=$(sed -n 's/^upstream listening //p' "$tmp/upstream.out")
 
-cfg_args=() load_args=()
+# An origin allow-list, so that upgrades from another origin are refused with
+# reason `origin` (the load's own clients send no Origin, which stays allowed).
+cat >"$tmp/pollbridge.toml" <<'TOML'
+[auth]
+allowed_origins = ["http://obs-load.example"]
+TOML
+cfg_args=(--config "$tmp/pollbridge.toml")
+load_args=(--denied-origin http://obs-denied.example)
 if [ "${BRIDGE:-1}" = 1 ]; then
-  cat >"$tmp/pollbridge.toml" <<'TOML'
+  cat >>"$tmp/pollbridge.toml" <<'TOML'
+
 [[bridge]]
 path = "/obs-bridge/scores"
 channel = "obs-bridge"
 interval = "1s"
 TOML
-  cfg_args=(--config "$tmp/pollbridge.toml")
-  load_args=(--bridge-path /obs-bridge/scores)
+  load_args+=(--bridge-path /obs-bridge/scores)
 fi
 
 # shellcheck disable=SC2086  # POLLBRIDGE_ARGS is a list of flags

@@ -145,6 +145,37 @@ def render(args):
                  [("", {"bridge": "scores", "result": "body"}, int(5 * t)),
                   ("", {"bridge": "scores", "result": "not_modified"}, int(30 * t)),
                   ("", {"bridge": "scores", "result": "held"}, int(10 * t))])
+    # Migration telemetry, conflation, admission control (all pre-registered).
+    routes = ["longpoll"] + ([] if args.without_bridge else ["/api/scores"])
+    e.family("pollbridge_legacy_clients", "gauge",
+             "Distinct polling clients seen in the telemetry window, by bridged route (or longpoll)",
+             [("", {"route": r}, 140 if r == "longpoll" else 35) for r in routes])
+    e.family("pollbridge_transport_fallbacks_total", "counter",
+             "Browser clients that fell back from WebSocket to long-poll, by the reason they reported",
+             [("", {"reason": r}, int(f * t)) for r, f in
+              [("ws_error", 0.05), ("ws_timeout", 0.02), ("ws_closed_before_open", 0.01),
+               ("ws_blocked", 0.0), ("other", 0.0)]])
+    e.family("pollbridge_ws_upgrade_failures_total", "counter",
+             "WebSocket upgrades the gateway refused, by reason",
+             [("", {"reason": r}, int(f * t)) for r, f in
+              [("origin", 0.01), ("auth", 0.1), ("limit", 0.0), ("bad_handshake", 0.02),
+               ("disabled", 0.0)]])
+    e.family("pollbridge_conflated_total", "counter",
+             "Undelivered messages replaced by a newer one for a subscriber of a state channel",
+             [("", {"transport": tr}, int(0.5 * t) if tr == "websocket" else 0) for tr in TRANSPORTS])
+    e.family("pollbridge_admission_refused_total", "counter",
+             "New WebSocket/SSE sessions refused by admission control (503 with Retry-After)",
+             [("", {"transport": tr}, 0) for tr in TRANSPORTS])
+    # Message bus (Redis figures; a memory bus keeps reconnects, gap fill and subscriptions at 0).
+    e.histogram("pollbridge_bus_publish_duration_seconds",
+                "Time for the bus to accept a publish: id assigned and message stored",
+                [({}, 25 * t, 0.0008)])
+    e.family("pollbridge_redis_reconnects_total", "counter",
+             "Redis subscription connection re-established after a loss", [("", {}, 1)])
+    e.family("pollbridge_bus_gap_fill_messages_total", "counter",
+             "Messages recovered from the shared history after being missed live", [("", {}, 12)])
+    e.family("pollbridge_bus_subscriptions", "gauge",
+             "Channels this node is subscribed to on the shared bus", [("", {}, 3)])
     if args.duplicate:
         e.lines.append('pollbridge_connections{transport="websocket"} 7')
     if args.bad_lint:

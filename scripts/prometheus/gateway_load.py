@@ -14,8 +14,13 @@ addresses given (use loopback).
       - publishes a JSON message on channel `obs-load` every 50 ms (admin POST /publish/obs-load)
       - 2 WebSocket subscribers  (GET /rt/ws/obs-load)
       - 1 SSE subscriber         (GET /rt/sse/obs-load)
-      - 2 long-poll loops        (GET /rt/poll/obs-load?since=ID&timeout=5)
-      - 1 Ajax-style poller      (GET /rt/poll/obs-quiet?timeout=0: empty answers)
+      - 2 long-poll loops        (GET /rt/poll/obs-load?since=ID&timeout=5&cid=...)
+      - 1 Ajax-style poller      (GET /rt/poll/obs-quiet?timeout=0&cid=...: empty answers)
+      - fallen-back browsers     (a new `cid` every 3 s whose first poll reports
+        `fallback=REASON`, cycling through every reason and one unknown one)
+      - refused WebSocket upgrades every 2 s: one without Sec-WebSocket-Key
+        (400, reason bad_handshake) and, with --denied-origin ORIGIN, one from an
+        origin not on auth.allowed_origins (403, reason origin)
       - proxied requests         (GET /obs-load/page every 100 ms, to the upstream)
       - with --bridge-path PATH: a legacy poller of a bridged URL (GET PATH every
         200 ms with If-None-Match), as an unchanged Ajax page would
@@ -35,6 +40,8 @@ import time
 
 CHANNEL = "obs-load"
 QUIET = "obs-quiet"
+# What a browser may report when it falls back from WebSocket (src/metrics.rs).
+FALLBACK_REASONS = ["ws_error", "ws_timeout", "ws_closed_before_open", "ws_blocked", "other"]
 
 
 def split_addr(a):
@@ -82,9 +89,10 @@ def serve_upstream(port):
 # ------------------------------------------------------------------ load
 
 class Load:
-    def __init__(self, public, admin, duration, bridge_path=None):
+    def __init__(self, public, admin, duration, bridge_path=None, denied_origin=None):
         self.public, self.admin = split_addr(public), split_addr(admin)
         self.bridge_path = bridge_path
+        self.denied_origin = denied_origin
         self.end = time.time() + duration
         self.errors = []
         self.counts = {}
@@ -198,13 +206,13 @@ class Load:
                 self.error("sse", e)
                 time.sleep(0.5)
 
-    def longpoll(self, channel, timeout):
+    def longpoll(self, channel, timeout, cid):
         conn, since = None, None
         while self.running():
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(*self.public, timeout=timeout + 5)
-                q = f"timeout={timeout}" + (f"&since={since}" if since is not None else "")
+                q = f"timeout={timeout}&cid={cid}" + (f"&since={since}" if since is not None else "")
                 conn.request("GET", f"/rt/poll/{channel}?{q}")
                 r = conn.getresponse()
                 body = r.read()
@@ -220,6 +228,50 @@ class Load:
                 time.sleep(0.2)
             if timeout == 0:
                 time.sleep(0.2)
+
+    def fallen_back(self):
+        # A browser whose client library gave up on WebSocket reports why on
+        # its first poll (once per page load), then polls on with the same cid.
+        reasons = FALLBACK_REASONS + ["flash_blocked"]  # unknown -> counted as `other`
+        conn, page = None, 0
+        while self.running():
+            page += 1
+            reason, cid = reasons[(page - 1) % len(reasons)], f"obs-fallback-{page}"
+            for i in range(3):
+                q = f"timeout=0&cid={cid}" + (f"&fallback={reason}" if i == 0 else "")
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection(*self.public, timeout=5)
+                    conn.request("GET", f"/rt/poll/{CHANNEL}?{q}")
+                    r = conn.getresponse()
+                    r.read()
+                    self.count(f"fallback polls HTTP {r.status}")
+                except (OSError, http.client.HTTPException) as e:
+                    self.error("fallback poll", e)
+                    conn = None
+                time.sleep(1)
+
+    def refused_upgrades(self):
+        # Upgrades the gateway must refuse: bad handshake, and a denied origin.
+        attempts = [("bad_handshake", "", "400")]
+        if self.denied_origin:
+            key = base64.b64encode(os.urandom(16)).decode()
+            attempts.append(("origin", f"Sec-WebSocket-Key: {key}\r\nOrigin: {self.denied_origin}\r\n",
+                             "403"))
+        while self.running():
+            for reason, extra, want in attempts:
+                try:
+                    with socket.create_connection(self.public, timeout=2) as s:
+                        s.sendall((f"GET /rt/ws/{CHANNEL} HTTP/1.1\r\nHost: {self.public[0]}\r\n"
+                                   f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                   f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+                        status = s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+                    if f" {want} " not in status + " ":
+                        raise OSError(f"want {want}, got {status!r}")
+                    self.count(f"refused upgrade {reason} {want}")
+                except OSError as e:
+                    self.error(f"refused upgrade {reason}", e)
+            time.sleep(2)
 
     def proxy(self):
         conn = None
@@ -261,8 +313,10 @@ class Load:
                 print(f"gateway_load: cannot connect to {addr[0]}:{addr[1]}: {e}", file=sys.stderr)
                 return 1
         workers = [self.publisher, self.websocket, self.websocket, self.sse,
-                   lambda: self.longpoll(CHANNEL, 5), lambda: self.longpoll(CHANNEL, 5),
-                   lambda: self.longpoll(QUIET, 0), self.proxy]
+                   lambda: self.longpoll(CHANNEL, 5, "obs-lp-1"),
+                   lambda: self.longpoll(CHANNEL, 5, "obs-lp-2"),
+                   lambda: self.longpoll(QUIET, 0, "obs-ajax"), self.fallen_back,
+                   self.refused_upgrades, self.proxy]
         if self.bridge_path:
             workers.append(self.legacy_poller)
         threads = [threading.Thread(target=w, daemon=True) for w in workers]
@@ -292,11 +346,13 @@ def main():
     lo.add_argument("--admin", required=True)
     lo.add_argument("--duration", type=float, default=60)
     lo.add_argument("--bridge-path", help="path of a [[bridge]] route to poll the legacy way")
+    lo.add_argument("--denied-origin",
+                    help="an Origin the gateway's auth.allowed_origins refuses (for upgrades refused with reason origin)")
     a = ap.parse_args()
     if a.cmd == "upstream":
         serve_upstream(a.port)
         return 0
-    return Load(a.public, a.admin, a.duration, a.bridge_path).run()
+    return Load(a.public, a.admin, a.duration, a.bridge_path, a.denied_origin).run()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,14 @@ d=$(variant files-config-missing-rules)
 sededit 's/  - alerts.yml/  - alert.yml/' "$d/prom/prometheus.yml"
 run_case files-config-missing-rules fail 'promtool check config: FAILED' "$d" "$files"
 
+d=$(variant files-unguarded-share)
+sededit 's/^\(          (sum by (job) (rate(pollbridge_messages_delivered_total{transport=~"websocket|sse|longpoll|bridge"}\[5m\]))\) > 0)$/\1)/' "$d/prom/rules.yml"
+run_case files-unguarded-share fail 'promtool test rules: FAILED.*|delivery_share' "$d" "$files"
+
+d=$(variant files-upgrade-alert-too-broad)
+sededit 's/reason=~"bad_handshake|origin"} > 0.5/reason=~"bad_handshake|origin|auth"} > 0.5/' "$d/prom/alerts.yml"
+run_case files-upgrade-alert-too-broad fail 'PollbridgeUpgradeFailuresHigh' "$d" "$files"
+
 d=$(variant files-schema-typo)
 jsonedit "$d/dash/pollbridge-overview.json" 'P("Bytes on the wire per delivered message")["gridPos"]["x"] = "zero"; p = P("Header overhead share of wire bytes"); p["titel"] = p.pop("title")'
 run_case files-schema-typo fail "'titel' was unexpected" "$d" "$files"
