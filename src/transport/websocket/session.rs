@@ -61,6 +61,9 @@ pub struct Start {
 
 pub struct Session<W> {
     gw: Arc<Gateway>,
+    /// Scratch buffers of `write_now`, kept to avoid allocating per write.
+    frames: Vec<Bytes>,
+    fresh: Vec<Arc<Message>>,
     /// `conflate_interval` on state channels.
     throttle: Throttle,
     handler: Handler,
@@ -83,6 +86,8 @@ pub struct InitialSubscription {
 impl<W: AsyncWrite + Unpin> Session<W> {
     pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
         Session {
+            frames: Vec::new(),
+            fresh: Vec::new(),
             throttle: Throttle::new(&gw.rules),
             gw,
             handler: Handler::Commands,
@@ -400,8 +405,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
 
     /// Writes the messages this client hasn't had yet, now (no throttle).
     async fn write_now(&mut self, messages: &[Arc<Message>]) -> Result<(), End> {
-        let mut frames: Vec<Bytes> = Vec::with_capacity(messages.len());
-        let mut fresh: Vec<Arc<Message>> = Vec::with_capacity(messages.len());
+        // Reused between writes: no allocation per delivery batch.
+        let mut frames = std::mem::take(&mut self.frames);
+        let mut fresh = std::mem::take(&mut self.fresh);
+        frames.clear();
+        fresh.clear();
         for msg in messages {
             // A message for a channel we just left may still be queued.
             let Some(sub) = self.subscriptions.get_mut(&msg.channel) else {
@@ -412,12 +420,20 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 fresh.push(msg.clone());
             }
         }
-        if frames.is_empty() {
-            return Ok(());
-        }
-        self.write_frames(&frames).await?;
-        record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
-        Ok(())
+        let result = if frames.is_empty() {
+            Ok(())
+        } else {
+            let written = self.write_frames(&frames).await;
+            if written.is_ok() {
+                record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
+            }
+            written
+        };
+        frames.clear();
+        fresh.clear();
+        self.frames = frames;
+        self.fresh = fresh;
+        result
     }
 
     /// Writes whole frames. Gives up when the client accepts nothing for
