@@ -56,6 +56,9 @@ pub enum ApiError {
     ShuttingDown(u64),
     #[error("too many new sessions right now; retry after {0} s")]
     Overloaded(u64),
+    /// The backend that decides who may subscribe did not answer.
+    #[error("{0}")]
+    AuthUnavailable(String),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -77,7 +80,9 @@ impl ApiError {
             TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Bus(_) | ShuttingDown(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Bus(_) | ShuttingDown(_) | Overloaded(_) | AuthUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -104,6 +109,7 @@ impl ApiError {
             Bus(_) => "bus_unavailable",
             ShuttingDown(_) => "shutting_down",
             Overloaded(_) => "overloaded",
+            AuthUnavailable(_) => "auth_unavailable",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -111,9 +117,10 @@ impl ApiError {
 
     pub fn source(&self) -> Source {
         match self {
-            ApiError::Bus(_) | ApiError::UpstreamUnreachable(_) | ApiError::UpstreamTimeout(_) => {
-                Source::Upstream
-            }
+            ApiError::Bus(_)
+            | ApiError::AuthUnavailable(_)
+            | ApiError::UpstreamUnreachable(_)
+            | ApiError::UpstreamTimeout(_) => Source::Upstream,
             _ => Source::Client,
         }
     }
@@ -121,7 +128,7 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for 503s.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Bus(_) => Some(1),
+            ApiError::Bus(_) | ApiError::AuthUnavailable(_) => Some(1),
             ApiError::ShuttingDown(secs)
             | ApiError::RateLimited(secs)
             | ApiError::Overloaded(secs) => Some(*secs),

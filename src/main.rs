@@ -80,14 +80,31 @@ async fn serve(config: pollbridge::Config) -> ExitCode {
         listeners.admin.local_addr().expect("bound"),
     );
     tracing::info!(%public, %admin, "pollbridge listening");
+    // Handlers are installed before anyone can learn we're up: a SIGHUP
+    // (systemd ExecReload, a certificate-renewal hook) sent right after the
+    // ready line must not kill the process.
+    let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            eprintln!("pollbridge: cannot install the SIGHUP handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown_signals = match ShutdownSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("pollbridge: cannot install the SIGTERM handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // The one line on stdout: tools and tests read the bound ports from it.
     println!("pollbridge ready public={public} admin={admin}");
     // systemd Type=notify: ready only now that both listeners accept.
     // A no-op without NOTIFY_SOCKET.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::spawn(reload_on_sighup(gateway.clone()));
+    tokio::spawn(reload_on_sighup(gateway.clone(), hangup));
     let shutdown = async {
-        shutdown_signal().await;
+        shutdown_signals.wait().await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
     pollbridge::run(gateway, listeners, shutdown).await;
@@ -155,11 +172,7 @@ fn healthcheck(args: &[std::ffi::OsString]) -> ExitCode {
 }
 
 /// SIGHUP re-reads the TLS certificate and key (connections stay open).
-async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         match &gateway.tls {
             Some(tls) => match tls.reload() {
@@ -173,12 +186,25 @@ async fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM or SIGINT, listened for from the moment they are installed.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -12,7 +12,7 @@ const N: u64 = 200;
 
 /// What message `i` carries: JSON for most, plain text for every third.
 fn payload(i: u64) -> Value {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         Value::String(format!("text message {i}"))
     } else {
         json!({ "n": i })

@@ -391,3 +391,84 @@ async fn redis_settings_are_validated_without_leaking_passwords() {
     );
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
+
+/// Classic `PUBLISH`/`SUBSCRIBE` (for servers before Redis 7, or by
+/// choice) delivers and recovers the same way.
+#[tokio::test]
+async fn classic_pubsub_delivers_and_recovers_the_same() {
+    let redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let classic = [
+        "--redis-pubsub",
+        "classic",
+        "--redis-reconnect-min-delay",
+        "1s",
+    ];
+    let a = start_gateway(&bus, &classic).await;
+    let b = start_gateway(&bus, &classic).await;
+    resume_on_other_node(&a, &b, "classic").await;
+    let list = redis.cli(&["client", "list", "type", "pubsub"]);
+    assert!(list.contains("sub=1") && !list.contains("ssub=1"), "{list}");
+
+    let mut sse = SseClient::open(b.public, "/rt/sse/classic?since=31", &[]).await;
+    assert_eq!(redis.cli(&["client", "kill", "type", "pubsub"]).trim(), "2");
+    for n in 32..=40u64 {
+        assert_eq!(a.publish_json("classic", &json!({ "n": n })).await, n);
+    }
+    let want: Vec<u64> = (32..=40).collect();
+    assert_eq!(collect_sse(&mut sse, "classic", 9, T10).await, want);
+    assert_eq!(
+        b.metric("pollbridge_bus_gap_fill_messages_total", &[])
+            .await,
+        Some(9.0)
+    );
+}
+
+/// `rediss://` with a private CA, a password and a database number.
+#[tokio::test]
+async fn tls_password_and_database_from_the_url() {
+    let certs = TestCerts::new();
+    let tls_port = free_port();
+    let extra: Vec<String> = [
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &certs.path("server.pem"),
+        "--tls-key-file",
+        &certs.path("server.key"),
+        "--tls-ca-cert-file",
+        &certs.path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let redis = RedisServer::start_with(&extra).await;
+    let url = format!("rediss://:s3cret@127.0.0.1:{tls_port}/3");
+    let bus = bus_args(&url, false);
+    let ca = certs.path("ca.pem");
+    let a = start_gateway(&bus, &["--redis-tls-ca-file", &ca]).await;
+    let mut ws = WsClient::connect(&a.ws_url("/rt/ws/secure")).await;
+    ws.expect_control("subscribed", T5).await;
+    assert_eq!(a.publish_json("secure", &json!({ "n": 1 })).await, 1);
+    assert_eq!(ws.next_envelope(T5).await["id"], 1);
+    let keys = redis.cli(&["-a", "s3cret", "--no-auth-warning", "-n", "3", "keys", "*"]);
+    assert!(
+        keys.contains("pollbridge:{secure}:log"),
+        "database 3: {keys}"
+    );
+    assert!(!a.stderr_text().contains("s3cret"), "password in the log");
+
+    // Without the CA the server's certificate is not trusted: not ready,
+    // and publishing answers 503 instead of hanging.
+    let mut args: Vec<&str> = bus.iter().map(String::as_str).collect();
+    args.extend_from_slice(FAST_RECOVERY);
+    let untrusted = Gateway::start(&args).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_ready(&untrusted, false, T5).await;
+    let (status, body) = untrusted.publish("secure", b"{}", "application/json").await;
+    assert_eq!(status, 503, "{body}");
+}

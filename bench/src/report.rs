@@ -478,6 +478,9 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
     ];
     for k in keys {
         if let (Some(m), Some(lo), Some(hi)) = (med.get(k), min.get(k), max.get(k)) {
+            if *lo == 0.0 && *hi == 0.0 && !k.ends_with("losses") {
+                continue; // e.g. latency in idle: nothing to show
+            }
             let spread = if m.abs() > 0.0 {
                 (hi - lo) / m.abs() * 100.0
             } else {
@@ -488,10 +491,16 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
             ));
         }
     }
-    let json = serde_json::json!({
-        "summary": name, "runs": runs.len(), "median": med, "min": min, "max": max,
-    });
-    (table, json.to_string())
+    // Built by hand so the line starts with `{"summary"` (serde_json sorts keys).
+    let json = format!(
+        "{{\"summary\":{},\"runs\":{},\"median\":{},\"min\":{},\"max\":{}}}",
+        Value::from(name),
+        runs.len(),
+        serde_json::to_string(&med).unwrap_or_default(),
+        serde_json::to_string(&min).unwrap_or_default(),
+        serde_json::to_string(&max).unwrap_or_default(),
+    );
+    (table, json)
 }
 
 /// The smoke mode's sanity checks on one outcome: it ran, nothing was
@@ -573,6 +582,7 @@ mod tests {
         assert_eq!(o.ratio["cpu_us_per_delivery"], 3.0);
         let (table, json) = summary(&[o.clone(), o]);
         assert!(table.contains("ratio.cpu_us_per_delivery"));
+        assert!(json.starts_with("{\"summary\":\"ws-fanout\""));
         let v: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["median"]["ratio.cpu_us_per_delivery"], 3.0);
     }

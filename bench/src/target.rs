@@ -30,6 +30,22 @@ fn self_exe() -> String {
         .unwrap_or_else(|_| "pollbridge-bench".into())
 }
 
+/// Whether `bin --help` lists `flag` (asked once per binary).
+fn gateway_has_flag(bin: &std::path::Path, flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        std::process::Command::new(bin)
+            .arg("--help")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    });
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+        .any(|word| word == flag)
+}
+
 pub enum TargetKind {
     Gateway,
     Floor,
@@ -105,6 +121,14 @@ impl Target {
             "--history-size".into(),
             history.to_string(),
         ]);
+        // Per-client-address limits would throttle a load test whose
+        // thousands of clients share four addresses: lift them where this
+        // gateway build has them.
+        for flag in ["--max-connections-per-ip", "--longpoll-rate-per-ip"] {
+            if gateway_has_flag(bin, flag) {
+                args.extend([flag.to_string(), "0".into()]);
+            }
+        }
         if let Some(up) = upstream {
             args.extend(["--upstream".into(), format!("http://{up}")]);
         }

@@ -80,11 +80,9 @@ impl BackendAuth {
     ) -> Result<bool, ApiError> {
         let separator = if self.url.contains('?') { '&' } else { '?' };
         let uri = format!("{}{separator}channel={}", self.url, channel.as_str());
-        let mut request = http::Request::get(uri).body(Empty::new()).map_err(|e| {
-            ApiError::Bus(crate::bus::BusError::Unavailable(format!(
-                "auth request: {e}"
-            )))
-        })?;
+        let mut request = http::Request::get(uri)
+            .body(Empty::new())
+            .map_err(|e| ApiError::AuthUnavailable(format!("auth request: {e}")))?;
         if let Some(cookie) = &credentials.cookie {
             request.headers_mut().insert(header::COOKIE, cookie.clone());
         }
@@ -97,13 +95,13 @@ impl BackendAuth {
             Ok(Ok(response)) => Ok(response.status().is_success()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "backend auth request failed");
-                Err(ApiError::UpstreamUnreachable(
+                Err(ApiError::AuthUnavailable(
                     "the authorisation backend is unreachable".into(),
                 ))
             }
             Err(_) => {
                 tracing::warn!(timeout = ?self.timeout, "backend auth request timed out");
-                Err(ApiError::UpstreamTimeout(
+                Err(ApiError::AuthUnavailable(
                     "the authorisation backend did not answer in time".into(),
                 ))
             }

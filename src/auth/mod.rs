@@ -45,8 +45,8 @@ impl Credentials {
         let from_bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string());
+            .and_then(bearer_token)
+            .map(str::to_string);
         let from_cookie = headers
             .get_all(header::COOKIE)
             .iter()
@@ -61,6 +61,13 @@ impl Credentials {
             authorization: headers.get(header::AUTHORIZATION).cloned(),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer …` value (the scheme name is
+/// case-insensitive, RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A permission to read a channel, possibly until the token expires.

@@ -374,6 +374,19 @@ pub struct ReadStart {
     pub conflated: bool,
 }
 
+impl ReadStart {
+    /// The cursor to hand back when no message is returned. After a
+    /// truncation it moves past what was lost, so a client with an old
+    /// cursor isn't told `truncated` again and again.
+    pub fn resume_point(&self, last_id: u64, first_kept: u64) -> u64 {
+        if self.truncated {
+            first_kept.saturating_sub(1).min(last_id).max(self.after)
+        } else {
+            self.after
+        }
+    }
+}
+
 /// Applies the cursor rules to a channel whose last id is `last_id` and
 /// whose oldest kept message is `first_kept` (`last_id + 1` when nothing is
 /// kept).
@@ -411,12 +424,8 @@ fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> Histo
         .front()
         .map(|m| m.id)
         .unwrap_or(inner.last_id + 1);
-    let ReadStart {
-        after: since,
-        truncated,
-        conflated,
-    } = read_start(since, inner.last_id, first_kept, inner.mode);
-    let skip = inner.history.partition_point(|m| m.id <= since);
+    let start = read_start(since, inner.last_id, first_kept, inner.mode);
+    let skip = inner.history.partition_point(|m| m.id <= start.after);
     let messages: Vec<Arc<Message>> = inner
         .history
         .iter()
@@ -425,10 +434,12 @@ fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> Histo
         .cloned()
         .collect();
     HistoryRead {
-        last_id: messages.last().map(|m| m.id).unwrap_or(since),
+        last_id: messages
+            .last()
+            .map_or(start.resume_point(inner.last_id, first_kept), |m| m.id),
         messages,
-        truncated,
-        conflated,
+        truncated: start.truncated,
+        conflated: start.conflated,
     }
 }
 

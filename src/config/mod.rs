@@ -415,7 +415,7 @@ pub struct AuthConfig {
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
     /// The backend must answer within this, else the client is refused
-    /// (503). Default: 2s.
+    /// (503 `auth_unavailable`, also when it is unreachable). Default: 2s.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
     /// Origins (`https://app.example.com`) allowed to open WebSockets, SSE

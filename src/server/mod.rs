@@ -127,14 +127,15 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
     while let Some((stream, peer)) = accept(&gw, &listener).await {
         if gw.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
             gw.open_connections.fetch_sub(1, Ordering::Relaxed);
-            gw.tasks.spawn(refuse(stream, Refusal::Total));
+            gw.tasks.spawn(refuse(gw.clone(), stream, Refusal::Total));
             continue;
         }
         let ip_slot = match gw.ip_limits.connect(peer.ip()) {
             Ok(slot) => slot,
             Err(limits::AddressFull) => {
                 gw.open_connections.fetch_sub(1, Ordering::Relaxed);
-                gw.tasks.spawn(refuse(stream, Refusal::PerAddress));
+                gw.tasks
+                    .spawn(refuse(gw.clone(), stream, Refusal::PerAddress));
                 continue;
             }
         };
@@ -217,7 +218,9 @@ enum Refusal {
 }
 
 /// Over a connection limit: a short 503/429 and close, never a queue.
-async fn refuse(mut stream: TcpStream, refusal: Refusal) {
+/// On a TLS listener the answer goes through a (time-bounded) handshake,
+/// so the client can read it.
+async fn refuse(gw: Arc<Gateway>, stream: TcpStream, refusal: Refusal) {
     let (status, body) = match refusal {
         Refusal::Total => (
             "503 Service Unavailable",
@@ -232,11 +235,22 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream.write_all(response.as_bytes()),
-    )
-    .await;
+    let deadline = Duration::from_secs(2);
+    let answer = async {
+        match &gw.tls {
+            None => {
+                let mut stream = stream;
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+            Some(tls) => {
+                if let Ok(mut tls_stream) = tls.acceptor().accept(stream).await {
+                    let _ = tls_stream.write_all(response.as_bytes()).await;
+                    let _ = tls_stream.shutdown().await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(deadline, answer).await;
 }
 
 async fn accept_admin(gw: Arc<Gateway>, listener: TcpListener) {

@@ -159,8 +159,7 @@ fn authorize_publisher(gw: &Gateway, req: &Request, channel: &str) -> Result<(),
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(crate::auth::bearer_token);
     match presented {
         None => Err(ApiError::Unauthorized(
             "publishing needs Authorization: Bearer KEY".into(),

@@ -15,7 +15,9 @@
 
 pub mod bridge_upstream;
 pub mod http;
+pub mod migration;
 pub mod redis;
+pub mod security;
 pub mod sse;
 pub mod upstream;
 pub mod ws;

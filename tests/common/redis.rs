@@ -22,7 +22,13 @@ use super::{get, Gateway, SseClient, TempDir, WsClient, T10, T5};
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn require(binary: &str) {
-    match Command::new(binary).arg("--version").output() {
+    // `openssl` wants a subcommand rather than a flag.
+    let probe = if binary == "openssl" {
+        "version"
+    } else {
+        "--version"
+    };
+    match Command::new(binary).arg(probe).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!("{binary} --version failed: {out:?}"),
         Err(e) => panic!(
@@ -61,14 +67,24 @@ impl RedisServer {
     /// A server without persistence on a port chosen earlier (to start a
     /// gateway before its Redis).
     pub async fn start_on_port(port: u16) -> RedisServer {
-        Self::spawn(Some(port), false, false).await
+        Self::spawn(Some(port), false, false, &[]).await
+    }
+
+    /// A server without persistence, with more `redis-server` options.
+    pub async fn start_with(extra: &[String]) -> RedisServer {
+        Self::spawn(None, false, false, extra).await
     }
 
     async fn spawn_new(persistent: bool, cluster: bool) -> RedisServer {
-        Self::spawn(None, persistent, cluster).await
+        Self::spawn(None, persistent, cluster, &[]).await
     }
 
-    async fn spawn(fixed_port: Option<u16>, persistent: bool, cluster: bool) -> RedisServer {
+    async fn spawn(
+        fixed_port: Option<u16>,
+        persistent: bool,
+        cluster: bool,
+        extra: &[String],
+    ) -> RedisServer {
         require("redis-server");
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -106,6 +122,7 @@ impl RedisServer {
                     "5000".into(),
                 ]);
             }
+            args.extend_from_slice(extra);
             let mut server = RedisServer {
                 port,
                 args,
@@ -210,7 +227,8 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// True when the server answers `PING` with `PONG` (not `LOADING`).
+/// True when the server answers `PING` with `PONG` or `NOAUTH` (not
+/// `LOADING`).
 async fn ping(port: u16) -> bool {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -219,12 +237,83 @@ async fn ping(port: u16) -> bool {
         s.write_all(b"PING\r\n").await.ok()?;
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"+PONG"))
+        // A server with a password answers NOAUTH: up all the same.
+        Some(buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     };
     matches!(
         tokio::time::timeout(Duration::from_millis(500), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// A test CA and a server certificate for 127.0.0.1, made with `openssl`.
+pub struct TestCerts {
+    pub dir: TempDir,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        require("openssl");
+        let dir = TempDir::new();
+        dir.write(
+            "server.ext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir.0)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pollbridge test CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        run(&ca);
+        let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        run(&csr);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        TestCerts { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).display().to_string()
+    }
 }
 
 /// Three masters, no replicas, every slot covered.

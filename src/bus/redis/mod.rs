@@ -311,7 +311,10 @@ impl Shared {
             })
             .collect();
         Ok(HistoryRead {
-            last_id: messages.last().map_or(start.after, |m| m.id),
+            last_id: messages.last().map_or(
+                start.resume_point(reply.last_id, reply.first_kept.unwrap_or(reply.last_id + 1)),
+                |m| m.id,
+            ),
             messages,
             truncated: start.truncated,
             conflated: start.conflated,

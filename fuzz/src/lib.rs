@@ -1,0 +1,565 @@
+//! The invariants the fuzz targets check, one function per parser.
+//!
+//! `tests/properties.rs` includes this file by path, so the fuzzer, the
+//! property tests and the replay of `corpus/` and `regressions/` all assert
+//! exactly the same things. Every function panics on a broken invariant
+//! (that is what libFuzzer reports as a crash) and returns normally for any
+//! input the parser may legitimately refuse.
+//!
+//! It uses only crates pollbridge itself depends on (`serde_json`, `toml`),
+//! so the main crate's tests need nothing extra to include it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use pollbridge::bus::{Message, Payload};
+use pollbridge::channel::{parse_cursor, ChannelName, MAX_NAME_LEN};
+use pollbridge::config::cli::from_toml_str;
+use pollbridge::config::glob_match;
+use pollbridge::transport::websocket::command::{self, Command};
+use pollbridge::transport::websocket::frame;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+// ---------------------------------------------------------------- commands
+
+/// Every `code` a refused command may carry.
+pub const COMMAND_ERROR_CODES: &[&str] = &[
+    "bad_json",
+    "bad_command",
+    "unknown_command",
+    "bad_channel",
+    "bad_cursor",
+];
+
+/// What a command should parse to, computed from a `serde_json::Value`
+/// with the documented rules; compared with the real parser's answer.
+#[derive(Debug, PartialEq)]
+pub enum Expected {
+    Subscribe(String, Option<u64>),
+    Unsubscribe(String),
+    Publish(String, Value),
+    Refused(&'static str),
+}
+
+impl Expected {
+    fn of(parsed: &Result<Command, command::CommandError>) -> Expected {
+        match parsed {
+            Ok(Command::Subscribe { channel, since }) => {
+                Expected::Subscribe(channel.as_str().to_owned(), *since)
+            }
+            Ok(Command::Unsubscribe { channel }) => {
+                Expected::Unsubscribe(channel.as_str().to_owned())
+            }
+            Ok(Command::Publish { channel, data }) => {
+                Expected::Publish(channel.as_str().to_owned(), data.clone())
+            }
+            Err(e) => Expected::Refused(e.code),
+        }
+    }
+}
+
+/// The reference: a JSON object, `type` and `channel` strings (or absent /
+/// null), `since` an unsigned integer or a decimal string, `data` present
+/// and not null for `publish`.
+pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
+    let string_or_absent = |key: &str| match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    };
+    let (Ok(kind), Ok(channel)) = (string_or_absent("type"), string_or_absent("channel")) else {
+        return Expected::Refused("bad_json");
+    };
+    let Some(kind) = kind else {
+        return Expected::Refused("bad_command");
+    };
+    if !matches!(kind.as_str(), "subscribe" | "unsubscribe" | "publish") {
+        return Expected::Refused("unknown_command");
+    }
+    let Some(channel) = channel else {
+        return Expected::Refused("bad_command");
+    };
+    if !reference_channel_ok(&channel) {
+        return Expected::Refused("bad_channel");
+    }
+    match kind.as_str() {
+        "subscribe" => {
+            let since = match object.get("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(n) => Some(n),
+                    None => return Expected::Refused("bad_cursor"),
+                },
+                Some(Value::String(s)) => match reference_cursor(s) {
+                    Some(n) => Some(n),
+                    None => return Expected::Refused("bad_cursor"),
+                },
+                Some(_) => return Expected::Refused("bad_cursor"),
+            };
+            Expected::Subscribe(channel, since)
+        }
+        "unsubscribe" => Expected::Unsubscribe(channel),
+        _ => match object.get("data") {
+            None | Some(Value::Null) => Expected::Refused("bad_command"),
+            Some(data) => Expected::Publish(channel, data.clone()),
+        },
+    }
+}
+
+/// True when a JSON object repeats one of the four keys the parser reads
+/// (serde refuses that as `bad_json`; `Value` silently keeps the last).
+fn repeats_a_command_key(text: &str) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen = Vec::new();
+            let mut repeated = false;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if ["type", "channel", "since", "data"].contains(&key.as_str()) {
+                    repeated |= seen.contains(&key);
+                    seen.push(key);
+                }
+            }
+            Ok(repeated)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Keys).unwrap_or(false)
+}
+
+/// `command::parse` never panics, refuses with a documented code and a
+/// well-formed error message, agrees with [`reference_command`] on JSON
+/// objects, and what it accepts survives a canonical re-encoding.
+pub fn check_command(text: &str) {
+    let parsed = command::parse(text);
+    match &parsed {
+        Err(e) => {
+            assert!(
+                COMMAND_ERROR_CODES.contains(&e.code),
+                "undocumented code {:?}",
+                e.code
+            );
+            let answer: Value =
+                serde_json::from_slice(&e.to_json()).expect("the error answer is JSON");
+            assert_eq!(answer["type"], "error");
+            assert_eq!(answer["code"], e.code);
+            assert!(answer["message"].is_string());
+            assert_eq!(
+                answer.get("channel").and_then(Value::as_str),
+                e.channel.as_deref()
+            );
+        }
+        Ok(cmd) => {
+            let canonical = match cmd {
+                Command::Subscribe { channel, since } => {
+                    serde_json::json!({"type": "subscribe", "channel": channel.as_str(), "since": since})
+                }
+                Command::Unsubscribe { channel } => {
+                    serde_json::json!({"type": "unsubscribe", "channel": channel.as_str()})
+                }
+                Command::Publish { channel, data } => {
+                    serde_json::json!({"type": "publish", "channel": channel.as_str(), "data": data})
+                }
+            };
+            let (again, before) = (
+                Expected::of(&command::parse(&canonical.to_string())),
+                Expected::of(&parsed),
+            );
+            let same = match (&again, &before) {
+                // Floats inside `data` may move one ULP (see json_eq_within_ulp).
+                (Expected::Publish(a, x), Expected::Publish(b, y)) => {
+                    a == b && json_eq_within_ulp(x, y)
+                }
+                _ => again == before,
+            };
+            assert!(same, "{canonical} parses back as {again:?}, not {before:?}");
+        }
+    }
+    // The differential check, on the documented form: one JSON object
+    // without repeated command keys. (serde also accepts a struct as a
+    // 4-element array, `["subscribe","news",null,null]`: an undocumented
+    // form the reference does not model.)
+    if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) {
+        if !repeats_a_command_key(text) {
+            assert_eq!(
+                Expected::of(&parsed),
+                reference_command(&object),
+                "input {text:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- channels and cursors
+
+/// The documented rule: 1–128 bytes of `[A-Za-z0-9_.:@-]`.
+pub fn reference_channel_ok(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b))
+}
+
+/// An unsigned decimal integer of at most 20 digits that fits in a `u64`.
+pub fn reference_cursor(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value = text
+        .bytes()
+        .fold(0u128, |acc, b| acc * 10 + u128::from(b - b'0'));
+    u64::try_from(value).ok()
+}
+
+/// `ChannelName::new` agrees with the documented rule, keeps the name as
+/// given, and an accepted name needs no escaping in JSON or in a path.
+pub fn check_channel_name(text: &str) {
+    match ChannelName::new(text) {
+        Ok(name) => {
+            assert!(reference_channel_ok(text), "accepted {text:?}");
+            assert_eq!(name.as_str(), text);
+            assert_eq!(name.to_string(), text);
+            // Message::new copies the name into the envelope unescaped.
+            assert_eq!(
+                serde_json::to_string(text).expect("a str serialises"),
+                format!("\"{text}\"")
+            );
+            assert_eq!(pollbridge::http::decode_segment(text), text);
+        }
+        Err(e) => {
+            assert!(!reference_channel_ok(text), "refused {text:?}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
+
+/// `parse_cursor` agrees with [`reference_cursor`]; printed ids parse back.
+pub fn check_cursor(text: &str) {
+    let parsed = parse_cursor(text);
+    assert_eq!(parsed, reference_cursor(text), "cursor {text:?}");
+    if let Some(n) = parsed {
+        assert_eq!(parse_cursor(&n.to_string()), Some(n));
+    }
+}
+
+/// Reference glob: the textbook recursion (`*` matches any run, possibly
+/// empty), memoised so that many stars stay polynomial.
+pub fn reference_glob(pattern: &[u8], name: &[u8]) -> bool {
+    fn go(
+        p: &[u8],
+        n: &[u8],
+        i: usize,
+        j: usize,
+        memo: &mut HashMap<(usize, usize), bool>,
+    ) -> bool {
+        if let Some(&known) = memo.get(&(i, j)) {
+            return known;
+        }
+        let result = match p.get(i) {
+            None => j == n.len(),
+            Some(b'*') => go(p, n, i + 1, j, memo) || (j < n.len() && go(p, n, i, j + 1, memo)),
+            Some(&c) => n.get(j) == Some(&c) && go(p, n, i + 1, j + 1, memo),
+        };
+        memo.insert((i, j), result);
+        result
+    }
+    go(pattern, name, 0, 0, &mut HashMap::new())
+}
+
+/// `glob_match` agrees with [`reference_glob`].
+pub fn check_glob(pattern: &[u8], name: &[u8]) {
+    assert_eq!(
+        glob_match(pattern, name),
+        reference_glob(pattern, name),
+        "pattern {:?} name {:?}",
+        String::from_utf8_lossy(pattern),
+        String::from_utf8_lossy(name)
+    );
+}
+
+/// The `channel_cursor` target: the whole input as a channel name and as a
+/// cursor; split at the first newline (never part of a name or pattern),
+/// the two halves as a glob pattern and a name.
+pub fn check_channel_cursor(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    check_channel_name(&text);
+    check_cursor(&text);
+    if let Some(cut) = data.iter().position(|&b| b == b'\n') {
+        let (pattern, name) = (&data[..cut], &data[cut + 1..]);
+        // Configured patterns and channel names are at most a few hundred
+        // bytes; the reference is quadratic.
+        if pattern.len() <= 512 && name.len() <= 512 {
+            check_glob(pattern, name);
+        }
+        for part in [pattern, name] {
+            let part = String::from_utf8_lossy(part);
+            check_channel_name(&part);
+            check_cursor(&part);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- configuration
+
+/// True when the text names something that reading would block on or
+/// take long to read (a device, FIFO, socket or a big file). `validate()`
+/// reads key and certificate files; the fuzzer must not make it read
+/// `/dev/zero`.
+fn names_unsafe_file(table: &toml::Table) -> bool {
+    fn value(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::String(s) => {
+                !s.is_empty()
+                    && std::fs::metadata(s)
+                        .is_ok_and(|m| (!m.is_file() && !m.is_dir()) || m.len() > 1 << 20)
+            }
+            toml::Value::Array(items) => items.iter().any(value),
+            toml::Value::Table(t) => t.values().any(value),
+            _ => false,
+        }
+    }
+    table.values().any(value)
+}
+
+/// The password of a `redis://user:password@host` URL, as `redact` sees it.
+fn redis_password(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))?;
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..host_end].rfind('@')?;
+    rest[..at].split_once(':').map(|(_, password)| password)
+}
+
+/// The configuration loader never panics; a refusal is a non-empty list of
+/// one-line problems naming a key (the gateway prints each as one stderr
+/// line) that never shows the Redis password; an accepted configuration is
+/// valid and survives a round trip through TOML unchanged.
+pub fn check_config(text: &str) {
+    let table = text.parse::<toml::Table>().ok();
+    if table.as_ref().is_some_and(names_unsafe_file) {
+        return;
+    }
+    match from_toml_str(text) {
+        Ok(config) => {
+            assert_eq!(config.validate(), vec![], "accepted but invalid");
+            let again = toml::to_string(&config).expect("a loaded configuration serialises");
+            match from_toml_str(&again) {
+                Ok(reloaded) => assert_eq!(reloaded, config, "round trip through\n{again}"),
+                Err(problems) => panic!("re-reading\n{again}\nfailed: {problems:?}"),
+            }
+        }
+        Err(problems) => {
+            assert!(!problems.is_empty(), "refused without a reason");
+            for problem in &problems {
+                let line = problem.to_string();
+                assert!(!problem.key.is_empty(), "{line:?}");
+                assert!(!line.contains('\n'), "a problem spans lines: {line:?}");
+            }
+            let bus = table
+                .as_ref()
+                .and_then(|t| t.get("bus"))
+                .and_then(toml::Value::as_str);
+            if let Some(password) = bus.and_then(redis_password) {
+                // Only a password that appears nowhere else in the file can
+                // be told apart from the rest of a message.
+                if password.len() >= 6 && text.matches(password).count() == 1 {
+                    for problem in &problems {
+                        assert!(
+                            !problem.message.contains(password),
+                            "the Redis password leaks: {problem}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- publish bodies and frames
+
+/// A decoded server frame: (FIN, opcode, payload).
+pub fn decode_frame(bytes: &[u8]) -> (bool, u8, &[u8]) {
+    assert!(bytes.len() >= 2, "a frame has a 2-byte header");
+    let (fin, rsv, opcode) = (bytes[0] & 0x80 != 0, bytes[0] & 0x70, bytes[0] & 0x0f);
+    assert_eq!(rsv, 0, "no extension bits");
+    assert_eq!(bytes[1] & 0x80, 0, "server frames are not masked");
+    let (len, header) = match bytes[1] & 0x7f {
+        126 => {
+            let len = u16::from_be_bytes([bytes[2], bytes[3]]) as u64;
+            assert!(len >= 126, "length {len} not in its shortest form");
+            (len, 4)
+        }
+        127 => {
+            let len = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+            assert!(len > 0xffff, "length {len} not in its shortest form");
+            assert_eq!(len >> 63, 0, "the most significant length bit is 0");
+            (len, 10)
+        }
+        short => (u64::from(short), 2),
+    };
+    assert_eq!(bytes.len() as u64, header + len, "header length matches");
+    (fin, opcode, &bytes[header as usize..])
+}
+
+/// `frame::encode` writes one final, unmasked frame whose header decodes
+/// back to the opcode and length.
+pub fn check_frame(opcode: u8, payload: &[u8]) {
+    let encoded = frame::encode(opcode, payload);
+    let (fin, decoded_opcode, decoded) = decode_frame(&encoded);
+    assert!(fin);
+    assert_eq!(decoded_opcode, opcode);
+    assert_eq!(decoded, payload);
+}
+
+/// Two JSON values are equal, floats allowed to differ by one unit in the
+/// last place. serde_json without its `float_roundtrip` feature parses some
+/// 17-digit floats one ULP off, so a value that went through `Value` (batch
+/// and WebSocket publishes) may come back one ULP away.
+pub fn json_eq_within_ulp(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => x == y || x.to_bits().abs_diff(y.to_bits()) <= 1,
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq_within_ulp(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| ka == kb && json_eq_within_ulp(va, vb))
+        }
+        _ => a == b,
+    }
+}
+
+/// Builds a message around `data` and checks its three encodings: the
+/// envelope is one line with `data` at its end, the SSE event has exactly
+/// one `data:` line, the WebSocket frame is one text frame with the
+/// envelope as UTF-8 payload.
+pub fn check_message(channel: &ChannelName, id: u64, data: &[u8]) -> Message {
+    let msg = Message::new(channel.clone(), id, data, Instant::now());
+    assert_eq!(msg.data(), data);
+    assert_eq!(msg.payload_len, data.len());
+    assert!(
+        !msg.envelope.iter().any(|&b| b == b'\n' || b == b'\r'),
+        "an envelope holds no line break: {:?}",
+        String::from_utf8_lossy(&msg.envelope)
+    );
+    let envelope = std::str::from_utf8(&msg.envelope).expect("the envelope is UTF-8");
+    let prefix = format!("{{\"channel\":\"{channel}\",\"id\":{id},\"data\":");
+    assert!(envelope.starts_with(&prefix) && envelope.ends_with('}'));
+
+    let event = msg.sse_event();
+    assert_eq!(
+        &event[..],
+        format!("id: {id}\ndata: {envelope}\n\n").as_bytes()
+    );
+    let lines: Vec<&[u8]> = event.split(|&b| b == b'\n').collect();
+    assert_eq!(lines.len(), 4, "id line, data line, blank line");
+    let data_lines = lines.iter().filter(|l| l.starts_with(b"data:")).count();
+    assert_eq!(data_lines, 1);
+
+    let (fin, opcode, payload) = decode_frame(msg.ws_frame());
+    assert!(fin);
+    assert_eq!(opcode, frame::OP_TEXT);
+    assert_eq!(payload, &msg.envelope[..]);
+    msg
+}
+
+/// The envelope parses as an object with exactly `channel`, `id` and
+/// `data`, in that order; returns `data`.
+fn envelope_data(msg: &Message, channel: &ChannelName, id: u64) -> Value {
+    let envelope: Value = serde_json::from_slice(&msg.envelope).expect("the envelope is JSON");
+    let object = envelope.as_object().expect("the envelope is an object");
+    let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["channel", "id", "data"]);
+    assert_eq!(object["channel"], channel.as_str());
+    assert_eq!(object["id"], id);
+    object["data"].clone()
+}
+
+/// Nesting depth of a JSON value (a scalar is 0).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The `publish_body` target: the bytes as a JSON body and as a text body,
+/// each through `Payload`, `to_json_bytes`, `Message` and its encodings.
+pub fn check_publish_body(body: &[u8]) {
+    let channels = ["news", "a", "prices.eur:1@x-y_z", &"c".repeat(MAX_NAME_LEN)];
+    let channel = ChannelName::new(channels[body.len() % channels.len()]).expect("valid");
+    let id = match body.len() % 5 {
+        0 => u64::MAX,
+        1 => 1,
+        _ => body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }),
+    };
+    let parsed = serde_json::from_slice::<Value>(body).ok();
+    // The envelope nests `data` one level deeper, and serde_json stops at
+    // 128 levels: compare values only below that.
+    let strict = parsed.as_ref().filter(|v| depth(v) < 128);
+
+    match Payload::json(body) {
+        Ok(payload) => {
+            let data = payload.to_json_bytes();
+            // Minifying is idempotent: the stored data is its own payload.
+            assert_eq!(Payload::json(&data).as_ref(), Ok(&payload));
+            let msg = check_message(&channel, id, &data);
+            match strict {
+                Some(input) => {
+                    assert_eq!(&envelope_data(&msg, &channel, id), input);
+                    let reparsed: Value = serde_json::from_slice(msg.data()).expect("data is JSON");
+                    assert_eq!(&reparsed, input);
+                    // The batch and WebSocket publish path: from a Value.
+                    let via_value = Payload::from_value(input).to_json_bytes();
+                    let msg = check_message(&channel, id, &via_value);
+                    let delivered = envelope_data(&msg, &channel, id);
+                    assert!(
+                        json_eq_within_ulp(&delivered, input),
+                        "from_value changed {input} into {delivered}"
+                    );
+                }
+                None => {
+                    // Accepted by the validator, refused by `Value` (or too
+                    // deep to compare): lone surrogate escapes (`"\ud800"`),
+                    // numbers beyond f64 (`1e400`), nesting deeper than
+                    // 128. The envelope is well-formed by the same grammar.
+                    serde_json::from_slice::<&RawValue>(&msg.envelope)
+                        .expect("the envelope is well-formed JSON text");
+                }
+            }
+        }
+        Err(e) => {
+            assert!(parsed.is_none(), "refused a JSON body: {e}");
+        }
+    }
+
+    match Payload::text(body) {
+        Ok(payload) => {
+            let text = std::str::from_utf8(body).expect("a text payload is UTF-8");
+            let msg = check_message(&channel, id, &payload.to_json_bytes());
+            assert_eq!(
+                envelope_data(&msg, &channel, id),
+                Value::String(text.to_owned())
+            );
+        }
+        Err(_) => assert!(std::str::from_utf8(body).is_err(), "refused UTF-8 text"),
+    }
+}
