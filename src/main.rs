@@ -37,12 +37,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // The redis crate warns on every failed attempt while a server is
+    // down; the bus logs the outage itself, once.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{},redis=error", config.log_level))
+    });
+    {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 
     if std::env::var_os("POLLBRIDGE_BENCH_NO_WIRE_METERING").is_some_and(|v| v == "1") {
         tracing::warn!("wire byte counting is OFF (benchmark switch); wire_bytes_total stays 0");

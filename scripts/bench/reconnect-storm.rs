@@ -344,6 +344,74 @@ async fn admin_request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) 
         .unwrap_or_else(|| die(&format!("admin {method} {path}: no answer")))
 }
 
+/// A keep-alive connection to the admin listener (for steady publishing).
+struct AdminConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    addr: SocketAddr,
+}
+
+impl AdminConn {
+    async fn connect(addr: SocketAddr) -> AdminConn {
+        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| die("connect to the admin listener"));
+        stream.set_nodelay(true).ok();
+        AdminConn {
+            stream,
+            buf: Vec::new(),
+            addr,
+        }
+    }
+
+    /// `POST path` with a JSON body; returns status and body.
+    async fn post(&mut self, path: &str, body: &[u8]) -> (u16, String) {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let exchange = async {
+            self.stream.write_all(head.as_bytes()).await.ok()?;
+            self.stream.write_all(body).await.ok()?;
+            let mut chunk = [0u8; 4096];
+            let end = loop {
+                if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p;
+                }
+                let n = self.stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+            let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())?;
+            self.buf.drain(..end + 4);
+            while self.buf.len() < len {
+                let n = self.stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            let body: Vec<u8> = self.buf.drain(..len).collect();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| die(&format!("admin POST {path}: no answer")))
+    }
+}
+
 async fn publish(gw: &Gateway, channel: &str, data: &str) -> u64 {
     let (status, body) =
         admin_request(gw.admin, "POST", &format!("/publish/{channel}"), data.as_bytes()).await;
@@ -351,14 +419,6 @@ async fn publish(gw: &Gateway, channel: &str, data: &str) -> u64 {
         die(&format!("publish: {status} {body}"));
     }
     json_u64(&body, "\"id\":").unwrap_or_else(|| die(&format!("publish answer {body}")))
-}
-
-async fn publish_batch(gw: &Gateway, items: &[String]) {
-    let body = format!("[{}]", items.join(","));
-    let (status, answer) = admin_request(gw.admin, "POST", "/publish", body.as_bytes()).await;
-    if status != 200 {
-        die(&format!("batch publish: {status} {answer}"));
-    }
 }
 
 async fn metric(gw: &Gateway, name: &str, label: &str) -> f64 {
@@ -711,6 +771,10 @@ async fn storm(opts: &Opts, name: &str) {
     let origin = Instant::now();
     let old_cpu = CpuSampler::start(old.pid(), origin);
     old.sigterm();
+    let old_exit = tokio::task::spawn_blocking(move || {
+        let s = old.wait_exit(Duration::from_secs(30));
+        (s, origin.elapsed(), old_cpu.finish())
+    });
     let port_free = bounded_until(Duration::from_secs(20), || {
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     });
@@ -724,12 +788,7 @@ async fn storm(opts: &Opts, name: &str) {
     let new_up = origin.elapsed();
     let all_back = wait_for(&sh.reconnected, opts.clients, Duration::from_secs(120), "reconnects").await;
     let all_back_at = all_back.duration_since(origin);
-    let old_exit = tokio::task::spawn_blocking(move || {
-        let s = old.wait_exit(Duration::from_secs(30));
-        (s, origin.elapsed(), old_cpu.finish())
-    })
-    .await
-    .unwrap();
+    let old_exit = old_exit.await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let new_samples = new_cpu.finish();
@@ -921,24 +980,21 @@ async fn fanout(opts: &Opts, name: &str) {
     }
 
     let pad = "x".repeat(250);
-    let per_tick = (opts.rate / 20).max(1);
-    let ticks = opts.seconds * 20;
+    let total = opts.rate * opts.seconds;
     let sampler = CpuSampler::start(gw.pid(), origin);
     let started = origin.elapsed();
     let t0 = Instant::now();
+    let mut admin = AdminConn::connect(gw.admin).await;
     let mut published = 0u64;
-    for k in 0..ticks {
-        let items: Vec<String> = (0..per_tick)
-            .map(|_| {
-                format!(
-                    r#"{{"channel":"{channel}","data":{{"t":{},"pad":"{pad}"}}}}"#,
-                    now_us(origin)
-                )
-            })
-            .collect();
-        publish_batch(&gw, &items).await;
-        published += per_tick;
-        let due = t0 + Duration::from_millis(50 * (k + 1));
+    // One message per request, evenly spaced at --rate.
+    for k in 0..total {
+        let body = format!(r#"{{"t":{},"pad":"{pad}"}}"#, now_us(origin));
+        let (status, answer) = admin.post(&format!("/publish/{channel}"), body.as_bytes()).await;
+        if status != 200 {
+            die(&format!("publish: {status} {answer}"));
+        }
+        published += 1;
+        let due = t0 + Duration::from_micros(1_000_000 * (k + 1) / opts.rate);
         tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
     }
     let publish_secs = t0.elapsed().as_secs_f64();

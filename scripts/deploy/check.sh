@@ -33,7 +33,7 @@
 # venv). Env: POLLBRIDGE_BIN (default: cargo build, target/debug/pollbridge),
 # POLLBRIDGE_DEPLOY_CACHE (default .cache/deploy-tools).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 started=${EPOCHREALTIME/./}
 HERE=scripts/deploy
@@ -113,9 +113,10 @@ broken_copy() {
 }
 
 # --- YAML syntax everywhere ------------------------------------------------------------
-yaml_files() { find deploy -name '*.yml' -o -name '*.yaml' | sort; }
 good_yamllint() {
-  "$TOOLS/yamllint" -s -c "$HERE/yamllint.yml" $(yaml_files) && echo "yamllint: $(yaml_files | wc -l) YAML files clean (syntax, duplicate keys, indentation)"
+  local files
+  mapfile -t files < <(find deploy -name '*.yml' -o -name '*.yaml' | sort)
+  "$TOOLS/yamllint" -s -c "$HERE/yamllint.yml" "${files[@]}" && echo "yamllint: ${#files[@]} YAML files clean (syntax, duplicate keys, indentation)"
 }
 bad_yamllint() {
   broken_copy deploy/compose.yaml "$tmp/compose/compose.yaml" '/^    image: redis:7.4-alpine$/a\    image: redis:7.2-alpine' || return 0

@@ -27,7 +27,7 @@
 # Prints one line per check and ends with "deploy-e2e: N passed, M failed";
 # takes about 75 s (the held poll), the rest runs alongside it.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 started=$SECONDS
 passed=0

@@ -141,7 +141,7 @@ impl Feed {
     }
 
     /// Takes a message of the channel as the new copy (if newer).
-    fn adopt(&self, msg: &Message) {
+    fn adopt(&self, msg: &Message, live: bool) {
         let mut state = self.state.lock();
         if state.copy.as_ref().is_some_and(|c| c.id >= msg.id) {
             return;
@@ -151,6 +151,12 @@ impl Feed {
             .clone()
             .or_else(|| self.route.content_type.lock().clone());
         state.copy = Some(copy_from_data(msg.id, msg.data(), content_type));
+        // A live change answers legacy clients as well as a copy we fetched
+        // (on a node that doesn't hold the lease it is the only way). The
+        // channel's latest at start may be old: wait for the first poll.
+        if live {
+            state.resolved = true;
+        }
         drop(state);
         self.changed();
     }
@@ -162,12 +168,12 @@ impl Feed {
         // feed, or another node's poller).
         let subscription = match gw
             .bus
-            .subscribe(&self.channel, Some(0), &queue, usize::MAX)
+            .subscribe(&self.channel, Some(0), &queue, gw.config.history.size)
             .await
         {
             Ok((subscription, history)) => {
                 if let Some(latest) = history.messages.last() {
-                    self.adopt(latest);
+                    self.adopt(latest, false);
                 }
                 subscription
             }
@@ -189,13 +195,33 @@ impl Feed {
                         break;
                     }
                     for msg in batch.drain(..) {
-                        self.adopt(&msg);
+                        self.adopt(&msg, true);
                     }
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
                     if self.is_idle(&gw) {
                         tracing::debug!(channel = %self.channel, "bridge feed idle; stopping its poller");
                         break;
+                    }
+                    // One poller per feed for the whole cluster: the node
+                    // holding the lease polls; the others follow the channel.
+                    // The lease outlives two intervals, so a dead holder is
+                    // replaced within two.
+                    let ttl = self.route.config.interval * 2;
+                    match gw.bus.lease(&self.channel, "bridge", ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            // Another node polls: its changes reach us on the
+                            // channel, and the copy we have is what it has.
+                            self.follow();
+                            next_poll = tokio::time::Instant::now() + self.route.config.interval;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel = %self.channel, error = %e, "bridge lease unavailable");
+                            next_poll = tokio::time::Instant::now() + self.route.config.interval;
+                            continue;
+                        }
                     }
                     let ok = self.poll_once(&gw, &client, &mut validators).await;
                     failures = if ok { 0 } else { failures.saturating_add(1) };
@@ -209,6 +235,16 @@ impl Feed {
             }
         }
         drop(subscription);
+    }
+
+    /// This node doesn't poll: answer legacy clients from the channel's copy.
+    fn follow(&self) {
+        let mut state = self.state.lock();
+        if state.copy.is_some() && !state.resolved {
+            state.resolved = true;
+            drop(state);
+            self.changed();
+        }
     }
 
     fn is_idle(&self, gw: &Gateway) -> bool {

@@ -64,6 +64,17 @@ pub trait Bus: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<HistoryRead, BusError>> + Send;
 
+    /// Acquires or renews the lease `name` on `channel` for this node, for
+    /// `ttl`: true while this node holds it. Leases elect one node of a
+    /// cluster to do a channel's work (the bridge's poller); a single-node
+    /// bus always holds them.
+    fn lease(
+        &self,
+        channel: &ChannelName,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, BusError>> + Send;
+
     /// True while the bus can publish and deliver.
     fn is_ready(&self) -> bool;
 
@@ -112,6 +123,18 @@ impl Bus for AnyBus {
         match self {
             AnyBus::Memory(bus) => bus.history(channel, since, limit).await,
             AnyBus::Redis(bus) => bus.history(channel, since, limit).await,
+        }
+    }
+
+    async fn lease(
+        &self,
+        channel: &ChannelName,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.lease(channel, name, ttl).await,
+            AnyBus::Redis(bus) => bus.lease(channel, name, ttl).await,
         }
     }
 

@@ -95,6 +95,9 @@ pub(crate) struct Shared {
     next_command: AtomicUsize,
     publish_script: Script,
     read_script: Script,
+    lease_script: Script,
+    /// This node's id in leases (random per process).
+    node_id: String,
     /// Pub/sub flavour once known: 0 unknown, 1 sharded, 2 classic.
     sharded: AtomicU8,
     /// The subscription connection is up (and so, as far as we know, Redis).
@@ -149,6 +152,11 @@ impl RedisBus {
             next_command: AtomicUsize::new(0),
             publish_script: Script::new(script::PUBLISH),
             read_script: Script::new(script::READ),
+            lease_script: Script::new(script::LEASE),
+            node_id: format!(
+                "{:016x}",
+                crate::server::limits::jitter_below(u64::MAX) ^ u64::from(std::process::id())
+            ),
             sharded: AtomicU8::new(match settings.pubsub {
                 PubSubMode::Auto => 0,
                 PubSubMode::Sharded => 1,
@@ -249,7 +257,8 @@ impl Shared {
                     .map(|s| s.min(MAX_LUA_CURSOR).to_string())
                     .unwrap_or_default(),
             )
-            .arg(limit)
+            // Lua numbers are doubles: callers may ask for "everything".
+            .arg(limit.min(self.history_size))
             .arg(self.max_age_us);
         let mut conn = self.command_conn();
         let limit = self.settings.command_timeout;
@@ -381,6 +390,24 @@ impl Bus for RedisBus {
             .observe(started.elapsed().as_secs_f64());
         metrics.published.inc();
         Ok(Published { id })
+    }
+
+    async fn lease(
+        &self,
+        channel: &ChannelName,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, BusError> {
+        let shared = &self.shared;
+        let mut invocation = shared.lease_script.key(shared.keys.lease(channel, name));
+        invocation
+            .arg(&shared.node_id)
+            .arg(ttl.as_millis().max(1) as u64);
+        let mut conn = shared.command_conn();
+        let held: u8 = shared
+            .timed("lease", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(held == 1)
     }
 
     async fn subscribe(

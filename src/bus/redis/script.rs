@@ -127,6 +127,21 @@ return out
 "#
 );
 
+/// Acquires or renews a lease: KEYS[1] = lease key; ARGV[1] = this node's
+/// id, ARGV[2] = time to live in ms. Returns 1 while this node holds it.
+pub const LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
 /// Largest cursor passed to Lua, whose numbers are doubles: anything above
 /// is from the future for any real channel, and the reset rule handles it.
 pub const MAX_LUA_CURSOR: u64 = (1 << 53) - 1;
@@ -150,6 +165,11 @@ impl Keys {
 
     pub fn log(&self, channel: &ChannelName) -> String {
         format!("{}:{{{}}}:log", self.prefix, channel.as_str())
+    }
+
+    /// A lease named `name` tied to `channel` (same hash slot in a cluster).
+    pub fn lease(&self, channel: &ChannelName, name: &str) -> String {
+        format!("{}:{{{}}}:lease:{name}", self.prefix, channel.as_str())
     }
 
     /// The pub/sub channel carrying `channel`'s live messages.
