@@ -62,7 +62,10 @@ fn parse_opts() -> Opts {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--gateway-bin" => o.gateway_bin = val(),
             "--redis-url" => o.redis_url = Some(val()),
@@ -91,7 +94,8 @@ fn parse_opts() -> Opts {
 }
 
 fn num(s: &str) -> usize {
-    s.parse().unwrap_or_else(|_| die(&format!("not a number: {s}")))
+    s.parse()
+        .unwrap_or_else(|_| die(&format!("not a number: {s}")))
 }
 
 fn die(msg: &str) -> ! {
@@ -413,8 +417,13 @@ impl AdminConn {
 }
 
 async fn publish(gw: &Gateway, channel: &str, data: &str) -> u64 {
-    let (status, body) =
-        admin_request(gw.admin, "POST", &format!("/publish/{channel}"), data.as_bytes()).await;
+    let (status, body) = admin_request(
+        gw.admin,
+        "POST",
+        &format!("/publish/{channel}"),
+        data.as_bytes(),
+    )
+    .await;
     if status != 200 {
         die(&format!("publish: {status} {body}"));
     }
@@ -463,11 +472,33 @@ enum Frame {
     End,
 }
 
-async fn ws_connect(source: Ipv4Addr, server: SocketAddr, path: &str, rcvbuf: Option<u32>) -> Connect {
+async fn ws_connect(
+    source: Ipv4Addr,
+    server: SocketAddr,
+    path: &str,
+    rcvbuf: Option<u32>,
+) -> Connect {
     let attempt = async {
         let socket = TcpSocket::new_v4().ok()?;
         if let Some(size) = rcvbuf {
+            // A slow client on a small link: a small receive buffer, and a
+            // small MSS so the gateway's side does not buffer megabytes for
+            // it either (on loopback its send buffer would grow to ~4 MB).
             socket.set_recv_buffer_size(size).ok()?;
+            let mss: libc::c_int = 536;
+            // SAFETY: setsockopt on a socket we own, with a valid int.
+            let rc = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_MAXSEG,
+                    &mss as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return None;
+            }
         }
         socket.bind(SocketAddr::from((source, 0))).ok()?;
         let mut stream = socket.connect(server).await.ok()?;
@@ -527,7 +558,8 @@ impl Ws {
                         } else {
                             1005
                         };
-                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
+                        let reason =
+                            String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).into_owned();
                         // Answer the close (masked, empty payload but the code).
                         let _ = self.send(8, &code.to_be_bytes()).await;
                         return Frame::Close(code, reason);
@@ -642,13 +674,21 @@ struct StormShared {
     deadline: Instant,
 }
 
-async fn storm_client(i: usize, sh: Arc<StormShared>, gate: Arc<tokio::sync::Semaphore>) -> StormLog {
+async fn storm_client(
+    i: usize,
+    sh: Arc<StormShared>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> StormLog {
     let mut log = StormLog::default();
     let mut last = 0u64;
     let mut first = true;
     let src = source(i, sh.sources);
     loop {
-        let permit = if first { Some(gate.acquire().await.unwrap()) } else { None };
+        let permit = if first {
+            Some(gate.acquire().await.unwrap())
+        } else {
+            None
+        };
         let mut ws = loop {
             if Instant::now() > sh.deadline {
                 log.problem = Some("deadline".into());
@@ -762,7 +802,13 @@ async fn storm(opts: &Opts, name: &str) {
     let clients: Vec<_> = (0..opts.clients)
         .map(|i| tokio::spawn(storm_client(i, sh.clone(), gate.clone())))
         .collect();
-    wait_for(&sh.connected, opts.clients, Duration::from_secs(120), "initial connects").await;
+    wait_for(
+        &sh.connected,
+        opts.clients,
+        Duration::from_secs(120),
+        "initial connects",
+    )
+    .await;
     let connect_time = t_connect.elapsed();
     publish(&old, "storm", r#"{"before":"restart"}"#).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -786,7 +832,13 @@ async fn storm(opts: &Opts, name: &str) {
     let new = Gateway::start(opts, &listen, &new_args, None);
     let new_cpu = CpuSampler::start(new.pid(), origin);
     let new_up = origin.elapsed();
-    let all_back = wait_for(&sh.reconnected, opts.clients, Duration::from_secs(120), "reconnects").await;
+    let all_back = wait_for(
+        &sh.reconnected,
+        opts.clients,
+        Duration::from_secs(120),
+        "reconnects",
+    )
+    .await;
     let all_back_at = all_back.duration_since(origin);
     let old_exit = old_exit.await.unwrap();
 
@@ -794,7 +846,13 @@ async fn storm(opts: &Opts, name: &str) {
     let new_samples = new_cpu.finish();
     let refused_metric = metric(&new, "pollbridge_admission_refused_total", "websocket").await;
     publish(&new, "storm", r#"{"end":true}"#).await;
-    wait_for(&sh.ended, opts.clients, Duration::from_secs(60), "end message").await;
+    wait_for(
+        &sh.ended,
+        opts.clients,
+        Duration::from_secs(60),
+        "end message",
+    )
+    .await;
     let mut logs = Vec::with_capacity(clients.len());
     for c in clients {
         logs.push(c.await.unwrap());
@@ -820,11 +878,27 @@ async fn storm(opts: &Opts, name: &str) {
     let busiest_second = per_second.iter().max().copied().unwrap_or(0);
     let busiest_100ms = per_100ms.iter().max().copied().unwrap_or(0);
     let active_secs = all_back_at.as_secs_f64() - new_up.as_secs_f64();
-    println!("== {name}: {} WebSocket clients, restart on {} ==", opts.clients,
-        if opts.redis_url.is_some() { "the Redis bus" } else { "the memory bus" });
-    println!("  initial connect of all clients:        {:.2} s", connect_time.as_secs_f64());
-    println!("  new gateway ready after SIGTERM:       {:.3} s", new_up.as_secs_f64());
-    println!("  all clients reconnected after SIGTERM: {:.2} s", all_back_at.as_secs_f64());
+    println!(
+        "== {name}: {} WebSocket clients, restart on {} ==",
+        opts.clients,
+        if opts.redis_url.is_some() {
+            "the Redis bus"
+        } else {
+            "the memory bus"
+        }
+    );
+    println!(
+        "  initial connect of all clients:        {:.2} s",
+        connect_time.as_secs_f64()
+    );
+    println!(
+        "  new gateway ready after SIGTERM:       {:.3} s",
+        new_up.as_secs_f64()
+    );
+    println!(
+        "  all clients reconnected after SIGTERM: {:.2} s",
+        all_back_at.as_secs_f64()
+    );
     println!("  old gateway exited after SIGTERM:      {:.2} s ({:?}), its CPU: peak {:.0} %, mean {:.0} %",
         old_exit.1.as_secs_f64(), old_exit.0.map(|s| s.code()), old_peak100, old_mean);
     println!("  reconnects per second:                 {per_second:?}");
@@ -878,7 +952,12 @@ fn now_us(origin: Instant) -> u64 {
     origin.elapsed().as_micros() as u64
 }
 
-async fn fast_subscriber(mut ws: Ws, origin: Instant, stop: Arc<AtomicU64>, sample: bool) -> SubLog {
+async fn fast_subscriber(
+    mut ws: Ws,
+    origin: Instant,
+    stop: Arc<AtomicU64>,
+    sample: bool,
+) -> SubLog {
     let mut log = SubLog::default();
     loop {
         let f = tokio::select! {
@@ -888,7 +967,9 @@ async fn fast_subscriber(mut ws: Ws, origin: Instant, stop: Arc<AtomicU64>, samp
         match f {
             Frame::Text(t) => {
                 let t = String::from_utf8_lossy(&t);
-                let Some(id) = json_u64(&t, "\"id\":") else { continue };
+                let Some(id) = json_u64(&t, "\"id\":") else {
+                    continue;
+                };
                 if t.contains("\"type\"") {
                     continue;
                 }
@@ -899,7 +980,8 @@ async fn fast_subscriber(mut ws: Ws, origin: Instant, stop: Arc<AtomicU64>, samp
                 log.delivered += 1;
                 if sample {
                     if let Some(sent) = json_u64(&t, "\"t\":") {
-                        log.latencies_us.push(now_us(origin).saturating_sub(sent) as u32);
+                        log.latencies_us
+                            .push(now_us(origin).saturating_sub(sent) as u32);
                     }
                 }
             }
@@ -945,7 +1027,11 @@ async fn wait_flag(flag: &AtomicU64) {
 }
 
 async fn fanout(opts: &Opts, name: &str) {
-    let mode = if name == "fanout-state" { "state" } else { "stream" };
+    let mode = if name == "fanout-state" {
+        "state"
+    } else {
+        "stream"
+    };
     let config = "[[channels]]\npattern = \"state.*\"\nmode = \"state\"\n";
     let channel = format!("{mode}.bench");
     let gw = Gateway::start(
@@ -963,7 +1049,14 @@ async fn fanout(opts: &Opts, name: &str) {
     for i in 0..opts.subscribers {
         let is_slow = i < slow_n;
         let rcvbuf = is_slow.then_some(4096);
-        let mut ws = match ws_connect(source(i, opts.sources), gw.public, &format!("/rt/ws/{channel}"), rcvbuf).await {
+        let mut ws = match ws_connect(
+            source(i, opts.sources),
+            gw.public,
+            &format!("/rt/ws/{channel}"),
+            rcvbuf,
+        )
+        .await
+        {
             Connect::Open(ws) => ws,
             _ => die("fan-out subscriber could not connect"),
         };
@@ -973,7 +1066,12 @@ async fn fanout(opts: &Opts, name: &str) {
                 Ok(Frame::Text(_)) => {}
                 _ => die("no subscribed message"),
             }
-            fast.push(tokio::spawn(fast_subscriber(ws, origin, stop.clone(), i % 10 == 0)));
+            fast.push(tokio::spawn(fast_subscriber(
+                ws,
+                origin,
+                stop.clone(),
+                i % 10 == 0,
+            )));
         } else {
             slow.push(tokio::spawn(slow_subscriber(ws, stop.clone())));
         }
@@ -989,7 +1087,9 @@ async fn fanout(opts: &Opts, name: &str) {
     // One message per request, evenly spaced at --rate.
     for k in 0..total {
         let body = format!(r#"{{"t":{},"pad":"{pad}"}}"#, now_us(origin));
-        let (status, answer) = admin.post(&format!("/publish/{channel}"), body.as_bytes()).await;
+        let (status, answer) = admin
+            .post(&format!("/publish/{channel}"), body.as_bytes())
+            .await;
         if status != 200 {
             die(&format!("publish: {status} {answer}"));
         }
@@ -1019,22 +1119,40 @@ async fn fanout(opts: &Opts, name: &str) {
     let slow_total: u64 = slow_logs.iter().map(|l| l.delivered).sum();
     let fast_cut = fast_logs.iter().filter(|l| l.ended_at.is_some()).count();
     let slow_cut = slow_logs.iter().filter(|l| l.ended_at.is_some()).count();
-    let fast_complete = fast_logs.iter().filter(|l| l.delivered == published).count();
+    let fast_complete = fast_logs
+        .iter()
+        .filter(|l| l.delivered == published)
+        .count();
     let disorder: u64 = fast_logs.iter().map(|l| l.out_of_order).sum();
-    let mut lat: Vec<u32> = fast_logs.iter().flat_map(|l| l.latencies_us.iter().copied()).collect();
+    let mut lat: Vec<u32> = fast_logs
+        .iter()
+        .flat_map(|l| l.latencies_us.iter().copied())
+        .collect();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     let (peak100, peak1s, mean) = cpu_figures(&samples, started, ended);
-    println!("== {name}: {} subscribers ({fast_n} fast, {slow_n} slow: 4 KiB receive buffer, 1 KiB read every 500 ms), {} msg/s × {} s, ~300-byte payloads ==",
+    println!("== {name}: {} subscribers ({fast_n} fast, {slow_n} slow: 4 KiB receive buffer, MSS 536, 1 KiB read every 500 ms), {} msg/s × {} s, ~300-byte payloads ==",
         opts.subscribers, opts.rate, opts.seconds);
     println!("  published {published} in {publish_secs:.2} s");
     println!("  deliveries to fast subscribers: {fast_total} = {:.0}/s ({fast_complete} of {fast_n} got all {published}; {fast_cut} cut off; {disorder} out of order)",
         fast_total as f64 / window);
     println!("  deliveries to slow subscribers: {slow_total} = {:.0}/s ({slow_cut} of {slow_n} cut off by the gateway)",
         slow_total as f64 / window);
-    println!("  fast-subscriber latency (10 % sample): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.5), pct(0.99), pct(1.0));
+    println!(
+        "  fast-subscriber latency (10 % sample): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     println!("  gateway CPU: peak {peak100:.0} % (100 ms), {peak1s:.0} % (1 s), mean {mean:.0} %");
-    println!("  conflated_total{{websocket}} {conflated}, dropped_total{{slow_consumer}} {dropped}");
+    println!(
+        "  conflated_total{{websocket}} {conflated}, dropped_total{{slow_consumer}} {dropped}"
+    );
 }
 
 fn main() {

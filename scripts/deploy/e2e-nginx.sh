@@ -15,8 +15,9 @@
 #     publish (nothing buffers the stream);
 #   - a long-poll held 65 s — longer than nginx's default 60 s
 #     proxy_read_timeout — is answered with the message published then;
-#   - the bridged legacy URL /api/scores answers 200 with the gateway's ETag,
-#     then 304.
+#   - the bridged legacy URL /api/scores answers 200 with the gateway's ETag;
+#     a poll with that ETag is held until the backend changes, then answered
+#     with the new body.
 # Finally both nodes get SIGTERM and must exit 0.
 #
 # Installs nginx, haproxy and redis-server when missing (scripts/lib/ensure-apt.sh).
@@ -184,10 +185,10 @@ done
 # --- the clients, through both proxies at once ---------------------------------
 echo "     (clients running through nginx and HAProxy; the held polls take ${HOLD} s)"
 python3 scripts/deploy/e2e_client.py --name nginx --proxy "http://127.0.0.1:$NGINX" \
-  --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge >"$tmp/client-nginx.out" 2>&1 &
+  --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge --backend "127.0.0.1:$BACKEND" >"$tmp/client-nginx.out" 2>&1 &
 c1=$!
 python3 scripts/deploy/e2e_client.py --name haproxy --proxy "http://127.0.0.1:$HAPROXY" \
-  --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge >"$tmp/client-haproxy.out" 2>&1 &
+  --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge --backend "127.0.0.1:$BACKEND" >"$tmp/client-haproxy.out" 2>&1 &
 c2=$!
 wait "$c1" || true
 wait "$c2" || true

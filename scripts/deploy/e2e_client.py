@@ -318,7 +318,9 @@ def held_poll(args, host, port):
 
 
 def bridged(args, host, port):
-    """The legacy polling URL, through the proxy, answered by the gateway's bridge."""
+    """The legacy polling URL, through the proxy, answered by the gateway's
+    bridge: 200 with the gateway's ETag; then a poll with that ETag is held
+    (`hold`) and answered with the new body once the backend changes."""
     name = f"{args.name}: bridged /api/scores"
     try:
         conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -329,13 +331,28 @@ def bridged(args, host, port):
         if resp.status != 200 or not etag.startswith('"pb-'):
             report(False, name, f"answered {resp.status}, ETag {etag!r}: {body[:200]!r}")
             return
+        scores = {"home": os.getpid() % 100, "away": len(args.name)}
+
+        def change():
+            time.sleep(1)
+            b = http.client.HTTPConnection(*args.backend.rsplit(":", 1), timeout=10)
+            b.request("POST", "/api/scores", json.dumps(scores), {"Content-Type": "application/json"})
+            b.getresponse().read()
+
+        threading.Thread(target=change).start()
+        start = time.monotonic()
         conn.request("GET", "/api/scores?_=1", headers={"If-None-Match": etag})
         again = conn.getresponse()
-        again.read()
+        new_body = again.read()
+        elapsed = time.monotonic() - start
+        # Both proxies' clients change the same backend at about the same
+        # time: whichever change lands first answers both held polls.
+        ok = again.status == 200 and json.loads(new_body) != json.loads(body) and again.getheader("ETag") != etag
         report(
-            again.status == 304,
+            ok,
             name,
-            f"200 {json.loads(body)} with ETag {etag}, then {again.status} for If-None-Match",
+            f"200 with ETag {etag}; the poll with it was held and answered {again.status} "
+            f"{new_body[:80]!r} {elapsed:.1f} s later, after the backend changed",
         )
     except Exception as e:  # noqa: BLE001
         report(False, name, repr(e))
@@ -351,6 +368,7 @@ def main():
     parser.add_argument("--sse-mean-limit", type=float, default=0.1, help="seconds, mean over all events")
     parser.add_argument("--hold", type=float, default=65.0, help="seconds (0: skip the held poll)")
     parser.add_argument("--bridge", action="store_true", help="also check the bridged /api/scores")
+    parser.add_argument("--backend", help="the toy backend's HOST:PORT (with --bridge)")
     args = parser.parse_args()
     url = urllib.parse.urlsplit(args.proxy)
     host, port = url.hostname, url.port
