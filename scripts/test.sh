@@ -8,6 +8,9 @@
 #     gateway under load
 #   - the Autobahn TestSuite (RFC 6455 conformance, 301 cases)
 #   - the end-to-end browser test in headless Chromium
+#   - the deployment files checked by their real tools (hadolint, compose,
+#     kustomize + kubernetes-validate + checkov, systemd-analyze, nginx -t,
+#     haproxy -c) and an end-to-end run through nginx and HAProxy
 # Installs what they need first (scripts/setup.sh; idempotent). Prints one
 # summary line at the end and exits non-zero if any suite failed.
 set -uo pipefail
@@ -41,6 +44,8 @@ suite "prometheus files" scripts/prometheus/check-files.sh
 suite "prometheus live" scripts/prometheus/check-gateway.sh "$POLLBRIDGE_BIN"
 suite "autobahn" scripts/autobahn.sh
 suite "browser e2e" scripts/browser/run.sh
+suite "deploy files" scripts/deploy/check.sh
+suite "deploy e2e (nginx, haproxy)" scripts/deploy/e2e-nginx.sh
 
 echo
 if [ ${#failures[@]} -gt 0 ]; then
