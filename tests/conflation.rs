@@ -329,6 +329,17 @@ async fn polls_and_resumes_from_an_old_cursor_get_only_the_latest_conflated() {
     let env = ws.next_envelope(T5).await;
     assert_envelope(&env, "price.gold", 100, &json!({"n": 100}));
     ws.expect_no_envelope(Duration::from_millis(300)).await;
+    // The same with a subscribe command on an open connection.
+    gw.publish_batch_ok(&[("price.silver", json!({"n": 1})), ("price.silver", json!({"n": 2})), ("price.silver", json!({"n": 3}))])
+        .await;
+    ws.send_json(&json!({"type": "subscribe", "channel": "price.silver", "since": 1}))
+        .await;
+    let ack = ws.expect_control("subscribed", T5).await;
+    assert_eq!(ack["channel"], "price.silver", "{ack}");
+    assert_eq!(ack["conflated"], true, "{ack}");
+    let env = ws.next_envelope(T5).await;
+    assert_envelope(&env, "price.silver", 3, &json!({"n": 3}));
+    ws.expect_no_envelope(Duration::from_millis(300)).await;
 
     // SSE resume from cursor 1: a `conflated` event, then the latest.
     let mut sse = SseClient::open(gw.public, "/rt/sse/price.gold", &[("Last-Event-ID", "1")]).await;

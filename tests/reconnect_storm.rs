@@ -244,9 +244,18 @@ async fn disconnect_and_drain_send_reconnect_hints_spread_over_the_window() {
     }
     let poll_url = gw.public_url("/rt/poll/hints?timeout=30");
     let held = tokio::spawn(async move { get(&poll_url).await });
-    // A request whose head is half sent when the drain starts.
+    // A poll and an upgrade whose heads are half sent when the drain starts.
     let mut late = tokio::net::TcpStream::connect(gw.public).await.unwrap();
     late.write_all(b"GET /rt/poll/hints?since=0&timeout=0 HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let mut late_ws = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    late_ws
+        .write_all(
+            b"GET /rt/ws/hints HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -268,30 +277,34 @@ async fn disconnect_and_drain_send_reconnect_hints_spread_over_the_window() {
         assert!((1..=4000).contains(&retry), "{retry}");
     }
 
-    // The half-sent request, finished during the drain: 503 shutting_down
+    // The half-sent requests, finished during the drain: 503 shutting_down
     // with a Retry-After inside the window, then the connection closes.
-    late.write_all(b"\r\n").await.expect("finish the request");
-    let mut answer = Vec::new();
-    tokio::time::timeout(T5, late.read_to_end(&mut answer))
-        .await
-        .expect("no answer to a request made during the drain")
-        .expect("read the answer");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    eprintln!("request finished during the drain got: {answer:?}");
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    assert!(answer.contains("\"shutting_down\""), "{answer:?}");
-    let retry_after: u64 = answer
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("retry-after:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("503 without Retry-After: {answer:?}"))
-        .parse()
-        .expect("Retry-After seconds");
-    assert!((1..=4).contains(&retry_after), "Retry-After {retry_after}");
-
+    for (what, conn) in [("poll", &mut late), ("upgrade", &mut late_ws)] {
+        conn.write_all(b"\r\n").await.expect("finish the request");
+        let mut answer = Vec::new();
+        tokio::time::timeout(T5, conn.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to a {what} made during the drain"))
+            .expect("read the answer");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        eprintln!("{what} finished during the drain got: {answer:?}");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{what}: {answer:?}");
+        assert!(answer.contains("\"shutting_down\""), "{what}: {answer:?}");
+        let retry_after: u64 = answer
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("{what}: 503 without Retry-After: {answer:?}"))
+            .parse()
+            .expect("Retry-After seconds");
+        assert!(
+            (1..=4).contains(&retry_after),
+            "{what}: Retry-After {retry_after}"
+        );
+    }
     let status = gw
         .wait_exit(Duration::from_secs(8))
         .await

@@ -1100,6 +1100,13 @@ async fn fanout(opts: &Opts, name: &str) {
     let publish_secs = t0.elapsed().as_secs_f64();
     // Let the fast readers take what is on its way, then stop everyone.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Who is still subscribed, as the gateway sees it (a dropped slow reader
+    // only notices once it has read what was already in its socket).
+    let (_, channels) = admin_request(gw.admin, "GET", "/channels", b"").await;
+    let still_subscribed = channels
+        .find(&format!("\"channel\":\"{channel}\""))
+        .and_then(|at| json_u64(&channels[at..], "\"websocket\":"))
+        .unwrap_or(0);
     let ended = origin.elapsed();
     stop.store(1, Ordering::Relaxed);
     let samples = sampler.finish();
@@ -1141,8 +1148,9 @@ async fn fanout(opts: &Opts, name: &str) {
     println!("  published {published} in {publish_secs:.2} s");
     println!("  deliveries to fast subscribers: {fast_total} = {:.0}/s ({fast_complete} of {fast_n} got all {published}; {fast_cut} cut off; {disorder} out of order)",
         fast_total as f64 / window);
-    println!("  deliveries to slow subscribers: {slow_total} = {:.0}/s ({slow_cut} of {slow_n} cut off by the gateway)",
+    println!("  deliveries to slow subscribers: {slow_total} = {:.0}/s ({slow_cut} of {slow_n} saw their connection end)",
         slow_total as f64 / window);
+    println!("  still subscribed at the end (gateway's /channels): {still_subscribed} of {}", opts.subscribers);
     println!(
         "  fast-subscriber latency (10 % sample): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(0.5),

@@ -264,8 +264,13 @@ fn upgrade(
                 // lock between reader and writer) that keep counting bytes.
                 let (stream, meter) = parts.io.into_inner().into_parts();
                 let (read, write) = stream.into_split();
-                let read = std::io::Cursor::new(parts.read_buf)
-                    .chain(MeteredStream::new(read, meter.clone()));
+                // Copy the (usually empty) read-ahead: keeping hyper's slice
+                // would keep its whole 8 KiB read buffer alive for the
+                // connection's life.
+                let read_ahead = bytes::Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                let read =
+                    std::io::Cursor::new(read_ahead).chain(MeteredStream::new(read, meter.clone()));
                 let write = MeteredStream::new(write, meter);
                 serve(session_gw, read, write, queue, start).await;
             }
@@ -308,7 +313,9 @@ where
         tokio::io::sink(),
         fastwebsockets::Role::Server,
     );
-    let (tx, rx) = mpsc::channel(16);
+    // Small: the reader waits for the session anyway, and every slot is
+    // memory held per idle connection.
+    let (tx, rx) = mpsc::channel(4);
     let reader = tokio::spawn(reader::run(ws_read, gw.config.limits.max_message_bytes, tx));
     Session::new(gw, write, queue).run(start, rx).await;
     reader.abort();

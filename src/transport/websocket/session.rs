@@ -176,22 +176,27 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> End {
         let cfg = &self.gw.config.websocket;
         let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        let shutdown = self.gw.shutdown.clone();
-        let kick = self.gw.kick_token();
+        // Registered once for the session, not on every wake-up.
+        let shutdown_token = self.gw.shutdown.clone();
+        let kick_token = self.gw.kick_token();
+        let shutdown = shutdown_token.cancelled();
+        let kick = kick_token.cancelled();
+        tokio::pin!(shutdown, kick);
         let mut ticker = tokio::time::interval(
             ping_interval
                 .min(idle_timeout / 2)
                 .max(Duration::from_millis(100)),
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch: Vec<Arc<Message>> = Vec::with_capacity(BATCH);
+        // Grows on first use: an idle connection holds no batch buffer.
+        let mut batch: Vec<Arc<Message>> = Vec::new();
         loop {
             let queue = self.queue.clone();
             let throttled = self.throttle.deadline();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(self.going_away(1001, "server shutting down")),
-                _ = kick.cancelled() => Err(self.going_away(1012, "disconnected by the operator")),
+                _ = &mut shutdown => Err(self.going_away(1001, "server shutting down")),
+                _ = &mut kick => Err(self.going_away(1012, "disconnected by the operator")),
                 event = inbound.recv() => match event {
                     Some(event) => {
                         self.last_heard = Instant::now();
