@@ -330,8 +330,12 @@ async fn polls_and_resumes_from_an_old_cursor_get_only_the_latest_conflated() {
     assert_envelope(&env, "price.gold", 100, &json!({"n": 100}));
     ws.expect_no_envelope(Duration::from_millis(300)).await;
     // The same with a subscribe command on an open connection.
-    gw.publish_batch_ok(&[("price.silver", json!({"n": 1})), ("price.silver", json!({"n": 2})), ("price.silver", json!({"n": 3}))])
-        .await;
+    gw.publish_batch_ok(&[
+        ("price.silver", json!({"n": 1})),
+        ("price.silver", json!({"n": 2})),
+        ("price.silver", json!({"n": 3})),
+    ])
+    .await;
     ws.send_json(&json!({"type": "subscribe", "channel": "price.silver", "since": 1}))
         .await;
     let ack = ws.expect_control("subscribed", T5).await;
@@ -470,14 +474,10 @@ async fn conflate_interval_sends_at_most_one_update_per_interval_newest_last() {
 /// slower than one batch of frames per timeout — makes progress all along
 /// and must not be dropped.
 ///
-/// Ignored until the gateway is fixed: `Session::write_frames`
-/// (src/transport/websocket/session.rs) arms one `write_timeout` sleep for
-/// the whole vectored write of a batch (up to 64 frames), so this reader is
-/// dropped (EOF, no close frame, not counted) after 65 of 128 messages,
-/// while with `--ws-write-timeout 30s` it gets all 128 in ~8 s.
-/// Run with `cargo test --test conflation -- --ignored`.
+/// (It once was dropped after 65 of 128 messages: the timeout bounded a
+/// whole batch write; now it bounds a write during which the socket's send
+/// queue doesn't drain at all.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: write_timeout bounds a whole batch write, not a write making no progress"]
 async fn a_steady_reader_slower_than_one_batch_per_write_timeout_is_not_dropped() {
     const MESSAGES: u64 = 128;
     const SIZE: usize = 60 * 1024;

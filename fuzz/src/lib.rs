@@ -9,7 +9,6 @@
 //! It uses only crates pollbridge itself depends on (`serde_json`, `toml`),
 //! so the main crate's tests need nothing extra to include it.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use pollbridge::bus::{Message, Payload};
@@ -252,25 +251,22 @@ pub fn check_cursor(text: &str) {
 /// Reference glob: the textbook recursion (`*` matches any run, possibly
 /// empty), memoised so that many stars stay polynomial.
 pub fn reference_glob(pattern: &[u8], name: &[u8]) -> bool {
-    fn go(
-        p: &[u8],
-        n: &[u8],
-        i: usize,
-        j: usize,
-        memo: &mut HashMap<(usize, usize), bool>,
-    ) -> bool {
-        if let Some(&known) = memo.get(&(i, j)) {
-            return known;
+    /// `memo[i * (name.len() + 1) + j]`: 0 unknown, 1 no match, 2 match.
+    fn go(p: &[u8], n: &[u8], i: usize, j: usize, memo: &mut [u8]) -> bool {
+        let slot = i * (n.len() + 1) + j;
+        if memo[slot] != 0 {
+            return memo[slot] == 2;
         }
         let result = match p.get(i) {
             None => j == n.len(),
             Some(b'*') => go(p, n, i + 1, j, memo) || (j < n.len() && go(p, n, i, j + 1, memo)),
             Some(&c) => n.get(j) == Some(&c) && go(p, n, i + 1, j + 1, memo),
         };
-        memo.insert((i, j), result);
+        memo[slot] = if result { 2 } else { 1 };
         result
     }
-    go(pattern, name, 0, 0, &mut HashMap::new())
+    let mut memo = vec![0u8; (pattern.len() + 1) * (name.len() + 1)];
+    go(pattern, name, 0, 0, &mut memo)
 }
 
 /// `glob_match` agrees with [`reference_glob`].
@@ -293,9 +289,9 @@ pub fn check_channel_cursor(data: &[u8]) {
     check_cursor(&text);
     if let Some(cut) = data.iter().position(|&b| b == b'\n') {
         let (pattern, name) = (&data[..cut], &data[cut + 1..]);
-        // Configured patterns and channel names are at most a few hundred
-        // bytes; the reference is quadratic.
-        if pattern.len() <= 512 && name.len() <= 512 {
+        // Channel names are at most 128 bytes and configured patterns not
+        // much longer; the reference is quadratic.
+        if pattern.len() <= 256 && name.len() <= 256 {
             check_glob(pattern, name);
         }
         for part in [pattern, name] {

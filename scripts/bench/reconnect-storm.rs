@@ -454,8 +454,9 @@ fn json_u64(text: &str, key: &str) -> Option<u64> {
 
 enum Connect {
     Open(Ws),
-    /// 503 with Retry-After seconds.
-    Refused(u64),
+    /// 503 with Retry-After seconds; true: `shutting_down` (a draining
+    /// node), false: `overloaded` (admission control).
+    Refused(u64, bool),
     /// Anything else (no listener, reset, timeout, other status).
     Failed,
 }
@@ -534,7 +535,21 @@ async fn ws_connect(
                     .find_map(|l| l.strip_prefix("retry-after:"))
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(1);
-                Connect::Refused(secs)
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+                    .min(4096);
+                while buf.len() < end + 4 + len {
+                    let n = stream.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[end + 4..]);
+                Connect::Refused(secs, body.contains("shutting_down"))
             }
             _ => Connect::Failed,
         })
@@ -657,6 +672,7 @@ fn source(i: usize, sources: usize) -> Ipv4Addr {
 struct StormLog {
     reconnected_at: Option<Instant>,
     refusals: usize,
+    drain_refusals: usize,
     failures: usize,
     got_end: bool,
     hint: Option<u64>,
@@ -696,8 +712,12 @@ async fn storm_client(
             }
             match ws_connect(src, sh.server, &format!("/rt/ws/storm?since={last}"), None).await {
                 Connect::Open(ws) => break ws,
-                Connect::Refused(secs) => {
-                    log.refusals += 1;
+                Connect::Refused(secs, draining) => {
+                    if draining {
+                        log.drain_refusals += 1;
+                    } else {
+                        log.refusals += 1;
+                    }
                     tokio::time::sleep(Duration::from_secs(secs)).await;
                 }
                 Connect::Failed => {
@@ -869,6 +889,7 @@ async fn storm(opts: &Opts, name: &str) {
         }
     }
     let refusals: usize = logs.iter().map(|l| l.refusals).sum();
+    let drain_refusals: usize = logs.iter().map(|l| l.drain_refusals).sum();
     let failures: usize = logs.iter().map(|l| l.failures).sum();
     let problems = logs.iter().filter(|l| l.problem.is_some()).count();
     let with_hint = logs.iter().filter(|l| l.hint.is_some()).count();
@@ -905,7 +926,7 @@ async fn storm(opts: &Opts, name: &str) {
     println!("  accept rate: peak {busiest_second}/s (1 s), {}/s (100 ms), mean {:.0}/s from ready to all back",
         busiest_100ms * 10, opts.clients as f64 / active_secs.max(0.001));
     println!("  new gateway CPU until all back:        peak {peak100:.0} % (100 ms), {peak1s:.0} % (1 s), mean {mean:.0} %");
-    println!("  503 overloaded answered: {refusals} (gateway counted {refused_metric}); refused/failed connects: {failures}");
+    println!("  503 overloaded (new gateway): {refusals} (it counted {refused_metric}); 503 shutting_down (old gateway, draining): {drain_refusals}; refused/failed TCP connects: {failures}");
     println!("  close frames 1001: {closed_1001}, with a retry= hint: {with_hint}; clients with problems: {problems}; got the message after: {}",
         logs.iter().filter(|l| l.got_end).count());
 }
@@ -1150,7 +1171,10 @@ async fn fanout(opts: &Opts, name: &str) {
         fast_total as f64 / window);
     println!("  deliveries to slow subscribers: {slow_total} = {:.0}/s ({slow_cut} of {slow_n} saw their connection end)",
         slow_total as f64 / window);
-    println!("  still subscribed at the end (gateway's /channels): {still_subscribed} of {}", opts.subscribers);
+    println!(
+        "  still subscribed at the end (gateway's /channels): {still_subscribed} of {}",
+        opts.subscribers
+    );
     println!(
         "  fast-subscriber latency (10 % sample): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(0.5),

@@ -307,15 +307,3 @@ pub async fn ws_read(ws: &mut Ws, t: Duration) -> WsRead {
 pub async fn ws_finish(mut ws: Ws, t: Duration) {
     let _ = tokio::time::timeout(t, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
-
-/// A sample of `/proc/PID/stat`: user + system CPU ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // After the name: state is field 3, utime 14, stime 15 (1-based).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}

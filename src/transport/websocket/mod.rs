@@ -304,7 +304,7 @@ fn upgrade(
 async fn serve<R, W>(gw: Arc<Gateway>, read: R, write: W, queue: Arc<SubscriberQueue>, start: Start)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + session::SendProgress + Unpin + Send + 'static,
 {
     // fastwebsockets needs a write half to split with; we write frames
     // ourselves, so it gets a sink it never uses.

@@ -83,7 +83,7 @@ pub struct InitialSubscription {
     pub history: HistoryRead,
 }
 
-impl<W: AsyncWrite + Unpin> Session<W> {
+impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
         Session {
             frames: Vec::new(),
@@ -445,16 +445,16 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     /// `write_timeout`, or when its queue overflows meanwhile (it is too
     /// slow: waiting longer only delays the disconnect).
     async fn write_frames(&mut self, frames: &[Bytes]) -> Result<(), End> {
-        let timeout = tokio::time::sleep(self.gw.config.websocket.write_timeout);
+        let stall = self.gw.config.websocket.write_timeout;
         let queue = self.queue.clone();
         let (gw, subscriptions) = (&self.gw, &self.subscriptions);
-        let write = write_all_vectored(&mut self.writer, frames);
-        tokio::pin!(write, timeout);
+        let write = write_all_vectored(&mut self.writer, frames, stall);
+        tokio::pin!(write);
         let mut lagging = false;
         loop {
             tokio::select! {
+                // Includes the stall limit: no progress for write_timeout.
                 result = &mut write => return result.map_err(|_| End::Drop),
-                _ = &mut timeout => return Err(End::Drop),
                 _ = queue.overflowed(), if !lagging => lagging = true,
                 // Behind, and the socket takes nothing: once history can no
                 // longer cover what this client has missed, waiting is
@@ -543,14 +543,42 @@ fn slow_consumer() -> End {
     End::Close(1013, "slow consumer: message queue overflowed".into())
 }
 
+/// How much of what was written the peer has not acknowledged yet: lets a
+/// blocked writer tell a slow reader (the queue drains) from a dead one.
+pub trait SendProgress {
+    /// Bytes in the socket's send queue, when known.
+    fn unsent(&self) -> Option<u64>;
+}
+
+impl SendProgress for crate::server::meter::MeteredStream<tokio::net::tcp::OwnedWriteHalf> {
+    fn unsent(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        let fd = self.get_ref().as_ref().as_raw_fd();
+        let mut queued: libc::c_int = 0;
+        // SIOCOUTQ: bytes in the send queue not yet acknowledged.
+        // SAFETY: `fd` is a live socket owned by `self`; the kernel writes
+        // one int through the pointer.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then_some(queued.max(0) as u64)
+    }
+}
+
+impl<T> SendProgress for tokio::io::WriteHalf<T> {
+    fn unsent(&self) -> Option<u64> {
+        None
+    }
+}
+
 /// Writes every byte of `frames`, several frames per system call.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
+///
+/// `stall` bounds each system call, not the whole write: a client that
+/// reads slowly but steadily is never cut off; one whose socket accepts
+/// nothing for `stall` is (`TimedOut`).
+async fn write_all_vectored<W: AsyncWrite + SendProgress + Unpin>(
     writer: &mut W,
     frames: &[Bytes],
+    stall: Duration,
 ) -> io::Result<()> {
-    if frames.len() == 1 {
-        return writer.write_all(&frames[0]).await;
-    }
     let mut index = 0; // first frame not completely written
     let mut offset = 0; // bytes of frames[index] already written
     while index < frames.len() {
@@ -559,7 +587,24 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         for f in frames[index + 1..].iter().take(63) {
             slices.push(IoSlice::new(f));
         }
-        let mut written = writer.write_vectored(&slices).await?;
+        // The socket can stay unwritable for a while although the peer
+        // reads steadily (the kernel wakes writers only once a good part
+        // of a large send buffer is free): what counts is whether the
+        // queue drains.
+        let mut queued = writer.unsent();
+        let mut written = loop {
+            match tokio::time::timeout(stall, writer.write_vectored(&slices)).await {
+                Ok(result) => break result?,
+                Err(_) => {
+                    let now = writer.unsent();
+                    if matches!((queued, now), (Some(before), Some(after)) if after < before) {
+                        queued = now;
+                        continue;
+                    }
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -583,6 +628,22 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    impl SendProgress for tokio::io::DuplexStream {
+        fn unsent(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_nobody_reads_times_out() {
+        let (mut a, _b) = tokio::io::duplex(8);
+        let frames = vec![Bytes::from_static(b"more than eight bytes")];
+        let err = write_all_vectored(&mut a, &frames, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
     #[tokio::test]
     async fn vectored_write_survives_partial_writes() {
         let (mut a, mut b) = tokio::io::duplex(7); // tiny buffer forces partial writes
@@ -595,7 +656,9 @@ mod tests {
             b.read_to_end(&mut got).await.unwrap();
             got
         });
-        write_all_vectored(&mut a, &frames).await.unwrap();
+        write_all_vectored(&mut a, &frames, Duration::from_secs(5))
+            .await
+            .unwrap();
         drop(a);
         assert_eq!(reader.await.unwrap(), expected);
     }
