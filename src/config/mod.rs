@@ -557,6 +557,7 @@ impl Config {
                 self.limits.header_read_timeout,
             ),
             ("limits.body_read_timeout", self.limits.body_read_timeout),
+            ("migration.legacy_window", self.migration.legacy_window),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.timeout", self.proxy.timeout),
         ];
@@ -683,6 +684,12 @@ impl Config {
         for (i, rule) in self.channels.iter().enumerate() {
             if let Err(e) = rules::validate_pattern(&rule.pattern) {
                 bad(&format!("channels[{i}].pattern"), e);
+            }
+            if rule.conflate_interval.is_some() && rule.mode != ChannelMode::State {
+                bad(
+                    &format!("channels[{i}].conflate_interval"),
+                    "only applies to mode = \"state\" channels".into(),
+                );
             }
             let has_key = self.auth.jwt_secret.is_some() || self.auth.jwt_public_key_file.is_some();
             if rule.auth == ChannelAuth::Token && !has_key {
