@@ -481,12 +481,10 @@ fn fuzz_inputs_replay() {
 }
 
 /// Floats published through a `serde_json::Value` (WebSocket `publish`,
-/// the batch `POST /publish`) should come back bit for bit. They don't
-/// yet: serde_json without its `float_roundtrip` feature parses about one
-/// 17-digit float in ten one ULP off (`0.9856906946328695` is delivered as
-/// `0.9856906946328696`). Enable that feature, then drop the `ignore`.
+/// the batch `POST /publish`) come back bit for bit: serde_json's
+/// `float_roundtrip` feature is on (without it about one 17-digit float in
+/// ten came back one ULP off: `0.9856906946328695` as `0.9856906946328696`).
 #[test]
-#[ignore = "needs serde_json's float_roundtrip feature"]
 fn client_published_floats_round_trip_exactly() {
     let sent = "0.9856906946328695";
     let value: Value = serde_json::from_str(sent).expect("a float");

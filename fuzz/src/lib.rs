@@ -355,8 +355,8 @@ pub fn check_config(text: &str) {
         Err(problems) => {
             assert!(!problems.is_empty(), "refused without a reason");
             for problem in &problems {
+                // The key may be empty: `"" = 1` is named as `config key ''`.
                 let line = problem.to_string();
-                assert!(!problem.key.is_empty(), "{line:?}");
                 assert!(!line.contains('\n'), "a problem spans lines: {line:?}");
             }
             let bus = table

@@ -277,7 +277,9 @@ fn from_table(table: toml::Table) -> Result<Config, Vec<ConfigProblem>> {
                 key: if path == "." {
                     "(top level)".into()
                 } else {
-                    path
+                    // A quoted TOML key may hold a newline; the problem
+                    // must stay one line.
+                    path.chars().flat_map(char::escape_debug).collect()
                 },
                 message,
             }]
@@ -358,6 +360,14 @@ mod tests {
         let err = parse_with(&["--admin-listen", "nowhere"], None).unwrap_err();
         assert_eq!(err[0].key, "admin_listen");
         assert!(!err[0].to_string().contains('\n'));
+    }
+
+    #[test]
+    fn a_key_with_a_newline_is_named_on_one_line() {
+        // Found while fuzzing the loader (fuzz/regressions/config_loader/).
+        let err = parse_with(&[], Some("\"a\\nb\" = 1\n")).unwrap_err();
+        assert_eq!(err[0].key, "a\\nb");
+        assert!(!err[0].to_string().contains('\n'), "{}", err[0]);
     }
 
     #[test]
