@@ -7,6 +7,7 @@
 #     real Prometheus evaluating every dashboard and rule query against a
 #     gateway under load
 #   - the Autobahn TestSuite (RFC 6455 conformance, 301 cases)
+#   - a short soak: mixed load with RSS and open files sampled, both flat
 #   - the end-to-end browser test in headless Chromium
 #   - the deployment files checked by their real tools (hadolint, compose,
 #     kustomize + kubernetes-validate + checkov, systemd-analyze, nginx -t,
@@ -43,6 +44,7 @@ suite "client unit tests" node --test client/
 suite "prometheus files" scripts/prometheus/check-files.sh
 suite "prometheus live" scripts/prometheus/check-gateway.sh "$POLLBRIDGE_BIN"
 suite "autobahn" scripts/autobahn.sh
+suite "soak (short)" scripts/soak.sh 30
 suite "browser e2e" scripts/browser/run.sh
 suite "deploy files" scripts/deploy/check.sh
 suite "deploy e2e (nginx, haproxy)" scripts/deploy/e2e-nginx.sh
