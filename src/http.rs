@@ -153,6 +153,22 @@ pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Byte
     resp
 }
 
+/// True for a JSON media type (`application/json`, `…+json`), parameters
+/// ignored. Publish bodies and bridged backend answers of such a type are
+/// published as JSON, anything else as a string.
+pub fn is_json_content_type(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+}
+
 /// Query parameters as (name, value) pairs, percent-decoded.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query

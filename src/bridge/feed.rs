@@ -406,16 +406,7 @@ struct Validators {
 }
 
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
-    content_type
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|m| m == "application/json" || m.ends_with("+json"))
+    crate::http::is_json_content_type(content_type)
 }
 
 /// JSON bodies are published as JSON, others as text.

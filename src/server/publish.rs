@@ -18,17 +18,7 @@ use crate::http::{json_value, read_body, Request, Response};
 const BATCH_FACTOR: usize = 64;
 
 fn is_json(req: &Request) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+    crate::http::is_json_content_type(req.headers().get(header::CONTENT_TYPE))
 }
 
 fn payload_error(e: PayloadError) -> ApiError {
