@@ -367,13 +367,15 @@ pub fn check_config(text: &str) {
     if let Some(password) = bus.and_then(redis_password) {
         if !password.is_empty() && text.matches(password).count() == 1 {
             let marked = text.replacen(password, PASSWORD_MARKER, 1);
-            // The one occurrence must be the one in `bus` (not in a key
-            // name, with `bus` spelling its password in escapes).
+            // The marker must now be the password, as `redact` sees it (not
+            // a key name, nor part of the user name: `uh:::@c` has the
+            // password `::`, and replacing the first `::` makes the user
+            // `uhMARKER`).
             let marked_bus = marked
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|t| t.get("bus").and_then(|b| b.as_str().map(str::to_owned)));
-            let in_bus = marked_bus.is_some_and(|b| b.contains(PASSWORD_MARKER));
+            let in_bus = marked_bus.as_deref().and_then(redis_password) == Some(PASSWORD_MARKER);
             if let (true, Err(problems)) = (in_bus, from_toml_str(&marked)) {
                 for problem in &problems {
                     assert!(
