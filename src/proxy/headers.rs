@@ -1,8 +1,23 @@
 //! Header rewriting for the reverse proxy (pure functions).
+//!
+//! They run on every proxied request (`remove_hop_by_hop` on the response
+//! too), so they skip work that does not depend on the request: header
+//! names are `static`s (built at compile time, not validated per call), the
+//! common `Via` is a `static` value, the peer address is formatted without
+//! `core::fmt` or an allocation, and a map with no hop-by-hop header is left
+//! after one pass over its names instead of nine hashed removals.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
+use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -16,6 +31,18 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
 
 /// The `Upgrade` value when the request asks to switch protocols.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -34,6 +61,12 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including every header `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Nearly every request and response has none: one pass over the names
+    // (no hashing) instead of nine removals. Headers named by `Connection`
+    // only count when a `Connection` header exists, which this pass finds.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -46,6 +79,49 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// `prior, hop` as a header value.
+fn joined(prior: &[u8], hop: &[u8]) -> Option<HeaderValue> {
+    let mut value = BytesMut::with_capacity(prior.len() + 2 + hop.len());
+    value.put_slice(prior);
+    value.put_slice(b", ");
+    value.put_slice(hop);
+    HeaderValue::from_maybe_shared(value.freeze()).ok()
+}
+
+/// Writes `ip` as text into `buf` (what `Display` writes) and returns its
+/// length. IPv4, the common case, without going through `core::fmt`.
+fn write_ip(ip: IpAddr, buf: &mut [u8; 48]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            // At most 45 bytes ("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255").
+            let mut w = &mut buf[..];
+            let room = w.len();
+            let _ = write!(w, "{v6}");
+            room - w.len()
+        }
+    }
+}
+
 /// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` (the Host the client asked for) and `Via`.
 pub fn add_forwarding(
@@ -54,20 +130,23 @@ pub fn add_forwarding(
     proto: &'static str,
     version: http::Version,
 ) {
-    let xff_name = HeaderName::from_static("x-forwarded-for");
-    let forwarded_for = match headers.get(&xff_name).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer.to_string(),
+    let mut buf = [0u8; 48];
+    let len = write_ip(peer, &mut buf);
+    let ip = &buf[..len];
+    let prior = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prior| !prior.trim().is_empty());
+    let forwarded_for = match prior {
+        Some(prior) => joined(prior.as_bytes(), ip),
+        None => HeaderValue::from_bytes(ip).ok(),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(xff_name, v);
+    if let Some(v) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     let hop = match version {
         http::Version::HTTP_10 => "1.0 pollbridge",
@@ -75,10 +154,10 @@ pub fn add_forwarding(
         _ => "1.1 pollbridge",
     };
     let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {hop}"),
-        None => hop.to_string(),
+        Some(prior) => joined(prior.as_bytes(), hop.as_bytes()),
+        None => Some(HeaderValue::from_static(hop)),
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
+    if let Some(v) = via {
         headers.insert(header::VIA, v);
     }
 }
@@ -130,5 +209,87 @@ mod tests {
         assert!(upgrade_protocol(&h).is_none());
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn peer_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.100.255",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.9.99",
+            "::1",
+            "::ffff:1.2.3.4",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 48];
+            let n = write_ip(ip, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_without_priors() {
+        let mut h = HeaderMap::new();
+        add_forwarding(
+            &mut h,
+            "::1".parse().unwrap(),
+            "https",
+            http::Version::HTTP_2,
+        );
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-forwarded-host"));
+        assert_eq!(h["via"], "2 pollbridge");
+    }
+
+    #[test]
+    fn blank_or_opaque_priors() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("  "));
+        h.insert(header::VIA, HeaderValue::from_static("1.0 edge"));
+        add_forwarding(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            "http",
+            http::Version::HTTP_10,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["via"], "1.0 edge, 1.0 pollbridge");
+        // A prior value that is not visible ASCII is replaced, not appended to.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        add_forwarding(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            "http",
+            http::Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn maps_without_hop_by_hop_headers_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        // Each hop-by-hop header alone is found and removed.
+        for name in HOP_BY_HOP.iter() {
+            let mut h = before.clone();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            remove_hop_by_hop(&mut h);
+            assert_eq!(h, before, "{name}");
+        }
     }
 }
