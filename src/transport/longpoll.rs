@@ -4,48 +4,57 @@
 //! node can answer any poll and no sticky sessions are needed. A poll with
 //! nothing new is held on a one-off subscription until a message arrives,
 //! its timeout ends or the gateway shuts down.
+//!
+//! Every delivery is one poll, so the per-poll path is kept lean: the query
+//! is read without allocating, credentials are only gathered for channels
+//! that need them, a poll whose cursor is behind is answered from history
+//! without subscribing, and the answer body — the shared envelopes
+//! concatenated — is built once per worker thread and shared by every poll
+//! that gets the same messages (a fan-out answers a thousand polls with one
+//! body).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::bus::{Bus, HistoryRead, Message, SubscriberQueue};
+use crate::bus::{Bus, Message, SubscriberQueue};
 use crate::channel::{parse_cursor, ChannelName};
+use crate::config::ChannelAuth;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{json, query_pairs, Request, Response};
+use crate::http::{json, Request, Response};
 use crate::metrics::PollResult;
 use crate::migration;
 use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
 
-/// The parsed query of a poll.
-struct PollQuery {
+/// The parsed query of a poll. The strings borrow from the request's URI
+/// unless they had to be percent-decoded.
+struct PollQuery<'q> {
     since: Option<u64>,
     timeout: Duration,
     /// The browser client's reason for falling back from WebSocket, sent
     /// on its first poll after the fallback.
-    fallback: Option<String>,
+    fallback: Option<Cow<'q, str>>,
     /// The browser client's page-load id, for counting distinct pollers.
-    client_id: Option<String>,
+    client_id: Option<Cow<'q, str>>,
 }
 
-fn parse_query(gw: &Gateway, query: Option<&str>) -> Result<PollQuery, ApiError> {
+fn parse_query<'q>(gw: &Gateway, query: Option<&'q str>) -> Result<PollQuery<'q>, ApiError> {
     let mut since = None;
     let mut timeout = gw.config.longpoll.default_timeout;
     let (mut fallback, mut client_id) = (None, None);
-    for (key, value) in query_pairs(query) {
-        match key.as_str() {
+    for (key, value) in query_iter(query.unwrap_or("")) {
+        match &*key {
             "since" => since = Some(parse_cursor(&value).ok_or(ApiError::BadCursor("since"))?),
-            "timeout" => {
-                let secs: f64 = value.parse().map_err(|_| ApiError::BadTimeout)?;
-                if !secs.is_finite() || secs < 0.0 {
-                    return Err(ApiError::BadTimeout);
-                }
-                timeout = Duration::from_secs_f64(secs.min(86_400.0));
-            }
+            "timeout" => timeout = parse_timeout(&value)?,
             "fallback" => fallback = Some(value),
             "cid" if value.len() <= 64 => client_id = Some(value),
             _ => {}
@@ -56,6 +65,137 @@ fn parse_query(gw: &Gateway, query: Option<&str>) -> Result<PollQuery, ApiError>
         timeout: timeout.min(gw.config.longpoll.max_timeout),
         fallback,
         client_id,
+    })
+}
+
+/// `timeout=` in seconds, fractions allowed, capped at a day.
+fn parse_timeout(value: &str) -> Result<Duration, ApiError> {
+    // Whole seconds (what clients send) without the float parser; the
+    // same value the float path below gives for them.
+    if !value.is_empty() && value.len() <= 18 && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = value.parse().map_err(|_| ApiError::BadTimeout)?;
+        return Ok(Duration::from_secs(secs.min(86_400)));
+    }
+    let secs: f64 = value.parse().map_err(|_| ApiError::BadTimeout)?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(ApiError::BadTimeout);
+    }
+    Ok(Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// `application/x-www-form-urlencoded` pairs exactly as
+/// [`form_urlencoded::parse`] yields them, in one pass over each pair, and a
+/// name or value with nothing to decode (no `%`, no `+`) is borrowed as it
+/// is.
+fn query_iter(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    let mut rest = query;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let bytes = rest.as_bytes();
+            let (mut end, mut eq) = (bytes.len(), None);
+            let (mut name_escaped, mut value_escaped) = (false, false);
+            for (i, &b) in bytes.iter().enumerate() {
+                match b {
+                    b'&' => {
+                        end = i;
+                        break;
+                    }
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'%' | b'+' if eq.is_none() => name_escaped = true,
+                    b'%' | b'+' => value_escaped = true,
+                    _ => {}
+                }
+            }
+            // `&` and `=` are ASCII, so these are character boundaries.
+            let sequence = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or("");
+            if sequence.is_empty() {
+                continue;
+            }
+            let (name, value) = match eq {
+                Some(i) => (&sequence[..i], &sequence[i + 1..]),
+                None => (sequence, ""),
+            };
+            return Some((
+                form_decode(name, name_escaped),
+                form_decode(value, value_escaped),
+            ));
+        }
+        None
+    })
+}
+
+/// `+` to space, then percent-decoding, then UTF-8 with replacement
+/// characters: what `form_urlencoded` does to each name and value.
+fn form_decode(text: &str, escaped: bool) -> Cow<'_, str> {
+    if !escaped {
+        return Cow::Borrowed(text);
+    }
+    let spaced: Vec<u8> = text
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(&spaced).into();
+    Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
+}
+
+/// Per worker thread scratch space, so the common poll allocates nothing of
+/// its own. Only borrowed inside synchronous sections, never across an
+/// `.await`.
+struct Scratch {
+    /// The channel of the last poll on this thread (already validated):
+    /// polls of the same channel share its name instead of allocating one.
+    channel: Option<ChannelName>,
+    /// Where a held poll's queue is drained into, then emptied.
+    drained: Vec<Arc<Message>>,
+    /// The last answer built on this thread.
+    answer: Option<CachedAnswer>,
+}
+
+/// An answer body and what it was built from.
+struct CachedAnswer {
+    messages: Vec<Arc<Message>>,
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+    body: Bytes,
+}
+
+impl CachedAnswer {
+    fn matches(&self, messages: &[Arc<Message>], last_id: u64, flags: (bool, bool)) -> bool {
+        self.last_id == last_id
+            && (self.truncated, self.conflated) == flags
+            && self.messages.len() == messages.len()
+            && self
+                .messages
+                .iter()
+                .zip(messages)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            channel: None,
+            drained: Vec::new(),
+            answer: None,
+        })
+    };
+}
+
+/// The channel name, validated once per run of polls of the same channel
+/// on this thread.
+fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        if let Some(last) = &scratch.channel {
+            if last.as_str() == name {
+                return Ok(last.clone());
+            }
+        }
+        let channel = ChannelName::new(name)?;
+        scratch.channel = Some(channel.clone());
+        Ok(channel)
     })
 }
 
@@ -72,15 +212,19 @@ pub async fn handle(
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    let channel = ChannelName::new(channel)?;
+    let channel = channel_name(channel)?;
     let query = parse_query(gw, req.uri().query())?;
     let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
     gw.ip_limits
         .allow_poll(client)
         .map_err(|limited| ApiError::RateLimited(limited.retry_after))?;
     gw.auth.check_origin(req.headers())?;
-    let credentials = gw.auth.credentials(req.headers(), req.uri().query());
-    gw.auth.may_subscribe(&channel, &credentials).await?;
+    // A public channel (the default) admits everyone: its credentials are
+    // never looked at, so they are not gathered either.
+    if gw.rules.resolve(channel.as_str()).auth != ChannelAuth::Public {
+        let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+        gw.auth.may_subscribe(&channel, &credentials).await?;
+    }
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
@@ -99,89 +243,161 @@ pub async fn handle(
     let read = gw.bus.history(&channel, query.since, limit).await?;
     // No `since`: the client wants what comes next, after the current last id.
     let cursor = query.since.unwrap_or(read.last_id);
-    let answer = if query.since.is_some()
+    let mut resp = if query.since.is_some()
         && (!read.messages.is_empty() || read.truncated || read.conflated)
     {
-        read
+        // Behind: answered from history, no subscription.
+        respond(
+            gw,
+            &read.messages,
+            read.last_id,
+            read.truncated,
+            read.conflated,
+        )
     } else if query.timeout.is_zero() {
-        HistoryRead {
-            last_id: cursor,
-            ..HistoryRead::default()
-        }
+        respond(gw, &[], cursor, false, false)
     } else {
+        drop(read);
         wait(gw, &channel, cursor, query.timeout).await?
     };
-    let mut resp = respond(gw, answer);
     cors(gw, req.headers(), resp.headers_mut());
     Ok(resp)
 }
 
-/// Holds the poll until something after `cursor` is published.
+/// Holds the poll until something after `cursor` is published, its timeout
+/// ends or the gateway shuts down, and answers it.
 async fn wait(
     gw: &Arc<Gateway>,
     channel: &ChannelName,
     cursor: u64,
     timeout: Duration,
-) -> Result<HistoryRead, ApiError> {
-    let queue = SubscriberQueue::new(gw.config.longpoll.max_messages, Transport::LongPoll);
-    let (_subscription, read) = gw
-        .subscribe(
-            channel,
-            Some(cursor),
-            &queue,
-            gw.config.longpoll.max_messages,
-        )
-        .await?;
+) -> Result<Response, ApiError> {
+    let max = gw.config.longpoll.max_messages;
+    let queue = SubscriberQueue::new(max, Transport::LongPoll);
+    let (_subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
     if !read.messages.is_empty() || read.truncated || read.conflated {
-        return Ok(read);
+        return Ok(respond(
+            gw,
+            &read.messages,
+            read.last_id,
+            read.truncated,
+            read.conflated,
+        ));
     }
-    let mut messages = Vec::new();
-    tokio::select! {
-        _ = queue.drain(&mut messages, gw.config.longpoll.max_messages) => {}
-        _ = tokio::time::sleep(timeout) => {}
-        _ = gw.shutdown.cancelled() => {}
-    }
-    // A shared bus may hand us live copies of what history already had.
-    let mut seen = Cursor(cursor);
-    messages.retain(|m| seen.advance(m.id));
-    Ok(HistoryRead {
-        last_id: seen.0,
-        messages,
-        truncated: false,
-        conflated: false,
+    drop(read);
+    let mut sleep = pin!(tokio::time::sleep(timeout));
+    let mut shutdown = pin!(gw.shutdown.cancelled());
+    // The queue is looked at first: messages that arrive in the same turn
+    // as the timeout or the shutdown are still delivered.
+    let resp = poll_fn(|cx| {
+        let drained = SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                drained, answer, ..
+            } = scratch;
+            drained.clear();
+            let ready = queue.poll_drain(cx, drained, max).is_ready();
+            let resp = ready.then(|| {
+                // A shared bus may hand us live copies of what history
+                // already had.
+                let mut seen = Cursor(cursor);
+                drained.retain(|m| seen.advance(m.id));
+                respond_with(gw, answer, drained, seen.0, false, false)
+            });
+            drained.clear();
+            resp
+        });
+        if let Some(resp) = drained {
+            return Poll::Ready(resp);
+        }
+        if shutdown.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(respond(gw, &[], cursor, false, false));
+        }
+        Poll::Pending
+    })
+    .await;
+    Ok(resp)
+}
+
+/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false}`.
+fn respond(
+    gw: &Gateway,
+    messages: &[Arc<Message>],
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+) -> Response {
+    SCRATCH.with_borrow_mut(|scratch| {
+        respond_with(
+            gw,
+            &mut scratch.answer,
+            messages,
+            last_id,
+            truncated,
+            conflated,
+        )
     })
 }
 
-/// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
-/// envelopes, no re-encoding.
-fn respond(gw: &Gateway, answer: HistoryRead) -> Response {
-    let result = if answer.truncated {
+fn respond_with(
+    gw: &Gateway,
+    cache: &mut Option<CachedAnswer>,
+    messages: &[Arc<Message>],
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+) -> Response {
+    let result = if truncated {
         PollResult::Truncated
-    } else if answer.messages.is_empty() {
+    } else if messages.is_empty() {
         PollResult::Empty
     } else {
         PollResult::Messages
     };
     gw.metrics.poll_answered(result);
-    record_delivery(&gw.metrics, Transport::LongPoll, &answer.messages);
-    let last_id = answer.messages.last().map_or(answer.last_id, |m| m.id);
-    json(
-        StatusCode::OK,
-        encode_answer(
-            &answer.messages,
-            last_id,
-            answer.truncated,
-            answer.conflated,
-        ),
-    )
+    record_delivery(&gw.metrics, Transport::LongPoll, messages);
+    let last_id = messages.last().map_or(last_id, |m| m.id);
+    let body = cached_body(cache, messages, last_id, truncated, conflated);
+    json(StatusCode::OK, body)
 }
 
+/// The answer body, from `cache` when the last answer built on this thread
+/// had the very same messages (a fan-out's thousand polls), else encoded
+/// and remembered.
+fn cached_body(
+    cache: &mut Option<CachedAnswer>,
+    messages: &[Arc<Message>],
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+) -> Bytes {
+    if let Some(cached) = cache {
+        if cached.matches(messages, last_id, (truncated, conflated)) {
+            return cached.body.clone();
+        }
+    }
+    let body = encode_answer(messages, last_id, truncated, conflated);
+    let cached = cache.get_or_insert_with(|| CachedAnswer {
+        messages: Vec::new(),
+        last_id,
+        truncated,
+        conflated,
+        body: Bytes::new(),
+    });
+    cached.messages.clear();
+    cached.messages.extend_from_slice(messages);
+    (cached.last_id, cached.truncated, cached.conflated) = (last_id, truncated, conflated);
+    cached.body = body.clone();
+    body
+}
+
+/// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
+/// envelopes, no re-encoding.
 fn encode_answer(
     messages: &[Arc<Message>],
     last_id: u64,
     truncated: bool,
     conflated: bool,
-) -> bytes::Bytes {
+) -> Bytes {
     let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
     let mut out = BytesMut::with_capacity(size + 64);
     out.put_slice(b"{\"messages\":[");
@@ -275,5 +491,89 @@ mod tests {
             &empty[..],
             br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true}"#
         );
+    }
+
+    #[test]
+    fn query_pairs_decode_as_form_urlencoded_does() {
+        let queries = [
+            "",
+            "since=1&timeout=60",
+            "&&since=2&&",
+            "since",
+            "=x",
+            "a=b=c",
+            "fallback=ws+blocked&cid=%41%42c",
+            "token=a%2Bb+c%3D%3D&x=%",
+            "bad=%zz%4&utf=%C3%A9%FF",
+            "%73ince=5&timeout=1.5",
+            "k%3Dv=1&&=&=&",
+            "a+b=c+d&e%=%f&g==h&&&i",
+            "€=é&%E2%82%AC=x+y",
+        ];
+        for query in queries {
+            let fast: Vec<(String, String)> = query_iter(query)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let reference: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(fast, reference, "{query}");
+        }
+        assert!(matches!(
+            query_iter("since=7").next(),
+            Some((Cow::Borrowed("since"), Cow::Borrowed("7")))
+        ));
+    }
+
+    #[test]
+    fn whole_second_timeouts_match_the_float_path() {
+        for text in [
+            "0",
+            "1",
+            "60",
+            "0060",
+            "86400",
+            "86401",
+            "999999999999999999",
+        ] {
+            let float: f64 = text.parse().unwrap();
+            assert_eq!(
+                parse_timeout(text).unwrap(),
+                Duration::from_secs_f64(float.min(86_400.0)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_timeout("1e1").unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            parse_timeout("99999999999999999999999").unwrap(),
+            Duration::from_secs(86_400)
+        );
+        for bad in ["", "-1", "x", "inf", "NaN", "1s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_are_shared_only_for_the_same_messages() {
+        let ch = ChannelName::new("n").unwrap();
+        let one = Arc::new(Message::new(ch.clone(), 1, b"1", Instant::now()));
+        let two = Arc::new(Message::new(ch.clone(), 2, b"2", Instant::now()));
+        let same_id = Arc::new(Message::new(ch, 2, b"3", Instant::now()));
+        let mut cache = None;
+        let mut body = |msgs: &[Arc<Message>], last_id, truncated, conflated| {
+            let body = cached_body(&mut cache, msgs, last_id, truncated, conflated);
+            assert_eq!(body, encode_answer(msgs, last_id, truncated, conflated));
+            body
+        };
+        let a = body(&[one.clone(), two.clone()], 2, false, false);
+        let b = body(&[one.clone(), two.clone()], 2, false, false);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same answer is shared");
+        body(&[one.clone(), same_id], 2, false, false);
+        body(std::slice::from_ref(&one), 1, false, false);
+        body(std::slice::from_ref(&one), 1, true, false);
+        body(&[one], 1, true, true);
+        body(&[], 1, false, false);
+        body(&[], 2, false, false);
     }
 }
