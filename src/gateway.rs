@@ -96,13 +96,14 @@ impl Gateway {
             None => None,
         };
         let stats = StatsSampler::new(metrics.clone());
+        let shutdown = CancellationToken::new();
         Ok(Arc::new(Gateway {
             config,
             rules,
             bus,
             metrics,
             proxy,
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown.clone(),
             tasks: TaskTracker::new(),
             open_connections: Arc::new(AtomicUsize::new(0)),
             stats,
@@ -112,7 +113,7 @@ impl Gateway {
             admission,
             tls,
             migration,
-            kick: Mutex::new(CancellationToken::new()),
+            kick: Mutex::new(shutdown.child_token()),
         }))
     }
 
@@ -148,13 +149,16 @@ impl Gateway {
 
     /// A token that is cancelled when the operator disconnects every
     /// session; sessions take it when they start.
+    /// Cancelled by [`disconnect_all`](Self::disconnect_all) and by
+    /// shutdown (it is a child of the shutdown token), so a session waits on
+    /// one token for both and tells them apart by `shutdown.is_cancelled()`.
     pub fn kick_token(&self) -> CancellationToken {
         self.kick.lock().clone()
     }
 
     /// Ends every WebSocket and SSE session open now.
     pub fn disconnect_all(&self) {
-        let old = std::mem::replace(&mut *self.kick.lock(), CancellationToken::new());
+        let old = std::mem::replace(&mut *self.kick.lock(), self.shutdown.child_token());
         old.cancel();
     }
 }

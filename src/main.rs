@@ -6,6 +6,9 @@ use pollbridge::{config::cli, Gateway, Listeners};
 
 // jemalloc keeps per-connection memory smallest of the allocators measured
 // (see API-NOTES §8 and BENCHMARKS.md) and returns freed memory steadily.
+// The `system-alloc` feature switches it off, for heap profilers (massif,
+// heaptrack) that only see the system allocator.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

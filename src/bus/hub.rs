@@ -182,26 +182,62 @@ impl Hub {
         })
     }
 
+    /// Assigns the next ids to several payloads of one channel, records
+    /// them and fans them out together: a subscriber in direct mode gets
+    /// them in one write.
+    pub fn publish_next_many(&self, channel: &ChannelName, data: &[Bytes]) -> Vec<Arc<Message>> {
+        self.with_channel(channel, |_, inner| {
+            let now = Instant::now();
+            let msgs: Vec<Arc<Message>> = data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    Arc::new(Message::new(
+                        channel.clone(),
+                        inner.last_id + 1 + i as u64,
+                        d,
+                        now,
+                    ))
+                })
+                .collect();
+            self.record_and_fan_out_all(inner, &msgs);
+            msgs
+        })
+    }
+
     fn record_and_fan_out(&self, inner: &mut ChannelInner, msg: &Arc<Message>) {
-        inner.last_id = msg.id;
-        inner.last_activity = msg.published_at;
+        self.record_and_fan_out_all(inner, std::slice::from_ref(msg))
+    }
+
+    fn record_and_fan_out_all(&self, inner: &mut ChannelInner, msgs: &[Arc<Message>]) {
+        let Some(last) = msgs.last() else {
+            return;
+        };
+        inner.last_id = last.id;
+        inner.last_activity = last.published_at;
         if inner.mode == ChannelMode::State {
+            // A state channel's history is its latest value.
             inner.history.clear();
+            inner.history.push_back(last.clone());
+        } else {
+            inner.history.extend(msgs.iter().cloned());
         }
-        inner.history.push_back(msg.clone());
         while inner.history.len() > self.history.size {
             inner.history.pop_front();
         }
-        trim_by_age(&mut inner.history, self.history.max_age, msg.published_at);
+        trim_by_age(&mut inner.history, self.history.max_age, last.published_at);
 
         let mode = inner.mode;
         let mut i = 0;
         while i < inner.subscribers.len() {
             let queue = &inner.subscribers[i].queue;
-            match queue.push(msg, mode) {
-                Pushed::Queued => i += 1,
-                Pushed::Conflated => {
-                    self.metrics.transport(queue.transport()).conflated.inc();
+            match queue.push_all(msgs, mode) {
+                Pushed::Queued | Pushed::Written => i += 1,
+                Pushed::Conflated { count } => {
+                    self.metrics
+                        .transport(queue.transport())
+                        .conflated
+                        .inc_by(count as u64);
                     i += 1;
                 }
                 // The reader learns of the overflow from its queue and

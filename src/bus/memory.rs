@@ -33,6 +33,22 @@ impl Bus for MemoryBus {
         Ok(Published { id: msg.id })
     }
 
+    async fn publish_many(
+        &self,
+        channel: &ChannelName,
+        payloads: &[Payload],
+    ) -> Result<Vec<Published>, BusError> {
+        let started = std::time::Instant::now();
+        let data: Vec<bytes::Bytes> = payloads.iter().map(Payload::to_json_bytes).collect();
+        let msgs = self.hub.publish_next_many(channel, &data);
+        let metrics = self.hub.metrics();
+        metrics
+            .bus_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.published.inc_by(msgs.len() as u64);
+        Ok(msgs.iter().map(|m| Published { id: m.id }).collect())
+    }
+
     async fn subscribe(
         &self,
         channel: &ChannelName,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
 pub use message::{Message, Payload, PayloadError};
-pub use queue::{QueueClosed, SubscriberQueue};
+pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 
 use crate::channel::ChannelName;
 
@@ -43,6 +43,15 @@ pub trait Bus: Send + Sync + 'static {
         channel: &ChannelName,
         payload: &Payload,
     ) -> impl Future<Output = Result<Published, BusError>> + Send;
+
+    /// Publishes several messages of one channel, in order; returns their
+    /// ids. Buses that can deliver them together (one write per
+    /// subscriber) do.
+    fn publish_many(
+        &self,
+        channel: &ChannelName,
+        payloads: &[Payload],
+    ) -> impl Future<Output = Result<Vec<Published>, BusError>> + Send;
 
     /// Subscribes `queue` to live messages of `channel` and returns the
     /// history after `since` (None: no history). Messages delivered live
@@ -98,6 +107,17 @@ impl Bus for AnyBus {
         match self {
             AnyBus::Memory(bus) => bus.publish(channel, payload).await,
             AnyBus::Redis(bus) => bus.publish(channel, payload).await,
+        }
+    }
+
+    async fn publish_many(
+        &self,
+        channel: &ChannelName,
+        payloads: &[Payload],
+    ) -> Result<Vec<Published>, BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.publish_many(channel, payloads).await,
+            AnyBus::Redis(bus) => bus.publish_many(channel, payloads).await,
         }
     }
 

@@ -7,11 +7,25 @@
 //! "slow consumer" reason), a `state` subscriber keeps only the newest
 //! message per channel. Either way no client can make the gateway's memory
 //! grow without bound.
+//!
+//! **Direct delivery.** While a connection is idle and has nothing queued,
+//! it can lend the queue a [`DirectSink`]: the publisher then writes each
+//! message to the socket itself (a non-blocking `write()` of the shared,
+//! pre-encoded frame) instead of queueing it and waking the connection's
+//! task. That task wake-up was most of the gateway's CPU per delivery
+//! above the bare `write()`. The first write the socket does not take whole
+//! ends direct mode: what it did not take is kept here (the unsent tail of
+//! a frame, then whole messages) and the connection's task is woken to
+//! finish it with ordinary awaited writes. Only one side writes at a time:
+//! the publisher only under this queue's lock while direct mode is on, the
+//! task only after taking direct mode back under the same lock.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::Message;
@@ -31,8 +45,13 @@ pub enum QueueClosed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// A `state` message replaced an undelivered older one of its channel.
-    Conflated,
+    /// Written straight to the subscriber's socket (direct mode).
+    Written,
+    /// `state` messages replaced `count` undelivered older ones of their
+    /// channel.
+    Conflated {
+        count: usize,
+    },
     /// The queue was full: it is now closed; `dropped` messages were lost
     /// for this subscriber (the queued ones and this one).
     Overflowed {
@@ -42,6 +61,27 @@ pub enum Pushed {
     Closed,
 }
 
+/// A connection the publisher may write to directly (see the module doc).
+pub trait DirectSink: Send + Sync {
+    /// This transport's encoding of `msg` (shared, pre-encoded).
+    fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes;
+    /// Writes what the socket takes now, without waiting.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// `msgs` went to the socket (metrics).
+    fn delivered(&self, msgs: &[Arc<Message>]);
+}
+
+/// What the connection must write before anything queued, and the last id
+/// written per channel, after direct mode ends.
+#[derive(Default)]
+pub struct DirectReport {
+    /// The unsent tail of a message the publisher wrote in part.
+    pub remainder: Option<Bytes>,
+    /// Last id delivered per channel: the connection's cursors, moved on
+    /// by what publishers wrote.
+    pub written: Vec<(crate::channel::ChannelName, u64)>,
+}
+
 struct State {
     items: VecDeque<Arc<Message>>,
     waker: Option<Waker>,
@@ -49,6 +89,10 @@ struct State {
     /// Messages lost to the overflow (what was queued, and the one that
     /// did not fit).
     dropped: usize,
+    /// Set while the publisher writes to the connection itself.
+    direct: Option<Arc<dyn DirectSink>>,
+    /// Written directly since the connection last took its socket back.
+    report: DirectReport,
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -66,6 +110,8 @@ impl SubscriberQueue {
                 waker: None,
                 closed: None,
                 dropped: 0,
+                direct: None,
+                report: DirectReport::default(),
             }),
             capacity: capacity.max(1),
             transport,
@@ -77,38 +123,89 @@ impl SubscriberQueue {
         self.transport
     }
 
-    /// Adds a message. Never blocks beyond a short uncontended lock.
+    /// Adds a message. Never blocks beyond a short uncontended lock (and,
+    /// in direct mode, one non-blocking write).
     pub fn push(&self, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
+        self.push_all(std::slice::from_ref(msg), mode)
+    }
+
+    /// Adds several messages of one channel in order: in direct mode they
+    /// go out in one vectored write. Returns the outcome of the last one
+    /// (`Conflated` if any was, `Overflowed` if it stopped).
+    pub fn push_all(&self, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
+        let mut rest = msgs;
+        if state.direct.is_some() {
+            let written = write_direct(&mut state, msgs);
+            if written == msgs.len() {
+                return Pushed::Written;
+            }
+            rest = &msgs[written..];
+        }
         let mut outcome = Pushed::Queued;
-        if mode == ChannelMode::State {
-            if let Some(pos) = state.items.iter().position(|m| m.channel == msg.channel) {
-                state.items.remove(pos);
-                outcome = Pushed::Conflated;
+        let mut conflated = 0;
+        for msg in rest {
+            if mode == ChannelMode::State {
+                if let Some(pos) = state.items.iter().position(|m| m.channel == msg.channel) {
+                    state.items.remove(pos);
+                    conflated += 1;
+                    outcome = Pushed::Conflated { count: conflated };
+                }
             }
-        }
-        if state.items.len() >= self.capacity {
-            let dropped = state.items.len() + 1;
-            state.items = VecDeque::new();
-            state.closed = Some(QueueClosed::Overflow);
-            state.dropped = dropped;
-            let waker = state.waker.take();
-            drop(state);
-            if let Some(w) = waker {
-                w.wake();
+            if state.items.len() >= self.capacity {
+                let dropped = state.items.len() + 1;
+                state.items = VecDeque::new();
+                state.closed = Some(QueueClosed::Overflow);
+                state.dropped = dropped;
+                outcome = Pushed::Overflowed { dropped };
+                break;
             }
-            return Pushed::Overflowed { dropped };
+            state.items.push_back(msg.clone());
         }
-        state.items.push_back(msg.clone());
         let waker = state.waker.take();
         drop(state);
         if let Some(w) = waker {
             w.wake();
         }
         outcome
+    }
+
+    /// Lends the queue the connection's socket: from now on publishers
+    /// write to it directly. `cursors` are the last ids the connection
+    /// has delivered per channel: a shared bus may deliver a message the
+    /// connection already sent from history, and it must not go out twice.
+    /// Refused (false) while anything is queued or the queue is closed:
+    /// the connection drains first.
+    pub fn enter_direct<'a>(
+        &self,
+        sink: &Arc<dyn DirectSink>,
+        cursors: impl Iterator<Item = (&'a crate::channel::ChannelName, u64)>,
+    ) -> bool {
+        let mut state = self.state.lock();
+        if !state.items.is_empty() || state.closed.is_some() || state.report.remainder.is_some() {
+            return false;
+        }
+        state.report.written.clear();
+        state
+            .report
+            .written
+            .extend(cursors.map(|(channel, id)| (channel.clone(), id)));
+        state.direct = Some(sink.clone());
+        true
+    }
+
+    /// Takes the socket back (the connection is about to write itself) and
+    /// reports what was written meanwhile and what is left of a partial
+    /// write, which must go out before anything queued.
+    pub fn leave_direct(&self, report: &mut DirectReport) {
+        let mut state = self.state.lock();
+        state.direct = None;
+        std::mem::swap(report, &mut state.report);
+        state.report.written.clear();
+        state.report.remainder = None;
     }
 
     /// Closes the queue; the reader sees `reason` once the queue is empty…
@@ -118,6 +215,7 @@ impl SubscriberQueue {
         if state.closed.is_none() {
             state.closed = Some(reason);
         }
+        state.direct = None;
         let waker = state.waker.take();
         drop(state);
         if let Some(w) = waker {
@@ -134,7 +232,7 @@ impl SubscriberQueue {
         max: usize,
     ) -> Poll<Result<(), QueueClosed>> {
         let mut state = self.state.lock();
-        if !state.items.is_empty() {
+        if !state.items.is_empty() || state.report.remainder.is_some() {
             let n = state.items.len().min(max);
             out.extend(state.items.drain(..n));
             return Poll::Ready(Ok(()));
@@ -190,6 +288,75 @@ impl SubscriberQueue {
     }
 }
 
+/// Writes `msgs` (one channel's, in id order) through the direct sink,
+/// several per system call, skipping those the connection already has;
+/// returns how many are done with (the last written perhaps in part: its
+/// unsent tail is kept in the report). Direct mode ends at the first write
+/// the socket does not take whole.
+fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
+    const CHUNK: usize = 16;
+    let Some(first) = msgs.first() else {
+        return 0;
+    };
+    let Some(sink) = state.direct.take() else {
+        return 0;
+    };
+    let cursor = match state
+        .report
+        .written
+        .iter()
+        .position(|(channel, _)| *channel == first.channel)
+    {
+        Some(pos) => pos,
+        None => {
+            state.report.written.push((first.channel.clone(), 0));
+            state.report.written.len() - 1
+        }
+    };
+    let known = state.report.written[cursor].1;
+    let skip = msgs.iter().take_while(|m| m.id <= known).count();
+    let mut out = skip;
+    let mut keep_direct = true;
+    for chunk in msgs[skip..].chunks(CHUNK) {
+        let mut slices = [IoSlice::new(&[]); CHUNK];
+        let mut total = 0;
+        for (slot, msg) in slices.iter_mut().zip(chunk) {
+            let frame = sink.encoded(msg);
+            total += frame.len();
+            *slot = IoSlice::new(frame);
+        }
+        // An error (peer gone) is the connection task's to find and report.
+        let n = sink.try_write_vectored(&slices[..chunk.len()]).unwrap_or(0);
+        let mut left = n;
+        let mut sent = 0;
+        for msg in chunk {
+            let len = sink.encoded(msg).len();
+            if left < len {
+                break;
+            }
+            left -= len;
+            sent += 1;
+        }
+        if left > 0 {
+            state.report.remainder = Some(sink.encoded(&chunk[sent]).slice(left..));
+            sent += 1;
+        }
+        if sent > 0 {
+            state.report.written[cursor].1 = chunk[sent - 1].id;
+            sink.delivered(&chunk[..sent]);
+        }
+        out += sent;
+        if n < total {
+            keep_direct = false;
+            break;
+        }
+    }
+    if keep_direct {
+        state.direct = Some(sink);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +402,107 @@ mod tests {
         q.try_drain(&mut out, 10).unwrap();
         let got: Vec<_> = out.iter().map(|m| (m.channel.to_string(), m.id)).collect();
         assert_eq!(got, vec![("price".into(), 100), ("other".into(), 1)]);
+    }
+
+    /// A socket that takes at most `room` more bytes, then would block.
+    struct FakeSink {
+        room: Mutex<usize>,
+        wire: Mutex<Vec<u8>>,
+        delivered: Mutex<Vec<u64>>,
+    }
+
+    impl FakeSink {
+        fn new(room: usize) -> Arc<FakeSink> {
+            Arc::new(FakeSink {
+                room: Mutex::new(room),
+                wire: Mutex::new(Vec::new()),
+                delivered: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl DirectSink for FakeSink {
+        fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
+            msg.ws_frame()
+        }
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(*room - n);
+                self.wire.lock().extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            *room -= n;
+            Ok(n)
+        }
+        fn delivered(&self, msgs: &[Arc<Message>]) {
+            self.delivered.lock().extend(msgs.iter().map(|m| m.id));
+        }
+    }
+
+    #[test]
+    fn direct_mode_writes_until_the_socket_is_full_then_queues_in_order() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let frame_len = msg("a", 1).ws_frame().len();
+        // Room for two frames and a half.
+        let fake = FakeSink::new(frame_len * 2 + frame_len / 2);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        let a = ChannelName::new("a").unwrap();
+        // The connection has delivered up to 1 already (from history): a
+        // shared bus delivering 1 again must not send it twice.
+        assert!(q.enter_direct(&sink, [(&a, 1)].into_iter()));
+        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert!(fake.wire.lock().is_empty());
+        let mut report = DirectReport::default();
+        q.leave_direct(&mut report);
+        assert!(q.enter_direct(&sink, std::iter::empty()));
+        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(q.push(&msg("a", 2), ChannelMode::Stream), Pushed::Written);
+        // Half of #3 fits: it counts as written, its tail is kept, direct
+        // mode ends, and #4 is queued behind the tail.
+        assert_eq!(q.push(&msg("a", 3), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(q.push(&msg("a", 4), ChannelMode::Stream), Pushed::Queued);
+        assert_eq!(*fake.delivered.lock(), vec![1, 2, 3]);
+        // Refused while something is pending.
+        assert!(!q.enter_direct(&sink, std::iter::empty()));
+
+        q.leave_direct(&mut report);
+        let tail = report.remainder.take().expect("a partial frame");
+        assert_eq!(report.written.len(), 1);
+        assert_eq!(report.written[0].1, 3);
+        let mut wire = fake.wire.lock().clone();
+        wire.extend_from_slice(&tail);
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        assert_eq!(out.iter().map(|m| m.id).collect::<Vec<_>>(), vec![4]);
+        for m in &out {
+            wire.extend_from_slice(m.ws_frame());
+        }
+        // The wire carries frames 1-4 whole and in order.
+        let expected: Vec<u8> = (1..=4)
+            .flat_map(|id| msg("a", id).ws_frame().to_vec())
+            .collect();
+        assert_eq!(wire, expected);
+        // Drained and nothing pending: direct mode may start again.
+        assert!(q.enter_direct(&sink, std::iter::empty()));
+    }
+
+    #[test]
+    fn a_batch_goes_out_in_one_write_and_close_ends_direct_mode() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        assert!(q.enter_direct(&sink, std::iter::empty()));
+        let batch: Vec<_> = (1..=10).map(|id| msg("a", id)).collect();
+        assert_eq!(q.push_all(&batch, ChannelMode::Stream), Pushed::Written);
+        assert_eq!(fake.delivered.lock().len(), 10);
+        q.close(QueueClosed::Shutdown);
+        assert_eq!(q.push(&msg("a", 11), ChannelMode::Stream), Pushed::Closed);
+        assert_eq!(fake.delivered.lock().len(), 10);
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@ impl ConnMeter {
     }
 
     #[inline]
-    fn on_read(&self, n: usize) {
+    pub(crate) fn on_read(&self, n: usize) {
         if !COUNTING.load(Ordering::Relaxed) {
             return;
         }
@@ -86,7 +86,7 @@ impl ConnMeter {
     }
 
     #[inline]
-    fn on_write(&self, n: usize) {
+    pub(crate) fn on_write(&self, n: usize) {
         if !COUNTING.load(Ordering::Relaxed) {
             return;
         }

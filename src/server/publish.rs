@@ -96,10 +96,15 @@ pub async fn batch(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError
         }
         checked.push((channel, payload));
     }
+    // Runs of one channel are published together: one write per
+    // subscriber for the whole run.
     let mut results = Vec::with_capacity(checked.len());
-    for (channel, payload) in &checked {
-        let published = gw.bus.publish(channel, payload).await?;
-        results.push(serde_json::json!({"channel": channel.as_str(), "id": published.id}));
+    for run in checked.chunk_by(|a, b| a.0 == b.0) {
+        let channel = &run[0].0;
+        let payloads: Vec<Payload> = run.iter().map(|(_, p)| p.clone()).collect();
+        for published in gw.bus.publish_many(channel, &payloads).await? {
+            results.push(serde_json::json!({"channel": channel.as_str(), "id": published.id}));
+        }
     }
     Ok(json_value(StatusCode::OK, &results))
 }

@@ -363,6 +363,20 @@ impl Shared {
 }
 
 impl Bus for RedisBus {
+    async fn publish_many(
+        &self,
+        channel: &ChannelName,
+        payloads: &[Payload],
+    ) -> Result<Vec<Published>, BusError> {
+        // One script call per message: each is stored and announced on its
+        // own, so a failure part-way leaves the earlier ones published.
+        let mut ids = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            ids.push(self.publish(channel, payload).await?);
+        }
+        Ok(ids)
+    }
+
     async fn publish(
         &self,
         channel: &ChannelName,

@@ -4,14 +4,16 @@
 //! The handshake is answered here (hyper does the HTTP/1.1 upgrade); the
 //! channels are subscribed *before* the 101 goes out so nothing published
 //! meanwhile is missed. After the upgrade the raw socket is recovered from
-//! hyper, split, and served by two tasks: [`reader`] (frames in, through
-//! fastwebsockets) and [`session`] (everything else; it writes pre-encoded
-//! frames itself so one shared buffer per message serves every client).
+//! hyper (nothing of hyper's is kept) and served by one task,
+//! [`session`]; [`reader`] decodes what the client sends and [`socket`]
+//! is the socket shared with publishers, who write pre-encoded frames to
+//! it directly while the session is idle.
 
 pub mod command;
 pub mod frame;
 mod reader;
 mod session;
+mod socket;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,11 +23,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-use crate::bus::SubscriberQueue;
+use crate::bus::{DirectSink, SubscriberQueue};
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -33,7 +33,8 @@ use crate::http::{query_pairs, Body, Request, Response};
 use crate::metrics::UpgradeFailure;
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
-use session::{Handler, InitialSubscription, Session, Start};
+use session::{Handler, InitialSubscription, Input, Session, Start};
+use socket::{SocketWriter, WsSocket};
 
 /// The subprotocol we speak, selected when a client offers it.
 pub const SUBPROTOCOL: &str = "pollbridge.v1";
@@ -231,6 +232,39 @@ fn check_handshake(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The session for an upgraded connection, ready to run.
+fn session_for(
+    gw: Arc<Gateway>,
+    upgraded: hyper::upgrade::Upgraded,
+    queue: Arc<SubscriberQueue>,
+    start: Start,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    match upgraded.downcast::<ClientIo>() {
+        Ok(parts) => {
+            // The raw socket is back. Copy the (usually empty) read-ahead:
+            // keeping hyper's slice would keep its whole 8 KiB read buffer
+            // alive for the connection's life.
+            let (stream, meter) = parts.io.into_inner().into_parts();
+            let read_ahead = parts.read_buf.to_vec();
+            drop(parts.read_buf);
+            let socket = Arc::new(WsSocket::new(stream, meter, gw.metrics.clone()));
+            let sink: Arc<dyn DirectSink> = socket.clone();
+            let input = Input::Socket(socket.clone());
+            let writer = SocketWriter(socket);
+            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead);
+            Box::pin(session.run(start))
+        }
+        Err(upgraded) => {
+            // TLS: not shareable with publishers; served through a
+            // lock-based split, every message by this task.
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let input = Input::Stream(Box::new(read));
+            let session = Session::new(gw, input, write, None, queue, Vec::new());
+            Box::pin(session.run(start))
+        }
+    }
+}
+
 /// Answers 101 and hands the connection to a session once hyper lets go
 /// of it.
 fn upgrade(
@@ -248,7 +282,7 @@ fn upgrade(
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(req);
     let session_gw = gw.clone();
-    gw.tasks.spawn(async move {
+    let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -258,30 +292,11 @@ fn upgrade(
         };
         let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
         tracing::debug!("websocket open");
-        match upgraded.downcast::<ClientIo>() {
-            Ok(parts) => {
-                // The raw socket is back: split it into owned halves (no
-                // lock between reader and writer) that keep counting bytes.
-                let (stream, meter) = parts.io.into_inner().into_parts();
-                let (read, write) = stream.into_split();
-                // Copy the (usually empty) read-ahead: keeping hyper's slice
-                // would keep its whole 8 KiB read buffer alive for the
-                // connection's life.
-                let read_ahead = bytes::Bytes::copy_from_slice(&parts.read_buf);
-                drop(parts.read_buf);
-                let read =
-                    std::io::Cursor::new(read_ahead).chain(MeteredStream::new(read, meter.clone()));
-                let write = MeteredStream::new(write, meter);
-                serve(session_gw, read, write, queue, start).await;
-            }
-            Err(upgraded) => {
-                // Not our socket type (cannot happen with our listener);
-                // still serve it correctly, through a lock-based split.
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                serve(session_gw, read, write, queue, start).await;
-            }
-        }
-    });
+        // Boxed and built by a plain function: this task then holds only
+        // the session, not every local of the upgrade as well.
+        session_for(session_gw, upgraded, queue, start).await;
+    };
+    gw.tasks.spawn(task);
 
     let mut resp = hyper::Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -299,26 +314,6 @@ fn upgrade(
         );
     }
     resp
-}
-
-async fn serve<R, W>(gw: Arc<Gateway>, read: R, write: W, queue: Arc<SubscriberQueue>, start: Start)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + session::SendProgress + Unpin + Send + 'static,
-{
-    // fastwebsockets needs a write half to split with; we write frames
-    // ourselves, so it gets a sink it never uses.
-    let (ws_read, _unused) = fastwebsockets::after_handshake_split(
-        read,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    );
-    // Small: the reader waits for the session anyway, and every slot is
-    // memory held per idle connection.
-    let (tx, rx) = mpsc::channel(4);
-    let reader = tokio::spawn(reader::run(ws_read, gw.config.limits.max_message_bytes, tx));
-    Session::new(gw, write, queue).run(start, rx).await;
-    reader.abort();
 }
 
 #[cfg(test)]

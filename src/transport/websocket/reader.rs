@@ -1,14 +1,17 @@
-//! The reading half of a WebSocket session: frames in, events out.
+//! The reading side of a WebSocket session: bytes in, events out.
 //!
-//! fastwebsockets' `read_frame` is not cancel-safe, so it runs in its own
-//! task and never inside a `select!`; it hands the session whole messages
-//! and control frames over a small channel. Automatic pong and close are
-//! off: the session answers them itself, after checking close frames the
-//! way RFC 6455 asks (fastwebsockets would echo an over-long one).
+//! The session reads whatever the client sent into [`Decoder::buffer`]
+//! (only once bytes are there: an idle connection holds no read buffer),
+//! then [`Decoder::decode`] turns every *complete* frame in it into
+//! events. A frame is known complete from its header alone (the scan
+//! below), and only complete frames are handed to fastwebsockets, over an
+//! in-memory cursor: so its `read_frame`, which is not cancel-safe and
+//! keeps an 8 KiB buffer, never waits on the socket and lives only while
+//! bytes are being decoded. Automatic pong and close are off: the session
+//! answers them itself, after checking close frames the way RFC 6455 asks
+//! (fastwebsockets would echo an over-long one).
 
-use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
-use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
+use fastwebsockets::{OpCode, WebSocketError};
 
 use super::frame::MAX_CONTROL_PAYLOAD;
 
@@ -113,62 +116,179 @@ fn violation_for(err: &WebSocketError) -> Option<Inbound> {
     }
 }
 
-/// Reads until the peer closes, breaks the protocol or goes away.
-pub async fn run<R: AsyncRead + Unpin>(
-    mut ws: WebSocketRead<R>,
+/// Where one frame ends, from its header, or why it can't be accepted
+/// before its payload arrives.
+enum Scan {
+    /// The whole frame is in the buffer and is this long.
+    Complete(usize),
+    /// More bytes are needed.
+    Partial,
+    Refused(Inbound),
+}
+
+fn scan_frame(buf: &[u8], max_message: usize) -> Scan {
+    if buf.len() < 2 {
+        return Scan::Partial;
+    }
+    if buf[1] & 0x80 == 0 {
+        // RFC 6455 §5.1: a server must close on an unmasked client frame.
+        return Scan::Refused(Inbound::Violation(1002, "client frames must be masked"));
+    }
+    let (extra, short) = match buf[1] & 0x7F {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(n as u64)),
+    };
+    let header = 2 + extra + 4;
+    if buf.len() < header {
+        return Scan::Partial;
+    }
+    let payload = short.unwrap_or_else(|| {
+        let mut len = [0u8; 8];
+        len[8 - extra..].copy_from_slice(&buf[2..2 + extra]);
+        u64::from_be_bytes(len)
+    });
+    if payload > max_message as u64 {
+        return Scan::Refused(Inbound::Violation(1009, "message too big"));
+    }
+    let total = header + payload as usize;
+    if buf.len() < total {
+        Scan::Partial
+    } else {
+        Scan::Complete(total)
+    }
+}
+
+/// Frames in, [`Inbound`] events out, across reads.
+pub struct Decoder {
+    /// Bytes read and not yet decoded: empty (no allocation) while idle.
+    buf: Vec<u8>,
+    assembler: Assembler,
     max_message: usize,
-    tx: mpsc::Sender<Inbound>,
-) {
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // fastwebsockets refuses a frame whose length is >= this.
-    ws.set_max_message_size(max_message.saturating_add(1));
-    let mut assembler = Assembler::new(max_message);
-    loop {
-        let frame = match ws
-            .read_frame(&mut |_| async { Ok::<(), std::convert::Infallible>(()) })
-            .await
-        {
-            Ok(frame) => frame,
-            Err(err) => {
-                if let Some(v) = violation_for(&err) {
-                    let _ = tx.send(v).await;
+    /// A close or a violation was reported: nothing more is decoded.
+    ended: bool,
+}
+
+impl Decoder {
+    /// `read_ahead`: bytes that arrived with the handshake.
+    pub fn new(max_message: usize, read_ahead: Vec<u8>) -> Decoder {
+        Decoder {
+            buf: read_ahead,
+            assembler: Assembler::new(max_message),
+            max_message,
+            ended: false,
+        }
+    }
+
+    /// Where the session appends what it reads.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Decodes every complete frame read so far into `out`. After a close
+    /// frame or a protocol violation (both end up in `out`) it stops for
+    /// good and returns true.
+    pub async fn decode(&mut self, out: &mut Vec<Inbound>) -> bool {
+        if self.ended {
+            self.buf = Vec::new();
+            return true;
+        }
+        // How many whole frames are here, and whether the next one is
+        // already refused by its header.
+        let (mut complete, mut frames, mut refused) = (0, 0, None);
+        loop {
+            match scan_frame(&self.buf[complete..], self.max_message) {
+                Scan::Complete(len) => {
+                    complete += len;
+                    frames += 1;
                 }
-                return;
+                Scan::Partial => break,
+                Scan::Refused(violation) => {
+                    refused = Some(violation);
+                    break;
+                }
             }
-        };
-        let event = match frame.opcode {
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                match assembler.push(frame.opcode, frame.fin, &frame.payload) {
-                    Ok(Some(message)) => message,
-                    Ok(None) => continue,
-                    Err(violation) => {
-                        let _ = tx.send(violation).await;
-                        return;
+        }
+        if frames > 0 {
+            let (mut ws, _unused) = fastwebsockets::after_handshake_split(
+                std::io::Cursor::new(&self.buf[..complete]),
+                tokio::io::sink(),
+                fastwebsockets::Role::Server,
+            );
+            ws.set_auto_close(false);
+            ws.set_auto_pong(false);
+            // fastwebsockets refuses a frame whose length is >= this.
+            ws.set_max_message_size(self.max_message.saturating_add(1));
+            for _ in 0..frames {
+                // Never waits: the whole frame is in the cursor.
+                let frame = ws
+                    .read_frame(&mut |_| async { Ok::<(), std::convert::Infallible>(()) })
+                    .await;
+                match frame.map(|f| frame_event(&mut self.assembler, f.opcode, f.fin, &f.payload)) {
+                    Ok(Ok(Some(event))) => {
+                        let last = matches!(event, Inbound::Close(_) | Inbound::Violation(..));
+                        out.push(event);
+                        if last {
+                            self.ended = true;
+                            break;
+                        }
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(violation)) => {
+                        out.push(violation);
+                        self.ended = true;
+                        break;
+                    }
+                    Err(err) => {
+                        // A complete frame can't end early: anything here
+                        // is a protocol error.
+                        out.push(
+                            violation_for(&err)
+                                .unwrap_or(Inbound::Violation(1002, "protocol error")),
+                        );
+                        self.ended = true;
+                        break;
                     }
                 }
             }
-            OpCode::Ping => Inbound::Ping(frame.payload.to_vec()),
-            // fastwebsockets refuses an over-long ping but lets an
-            // over-long pong through; every control frame must fit 125
-            // bytes (RFC 6455 §5.5).
-            OpCode::Pong if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                let _ = tx
-                    .send(Inbound::Violation(1002, "pong frame over 125 bytes"))
-                    .await;
-                return;
-            }
-            OpCode::Pong => Inbound::Pong,
-            OpCode::Close => {
-                let event = check_close(&frame.payload);
-                let _ = tx.send(event).await;
-                return;
-            }
-        };
-        if tx.send(event).await.is_err() {
-            return; // the session has ended
         }
+        if !self.ended {
+            if let Some(violation) = refused {
+                out.push(violation);
+                self.ended = true;
+            }
+        }
+        if self.ended || complete == self.buf.len() {
+            // Nothing pending: hold no buffer while idle.
+            self.buf = Vec::new();
+        } else {
+            self.buf.drain(..complete);
+        }
+        self.ended
     }
+}
+
+/// One frame's event (None: a fragment of a message still arriving).
+fn frame_event(
+    assembler: &mut Assembler,
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+) -> Result<Option<Inbound>, Inbound> {
+    Ok(Some(match opcode {
+        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+            return assembler.push(opcode, fin, payload)
+        }
+        OpCode::Ping => Inbound::Ping(payload.to_vec()),
+        // fastwebsockets refuses an over-long ping but lets an
+        // over-long pong through; every control frame must fit 125
+        // bytes (RFC 6455 §5.5).
+        OpCode::Pong if payload.len() > MAX_CONTROL_PAYLOAD => {
+            return Err(Inbound::Violation(1002, "pong frame over 125 bytes"))
+        }
+        OpCode::Pong => Inbound::Pong,
+        OpCode::Close => check_close(payload),
+    }))
 }
 
 fn check_close(payload: &[u8]) -> Inbound {
@@ -258,21 +378,48 @@ mod tests {
         out
     }
 
-    /// Runs the reader over `bytes` (then end of stream) and collects what
-    /// it tells the session.
+    /// Feeds `bytes` to a decoder in one go and collects the events.
     async fn events(bytes: Vec<u8>) -> Vec<Inbound> {
-        let (ws, _) = fastwebsockets::after_handshake_split(
-            std::io::Cursor::new(bytes),
-            tokio::io::sink(),
-            fastwebsockets::Role::Server,
-        );
-        let (tx, mut rx) = mpsc::channel(16);
-        run(ws, 1000, tx).await;
+        let mut decoder = Decoder::new(1000, bytes);
         let mut out = Vec::new();
-        while let Some(event) = rx.recv().await {
-            out.push(event);
-        }
+        decoder.decode(&mut out).await;
         out
+    }
+
+    /// The same bytes fed one at a time give the same events, and nothing
+    /// is buffered once every frame is decoded.
+    #[tokio::test]
+    async fn frames_split_across_reads_decode_the_same() {
+        let mut bytes = client_frame(0x01, b"hel");
+        bytes.extend(client_frame(0x89, b"ping"));
+        bytes.extend(client_frame(0x80, &[b'x'; 300]));
+        let whole = events(bytes.clone()).await;
+        let mut decoder = Decoder::new(1000, Vec::new());
+        let mut out = Vec::new();
+        for b in &bytes {
+            decoder.buffer().push(*b);
+            decoder.decode(&mut out).await;
+        }
+        assert_eq!(format!("{whole:?}"), format!("{out:?}"));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(decoder.buffer().capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn unmasked_and_oversized_frames_are_refused_by_their_header() {
+        // Unmasked text frame "hi".
+        let got = events(vec![0x81, 0x02, b'h', b'i']).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+            "{got:?}"
+        );
+        // A header announcing 2,000 bytes (limit 1,000): refused before
+        // any payload arrives.
+        let got = events(vec![0x82, 0x80 | 126, 0x07, 0xD0, 1, 2, 3, 4]).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1009, _)]),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,13 @@
-//! The writing half of a WebSocket session, and its brain: delivers queued
-//! messages, answers commands and control frames, pings idle clients and
-//! closes with the right code.
+//! A WebSocket session: one task per connection that reads the client's
+//! frames, delivers queued messages, answers commands and control frames,
+//! pings idle clients and closes with the right code.
+//!
+//! While the session waits with nothing queued it lends its socket to the
+//! publishers ([`SubscriberQueue::enter_direct`]): live messages then go
+//! from the publishing task straight to the socket, with no wake-up of
+//! this task. Whenever this task wakes, for whatever reason, it first
+//! takes the socket back (and learns what was written meanwhile), so
+//! there is only ever one writer.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
@@ -8,14 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::command::{self, Command, CommandError};
 use super::frame;
-use super::reader::Inbound;
+use super::reader::{Decoder, Inbound};
+use super::socket::WsSocket;
 use crate::auth::Credentials;
-use crate::bus::{Bus, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue, Subscription};
+use crate::bus::{
+    Bus, DirectReport, DirectSink, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue,
+    Subscription,
+};
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
 use crate::transport::throttle::Throttle;
@@ -59,8 +69,49 @@ pub struct Start {
     pub initial: Vec<InitialSubscription>,
 }
 
+/// Where the session's inbound bytes come from.
+pub enum Input {
+    /// The raw TCP socket, shared with the writer and the publishers:
+    /// waits for readiness and holds no buffer while idle.
+    Socket(Arc<WsSocket>),
+    /// Any other stream (TLS), read through the decoder's buffer.
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl Input {
+    /// Appends what the client sent to `buf`; 0 at end of stream.
+    /// Cancel-safe.
+    async fn read_into(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Input::Socket(socket) => socket.read_into(buf).await,
+            Input::Stream(stream) => {
+                buf.reserve(4096);
+                stream.read_buf(buf).await
+            }
+        }
+    }
+}
+
+/// What woke the session.
+enum Wake {
+    Shutdown,
+    Kick,
+    Read(io::Result<usize>),
+    Drained(Result<(), QueueClosed>),
+    Tick,
+    Throttled,
+}
+
 pub struct Session<W> {
     gw: Arc<Gateway>,
+    input: Input,
+    decoder: Decoder,
+    /// The socket as the publishers write to it in direct mode (None: this
+    /// connection can't be shared, e.g. TLS).
+    sink: Option<Arc<dyn DirectSink>>,
+    /// Reused for what publishers report when the session takes the socket
+    /// back.
+    report: DirectReport,
     /// Scratch buffers of `write_now`, kept to avoid allocating per write.
     frames: Vec<Bytes>,
     fresh: Vec<Arc<Message>>,
@@ -84,8 +135,19 @@ pub struct InitialSubscription {
 }
 
 impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
-    pub fn new(gw: Arc<Gateway>, writer: W, queue: Arc<SubscriberQueue>) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        input: Input,
+        writer: W,
+        sink: Option<Arc<dyn DirectSink>>,
+        queue: Arc<SubscriberQueue>,
+        read_ahead: Vec<u8>,
+    ) -> Self {
         Session {
+            input,
+            decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead),
+            sink,
+            report: DirectReport::default(),
             frames: Vec::new(),
             fresh: Vec::new(),
             throttle: Throttle::new(&gw.rules),
@@ -102,14 +164,22 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     }
 
     /// Runs until the connection ends.
-    pub async fn run(mut self, start: Start, mut inbound: mpsc::Receiver<Inbound>) {
+    pub async fn run(mut self, start: Start) {
         self.handler = start.handler;
         self.credentials = start.credentials;
         self.expires = start.expires;
-        let end = match self.start(start.initial).await {
-            Ok(()) => self.serve(&mut inbound).await,
+        let end = match Box::pin(self.start(start.initial)).await {
+            Ok(()) => self.serve().await,
             Err(end) => end,
         };
+        Box::pin(self.finish(end)).await;
+    }
+
+    /// Sends the close frame (if any) and waits briefly for the client's.
+    async fn finish(&mut self, end: End) {
+        // serve() took the socket back before returning; make sure no
+        // publisher writes after the close frame.
+        self.queue.leave_direct(&mut self.report);
         if let End::Close(code, ref reason) = end {
             let close = frame::close(code, reason);
             let _ =
@@ -117,18 +187,27 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             // Give the client a moment to answer the close, per the RFC's
             // handshake, without waiting on a peer that never will.
             if code != 1013 {
-                let wait = async {
-                    while let Some(ev) = inbound.recv().await {
-                        if matches!(ev, Inbound::Close(_)) {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.await_close()).await;
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
         tracing::debug!(code = ?match &end { End::Close(c, _) => Some(*c), End::Drop => None }, "websocket closed");
+    }
+
+    /// Reads until the client's close frame (or anything that ends the
+    /// stream).
+    async fn await_close(&mut self) {
+        let mut events = Vec::new();
+        while let Ok(n) = self.input.read_into(self.decoder.buffer()).await {
+            if n == 0 {
+                return;
+            }
+            let ended = self.decoder.decode(&mut events).await;
+            if ended || events.iter().any(|e| matches!(e, Inbound::Close(_))) {
+                return;
+            }
+            events.clear();
+        }
     }
 
     async fn start(&mut self, initial: Vec<InitialSubscription>) -> Result<(), End> {
@@ -173,15 +252,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         self.write_messages(&history.messages).await
     }
 
-    async fn serve(&mut self, inbound: &mut mpsc::Receiver<Inbound>) -> End {
+    async fn serve(&mut self) -> End {
         let cfg = &self.gw.config.websocket;
         let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        // Registered once for the session, not on every wake-up.
-        let shutdown_token = self.gw.shutdown.clone();
+        // Registered once for the session, not on every wake-up; cancelled
+        // by shutdown too (a child of the shutdown token).
         let kick_token = self.gw.kick_token();
-        let shutdown = shutdown_token.cancelled();
         let kick = kick_token.cancelled();
-        tokio::pin!(shutdown, kick);
+        tokio::pin!(kick);
         let mut ticker = tokio::time::interval(
             ping_interval
                 .min(idle_timeout / 2)
@@ -191,40 +269,99 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         // Grows on first use: an idle connection holds no batch buffer.
         let mut batch: Vec<Arc<Message>> = Vec::new();
         loop {
+            // Nothing queued: let publishers write to the socket themselves
+            // (refused, harmlessly, while something is queued). Throttled
+            // channels hold messages back, which only this task can do.
+            if let Some(sink) = &self.sink {
+                if !self.throttle.is_enabled() {
+                    let cursors = self.subscriptions.iter().map(|(c, s)| (c, s.cursor.0));
+                    self.queue.enter_direct(sink, cursors);
+                }
+            }
             let queue = self.queue.clone();
-            let throttled = self.throttle.deadline();
-            let step = tokio::select! {
+            // Boxed, and only while something is held back: a timer inline
+            // here would be part of every idle connection's memory.
+            let mut throttled = self
+                .throttle
+                .deadline()
+                .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+            let wake = tokio::select! {
                 biased;
-                _ = &mut shutdown => Err(self.going_away(1001, "server shutting down")),
-                _ = &mut kick => Err(self.going_away(1012, "disconnected by the operator")),
-                event = inbound.recv() => match event {
-                    Some(event) => {
+                _ = &mut kick => match self.gw.shutdown.is_cancelled() {
+                    true => Wake::Shutdown,
+                    false => Wake::Kick,
+                },
+                read = self.input.read_into(self.decoder.buffer()) => Wake::Read(read),
+                drained = queue.drain(&mut batch, BATCH) => Wake::Drained(drained),
+                _ = ticker.tick() => Wake::Tick,
+                _ = async { throttled.as_mut().expect("guarded").await }, if throttled.is_some() => Wake::Throttled,
+            };
+            // Every arm but the reads is boxed: the session future's size is
+            // what each idle connection holds, and these paths are rare
+            // while publishers write directly.
+            let step = match self.take_back_socket().await {
+                Ok(()) => match wake {
+                    Wake::Shutdown => Err(self.going_away(1001, "server shutting down")),
+                    Wake::Kick => Err(self.going_away(1012, "disconnected by the operator")),
+                    // The peer went away without a close frame.
+                    Wake::Read(Ok(0) | Err(_)) => Err(End::Drop),
+                    Wake::Read(Ok(_)) => {
                         self.last_heard = Instant::now();
                         self.ping_sent = false;
-                        self.on_inbound(event).await
+                        // Boxed: rare, and bigger than the idle session.
+                        Box::pin(self.on_bytes()).await
                     }
-                    None => Err(End::Drop), // the peer went away without a close frame
-                },
-                drained = queue.drain(&mut batch, BATCH) => match drained {
-                    Ok(()) => {
-                        let result = self.write_messages(&batch).await;
+                    Wake::Drained(Ok(())) => {
+                        let result = Box::pin(self.write_messages(&batch)).await;
                         batch.clear();
                         result
                     }
-                    Err(QueueClosed::Overflow) => self.catch_up().await,
-                    Err(QueueClosed::Shutdown) => Err(self.going_away(1001, "server shutting down")),
+                    Wake::Drained(Err(QueueClosed::Overflow)) => Box::pin(self.catch_up()).await,
+                    Wake::Drained(Err(QueueClosed::Shutdown)) => {
+                        Err(self.going_away(1001, "server shutting down"))
+                    }
+                    Wake::Tick => Box::pin(self.on_tick(ping_interval, idle_timeout)).await,
+                    Wake::Throttled => {
+                        let mut due = Vec::new();
+                        self.throttle.release(Instant::now(), &mut due);
+                        Box::pin(self.write_now(&due)).await
+                    }
                 },
-                _ = ticker.tick() => self.on_tick(ping_interval, idle_timeout).await,
-                _ = sleep_until_opt(throttled), if throttled.is_some() => {
-                    let mut due = Vec::new();
-                    self.throttle.release(Instant::now(), &mut due);
-                    self.write_now(&due).await
-                }
+                Err(end) => Err(end),
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// Ends direct mode: from here on this task is the socket's only
+    /// writer. Catches the cursors up with what publishers wrote and
+    /// finishes a frame they wrote in part.
+    async fn take_back_socket(&mut self) -> Result<(), End> {
+        if self.sink.is_none() {
+            return Ok(());
+        }
+        self.queue.leave_direct(&mut self.report);
+        for (channel, id) in self.report.written.drain(..) {
+            if let Some(sub) = self.subscriptions.get_mut(&channel) {
+                sub.cursor.advance(id);
+            }
+        }
+        match self.report.remainder.take() {
+            Some(rest) => Box::pin(self.write_frames(&[rest])).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Handles what the client sent: every complete frame, in order.
+    async fn on_bytes(&mut self) -> Result<(), End> {
+        let mut events = Vec::new();
+        self.decoder.decode(&mut events).await;
+        for event in events {
+            self.on_inbound(event).await?;
+        }
+        Ok(())
     }
 
     /// A close that asks the client to come back later: the reason carries
@@ -531,14 +668,6 @@ fn count_dropped(gw: &Gateway, missed: u64) {
         .inc_by(missed);
 }
 
-/// Sleeps until `deadline` (forever without one; the caller guards it).
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn slow_consumer() -> End {
     End::Close(1013, "slow consumer: message queue overflowed".into())
 }
@@ -548,19 +677,6 @@ fn slow_consumer() -> End {
 pub trait SendProgress {
     /// Bytes in the socket's send queue, when known.
     fn unsent(&self) -> Option<u64>;
-}
-
-impl SendProgress for crate::server::meter::MeteredStream<tokio::net::tcp::OwnedWriteHalf> {
-    fn unsent(&self) -> Option<u64> {
-        use std::os::fd::AsRawFd;
-        let fd = self.get_ref().as_ref().as_raw_fd();
-        let mut queued: libc::c_int = 0;
-        // SIOCOUTQ: bytes in the send queue not yet acknowledged.
-        // SAFETY: `fd` is a live socket owned by `self`; the kernel writes
-        // one int through the pointer.
-        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
-        (rc == 0).then_some(queued.max(0) as u64)
-    }
 }
 
 impl<T> SendProgress for tokio::io::WriteHalf<T> {

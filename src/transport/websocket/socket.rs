@@ -1,0 +1,158 @@
+//! The client socket of an upgraded WebSocket, shared by the connection's
+//! task and (in direct mode) the publishers, with nothing else held while
+//! the connection is idle: no read buffer, no second task.
+//!
+//! Reads wait for readiness and only then borrow a buffer; writes are
+//! non-blocking `write()`s the caller may retry when the socket is
+//! writable. Every byte is counted on the connection's meter, as below
+//! hyper.
+
+use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::bus::{DirectSink, Message};
+use crate::metrics::Metrics;
+use crate::server::meter::ConnMeter;
+use crate::transport::{record_delivery, Transport};
+
+/// Bytes read per readiness event; a client sends commands and control
+/// frames, rarely more.
+const READ_CHUNK: usize = 4096;
+
+pub struct WsSocket {
+    stream: TcpStream,
+    meter: Arc<ConnMeter>,
+    metrics: Arc<Metrics>,
+}
+
+impl WsSocket {
+    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>, metrics: Arc<Metrics>) -> WsSocket {
+        WsSocket {
+            stream,
+            meter,
+            metrics,
+        }
+    }
+
+    /// Waits until the client has sent something (or closed), then appends
+    /// it to `buf` and returns how many bytes came (0: end of stream).
+    /// Cancel-safe: nothing is read unless the future completes, and `buf`
+    /// only grows once bytes are there to read.
+    pub async fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            // `poll_read_ready`, not `readable()`: it replaces the waker
+            // hyper's connection task left in the socket's read slot, which
+            // would otherwise keep that finished task's memory (~5 KiB)
+            // allocated for the connection's life.
+            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            buf.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(buf) {
+                Ok(n) => {
+                    self.meter.on_read(n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_write_counted(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.stream.try_write_vectored(bufs)?;
+        self.meter.on_write(n);
+        Ok(n)
+    }
+
+    /// Bytes in the socket's send queue the peer has not acknowledged.
+    pub fn unsent(&self) -> Option<u64> {
+        let fd = self.stream.as_raw_fd();
+        let mut queued: libc::c_int = 0;
+        // SIOCOUTQ: bytes in the send queue not yet acknowledged.
+        // SAFETY: `fd` is a live socket owned by `self`; the kernel writes
+        // one int through the pointer.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then_some(queued.max(0) as u64)
+    }
+}
+
+impl DirectSink for WsSocket {
+    fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
+        msg.ws_frame()
+    }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.try_write_counted(bufs)
+    }
+
+    fn delivered(&self, msgs: &[Arc<Message>]) {
+        record_delivery(&self.metrics, Transport::WebSocket, msgs);
+    }
+}
+
+/// The connection task's writing handle on a [`WsSocket`].
+pub struct SocketWriter(pub Arc<WsSocket>);
+
+impl SocketWriter {
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.stream.poll_write_ready(cx))?;
+            match self.0.try_write_counted(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SocketWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_with(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: a plain shutdown(2) of the write side of a socket we own.
+        let rc = unsafe { libc::shutdown(self.0.stream.as_raw_fd(), libc::SHUT_WR) };
+        if rc == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(io::Error::last_os_error()))
+        }
+    }
+}
+
+impl super::session::SendProgress for SocketWriter {
+    fn unsent(&self) -> Option<u64> {
+        self.0.unsent()
+    }
+}
