@@ -162,6 +162,37 @@ async fn invalid_utf8_text_frame_closes_with_1007() {
 }
 
 #[tokio::test]
+async fn unmasked_client_frame_closes_with_1002() {
+    // RFC 6455 §5.1: a server must close on a frame the client did not mask.
+    let gw = Gateway::start(&[]).await;
+    let mut ws = RawWs::connect(gw.public, "/rt/ws/u").await.unwrap();
+    ws.next_json(T5).await;
+    ws.conn.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(ws.expect_close(T5).await, Some(1002));
+    gw.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_command_trickling_in_byte_by_byte_is_still_understood() {
+    // Frames are decoded only once complete, however the bytes arrive.
+    let gw = Gateway::start(&[]).await;
+    let mut ws = RawWs::connect(gw.public, "/rt/ws/a").await.unwrap();
+    ws.next_json(T5).await;
+    let command = br#"{"type":"subscribe","channel":"b"}"#;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | command.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(command.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for byte in frame {
+        ws.conn.write_all(&[byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let ack = ws.next_json(T5).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    assert_eq!(ack["channel"], "b", "{ack}");
+}
+
+#[tokio::test]
 async fn oversized_websocket_message_closes_with_1009() {
     let gw = Gateway::start(&["--max-message-bytes", "1024"]).await;
     let mut ws = RawWs::connect(gw.public, "/rt/ws/big").await.unwrap();

@@ -180,6 +180,12 @@ impl Decoder {
         }
     }
 
+    /// True once a close frame or a violation was decoded: the client has
+    /// nothing more to say that we would read.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
     /// Where the session appends what it reads.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buf

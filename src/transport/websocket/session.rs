@@ -197,6 +197,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// Reads until the client's close frame (or anything that ends the
     /// stream).
     async fn await_close(&mut self) {
+        if self.decoder.is_ended() {
+            // Its close (or the frame that broke the protocol) is already
+            // in: waiting would only delay closing the TCP connection.
+            return;
+        }
         let mut events = Vec::new();
         while let Ok(n) = self.input.read_into(self.decoder.buffer()).await {
             if n == 0 {
