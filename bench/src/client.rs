@@ -43,9 +43,9 @@ pub enum Kind {
 pub struct WorkerArgs {
     #[arg(long, value_enum)]
     pub kind: Kind,
-    /// Server address.
-    #[arg(long)]
-    pub addr: SocketAddr,
+    /// Server address(es); connection i goes to the (i mod count)-th.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub addr: Vec<SocketAddr>,
     /// Request path (long-poll: without the query).
     #[arg(long)]
     pub path: String,
@@ -394,18 +394,19 @@ async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head
         }
         socket.bind(SocketAddr::from((args.src[i % args.src.len()], 0)))?;
     }
-    let mut stream = socket.connect(args.addr).await?;
+    let addr = args.addr[i % args.addr.len()];
+    let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     let request = match args.kind {
         Kind::Ws => format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            args.path, args.addr
+            args.path, addr
         ),
         Kind::Sse => format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-            args.path, args.addr
+            args.path, addr
         ),
         Kind::Lp | Kind::Http => return Ok((stream, buf, Head::default())),
     };

@@ -66,6 +66,9 @@ const ALL: [Scenario; 7] = [
     Scenario::Proxy,
 ];
 
+/// The scenarios `--redis` also runs on two nodes sharing a Redis bus.
+pub const REDIS_SCENARIOS: [Scenario; 3] = [Scenario::WsFanout, Scenario::Burst, Scenario::Idle];
+
 /// Load and cost figures for pollbridge, each next to a same-run floor.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "pollbridge-bench", version, about)]
@@ -164,6 +167,14 @@ pub struct Opts {
     /// Print only the JSON lines.
     #[arg(long)]
     pub json: bool,
+    /// Also run ws-fanout, burst and idle against two gateway nodes sharing
+    /// one Redis bus (a redis-server the bench starts), beside the
+    /// in-process gateway and the floor.
+    #[arg(long)]
+    pub redis: bool,
+    /// The redis-server binary for --redis.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
 }
 
 impl Opts {
@@ -175,10 +186,20 @@ impl Opts {
         Duration::from_secs_f64(connect + publish + proxy + self.idle_seconds + 180.0)
     }
 
-    /// The smoke mode's sizes.
+    /// Whether `--redis` applies to this scenario.
+    pub fn redis_for(&self, scenario: Scenario) -> bool {
+        self.redis && REDIS_SCENARIOS.contains(&scenario)
+    }
+
+    /// The smoke mode's sizes: the scenarios named beside `--smoke`, or all.
     fn smoke(&self) -> Opts {
+        let named = self.scenarios.iter().any(|s| !matches!(s, Scenario::Smoke));
         Opts {
-            scenarios: ALL.to_vec(),
+            scenarios: if named {
+                self.scenarios.clone()
+            } else {
+                ALL.to_vec()
+            },
             subscribers: 50,
             messages: 20,
             rate: 100.0,
@@ -211,6 +232,10 @@ fn main() -> ExitCode {
     if smoke {
         opts = opts.smoke();
     }
+    if opts.redis && opts.gateway_url.is_some() {
+        eprintln!("pollbridge-bench: --redis starts its own gateways; it cannot be combined with --gateway-url");
+        return ExitCode::from(2);
+    }
     let scenarios: Vec<Scenario> = opts
         .scenarios
         .iter()
@@ -230,6 +255,14 @@ fn main() -> ExitCode {
         }
     }
 
+    if opts.redis {
+        for s in scenarios.iter().filter(|s| !REDIS_SCENARIOS.contains(s)) {
+            eprintln!(
+                "pollbridge-bench: --redis applies to ws-fanout, burst and idle; {} runs in-process only",
+                s.name()
+            );
+        }
+    }
     let mut failed = 0;
     let mut problems = Vec::new();
     for scenario in scenarios {

@@ -224,6 +224,18 @@ pub fn cpu(pid: u32) -> io::Result<Cpu> {
     })
 }
 
+/// The sum of several processes' CPU times; `None` if any is unknown.
+pub fn cpu_sum(cpus: impl IntoIterator<Item = Option<Cpu>>) -> Option<Cpu> {
+    let mut sum = Cpu::default();
+    for c in cpus {
+        let c = c?;
+        sum.total_ns += c.total_ns;
+        sum.user_ticks += c.user_ticks;
+        sum.sys_ticks += c.sys_ticks;
+    }
+    Some(sum)
+}
+
 /// CPU used between two samples: total µs, and the user and system shares
 /// of it (the tick counts split the precise total).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

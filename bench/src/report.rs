@@ -60,6 +60,23 @@ pub struct Phase {
     pub idle_cpu_us_per_conn_s: Option<f64>,
     /// Proxy phase through the gateway: the upstream's own CPU per request.
     pub upstream_cpu_us_per_request: Option<f64>,
+    /// Gateway processes behind these figures (1, or 2 with `--redis`);
+    /// absent for floors.
+    pub nodes: Option<u64>,
+    /// The gateways' bus: `memory` or `redis`; absent for floors and
+    /// gateways not started here.
+    pub bus: Option<String>,
+    /// Subscribers (connections) each node counted before measuring, in
+    /// node order.
+    pub node_subscribers: Vec<u64>,
+    /// Each node's CPU per delivery, µs; `cpu_us_per_delivery` is their sum.
+    pub node_cpu_us_per_delivery: Vec<f64>,
+    /// `redis-server`'s own CPU per delivery over the same window, µs (not
+    /// in `cpu_us_per_delivery`), and how busy its core was.
+    pub redis_cpu_us_per_delivery: Option<f64>,
+    pub redis_busy: Option<f64>,
+    /// Idle phases: `redis-server`'s CPU per connection per second, µs.
+    pub redis_idle_cpu_us_per_conn_s: Option<f64>,
     pub errors: Vec<String>,
     pub error_count: u64,
 }
@@ -101,16 +118,26 @@ pub fn merge_results(phase: &mut Phase, results: &[Value]) {
     };
 }
 
-/// One scenario run: the gateway, its floor and their ratios.
+/// One scenario run: the gateway, its floor and their ratios; with
+/// `--redis` also two gateway nodes on a Redis bus.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub scenario: String,
     pub run: usize,
     pub params: Value,
     pub gateway: Phase,
+    /// Two gateway nodes sharing one Redis bus (`--redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_bus: Option<Phase>,
     pub floor: Option<Phase>,
     /// gateway ÷ floor, for every figure both have.
     pub ratio: BTreeMap<String, f64>,
+    /// redis_bus ÷ floor (the same single-process floor).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ratio_redis_bus: BTreeMap<String, f64>,
+    /// redis_bus ÷ gateway: what the shared bus costs over in-process.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub redis_bus_vs_gateway: BTreeMap<String, f64>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -118,6 +145,32 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
         (Some(a), Some(b)) if b > 0.0 && a.is_finite() && b.is_finite() => Some(a / b),
         _ => None,
     }
+}
+
+/// How to read one figure off a phase.
+type Figure = fn(&Phase) -> Option<f64>;
+
+/// a ÷ b for every figure both phases have.
+fn ratios(a: &Phase, b: Option<&Phase>) -> BTreeMap<String, f64> {
+    let mut r = BTreeMap::new();
+    let Some(b) = b else { return r };
+    let figures: [(&str, Figure); 9] = [
+        ("cpu_us_per_delivery", |p| p.cpu_us_per_delivery),
+        ("cpu_user", |p| p.cpu_user_us_per_delivery),
+        ("cpu_sys", |p| p.cpu_sys_us_per_delivery),
+        ("latency_p50", |p| Some(p.latency_ms.p50)),
+        ("latency_p99", |p| Some(p.latency_ms.p99)),
+        ("rss_kib_per_conn", |p| p.rss_kib_per_conn),
+        ("wire_bytes_per_delivery", |p| p.wire_bytes_per_delivery),
+        ("idle_cpu", |p| p.idle_cpu_us_per_conn_s),
+        ("deliveries_per_s", |p| Some(p.deliveries_per_s)),
+    ];
+    for (name, get) in figures {
+        if let Some(v) = ratio(get(a), get(b)) {
+            r.insert(name.to_string(), v);
+        }
+    }
+    r
 }
 
 impl Outcome {
@@ -128,254 +181,252 @@ impl Outcome {
         gateway: Phase,
         floor: Option<Phase>,
     ) -> Self {
-        let mut r = BTreeMap::new();
-        if let Some(f) = &floor {
-            let g = &gateway;
-            let pairs = [
-                (
-                    "cpu_us_per_delivery",
-                    g.cpu_us_per_delivery,
-                    f.cpu_us_per_delivery,
-                ),
-                (
-                    "cpu_user",
-                    g.cpu_user_us_per_delivery,
-                    f.cpu_user_us_per_delivery,
-                ),
-                (
-                    "cpu_sys",
-                    g.cpu_sys_us_per_delivery,
-                    f.cpu_sys_us_per_delivery,
-                ),
-                (
-                    "latency_p50",
-                    Some(g.latency_ms.p50),
-                    Some(f.latency_ms.p50),
-                ),
-                (
-                    "latency_p99",
-                    Some(g.latency_ms.p99),
-                    Some(f.latency_ms.p99),
-                ),
-                ("rss_kib_per_conn", g.rss_kib_per_conn, f.rss_kib_per_conn),
-                (
-                    "wire_bytes_per_delivery",
-                    g.wire_bytes_per_delivery,
-                    f.wire_bytes_per_delivery,
-                ),
-                (
-                    "idle_cpu",
-                    g.idle_cpu_us_per_conn_s,
-                    f.idle_cpu_us_per_conn_s,
-                ),
-                (
-                    "deliveries_per_s",
-                    Some(g.deliveries_per_s),
-                    Some(f.deliveries_per_s),
-                ),
-            ];
-            for (name, a, b) in pairs {
-                if let Some(v) = ratio(a, b) {
-                    r.insert(name.to_string(), v);
-                }
-            }
-        }
         Outcome {
             scenario: scenario.into(),
             run,
             params,
+            ratio: ratios(&gateway, floor.as_ref()),
             gateway,
+            redis_bus: None,
             floor,
-            ratio: r,
+            ratio_redis_bus: BTreeMap::new(),
+            redis_bus_vs_gateway: BTreeMap::new(),
         }
+    }
+
+    /// Adds the two-node Redis bus phase and its ratios.
+    pub fn with_redis_bus(mut self, phase: Option<Phase>) -> Self {
+        if let Some(p) = &phase {
+            self.ratio_redis_bus = ratios(p, self.floor.as_ref());
+            self.redis_bus_vs_gateway = ratios(p, Some(&self.gateway));
+        }
+        self.redis_bus = phase;
+        self
     }
 
     pub fn json_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The human-readable table.
+    /// The human-readable table: the gateway, the Redis bus nodes (if
+    /// run), the floor, gateway ÷ floor and Redis bus ÷ floor.
     pub fn table(&self) -> String {
-        let g = &self.gateway;
-        let f = self.floor.as_ref();
+        let phases: Vec<&Phase> = std::iter::once(&self.gateway)
+            .chain(self.redis_bus.iter())
+            .chain(self.floor.iter())
+            .collect();
+        let with_redis = self.redis_bus.is_some();
         let mut out = String::new();
         out.push_str(&format!(
             "== {} (run {}) {}\n",
             self.scenario, self.run, self.params
         ));
-        let flabel = f.map_or(String::new(), |f| f.target.clone());
-        out.push_str(&format!(
-            "{:<28}{:>16}{:>16}{:>10}\n",
-            "", g.target, flabel, "ratio"
-        ));
+        out.push_str(&format!("{:<28}", ""));
+        for p in &phases {
+            out.push_str(&format!("{:>16}", p.target));
+        }
+        if self.floor.is_none() {
+            out.push_str(&format!("{:>16}", ""));
+        }
+        out.push_str(&format!("{:>10}", "ratio"));
+        if with_redis && self.floor.is_some() {
+            out.push_str(&format!("{:>12}", "bus ratio"));
+        }
+        out.push('\n');
         let mut row =
-            |name: &str, a: Option<f64>, b: Option<f64>, prec: usize, key: Option<&str>| {
+            |name: &str, get: &dyn Fn(&Phase) -> Option<f64>, prec: usize, key: Option<&str>| {
                 let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.prec$}"));
-                let r = key
-                    .and_then(|k| self.ratio.get(k))
-                    .map_or(String::new(), |r| format!("{r:.2}x"));
-                out.push_str(&format!(
-                    "{name:<28}{:>16}{:>16}{r:>10}\n",
-                    cell(a),
-                    cell(b)
-                ));
+                out.push_str(&format!("{name:<28}"));
+                for p in &phases {
+                    out.push_str(&format!("{:>16}", cell(get(p))));
+                }
+                if self.floor.is_none() {
+                    out.push_str(&format!("{:>16}", ""));
+                }
+                let r = |map: &BTreeMap<String, f64>| {
+                    key.and_then(|k| map.get(k))
+                        .map_or(String::new(), |r| format!("{r:.2}x"))
+                };
+                out.push_str(&format!("{:>10}", r(&self.ratio)));
+                if with_redis && self.floor.is_some() {
+                    out.push_str(&format!("{:>12}", r(&self.ratio_redis_bus)));
+                }
+                out.push('\n');
             };
-        let fo = |get: fn(&Phase) -> Option<f64>| f.and_then(get);
-        row(
-            "connected",
-            Some(g.connected as f64),
-            fo(|p| Some(p.connected as f64)),
-            0,
-            None,
-        );
-        row(
-            "connect failures",
-            Some(g.connect_failed as f64),
-            fo(|p| Some(p.connect_failed as f64)),
-            0,
-            None,
-        );
+        let g = &self.gateway;
+        let count = |v: u64| Some(v as f64);
+        if with_redis {
+            row("nodes", &|p| p.nodes.map(|n| n as f64), 0, None);
+        }
+        row("connected", &|p| count(p.connected), 0, None);
+        row("connect failures", &|p| count(p.connect_failed), 0, None);
+        if with_redis {
+            for k in 0..2 {
+                row(
+                    &format!("  on node {}", k + 1),
+                    &|p| {
+                        (p.nodes.unwrap_or(1) > k as u64)
+                            .then(|| p.node_subscribers.get(k).map(|&c| c as f64))
+                            .flatten()
+                    },
+                    0,
+                    None,
+                );
+            }
+        }
         row(
             "rss KiB/conn",
-            g.rss_kib_per_conn,
-            fo(|p| p.rss_kib_per_conn),
+            &|p| p.rss_kib_per_conn,
             2,
             Some("rss_kib_per_conn"),
         );
         if g.idle_cpu_us_per_conn_s.is_some() {
             row(
                 "idle cpu us/conn/s",
-                g.idle_cpu_us_per_conn_s,
-                fo(|p| p.idle_cpu_us_per_conn_s),
+                &|p| p.idle_cpu_us_per_conn_s,
                 3,
                 Some("idle_cpu"),
             );
+            if with_redis {
+                row(
+                    "redis idle cpu us/conn/s",
+                    &|p| p.redis_idle_cpu_us_per_conn_s,
+                    3,
+                    None,
+                );
+            }
         }
         if g.expected == 0 {
             return self.errors_below(out);
         }
-        row(
-            "deliveries",
-            Some(g.deliveries as f64),
-            fo(|p| Some(p.deliveries as f64)),
-            0,
-            None,
-        );
-        row(
-            "expected",
-            Some(g.expected as f64),
-            fo(|p| Some(p.expected as f64)),
-            0,
-            None,
-        );
-        row(
-            "losses",
-            Some(g.losses as f64),
-            fo(|p| Some(p.losses as f64)),
-            0,
-            None,
-        );
+        row("deliveries", &|p| count(p.deliveries), 0, None);
+        row("expected", &|p| count(p.expected), 0, None);
+        row("losses", &|p| count(p.losses), 0, None);
         row(
             "deliveries/s",
-            Some(g.deliveries_per_s),
-            fo(|p| Some(p.deliveries_per_s)),
+            &|p| Some(p.deliveries_per_s),
             0,
             Some("deliveries_per_s"),
         );
         row(
             "latency p50 ms",
-            Some(g.latency_ms.p50),
-            fo(|p| Some(p.latency_ms.p50)),
+            &|p| Some(p.latency_ms.p50),
             3,
             Some("latency_p50"),
         );
         row(
             "latency p99 ms",
-            Some(g.latency_ms.p99),
-            fo(|p| Some(p.latency_ms.p99)),
+            &|p| Some(p.latency_ms.p99),
             3,
             Some("latency_p99"),
         );
-        row(
-            "latency max ms",
-            Some(g.latency_ms.max),
-            fo(|p| Some(p.latency_ms.max)),
-            3,
-            None,
-        );
+        row("latency max ms", &|p| Some(p.latency_ms.max), 3, None);
         row(
             "server cpu us/delivery",
-            g.cpu_us_per_delivery,
-            fo(|p| p.cpu_us_per_delivery),
+            &|p| p.cpu_us_per_delivery,
             3,
             Some("cpu_us_per_delivery"),
         );
         row(
             "  user us",
-            g.cpu_user_us_per_delivery,
-            fo(|p| p.cpu_user_us_per_delivery),
+            &|p| p.cpu_user_us_per_delivery,
             3,
             Some("cpu_user"),
         );
         row(
             "  sys us",
-            g.cpu_sys_us_per_delivery,
-            fo(|p| p.cpu_sys_us_per_delivery),
+            &|p| p.cpu_sys_us_per_delivery,
             3,
             Some("cpu_sys"),
         );
         row(
             "  (clock ticks)",
-            g.cpu_ticks.map(|t| t as f64),
-            fo(|p| p.cpu_ticks.map(|t| t as f64)),
+            &|p| p.cpu_ticks.map(|t| t as f64),
             0,
             None,
         );
+        if with_redis {
+            for k in 0..2 {
+                row(
+                    &format!("  node {} us", k + 1),
+                    &|p| {
+                        (p.nodes.unwrap_or(1) > k as u64)
+                            .then(|| p.node_cpu_us_per_delivery.get(k).copied())
+                            .flatten()
+                    },
+                    3,
+                    None,
+                );
+            }
+            row(
+                "redis cpu us/delivery",
+                &|p| p.redis_cpu_us_per_delivery,
+                3,
+                None,
+            );
+        }
         row(
             "server core busy %",
-            g.server_busy.map(|b| b * 100.0),
-            fo(|p| p.server_busy.map(|b| b * 100.0)),
+            &|p| p.server_busy.map(|b| b * 100.0),
             1,
             None,
         );
+        if with_redis {
+            row(
+                "redis core busy %",
+                &|p| p.redis_busy.map(|b| b * 100.0),
+                1,
+                None,
+            );
+        }
         row(
             "client cpu us/delivery",
-            g.client_cpu_us_per_delivery,
-            fo(|p| p.client_cpu_us_per_delivery),
+            &|p| p.client_cpu_us_per_delivery,
             3,
             None,
         );
         row(
             "client core busy %",
-            g.client_busy.map(|b| b * 100.0),
-            fo(|p| p.client_busy.map(|b| b * 100.0)),
+            &|p| p.client_busy.map(|b| b * 100.0),
             1,
             None,
         );
         row(
             "wire bytes/delivery",
-            g.wire_bytes_per_delivery,
-            fo(|p| p.wire_bytes_per_delivery),
+            &|p| p.wire_bytes_per_delivery,
             1,
             Some("wire_bytes_per_delivery"),
         );
         if g.upstream_cpu_us_per_request.is_some() {
+            // The upstream's CPU through the gateway, beside its CPU when hit directly.
+            let direct = self.floor.as_ref().and_then(|f| f.cpu_us_per_delivery);
             row(
                 "upstream cpu us/request",
-                g.upstream_cpu_us_per_request,
-                fo(|p| p.cpu_us_per_delivery),
+                &|p| {
+                    if std::ptr::eq(p, g) {
+                        p.upstream_cpu_us_per_request
+                    } else {
+                        direct
+                    }
+                },
                 3,
                 None,
             );
         }
-        if g.server_dropped.is_some_and(|d| d > 0.0) {
-            row("gateway dropped", g.server_dropped, None, 0, None);
+        if phases
+            .iter()
+            .any(|p| p.server_dropped.is_some_and(|d| d > 0.0))
+        {
+            row("gateway dropped", &|p| p.server_dropped, 0, None);
         }
         self.errors_below(out)
     }
 
     fn errors_below(&self, mut out: String) -> String {
-        for p in std::iter::once(&self.gateway).chain(self.floor.iter()) {
+        let phases = std::iter::once(&self.gateway)
+            .chain(self.redis_bus.iter())
+            .chain(self.floor.iter());
+        for p in phases {
             if p.error_count > 0 || !p.errors.is_empty() {
                 out.push_str(&format!(
                     "{}: {} error(s), e.g. {:?}\n",
@@ -475,6 +526,17 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
         "gateway.upstream_cpu_us_per_request",
         "gateway.losses",
         "floor.losses",
+        "redis_bus.cpu_us_per_delivery",
+        "ratio_redis_bus.cpu_us_per_delivery",
+        "redis_bus_vs_gateway.cpu_us_per_delivery",
+        "redis_bus.redis_cpu_us_per_delivery",
+        "redis_bus.latency_ms.p50",
+        "redis_bus.latency_ms.p99",
+        "redis_bus.rss_kib_per_conn",
+        "redis_bus.wire_bytes_per_delivery",
+        "redis_bus.idle_cpu_us_per_conn_s",
+        "redis_bus.redis_idle_cpu_us_per_conn_s",
+        "redis_bus.losses",
     ];
     for k in keys {
         if let (Some(m), Some(lo), Some(hi)) = (med.get(k), min.get(k), max.get(k)) {
@@ -487,7 +549,7 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
                 0.0
             };
             table.push_str(&format!(
-                "{k:<38}{m:>12.3}   ({lo:.3}..{hi:.3}, {spread:.0}%)\n"
+                "{k:<42}{m:>12.3}   ({lo:.3}..{hi:.3}, {spread:.0}%)\n"
             ));
         }
     }
@@ -512,9 +574,28 @@ pub fn smoke_problems(o: &Outcome) -> Vec<String> {
             problems.push(format!("{}: {what}", o.scenario));
         }
     };
-    let phases = std::iter::once(&o.gateway).chain(o.floor.iter());
+    let phases = std::iter::once(&o.gateway)
+        .chain(o.redis_bus.iter())
+        .chain(o.floor.iter());
     for p in phases {
         let t = &p.target;
+        let nodes = p.nodes.unwrap_or(1) as usize;
+        if nodes > 1 {
+            check(
+                p.node_subscribers.len() == nodes && p.node_subscribers.iter().all(|&c| c > 0),
+                format!("{t}: subscribers per node {:?}", p.node_subscribers),
+            );
+            if p.expected > 0 {
+                check(
+                    p.redis_cpu_us_per_delivery
+                        .is_some_and(|c| c.is_finite() && c > 0.0),
+                    format!(
+                        "{t}: redis cpu per delivery {:?}",
+                        p.redis_cpu_us_per_delivery
+                    ),
+                );
+            }
+        }
         check(
             p.connected == p.conns && p.conns > 0,
             format!("{t}: {} of {} connected", p.connected, p.conns),
@@ -545,6 +626,12 @@ pub fn smoke_problems(o: &Outcome) -> Vec<String> {
         );
     }
     check(o.floor.is_some(), "no floor measured".into());
+    if o.params["redis"] == true {
+        check(
+            o.redis_bus.as_ref().is_some_and(|p| p.nodes == Some(2)),
+            "--redis: no two-node Redis bus phase".into(),
+        );
+    }
     if o.gateway.expected > 0 {
         check(
             o.ratio

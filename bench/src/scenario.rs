@@ -17,7 +17,7 @@ use crate::floor::FloorMode;
 use crate::http::Http;
 use crate::proc::{cpu_delta, Cpu};
 use crate::report::{merge_results, Outcome, Phase};
-use crate::target::{Clients, Result, Target};
+use crate::target::{Clients, Result, Servers, Target};
 use crate::{wire, Opts, Scenario};
 
 /// Runs one scenario once.
@@ -78,16 +78,32 @@ fn fanout(
     run: usize,
 ) -> Result<Outcome> {
     let n = opts.subscribers;
-    let params = json!({
+    let redis = opts.redis_for(scenario_of(name));
+    let mut params = json!({
         "subscribers": n, "messages": m, "rate": opts.rate, "batch": batch,
         "payload_bytes": opts.payload_bytes, "pinned": opts.pin,
     });
+    if redis {
+        params["redis"] = json!(true);
+    }
     // A fresh channel, in case the gateway is not ours and has history.
     let channel = format!("bench-{name}-{}-{run}", std::process::id());
     let gateway = {
-        let mut target = Target::start_gateway(opts, None, name)?;
-        fanout_phase(opts, &mut target, kind, &channel, n, m, batch)
-            .map_err(|e| with_log(e, &target))?
+        let mut servers = Servers::one(Target::start_gateway(opts, None, name)?);
+        let mut phase = fanout_phase(opts, &mut servers, kind, &channel, n, m, batch)
+            .map_err(|e| servers.with_logs(e))?;
+        label_gateway(opts, &mut phase);
+        phase
+    };
+    let redis_bus = if redis {
+        let mut servers = Servers::start_redis_nodes(opts, name, 2)?;
+        let mut phase = fanout_phase(opts, &mut servers, kind, &channel, n, m, batch)
+            .map_err(|e| servers.with_logs(e))?;
+        phase.nodes = Some(2);
+        phase.bus = Some("redis".into());
+        Some(phase)
+    } else {
+        None
     };
     let floor = if opts.no_floor {
         None
@@ -99,10 +115,10 @@ fn fanout(
             _ => "floor lp".into(),
         };
         // The same channel name, so envelopes (and wire bytes) match.
-        let mut target = Target::start_floor(opts, floor_mode(kind), batch, &label, &channel)?;
+        let target = Target::start_floor(opts, floor_mode(kind), batch, &label, &channel)?;
         Some(fanout_phase(
             opts,
-            &mut target,
+            &mut Servers::one(target),
             kind,
             &channel,
             n,
@@ -110,19 +126,37 @@ fn fanout(
             batch,
         )?)
     };
-    Ok(Outcome::new(name, run, params, gateway, floor))
+    Ok(Outcome::new(name, run, params, gateway, floor).with_redis_bus(redis_bus))
 }
 
-fn with_log(e: crate::target::Error, target: &Target) -> crate::target::Error {
-    match &target.log {
-        Some(log) => format!("{e} (gateway log: {})", log.display()).into(),
-        None => e,
+/// The scenario a phase name belongs to.
+fn scenario_of(name: &str) -> Scenario {
+    match name {
+        "ws-fanout" => Scenario::WsFanout,
+        "sse-fanout" => Scenario::SseFanout,
+        "lp-fanout" => Scenario::LpFanout,
+        "burst" => Scenario::Burst,
+        "held-polls" => Scenario::HeldPolls,
+        "idle" => Scenario::Idle,
+        _ => Scenario::Proxy,
     }
+}
+
+/// Marks the single gateway's phase: one node, in-process bus (when the
+/// bench started it and no `--gateway-arg` chose another bus).
+fn label_gateway(opts: &Opts, phase: &mut Phase) {
+    phase.nodes = Some(1);
+    let own_bus =
+        opts.gateway_url.is_none() && !opts.gateway_args.iter().any(|a| a.starts_with("--bus"));
+    phase.bus = own_bus.then(|| "memory".into());
 }
 
 /// CPU, bytes and time at one instant.
 struct Snapshot {
+    /// The server nodes' CPU, added up.
     cpu: Option<Cpu>,
+    node_cpu: Vec<Option<Cpu>>,
+    redis_cpu: Option<Cpu>,
     client_ns: u64,
     at: Instant,
     /// Server-side wire bytes (in + out) of the transport so far.
@@ -134,34 +168,53 @@ impl Snapshot {
     /// `counters_first`: read the byte counters before the CPU clock (at
     /// the start of a window) or after it (at the end), so the `/stats`
     /// request itself stays outside the measured CPU.
-    fn take(target: &mut Target, clients: &Clients, kind: Kind, counters_first: bool) -> Snapshot {
+    /// Byte and drop counters are summed over every node.
+    fn take(
+        servers: &mut Servers,
+        clients: &Clients,
+        kind: Kind,
+        counters_first: bool,
+    ) -> Snapshot {
         let mut wire_bytes = None;
         let mut dropped = None;
-        let mut read_counters = |target: &mut Target| {
-            if target.is_gateway() {
-                wire_bytes = target.gateway_stats().and_then(|s| {
-                    let t = &s["transports"][stats_key(kind)];
-                    Some(t["wire_bytes_in"].as_f64()? + t["wire_bytes_out"].as_f64()?)
-                });
-                dropped = target.gateway_dropped();
-            } else {
-                wire_bytes = target
-                    .floor_command("stats", "stats ", Duration::from_secs(10))
-                    .ok()
-                    .and_then(|s| Some(s["bytes_in"].as_f64()? + s["bytes_out"].as_f64()?));
+        let mut read_counters = |servers: &mut Servers| {
+            let mut bytes = Some(0.0);
+            let mut drops = Some(0.0);
+            for target in &mut servers.nodes {
+                let (b, d) = if target.is_gateway() {
+                    let b = target.gateway_stats().and_then(|s| {
+                        let t = &s["transports"][stats_key(kind)];
+                        Some(t["wire_bytes_in"].as_f64()? + t["wire_bytes_out"].as_f64()?)
+                    });
+                    (b, target.gateway_dropped())
+                } else {
+                    let b = target
+                        .floor_command("stats", "stats ", Duration::from_secs(10))
+                        .ok()
+                        .and_then(|s| Some(s["bytes_in"].as_f64()? + s["bytes_out"].as_f64()?));
+                    (b, None)
+                };
+                bytes = bytes.zip(b).map(|(x, y)| x + y);
+                drops = drops.zip(d).map(|(x, y)| x + y);
             }
+            wire_bytes = bytes;
+            dropped = drops;
         };
         if counters_first {
-            read_counters(target);
+            read_counters(servers);
         }
-        let cpu = target.cpu();
+        let node_cpu = servers.node_cpus();
+        let redis_cpu = servers.redis_cpu();
+        let cpu = crate::proc::cpu_sum(node_cpu.iter().copied());
         let client_ns = clients.cpu_ns();
         let at = Instant::now();
         if !counters_first {
-            read_counters(target);
+            read_counters(servers);
         }
         Snapshot {
             cpu,
+            node_cpu,
+            redis_cpu,
             client_ns,
             at,
             wire_bytes,
@@ -192,6 +245,19 @@ fn account(
         phase.cpu_ticks = Some(d.ticks);
         phase.server_busy = Some(d.total_us / 1e6 / wall);
     }
+    if before.node_cpu.len() > 1 {
+        phase.node_cpu_us_per_delivery = before
+            .node_cpu
+            .iter()
+            .zip(&after.node_cpu)
+            .filter_map(|(b, a)| Some(cpu_delta((*b)?, (*a)?).total_us / per))
+            .collect();
+    }
+    if let (Some(b), Some(a)) = (before.redis_cpu, after.redis_cpu) {
+        let d = cpu_delta(b, a);
+        phase.redis_cpu_us_per_delivery = Some(d.total_us / per);
+        phase.redis_busy = Some(d.total_us / 1e6 / wall);
+    }
     let client_us = after.client_ns.saturating_sub(before.client_ns) as f64 / 1000.0;
     phase.client_cpu_us_per_delivery = Some(client_us / per);
     phase.client_busy = Some(client_us / 1e6 / wall);
@@ -220,42 +286,43 @@ fn connect_budget(opts: &Opts, n: usize) -> Duration {
     Duration::from_secs_f64(n as f64 / opts.ramp.max(1.0) * 2.0 + 30.0)
 }
 
-/// Waits (bounded) until the server counts `want` subscribers of `kind`.
-fn wait_subscribed(target: &mut Target, kind: Kind, want: u64) -> std::result::Result<(), String> {
+/// Waits (bounded) until the servers count `want` subscribers of `kind`
+/// between them. Returns what each node counted last, and an error if the
+/// count fell short.
+fn wait_subscribed(servers: &mut Servers, kind: Kind, want: u64) -> (Vec<u64>, Option<String>) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = 0;
+    let mut per_node = vec![0; servers.nodes.len()];
     for _ in 0..10_000 {
-        seen = if target.is_gateway() {
-            match target.gateway_stats() {
-                Some(s) => s["transports"][stats_key(kind)]["connections"]
-                    .as_u64()
-                    .unwrap_or(0),
-                None => return Ok(()), // an external gateway without /stats: nothing to wait on
-            }
-        } else {
-            let key = if kind == Kind::Lp {
-                "waiting"
+        for (k, target) in servers.nodes.iter_mut().enumerate() {
+            per_node[k] = if target.is_gateway() {
+                match target.gateway_stats() {
+                    Some(s) => s["transports"][stats_key(kind)]["connections"]
+                        .as_u64()
+                        .unwrap_or(0),
+                    // An external gateway without /stats: nothing to wait on.
+                    None => return (Vec::new(), None),
+                }
             } else {
-                "subscribers"
+                let key = if kind == Kind::Lp {
+                    "waiting"
+                } else {
+                    "subscribers"
+                };
+                match target.floor_command("stats", "stats ", Duration::from_secs(10)) {
+                    Ok(v) => v[key].as_u64().unwrap_or(0),
+                    Err(e) => return (per_node, Some(e.to_string())),
+                }
             };
-            target
-                .floor_command("stats", "stats ", Duration::from_secs(10))
-                .map_err(|e| e.to_string())?[key]
-                .as_u64()
-                .unwrap_or(0)
-        };
-        if seen >= want || Instant::now() > deadline {
+        }
+        if per_node.iter().sum::<u64>() >= want || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if seen >= want {
-        Ok(())
-    } else {
-        Err(format!(
-            "server counted {seen} of {want} subscribers before publishing"
-        ))
-    }
+    let seen: u64 = per_node.iter().sum();
+    let problem = (seen < want)
+        .then(|| format!("server counted {seen} of {want} subscribers before publishing"));
+    (per_node, problem)
 }
 
 fn rss_growth(before: Option<u64>, after: Option<u64>, conns: u64) -> Option<f64> {
@@ -264,7 +331,7 @@ fn rss_growth(before: Option<u64>, after: Option<u64>, conns: u64) -> Option<f64
 
 fn fanout_phase(
     opts: &Opts,
-    target: &mut Target,
+    target: &mut Servers,
     kind: Kind,
     channel: &str,
     n: usize,
@@ -279,15 +346,23 @@ fn fanout_phase(
     };
     std::thread::sleep(Duration::from_millis(200));
     phase.rss_base_kib = target.rss_kib();
-    let mut clients = Clients::start(opts, kind, target.public, &path(opts, kind, channel), n, m)?;
+    // Spread evenly over the nodes: connection i goes to node i mod count.
+    let mut clients = Clients::start(
+        opts,
+        kind,
+        &target.publics(),
+        &path(opts, kind, channel),
+        n,
+        m,
+    )?;
     let connected = clients.wait_connected(Instant::now() + connect_budget(opts, n))?;
     phase.connected = connected.ok;
     phase.connect_failed = connected.failed;
     phase.expected = connected.ok * m;
     phase.errors.extend(connected.errors);
-    if let Err(e) = wait_subscribed(target, kind, connected.ok) {
-        phase.errors.push(e);
-    }
+    let (per_node, problem) = wait_subscribed(target, kind, connected.ok);
+    phase.node_subscribers = per_node;
+    phase.errors.extend(problem);
     std::thread::sleep(Duration::from_millis(opts.settle_ms));
     phase.rss_kib_per_conn = rss_growth(phase.rss_base_kib, target.rss_kib(), connected.ok);
 
@@ -303,8 +378,10 @@ fn fanout_phase(
     Ok(phase)
 }
 
-/// Publishes `m` messages at `--rate`, `batch` per request.
-fn publish(opts: &Opts, target: &mut Target, channel: &str, m: u64, batch: usize) -> Result<()> {
+/// Publishes `m` messages at `--rate`, `batch` per request, through the
+/// first node.
+fn publish(opts: &Opts, servers: &mut Servers, channel: &str, m: u64, batch: usize) -> Result<()> {
+    let target = servers.nodes.first_mut().ok_or("no server")?;
     if !target.is_gateway() {
         let wait = Duration::from_secs_f64(m as f64 / opts.rate.max(0.001) + 60.0);
         target.floor_command(&format!("publish {m} {}", opts.rate), "published ", wait)?;
@@ -367,22 +444,40 @@ fn publish_gateway(
 
 fn idle(opts: &Opts, run: usize) -> Result<Outcome> {
     let n = opts.subscribers;
-    let params = json!({"connections": n, "idle_seconds": opts.idle_seconds, "pinned": opts.pin});
+    let redis = opts.redis_for(Scenario::Idle);
+    let mut params =
+        json!({"connections": n, "idle_seconds": opts.idle_seconds, "pinned": opts.pin});
+    if redis {
+        params["redis"] = json!(true);
+    }
     let channel = format!("bench-idle-{}-{run}", std::process::id());
     let gateway = {
-        let mut target = Target::start_gateway(opts, None, "idle")?;
-        idle_phase(opts, &mut target, &channel, n).map_err(|e| with_log(e, &target))?
+        let mut servers = Servers::one(Target::start_gateway(opts, None, "idle")?);
+        let mut phase =
+            idle_phase(opts, &mut servers, &channel, n).map_err(|e| servers.with_logs(e))?;
+        label_gateway(opts, &mut phase);
+        phase
+    };
+    let redis_bus = if redis {
+        let mut servers = Servers::start_redis_nodes(opts, "idle", 2)?;
+        let mut phase =
+            idle_phase(opts, &mut servers, &channel, n).map_err(|e| servers.with_logs(e))?;
+        phase.nodes = Some(2);
+        phase.bus = Some("redis".into());
+        Some(phase)
+    } else {
+        None
     };
     let floor = if opts.no_floor {
         None
     } else {
-        let mut target = Target::start_floor(opts, FloorMode::Ws, 1, "floor ws", &channel)?;
-        Some(idle_phase(opts, &mut target, &channel, n)?)
+        let target = Target::start_floor(opts, FloorMode::Ws, 1, "floor ws", &channel)?;
+        Some(idle_phase(opts, &mut Servers::one(target), &channel, n)?)
     };
-    Ok(Outcome::new("idle", run, params, gateway, floor))
+    Ok(Outcome::new("idle", run, params, gateway, floor).with_redis_bus(redis_bus))
 }
 
-fn idle_phase(opts: &Opts, target: &mut Target, channel: &str, n: usize) -> Result<Phase> {
+fn idle_phase(opts: &Opts, target: &mut Servers, channel: &str, n: usize) -> Result<Phase> {
     let mut phase = Phase {
         target: target.label.clone(),
         conns: n as u64,
@@ -393,7 +488,7 @@ fn idle_phase(opts: &Opts, target: &mut Target, channel: &str, n: usize) -> Resu
     let mut clients = Clients::start(
         opts,
         Kind::Ws,
-        target.public,
+        &target.publics(),
         &path(opts, Kind::Ws, channel),
         n,
         0,
@@ -402,9 +497,9 @@ fn idle_phase(opts: &Opts, target: &mut Target, channel: &str, n: usize) -> Resu
     phase.connected = connected.ok;
     phase.connect_failed = connected.failed;
     phase.errors.extend(connected.errors);
-    if let Err(e) = wait_subscribed(target, Kind::Ws, connected.ok) {
-        phase.errors.push(e);
-    }
+    let (per_node, problem) = wait_subscribed(target, Kind::Ws, connected.ok);
+    phase.node_subscribers = per_node;
+    phase.errors.extend(problem);
     std::thread::sleep(Duration::from_millis(opts.settle_ms));
     phase.rss_kib_per_conn = rss_growth(phase.rss_base_kib, target.rss_kib(), connected.ok);
     let before = Snapshot::take(target, &clients, Kind::Ws, true);
@@ -413,6 +508,11 @@ fn idle_phase(opts: &Opts, target: &mut Target, channel: &str, n: usize) -> Resu
     if let (Some(b), Some(a)) = (before.cpu, after.cpu) {
         let secs = after.at.duration_since(before.at).as_secs_f64();
         phase.idle_cpu_us_per_conn_s =
+            Some(cpu_delta(b, a).total_us / connected.ok.max(1) as f64 / secs);
+    }
+    if let (Some(b), Some(a)) = (before.redis_cpu, after.redis_cpu) {
+        let secs = after.at.duration_since(before.at).as_secs_f64();
+        phase.redis_idle_cpu_us_per_conn_s =
             Some(cpu_delta(b, a).total_us / connected.ok.max(1) as f64 / secs);
     }
     let results = clients.results(Instant::now());
@@ -434,16 +534,16 @@ fn proxy(opts: &Opts, run: usize) -> Result<Outcome> {
                     .into(),
             ),
             Some(_) => None,
-            None => Some(Target::start_floor(
+            None => Some(Servers::one(Target::start_floor(
                 opts,
                 FloorMode::Upstream,
                 1,
                 "direct upstream",
                 "bench",
-            )?),
+            )?)),
         };
     let upstream_addr = match (&upstream, &opts.upstream_url) {
-        (Some(u), _) => u.public,
+        (Some(u), _) => u.publics()[0],
         (None, Some(url)) => {
             use std::net::ToSocketAddrs;
             url.trim_start_matches("http://")
@@ -465,17 +565,18 @@ fn proxy(opts: &Opts, run: usize) -> Result<Outcome> {
             "direct upstream",
         )?)
     };
-    let mut gateway = Target::start_gateway(opts, Some(upstream_addr), "proxy")?;
-    let addr = gateway.public;
-    let via = proxy_phase(opts, Some(&mut gateway), upstream.as_mut(), addr, "gateway")
-        .map_err(|e| with_log(e, &gateway))?;
+    let mut gateway = Servers::one(Target::start_gateway(opts, Some(upstream_addr), "proxy")?);
+    let addr = gateway.publics()[0];
+    let mut via = proxy_phase(opts, Some(&mut gateway), upstream.as_mut(), addr, "gateway")
+        .map_err(|e| gateway.with_logs(e))?;
+    label_gateway(opts, &mut via);
     Ok(Outcome::new("proxy", run, params, via, direct))
 }
 
 fn proxy_phase(
     opts: &Opts,
-    mut server: Option<&mut Target>,
-    mut upstream: Option<&mut Target>,
+    mut server: Option<&mut Servers>,
+    mut upstream: Option<&mut Servers>,
     addr: std::net::SocketAddr,
     label: &str,
 ) -> Result<Phase> {
@@ -490,7 +591,7 @@ fn proxy_phase(
     let mut clients = Clients::start(
         opts,
         Kind::Http,
-        addr,
+        &[addr],
         &opts.proxy_path,
         conns,
         opts.requests,
@@ -510,6 +611,8 @@ fn proxy_phase(
         Some(s) => Snapshot::take(s, &clients, Kind::Http, true),
         None => Snapshot {
             cpu: None,
+            node_cpu: Vec::new(),
+            redis_cpu: None,
             client_ns: clients.cpu_ns(),
             at: Instant::now(),
             wire_bytes: None,
@@ -524,6 +627,8 @@ fn proxy_phase(
         Some(s) => Snapshot::take(s, &clients, Kind::Http, false),
         None => Snapshot {
             cpu: None,
+            node_cpu: Vec::new(),
+            redis_cpu: None,
             client_ns: clients.cpu_ns(),
             at: Instant::now(),
             wire_bytes: None,

@@ -75,6 +75,18 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 impl Target {
     /// Starts the gateway binary on ports chosen by the kernel.
     pub fn start_gateway(opts: &Opts, upstream: Option<SocketAddr>, tag: &str) -> Result<Target> {
+        Self::start_gateway_with(opts, upstream, tag, "gateway", &[])
+    }
+
+    /// [`Target::start_gateway`] labelled `label`, with `extra` arguments
+    /// before the `--gateway-arg` ones.
+    pub fn start_gateway_with(
+        opts: &Opts,
+        upstream: Option<SocketAddr>,
+        tag: &str,
+        label: &str,
+        extra: &[String],
+    ) -> Result<Target> {
         if let Some(url) = &opts.gateway_url {
             if upstream.is_some() && opts.upstream_url.is_none() {
                 return Err("the proxy scenario against --gateway-url needs --upstream-url".into());
@@ -132,6 +144,7 @@ impl Target {
         if let Some(up) = upstream {
             args.extend(["--upstream".into(), format!("http://{up}")]);
         }
+        args.extend(extra.iter().cloned());
         args.extend(opts.gateway_args.iter().cloned());
         let log = std::env::temp_dir().join(format!(
             "pollbridge-bench-{}-gateway-{tag}.log",
@@ -165,7 +178,7 @@ impl Target {
         };
         let (public, admin) = (field("public=")?, field("admin=")?);
         Ok(Target {
-            label: "gateway".into(),
+            label: label.into(),
             kind: TargetKind::Gateway,
             pid: Some(child.pid()),
             child: Some(child),
@@ -253,6 +266,30 @@ impl Target {
         ))
     }
 
+    /// Waits (bounded) until the gateway's `/readyz` answers 200: with a
+    /// Redis bus, until its Redis connections are up.
+    pub fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        let mut last = String::from("no answer");
+        for _ in 0..10_000 {
+            let admin = self.admin.as_mut().ok_or("no admin address")?;
+            match admin.request("GET", "/readyz", None, b"") {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => {
+                    last = format!("{status} {}", String::from_utf8_lossy(&body).trim())
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.log.as_ref().map_or(String::new(), |l| {
+            format!(" (gateway log: {})", l.display())
+        });
+        Err(format!("{} not ready: /readyz {last}{log}", self.label).into())
+    }
+
     pub fn admin(&mut self) -> Option<&mut Http> {
         self.admin.as_mut()
     }
@@ -281,6 +318,259 @@ impl Drop for Target {
     }
 }
 
+/// The servers of one phase: one gateway or floor, or several gateway
+/// nodes sharing a Redis bus (`--redis`). Dropping it stops the nodes,
+/// then Redis.
+pub struct Servers {
+    pub label: String,
+    pub nodes: Vec<Target>,
+    pub redis: Option<Redis>,
+}
+
+impl Servers {
+    pub fn one(target: Target) -> Servers {
+        Servers {
+            label: target.label.clone(),
+            nodes: vec![target],
+            redis: None,
+        }
+    }
+
+    /// Starts a `redis-server` and `count` gateways on it (`--bus
+    /// redis://…`), each ready (`/readyz` 200). On any failure everything
+    /// started so far is stopped.
+    pub fn start_redis_nodes(opts: &Opts, tag: &str, count: usize) -> Result<Servers> {
+        let redis = Redis::start(opts, tag)?;
+        let extra = vec!["--bus".to_string(), redis.url()];
+        let mut nodes = Vec::with_capacity(count);
+        for k in 1..=count {
+            nodes.push(Target::start_gateway_with(
+                opts,
+                None,
+                &format!("{tag}-node{k}"),
+                &format!("node {k}"),
+                &extra,
+            )?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &mut nodes {
+            node.wait_ready(deadline)?;
+        }
+        Ok(Servers {
+            label: format!("redis bus x{count}"),
+            nodes,
+            redis: Some(redis),
+        })
+    }
+
+    pub fn publics(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|t| t.public).collect()
+    }
+
+    /// The nodes' CPU times added up.
+    pub fn cpu(&self) -> Option<Cpu> {
+        proc::cpu_sum(self.nodes.iter().map(Target::cpu))
+    }
+
+    pub fn node_cpus(&self) -> Vec<Option<Cpu>> {
+        self.nodes.iter().map(Target::cpu).collect()
+    }
+
+    pub fn redis_cpu(&self) -> Option<Cpu> {
+        self.redis.as_ref().and_then(Redis::cpu)
+    }
+
+    /// The nodes' VmRSS added up (Redis not included).
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.nodes.iter().map(Target::rss_kib).sum::<Option<u64>>()
+    }
+
+    /// Adds the gateway log paths to an error.
+    pub fn with_logs(&self, e: Error) -> Error {
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|t| t.log.as_ref().map(|l| l.display().to_string()))
+            .collect();
+        let redis_log = self.redis.as_ref().map_or(String::new(), |r| {
+            format!("; redis log: {}", r.log().display())
+        });
+        if logs.is_empty() {
+            e
+        } else {
+            format!("{e} (gateway log: {}{redis_log})", logs.join(", ")).into()
+        }
+    }
+}
+
+/// A throw-away `redis-server` for `--redis`: a free loopback port, its
+/// own temp directory, no persistence (`--save '' --appendonly no`),
+/// pinned to the servers' core with `--pin`. Killed (and its directory
+/// removed) on drop; `PR_SET_PDEATHSIG` kills it with the bench too.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+/// How long a fresh `redis-server` gets to answer `PING`.
+const REDIS_START: Duration = Duration::from_secs(15);
+
+impl Redis {
+    pub fn start(opts: &Opts, tag: &str) -> Result<Redis> {
+        remove_stale_redis_dirs();
+        let mut last = String::new();
+        for attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let dir = std::env::temp_dir().join(format!(
+                "pollbridge-bench-{}-redis-{tag}-{attempt}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let d = dir.display().to_string();
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &d,
+                "--logfile",
+                &format!("{d}/redis.log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut redis = Redis {
+                child: None,
+                port,
+                dir,
+            };
+            let bin = opts.redis_server.to_string_lossy();
+            let child = Child::spawn(
+                "redis",
+                &bin,
+                &args,
+                opts.pin.then_some(SERVER_CORE),
+                Stdio::null(),
+            )
+            .map_err(|e| {
+                format!(
+                    "{e} (--redis needs redis-server: scripts/setup.sh installs it, or pass --redis-server PATH)"
+                )
+            })?;
+            redis.child = Some(child);
+            match redis.wait_pong() {
+                Ok(()) => return Ok(redis),
+                Err(e) => last = e, // dropped: killed, directory removed
+            }
+        }
+        Err(format!("could not start redis-server: {last}").into())
+    }
+
+    fn wait_pong(&mut self) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + REDIS_START;
+        for _ in 0..10_000 {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if !child.alive() {
+                    return Err(format!("redis-server exited: {}", self.log_tail()));
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "no PONG within {REDIS_START:?}: {}",
+            self.log_tail()
+        ))
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let start = log.len().saturating_sub(1000);
+        log.get(start..).unwrap_or_default().trim().to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cpu(&self) -> Option<Cpu> {
+        proc::cpu(self.child.as_ref()?.pid()).ok()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.stop(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the Redis directories of earlier bench runs that were killed
+/// (by a signal, so no `Drop` ran): `pollbridge-bench-PID-redis-*` in the
+/// temp directory whose PID is gone. At most 1000 entries looked at.
+fn remove_stale_redis_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten().take(1000) {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pollbridge-bench-"))
+        else {
+            continue;
+        };
+        let Some((pid, tail)) = rest.split_once('-') else {
+            continue;
+        };
+        let gone = pid
+            .parse::<u32>()
+            .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        if gone && tail.starts_with("redis-") && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// True when a Redis on `port` answers `PING` with `PONG` (bounded: 500 ms).
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
 /// A group of client worker processes sharing one phase's connections.
 pub struct Clients {
     workers: Vec<Child>,
@@ -298,11 +588,19 @@ impl Clients {
     pub fn start(
         opts: &Opts,
         kind: Kind,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         path: &str,
         conns: usize,
         expect: u64,
     ) -> Result<Clients> {
+        let addr_list = addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if addrs.is_empty() {
+            return Err("no server address for the clients".into());
+        }
         let workers = opts
             .workers
             .unwrap_or_else(|| conns.div_ceil(opts.conns_per_worker.max(1)))
@@ -329,7 +627,7 @@ impl Clients {
                 "--kind".into(),
                 kind_name.into(),
                 "--addr".into(),
-                addr.to_string(),
+                addr_list.clone(),
                 "--path".into(),
                 path.into(),
                 "--conns".into(),
@@ -343,7 +641,7 @@ impl Clients {
                 "--poll-timeout".into(),
                 opts.poll_timeout.to_string(),
             ];
-            if addr.ip().is_loopback() && !sources.is_empty() {
+            if addrs.iter().all(|a| a.ip().is_loopback()) && !sources.is_empty() {
                 args.extend(["--src".into(), sources.join(",")]);
             }
             let pin = opts.pin.then_some(CLIENT_CORE);

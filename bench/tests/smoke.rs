@@ -3,11 +3,16 @@
 //! that the tool ran and its numbers are sane (no loss, floors measured,
 //! ratios finite) — never a speed.
 //!
+//! With redis-server installed, also `--smoke --redis` on ws-fanout,
+//! burst and idle (two gateway nodes on one Redis bus); skipped, with the
+//! reason printed, without it.
+//!
 //! The gateway binary: `$POLLBRIDGE_BIN`, else `target/debug/pollbridge`
 //! of this workspace (built with `cargo build -p pollbridge` if missing).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 fn gateway_bin() -> PathBuf {
@@ -53,14 +58,23 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
-#[test]
-fn smoke_mode_runs_every_scenario_with_its_floor() {
+/// The smoke runs share the machine's cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs `pollbridge-bench --smoke ARGS… --gateway-bin BIN` (at most 300 s);
+/// asserts it succeeded and said `smoke: ok`; returns its JSON outcome lines.
+fn run_smoke(args: &[&str]) -> Vec<serde_json::Value> {
     let bin = gateway_bin();
-    let out_path =
-        std::env::temp_dir().join(format!("pollbridge-bench-smoke-{}.out", std::process::id()));
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out_path = std::env::temp_dir().join(format!(
+        "pollbridge-bench-smoke-{}-{}.out",
+        std::process::id(),
+        args.join("_").replace('-', "")
+    ));
     let out = std::fs::File::create(&out_path).expect("output file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pollbridge-bench"))
         .arg("--smoke")
+        .args(args)
         .arg("--gateway-bin")
         .arg(&bin)
         .stdin(Stdio::null())
@@ -78,18 +92,26 @@ fn smoke_mode_runs_every_scenario_with_its_floor() {
         stdout.lines().any(|l| l == "smoke: ok"),
         "no `smoke: ok` line"
     );
-    // One JSON line per scenario, each with its floor and a finite CPU ratio.
-    let outcomes: Vec<serde_json::Value> = stdout
+    stdout
         .lines()
         .filter(|l| l.starts_with("{\"scenario\""))
         .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    let names: Vec<&str> = outcomes
+        .collect()
+}
+
+fn names(outcomes: &[serde_json::Value]) -> Vec<&str> {
+    outcomes
         .iter()
         .filter_map(|o| o["scenario"].as_str())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn smoke_mode_runs_every_scenario_with_its_floor() {
+    // One JSON line per scenario, each with its floor and a finite CPU ratio.
+    let outcomes = run_smoke(&[]);
     assert_eq!(
-        names,
+        names(&outcomes),
         [
             "ws-fanout",
             "sse-fanout",
@@ -103,5 +125,99 @@ fn smoke_mode_runs_every_scenario_with_its_floor() {
     for o in &outcomes {
         assert!(o["floor"].is_object(), "{} has no floor", o["scenario"]);
         assert_eq!(o["gateway"]["losses"], 0, "{} lost messages", o["scenario"]);
+        assert!(o.get("redis_bus").is_none(), "redis_bus without --redis");
+    }
+}
+
+/// Why `redis-server` cannot run here, if it cannot.
+fn redis_server_missing() -> Option<String> {
+    match Command::new("redis-server")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!("`redis-server --version` failed ({})", out.status)),
+        Err(e) => Some(format!("redis-server is not available ({e})")),
+    }
+}
+
+/// `--smoke --redis` on ws-fanout, burst and idle: two gateway nodes on a
+/// Redis the bench starts, beside the in-process gateway and the floor.
+/// Checks that it ran and its numbers are sane — never a speed. Skipped
+/// (with the reason printed) where there is no redis-server.
+#[test]
+fn smoke_two_nodes_on_a_redis_bus() {
+    if let Some(why) = redis_server_missing() {
+        eprintln!("skipped smoke_two_nodes_on_a_redis_bus: {why}; scripts/setup.sh installs it");
+        return;
+    }
+    let outcomes = run_smoke(&["ws-fanout", "burst", "idle", "--redis"]);
+    assert_eq!(names(&outcomes), ["ws-fanout", "burst", "idle"]);
+    for o in &outcomes {
+        let name = &o["scenario"];
+        assert_eq!(o["params"]["redis"], true, "{name}");
+        assert!(o["floor"].is_object(), "{name} has no floor");
+        assert_eq!(o["gateway"]["nodes"], 1, "{name}");
+        assert_eq!(o["gateway"]["bus"], "memory", "{name}");
+        let r = &o["redis_bus"];
+        assert!(r.is_object(), "{name} has no redis_bus phase");
+        assert_eq!(r["nodes"], 2, "{name}");
+        assert_eq!(r["bus"], "redis", "{name}");
+        assert_eq!(r["connected"], r["conns"], "{name}: not all connected");
+        assert_eq!(r["connect_failed"], 0, "{name}");
+        assert_eq!(r["losses"], 0, "{name}: redis bus lost messages");
+        assert_eq!(r["duplicates"], 0, "{name}");
+        assert_eq!(r["deliveries"], r["expected"], "{name}");
+        let per_node: Vec<u64> = r["node_subscribers"]
+            .as_array()
+            .expect("node_subscribers")
+            .iter()
+            .map(|v| v.as_u64().expect("a count"))
+            .collect();
+        assert_eq!(per_node.len(), 2, "{name}: {per_node:?}");
+        assert!(
+            per_node.iter().all(|&c| c > 0),
+            "{name}: a node had no subscribers: {per_node:?}"
+        );
+        assert_eq!(
+            per_node.iter().sum::<u64>(),
+            r["connected"].as_u64().unwrap(),
+            "{name}: {per_node:?}"
+        );
+        assert!(
+            r["rss_kib_per_conn"].as_f64().is_some_and(f64::is_finite),
+            "{name}: rss {}",
+            r["rss_kib_per_conn"]
+        );
+        if r["expected"].as_u64().unwrap_or(0) > 0 {
+            for key in ["cpu_us_per_delivery", "redis_cpu_us_per_delivery"] {
+                assert!(
+                    r[key].as_f64().is_some_and(|c| c.is_finite() && c > 0.0),
+                    "{name}: {key} {}",
+                    r[key]
+                );
+            }
+            assert_eq!(
+                r["node_cpu_us_per_delivery"].as_array().map(Vec::len),
+                Some(2),
+                "{name}"
+            );
+            assert!(
+                o["ratio_redis_bus"]["cpu_us_per_delivery"]
+                    .as_f64()
+                    .is_some_and(|x| x.is_finite() && x > 0.0),
+                "{name}: {}",
+                o["ratio_redis_bus"]
+            );
+        } else {
+            assert!(
+                r["idle_cpu_us_per_conn_s"]
+                    .as_f64()
+                    .is_some_and(f64::is_finite),
+                "{name}: idle cpu {}",
+                r["idle_cpu_us_per_conn_s"]
+            );
+        }
     }
 }
