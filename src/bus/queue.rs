@@ -93,6 +93,8 @@ struct State {
     direct: Option<Arc<dyn DirectSink>>,
     /// Written directly since the connection last took its socket back.
     report: DirectReport,
+    /// `report` is the connection's, lent by `enter_direct`.
+    report_lent: bool,
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -112,6 +114,7 @@ impl SubscriberQueue {
                 dropped: 0,
                 direct: None,
                 report: DirectReport::default(),
+                report_lent: false,
             }),
             capacity: capacity.max(1),
             transport,
@@ -174,25 +177,20 @@ impl SubscriberQueue {
     }
 
     /// Lends the queue the connection's socket: from now on publishers
-    /// write to it directly. `cursors` are the last ids the connection
-    /// has delivered per channel: a shared bus may deliver a message the
-    /// connection already sent from history, and it must not go out twice.
-    /// Refused (false) while anything is queued or the queue is closed:
-    /// the connection drains first.
-    pub fn enter_direct<'a>(
-        &self,
-        sink: &Arc<dyn DirectSink>,
-        cursors: impl Iterator<Item = (&'a crate::channel::ChannelName, u64)>,
-    ) -> bool {
+    /// write to it directly. `report.written` holds the last ids the
+    /// connection has delivered per channel: a shared bus may deliver a
+    /// message the connection already sent from history, and it must not
+    /// go out twice. The report moves into the queue (and comes back with
+    /// [`leave_direct`](Self::leave_direct)), so one allocation serves
+    /// both. Refused (false, nothing moved) while anything is queued or the
+    /// queue is closed: the connection drains first.
+    pub fn enter_direct(&self, sink: &Arc<dyn DirectSink>, report: &mut DirectReport) -> bool {
         let mut state = self.state.lock();
         if !state.items.is_empty() || state.closed.is_some() || state.report.remainder.is_some() {
             return false;
         }
-        state.report.written.clear();
-        state
-            .report
-            .written
-            .extend(cursors.map(|(channel, id)| (channel.clone(), id)));
+        std::mem::swap(&mut state.report, report);
+        state.report_lent = true;
         state.direct = Some(sink.clone());
         true
     }
@@ -203,9 +201,9 @@ impl SubscriberQueue {
     pub fn leave_direct(&self, report: &mut DirectReport) {
         let mut state = self.state.lock();
         state.direct = None;
-        std::mem::swap(report, &mut state.report);
-        state.report.written.clear();
-        state.report.remainder = None;
+        if std::mem::take(&mut state.report_lent) {
+            std::mem::swap(report, &mut state.report);
+        }
     }
 
     /// Closes the queue; the reader sees `reason` once the queue is empty…
@@ -451,15 +449,16 @@ mod tests {
         // Room for two frames and a half.
         let fake = FakeSink::new(frame_len * 2 + frame_len / 2);
         let sink: Arc<dyn DirectSink> = fake.clone();
-        let a = ChannelName::new("a").unwrap();
         // The connection has delivered up to 1 already (from history): a
         // shared bus delivering 1 again must not send it twice.
-        assert!(q.enter_direct(&sink, [(&a, 1)].into_iter()));
+        let mut report = DirectReport::default();
+        report.written.push((ChannelName::new("a").unwrap(), 1));
+        assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
         assert!(fake.wire.lock().is_empty());
-        let mut report = DirectReport::default();
         q.leave_direct(&mut report);
-        assert!(q.enter_direct(&sink, std::iter::empty()));
+        report.written.clear();
+        assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
         assert_eq!(q.push(&msg("a", 2), ChannelMode::Stream), Pushed::Written);
         // Half of #3 fits: it counts as written, its tail is kept, direct
@@ -468,7 +467,7 @@ mod tests {
         assert_eq!(q.push(&msg("a", 4), ChannelMode::Stream), Pushed::Queued);
         assert_eq!(*fake.delivered.lock(), vec![1, 2, 3]);
         // Refused while something is pending.
-        assert!(!q.enter_direct(&sink, std::iter::empty()));
+        assert!(!q.enter_direct(&sink, &mut DirectReport::default()));
 
         q.leave_direct(&mut report);
         let tail = report.remainder.take().expect("a partial frame");
@@ -488,7 +487,7 @@ mod tests {
             .collect();
         assert_eq!(wire, expected);
         // Drained and nothing pending: direct mode may start again.
-        assert!(q.enter_direct(&sink, std::iter::empty()));
+        assert!(q.enter_direct(&sink, &mut DirectReport::default()));
     }
 
     #[test]
@@ -496,7 +495,7 @@ mod tests {
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
-        assert!(q.enter_direct(&sink, std::iter::empty()));
+        assert!(q.enter_direct(&sink, &mut DirectReport::default()));
         let batch: Vec<_> = (1..=10).map(|id| msg("a", id)).collect();
         assert_eq!(q.push_all(&batch, ChannelMode::Stream), Pushed::Written);
         assert_eq!(fake.delivered.lock().len(), 10);

@@ -162,7 +162,7 @@ pub async fn handle(
         expires,
         initial,
     };
-    Ok(upgrade(gw, &mut req, queue, start))
+    Ok(upgrade(gw, &mut req, queue, Box::new(start)))
 }
 
 /// Admission control for a new session (WebSocket or SSE).
@@ -195,7 +195,7 @@ pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response
         expires: None,
         initial: Vec::new(),
     };
-    Ok(upgrade(gw, &mut req, queue, start))
+    Ok(upgrade(gw, &mut req, queue, Box::new(start)))
 }
 
 /// The checks of an opening handshake (RFC 6455 §4.2.1) that decide
@@ -237,7 +237,7 @@ fn session_for(
     gw: Arc<Gateway>,
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
-    start: Start,
+    start: Box<Start>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
@@ -271,7 +271,7 @@ fn upgrade(
     gw: &Arc<Gateway>,
     req: &mut Request,
     queue: Arc<SubscriberQueue>,
-    start: Start,
+    start: Box<Start>,
 ) -> Response {
     let key = req
         .headers()

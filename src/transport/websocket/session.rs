@@ -9,7 +9,6 @@
 //! takes the socket back (and learns what was written meanwhile), so
 //! there is only ever one writer.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -33,6 +32,45 @@ use crate::transport::{record_delivery, Cursor, Transport};
 
 /// Most messages taken from the queue for one write.
 const BATCH: usize = 64;
+
+/// The session's subscriptions: a few per connection (usually one), so a
+/// vector searched in order, smaller than a hash map for every idle
+/// connection.
+#[derive(Default)]
+struct Subscriptions(Vec<(ChannelName, Subscribed)>);
+
+impl Subscriptions {
+    fn get(&self, channel: &ChannelName) -> Option<&Subscribed> {
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, s)| s)
+    }
+
+    fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Subscribed> {
+        self.0
+            .iter_mut()
+            .find(|(c, _)| c == channel)
+            .map(|(_, s)| s)
+    }
+
+    fn insert(&mut self, channel: ChannelName, sub: Subscribed) {
+        match self.get_mut(&channel) {
+            Some(existing) => *existing = sub,
+            None => self.0.push((channel, sub)),
+        }
+    }
+
+    fn remove(&mut self, channel: &ChannelName) -> Option<Subscribed> {
+        let pos = self.0.iter().position(|(c, _)| c == channel)?;
+        Some(self.0.swap_remove(pos).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Subscribed)> {
+        self.0.iter().map(|(c, s)| (c, s))
+    }
+}
 
 /// A subscription the session holds, with the last id it delivered.
 struct Subscribed {
@@ -122,7 +160,7 @@ pub struct Session<W> {
     expires: Option<SystemTime>,
     writer: W,
     queue: Arc<SubscriberQueue>,
-    subscriptions: HashMap<ChannelName, Subscribed>,
+    subscriptions: Subscriptions,
     last_heard: Instant,
     ping_sent: bool,
 }
@@ -157,18 +195,25 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             expires: None,
             writer,
             queue,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             last_heard: Instant::now(),
             ping_sent: false,
         }
     }
 
-    /// Runs until the connection ends.
-    pub async fn run(mut self, start: Start) {
-        self.handler = start.handler;
-        self.credentials = start.credentials;
-        self.expires = start.expires;
-        let end = match Box::pin(self.start(start.initial)).await {
+    /// Runs until the connection ends. `start` is boxed so that neither
+    /// this future nor the task holding it keeps room for it afterwards.
+    pub async fn run(mut self, start: Box<Start>) {
+        let Start {
+            handler,
+            credentials,
+            expires,
+            initial,
+        } = *start;
+        self.handler = handler;
+        self.credentials = credentials;
+        self.expires = expires;
+        let end = match Box::pin(self.start(initial)).await {
             Ok(()) => self.serve().await,
             Err(end) => end,
         };
@@ -279,8 +324,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             // channels hold messages back, which only this task can do.
             if let Some(sink) = &self.sink {
                 if !self.throttle.is_enabled() {
-                    let cursors = self.subscriptions.iter().map(|(c, s)| (c, s.cursor.0));
-                    self.queue.enter_direct(sink, cursors);
+                    let cursors = self
+                        .subscriptions
+                        .iter()
+                        .map(|(c, s)| (c.clone(), s.cursor.0));
+                    self.report.written.clear();
+                    self.report.written.extend(cursors);
+                    self.queue.enter_direct(sink, &mut self.report);
                 }
             }
             let queue = self.queue.clone();
@@ -621,10 +671,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             return Err(slow_consumer());
         }
         let queue = SubscriberQueue::new(self.gw.config.limits.queue_length, Transport::WebSocket);
-        let channels: Vec<ChannelName> = self.subscriptions.keys().cloned().collect();
+        let channels: Vec<ChannelName> =
+            self.subscriptions.iter().map(|(c, _)| c.clone()).collect();
         let mut backlog = Vec::new();
         for channel in channels {
-            let cursor = self.subscriptions[&channel].cursor.0;
+            let cursor = self
+                .subscriptions
+                .get(&channel)
+                .expect("listed above")
+                .cursor
+                .0;
             let (subscription, history) = self
                 .gw
                 .subscribe(&channel, Some(cursor), &queue, self.gw.config.history.size)
@@ -652,11 +708,11 @@ const LAG_CHECK: Duration = Duration::from_millis(250);
 
 /// Messages a client has missed beyond what history still holds, if any:
 /// then it can never catch up.
-fn beyond_history(gw: &Gateway, subscriptions: &HashMap<ChannelName, Subscribed>) -> Option<u64> {
+fn beyond_history(gw: &Gateway, subscriptions: &Subscriptions) -> Option<u64> {
     let hub = gw.bus.hub();
     let mut missed = 0;
     let mut hopeless = false;
-    for (channel, sub) in subscriptions {
+    for (channel, sub) in subscriptions.iter() {
         let read = hub.read(channel, Some(sub.cursor.0), 0);
         if read.truncated {
             hopeless = true;
