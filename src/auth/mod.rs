@@ -33,6 +33,11 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// True when the client presented anything at all.
+    pub fn is_present(&self) -> bool {
+        self.token.is_some() || self.cookie.is_some() || self.authorization.is_some()
+    }
+
     pub fn from_request(
         headers: &HeaderMap,
         query: Option<&str>,

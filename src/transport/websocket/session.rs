@@ -72,6 +72,13 @@ impl Subscriptions {
     }
 }
 
+/// What an anonymous client presents.
+static NO_CREDENTIALS: Credentials = Credentials {
+    token: None,
+    cookie: None,
+    authorization: None,
+};
+
 /// A subscription the session holds, with the last id it delivered.
 struct Subscribed {
     _subscription: Subscription,
@@ -150,13 +157,11 @@ pub struct Session<W> {
     /// Reused for what publishers report when the session takes the socket
     /// back.
     report: DirectReport,
-    /// Scratch buffers of `write_now`, kept to avoid allocating per write.
-    frames: Vec<Bytes>,
-    fresh: Vec<Arc<Message>>,
     /// `conflate_interval` on state channels.
     throttle: Throttle,
     handler: Handler,
-    credentials: Credentials,
+    /// Boxed, and None for an anonymous client (most of them).
+    credentials: Option<Box<Credentials>>,
     expires: Option<SystemTime>,
     writer: W,
     queue: Arc<SubscriberQueue>,
@@ -186,12 +191,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead),
             sink,
             report: DirectReport::default(),
-            frames: Vec::new(),
-            fresh: Vec::new(),
             throttle: Throttle::new(&gw.rules),
             gw,
             handler: Handler::Commands,
-            credentials: Credentials::default(),
+            credentials: None,
             expires: None,
             writer,
             queue,
@@ -211,7 +214,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             initial,
         } = *start;
         self.handler = handler;
-        self.credentials = credentials;
+        self.credentials = credentials.is_present().then(|| Box::new(credentials));
         self.expires = expires;
         let end = match Box::pin(self.start(initial)).await {
             Ok(()) => self.serve().await,
@@ -535,7 +538,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         let grant = self
             .gw
             .auth
-            .may_subscribe(channel, &self.credentials)
+            .may_subscribe(
+                channel,
+                self.credentials.as_deref().unwrap_or(&NO_CREDENTIALS),
+            )
             .await
             .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
         self.expires = super::earliest(self.expires, grant.expires);
@@ -602,11 +608,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
 
     /// Writes the messages this client hasn't had yet, now (no throttle).
     async fn write_now(&mut self, messages: &[Arc<Message>]) -> Result<(), End> {
-        // Reused between writes: no allocation per delivery batch.
-        let mut frames = std::mem::take(&mut self.frames);
-        let mut fresh = std::mem::take(&mut self.fresh);
-        frames.clear();
-        fresh.clear();
+        // Allocated per batch rather than kept: this is the slow path (the
+        // socket was full or the session was busy), and kept buffers would
+        // be part of every idle connection's memory.
+        let mut frames = Vec::with_capacity(messages.len());
+        let mut fresh = Vec::with_capacity(messages.len());
         for msg in messages {
             // A message for a channel we just left may still be queued.
             let Some(sub) = self.subscriptions.get_mut(&msg.channel) else {
@@ -626,10 +632,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             }
             written
         };
-        frames.clear();
-        fresh.clear();
-        self.frames = frames;
-        self.fresh = fresh;
         result
     }
 
