@@ -72,6 +72,10 @@ impl Subscriptions {
     }
 }
 
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// What an anonymous client presents.
 static NO_CREDENTIALS: Credentials = Credentials {
     token: None,
@@ -207,12 +211,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// Runs until the connection ends. `start` is boxed so that neither
     /// this future nor the task holding it keeps room for it afterwards.
     pub async fn run(mut self, start: Box<Start>) {
+        // Unboxed by a call so the box is freed now, not when `run` ends
+        // (a parameter moved out of stays allocated until then).
         let Start {
             handler,
             credentials,
             expires,
             initial,
-        } = *start;
+        } = unbox(start);
         self.handler = handler;
         self.credentials = credentials.is_present().then(|| Box::new(credentials));
         self.expires = expires;
