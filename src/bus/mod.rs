@@ -93,6 +93,12 @@ pub trait Bus: Send + Sync + 'static {
 
 /// The bus chosen at startup (`bus = "memory"` …). An enum rather than
 /// `dyn Bus` because the trait's async methods are not object-safe.
+///
+/// The Redis bus's futures are boxed: they are large (a network round
+/// trip's state), and a future's size is the largest of its variants, so
+/// unboxed they would size every caller's future (every held poll, every
+/// connection's request future) for the Redis case. The memory bus, the
+/// hot path, stays unboxed.
 pub enum AnyBus {
     Memory(memory::MemoryBus),
     Redis(redis::RedisBus),
@@ -106,7 +112,7 @@ impl Bus for AnyBus {
     ) -> Result<Published, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.publish(channel, payload).await,
-            AnyBus::Redis(bus) => bus.publish(channel, payload).await,
+            AnyBus::Redis(bus) => Box::pin(bus.publish(channel, payload)).await,
         }
     }
 
@@ -117,7 +123,7 @@ impl Bus for AnyBus {
     ) -> Result<Vec<Published>, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.publish_many(channel, payloads).await,
-            AnyBus::Redis(bus) => bus.publish_many(channel, payloads).await,
+            AnyBus::Redis(bus) => Box::pin(bus.publish_many(channel, payloads)).await,
         }
     }
 
@@ -130,7 +136,7 @@ impl Bus for AnyBus {
     ) -> Result<(Subscription, HistoryRead), BusError> {
         match self {
             AnyBus::Memory(bus) => bus.subscribe(channel, since, queue, limit).await,
-            AnyBus::Redis(bus) => bus.subscribe(channel, since, queue, limit).await,
+            AnyBus::Redis(bus) => Box::pin(bus.subscribe(channel, since, queue, limit)).await,
         }
     }
 
@@ -142,7 +148,7 @@ impl Bus for AnyBus {
     ) -> Result<HistoryRead, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.history(channel, since, limit).await,
-            AnyBus::Redis(bus) => bus.history(channel, since, limit).await,
+            AnyBus::Redis(bus) => Box::pin(bus.history(channel, since, limit)).await,
         }
     }
 
@@ -154,7 +160,7 @@ impl Bus for AnyBus {
     ) -> Result<bool, BusError> {
         match self {
             AnyBus::Memory(bus) => bus.lease(channel, name, ttl).await,
-            AnyBus::Redis(bus) => bus.lease(channel, name, ttl).await,
+            AnyBus::Redis(bus) => Box::pin(bus.lease(channel, name, ttl)).await,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The public listener's router: client transports under the prefix, the
 //! reverse proxy for everything else.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -69,78 +70,100 @@ impl Route {
     }
 }
 
-pub async fn route(
+/// Answers one request of the public listener.
+///
+/// hyper allocates a connection's request future once, at the size of its
+/// largest state, and keeps it for the connection's life, so every byte of
+/// it is paid by every held poll and open stream. Hence a plain function
+/// returning an `async move` block: the block keeps its arguments where
+/// they were captured, where an `async fn` would also copy them into
+/// locals (the request alone is ~250 bytes).
+#[allow(clippy::manual_async_fn)] // on purpose, see above
+pub fn route(
     gw: Arc<Gateway>,
-    req: Request,
+    mut req: Request,
     peer: SocketAddr,
     meter: Arc<ConnMeter>,
     secure: bool,
-) -> Response {
-    let route = match classify(&gw.config.prefix, req.uri().path()) {
-        Route::Proxy => match gw.bridges.route_for(req.uri().path()) {
-            Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
-                Route::Bridge(index)
+) -> impl Future<Output = Response> + Send {
+    async move {
+        let route = match classify(&gw.config.prefix, req.uri().path()) {
+            Route::Proxy => match gw.bridges.route_for(req.uri().path()) {
+                Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
+                    Route::Bridge(index)
+                }
+                _ => Route::Proxy,
+            },
+            other => other,
+        };
+        meter.begin_request(route.transport());
+        // The future is as large as its largest handler's (see above), so
+        // the handlers larger than the poll's, none of them held by the
+        // thousand, are boxed (one allocation per request) and the poll's
+        // stays inline.
+        let result = match route {
+            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel)).await,
+            Route::Echo if gw.config.conformance_echo => {
+                Box::pin(websocket::handle_echo(&gw, req)).await
             }
-            _ => Route::Proxy,
-        },
-        other => other,
-    };
-    meter.begin_request(route.transport());
-    let result = match route {
-        Route::WebSocket(channel) => websocket::handle(&gw, req, channel).await,
-        Route::Echo if gw.config.conformance_echo => websocket::handle_echo(&gw, req).await,
-        Route::Asset(asset) => {
-            let mut resp = asset.serve(req.headers());
-            // Module scripts load in CORS mode; the client is public anyway.
-            resp.headers_mut().insert(
-                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                http::HeaderValue::from_static("*"),
-            );
-            Ok(resp)
-        }
-        Route::Demo if gw.config.demo.enabled => Ok(super::assets::DEMO_HTML.serve(req.headers())),
-        Route::Stats if gw.config.demo.public_stats() => {
-            Ok(h::json_value(http::StatusCode::OK, &gw.stats.report()))
-        }
-        Route::Echo | Route::Demo | Route::Stats => Err(ApiError::NotFound(format!(
-            "{} is not enabled on this gateway",
-            req.uri().path()
-        ))),
-        Route::Poll(channel) => longpoll::handle(&gw, &req, &channel, peer).await,
-        Route::Sse(channel) => sse::handle(&gw, &req, &channel).await,
-        Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
-            Ok(()) => publish::single(&gw, req, &channel).await,
-            Err(e) => Err(e),
-        },
-        Route::UnknownGatewayPath => Err(ApiError::NotFound(format!(
-            "no gateway endpoint {}; see {p}/ws, {p}/poll/{{channel}}, {p}/sse/{{channel}}",
-            req.uri().path(),
-            p = gw.config.prefix
-        ))),
-        Route::Bridge(index) => gw.bridges.handle(&gw, index, &req, peer).await,
-        Route::Proxy => match &gw.proxy {
-            Some(proxy) => Ok(proxy
-                .forward(req, peer, if secure { "https" } else { "http" })
-                .await),
-            None => Err(ApiError::NotFound(format!(
-                "{} is not a gateway path and no upstream is configured (--upstream)",
+            Route::Asset(asset) => {
+                let mut resp = asset.serve(req.headers());
+                // Module scripts load in CORS mode; the client is public anyway.
+                resp.headers_mut().insert(
+                    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    http::HeaderValue::from_static("*"),
+                );
+                Ok(resp)
+            }
+            Route::Demo if gw.config.demo.enabled => {
+                Ok(super::assets::DEMO_HTML.serve(req.headers()))
+            }
+            Route::Stats if gw.config.demo.public_stats() => {
+                Ok(h::json_value(http::StatusCode::OK, &gw.stats.report()))
+            }
+            Route::Echo | Route::Demo | Route::Stats => Err(ApiError::NotFound(format!(
+                "{} is not enabled on this gateway",
                 req.uri().path()
             ))),
-        },
-    };
-    let mut resp = result.unwrap_or_else(|e| {
-        match e.source() {
-            crate::error::Source::Client => {
-                tracing::debug!(error = %e, code = e.code(), "request refused")
+            Route::Poll(channel) => longpoll::handle(&gw, &mut req, &channel, peer).await,
+            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel)).await,
+            Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
+                Ok(()) => Box::pin(publish::single(&gw, req, &channel)).await,
+                Err(e) => Err(e),
+            },
+            Route::UnknownGatewayPath => Err(ApiError::NotFound(format!(
+                "no gateway endpoint {}; see {p}/ws, {p}/poll/{{channel}}, {p}/sse/{{channel}}",
+                req.uri().path(),
+                p = gw.config.prefix
+            ))),
+            Route::Bridge(index) => Box::pin(gw.bridges.handle(&gw, index, &req, peer)).await,
+            Route::Proxy => match &gw.proxy {
+                Some(proxy) => {
+                    Ok(
+                        Box::pin(proxy.forward(req, peer, if secure { "https" } else { "http" }))
+                            .await,
+                    )
+                }
+                None => Err(ApiError::NotFound(format!(
+                    "{} is not a gateway path and no upstream is configured (--upstream)",
+                    req.uri().path()
+                ))),
+            },
+        };
+        let mut resp = result.unwrap_or_else(|e| {
+            match e.source() {
+                crate::error::Source::Client => {
+                    tracing::debug!(error = %e, code = e.code(), "request refused")
+                }
+                crate::error::Source::Upstream => {
+                    tracing::warn!(error = %e, code = e.code(), "request failed")
+                }
             }
-            crate::error::Source::Upstream => {
-                tracing::warn!(error = %e, code = e.code(), "request failed")
-            }
-        }
-        h::error(&e)
-    });
-    resp.body_mut().set_meter(meter);
-    resp
+            h::error(&e)
+        });
+        resp.body_mut().set_meter(meter);
+        resp
+    }
 }
 
 /// Public publishing needs one of the configured keys as a bearer token,

@@ -200,14 +200,57 @@ fn channel_name(name: &str) -> Result<ChannelName, ApiError> {
 }
 
 /// Handles one poll.
+///
+/// Once the poll is admitted, the request's URI and headers are let go
+/// (replaced by empty ones): they are slices of the 8 KiB read buffer the
+/// request came in, which hyper has already replaced with a fresh one for
+/// the connection's next read, so while any of them lives a held poll keeps
+/// two. What the answer still needs (the channel, cursor, timeout and CORS
+/// origin) is taken out first. The rest of the request (method, body,
+/// extensions) is left as it was.
 pub async fn handle(
+    gw: &Arc<Gateway>,
+    req: &mut Request,
+    channel: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Response, ApiError> {
+    let poll = match admit(gw, req, channel, peer).await? {
+        Admitted::Answered(resp) => return Ok(resp),
+        Admitted::Poll(poll) => poll,
+    };
+    *req.uri_mut() = http::Uri::default();
+    *req.headers_mut() = HeaderMap::new();
+    poll.answer(gw).await
+}
+
+/// What [`admit`] decided.
+enum Admitted {
+    /// Answered without polling (a CORS preflight).
+    Answered(Response),
+    /// A poll to answer.
+    Poll(AdmittedPoll),
+}
+
+/// An admitted poll: all it needs of its request.
+struct AdmittedPoll {
+    channel: ChannelName,
+    since: Option<u64>,
+    timeout: Duration,
+    /// The request's origin when it is allowed, echoed in the CORS headers.
+    origin: Option<HeaderValue>,
+    _in_flight: ConnectionGuard,
+}
+
+/// The checks, limits and bookkeeping of a poll before it reads the
+/// channel, in the order they have always run.
+async fn admit(
     gw: &Arc<Gateway>,
     req: &Request,
     channel: &str,
     peer: std::net::SocketAddr,
-) -> Result<Response, ApiError> {
+) -> Result<Admitted, ApiError> {
     if req.method() == Method::OPTIONS {
-        return Ok(preflight(gw, req.headers()));
+        return Ok(Admitted::Answered(preflight(gw, req.headers())));
     }
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
@@ -223,12 +266,13 @@ pub async fn handle(
     // never looked at, so they are not gathered either.
     if gw.rules.resolve(channel.as_str()).auth != ChannelAuth::Public {
         let credentials = gw.auth.credentials(req.headers(), req.uri().query());
-        gw.auth.may_subscribe(&channel, &credentials).await?;
+        // Boxed: the check's future is large and only these polls wait on it.
+        Box::pin(gw.auth.may_subscribe(&channel, &credentials)).await?;
     }
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
-    let _in_flight = ConnectionGuard::new(&gw.metrics, Transport::LongPoll);
+    let in_flight = ConnectionGuard::new(&gw.metrics, Transport::LongPoll);
     if let Some(reason) = &query.fallback {
         gw.metrics.fallback(reason);
     }
@@ -238,30 +282,48 @@ pub async fn handle(
         migration::client_key(client, req.headers(), query.client_id.as_deref()),
         migration::referer_path(req.headers()).as_deref(),
     );
-    let limit = gw.config.longpoll.max_messages;
+    // A copy, not a clone: a clone would share the read buffer.
+    let origin = allowed_origin(gw, req.headers()).map(|origin| {
+        HeaderValue::from_bytes(origin.as_bytes()).unwrap_or_else(|_| origin.clone())
+    });
+    Ok(Admitted::Poll(AdmittedPoll {
+        channel,
+        since: query.since,
+        timeout: query.timeout,
+        origin,
+        _in_flight: in_flight,
+    }))
+}
 
-    let read = gw.bus.history(&channel, query.since, limit).await?;
-    // No `since`: the client wants what comes next, after the current last id.
-    let cursor = query.since.unwrap_or(read.last_id);
-    let mut resp = if query.since.is_some()
-        && (!read.messages.is_empty() || read.truncated || read.conflated)
-    {
-        // Behind: answered from history, no subscription.
-        respond(
-            gw,
-            &read.messages,
-            read.last_id,
-            read.truncated,
-            read.conflated,
-        )
-    } else if query.timeout.is_zero() {
-        respond(gw, &[], cursor, false, false)
-    } else {
-        drop(read);
-        wait(gw, &channel, cursor, query.timeout).await?
-    };
-    cors(gw, req.headers(), resp.headers_mut());
-    Ok(resp)
+impl AdmittedPoll {
+    /// Reads the channel and answers, holding the poll when nothing is new.
+    async fn answer(&self, gw: &Arc<Gateway>) -> Result<Response, ApiError> {
+        let limit = gw.config.longpoll.max_messages;
+        let read = gw.bus.history(&self.channel, self.since, limit).await?;
+        // No `since`: the client wants what comes next, after the current last id.
+        let cursor = self.since.unwrap_or(read.last_id);
+        let mut resp = if self.since.is_some()
+            && (!read.messages.is_empty() || read.truncated || read.conflated)
+        {
+            // Behind: answered from history, no subscription.
+            respond(
+                gw,
+                &read.messages,
+                read.last_id,
+                read.truncated,
+                read.conflated,
+            )
+        } else if self.timeout.is_zero() {
+            respond(gw, &[], cursor, false, false)
+        } else {
+            drop(read);
+            wait(gw, &self.channel, cursor, self.timeout).await?
+        };
+        if let Some(origin) = &self.origin {
+            cors_headers(origin.clone(), resp.headers_mut());
+        }
+        Ok(resp)
+    }
 }
 
 /// Holds the poll until something after `cursor` is published, its timeout
@@ -435,13 +497,17 @@ fn allowed_origin<'a>(gw: &Gateway, headers: &'a HeaderMap) -> Option<&'a Header
 /// CORS headers for an allowed cross-site poll.
 pub fn cors(gw: &Gateway, request: &HeaderMap, response: &mut HeaderMap) {
     if let Some(origin) = allowed_origin(gw, request) {
-        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        response.insert(header::VARY, HeaderValue::from_static("Origin"));
-        response.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After"),
-        );
+        cors_headers(origin.clone(), response);
     }
+}
+
+fn cors_headers(origin: HeaderValue, response: &mut HeaderMap) {
+    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    response.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Retry-After"),
+    );
 }
 
 /// Answers a CORS preflight.
