@@ -149,29 +149,35 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
                 None => {
                     serve_public(&conn_gw, &builder, TokioIo::new(stream), peer, meter, false).await
                 }
+                // Boxed: the TLS branch's future (handshake, TLS stream) is
+                // ~2.4 KB bigger than the plain one, and without the box
+                // every plain connection's task would be sized for it.
                 Some(tls) => {
-                    // The handshake gets the same deadline as a request head.
-                    let handshake = tls.acceptor().accept(stream);
-                    match tokio::time::timeout(conn_gw.config.limits.header_read_timeout, handshake)
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            serve_public(
-                                &conn_gw,
-                                &builder,
-                                TokioIo::new(tls_stream),
-                                peer,
-                                meter,
-                                true,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    let acceptor = tls.acceptor();
+                    Box::pin(serve_tls(&conn_gw, &builder, acceptor, stream, peer, meter)).await
                 }
             }
         });
+    }
+}
+
+/// The TLS handshake (with the same deadline as a request head), then
+/// [`serve_public`] over the TLS stream.
+async fn serve_tls(
+    gw: &Arc<Gateway>,
+    builder: &http1::Builder,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: MeteredStream<TcpStream>,
+    peer: SocketAddr,
+    meter: Arc<ConnMeter>,
+) {
+    let handshake = acceptor.accept(stream);
+    match tokio::time::timeout(gw.config.limits.header_read_timeout, handshake).await {
+        Ok(Ok(tls_stream)) => {
+            serve_public(gw, builder, TokioIo::new(tls_stream), peer, meter, true).await
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
