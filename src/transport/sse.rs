@@ -97,6 +97,13 @@ pub struct SseBody {
     prelude: Option<(Bytes, Vec<Arc<Message>>)>,
     keepalive_every: Duration,
     keepalive: Pin<Box<tokio::time::Sleep>>,
+    /// When the last chunk went out. The keepalive timer is re-armed from
+    /// it when it fires, not on every event: moving a timer costs more
+    /// than the rest of an event's bookkeeping.
+    last_sent: tokio::time::Instant,
+    /// Scratch for the events of one chunk, kept so a delivery allocates
+    /// nothing.
+    fresh: Vec<Arc<Message>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The operator's "disconnect everyone" (admin `POST /disconnect`).
     kick: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -148,6 +155,8 @@ impl SseBody {
             prelude: Some((head.freeze(), history.messages)),
             keepalive_every,
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
+            last_sent: tokio::time::Instant::now(),
+            fresh: Vec::new(),
             shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
             kick: Box::pin(gw.kick_token().cancelled_owned()),
             token_expiry: None,
@@ -196,31 +205,48 @@ impl SseBody {
 
     /// The events of `messages` this client hasn't had, as one chunk.
     fn encode_now(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
-        let fresh: Vec<&Arc<Message>> = messages
-            .iter()
-            .filter(|m| self.cursor.advance(m.id))
-            .collect();
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
+        let cursor = &mut self.cursor;
+        fresh.extend(messages.iter().filter(|m| cursor.advance(m.id)).cloned());
         let chunk = match fresh.as_slice() {
-            [] => return None,
+            [] => None,
             // The common case: one event, its shared encoding, no copy.
-            [only] => only.sse_event().clone(),
+            [only] => Some(only.sse_event().clone()),
             many => {
                 let size = many.iter().map(|m| m.sse_event().len()).sum();
                 let mut out = BytesMut::with_capacity(size);
                 for m in many {
                     out.put_slice(m.sse_event());
                 }
-                out.freeze()
+                Some(out.freeze())
             }
         };
-        let delivered: Vec<Arc<Message>> = fresh.into_iter().cloned().collect();
-        record_delivery(&self.metrics, Transport::Sse, &delivered);
-        Some(chunk)
+        record_delivery(&self.metrics, Transport::Sse, &fresh);
+        fresh.clear();
+        self.fresh = fresh;
+        chunk
     }
 
-    fn reset_keepalive(&mut self) {
-        let next = tokio::time::Instant::now() + self.keepalive_every;
-        self.keepalive.as_mut().reset(next);
+    /// A chunk is going out: the keepalive counts from now.
+    fn note_sent(&mut self) {
+        self.last_sent = tokio::time::Instant::now();
+    }
+
+    /// True when the stream has been silent for a keepalive interval. The
+    /// timer is only moved here, once per interval at most.
+    fn poll_keepalive_due(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.keepalive.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_sent + self.keepalive_every;
+            if tokio::time::Instant::now() >= due {
+                return true;
+            }
+            // Something went out since the timer was set: wait the rest.
+            self.keepalive.as_mut().reset(due);
+        }
     }
 }
 
@@ -241,7 +267,7 @@ impl HttpBody for SseBody {
             if let Some(events) = this.encode(&replay) {
                 out.put_slice(&events);
             }
-            this.reset_keepalive();
+            this.note_sent();
             return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
         let expired = this
@@ -269,7 +295,7 @@ impl HttpBody for SseBody {
                     this.batch = batch;
                     this.batch.clear();
                     if let Some(chunk) = chunk {
-                        this.reset_keepalive();
+                        this.note_sent();
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                 }
@@ -289,11 +315,13 @@ impl HttpBody for SseBody {
             }
         }
         if let Some(chunk) = this.poll_throttled(cx) {
-            this.reset_keepalive();
+            this.note_sent();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        if this.keepalive.as_mut().poll(cx).is_ready() {
-            this.reset_keepalive();
+        if this.poll_keepalive_due(cx) {
+            this.note_sent();
+            let next = this.last_sent + this.keepalive_every;
+            this.keepalive.as_mut().reset(next);
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
         }
         Poll::Pending
