@@ -264,11 +264,7 @@ impl Outcome {
             for k in 0..2 {
                 row(
                     &format!("  on node {}", k + 1),
-                    &|p| {
-                        (p.nodes.unwrap_or(1) > k as u64)
-                            .then(|| p.node_subscribers.get(k).map(|&c| c as f64))
-                            .flatten()
-                    },
+                    &|p| on_node(p, k, |p| p.node_subscribers.get(k).map(|&c| c as f64)),
                     0,
                     None,
                 );
@@ -349,11 +345,7 @@ impl Outcome {
             for k in 0..2 {
                 row(
                     &format!("  node {} us", k + 1),
-                    &|p| {
-                        (p.nodes.unwrap_or(1) > k as u64)
-                            .then(|| p.node_cpu_us_per_delivery.get(k).copied())
-                            .flatten()
-                    },
+                    &|p| on_node(p, k, |p| p.node_cpu_us_per_delivery.get(k).copied()),
                     3,
                     None,
                 );
@@ -645,6 +637,11 @@ pub fn smoke_problems(o: &Outcome) -> Vec<String> {
         format!("ratios {:?}", o.ratio),
     );
     problems
+}
+
+/// Node `k`'s figure, for a phase run on more than `k` nodes.
+fn on_node(p: &Phase, k: usize, pick: impl Fn(&Phase) -> Option<f64>) -> Option<f64> {
+    (p.nodes.unwrap_or(1) > k as u64).then(|| pick(p)).flatten()
 }
 
 #[cfg(test)]

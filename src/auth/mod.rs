@@ -133,6 +133,23 @@ impl Authorizer {
     }
 
     /// Whether these credentials may subscribe to `channel`.
+    /// [`may_subscribe`](Self::may_subscribe) for a one-off request (a
+    /// poll): credentials are gathered from it only when the channel's rule
+    /// looks at them, so a public channel's poll parses no cookie or token.
+    pub async fn may_subscribe_request(
+        &self,
+        channel: &ChannelName,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Grant, ApiError> {
+        if self.rules.resolve(channel.as_str()).auth == ChannelAuth::Public {
+            return Ok(Grant::default());
+        }
+        let credentials = self.credentials(headers, query);
+        // Boxed: the check's future is large and only these requests wait on it.
+        Box::pin(self.may_subscribe(channel, &credentials)).await
+    }
+
     pub async fn may_subscribe(
         &self,
         channel: &ChannelName,

@@ -161,12 +161,8 @@ impl Hub {
     /// Assigns the next id, records the message and fans it out (the
     /// in-memory bus's publish).
     pub fn publish_next(&self, channel: &ChannelName, data: &Bytes) -> Arc<Message> {
-        self.with_channel(channel, |_, inner| {
-            let id = inner.last_id + 1;
-            let msg = Arc::new(Message::new(channel.clone(), id, data, Instant::now()));
-            self.record_and_fan_out(inner, &msg);
-            msg
-        })
+        let mut published = self.publish_next_many(channel, std::slice::from_ref(data));
+        published.pop().expect("one payload, one message")
     }
 
     /// Delivers a message whose id was assigned elsewhere (a shared bus).

@@ -23,14 +23,10 @@ impl Bus for MemoryBus {
         channel: &ChannelName,
         payload: &Payload,
     ) -> Result<Published, BusError> {
-        let started = std::time::Instant::now();
-        let msg = self.hub.publish_next(channel, &payload.to_json_bytes());
-        let metrics = self.hub.metrics();
-        metrics
-            .bus_publish_duration
-            .observe(started.elapsed().as_secs_f64());
-        metrics.published.inc();
-        Ok(Published { id: msg.id })
+        let published = self
+            .publish_many(channel, std::slice::from_ref(payload))
+            .await?;
+        Ok(published[0])
     }
 
     async fn publish_many(

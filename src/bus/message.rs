@@ -100,6 +100,7 @@ pub struct Message {
     pub envelope: Bytes,
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
+    poll_answer: OnceLock<Bytes>,
 }
 
 impl Message {
@@ -124,6 +125,7 @@ impl Message {
             envelope: env.freeze(),
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
+            poll_answer: OnceLock::new(),
         }
     }
 
@@ -138,6 +140,19 @@ impl Message {
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
             .get_or_init(|| crate::transport::websocket::frame::encode_text(&self.envelope))
+    }
+
+    /// The long-poll answer carrying this message alone:
+    /// `{"messages":[<envelope>],"last_id":N,"truncated":false}`.
+    pub fn poll_answer(&self) -> &Bytes {
+        self.poll_answer.get_or_init(|| {
+            crate::transport::longpoll::encode_answer(
+                std::iter::once(&self.envelope),
+                self.id,
+                false,
+                false,
+            )
+        })
     }
 
     /// The envelope as one SSE event: `id: N\ndata: <envelope>\n\n`.

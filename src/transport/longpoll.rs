@@ -6,12 +6,11 @@
 //! its timeout ends or the gateway shuts down.
 //!
 //! Every delivery is one poll, so the per-poll path is kept lean: the query
-//! is read without allocating, credentials are only gathered for channels
-//! that need them, a poll whose cursor is behind is answered from history
-//! without subscribing, and the answer body — the shared envelopes
-//! concatenated — is built once per worker thread and shared by every poll
-//! that gets the same messages (a fan-out answers a thousand polls with one
-//! body).
+//! is read without allocating (names and values are borrowed unless they
+//! need decoding), credentials are only gathered for channels that need
+//! them, a poll whose cursor is behind is answered from history without
+//! subscribing, and the answer to a single new message — what a fan-out's
+//! polls all get — is encoded once per message and shared.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -27,7 +26,6 @@ use http::{Method, StatusCode};
 
 use crate::bus::{Bus, Message, SubscriberQueue};
 use crate::channel::{parse_cursor, ChannelName};
-use crate::config::ChannelAuth;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{json, Request, Response};
@@ -51,7 +49,8 @@ fn parse_query<'q>(gw: &Gateway, query: Option<&'q str>) -> Result<PollQuery<'q>
     let mut since = None;
     let mut timeout = gw.config.longpoll.default_timeout;
     let (mut fallback, mut client_id) = (None, None);
-    for (key, value) in query_iter(query.unwrap_or("")) {
+    // `form_urlencoded` borrows names and values that need no decoding.
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*key {
             "since" => since = Some(parse_cursor(&value).ok_or(ApiError::BadCursor("since"))?),
             "timeout" => timeout = parse_timeout(&value)?,
@@ -83,62 +82,6 @@ fn parse_timeout(value: &str) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs_f64(secs.min(86_400.0)))
 }
 
-/// `application/x-www-form-urlencoded` pairs exactly as
-/// [`form_urlencoded::parse`] yields them, in one pass over each pair, and a
-/// name or value with nothing to decode (no `%`, no `+`) is borrowed as it
-/// is.
-fn query_iter(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    let mut rest = query;
-    std::iter::from_fn(move || {
-        while !rest.is_empty() {
-            let bytes = rest.as_bytes();
-            let (mut end, mut eq) = (bytes.len(), None);
-            let (mut name_escaped, mut value_escaped) = (false, false);
-            for (i, &b) in bytes.iter().enumerate() {
-                match b {
-                    b'&' => {
-                        end = i;
-                        break;
-                    }
-                    b'=' if eq.is_none() => eq = Some(i),
-                    b'%' | b'+' if eq.is_none() => name_escaped = true,
-                    b'%' | b'+' => value_escaped = true,
-                    _ => {}
-                }
-            }
-            // `&` and `=` are ASCII, so these are character boundaries.
-            let sequence = &rest[..end];
-            rest = rest.get(end + 1..).unwrap_or("");
-            if sequence.is_empty() {
-                continue;
-            }
-            let (name, value) = match eq {
-                Some(i) => (&sequence[..i], &sequence[i + 1..]),
-                None => (sequence, ""),
-            };
-            return Some((
-                form_decode(name, name_escaped),
-                form_decode(value, value_escaped),
-            ));
-        }
-        None
-    })
-}
-
-/// `+` to space, then percent-decoding, then UTF-8 with replacement
-/// characters: what `form_urlencoded` does to each name and value.
-fn form_decode(text: &str, escaped: bool) -> Cow<'_, str> {
-    if !escaped {
-        return Cow::Borrowed(text);
-    }
-    let spaced: Vec<u8> = text
-        .bytes()
-        .map(|b| if b == b'+' { b' ' } else { b })
-        .collect();
-    let decoded: Cow<'_, [u8]> = percent_encoding::percent_decode(&spaced).into();
-    Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
-}
-
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
 /// `.await`.
@@ -148,30 +91,6 @@ struct Scratch {
     channel: Option<ChannelName>,
     /// Where a held poll's queue is drained into, then emptied.
     drained: Vec<Arc<Message>>,
-    /// The last answer built on this thread.
-    answer: Option<CachedAnswer>,
-}
-
-/// An answer body and what it was built from.
-struct CachedAnswer {
-    messages: Vec<Arc<Message>>,
-    last_id: u64,
-    truncated: bool,
-    conflated: bool,
-    body: Bytes,
-}
-
-impl CachedAnswer {
-    fn matches(&self, messages: &[Arc<Message>], last_id: u64, flags: (bool, bool)) -> bool {
-        self.last_id == last_id
-            && (self.truncated, self.conflated) == flags
-            && self.messages.len() == messages.len()
-            && self
-                .messages
-                .iter()
-                .zip(messages)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-    }
 }
 
 thread_local! {
@@ -179,7 +98,6 @@ thread_local! {
         RefCell::new(Scratch {
             channel: None,
             drained: Vec::new(),
-            answer: None,
         })
     };
 }
@@ -262,13 +180,9 @@ async fn admit(
         .allow_poll(client)
         .map_err(|limited| ApiError::RateLimited(limited.retry_after))?;
     gw.auth.check_origin(req.headers())?;
-    // A public channel (the default) admits everyone: its credentials are
-    // never looked at, so they are not gathered either.
-    if gw.rules.resolve(channel.as_str()).auth != ChannelAuth::Public {
-        let credentials = gw.auth.credentials(req.headers(), req.uri().query());
-        // Boxed: the check's future is large and only these polls wait on it.
-        Box::pin(gw.auth.may_subscribe(&channel, &credentials)).await?;
-    }
+    gw.auth
+        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .await?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
@@ -353,9 +267,7 @@ async fn wait(
     // as the timeout or the shutdown are still delivered.
     let resp = poll_fn(|cx| {
         let drained = SCRATCH.with_borrow_mut(|scratch| {
-            let Scratch {
-                drained, answer, ..
-            } = scratch;
+            let drained = &mut scratch.drained;
             drained.clear();
             let ready = queue.poll_drain(cx, drained, max).is_ready();
             let resp = ready.then(|| {
@@ -363,7 +275,7 @@ async fn wait(
                 // already had.
                 let mut seen = Cursor(cursor);
                 drained.retain(|m| seen.advance(m.id));
-                respond_with(gw, answer, drained, seen.0, false, false)
+                respond(gw, drained, seen.0, false, false)
             });
             drained.clear();
             resp
@@ -388,26 +300,6 @@ fn respond(
     truncated: bool,
     conflated: bool,
 ) -> Response {
-    SCRATCH.with_borrow_mut(|scratch| {
-        respond_with(
-            gw,
-            &mut scratch.answer,
-            messages,
-            last_id,
-            truncated,
-            conflated,
-        )
-    })
-}
-
-fn respond_with(
-    gw: &Gateway,
-    cache: &mut Option<CachedAnswer>,
-    messages: &[Arc<Message>],
-    last_id: u64,
-    truncated: bool,
-    conflated: bool,
-) -> Response {
     let result = if truncated {
         PollResult::Truncated
     } else if messages.is_empty() {
@@ -417,57 +309,35 @@ fn respond_with(
     };
     gw.metrics.poll_answered(result);
     record_delivery(&gw.metrics, Transport::LongPoll, messages);
-    let last_id = messages.last().map_or(last_id, |m| m.id);
-    let body = cached_body(cache, messages, last_id, truncated, conflated);
-    json(StatusCode::OK, body)
-}
-
-/// The answer body, from `cache` when the last answer built on this thread
-/// had the very same messages (a fan-out's thousand polls), else encoded
-/// and remembered.
-fn cached_body(
-    cache: &mut Option<CachedAnswer>,
-    messages: &[Arc<Message>],
-    last_id: u64,
-    truncated: bool,
-    conflated: bool,
-) -> Bytes {
-    if let Some(cached) = cache {
-        if cached.matches(messages, last_id, (truncated, conflated)) {
-            return cached.body.clone();
+    let body = match messages {
+        // A fan-out's polls: one new message each, the same answer for all,
+        // encoded once per message.
+        [only] if !truncated && !conflated => only.poll_answer().clone(),
+        _ => {
+            let last_id = messages.last().map_or(last_id, |m| m.id);
+            let envelopes = messages.iter().map(|m| &m.envelope);
+            encode_answer(envelopes, last_id, truncated, conflated)
         }
-    }
-    let body = encode_answer(messages, last_id, truncated, conflated);
-    let cached = cache.get_or_insert_with(|| CachedAnswer {
-        messages: Vec::new(),
-        last_id,
-        truncated,
-        conflated,
-        body: Bytes::new(),
-    });
-    cached.messages.clear();
-    cached.messages.extend_from_slice(messages);
-    (cached.last_id, cached.truncated, cached.conflated) = (last_id, truncated, conflated);
-    cached.body = body.clone();
-    body
+    };
+    json(StatusCode::OK, body)
 }
 
 /// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
 /// envelopes, no re-encoding.
-fn encode_answer(
-    messages: &[Arc<Message>],
+pub(crate) fn encode_answer<'a>(
+    envelopes: impl Iterator<Item = &'a Bytes> + Clone,
     last_id: u64,
     truncated: bool,
     conflated: bool,
 ) -> Bytes {
-    let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
+    let size: usize = envelopes.clone().map(|e| e.len() + 1).sum();
     let mut out = BytesMut::with_capacity(size + 64);
     out.put_slice(b"{\"messages\":[");
-    for (i, msg) in messages.iter().enumerate() {
+    for (i, envelope) in envelopes.enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(&msg.envelope);
+        out.put_slice(envelope);
     }
     out.put_slice(b"],\"last_id\":");
     out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
@@ -542,53 +412,21 @@ mod tests {
     #[test]
     fn answer_shape() {
         let ch = ChannelName::new("n").unwrap();
-        let msgs = vec![
+        let msgs = [
             Arc::new(Message::new(ch.clone(), 1, b"1", Instant::now())),
             Arc::new(Message::new(ch, 2, b"\"x\"", Instant::now())),
         ];
-        let body = encode_answer(&msgs, 2, false, false);
+        let body = encode_answer(msgs.iter().map(|m| &m.envelope), 2, false, false);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["messages"][1]["data"], "x");
         assert_eq!(v["last_id"], 2);
         assert_eq!(v["truncated"], false);
         assert!(v.get("conflated").is_none());
-        let empty = encode_answer(&[], 7, true, true);
+        let empty = encode_answer(std::iter::empty(), 7, true, true);
         assert_eq!(
             &empty[..],
             br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true}"#
         );
-    }
-
-    #[test]
-    fn query_pairs_decode_as_form_urlencoded_does() {
-        let queries = [
-            "",
-            "since=1&timeout=60",
-            "&&since=2&&",
-            "since",
-            "=x",
-            "a=b=c",
-            "fallback=ws+blocked&cid=%41%42c",
-            "token=a%2Bb+c%3D%3D&x=%",
-            "bad=%zz%4&utf=%C3%A9%FF",
-            "%73ince=5&timeout=1.5",
-            "k%3Dv=1&&=&=&",
-            "a+b=c+d&e%=%f&g==h&&&i",
-            "€=é&%E2%82%AC=x+y",
-        ];
-        for query in queries {
-            let fast: Vec<(String, String)> = query_iter(query)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let reference: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            assert_eq!(fast, reference, "{query}");
-        }
-        assert!(matches!(
-            query_iter("since=7").next(),
-            Some((Cow::Borrowed("since"), Cow::Borrowed("7")))
-        ));
     }
 
     #[test]
@@ -621,25 +459,15 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_shared_only_for_the_same_messages() {
+    fn a_single_message_answer_is_encoded_once_and_shared() {
         let ch = ChannelName::new("n").unwrap();
-        let one = Arc::new(Message::new(ch.clone(), 1, b"1", Instant::now()));
-        let two = Arc::new(Message::new(ch.clone(), 2, b"2", Instant::now()));
-        let same_id = Arc::new(Message::new(ch, 2, b"3", Instant::now()));
-        let mut cache = None;
-        let mut body = |msgs: &[Arc<Message>], last_id, truncated, conflated| {
-            let body = cached_body(&mut cache, msgs, last_id, truncated, conflated);
-            assert_eq!(body, encode_answer(msgs, last_id, truncated, conflated));
-            body
-        };
-        let a = body(&[one.clone(), two.clone()], 2, false, false);
-        let b = body(&[one.clone(), two.clone()], 2, false, false);
+        let one = Arc::new(Message::new(ch, 1, b"1", Instant::now()));
+        let a = one.poll_answer().clone();
+        let b = one.poll_answer().clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same answer is shared");
-        body(&[one.clone(), same_id], 2, false, false);
-        body(std::slice::from_ref(&one), 1, false, false);
-        body(std::slice::from_ref(&one), 1, true, false);
-        body(&[one], 1, true, true);
-        body(&[], 1, false, false);
-        body(&[], 2, false, false);
+        assert_eq!(
+            a,
+            encode_answer(std::iter::once(&one.envelope), 1, false, false)
+        );
     }
 }
