@@ -149,9 +149,9 @@ async function until(page, what, fn, arg, timeout = WAIT_MS) {
 }
 
 /** Wait until both panels hold `n` messages; on timeout name the ids each one lacks. */
-async function waitPanels(page, n, what) {
+async function waitPanels(page, n, what, timeout = WAIT_MS) {
   try {
-    await until(page, what, (k) => window.__demo.ws.length >= k && window.__demo.poll.length >= k, n);
+    await until(page, what, (k) => window.__demo.ws.length >= k && window.__demo.poll.length >= k, n, timeout);
   } catch (err) {
     const ids = await page.evaluate(() => ({ws: window.__demo.ws.map((e) => e.id), poll: window.__demo.poll.map((e) => e.id)}))
       .catch(() => ({ws: [], poll: []}));
@@ -256,7 +256,13 @@ async function scenarioResume(context) {
     if (i === DROP_AFTER) disconnected = await adminPost(GW.admin, '/disconnect');
     else await sleep(30);
   }
-  await waitPanels(page, N, `both panels to have ${N} messages after the reconnect`);
+  // The 1012 close carries the gateway's retry=<ms> hint (spread over its
+  // reconnect window) and the client waits at least that long, so the wait
+  // for the resumed messages starts from the delay the client announced.
+  await until(page, 'the reconnecting event', () => window.__demo.reconnects.length >= 1);
+  const hinted = await page.evaluate(() => Math.max(0, ...window.__demo.reconnects.map((r) => r.delay)));
+  await waitPanels(page, N, `both panels to have ${N} messages after the reconnect (hinted delay ${hinted} ms)`,
+    hinted + WAIT_MS);
   const polls = Number(await page.textContent('#poll-requests'));
   await until(page, 'two more legacy polls', (n) => Number(document.getElementById('poll-requests').textContent) >= n + 2, polls);
 

@@ -75,7 +75,9 @@ start_gateway() {
   printf -v "${name}_admin" '%s' "$adm"
 }
 
-start_gateway gateway --demo
+# A short reconnect window: the resume scenario's client waits for the
+# gateway's retry hint, spread over this window (10 s by default).
+start_gateway gateway --demo --reconnect-window 2s
 start_gateway gateway_nows --demo --ws-enabled false
 
 status=0
