@@ -458,26 +458,7 @@ async fn read_response(
 ) -> io::Result<(u16, usize, usize)> {
     let before = buf.len();
     let head = read_head(stream, buf).await?;
-    let (status, length) = {
-        let mut headers = [httparse::EMPTY_HEADER; 24];
-        let mut response = httparse::Response::new(&mut headers);
-        response
-            .parse(&buf[..head])
-            .map_err(|e| io::Error::other(format!("bad response head: {e}")))?;
-        let length = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .ok_or_else(|| io::Error::other("response without content-length"))?;
-        (response.code.unwrap_or(0), length)
-    };
+    let (status, length) = wire::response_head(&buf[..head])?;
     if length > MAX_MESSAGE {
         return Err(io::Error::other(format!("response body of {length} bytes")));
     }

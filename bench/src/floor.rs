@@ -14,6 +14,12 @@
 //!   every parked poll with one `write()` of a response encoded once.
 //!   Per delivery: one read (the next poll) and one write.
 //! - `upstream`: the proxy scenario's backend, a 100-byte `200` per GET.
+//! - `proxy`: the proxy scenario's floor, the least a forwarding proxy can
+//!   do: one keep-alive upstream connection per client connection; per
+//!   request one read of the client's head, one write of it as it is to
+//!   the upstream, one read of the response (head and `Content-Length`
+//!   body) and one write of it to the client. No header rewriting, no
+//!   pool: what any real proxy does on top is the gateway's to justify.
 //!
 //! All on one current-thread runtime. Stdin commands: `publish M RATE`
 //! (answers `published {json}` when done), `stats` (answers
@@ -38,6 +44,7 @@ pub enum FloorMode {
     Sse,
     Lp,
     Upstream,
+    Proxy,
 }
 
 #[derive(clap::Parser, Debug, Clone)]
@@ -56,6 +63,9 @@ pub struct FloorArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 600)]
     pub deadline_secs: u64,
+    /// `proxy` mode: where requests are forwarded.
+    #[arg(long)]
+    pub upstream: Option<SocketAddr>,
 }
 
 /// Most messages in one long-poll answer (the gateway's default too).
@@ -76,6 +86,10 @@ struct Counts {
     deliveries: u64,
     requests: u64,
     published: u64,
+    /// Proxy mode: bytes to and from the upstream (not in `bytes_in` /
+    /// `bytes_out`, which count the client side like the gateway's meter).
+    upstream_bytes_in: u64,
+    upstream_bytes_out: u64,
 }
 
 struct Floor {
@@ -270,6 +284,7 @@ async fn serve(floor: Rc<Floor>, s: Rc<TcpStream>) {
         FloorMode::Ws | FloorMode::Sse => subscribe(&floor, s, &mut buf).await,
         FloorMode::Lp => poll_loop(&floor, s, &mut buf).await,
         FloorMode::Upstream => upstream_loop(&floor, s, &mut buf).await,
+        FloorMode::Proxy => proxy_loop(&floor, s, &mut buf).await,
     };
     if let Err(e) = result {
         if e.kind() != io::ErrorKind::ConnectionReset {
@@ -352,6 +367,65 @@ async fn upstream_loop(floor: &Floor, s: Rc<TcpStream>, buf: &mut Vec<u8>) -> io
     Ok(())
 }
 
+/// Reads one response (head and `Content-Length` body) into `buf`;
+/// returns its length (0 on EOF before any byte).
+async fn read_response(floor: &Floor, s: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut want = None;
+    for _ in 0..100_000 {
+        if want.is_none() {
+            if let Some(end) = wire::head_end(buf) {
+                let (_, length) = wire::response_head(&buf[..end])?;
+                want = Some(end + length);
+            } else if buf.len() > HEAD_LIMIT {
+                return Err(io::Error::other("upstream response head too large"));
+            }
+        }
+        if let Some(total) = want.filter(|&total| buf.len() >= total) {
+            return Ok(total);
+        }
+        s.readable().await?;
+        match s.try_read_buf(buf) {
+            Ok(0) if buf.is_empty() => return Ok(0),
+            Ok(0) => return Err(io::Error::other("upstream closed mid-response")),
+            Ok(n) => floor.counts.borrow_mut().upstream_bytes_in += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("upstream response never ended"))
+}
+
+async fn proxy_loop(floor: &Floor, client: Rc<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()> {
+    let to = floor
+        .args
+        .upstream
+        .ok_or_else(|| io::Error::other("proxy mode needs --upstream"))?;
+    let upstream = TcpStream::connect(to).await?;
+    upstream.set_nodelay(true)?;
+    let mut answer = Vec::with_capacity(1024);
+    for _ in 0..u64::MAX {
+        let end = read_request(floor, &client, buf).await?;
+        if end == 0 {
+            return Ok(());
+        }
+        floor.write(&upstream, &buf[..end]).await?;
+        {
+            let mut c = floor.counts.borrow_mut();
+            c.bytes_out -= end as u64;
+            c.upstream_bytes_out += end as u64;
+        }
+        buf.drain(..end);
+        let total = read_response(floor, &upstream, &mut answer).await?;
+        if total == 0 {
+            return Err(io::Error::other("upstream closed"));
+        }
+        floor.write(&client, &answer[..total]).await?;
+        answer.drain(..total);
+        floor.counts.borrow_mut().deliveries += 1;
+    }
+    Ok(())
+}
+
 /// Publishes `m` messages at `rate` per second, `--batch` at a time.
 async fn publish(floor: &Floor, m: u64, rate: f64) {
     let batch = floor.args.batch.max(1) as u64;
@@ -380,7 +454,7 @@ async fn publish(floor: &Floor, m: u64, rate: f64) {
                 FloorMode::Ws => wire::server_frame(1, &env, &mut out),
                 FloorMode::Sse => wire::sse_chunk(id, &env, &mut out),
                 FloorMode::Lp => floor.history.borrow_mut().push(env.clone()),
-                FloorMode::Upstream => {}
+                FloorMode::Upstream | FloorMode::Proxy => {}
             }
         }
         match floor.args.mode {
@@ -408,7 +482,7 @@ async fn publish(floor: &Floor, m: u64, rate: f64) {
                     }
                 }
             }
-            FloorMode::Upstream => {}
+            FloorMode::Upstream | FloorMode::Proxy => {}
         }
     }
 }

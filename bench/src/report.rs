@@ -130,8 +130,18 @@ pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_bus: Option<Phase>,
     pub floor: Option<Phase>,
+    /// The proxy scenario's upstream hit directly (the floor there is a
+    /// minimal forwarding proxy in the gateway's place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<Phase>,
     /// gateway ÷ floor, for every figure both have.
     pub ratio: BTreeMap<String, f64>,
+    /// gateway ÷ direct (proxy): what going through the gateway costs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ratio_direct: BTreeMap<String, f64>,
+    /// floor ÷ direct (proxy): what going through any proxy costs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub floor_vs_direct: BTreeMap<String, f64>,
     /// redis_bus ÷ floor (the same single-process floor).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub ratio_redis_bus: BTreeMap<String, f64>,
@@ -189,9 +199,32 @@ impl Outcome {
             gateway,
             redis_bus: None,
             floor,
+            direct: None,
+            ratio_direct: BTreeMap::new(),
+            floor_vs_direct: BTreeMap::new(),
             ratio_redis_bus: BTreeMap::new(),
             redis_bus_vs_gateway: BTreeMap::new(),
         }
+    }
+
+    /// Adds the proxy scenario's direct phase (the upstream alone).
+    pub fn with_direct(mut self, phase: Option<Phase>) -> Self {
+        if let Some(d) = &phase {
+            self.ratio_direct = ratios(&self.gateway, Some(d));
+            if let Some(f) = &self.floor {
+                self.floor_vs_direct = ratios(f, Some(d));
+            }
+        }
+        self.direct = phase;
+        self
+    }
+
+    /// Every phase measured, in table order.
+    fn phases(&self) -> impl Iterator<Item = &Phase> {
+        std::iter::once(&self.gateway)
+            .chain(self.redis_bus.iter())
+            .chain(self.floor.iter())
+            .chain(self.direct.iter())
     }
 
     /// Adds the two-node Redis bus phase and its ratios.
@@ -211,11 +244,9 @@ impl Outcome {
     /// The human-readable table: the gateway, the Redis bus nodes (if
     /// run), the floor, gateway ÷ floor and Redis bus ÷ floor.
     pub fn table(&self) -> String {
-        let phases: Vec<&Phase> = std::iter::once(&self.gateway)
-            .chain(self.redis_bus.iter())
-            .chain(self.floor.iter())
-            .collect();
+        let phases: Vec<&Phase> = self.phases().collect();
         let with_redis = self.redis_bus.is_some();
+        let with_direct = self.direct.is_some();
         let mut out = String::new();
         out.push_str(&format!(
             "== {} (run {}) {}\n",
@@ -231,6 +262,9 @@ impl Outcome {
         out.push_str(&format!("{:>10}", "ratio"));
         if with_redis && self.floor.is_some() {
             out.push_str(&format!("{:>12}", "bus ratio"));
+        }
+        if with_direct {
+            out.push_str(&format!("{:>12}", "vs direct"));
         }
         out.push('\n');
         let mut row =
@@ -250,6 +284,9 @@ impl Outcome {
                 out.push_str(&format!("{:>10}", r(&self.ratio)));
                 if with_redis && self.floor.is_some() {
                     out.push_str(&format!("{:>12}", r(&self.ratio_redis_bus)));
+                }
+                if with_direct {
+                    out.push_str(&format!("{:>12}", r(&self.ratio_direct)));
                 }
                 out.push('\n');
             };
@@ -390,15 +427,15 @@ impl Outcome {
             Some("wire_bytes_per_delivery"),
         );
         if g.upstream_cpu_us_per_request.is_some() {
-            // The upstream's CPU through the gateway, beside its CPU when hit directly.
-            let direct = self.floor.as_ref().and_then(|f| f.cpu_us_per_delivery);
+            // The upstream's CPU behind each proxy, beside its CPU when hit directly.
+            let direct = self.direct.as_ref();
             row(
                 "upstream cpu us/request",
                 &|p| {
-                    if std::ptr::eq(p, g) {
-                        p.upstream_cpu_us_per_request
+                    if direct.is_some_and(|d| std::ptr::eq(p, d)) {
+                        p.cpu_us_per_delivery
                     } else {
-                        direct
+                        p.upstream_cpu_us_per_request
                     }
                 },
                 3,
@@ -415,10 +452,7 @@ impl Outcome {
     }
 
     fn errors_below(&self, mut out: String) -> String {
-        let phases = std::iter::once(&self.gateway)
-            .chain(self.redis_bus.iter())
-            .chain(self.floor.iter());
-        for p in phases {
+        for p in self.phases() {
             if p.error_count > 0 || !p.errors.is_empty() {
                 out.push_str(&format!(
                     "{}: {} error(s), e.g. {:?}\n",
@@ -516,6 +550,15 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
         "gateway.idle_cpu_us_per_conn_s",
         "floor.idle_cpu_us_per_conn_s",
         "gateway.upstream_cpu_us_per_request",
+        "floor.upstream_cpu_us_per_request",
+        "floor.deliveries_per_s",
+        "ratio.deliveries_per_s",
+        "ratio.latency_p50",
+        "direct.cpu_us_per_delivery",
+        "direct.latency_ms.p50",
+        "direct.deliveries_per_s",
+        "ratio_direct.deliveries_per_s",
+        "floor_vs_direct.deliveries_per_s",
         "gateway.losses",
         "floor.losses",
         "redis_bus.cpu_us_per_delivery",
@@ -566,10 +609,7 @@ pub fn smoke_problems(o: &Outcome) -> Vec<String> {
             problems.push(format!("{}: {what}", o.scenario));
         }
     };
-    let phases = std::iter::once(&o.gateway)
-        .chain(o.redis_bus.iter())
-        .chain(o.floor.iter());
-    for p in phases {
+    for p in o.phases() {
         let t = &p.target;
         let nodes = p.nodes.unwrap_or(1) as usize;
         if nodes > 1 {

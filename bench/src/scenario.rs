@@ -554,23 +554,43 @@ fn proxy(opts: &Opts, run: usize) -> Result<Outcome> {
         }
         (None, None) => unreachable!("one of them is set"),
     };
-    let direct = if opts.no_floor {
-        None
+    let (direct, floor) = if opts.no_floor {
+        (None, None)
     } else {
-        Some(proxy_phase(
+        let direct = proxy_phase(
             opts,
             upstream.as_mut(),
             None,
             upstream_addr,
             "direct upstream",
-        )?)
+        )?;
+        // The floor: a minimal forwarding proxy where the gateway runs
+        // (same core with --pin), so both proxies share the machine with
+        // the upstream the same way.
+        let mut forwarder = Servers::one(Target::start_floor_with(
+            opts,
+            FloorMode::Proxy,
+            1,
+            "floor proxy",
+            "bench",
+            Some(upstream_addr),
+        )?);
+        let addr = forwarder.publics()[0];
+        let floor = proxy_phase(
+            opts,
+            Some(&mut forwarder),
+            upstream.as_mut(),
+            addr,
+            "floor proxy",
+        )?;
+        (Some(direct), Some(floor))
     };
     let mut gateway = Servers::one(Target::start_gateway(opts, Some(upstream_addr), "proxy")?);
     let addr = gateway.publics()[0];
     let mut via = proxy_phase(opts, Some(&mut gateway), upstream.as_mut(), addr, "gateway")
         .map_err(|e| gateway.with_logs(e))?;
     label_gateway(opts, &mut via);
-    Ok(Outcome::new("proxy", run, params, via, direct))
+    Ok(Outcome::new("proxy", run, params, via, floor).with_direct(direct))
 }
 
 fn proxy_phase(

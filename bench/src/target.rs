@@ -196,13 +196,26 @@ impl Target {
         label: &str,
         channel: &str,
     ) -> Result<Target> {
+        Target::start_floor_with(opts, mode, batch, label, channel, None)
+    }
+
+    /// Starts a floor server; `upstream` is where the `proxy` floor forwards.
+    pub fn start_floor_with(
+        opts: &Opts,
+        mode: FloorMode,
+        batch: usize,
+        label: &str,
+        channel: &str,
+        upstream: Option<SocketAddr>,
+    ) -> Result<Target> {
         let mode_name = match mode {
             FloorMode::Ws => "ws",
             FloorMode::Sse => "sse",
             FloorMode::Lp => "lp",
             FloorMode::Upstream => "upstream",
+            FloorMode::Proxy => "proxy",
         };
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "floor-server".into(),
             "--mode".into(),
             mode_name.into(),
@@ -215,6 +228,9 @@ impl Target {
             "--deadline-secs".into(),
             opts.phase_deadline().as_secs().to_string(),
         ];
+        if let Some(upstream) = upstream {
+            args.extend(["--upstream".into(), upstream.to_string()]);
+        }
         let child = Child::spawn(
             label,
             &self_exe(),

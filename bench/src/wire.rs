@@ -126,6 +126,29 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
     find(buf, b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// Status and `Content-Length` of a complete response head (`head_end`
+/// bytes long).
+pub fn response_head(head: &[u8]) -> std::io::Result<(u16, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response
+        .parse(head)
+        .map_err(|e| std::io::Error::other(format!("bad response head: {e}")))?;
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .ok_or_else(|| std::io::Error::other("response without content-length"))?;
+    Ok((response.code.unwrap_or(0), length))
+}
+
 /// One WebSocket frame, borrowed from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {

@@ -127,6 +127,18 @@ fn smoke_mode_runs_every_scenario_with_its_floor() {
         assert_eq!(o["gateway"]["losses"], 0, "{} lost messages", o["scenario"]);
         assert!(o.get("redis_bus").is_none(), "redis_bus without --redis");
     }
+    // proxy: the floor is the minimal forwarding proxy, and the upstream
+    // hit directly is measured beside both, with its own ratios.
+    let proxy = outcomes.last().expect("proxy ran");
+    assert_eq!(proxy["floor"]["target"], "floor proxy");
+    assert_eq!(proxy["direct"]["target"], "direct upstream");
+    assert_eq!(
+        proxy["direct"]["deliveries"],
+        proxy["gateway"]["deliveries"]
+    );
+    assert!(proxy["ratio_direct"]["deliveries_per_s"]
+        .as_f64()
+        .is_some_and(|r| r > 0.0));
 }
 
 /// Why `redis-server` cannot run here, if it cannot.
