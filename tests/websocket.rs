@@ -210,6 +210,14 @@ async fn client_publish_where_allowed_and_forbidden_elsewhere() {
         2,
         &json!("again"),
     );
+
+    // `null` is a payload like any other, as it is in an HTTP publish.
+    writer
+        .send_json(&json!({"type": "publish", "channel": "chat.x", "data": null}))
+        .await;
+    let ack = writer.expect_control("published", T5).await;
+    assert_eq!(ack["id"], 3, "{ack}");
+    assert_envelope(&reader.next_envelope(T5).await, "chat.x", 3, &json!(null));
 }
 
 #[tokio::test]

@@ -90,13 +90,14 @@ impl Migration {
         if let Some(w) = inner.routes.get_mut(route) {
             w.insert(client, now);
         }
-        let window = self.window;
-        if inner.channels.contains_key(channel) || inner.channels.len() < MAX_TRACKED_CHANNELS {
-            inner
-                .channels
-                .entry(channel.to_string())
-                .or_insert_with(|| DistinctWindow::new(window))
-                .insert(client, now);
+        // Looked up by `&str` first: `entry` would want an owned key, an
+        // allocation on every poll for a channel that is nearly always known.
+        if let Some(w) = inner.channels.get_mut(channel) {
+            w.insert(client, now);
+        } else if inner.channels.len() < MAX_TRACKED_CHANNELS {
+            let mut w = DistinctWindow::new(self.window);
+            w.insert(client, now);
+            inner.channels.insert(channel.to_string(), w);
         }
         if let Some(page) = page {
             inner.pages.insert(page);

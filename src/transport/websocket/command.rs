@@ -62,11 +62,26 @@ struct Raw {
     kind: Option<String>,
     channel: Option<String>,
     since: Option<serde_json::Value>,
+    /// `Some(Null)` for `"data":null` (a payload like any other, as in an
+    /// HTTP publish of `null`); `None` only when the key is absent.
+    #[serde(default, deserialize_with = "present")]
     data: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Parses one text message.
 pub fn parse(text: &str) -> Result<Command, CommandError> {
+    // serde would also read a struct from a JSON array (`["subscribe","a"]`);
+    // the protocol has objects only.
+    if !text.trim_start().starts_with('{') {
+        return Err(CommandError::new(
+            "bad_json",
+            "not a JSON command object: a command is an object like {\"type\":\"subscribe\",\"channel\":\"news\"}",
+        ));
+    }
     let raw: Raw = serde_json::from_str(text)
         .map_err(|e| CommandError::new("bad_json", format!("not a JSON command object: {e}")))?;
     let kind = raw
@@ -159,6 +174,18 @@ mod tests {
             "bad_cursor"
         );
         assert_eq!(code(r#"{"type":"publish","channel":"a"}"#), "bad_command");
+        // Arrays are not commands, even when serde could read them as one.
+        assert_eq!(code(r#"["subscribe","a"]"#), "bad_json");
+        assert_eq!(code(r#"  ["publish","a",1]"#), "bad_json");
+    }
+
+    #[test]
+    fn null_is_a_payload_like_any_other() {
+        match parse(r#"{"type":"publish","channel":"a","data":null}"#) {
+            Ok(Command::Publish { data, .. }) => assert_eq!(data, serde_json::Value::Null),
+            Ok(_) => panic!("parsed as another command"),
+            Err(e) => panic!("refused: {} {}", e.code, e.message),
+        }
     }
 
     #[test]
