@@ -216,6 +216,55 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
+    async fn vectored_writes_reach_a_tcp_peer_whole_in_order_and_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let meter = ConnMeter::new(metrics.clone(), Arc::new(AtomicUsize::new(1)), None);
+        meter.begin_request(Transport::LongPoll);
+        let mut server = MeteredStream::new(socket, meter.clone());
+        // Far more than the socket buffers hold, so writes come back short
+        // and have to wait for the reader: every byte counted once.
+        let head: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let tail = b"-and-the-tail".to_vec();
+        let total = head.len() + tail.len();
+        let mut written = 0;
+        let mut calls = 0;
+        while written < total {
+            let (h, t) = if written < head.len() {
+                (&head[written..], &tail[..])
+            } else {
+                (&head[..0], &tail[written - head.len()..])
+            };
+            let n = server
+                .write_vectored(&[io::IoSlice::new(h), io::IoSlice::new(t)])
+                .await
+                .unwrap();
+            assert!(n > 0);
+            written += n;
+            calls += 1;
+        }
+        assert!(calls > 1, "one call took {total} bytes: the test wants short writes");
+        server.shutdown().await.unwrap();
+        drop(server);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), total);
+        assert!(got[..head.len()] == head[..], "bytes reordered or corrupted");
+        assert!(got.ends_with(&tail));
+        assert_eq!(
+            metrics.transport(Transport::LongPoll).wire_out.get(),
+            total as u64
+        );
+    }
+
+    #[tokio::test]
     async fn bytes_are_attributed_to_the_request_they_belong_to() {
         let metrics = Arc::new(Metrics::new());
         let open = Arc::new(AtomicUsize::new(1));
