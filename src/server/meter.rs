@@ -251,12 +251,18 @@ mod tests {
             written += n;
             calls += 1;
         }
-        assert!(calls > 1, "one call took {total} bytes: the test wants short writes");
+        assert!(
+            calls > 1,
+            "one call took {total} bytes: the test wants short writes"
+        );
         server.shutdown().await.unwrap();
         drop(server);
         let got = reader.await.unwrap();
         assert_eq!(got.len(), total);
-        assert!(got[..head.len()] == head[..], "bytes reordered or corrupted");
+        assert!(
+            got[..head.len()] == head[..],
+            "bytes reordered or corrupted"
+        );
         assert!(got.ends_with(&tail));
         assert_eq!(
             metrics.transport(Transport::LongPoll).wire_out.get(),
