@@ -22,22 +22,21 @@ struct Slot {
 
 /// One subscriber's throttle across its channels.
 pub struct Throttle {
-    /// False when no rule sets an interval: then nothing is looked up.
-    enabled: bool,
-    slots: HashMap<ChannelName, Slot>,
+    /// None when no rule sets an interval (then nothing is looked up): every
+    /// idle WebSocket holds a throttle, and 8 bytes are less than a map's 48.
+    slots: Option<Box<HashMap<ChannelName, Slot>>>,
 }
 
 impl Throttle {
     pub fn new(rules: &ChannelRules) -> Throttle {
         Throttle {
-            enabled: rules.has_conflate_interval(),
-            slots: HashMap::new(),
+            slots: rules.has_conflate_interval().then(Box::default),
         }
     }
 
     /// False when no channel rule sets an interval.
     pub fn is_enabled(&self) -> bool {
-        self.enabled
+        self.slots.is_some()
     }
 
     /// Keeps in `batch` what may go out now; holds the rest (newest per
@@ -49,18 +48,15 @@ impl Throttle {
         now: Instant,
         metrics: &TransportMetrics,
     ) {
-        if !self.enabled {
+        let Some(slots) = self.slots.as_deref_mut() else {
             return;
-        }
+        };
         batch.retain(|msg| {
-            let slot = self
-                .slots
-                .entry(msg.channel.clone())
-                .or_insert_with(|| Slot {
-                    interval: rules.resolve(msg.channel.as_str()).conflate_interval,
-                    next: now,
-                    held: None,
-                });
+            let slot = slots.entry(msg.channel.clone()).or_insert_with(|| Slot {
+                interval: rules.resolve(msg.channel.as_str()).conflate_interval,
+                next: now,
+                held: None,
+            });
             let Some(interval) = slot.interval else {
                 return true;
             };
@@ -77,10 +73,8 @@ impl Throttle {
 
     /// When the next held message is due.
     pub fn deadline(&self) -> Option<Instant> {
-        if !self.enabled {
-            return None;
-        }
         self.slots
+            .as_deref()?
             .values()
             .filter(|s| s.held.is_some())
             .map(|s| s.next)
@@ -89,7 +83,7 @@ impl Throttle {
 
     /// Moves the held messages that are due into `out`.
     pub fn release(&mut self, now: Instant, out: &mut Vec<Arc<Message>>) {
-        for slot in self.slots.values_mut() {
+        for slot in self.slots.iter_mut().flat_map(|slots| slots.values_mut()) {
             if slot.next <= now {
                 if let Some(msg) = slot.held.take() {
                     slot.next = now + slot.interval.unwrap_or_default();

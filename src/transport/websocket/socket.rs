@@ -45,21 +45,26 @@ impl WsSocket {
     /// it to `buf` and returns how many bytes came (0: end of stream).
     /// Cancel-safe: nothing is read unless the future completes, and `buf`
     /// only grows once bytes are there to read.
-    pub async fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+    pub fn poll_read_into(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<u8>,
+    ) -> std::task::Poll<io::Result<usize>> {
         loop {
             // `poll_read_ready`, not `readable()`: it replaces the waker
             // hyper's connection task left in the socket's read slot, which
             // would otherwise keep that finished task's memory (~5 KiB)
             // allocated for the connection's life.
-            std::future::poll_fn(|cx| self.stream.poll_read_ready(cx)).await?;
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
             buf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(buf) {
                 Ok(n) => {
                     self.meter.on_read(n);
-                    return Ok(n);
+                    return std::task::Poll::Ready(Ok(n));
                 }
+                // tokio cleared its readiness: the next poll waits again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return std::task::Poll::Ready(Err(e)),
             }
         }
     }
