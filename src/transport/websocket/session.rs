@@ -243,7 +243,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     }
 
     /// Unpacks what the handshake decided; the box and everything not kept
-    /// are freed here, before the first await.
+    /// are freed here, before the first await. (Taken boxed on purpose: a
+    /// box moved out of in the async block would stay allocated until the
+    /// block ends.)
+    #[allow(clippy::boxed_local)]
     fn take_start(&mut self, start: Box<Start>) -> Vec<InitialSubscription> {
         let Start {
             handler,
