@@ -75,8 +75,6 @@ impl Subscriptions {
     }
 }
 
-// Taking the box by value is the point: it is freed when this returns.
-#[allow(clippy::boxed_local)]
 /// What an anonymous client presents.
 static NO_CREDENTIALS: Credentials = Credentials {
     token: None,
@@ -129,8 +127,10 @@ pub enum Input {
 }
 
 impl Input {
-    /// Appends what the client sent to `buf`; 0 at end of stream.
-    /// Cancel-safe.
+    /// Appends what the client sent to `buf`; 0 at end of stream. Nothing
+    /// is consumed unless it returns `Ready`, and an empty `buf` holds no
+    /// allocation while this is pending.
+    ///
     /// A poll function rather than an `async fn`: the session waits on it in
     /// a `select!` that every idle connection holds, and a future here would
     /// add its state (72 bytes) to that.
@@ -143,7 +143,12 @@ impl Input {
             Input::Socket(socket) => socket.poll_read_into(cx, buf),
             Input::Stream(stream) => {
                 buf.reserve(4096);
-                tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
+                let read = tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+                if read.is_pending() && buf.is_empty() {
+                    // Don't hold the buffer while waiting.
+                    *buf = Vec::new();
+                }
+                read
             }
         }
     }
@@ -414,14 +419,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             Wake::Read(Ok(_)) => {
                 self.last_heard = Instant::now();
                 self.ping_sent = false;
-                self.on_bytes().await
+                // Boxed: bigger than the other arms, and on_wake is
+                // allocated on every wake-up.
+                Box::pin(self.on_bytes()).await
             }
             Wake::Drained(Ok(())) => {
                 let result = self.write_messages(batch).await;
                 batch.clear();
                 result
             }
-            Wake::Drained(Err(QueueClosed::Overflow)) => self.catch_up().await,
+            Wake::Drained(Err(QueueClosed::Overflow)) => Box::pin(self.catch_up()).await,
             Wake::Drained(Err(QueueClosed::Shutdown)) => {
                 Err(self.going_away(1001, "server shutting down"))
             }

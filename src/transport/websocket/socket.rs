@@ -41,30 +41,38 @@ impl WsSocket {
         }
     }
 
-    /// Waits until the client has sent something (or closed), then appends
-    /// it to `buf` and returns how many bytes came (0: end of stream).
-    /// Cancel-safe: nothing is read unless the future completes, and `buf`
-    /// only grows once bytes are there to read.
+    /// Once the client has sent something (or closed), appends it to `buf`
+    /// and returns how many bytes came (0: end of stream). Nothing is
+    /// consumed unless it returns `Ready`; `buf` grows only when the socket
+    /// reports bytes, and an empty `buf` is let go again if that was a
+    /// false alarm, so an idle connection holds no read buffer.
     pub fn poll_read_into(
         &self,
-        cx: &mut std::task::Context<'_>,
+        cx: &mut Context<'_>,
         buf: &mut Vec<u8>,
-    ) -> std::task::Poll<io::Result<usize>> {
+    ) -> Poll<io::Result<usize>> {
         loop {
             // `poll_read_ready`, not `readable()`: it replaces the waker
             // hyper's connection task left in the socket's read slot, which
             // would otherwise keep that finished task's memory (~5 KiB)
             // allocated for the connection's life.
-            std::task::ready!(self.stream.poll_read_ready(cx))?;
+            ready!(self.stream.poll_read_ready(cx))?;
             buf.reserve(READ_CHUNK);
             match self.stream.try_read_buf(buf) {
                 Ok(n) => {
                     self.meter.on_read(n);
-                    return std::task::Poll::Ready(Ok(n));
+                    return Poll::Ready(Ok(n));
                 }
-                // tokio cleared its readiness: the next poll waits again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return std::task::Poll::Ready(Err(e)),
+                // A false alarm: tokio cleared its readiness, so the next
+                // `poll_read_ready` (this loop's) registers the waker and
+                // returns `Pending`.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        *buf = Vec::new();
+                    }
+                    continue;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
