@@ -169,15 +169,10 @@ pub fn is_json_content_type(content_type: Option<&HeaderValue>) -> bool {
         .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
 }
 
-/// Query parameters as (name, value) pairs, percent-decoded.
-pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Query parameters as (name, value) pairs, percent-decoded; names and
+/// values that need no decoding are borrowed from the query, not copied.
+pub fn query_pairs(query: Option<&str>) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
 }
 
 /// Decodes one percent-encoded path segment (channel names travel in paths).

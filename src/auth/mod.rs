@@ -44,9 +44,8 @@ impl Credentials {
         token_cookie: &str,
     ) -> Credentials {
         let from_query = query_pairs(query)
-            .into_iter()
             .find(|(k, _)| k == "token")
-            .map(|(_, v)| v);
+            .map(|(_, v)| v.into_owned());
         let from_bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -132,30 +131,44 @@ impl Authorizer {
             .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
-    /// Whether these credentials may subscribe to `channel`.
     /// [`may_subscribe`](Self::may_subscribe) for a one-off request (a
-    /// poll): credentials are gathered from it only when the channel's rule
-    /// looks at them, so a public channel's poll parses no cookie or token.
+    /// poll, an event stream): credentials are gathered from it only when
+    /// the channel's rule looks at them, so a public channel's request
+    /// parses no cookie or token.
     pub async fn may_subscribe_request(
         &self,
         channel: &ChannelName,
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> Result<Grant, ApiError> {
-        if self.rules.resolve(channel.as_str()).auth == ChannelAuth::Public {
-            return Ok(Grant::default());
+        match self.rules.resolve(channel.as_str()).auth {
+            ChannelAuth::Public => Ok(Grant::default()),
+            auth => {
+                let credentials = self.credentials(headers, query);
+                // Boxed: the check's future is large and only these requests wait on it.
+                Box::pin(self.check(auth, channel, &credentials)).await
+            }
         }
-        let credentials = self.credentials(headers, query);
-        // Boxed: the check's future is large and only these requests wait on it.
-        Box::pin(self.may_subscribe(channel, &credentials)).await
     }
 
+    /// Whether these credentials may subscribe to `channel`.
     pub async fn may_subscribe(
         &self,
         channel: &ChannelName,
         credentials: &Credentials,
     ) -> Result<Grant, ApiError> {
-        match self.rules.resolve(channel.as_str()).auth {
+        let auth = self.rules.resolve(channel.as_str()).auth;
+        self.check(auth, channel, credentials).await
+    }
+
+    /// What the channel's rule (`auth`) says of these credentials.
+    async fn check(
+        &self,
+        auth: ChannelAuth,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<Grant, ApiError> {
+        match auth {
             ChannelAuth::Public => Ok(Grant::default()),
             ChannelAuth::Token => {
                 let verifier = self

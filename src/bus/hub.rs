@@ -158,8 +158,9 @@ impl Hub {
         }
     }
 
-    /// Assigns the next id, records the message and fans it out (the
-    /// in-memory bus's publish).
+    /// One message through [`publish_next_many`](Self::publish_next_many),
+    /// for the tests (the buses publish in batches).
+    #[cfg(test)]
     pub fn publish_next(&self, channel: &ChannelName, data: &Bytes) -> Arc<Message> {
         let mut published = self.publish_next_many(channel, std::slice::from_ref(data));
         published.pop().expect("one payload, one message")

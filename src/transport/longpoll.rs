@@ -28,7 +28,7 @@ use crate::bus::{Bus, Message, SubscriberQueue};
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{json, Request, Response};
+use crate::http::{json, query_pairs, Request, Response};
 use crate::metrics::PollResult;
 use crate::migration;
 use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
@@ -49,8 +49,7 @@ fn parse_query<'q>(gw: &Gateway, query: Option<&'q str>) -> Result<PollQuery<'q>
     let mut since = None;
     let mut timeout = gw.config.longpoll.default_timeout;
     let (mut fallback, mut client_id) = (None, None);
-    // `form_urlencoded` borrows names and values that need no decoding.
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+    for (key, value) in query_pairs(query) {
         match &*key {
             "since" => since = Some(parse_cursor(&value).ok_or(ApiError::BadCursor("since"))?),
             "timeout" => timeout = parse_timeout(&value)?,

@@ -37,8 +37,10 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     }
     let channel = ChannelName::new(channel)?;
     gw.auth.check_origin(req.headers())?;
-    let credentials = gw.auth.credentials(req.headers(), req.uri().query());
-    let grant = gw.auth.may_subscribe(&channel, &credentials).await?;
+    let grant = gw
+        .auth
+        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .await?;
     super::websocket::admit(gw, Transport::Sse)?;
     // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
     // the original URL but sends the id it actually got to.
@@ -49,10 +51,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
                 .and_then(|s| parse_cursor(s.trim()))
                 .ok_or(ApiError::BadCursor("Last-Event-ID"))?,
         ),
-        None => match query_pairs(req.uri().query())
-            .into_iter()
-            .find(|(k, _)| k == "since")
-        {
+        None => match query_pairs(req.uri().query()).find(|(k, _)| k == "since") {
             Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
             None => None,
         },

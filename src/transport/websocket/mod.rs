@@ -95,13 +95,11 @@ pub async fn handle(
         .inspect_err(failed(UpgradeFailure::Origin))?;
 
     // Which channels, from which cursor.
-    let query = query_pairs(req.uri().query());
     let mut names: Vec<String> = path_channel.into_iter().collect();
     names.extend(
-        query
-            .iter()
+        query_pairs(req.uri().query())
             .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v.clone()),
+            .map(|(_, v)| v.into_owned()),
     );
     let mut channels: Vec<ChannelName> = Vec::with_capacity(names.len());
     for name in &names {
@@ -112,8 +110,8 @@ pub async fn handle(
             channels.push(channel);
         }
     }
-    let since = match query.iter().find(|(k, _)| k == "since") {
-        Some((_, v)) => Some(parse_cursor(v).ok_or(ApiError::BadCursor("since"))?),
+    let since = match query_pairs(req.uri().query()).find(|(k, _)| k == "since") {
+        Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
         None => None,
     };
     if since.is_some() && channels.len() != 1 {

@@ -128,8 +128,8 @@ pub enum Input {
 
 impl Input {
     /// Appends what the client sent to `buf`; 0 at end of stream. Nothing
-    /// is consumed unless it returns `Ready`, and an empty `buf` holds no
-    /// allocation while this is pending.
+    /// is consumed unless it returns `Ready`; on a plain socket an empty
+    /// `buf` holds no allocation while this is pending.
     ///
     /// A poll function rather than an `async fn`: the session waits on it in
     /// a `select!` that every idle connection holds, and a future here would
@@ -142,13 +142,10 @@ impl Input {
         match self {
             Input::Socket(socket) => socket.poll_read_into(cx, buf),
             Input::Stream(stream) => {
+                // Kept while pending: this is polled on every wake-up, and
+                // a TLS stream holds far larger buffers of its own anyway.
                 buf.reserve(4096);
-                let read = tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
-                if read.is_pending() && buf.is_empty() {
-                    // Don't hold the buffer while waiting.
-                    *buf = Vec::new();
-                }
-                read
+                tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
             }
         }
     }
