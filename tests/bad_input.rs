@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ws::OP_TEXT;
+use common::ws::{masked_frame, OP_TEXT};
 use common::*;
 use serde_json::json;
 
@@ -178,11 +178,7 @@ async fn a_command_trickling_in_byte_by_byte_is_still_understood() {
     let gw = Gateway::start(&[]).await;
     let mut ws = RawWs::connect(gw.public, "/rt/ws/a").await.unwrap();
     ws.next_json(T5).await;
-    let command = br#"{"type":"subscribe","channel":"b"}"#;
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | command.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(command.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let frame = masked_frame(true, OP_TEXT, br#"{"type":"subscribe","channel":"b"}"#);
     for byte in frame {
         ws.conn.write_all(&[byte]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;

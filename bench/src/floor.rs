@@ -202,6 +202,17 @@ impl Floor {
 
     /// One write() of `data`; waits only if the socket buffer is full.
     async fn write(&self, s: &TcpStream, data: &[u8]) -> io::Result<()> {
+        self.write_counted(s, data, |c| &mut c.bytes_out).await
+    }
+
+    /// [`write`](Self::write), with the bytes counted where `bytes` says
+    /// (the proxy floor's upstream side is not client traffic).
+    async fn write_counted(
+        &self,
+        s: &TcpStream,
+        data: &[u8],
+        bytes: fn(&mut Counts) -> &mut u64,
+    ) -> io::Result<()> {
         let mut sent = 0;
         for _ in 0..10_000 {
             match s.try_write(&data[sent..]) {
@@ -209,7 +220,7 @@ impl Floor {
                     sent += n;
                     let mut c = self.counts.borrow_mut();
                     c.writes += 1;
-                    c.bytes_out += n as u64;
+                    *bytes(&mut c) += n as u64;
                     if sent == data.len() {
                         return Ok(());
                     }
@@ -408,12 +419,9 @@ async fn proxy_loop(floor: &Floor, client: Rc<TcpStream>, buf: &mut Vec<u8>) -> 
         if end == 0 {
             return Ok(());
         }
-        floor.write(&upstream, &buf[..end]).await?;
-        {
-            let mut c = floor.counts.borrow_mut();
-            c.bytes_out -= end as u64;
-            c.upstream_bytes_out += end as u64;
-        }
+        floor
+            .write_counted(&upstream, &buf[..end], |c| &mut c.upstream_bytes_out)
+            .await?;
         buf.drain(..end);
         let total = read_response(floor, &upstream, &mut answer).await?;
         if total == 0 {

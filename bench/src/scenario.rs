@@ -23,18 +23,18 @@ use crate::{wire, Opts, Scenario};
 /// Runs one scenario once.
 pub fn run(opts: &Opts, scenario: Scenario, run: usize) -> Result<Outcome> {
     match scenario {
-        Scenario::WsFanout => fanout(opts, "ws-fanout", Kind::Ws, 1, opts.messages, run),
-        Scenario::SseFanout => fanout(opts, "sse-fanout", Kind::Sse, 1, opts.messages, run),
-        Scenario::LpFanout => fanout(opts, "lp-fanout", Kind::Lp, 1, opts.messages, run),
+        Scenario::WsFanout => fanout(opts, scenario, Kind::Ws, 1, opts.messages, run),
+        Scenario::SseFanout => fanout(opts, scenario, Kind::Sse, 1, opts.messages, run),
+        Scenario::LpFanout => fanout(opts, scenario, Kind::Lp, 1, opts.messages, run),
         Scenario::Burst => fanout(
             opts,
-            "burst",
+            scenario,
             Kind::Ws,
             opts.batch.max(1),
             opts.messages,
             run,
         ),
-        Scenario::HeldPolls => fanout(opts, "held-polls", Kind::Lp, 1, 1, run),
+        Scenario::HeldPolls => fanout(opts, scenario, Kind::Lp, 1, 1, run),
         Scenario::Idle => idle(opts, run),
         Scenario::Proxy => proxy(opts, run),
         Scenario::Smoke | Scenario::All => Err("smoke and all are expanded by main".into()),
@@ -71,14 +71,16 @@ fn stats_key(kind: Kind) -> &'static str {
 
 fn fanout(
     opts: &Opts,
-    name: &str,
+    scenario: Scenario,
     kind: Kind,
     batch: usize,
     m: u64,
     run: usize,
 ) -> Result<Outcome> {
     let n = opts.subscribers;
-    let redis = opts.redis_for(scenario_of(name));
+    let name = scenario.name();
+    let name = name.as_str();
+    let redis = opts.redis_for(scenario);
     let mut params = json!({
         "subscribers": n, "messages": m, "rate": opts.rate, "batch": batch,
         "payload_bytes": opts.payload_bytes, "pinned": opts.pin,
@@ -127,19 +129,6 @@ fn fanout(
         )?)
     };
     Ok(Outcome::new(name, run, params, gateway, floor).with_redis_bus(redis_bus))
-}
-
-/// The scenario a phase name belongs to.
-fn scenario_of(name: &str) -> Scenario {
-    match name {
-        "ws-fanout" => Scenario::WsFanout,
-        "sse-fanout" => Scenario::SseFanout,
-        "lp-fanout" => Scenario::LpFanout,
-        "burst" => Scenario::Burst,
-        "held-polls" => Scenario::HeldPolls,
-        "idle" => Scenario::Idle,
-        _ => Scenario::Proxy,
-    }
 }
 
 /// Marks the single gateway's phase: one node, in-process bus (when the

@@ -60,7 +60,7 @@ impl Expected {
 
 /// The reference: a JSON object, `type` and `channel` strings (or absent /
 /// null), `since` an unsigned integer or a decimal string, `data` present
-/// and not null for `publish`.
+/// (`null` included) for `publish`.
 pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
     let string_or_absent = |key: &str| match object.get(key) {
         None | Some(Value::Null) => Ok(None),
