@@ -113,7 +113,9 @@ pub fn code_keys() -> BTreeSet<String> {
 /// minimal entry makes the entry fail to deserialise.
 pub fn required_keys() -> BTreeSet<String> {
     let mut required = BTreeSet::new();
-    let entries: [(&str, serde_json::Value, fn(serde_json::Value) -> bool); 2] = [
+    /// Whether an entry deserialises.
+    type Parses = fn(serde_json::Value) -> bool;
+    let entries: [(&str, serde_json::Value, Parses); 2] = [
         ("channels", minimal_channel_rule(), |v| {
             serde_json::from_value::<ChannelRule>(v).is_ok()
         }),
