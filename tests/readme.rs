@@ -770,6 +770,11 @@ fn the_chart_shows_the_measured_figures() {
     const HEADER: &str = "| transport | wire bytes per delivered message |";
     let table = read(&repo().join("docs/operations.md"));
     let svg = read(&repo().join("assets/bytes-per-message.svg"));
+    let readme = read(&repo().join("README.md"));
+    let picture = readme
+        .lines()
+        .find(|l| l.contains("](assets/bytes-per-message.svg)"))
+        .expect("the README shows assets/bytes-per-message.svg");
     let rows: Vec<(String, String)> = table
         .lines()
         .skip_while(|l| !l.starts_with(HEADER))
@@ -786,6 +791,10 @@ fn the_chart_shows_the_measured_figures() {
             svg.contains(&format!(">{transport}<")) && svg.contains(&format!(">{bytes} B<")),
             "assets/bytes-per-message.svg does not show {transport}: {bytes} B \
              (run python3 scripts/docs/bytes-chart.py)"
+        );
+        assert!(
+            picture.contains(&bytes),
+            "the README's picture text does not say {transport}: {bytes}"
         );
     }
 }
