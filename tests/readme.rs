@@ -10,21 +10,26 @@
 //! The tour's blocks are marked in the README with an HTML comment on the
 //! line before the fence:
 //!
-//! - `<!-- tour: gateway -->` — the set-up command (`cargo run --release --
+//! - `<!-- tour: gateway -->` — a gateway command (`cargo run --release --
 //!   ARGS`, run here as the test's binary with ARGS); the `# ` line under it
-//!   is its ready line;
+//!   is its ready line. A gateway already running is stopped first with
+//!   SIGINT (the README's Ctrl-C) and must exit 0;
 //! - `<!-- tour: background NAME -->` — one long-running command, started
-//!   and left running; the test waits until the gateway counts one more
-//!   subscriber;
+//!   and left running; `# ` lines under it are lines it prints (waited
+//!   for). A command that talks to the gateway's public listener is waited
+//!   for until the gateway counts one more subscriber;
 //! - `<!-- tour: run -->` — commands run one by one; the `# ` lines after a
 //!   command are its whole expected stdout, `…` standing for any text;
 //! - `<!-- tour: output NAME -->` — lines that the background command NAME
-//!   prints, in this order.
+//!   prints, in this order (`…` as above).
 //!
-//! The gateway listens on port 0 (through `POLLBRIDGE_LISTEN` and
-//! `POLLBRIDGE_ADMIN_LISTEN`, which the commands don't override), so the
-//! test can run beside anything; the README's addresses 127.0.0.1:8080 and
-//! 127.0.0.1:9090 are replaced by the real ones in commands and outputs.
+//! Every address is the real one of a process the test started: gateways
+//! listen on port 0 (through `POLLBRIDGE_LISTEN` and
+//! `POLLBRIDGE_ADMIN_LISTEN`, which the commands don't override), the toy
+//! backend on a free port, so the test can run beside anything. The
+//! README's 127.0.0.1:8080, 127.0.0.1:9090 and 127.0.0.1:3000 are replaced
+//! by the real addresses in commands, in the configuration files they name
+//! and in outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,6 +41,7 @@ use std::time::{Duration, Instant};
 
 const PUBLIC: &str = "127.0.0.1:8080";
 const ADMIN: &str = "127.0.0.1:9090";
+const BACKEND: &str = "127.0.0.1:3000";
 const README_MAX_LINES: usize = 250;
 
 fn repo() -> &'static Path {
@@ -129,36 +135,77 @@ fn matches_shown(text: &str, pattern: &str) -> bool {
     true
 }
 
-/// The real addresses of the tour's gateway, and the mapping both ways.
+/// The README's addresses and the real ones of this run.
 struct Addresses {
-    public: String,
-    admin: String,
+    /// (as the README shows it, as it really is)
+    pairs: Vec<(String, String)>,
 }
 
 impl Addresses {
+    fn new(backend_port: u16) -> Self {
+        Addresses {
+            pairs: vec![
+                (BACKEND.into(), format!("127.0.0.1:{backend_port}")),
+                // The toy backend takes its port as an argument.
+                (
+                    "backend.py 3000".into(),
+                    format!("backend.py {backend_port}"),
+                ),
+            ],
+        }
+    }
+    /// A gateway started: its listeners replace the previous one's.
+    fn set_gateway(&mut self, public: String, admin: String) {
+        self.pairs
+            .retain(|(shown, _)| shown != PUBLIC && shown != ADMIN);
+        self.pairs.push((PUBLIC.into(), public));
+        self.pairs.push((ADMIN.into(), admin));
+    }
+    fn real(&self, shown: &str) -> &str {
+        let pair = self.pairs.iter().find(|(s, _)| s == shown);
+        &pair.expect("a gateway is running").1
+    }
     fn to_real(&self, text: &str) -> String {
-        text.replace(PUBLIC, &self.public)
-            .replace(ADMIN, &self.admin)
+        self.pairs
+            .iter()
+            .fold(text.to_string(), |t, (shown, real)| t.replace(shown, real))
     }
     fn to_shown(&self, text: &str) -> String {
-        text.replace(&self.public, PUBLIC)
-            .replace(&self.admin, ADMIN)
+        self.pairs
+            .iter()
+            .fold(text.to_string(), |t, (shown, real)| t.replace(real, shown))
     }
 }
 
-/// A child killed when dropped, so a failing assertion leaks no process.
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child killed when dropped, with everything it started (it leads its
+/// own process group), so a failing assertion leaks no process.
 struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // SAFETY: kill(2) with a negative pid signals the child's own group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
+/// `sh -c COMMAND` in the repository, leading a new process group.
 fn shell(command: &str) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).current_dir(repo());
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(repo())
+        .process_group(0);
     cmd
 }
 
@@ -280,27 +327,38 @@ fn subscriber_count(admin: &str) -> u64 {
 fn contains_in_order(text: &str, lines: &[String]) -> bool {
     let mut wanted = lines.iter().peekable();
     for line in text.lines() {
-        if wanted.peek().is_some_and(|w| *w == line) {
+        if wanted.peek().is_some_and(|w| matches_shown(line, w)) {
             wanted.next();
         }
     }
     wanted.peek().is_none()
 }
 
-/// Starts the set-up command as the test's binary; its addresses and the
-/// running gateway.
-fn start_gateway(block: &Block) -> (Running, Addresses) {
+/// Starts a gateway command as the test's binary, with the configuration
+/// file it names (if any) copied with the real addresses; records its
+/// listeners in `addrs`.
+fn start_gateway(block: &Block, addrs: &mut Addresses, scratch: &Path) -> Running {
     let commands = commands_with_output(&block.lines);
     assert_eq!(
         commands.len(),
         1,
-        "README.md:{}: one set-up command",
+        "README.md:{}: one gateway command",
         block.line
     );
     let (command, shown) = &commands[0];
     let args = command
         .strip_prefix("cargo run --release --")
-        .unwrap_or_else(|| panic!("the set-up command is `cargo run --release -- …`: {command:?}"));
+        .unwrap_or_else(|| panic!("a gateway command is `cargo run --release -- …`: {command:?}"));
+    let mut args = args.to_string();
+    if let Some(file) = args
+        .split_whitespace()
+        .skip_while(|a| *a != "--config")
+        .nth(1)
+    {
+        let copy = scratch.join(format!("config-{}.toml", block.line));
+        std::fs::write(&copy, addrs.to_real(&read(&repo().join(file)))).unwrap();
+        args = args.replace(file, &copy.display().to_string());
+    }
     let mut child = Running(
         shell(&format!("exec {} {args}", env!("CARGO_BIN_EXE_pollbridge")))
             .env("POLLBRIDGE_LISTEN", "127.0.0.1:0")
@@ -327,13 +385,51 @@ fn start_gateway(block: &Block) -> (Running, Addresses) {
             .unwrap_or_else(|| panic!("no {name} in {ready:?}"))
             .to_string()
     };
-    let addrs = Addresses {
-        public: field("public="),
-        admin: field("admin="),
-    };
+    addrs.set_gateway(field("public="), field("admin="));
     let shown = shown.as_deref().expect("the README shows the ready line");
     assert_eq!(addrs.to_shown(ready.trim_end()), shown, "the ready line");
-    (child, addrs)
+    child
+}
+
+/// Ctrl-C: the gateway drains and exits 0.
+fn stop_gateway(mut gateway: Running) {
+    let status = Command::new("kill")
+        .args(["-INT", &gateway.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = gateway.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "the gateway exited with {exit}");
+}
+
+/// Waits (bounded) until `output` shows `lines` in order.
+fn wait_for_lines(
+    at: &str,
+    name: &str,
+    output: &Mutex<String>,
+    lines: &[String],
+    addrs: &Addresses,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !contains_in_order(&addrs.to_shown(&output.lock().unwrap()), lines) {
+        assert!(
+            Instant::now() < deadline,
+            "{at}: {name} printed\n{}\nbut the README shows\n{}",
+            output.lock().unwrap(),
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -350,37 +446,47 @@ fn the_readme_tour_runs_as_written() {
         ["gateway"],
         "the first marked block is the set-up"
     );
-    let (mut gateway, addrs) = start_gateway(&blocks[0]);
-
-    // The set-up text sends the reader to the demo page: it is there.
-    let demo = format!("http://{PUBLIC}/rt/demo");
-    assert!(readme.contains(&demo), "the README names {demo}");
-    let (status, body) = http_get(&addrs.public, "/rt/demo");
-    assert_eq!(status, 200, "the demo page");
-    assert!(body.contains("pollbridge demo"));
-    // And the second set-up command exists.
-    assert!(readme.contains("./scripts/test.sh"));
-    let script = std::fs::metadata(repo().join("scripts/test.sh")).expect("scripts/test.sh");
-    assert!(std::os::unix::fs::PermissionsExt::mode(&script.permissions()) & 0o111 != 0);
-
+    let scratch = std::env::temp_dir().join(format!("pollbridge-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut addrs = Addresses::new(free_port());
+    let mut gateway: Option<Running> = None;
     let mut background: BTreeMap<String, Background> = BTreeMap::new();
-    for block in &blocks[1..] {
+
+    for (i, block) in blocks.iter().enumerate() {
         let at = format!("README.md:{}", block.line);
         match block.marker.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            ["gateway"] => {
+                if let Some(previous) = gateway.take() {
+                    stop_gateway(previous);
+                }
+                gateway = Some(start_gateway(block, &mut addrs, &scratch));
+                if i == 0 {
+                    check_set_up(&readme, addrs.real(PUBLIC));
+                }
+            }
             ["background", name] => {
-                let [command] = &block.lines[..] else {
+                let commands = commands_with_output(&block.lines);
+                let [(command, shown)] = &commands[..] else {
                     panic!("{at}: one command in a background block");
                 };
-                let before = subscriber_count(&addrs.admin);
-                background.insert(name.to_string(), start_background(&addrs.to_real(command)));
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while subscriber_count(&addrs.admin) <= before {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{at}: {command:?} never subscribed"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
+                let waits_for_subscriber = command.contains(PUBLIC);
+                let before = waits_for_subscriber.then(|| subscriber_count(addrs.real(ADMIN)));
+                let started = start_background(&addrs.to_real(command));
+                if let Some(before) = before {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while subscriber_count(addrs.real(ADMIN)) <= before {
+                        assert!(
+                            Instant::now() < deadline,
+                            "{at}: {command:?} never subscribed"
+                        );
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
+                if let Some(shown) = shown {
+                    let lines: Vec<String> = shown.lines().map(String::from).collect();
+                    wait_for_lines(&at, name, &started.output, &lines, &addrs);
+                }
+                background.insert(name.to_string(), started);
             }
             ["run"] => {
                 for (command, shown) in commands_with_output(&block.lines) {
@@ -399,41 +505,29 @@ fn the_readme_tour_runs_as_written() {
                     .get(name)
                     .unwrap_or_else(|| panic!("{at}: no background command {name:?}"))
                     .output;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !contains_in_order(&addrs.to_shown(&output.lock().unwrap()), &block.lines) {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{at}: {name} printed\n{}\nbut the README shows\n{}",
-                        output.lock().unwrap(),
-                        block.lines.join("\n")
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                wait_for_lines(&at, name, output, &block.lines, &addrs);
             }
             _ => panic!("{at}: unknown tour marker {:?}", block.marker),
         }
     }
     drop(background);
-
     // "Stop the gateway with Ctrl-C: it drains its clients and exits 0."
     assert!(readme.contains("Ctrl-C"));
-    let status = Command::new("kill")
-        .args(["-INT", &gateway.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = gateway.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not exit after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "the gateway exited with {exit}");
+    stop_gateway(gateway.expect("a gateway ran"));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// What the set-up text promises beside its command: the demo page it
+/// sends the reader to, and the test script.
+fn check_set_up(readme: &str, public: &str) {
+    let demo = format!("http://{PUBLIC}/rt/demo");
+    assert!(readme.contains(&demo), "the README names {demo}");
+    let (status, body) = http_get(public, "/rt/demo");
+    assert_eq!(status, 200, "the demo page");
+    assert!(body.contains("pollbridge demo"));
+    assert!(readme.contains("./scripts/test.sh"));
+    let script = std::fs::metadata(repo().join("scripts/test.sh")).expect("scripts/test.sh");
+    assert!(std::os::unix::fs::PermissionsExt::mode(&script.permissions()) & 0o111 != 0);
 }
 
 #[test]
