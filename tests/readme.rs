@@ -892,3 +892,27 @@ fn the_chart_shows_the_measured_figures() {
         );
     }
 }
+
+#[test]
+fn the_readme_shows_the_toy_backend_config_as_it_is() {
+    let readme = read(&repo().join("README.md"));
+    let example = read(&repo().join("examples/toy-backend/pollbridge.toml"));
+    let example_lines: BTreeSet<&str> = example.lines().map(str::trim_end).collect();
+    let mut in_toml = false;
+    let mut shown = 0;
+    for line in readme.lines() {
+        match (in_toml, line.trim_start().starts_with("```")) {
+            (false, true) => in_toml = line.trim() == "```toml",
+            (true, true) => in_toml = false,
+            (true, false) if !line.trim().is_empty() => {
+                shown += 1;
+                assert!(
+                    example_lines.contains(line.trim_end()),
+                    "README.md shows {line:?}, which examples/toy-backend/pollbridge.toml does not have"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(shown > 0, "the README shows the bridge configuration");
+}
