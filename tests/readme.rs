@@ -1,11 +1,13 @@
 //! The front door works as written:
 //!
-//! - the README's set-up command and five-minute tour run against the real
-//!   binary, and every output the README shows is what they print;
+//! - the README's set-up command, five-minute tour and bridge walk-through
+//!   run against the real binary (and the toy backend), and every output the
+//!   README shows is what they print;
 //! - every relative link and anchor in the project's markdown resolves;
 //! - the README stays short and links every page of docs/; no sentence is
 //!   in two pages; docs/layout.md names every directory; the README's chart
-//!   shows the figures measured in docs/operations.md.
+//!   shows the figures measured in docs/operations.md, and the bridge
+//!   configuration it shows is the toy backend's file.
 //!
 //! The tour's blocks are marked in the README with an HTML comment on the
 //! line before the fence:
