@@ -19,6 +19,14 @@
 //! finish it with ordinary awaited writes. Only one side writes at a time:
 //! the publisher only under this queue's lock while direct mode is on, the
 //! task only after taking direct mode back under the same lock.
+//!
+//! **Output limits.** A client's queue (see [`SubscriberQueue::for_client`])
+//! also counts the bytes it holds against the client's
+//! [`OutputAccount`](crate::transport::output::OutputAccount): past the
+//! per-client hard limit (or the soft one for too long) it closes with
+//! [`QueueClosed::OutputLimit`], and the output reaper may close it the same
+//! way when the gateway-wide budget runs out. Messages written directly
+//! never count.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -30,6 +38,7 @@ use parking_lot::Mutex;
 
 use super::Message;
 use crate::config::ChannelMode;
+use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 use crate::transport::Transport;
 
 /// Why a queue stopped delivering.
@@ -39,6 +48,9 @@ pub enum QueueClosed {
     Overflow,
     /// The gateway is shutting down or the subscription was ended.
     Shutdown,
+    /// The client holds too much unsent output (its own limits, or the
+    /// gateway-wide budget): it is dropped.
+    OutputLimit,
 }
 
 /// What happened to one pushed message.
@@ -95,6 +107,14 @@ struct State {
     report: DirectReport,
     /// `report` is the connection's, lent by `enter_direct`.
     report_lent: bool,
+    /// Envelope bytes of `items`, counted when the queue has an account.
+    queued_bytes: usize,
+}
+
+/// What a queued message counts for: its envelope (every transport's
+/// encoding of it is a few bytes more).
+fn cost(msg: &Message) -> usize {
+    msg.envelope.len()
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -102,11 +122,37 @@ pub struct SubscriberQueue {
     state: Mutex<State>,
     capacity: usize,
     transport: Transport,
+    /// The client's output account (None: uncounted, e.g. a held poll's
+    /// one-off queue).
+    output: Option<Arc<OutputAccount>>,
 }
 
 impl SubscriberQueue {
+    /// A queue whose bytes count against nobody's output limits.
     pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
-        Arc::new(SubscriberQueue {
+        Arc::new(Self::build(capacity, transport, None))
+    }
+
+    /// A client connection's queue: what it holds counts against the
+    /// client's output limits and the gateway's output budget.
+    pub fn for_client(
+        capacity: usize,
+        transport: Transport,
+        budget: &Arc<OutputBudget>,
+    ) -> Arc<SubscriberQueue> {
+        Arc::new_cyclic(|me| {
+            let account = budget.account(transport);
+            account.attach_queue(me.clone());
+            Self::build(capacity, transport, Some(account))
+        })
+    }
+
+    fn build(
+        capacity: usize,
+        transport: Transport,
+        output: Option<Arc<OutputAccount>>,
+    ) -> SubscriberQueue {
+        SubscriberQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 waker: None,
@@ -115,10 +161,25 @@ impl SubscriberQueue {
                 direct: None,
                 report: DirectReport::default(),
                 report_lent: false,
+                queued_bytes: 0,
             }),
             capacity: capacity.max(1),
             transport,
-        })
+            output,
+        }
+    }
+
+    /// The client's output account, if this queue counts.
+    pub fn output(&self) -> Option<&Arc<OutputAccount>> {
+        self.output.as_ref()
+    }
+
+    /// Takes `bytes` off the queue's count (messages left it).
+    fn release(&self, state: &mut State, bytes: usize) {
+        if let Some(account) = &self.output {
+            state.queued_bytes -= bytes;
+            account.sub(bytes);
+        }
     }
 
     /// The transport this subscriber reads through (for metrics and stats).
@@ -150,10 +211,14 @@ impl SubscriberQueue {
         }
         let mut outcome = Pushed::Queued;
         let mut conflated = 0;
+        let counted = self.output.is_some();
+        let (mut added, mut removed) = (0, 0);
         for msg in rest {
             if mode == ChannelMode::State {
                 if let Some(pos) = state.items.iter().position(|m| m.channel == msg.channel) {
-                    state.items.remove(pos);
+                    if let Some(old) = state.items.remove(pos) {
+                        removed += if counted { cost(&old) } else { 0 };
+                    }
                     conflated += 1;
                     outcome = Pushed::Conflated { count: conflated };
                 }
@@ -161,12 +226,35 @@ impl SubscriberQueue {
             if state.items.len() >= self.capacity {
                 let dropped = state.items.len() + 1;
                 state.items = VecDeque::new();
+                removed = state.queued_bytes + added;
                 state.closed = Some(QueueClosed::Overflow);
                 state.dropped = dropped;
                 outcome = Pushed::Overflowed { dropped };
                 break;
             }
+            added += if counted { cost(msg) } else { 0 };
             state.items.push_back(msg.clone());
+        }
+        if let Some(account) = &self.output {
+            state.queued_bytes = state.queued_bytes + added - removed;
+            let verdict = if added > removed {
+                account.add(added - removed)
+            } else {
+                account.sub(removed - added);
+                Verdict::Fine
+            };
+            if let Verdict::Drop(why) = verdict {
+                // Dropped like an overflow, but for good: no catching up.
+                let dropped = state.items.len();
+                state.items = VecDeque::new();
+                let held = state.queued_bytes;
+                self.release(&mut state, held);
+                state.closed = Some(QueueClosed::OutputLimit);
+                state.direct = None;
+                state.dropped = dropped;
+                account.mark_dropped(why);
+                outcome = Pushed::Overflowed { dropped };
+            }
         }
         let waker = state.waker.take();
         drop(state);
@@ -213,6 +301,13 @@ impl SubscriberQueue {
         if state.closed.is_none() {
             state.closed = Some(reason);
         }
+        if reason == QueueClosed::OutputLimit {
+            // What it holds is what it is dropped for: let it go now.
+            state.dropped = state.items.len();
+            state.items = VecDeque::new();
+            let held = state.queued_bytes;
+            self.release(&mut state, held);
+        }
         state.direct = None;
         let waker = state.waker.take();
         drop(state);
@@ -231,8 +326,7 @@ impl SubscriberQueue {
     ) -> Poll<Result<(), QueueClosed>> {
         let mut state = self.state.lock();
         if !state.items.is_empty() || state.report.remainder.is_some() {
-            let n = state.items.len().min(max);
-            out.extend(state.items.drain(..n));
+            self.move_out(&mut state, out, max);
             return Poll::Ready(Ok(()));
         }
         if let Some(reason) = state.closed {
@@ -243,6 +337,17 @@ impl SubscriberQueue {
             _ => state.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Moves up to `max` items into `out`, releasing their bytes.
+    fn move_out(&self, state: &mut State, out: &mut Vec<Arc<Message>>, max: usize) {
+        let n = state.items.len().min(max);
+        let start = out.len();
+        out.extend(state.items.drain(..n));
+        if self.output.is_some() {
+            let bytes = out[start..].iter().map(|m| cost(m)).sum();
+            self.release(state, bytes);
+        }
     }
 
     /// Waits for messages; see [`poll_drain`](Self::poll_drain). Cancel-safe:
@@ -258,13 +363,15 @@ impl SubscriberQueue {
         self.state.lock().dropped
     }
 
-    /// Completes once the queue has overflowed. Lets a writer blocked on a
-    /// client that reads nothing give up at once instead of at its timeout.
-    pub async fn overflowed(&self) {
+    /// Completes once the queue has overflowed or was closed for its
+    /// output limit, with which. Lets a writer blocked on a client that
+    /// reads nothing give up at once instead of at its timeout.
+    pub async fn overflowed(&self) -> QueueClosed {
         std::future::poll_fn(|cx| {
             let mut state = self.state.lock();
-            if state.closed == Some(QueueClosed::Overflow) {
-                return Poll::Ready(());
+            if let Some(reason @ (QueueClosed::Overflow | QueueClosed::OutputLimit)) = state.closed
+            {
+                return Poll::Ready(reason);
             }
             state.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -280,8 +387,7 @@ impl SubscriberQueue {
                 return Err(reason);
             }
         }
-        let n = state.items.len().min(max);
-        out.extend(state.items.drain(..n));
+        self.move_out(&mut state, out, max);
         Ok(())
     }
 }
