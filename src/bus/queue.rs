@@ -107,8 +107,11 @@ struct State {
     report: DirectReport,
     /// `report` is the connection's, lent by `enter_direct`.
     report_lent: bool,
-    /// Envelope bytes of `items`, counted when the queue has an account.
-    queued_bytes: usize,
+    /// The client's output account, made when the queue first holds
+    /// something (most WebSocket queues never do: direct mode), so an idle
+    /// connection pays nothing for it. Its pending bytes are the envelope
+    /// bytes of `items`.
+    output: Option<Arc<OutputAccount>>,
 }
 
 /// What a queued message counts for: its envelope (every transport's
@@ -122,9 +125,9 @@ pub struct SubscriberQueue {
     state: Mutex<State>,
     capacity: usize,
     transport: Transport,
-    /// The client's output account (None: uncounted, e.g. a held poll's
-    /// one-off queue).
-    output: Option<Arc<OutputAccount>>,
+    /// Where the client's output account comes from (None: uncounted,
+    /// e.g. a held poll's one-off queue).
+    budget: Option<Arc<OutputBudget>>,
 }
 
 impl SubscriberQueue {
@@ -140,17 +143,13 @@ impl SubscriberQueue {
         transport: Transport,
         budget: &Arc<OutputBudget>,
     ) -> Arc<SubscriberQueue> {
-        Arc::new_cyclic(|me| {
-            let account = budget.account(transport);
-            account.attach_queue(me.clone());
-            Self::build(capacity, transport, Some(account))
-        })
+        Arc::new(Self::build(capacity, transport, Some(budget.clone())))
     }
 
     fn build(
         capacity: usize,
         transport: Transport,
-        output: Option<Arc<OutputAccount>>,
+        budget: Option<Arc<OutputBudget>>,
     ) -> SubscriberQueue {
         SubscriberQueue {
             state: Mutex::new(State {
@@ -161,24 +160,41 @@ impl SubscriberQueue {
                 direct: None,
                 report: DirectReport::default(),
                 report_lent: false,
-                queued_bytes: 0,
+                output: None,
             }),
             capacity: capacity.max(1),
             transport,
-            output,
+            budget,
         }
     }
 
-    /// The client's output account, if this queue counts.
-    pub fn output(&self) -> Option<&Arc<OutputAccount>> {
-        self.output.as_ref()
+    /// The client's output account, made now if need be (None: this queue
+    /// is not counted).
+    pub fn output(self: &Arc<Self>) -> Option<Arc<OutputAccount>> {
+        let mut state = self.state.lock();
+        self.account(&mut state).cloned()
+    }
+
+    fn account<'s>(self: &Arc<Self>, state: &'s mut State) -> Option<&'s Arc<OutputAccount>> {
+        let budget = self.budget.as_ref()?;
+        Some(state.output.get_or_insert_with(|| {
+            let account = budget.account(self.transport);
+            account.attach_queue(Arc::downgrade(self));
+            account
+        }))
     }
 
     /// Takes `bytes` off the queue's count (messages left it).
-    fn release(&self, state: &mut State, bytes: usize) {
-        if let Some(account) = &self.output {
-            state.queued_bytes -= bytes;
+    fn release(state: &mut State, bytes: usize) {
+        if let Some(account) = &state.output {
             account.sub(bytes);
+        }
+    }
+
+    /// Takes everything queued off the count.
+    fn release_all(state: &mut State) {
+        if let Some(account) = &state.output {
+            account.sub(account.pending());
         }
     }
 
@@ -189,14 +205,14 @@ impl SubscriberQueue {
 
     /// Adds a message. Never blocks beyond a short uncontended lock (and,
     /// in direct mode, one non-blocking write).
-    pub fn push(&self, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
+    pub fn push(self: &Arc<Self>, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
         self.push_all(std::slice::from_ref(msg), mode)
     }
 
     /// Adds several messages of one channel in order: in direct mode they
     /// go out in one vectored write. Returns the outcome of the last one
     /// (`Conflated` if any was, `Overflowed` if it stopped).
-    pub fn push_all(&self, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
+    pub fn push_all(self: &Arc<Self>, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
@@ -211,7 +227,7 @@ impl SubscriberQueue {
         }
         let mut outcome = Pushed::Queued;
         let mut conflated = 0;
-        let counted = self.output.is_some();
+        let counted = self.budget.is_some();
         let (mut added, mut removed) = (0, 0);
         for msg in rest {
             if mode == ChannelMode::State {
@@ -226,7 +242,7 @@ impl SubscriberQueue {
             if state.items.len() >= self.capacity {
                 let dropped = state.items.len() + 1;
                 state.items = VecDeque::new();
-                removed = state.queued_bytes + added;
+                removed = state.output.as_ref().map_or(0, |a| a.pending()) + added;
                 state.closed = Some(QueueClosed::Overflow);
                 state.dropped = dropped;
                 outcome = Pushed::Overflowed { dropped };
@@ -235,24 +251,26 @@ impl SubscriberQueue {
             added += if counted { cost(msg) } else { 0 };
             state.items.push_back(msg.clone());
         }
-        if let Some(account) = &self.output {
-            state.queued_bytes = state.queued_bytes + added - removed;
-            let verdict = if added > removed {
-                account.add(added - removed)
-            } else {
-                account.sub(removed - added);
-                Verdict::Fine
+        if counted && added != removed {
+            let verdict = match self.account(&mut state) {
+                Some(account) if added > removed => account.add(added - removed),
+                Some(account) => {
+                    account.sub(removed - added);
+                    Verdict::Fine
+                }
+                None => Verdict::Fine,
             };
             if let Verdict::Drop(why) = verdict {
                 // Dropped like an overflow, but for good: no catching up.
                 let dropped = state.items.len();
                 state.items = VecDeque::new();
-                let held = state.queued_bytes;
-                self.release(&mut state, held);
+                Self::release_all(&mut state);
                 state.closed = Some(QueueClosed::OutputLimit);
                 state.direct = None;
                 state.dropped = dropped;
-                account.mark_dropped(why);
+                if let Some(account) = &state.output {
+                    account.mark_dropped(why);
+                }
                 outcome = Pushed::Overflowed { dropped };
             }
         }
@@ -305,8 +323,7 @@ impl SubscriberQueue {
             // What it holds is what it is dropped for: let it go now.
             state.dropped = state.items.len();
             state.items = VecDeque::new();
-            let held = state.queued_bytes;
-            self.release(&mut state, held);
+            Self::release_all(&mut state);
         }
         state.direct = None;
         let waker = state.waker.take();
@@ -344,9 +361,9 @@ impl SubscriberQueue {
         let n = state.items.len().min(max);
         let start = out.len();
         out.extend(state.items.drain(..n));
-        if self.output.is_some() {
+        if state.output.is_some() {
             let bytes = out[start..].iter().map(|m| cost(m)).sum();
-            self.release(state, bytes);
+            Self::release(state, bytes);
         }
     }
 

@@ -118,7 +118,8 @@ impl OutputBudget {
 
     /// A new client's account.
     pub fn account(self: &Arc<Self>, transport: Transport) -> Arc<OutputAccount> {
-        Arc::new(OutputAccount {
+        Arc::new_cyclic(|me| OutputAccount {
+            me: me.clone(),
             budget: self.clone(),
             transport,
             pending: AtomicUsize::new(0),
@@ -205,6 +206,8 @@ impl OutputBudget {
 
 /// One client's pending output.
 pub struct OutputAccount {
+    /// Itself, for registering with the reaper.
+    me: Weak<OutputAccount>,
     budget: Arc<OutputBudget>,
     transport: Transport,
     pending: AtomicUsize,
@@ -230,9 +233,7 @@ impl OutputAccount {
             budget.over.notify_one();
         }
         if pending >= TRACK_ABOVE && !self.tracked.swap(true, Ordering::Relaxed) {
-            if let Some(me) = self.weak_self() {
-                budget.tracked.lock().push(me);
-            }
+            budget.tracked.lock().push(self.me.clone());
         }
         if pending > budget.hard {
             return Verdict::Drop(SlowClose::HardLimit);
@@ -265,14 +266,6 @@ impl OutputAccount {
 
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
-    }
-
-    /// The account's own `Weak`, through whichever owner it was attached to.
-    fn weak_self(&self) -> Option<Weak<OutputAccount>> {
-        if let Some(queue) = self.queue.get().and_then(Weak::upgrade) {
-            return queue.output().map(Arc::downgrade);
-        }
-        None
     }
 
     /// Lets the account drop the client by closing its queue.
@@ -333,7 +326,7 @@ pub fn standalone_account(
     }
     if bytes >= TRACK_ABOVE {
         account.tracked.store(true, Ordering::Relaxed);
-        budget.tracked.lock().push(Arc::downgrade(&account));
+        budget.tracked.lock().push(account.me.clone());
     }
     account
 }

@@ -179,7 +179,8 @@ impl SseBody {
         }
     }
 
-    /// Lets the output reaper abort the connection of a dropped client.
+    /// Lets the output reaper abort the connection of a dropped client
+    /// (the stream's output account is made now for it).
     pub fn attach_meter(&self, meter: &Arc<ConnMeter>) {
         if let Some(account) = self.queue.output() {
             account.attach_meter(meter);
