@@ -327,8 +327,9 @@ fn respond(
     let last_id = messages.last().map_or(last_id, |m| m.id);
     let body = match messages {
         // A fan-out's polls: one new message each, the same answer for all,
-        // encoded once per message.
-        [only] if !truncated && !conflated && only.envelope.len() < replay::SHARE_AT => {
+        // encoded once per message. (A larger one is streamed from its
+        // shared envelope instead of cached as a second copy.)
+        [only] if !truncated && !conflated && only.envelope.len() < replay::CHUNK => {
             only.poll_answer().clone()
         }
         _ => {
