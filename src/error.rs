@@ -56,6 +56,9 @@ pub enum ApiError {
     ShuttingDown(u64),
     #[error("too many new sessions right now; retry after {0} s")]
     Overloaded(u64),
+    /// The gateway-wide budget for unsent output is spent.
+    #[error("the gateway holds too much unsent output right now; retry after {0} s")]
+    OutputBudget(u64),
     /// The backend that decides who may subscribe did not answer.
     #[error("{0}")]
     AuthUnavailable(String),
@@ -80,7 +83,7 @@ impl ApiError {
             TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Bus(_) | ShuttingDown(_) | Overloaded(_) | AuthUnavailable(_) => {
+            Bus(_) | ShuttingDown(_) | Overloaded(_) | OutputBudget(_) | AuthUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -109,6 +112,7 @@ impl ApiError {
             Bus(_) => "bus_unavailable",
             ShuttingDown(_) => "shutting_down",
             Overloaded(_) => "overloaded",
+            OutputBudget(_) => "output_budget_exhausted",
             AuthUnavailable(_) => "auth_unavailable",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
@@ -131,7 +135,8 @@ impl ApiError {
             ApiError::Bus(_) | ApiError::AuthUnavailable(_) => Some(1),
             ApiError::ShuttingDown(secs)
             | ApiError::RateLimited(secs)
-            | ApiError::Overloaded(secs) => Some(*secs),
+            | ApiError::Overloaded(secs)
+            | ApiError::OutputBudget(secs) => Some(*secs),
             _ => None,
         }
     }

@@ -21,6 +21,7 @@ use crate::proxy::Proxy;
 use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
+use crate::transport::output::OutputBudget;
 
 pub struct Gateway {
     pub config: Config,
@@ -55,6 +56,8 @@ pub struct Gateway {
     pub tls: Option<Tls>,
     /// Who still polls: distinct legacy clients, top polling pages.
     pub migration: Migration,
+    /// Unsent output per client and in total (`limits.*output*`).
+    pub output: Arc<OutputBudget>,
 }
 
 impl Gateway {
@@ -96,6 +99,7 @@ impl Gateway {
             None => None,
         };
         let stats = StatsSampler::new(metrics.clone());
+        let output = OutputBudget::new(&config.limits, metrics.clone());
         let shutdown = CancellationToken::new();
         Ok(Arc::new(Gateway {
             config,
@@ -113,6 +117,7 @@ impl Gateway {
             admission,
             tls,
             migration,
+            output,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }

@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::transport::output::SlowClose;
 use crate::transport::Transport;
 
 /// Latency buckets from 100 µs to 10 s.
@@ -33,6 +34,10 @@ pub struct TransportMetrics {
     pub conflated: IntCounter,
     /// New sessions refused by admission control.
     pub admission_refused: IntCounter,
+    /// Slow clients the gateway closed, by [`SlowClose`] reason.
+    pub slow_closed: [IntCounter; 4],
+    /// New large answers refused (`503`) while the output budget was spent.
+    pub output_refused: IntCounter,
 }
 
 /// Why a browser client fell back from WebSocket (what it reports).
@@ -88,6 +93,10 @@ pub struct Metrics {
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
     upgrade_failures: [IntCounter; 5],
+    /// Unsent output all clients hold (set by the output reaper).
+    pub output_pending_bytes: IntGauge,
+    /// `limits.max_pending_output_bytes`, for dashboards.
+    pub output_budget_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -242,6 +251,32 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let slow_closed = IntCounterVec::new(
+            Opts::new(
+                "slow_clients_closed_total",
+                "Slow clients closed by the gateway, by transport and reason (write_timeout, output_hard_limit, output_soft_limit, output_budget)",
+            ),
+            &["transport", "reason"],
+        )
+        .unwrap();
+        let output_refused = IntCounterVec::new(
+            Opts::new(
+                "output_refused_total",
+                "New large answers refused with 503 while the output budget was spent",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let output_pending_bytes = IntGauge::new(
+            "output_pending_bytes",
+            "Output committed to clients that their sockets have not taken yet",
+        )
+        .unwrap();
+        let output_budget_bytes = IntGauge::new(
+            "output_budget_bytes",
+            "The configured limit on pending output (limits.max_pending_output_bytes)",
+        )
+        .unwrap();
         let transports = Transport::ALL
             .iter()
             .map(|t| {
@@ -257,6 +292,9 @@ impl Metrics {
                     dropped_slow_consumer: dropped.with_label_values(&[name, "slow_consumer"]),
                     conflated: conflated.with_label_values(&[name]),
                     admission_refused: admission.with_label_values(&[name]),
+                    slow_closed: SlowClose::ALL
+                        .map(|why| slow_closed.with_label_values(&[name, why.as_str()])),
+                    output_refused: output_refused.with_label_values(&[name]),
                 }
             })
             .collect();
@@ -290,6 +328,10 @@ impl Metrics {
         reg(Box::new(legacy_clients.clone()));
         reg(Box::new(fallbacks));
         reg(Box::new(upgrade_failures));
+        reg(Box::new(slow_closed));
+        reg(Box::new(output_refused));
+        reg(Box::new(output_pending_bytes.clone()));
+        reg(Box::new(output_budget_bytes.clone()));
 
         Metrics {
             registry,
@@ -308,6 +350,8 @@ impl Metrics {
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
+            output_pending_bytes,
+            output_budget_bytes,
         }
     }
 
@@ -348,6 +392,16 @@ impl Metrics {
     #[inline]
     pub fn transport(&self, transport: Transport) -> &TransportMetrics {
         &self.transports[transport as usize]
+    }
+
+    /// The gateway closed a slow client.
+    pub fn slow_client_closed(&self, transport: Transport, why: SlowClose) {
+        self.transport(transport).slow_closed[why as usize].inc();
+    }
+
+    /// Slow clients closed so far for one transport and reason.
+    pub fn slow_closed_count(&self, transport: Transport, why: SlowClose) -> u64 {
+        self.transport(transport).slow_closed[why as usize].get()
     }
 
     pub fn poll_answered(&self, result: PollResult) {
@@ -400,6 +454,10 @@ mod tests {
             "pollbridge_redis_reconnects_total 0",
             "pollbridge_bus_gap_fill_messages_total 0",
             "pollbridge_bus_subscriptions 0",
+            "pollbridge_slow_clients_closed_total{reason=\"write_timeout\",transport=\"longpoll\"} 0",
+            "pollbridge_slow_clients_closed_total{reason=\"output_budget\",transport=\"websocket\"} 0",
+            "pollbridge_output_refused_total{transport=\"longpoll\"} 0",
+            "pollbridge_output_pending_bytes 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

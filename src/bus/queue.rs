@@ -19,6 +19,14 @@
 //! finish it with ordinary awaited writes. Only one side writes at a time:
 //! the publisher only under this queue's lock while direct mode is on, the
 //! task only after taking direct mode back under the same lock.
+//!
+//! **Output limits.** A client's queue (see [`SubscriberQueue::for_client`])
+//! also counts the bytes it holds against the client's
+//! [`OutputAccount`](crate::transport::output::OutputAccount): past the
+//! per-client hard limit (or the soft one for too long) it closes with
+//! [`QueueClosed::OutputLimit`], and the output reaper may close it the same
+//! way when the gateway-wide budget runs out. Messages written directly
+//! never count.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -30,6 +38,7 @@ use parking_lot::Mutex;
 
 use super::Message;
 use crate::config::ChannelMode;
+use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 use crate::transport::Transport;
 
 /// Why a queue stopped delivering.
@@ -39,6 +48,9 @@ pub enum QueueClosed {
     Overflow,
     /// The gateway is shutting down or the subscription was ended.
     Shutdown,
+    /// The client holds too much unsent output (its own limits, or the
+    /// gateway-wide budget): it is dropped.
+    OutputLimit,
 }
 
 /// What happened to one pushed message.
@@ -95,6 +107,17 @@ struct State {
     report: DirectReport,
     /// `report` is the connection's, lent by `enter_direct`.
     report_lent: bool,
+    /// The client's output account, made when the queue first holds
+    /// something (most WebSocket queues never do: direct mode), so an idle
+    /// connection pays nothing for it. Its pending bytes are the envelope
+    /// bytes of `items`.
+    output: Option<Arc<OutputAccount>>,
+}
+
+/// What a queued message counts for: its envelope (every transport's
+/// encoding of it is a few bytes more).
+fn cost(msg: &Message) -> usize {
+    msg.envelope.len()
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -102,11 +125,33 @@ pub struct SubscriberQueue {
     state: Mutex<State>,
     capacity: usize,
     transport: Transport,
+    /// Where the client's output account comes from (None: uncounted,
+    /// e.g. a held poll's one-off queue).
+    budget: Option<Arc<OutputBudget>>,
 }
 
 impl SubscriberQueue {
+    /// A queue whose bytes count against nobody's output limits.
     pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
-        Arc::new(SubscriberQueue {
+        Arc::new(Self::build(capacity, transport, None))
+    }
+
+    /// A client connection's queue: what it holds counts against the
+    /// client's output limits and the gateway's output budget.
+    pub fn for_client(
+        capacity: usize,
+        transport: Transport,
+        budget: &Arc<OutputBudget>,
+    ) -> Arc<SubscriberQueue> {
+        Arc::new(Self::build(capacity, transport, Some(budget.clone())))
+    }
+
+    fn build(
+        capacity: usize,
+        transport: Transport,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> SubscriberQueue {
+        SubscriberQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 waker: None,
@@ -115,10 +160,42 @@ impl SubscriberQueue {
                 direct: None,
                 report: DirectReport::default(),
                 report_lent: false,
+                output: None,
             }),
             capacity: capacity.max(1),
             transport,
-        })
+            budget,
+        }
+    }
+
+    /// The client's output account, made now if need be (None: this queue
+    /// is not counted).
+    pub fn output(self: &Arc<Self>) -> Option<Arc<OutputAccount>> {
+        let mut state = self.state.lock();
+        self.account(&mut state).cloned()
+    }
+
+    fn account<'s>(self: &Arc<Self>, state: &'s mut State) -> Option<&'s Arc<OutputAccount>> {
+        let budget = self.budget.as_ref()?;
+        Some(state.output.get_or_insert_with(|| {
+            let account = budget.account(self.transport);
+            account.attach_queue(Arc::downgrade(self));
+            account
+        }))
+    }
+
+    /// Takes `bytes` off the queue's count (messages left it).
+    fn release(state: &mut State, bytes: usize) {
+        if let Some(account) = &state.output {
+            account.sub(bytes);
+        }
+    }
+
+    /// Takes everything queued off the count.
+    fn release_all(state: &mut State) {
+        if let Some(account) = &state.output {
+            account.sub(account.pending());
+        }
     }
 
     /// The transport this subscriber reads through (for metrics and stats).
@@ -128,14 +205,14 @@ impl SubscriberQueue {
 
     /// Adds a message. Never blocks beyond a short uncontended lock (and,
     /// in direct mode, one non-blocking write).
-    pub fn push(&self, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
+    pub fn push(self: &Arc<Self>, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
         self.push_all(std::slice::from_ref(msg), mode)
     }
 
     /// Adds several messages of one channel in order: in direct mode they
     /// go out in one vectored write. Returns the outcome of the last one
     /// (`Conflated` if any was, `Overflowed` if it stopped).
-    pub fn push_all(&self, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
+    pub fn push_all(self: &Arc<Self>, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
@@ -150,10 +227,14 @@ impl SubscriberQueue {
         }
         let mut outcome = Pushed::Queued;
         let mut conflated = 0;
+        let counted = self.budget.is_some();
+        let (mut added, mut removed) = (0, 0);
         for msg in rest {
             if mode == ChannelMode::State {
                 if let Some(pos) = state.items.iter().position(|m| m.channel == msg.channel) {
-                    state.items.remove(pos);
+                    if let Some(old) = state.items.remove(pos) {
+                        removed += if counted { cost(&old) } else { 0 };
+                    }
                     conflated += 1;
                     outcome = Pushed::Conflated { count: conflated };
                 }
@@ -161,12 +242,37 @@ impl SubscriberQueue {
             if state.items.len() >= self.capacity {
                 let dropped = state.items.len() + 1;
                 state.items = VecDeque::new();
+                removed = state.output.as_ref().map_or(0, |a| a.pending()) + added;
                 state.closed = Some(QueueClosed::Overflow);
                 state.dropped = dropped;
                 outcome = Pushed::Overflowed { dropped };
                 break;
             }
+            added += if counted { cost(msg) } else { 0 };
             state.items.push_back(msg.clone());
+        }
+        if counted && added != removed {
+            let verdict = match self.account(&mut state) {
+                Some(account) if added > removed => account.add(added - removed),
+                Some(account) => {
+                    account.sub(removed - added);
+                    Verdict::Fine
+                }
+                None => Verdict::Fine,
+            };
+            if let Verdict::Drop(why) = verdict {
+                // Dropped like an overflow, but for good: no catching up.
+                let dropped = state.items.len();
+                state.items = VecDeque::new();
+                Self::release_all(&mut state);
+                state.closed = Some(QueueClosed::OutputLimit);
+                state.direct = None;
+                state.dropped = dropped;
+                if let Some(account) = &state.output {
+                    account.mark_dropped(why);
+                }
+                outcome = Pushed::Overflowed { dropped };
+            }
         }
         let waker = state.waker.take();
         drop(state);
@@ -213,6 +319,12 @@ impl SubscriberQueue {
         if state.closed.is_none() {
             state.closed = Some(reason);
         }
+        if reason == QueueClosed::OutputLimit {
+            // What it holds is what it is dropped for: let it go now.
+            state.dropped = state.items.len();
+            state.items = VecDeque::new();
+            Self::release_all(&mut state);
+        }
         state.direct = None;
         let waker = state.waker.take();
         drop(state);
@@ -231,8 +343,7 @@ impl SubscriberQueue {
     ) -> Poll<Result<(), QueueClosed>> {
         let mut state = self.state.lock();
         if !state.items.is_empty() || state.report.remainder.is_some() {
-            let n = state.items.len().min(max);
-            out.extend(state.items.drain(..n));
+            self.move_out(&mut state, out, max);
             return Poll::Ready(Ok(()));
         }
         if let Some(reason) = state.closed {
@@ -243,6 +354,17 @@ impl SubscriberQueue {
             _ => state.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Moves up to `max` items into `out`, releasing their bytes.
+    fn move_out(&self, state: &mut State, out: &mut Vec<Arc<Message>>, max: usize) {
+        let n = state.items.len().min(max);
+        let start = out.len();
+        out.extend(state.items.drain(..n));
+        if state.output.is_some() {
+            let bytes = out[start..].iter().map(|m| cost(m)).sum();
+            Self::release(state, bytes);
+        }
     }
 
     /// Waits for messages; see [`poll_drain`](Self::poll_drain). Cancel-safe:
@@ -258,13 +380,15 @@ impl SubscriberQueue {
         self.state.lock().dropped
     }
 
-    /// Completes once the queue has overflowed. Lets a writer blocked on a
-    /// client that reads nothing give up at once instead of at its timeout.
-    pub async fn overflowed(&self) {
+    /// Completes once the queue has overflowed or was closed for its
+    /// output limit, with which. Lets a writer blocked on a client that
+    /// reads nothing give up at once instead of at its timeout.
+    pub async fn overflowed(&self) -> QueueClosed {
         std::future::poll_fn(|cx| {
             let mut state = self.state.lock();
-            if state.closed == Some(QueueClosed::Overflow) {
-                return Poll::Ready(());
+            if let Some(reason @ (QueueClosed::Overflow | QueueClosed::OutputLimit)) = state.closed
+            {
+                return Poll::Ready(reason);
             }
             state.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -280,8 +404,7 @@ impl SubscriberQueue {
                 return Err(reason);
             }
         }
-        let n = state.items.len().min(max);
-        out.extend(state.items.drain(..n));
+        self.move_out(&mut state, out, max);
         Ok(())
     }
 }

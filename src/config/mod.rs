@@ -157,6 +157,25 @@ pub struct LimitsConfig {
     /// (a burst of one second's worth); past it `503` with a jittered
     /// `Retry-After`. 0: unlimited. Default: 2000.
     pub new_sessions_per_second: u32,
+    /// An HTTP answer (long-poll, proxied, any other) or SSE stream whose
+    /// socket accepts nothing for this long is closed. WebSocket sessions
+    /// use `websocket.write_timeout`. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Bytes of unsent output all clients together may hold (queued live
+    /// messages, streamed long-poll answers); past it the clients holding
+    /// the most are dropped first and new large long-poll answers get `503`
+    /// with `Retry-After`. Default: 268435456 (256 MiB).
+    pub max_pending_output_bytes: usize,
+    /// A client whose unsent output passes this is dropped at once.
+    /// Default: 33554432 (32 MiB).
+    pub client_output_hard_bytes: usize,
+    /// A client whose unsent output stays past this for
+    /// `client_output_soft_time` is dropped. Default: 8388608 (8 MiB).
+    pub client_output_soft_bytes: usize,
+    /// See `client_output_soft_bytes`. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub client_output_soft_time: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -173,6 +192,11 @@ impl Default for LimitsConfig {
             longpoll_rate_per_ip: 100,
             trusted_proxies: Vec::new(),
             new_sessions_per_second: 2000,
+            write_timeout: Duration::from_secs(30),
+            max_pending_output_bytes: 256 * 1024 * 1024,
+            client_output_hard_bytes: 32 * 1024 * 1024,
+            client_output_soft_bytes: 8 * 1024 * 1024,
+            client_output_soft_time: Duration::from_secs(60),
         }
     }
 }
@@ -221,6 +245,10 @@ pub struct LongPollConfig {
     /// Most messages in one answer; the client polls again for the rest.
     /// Default: 1000.
     pub max_messages: usize,
+    /// Most bytes of messages in one answer: as many whole messages as fit
+    /// (always at least one), `last_id` the last one included, so the next
+    /// poll pages on from it. Default: 1048576 (1 MiB).
+    pub max_answer_bytes: usize,
     /// Origins allowed to poll cross-site (CORS), e.g. `https://app.example.com`,
     /// or `*`. Default: none.
     pub cors_origins: Vec<String>,
@@ -232,6 +260,7 @@ impl Default for LongPollConfig {
             default_timeout: Duration::from_secs(25),
             max_timeout: Duration::from_secs(120),
             max_messages: 1000,
+            max_answer_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
         }
     }
@@ -535,6 +564,19 @@ impl Config {
                 self.limits.max_subscriptions_per_connection,
             ),
             ("longpoll.max_messages", self.longpoll.max_messages),
+            ("longpoll.max_answer_bytes", self.longpoll.max_answer_bytes),
+            (
+                "limits.max_pending_output_bytes",
+                self.limits.max_pending_output_bytes,
+            ),
+            (
+                "limits.client_output_hard_bytes",
+                self.limits.client_output_hard_bytes,
+            ),
+            (
+                "limits.client_output_soft_bytes",
+                self.limits.client_output_soft_bytes,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -557,6 +599,7 @@ impl Config {
                 self.limits.header_read_timeout,
             ),
             ("limits.body_read_timeout", self.limits.body_read_timeout),
+            ("limits.write_timeout", self.limits.write_timeout),
             ("migration.legacy_window", self.migration.legacy_window),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.timeout", self.proxy.timeout),
@@ -570,6 +613,18 @@ impl Config {
             bad(
                 "websocket.idle_timeout",
                 "must be longer than websocket.ping_interval".into(),
+            );
+        }
+        if self.limits.client_output_soft_bytes > self.limits.client_output_hard_bytes {
+            bad(
+                "limits.client_output_soft_bytes",
+                "must not exceed limits.client_output_hard_bytes".into(),
+            );
+        }
+        if self.longpoll.max_answer_bytes > self.limits.client_output_hard_bytes {
+            bad(
+                "longpoll.max_answer_bytes",
+                "must not exceed limits.client_output_hard_bytes".into(),
             );
         }
         if self.longpoll.default_timeout > self.longpoll.max_timeout {

@@ -11,6 +11,13 @@
 //! them, a poll whose cursor is behind is answered from history without
 //! subscribing, and the answer to a single new message — what a fan-out's
 //! polls all get — is encoded once per message and shared.
+//!
+//! An answer holds as many whole messages as fit in
+//! `longpoll.max_answer_bytes` (at least one); its `last_id` is the last one
+//! included, so the client's next poll pages on from there. A large answer
+//! is not assembled: it is produced chunk by chunk from the messages'
+//! shared envelopes as the socket drains ([`crate::transport::replay`]),
+//! and counted against the gateway's output budget while it is unsent.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -28,9 +35,11 @@ use crate::bus::{Bus, Message, SubscriberQueue};
 use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{json, query_pairs, Request, Response};
+use crate::http::{json, query_pairs, Body, Request, Response};
 use crate::metrics::PollResult;
 use crate::migration;
+use crate::transport::output::standalone_account;
+use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
 
 /// The parsed query of a poll. The strings borrow from the request's URI
@@ -225,9 +234,9 @@ impl AdmittedPoll {
                 read.last_id,
                 read.truncated,
                 read.conflated,
-            )
+            )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], cursor, false, false)
+            respond(gw, &[], cursor, false, false)?
         } else {
             drop(read);
             wait(gw, &self.channel, cursor, self.timeout).await?
@@ -251,20 +260,20 @@ async fn wait(
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
     let (_subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
     if !read.messages.is_empty() || read.truncated || read.conflated {
-        return Ok(respond(
+        return respond(
             gw,
             &read.messages,
             read.last_id,
             read.truncated,
             read.conflated,
-        ));
+        );
     }
     drop(read);
     let mut sleep = pin!(tokio::time::sleep(timeout));
     let mut shutdown = pin!(gw.shutdown.cancelled());
     // The queue is looked at first: messages that arrive in the same turn
     // as the timeout or the shutdown are still delivered.
-    let resp = poll_fn(|cx| {
+    poll_fn(|cx| {
         let drained = SCRATCH.with_borrow_mut(|scratch| {
             let drained = &mut scratch.drained;
             drained.clear();
@@ -287,18 +296,85 @@ async fn wait(
         }
         Poll::Pending
     })
-    .await;
-    Ok(resp)
+    .await
 }
 
-/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false}`.
+/// The first messages that fit in `max_bytes` (envelopes and separators),
+/// at least one.
+fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
+    let mut total = 0;
+    let fit = messages
+        .iter()
+        .take_while(|m| {
+            total += m.envelope.len() + 1;
+            total <= max_bytes
+        })
+        .count();
+    &messages[..fit.max(1).min(messages.len())]
+}
+
+/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false}`,
+/// at most one page of `messages`. A large answer is streamed; `503` when
+/// the output budget has no room for it.
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
     last_id: u64,
     truncated: bool,
     conflated: bool,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let messages = page(messages, gw.config.longpoll.max_answer_bytes);
+    let last_id = messages.last().map_or(last_id, |m| m.id);
+    let body = match messages {
+        // A fan-out's polls: one new message each, the same answer for all,
+        // encoded once per message. (A larger one is streamed from its
+        // shared envelope instead of cached as a second copy.)
+        [only] if !truncated && !conflated && only.envelope.len() < replay::CHUNK => {
+            only.poll_answer().clone()
+        }
+        _ => {
+            let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
+            if size > replay::CHUNK {
+                return streamed(gw, messages, last_id, truncated, conflated);
+            }
+            let envelopes = messages.iter().map(|m| &m.envelope);
+            encode_answer(envelopes, last_id, truncated, conflated)
+        }
+    };
+    count_answer(gw, messages, truncated);
+    Ok(json(StatusCode::OK, body))
+}
+
+/// A large answer, produced as the socket drains and counted as pending
+/// output until it is.
+fn streamed(
+    gw: &Gateway,
+    messages: &[Arc<Message>],
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+) -> Result<Response, ApiError> {
+    let answer = streamed_answer(messages.to_vec(), last_id, truncated, conflated);
+    let size = answer.remaining();
+    if !gw.output.has_room_for(size) {
+        gw.metrics
+            .transport(Transport::LongPoll)
+            .output_refused
+            .inc();
+        return Err(ApiError::OutputBudget(1));
+    }
+    let account = standalone_account(&gw.output, Transport::LongPoll, size);
+    count_answer(gw, messages, truncated);
+    let mut resp = hyper::Response::new(Body::replay(ReplayBody::new(answer, account)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// The answer's metrics.
+fn count_answer(gw: &Gateway, messages: &[Arc<Message>], truncated: bool) {
     let result = if truncated {
         PollResult::Truncated
     } else if messages.is_empty() {
@@ -308,17 +384,39 @@ fn respond(
     };
     gw.metrics.poll_answered(result);
     record_delivery(&gw.metrics, Transport::LongPoll, messages);
-    let body = match messages {
-        // A fan-out's polls: one new message each, the same answer for all,
-        // encoded once per message.
-        [only] if !truncated && !conflated => only.poll_answer().clone(),
-        _ => {
-            let last_id = messages.last().map_or(last_id, |m| m.id);
-            let envelopes = messages.iter().map(|m| &m.envelope);
-            encode_answer(envelopes, last_id, truncated, conflated)
-        }
-    };
-    json(StatusCode::OK, body)
+}
+
+/// The same answer as [`encode_answer`], as a [`Replay`] that produces it
+/// in chunks.
+pub(crate) fn streamed_answer(
+    messages: Vec<Arc<Message>>,
+    last_id: u64,
+    truncated: bool,
+    conflated: bool,
+) -> Replay {
+    let mut closing = BytesMut::with_capacity(64);
+    put_closing(&mut closing, last_id, truncated, conflated);
+    Replay::new(
+        Framing::PollList,
+        Bytes::from_static(b"{\"messages\":["),
+        messages,
+        closing.freeze(),
+    )
+}
+
+/// `],"last_id":N,"truncated":…}`: what follows an answer's messages.
+fn put_closing(out: &mut BytesMut, last_id: u64, truncated: bool, conflated: bool) {
+    out.put_slice(b"],\"last_id\":");
+    out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
+    out.put_slice(if truncated {
+        b",\"truncated\":true"
+    } else {
+        b",\"truncated\":false"
+    });
+    if conflated {
+        out.put_slice(b",\"conflated\":true");
+    }
+    out.put_u8(b'}');
 }
 
 /// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
@@ -338,17 +436,7 @@ pub(crate) fn encode_answer<'a>(
         }
         out.put_slice(envelope);
     }
-    out.put_slice(b"],\"last_id\":");
-    out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
-    out.put_slice(if truncated {
-        b",\"truncated\":true"
-    } else {
-        b",\"truncated\":false"
-    });
-    if conflated {
-        out.put_slice(b",\"conflated\":true");
-    }
-    out.put_u8(b'}');
+    put_closing(&mut out, last_id, truncated, conflated);
     out.freeze()
 }
 

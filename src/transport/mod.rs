@@ -4,6 +4,8 @@
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
 pub mod longpoll;
+pub mod output;
+pub mod replay;
 pub mod sse;
 pub mod throttle;
 pub mod websocket;

@@ -4,6 +4,11 @@
 //! The response body *is* the subscriber: hyper polls [`SseBody`], which
 //! drains the subscriber queue directly, so an SSE stream costs no task or
 //! channel of its own.
+//!
+//! The replayed history is written as the socket drains, a chunk at a time,
+//! from the messages' shared envelopes ([`Replay`]), never assembled whole;
+//! live messages queued meanwhile count against the client's output limits
+//! ([`crate::transport::output`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +29,8 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
+use crate::server::meter::ConnMeter;
+use crate::transport::replay::{Framing, Replay};
 use crate::transport::throttle::Throttle;
 use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
 
@@ -59,7 +66,8 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::Sse);
+    let queue =
+        SubscriberQueue::for_client(gw.config.limits.queue_length, Transport::Sse, &gw.output);
     let (subscription, history) = gw
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
@@ -94,6 +102,8 @@ pub struct SseBody {
     cursor: Cursor,
     /// `retry:`, any truncation notice and the replayed history.
     prelude: Option<(Bytes, Vec<Arc<Message>>)>,
+    /// The prelude being written, chunk by chunk.
+    replay: Option<Box<Replay>>,
     keepalive_every: Duration,
     keepalive: Pin<Box<tokio::time::Sleep>>,
     /// When the last chunk went out. The keepalive timer is re-armed from
@@ -152,6 +162,7 @@ impl SseBody {
             _connection: ConnectionGuard::new(&gw.metrics, Transport::Sse),
             cursor: Cursor(start),
             prelude: Some((head.freeze(), history.messages)),
+            replay: None,
             keepalive_every,
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             last_sent: tokio::time::Instant::now(),
@@ -166,6 +177,33 @@ impl SseBody {
             throttle_timer: None,
             rules: gw.rules.clone(),
         }
+    }
+
+    /// Lets the output reaper abort the connection of a dropped client
+    /// (the stream's output account is made now for it).
+    pub fn attach_meter(&self, meter: &Arc<ConnMeter>) {
+        if let Some(account) = self.queue.output() {
+            account.attach_meter(meter);
+        }
+    }
+
+    /// The prelude as a [`Replay`]: the events of the history this client
+    /// may have (throttled channels' extra updates are held), counted as
+    /// delivered now.
+    fn start_replay(&mut self, head: Bytes, mut history: Vec<Arc<Message>>) -> Replay {
+        if self.throttle.is_enabled() {
+            let metrics = self.metrics.clone();
+            self.throttle.admit(
+                &self.rules,
+                &mut history,
+                std::time::Instant::now(),
+                metrics.transport(Transport::Sse),
+            );
+        }
+        let cursor = &mut self.cursor;
+        history.retain(|m| cursor.advance(m.id));
+        record_delivery(&self.metrics, Transport::Sse, &history);
+        Replay::new(Framing::SseEvents, head, history, Bytes::new())
     }
 
     /// The events of `messages` this client may have now, as one chunk
@@ -261,13 +299,18 @@ impl HttpBody for SseBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some((head, replay)) = this.prelude.take() {
-            let mut out = BytesMut::from(&head[..]);
-            if let Some(events) = this.encode(&replay) {
-                out.put_slice(&events);
+        if let Some((head, history)) = this.prelude.take() {
+            this.replay = Some(Box::new(this.start_replay(head, history)));
+        }
+        // The replay goes first, as the socket takes it.
+        if let Some(replay) = this.replay.as_mut() {
+            match replay.next_chunk() {
+                Some(chunk) => {
+                    this.note_sent();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                None => this.replay = None,
             }
-            this.note_sent();
-            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
         let expired = this
             .token_expiry

@@ -141,7 +141,11 @@ pub async fn handle(
     admit(gw, Transport::WebSocket).inspect_err(failed(UpgradeFailure::Limit))?;
 
     // Subscribe before answering, so nothing published meanwhile is lost.
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    let queue = SubscriberQueue::for_client(
+        gw.config.limits.queue_length,
+        Transport::WebSocket,
+        &gw.output,
+    );
     let mut initial = Vec::with_capacity(channels.len());
     for channel in channels {
         let (subscription, history) = gw
@@ -186,7 +190,11 @@ pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response
         return Err(ApiError::MethodNotAllowed("GET"));
     }
     check_handshake(gw, &req)?;
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    let queue = SubscriberQueue::for_client(
+        gw.config.limits.queue_length,
+        Transport::WebSocket,
+        &gw.output,
+    );
     let start = Start {
         handler: Handler::Echo,
         credentials: Default::default(),

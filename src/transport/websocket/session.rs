@@ -429,6 +429,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             Wake::Drained(Err(QueueClosed::Shutdown)) => {
                 Err(self.going_away(1001, "server shutting down"))
             }
+            Wake::Drained(Err(QueueClosed::OutputLimit)) => Err(End::Close(
+                1013,
+                "slow consumer: output limit exceeded; reconnect and resume".into(),
+            )),
             Wake::Tick => self.on_tick().await,
             Wake::Throttled => {
                 let mut due = Vec::new();
@@ -692,7 +696,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             tokio::select! {
                 // Includes the stall limit: no progress for write_timeout.
                 result = &mut write => return result.map_err(|_| End::Drop),
-                _ = queue.overflowed(), if !lagging => lagging = true,
+                closed = queue.overflowed(), if !lagging => {
+                    // Dropped for its output limit: no waiting for history.
+                    if closed == QueueClosed::OutputLimit {
+                        return Err(End::Drop);
+                    }
+                    lagging = true;
+                }
                 // Behind, and the socket takes nothing: once history can no
                 // longer cover what this client has missed, waiting is
                 // pointless. (A frame may be half written: no close frame.)
@@ -715,7 +725,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             count_dropped(&self.gw, missed);
             return Err(slow_consumer());
         }
-        let queue = SubscriberQueue::new(self.gw.config.limits.queue_length, Transport::WebSocket);
+        let queue = SubscriberQueue::for_client(
+            self.gw.config.limits.queue_length,
+            Transport::WebSocket,
+            &self.gw.output,
+        );
         let channels: Vec<ChannelName> =
             self.subscriptions.iter().map(|(c, _)| c.clone()).collect();
         let mut backlog = Vec::new();
