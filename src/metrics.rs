@@ -5,6 +5,9 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod floods;
+pub use floods::FloodMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -88,6 +91,8 @@ pub struct Metrics {
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
     upgrade_failures: [IntCounter; 5],
+    /// Flood limits: refused commands, history evictions, backend auth.
+    pub floods: FloodMetrics,
 }
 
 impl Metrics {
@@ -290,6 +295,7 @@ impl Metrics {
         reg(Box::new(legacy_clients.clone()));
         reg(Box::new(fallbacks));
         reg(Box::new(upgrade_failures));
+        let floods = FloodMetrics::new(&registry);
 
         Metrics {
             registry,
@@ -308,6 +314,7 @@ impl Metrics {
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
+            floods,
         }
     }
 

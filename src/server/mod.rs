@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod assets;
+pub mod channel_list;
 pub mod limits;
 pub mod meter;
 pub mod public;
