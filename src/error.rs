@@ -59,6 +59,10 @@ pub enum ApiError {
     /// The backend that decides who may subscribe did not answer.
     #[error("{0}")]
     AuthUnavailable(String),
+    /// This client address has too many backend auth checks in flight or
+    /// per second (`auth.auth_max_concurrent_per_ip`, `auth.auth_rate_per_ip`).
+    #[error("too many authorisation checks from this address; retry after {0} s")]
+    AuthRateLimited(u64),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -77,7 +81,9 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            TooManySubscriptions(_) | RateLimited(_) | AuthRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             Bus(_) | ShuttingDown(_) | Overloaded(_) | AuthUnavailable(_) => {
@@ -110,6 +116,7 @@ impl ApiError {
             ShuttingDown(_) => "shutting_down",
             Overloaded(_) => "overloaded",
             AuthUnavailable(_) => "auth_unavailable",
+            AuthRateLimited(_) => "auth_rate_limited",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -131,6 +138,7 @@ impl ApiError {
             ApiError::Bus(_) | ApiError::AuthUnavailable(_) => Some(1),
             ApiError::ShuttingDown(secs)
             | ApiError::RateLimited(secs)
+            | ApiError::AuthRateLimited(secs)
             | ApiError::Overloaded(secs) => Some(*secs),
             _ => None,
         }

@@ -21,6 +21,7 @@ use crate::proxy::Proxy;
 use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
+use crate::transport::client_channels::ClientChannels;
 
 pub struct Gateway {
     pub config: Config,
@@ -55,6 +56,8 @@ pub struct Gateway {
     pub tls: Option<Tls>,
     /// Who still polls: distinct legacy clients, top polling pages.
     pub migration: Migration,
+    /// Channels created by client publishes, capped.
+    pub client_channels: ClientChannels,
 }
 
 impl Gateway {
@@ -68,7 +71,12 @@ impl Gateway {
                 rules.with_state_default(&b.channel)
             });
         let bridges = Bridges::new(&config, &metrics);
-        let auth = Authorizer::new(&config.auth, rules.clone())?;
+        let auth = Authorizer::new(&config.auth, rules.clone(), &metrics)?;
+        let client_channels = ClientChannels::new(
+            config.limits.ws.max_client_channels,
+            config.history.max_age,
+            metrics.floods.client_channels.clone(),
+        );
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
@@ -113,6 +121,7 @@ impl Gateway {
             admission,
             tls,
             migration,
+            client_channels,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }

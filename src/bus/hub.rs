@@ -794,4 +794,103 @@ mod tests {
         let names: Vec<_> = hub.stats().into_iter().map(|s| s.channel).collect();
         assert_eq!(names, vec!["watched"]);
     }
+
+    fn hub_with_bytes(max_bytes: usize, max_total_bytes: usize) -> Hub {
+        let history = HistoryConfig {
+            size: 1000,
+            max_bytes,
+            max_total_bytes,
+            ..HistoryConfig::default()
+        };
+        Hub::new(ChannelRules::default(), history, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_per_channel_and_resume_says_truncated() {
+        let hub = hub_with_bytes(1000, 1 << 20);
+        let ch = name("big");
+        let data = Bytes::from(vec![b'1'; 300]);
+        for _ in 0..10 {
+            hub.publish_next(&ch, &data);
+        }
+        let stats = &hub.stats()[0];
+        assert!(stats.history_bytes <= 1000, "{stats:?}");
+        assert_eq!(
+            stats.history, 3,
+            "three 332-byte envelopes of 300-byte payloads fit in 1000"
+        );
+        let read = hub.read(&ch, Some(0), 100);
+        assert!(read.truncated);
+        assert_eq!(ids(&read), vec![8, 9, 10]);
+        // One message larger than the limit is still kept (the newest).
+        hub.publish_next(&ch, &Bytes::from(vec![b'1'; 5000]));
+        assert_eq!(ids(&hub.read(&ch, Some(10), 100)), vec![11]);
+        assert_eq!(hub.history_bytes(), hub.stats()[0].history_bytes);
+    }
+
+    #[test]
+    fn node_budget_evicts_the_oldest_of_any_channel_first() {
+        let hub = hub_with_bytes(1 << 20, 8000);
+        let data = Bytes::from(vec![b'1'; 1000]);
+        let (a, b) = (name("a"), name("b"));
+        for _ in 0..4 {
+            hub.publish_next(&a, &data);
+        }
+        for _ in 0..6 {
+            hub.publish_next(&b, &data);
+        }
+        assert!(hub.history_bytes() <= 8000, "{}", hub.history_bytes());
+        // a's messages are the oldest: they went first; b kept its newest.
+        let read_a = hub.read(&a, Some(0), 100);
+        assert!(
+            read_a.truncated && read_a.messages.is_empty(),
+            "{:?}",
+            ids(&read_a)
+        );
+        let read_b = hub.read(&b, Some(0), 100);
+        assert_eq!(*ids(&read_b).last().unwrap(), 6);
+        assert!(ids(&read_b).len() >= 5);
+        assert_eq!(
+            hub.history_bytes(),
+            hub.stats().iter().map(|s| s.history_bytes).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn a_channel_nothing_uses_is_forgotten_when_its_last_subscriber_leaves() {
+        let hub = hub_with(10, vec![]);
+        let q = SubscriberQueue::new(4, Transport::WebSocket);
+        for i in 0..100 {
+            let (sub, _) = hub.subscribe(&name(&format!("churn.{i}")), Some(0), &q, 10);
+            drop(sub);
+        }
+        assert_eq!(hub.channel_count(), 0);
+        // A channel with history, or another subscriber, stays.
+        let (s1, _) = hub.subscribe(&name("kept"), None, &q, 0);
+        let (s2, _) = hub.subscribe(&name("kept"), None, &q, 0);
+        drop(s1);
+        assert_eq!(hub.channel_count(), 1);
+        hub.publish_next(&name("kept"), &Bytes::from("1"));
+        drop(s2);
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(hub.last_id(&name("kept")), 1);
+    }
+
+    #[test]
+    fn stats_pages_in_name_order() {
+        let hub = hub_with(10, vec![]);
+        for n in ["d", "b", "a", "c", "e"] {
+            hub.publish_next(&name(n), &Bytes::from("1"));
+        }
+        let page = |after: Option<&str>, limit| -> Vec<String> {
+            hub.stats_page(after, limit)
+                .into_iter()
+                .map(|s| s.channel)
+                .collect()
+        };
+        assert_eq!(page(None, 2), vec!["a", "b"]);
+        assert_eq!(page(Some("b"), 2), vec!["c", "d"]);
+        assert_eq!(page(Some("d"), 2), vec!["e"]);
+        assert!(page(Some("e"), 2).is_empty());
+    }
 }
