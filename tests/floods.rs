@@ -463,6 +463,37 @@ async fn a_command_flood_is_refused_then_closed() {
 }
 
 #[tokio::test]
+async fn channels_left_by_their_last_subscriber_are_forgotten_at_once() {
+    let gw = Gateway::start(&[]).await;
+    let mut ws = WsClient::connect(&gw.ws_url("/rt/ws")).await;
+    // Within the default command burst (100).
+    for i in 0..40 {
+        ws.send_json(&json!({"type":"subscribe","channel":format!("gone.{i}")}))
+            .await;
+        ws.expect_control("subscribed", T5).await;
+        ws.send_json(&json!({"type":"unsubscribe","channel":format!("gone.{i}")}))
+            .await;
+        ws.expect_control("unsubscribed", T5).await;
+    }
+    let listing = get(&gw.admin_url("/channels")).await.json();
+    let left: Vec<&Value> = listing["channels"].as_array().unwrap().iter().collect();
+    assert!(
+        left.is_empty(),
+        "entries left by subscribe/unsubscribe: {left:?}"
+    );
+    // A channel with history stays (its ids must not restart).
+    gw.publish_json("kept", &json!(1)).await;
+    ws.send_json(&json!({"type":"subscribe","channel":"kept"}))
+        .await;
+    ws.expect_control("subscribed", T5).await;
+    ws.send_json(&json!({"type":"unsubscribe","channel":"kept"}))
+        .await;
+    ws.expect_control("unsubscribed", T5).await;
+    let listing = get(&gw.admin_url("/channels")).await.json();
+    assert_eq!(listing["channels"][0]["channel"], "kept", "{listing}");
+}
+
+#[tokio::test]
 async fn subscribe_churn_leaves_no_channels_and_the_listing_pages() {
     let gw = Gateway::start(&["--ws-command-rate", "0"]).await;
     let mut flood = Flood::open(gw.public, "/rt/ws", &[]).await;
