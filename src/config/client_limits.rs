@@ -29,9 +29,9 @@ pub struct WsClientLimits {
     /// Payload bytes a connection may publish per second. 0: unlimited.
     /// Default: 65536 (64 KiB).
     pub publish_bytes_rate: u64,
-    /// Payload bytes a connection may publish at once; at least
-    /// `limits.max_message_bytes`, so a largest message can pass.
-    /// Default: 262144 (256 KiB).
+    /// Payload bytes a connection may publish at once. A message larger
+    /// than this takes a full bucket (it is slowed down, never refused
+    /// for good). Default: 262144 (256 KiB).
     pub publish_bytes_burst: u64,
     /// Rate refusals a connection may collect (forgiven at one per
     /// second) before it is closed with 1008. Default: 20.
@@ -61,7 +61,7 @@ impl Default for WsClientLimits {
 
 impl WsClientLimits {
     /// Problems with these values, as (key, message).
-    pub fn problems(&self, max_message_bytes: usize) -> Vec<(String, String)> {
+    pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         if self.command_rate > 0 && self.command_burst == 0 {
             problems.push((
@@ -75,12 +75,10 @@ impl WsClientLimits {
                 "must be at least 1 while limits.ws.publish_rate is set".into(),
             ));
         }
-        if self.publish_bytes_rate > 0 && self.publish_bytes_burst < max_message_bytes as u64 {
+        if self.publish_bytes_rate > 0 && self.publish_bytes_burst == 0 {
             problems.push((
                 "limits.ws.publish_bytes_burst".into(),
-                format!(
-                    "must be at least limits.max_message_bytes ({max_message_bytes}), or a largest message could never be published"
-                ),
+                "must be at least 1 while limits.ws.publish_bytes_rate is set".into(),
             ));
         }
         problems

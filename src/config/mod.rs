@@ -530,7 +530,7 @@ impl Config {
                 format!("not a log filter: {:?}", self.log_level),
             );
         }
-        for (key, message) in self.limits.ws.problems(self.limits.max_message_bytes) {
+        for (key, message) in self.limits.ws.problems() {
             bad(&key, message);
         }
         let positive = [
