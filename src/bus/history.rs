@@ -105,8 +105,8 @@ pub(super) struct Budget {
 
 /// A channel's history as the eviction pass sees it.
 pub(super) trait Evictable {
-    /// Locks the channel and drops its oldest kept message if it was
-    /// published at `at` or before; returns the next oldest one's time.
+    /// Locks the channel and drops its oldest kept message; returns when
+    /// the next oldest one was published (None: nothing left).
     fn evict_oldest(&self, budget: &Budget) -> Option<Instant>;
     /// When its oldest kept message was published.
     fn oldest(&self) -> Option<Instant>;
