@@ -62,6 +62,10 @@ pub enum ApiError {
     /// The backend that decides who may subscribe did not answer.
     #[error("{0}")]
     AuthUnavailable(String),
+    /// This client address has too many backend auth checks in flight or
+    /// per second (`auth.auth_max_concurrent_per_ip`, `auth.auth_rate_per_ip`).
+    #[error("too many authorisation checks from this address; retry after {0} s")]
+    AuthRateLimited(u64),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -80,7 +84,9 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            TooManySubscriptions(_) | RateLimited(_) | AuthRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             Bus(_) | ShuttingDown(_) | Overloaded(_) | OutputBudget(_) | AuthUnavailable(_) => {
@@ -114,6 +120,7 @@ impl ApiError {
             Overloaded(_) => "overloaded",
             OutputBudget(_) => "output_budget_exhausted",
             AuthUnavailable(_) => "auth_unavailable",
+            AuthRateLimited(_) => "auth_rate_limited",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -135,6 +142,7 @@ impl ApiError {
             ApiError::Bus(_) | ApiError::AuthUnavailable(_) => Some(1),
             ApiError::ShuttingDown(secs)
             | ApiError::RateLimited(secs)
+            | ApiError::AuthRateLimited(secs)
             | ApiError::Overloaded(secs)
             | ApiError::OutputBudget(secs) => Some(*secs),
             _ => None,

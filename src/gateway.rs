@@ -22,6 +22,7 @@ use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
 use crate::transport::output::OutputBudget;
+use crate::transport::client_channels::ClientChannels;
 
 pub struct Gateway {
     pub config: Config,
@@ -58,6 +59,8 @@ pub struct Gateway {
     pub migration: Migration,
     /// Unsent output per client and in total (`limits.*output*`).
     pub output: Arc<OutputBudget>,
+    /// Channels created by client publishes, capped.
+    pub client_channels: ClientChannels,
 }
 
 impl Gateway {
@@ -71,7 +74,12 @@ impl Gateway {
                 rules.with_state_default(&b.channel)
             });
         let bridges = Bridges::new(&config, &metrics);
-        let auth = Authorizer::new(&config.auth, rules.clone())?;
+        let auth = Authorizer::new(&config.auth, rules.clone(), &metrics)?;
+        let client_channels = ClientChannels::new(
+            config.limits.ws.max_client_channels,
+            config.history.max_age,
+            metrics.floods.client_channels.clone(),
+        );
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
@@ -118,6 +126,7 @@ impl Gateway {
             tls,
             migration,
             output,
+            client_channels,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }

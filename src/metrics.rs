@@ -5,6 +5,9 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod floods;
+pub use floods::FloodMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -97,6 +100,8 @@ pub struct Metrics {
     pub output_pending_bytes: IntGauge,
     /// `limits.max_pending_output_bytes`, for dashboards.
     pub output_budget_bytes: IntGauge,
+    /// Flood limits: refused commands, history evictions, backend auth.
+    pub floods: FloodMetrics,
 }
 
 impl Metrics {
@@ -332,6 +337,7 @@ impl Metrics {
         reg(Box::new(output_refused));
         reg(Box::new(output_pending_bytes.clone()));
         reg(Box::new(output_budget_bytes.clone()));
+        let floods = FloodMetrics::new(&registry);
 
         Metrics {
             registry,
@@ -352,6 +358,7 @@ impl Metrics {
             upgrade_failures: upgrade_failure_counters,
             output_pending_bytes,
             output_budget_bytes,
+            floods,
         }
     }
 

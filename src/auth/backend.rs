@@ -1,10 +1,13 @@
 //! Delegating the decision to the existing backend: `GET {auth_url}?channel=NAME`
 //! with the client's `Cookie` and `Authorization`; 2xx allows, anything else
 //! denies. Answers are cached per (credentials, channel) for
-//! `auth.auth_cache_ttl`, so a long-polling client doesn't cost the backend
-//! a request per poll.
+//! `auth.auth_cache_ttl` — denials as well as grants, so asking again
+//! costs the backend nothing either way —, in at most
+//! `auth.auth_cache_max_entries` entries. What does reach the backend is
+//! bounded by the [`AuthLimiter`].
 
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,14 +18,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::limiter::AuthLimiter;
 use super::{Credentials, Grant};
 use crate::channel::ChannelName;
 use crate::config::AuthConfig;
 use crate::error::ApiError;
-
-/// Cached answers kept at most; past it the cache starts over (bounded
-/// memory whatever the number of distinct clients).
-const MAX_CACHED: usize = 100_000;
+use crate::metrics::FloodMetrics;
 
 pub struct BackendAuth {
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -31,10 +32,19 @@ pub struct BackendAuth {
     timeout: Duration,
     /// (hash of the credentials, channel) → (allowed, until).
     cache: DashMap<(u64, ChannelName), (bool, Instant)>,
+    /// `auth.auth_cache_max_entries`.
+    max_cached: usize,
+    limiter: AuthLimiter,
+    requests: prometheus::IntCounter,
+    cached_gauge: prometheus::IntGauge,
 }
 
 impl BackendAuth {
-    pub fn new(url: &str, config: &AuthConfig) -> Result<BackendAuth, String> {
+    pub fn new(
+        url: &str,
+        config: &AuthConfig,
+        metrics: &FloodMetrics,
+    ) -> Result<BackendAuth, String> {
         url.parse::<http::Uri>()
             .map_err(|e| format!("auth.auth_url {url:?}: {e}"))?;
         let mut http = HttpConnector::new();
@@ -45,24 +55,31 @@ impl BackendAuth {
             ttl: config.auth_cache_ttl,
             timeout: config.auth_timeout,
             cache: DashMap::new(),
+            max_cached: config.auth_cache_max_entries.max(1),
+            limiter: AuthLimiter::new(config, metrics),
+            requests: metrics.auth_backend_requests.clone(),
+            cached_gauge: metrics.auth_cache_entries.clone(),
         })
     }
 
+    /// Whether the backend lets these credentials (presented from `client`)
+    /// read `channel`.
     pub async fn allows(
         &self,
         channel: &ChannelName,
         credentials: &Credentials,
+        client: IpAddr,
     ) -> Result<Grant, ApiError> {
         let key = (credentials_hash(credentials), channel.clone());
         let cached = self.cache.get(&key).map(|e| *e.value());
         let allowed = match cached {
             Some((allowed, until)) if until > Instant::now() => allowed,
             _ => {
-                let allowed = self.ask(channel, credentials).await?;
-                if self.cache.len() >= MAX_CACHED {
-                    self.cache.clear();
-                }
-                self.cache.insert(key, (allowed, Instant::now() + self.ttl));
+                let permit = self.limiter.acquire(client)?;
+                let allowed = self.ask(channel, credentials).await;
+                drop(permit);
+                let allowed = allowed?;
+                self.remember(key, allowed);
                 allowed
             }
         };
@@ -71,6 +88,29 @@ impl BackendAuth {
         } else {
             Err(ApiError::Forbidden("not allowed to subscribe".into()))
         }
+    }
+
+    /// Caches an answer. When full, expired answers go first; if none
+    /// have expired, the cache starts over (the limiter bounds how fast it
+    /// refills: `auth_rate × auth_cache_ttl` entries at most).
+    fn remember(&self, key: (u64, ChannelName), allowed: bool) {
+        let now = Instant::now();
+        if self.cache.len() >= self.max_cached {
+            self.cache.retain(|_, (_, until)| *until > now);
+            if self.cache.len() >= self.max_cached {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(key, (allowed, now + self.ttl));
+        self.cached_gauge.set(self.cache.len() as i64);
+    }
+
+    /// Forgets expired answers and idle per-address limits.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.cache.retain(|_, (_, until)| *until > now);
+        self.cached_gauge.set(self.cache.len() as i64);
+        self.limiter.sweep();
     }
 
     async fn ask(
@@ -91,6 +131,7 @@ impl BackendAuth {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, authorization.clone());
         }
+        self.requests.inc();
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response.status().is_success()),
             Ok(Err(e)) => {

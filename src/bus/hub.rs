@@ -5,16 +5,21 @@
 //! pushing to every subscriber queue, so all subscribers see one order and a
 //! subscription taken under the same lock gets history and live messages
 //! with no gap and no overlap.
+//!
+//! History is bounded per channel by count, age and bytes, and over the
+//! node by bytes ([`history`](super::history)). A channel nobody
+//! subscribes to and nothing was published on is forgotten as soon as its
+//! last subscriber leaves, so subscribe/unsubscribe churn leaves nothing.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::history::{Budget, Evictable, History};
 use super::queue::{Pushed, QueueClosed, SubscriberQueue};
 use super::Message;
 use crate::channel::ChannelName;
@@ -43,6 +48,8 @@ pub struct ChannelStats {
     pub mode: ChannelMode,
     pub last_id: u64,
     pub history: usize,
+    /// Bytes of the kept messages (counted against `history.max_bytes`).
+    pub history_bytes: usize,
     pub subscribers: SubscriberCounts,
 }
 
@@ -66,18 +73,35 @@ struct ChannelInner {
     removed: bool,
     mode: ChannelMode,
     last_id: u64,
-    history: VecDeque<Arc<Message>>,
+    history: History,
     subscribers: Vec<Subscriber>,
     last_activity: Instant,
 }
 
+impl ChannelInner {
+    /// Nothing here worth keeping: no subscriber, no history, and no id
+    /// handed out (forgetting a used channel would restart its ids, so
+    /// those wait for the sweeper's `idle_channel_ttl`).
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty() && self.last_id == 0
+    }
+}
+
 struct ChannelSlot {
+    /// Its key in the map, so a dropped subscription can remove it.
+    name: ChannelName,
     inner: Mutex<ChannelInner>,
 }
 
+type Channels = DashMap<ChannelName, Arc<ChannelSlot>>;
+
 /// All channels this node knows.
 pub struct Hub {
-    channels: DashMap<ChannelName, Arc<ChannelSlot>>,
+    /// Shared with every [`Subscription`], which removes an unused channel
+    /// when it is dropped.
+    channels: Arc<Channels>,
+    /// Byte limits of history, per channel and for the node.
+    budget: Budget,
     rules: ChannelRules,
     history: HistoryConfig,
     metrics: Arc<Metrics>,
@@ -86,26 +110,65 @@ pub struct Hub {
     next_key: AtomicU64,
 }
 
-/// A live subscription; dropping it unsubscribes.
+/// A live subscription; dropping it unsubscribes (and forgets the
+/// channel at once if nothing else uses it).
 pub struct Subscription {
     slot: Arc<ChannelSlot>,
+    channels: Arc<Channels>,
     key: u64,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut inner = self.slot.inner.lock();
-        if let Some(pos) = inner.subscribers.iter().position(|s| s.key == self.key) {
-            inner.subscribers.swap_remove(pos);
-            inner.last_activity = Instant::now();
+        let unused = {
+            let mut inner = self.slot.inner.lock();
+            if let Some(pos) = inner.subscribers.iter().position(|s| s.key == self.key) {
+                inner.subscribers.swap_remove(pos);
+                inner.last_activity = Instant::now();
+            }
+            inner.is_unused() && !inner.removed
+        };
+        if unused {
+            // Map shard first, then the channel lock: the sweeper's order.
+            // Checked again under both, as a publish or subscribe may have
+            // come in between.
+            self.channels.remove_if(&self.slot.name, |_, slot| {
+                if !Arc::ptr_eq(slot, &self.slot) {
+                    return false;
+                }
+                let mut inner = slot.inner.lock();
+                let unused = inner.is_unused();
+                if unused {
+                    inner.removed = true;
+                }
+                unused
+            });
         }
+    }
+}
+
+impl Evictable for Arc<ChannelSlot> {
+    fn evict_oldest(&self, budget: &Budget) -> Option<Instant> {
+        let mut inner = self.inner.lock();
+        if inner.removed {
+            return None;
+        }
+        if inner.history.pop_front(budget).is_some() {
+            budget.count_total_eviction();
+        }
+        inner.history.front().map(|m| m.published_at)
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.inner.lock().history.front().map(|m| m.published_at)
     }
 }
 
 impl Hub {
     pub fn new(rules: ChannelRules, history: HistoryConfig, metrics: Arc<Metrics>) -> Hub {
         Hub {
-            channels: DashMap::new(),
+            channels: Arc::new(DashMap::new()),
+            budget: Budget::new(history.max_bytes, history.max_total_bytes, &metrics),
             rules,
             history,
             metrics,
@@ -136,11 +199,12 @@ impl Hub {
                     .entry(channel.clone())
                     .or_insert_with(|| {
                         Arc::new(ChannelSlot {
+                            name: channel.clone(),
                             inner: Mutex::new(ChannelInner {
                                 removed: false,
                                 mode: self.mode_of(channel.as_str()),
                                 last_id: 0,
-                                history: VecDeque::new(),
+                                history: History::default(),
                                 subscribers: Vec::new(),
                                 last_activity: Instant::now(),
                             }),
@@ -170,20 +234,40 @@ impl Hub {
     /// Messages at or below the channel's last id are ignored, so replays
     /// and gap-fills never duplicate.
     pub fn deliver(&self, msg: Arc<Message>) -> bool {
-        self.with_channel(&msg.channel, |_, inner| {
+        let delivered = self.with_channel(&msg.channel, |_, inner| {
             if msg.id <= inner.last_id {
                 return false;
             }
             self.record_and_fan_out(inner, &msg);
             true
-        })
+        });
+        self.keep_within_budget();
+        delivered
+    }
+
+    /// Evicts the oldest history of any channel while this node is over
+    /// `history.max_total_bytes`. Called with no channel lock held.
+    fn keep_within_budget(&self) {
+        if self.budget.over() {
+            let slots = self
+                .channels
+                .iter()
+                .map(|e| e.value().clone())
+                .collect::<Vec<_>>();
+            self.budget.evict(slots.into_iter());
+        }
+    }
+
+    /// Bytes of history this node holds now.
+    pub fn history_bytes(&self) -> usize {
+        self.budget.total()
     }
 
     /// Assigns the next ids to several payloads of one channel, records
     /// them and fans them out together: a subscriber in direct mode gets
     /// them in one write.
     pub fn publish_next_many(&self, channel: &ChannelName, data: &[Bytes]) -> Vec<Arc<Message>> {
-        self.with_channel(channel, |_, inner| {
+        let published = self.with_channel(channel, |_, inner| {
             let now = Instant::now();
             let msgs: Vec<Arc<Message>> = data
                 .iter()
@@ -199,7 +283,9 @@ impl Hub {
                 .collect();
             self.record_and_fan_out_all(inner, &msgs);
             msgs
-        })
+        });
+        self.keep_within_budget();
+        published
     }
 
     fn record_and_fan_out(&self, inner: &mut ChannelInner, msg: &Arc<Message>) {
@@ -214,15 +300,19 @@ impl Hub {
         inner.last_activity = last.published_at;
         if inner.mode == ChannelMode::State {
             // A state channel's history is its latest value.
-            inner.history.clear();
-            inner.history.push_back(last.clone());
+            inner.history.clear(&self.budget);
+            inner.history.push(last.clone(), &self.budget);
         } else {
-            inner.history.extend(msgs.iter().cloned());
+            for msg in msgs {
+                inner.history.push(msg.clone(), &self.budget);
+            }
         }
-        while inner.history.len() > self.history.size {
-            inner.history.pop_front();
-        }
-        trim_by_age(&mut inner.history, self.history.max_age, last.published_at);
+        inner.history.trim(
+            self.history.size,
+            self.history.max_age,
+            last.published_at,
+            &self.budget,
+        );
 
         let mode = inner.mode;
         let mut i = 0;
@@ -267,6 +357,7 @@ impl Hub {
             (
                 Subscription {
                     slot: slot.clone(),
+                    channels: self.channels.clone(),
                     key,
                 },
                 read,
@@ -298,28 +389,41 @@ impl Hub {
     }
 
     /// Per-channel figures, sorted by name.
+    #[cfg(test)]
     pub fn stats(&self) -> Vec<ChannelStats> {
-        let slots: Vec<(ChannelName, Arc<ChannelSlot>)> = self
+        self.stats_page(None, usize::MAX)
+    }
+
+    /// Per-channel figures of at most `limit` channels named after
+    /// `after`, sorted by name: one page of `/channels`. Only the page's
+    /// channels are locked and described.
+    pub fn stats_page(&self, after: Option<&str>, limit: usize) -> Vec<ChannelStats> {
+        let mut names: Vec<ChannelName> = self
             .channels
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| e.key().clone())
+            .filter(|name| after.is_none_or(|after| name.as_str() > after))
             .collect();
-        let mut stats: Vec<ChannelStats> = slots
+        if names.len() > limit {
+            names.select_nth_unstable(limit);
+            names.truncate(limit);
+        }
+        names.sort_unstable();
+        names
             .into_iter()
-            .map(|(name, slot)| {
+            .filter_map(|name| {
+                let slot = self.channels.get(&name).map(|s| s.value().clone())?;
                 let inner = slot.inner.lock();
-                let subscribers = count_subscribers(&inner.subscribers);
-                ChannelStats {
+                Some(ChannelStats {
                     channel: name.to_string(),
                     mode: inner.mode,
                     last_id: inner.last_id,
                     history: inner.history.len(),
-                    subscribers,
-                }
+                    history_bytes: inner.history.bytes(),
+                    subscribers: count_subscribers(&inner.subscribers),
+                })
             })
-            .collect();
-        stats.sort_by(|a, b| a.channel.cmp(&b.channel));
-        stats
+            .collect()
     }
 
     /// Ages history out and forgets channels with no history, no
@@ -329,7 +433,7 @@ impl Hub {
         let ttl = self.history.idle_channel_ttl;
         self.channels.retain(|_, slot| {
             let mut inner = slot.inner.lock();
-            trim_by_age(&mut inner.history, max_age, now);
+            inner.history.trim_by_age(max_age, now, &self.budget);
             let idle = inner.subscribers.is_empty()
                 && inner.history.is_empty()
                 && now.saturating_duration_since(inner.last_activity) >= ttl;
@@ -338,6 +442,7 @@ impl Hub {
             }
             !idle
         });
+        self.budget.over();
     }
 
     /// Subscribers of one channel on this node, by transport (zero for a
@@ -365,7 +470,7 @@ impl Hub {
         };
         let mut inner = slot.inner.lock();
         inner.removed = true;
-        inner.history.clear();
+        inner.history.clear(&self.budget);
         for subscriber in inner.subscribers.drain(..) {
             subscriber.queue.close(QueueClosed::Shutdown);
         }
@@ -384,15 +489,6 @@ fn count_subscribers(subscribers: &[Subscriber]) -> SubscriberCounts {
         }
     }
     counts
-}
-
-fn trim_by_age(history: &mut VecDeque<Arc<Message>>, max_age: Duration, now: Instant) {
-    while history
-        .front()
-        .is_some_and(|m| now.saturating_duration_since(m.published_at) > max_age)
-    {
-        history.pop_front();
-    }
 }
 
 /// Where a history read starts, by the cursor rules every bus shares.
@@ -479,6 +575,8 @@ fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> Histo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::bus::queue::QueueClosed;
     use crate::config::ChannelRule;
 
@@ -685,6 +783,7 @@ mod tests {
             size: 10,
             max_age: Duration::from_secs(60),
             idle_channel_ttl: Duration::from_secs(1),
+            ..HistoryConfig::default()
         };
         let hub = Hub::new(ChannelRules::default(), history, Arc::new(Metrics::new()));
         hub.publish_next(&name("old"), &Bytes::from("1"));
@@ -694,5 +793,104 @@ mod tests {
         hub.sweep(later);
         let names: Vec<_> = hub.stats().into_iter().map(|s| s.channel).collect();
         assert_eq!(names, vec!["watched"]);
+    }
+
+    fn hub_with_bytes(max_bytes: usize, max_total_bytes: usize) -> Hub {
+        let history = HistoryConfig {
+            size: 1000,
+            max_bytes,
+            max_total_bytes,
+            ..HistoryConfig::default()
+        };
+        Hub::new(ChannelRules::default(), history, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_per_channel_and_resume_says_truncated() {
+        let hub = hub_with_bytes(1000, 1 << 20);
+        let ch = name("big");
+        let data = Bytes::from(vec![b'1'; 300]);
+        for _ in 0..10 {
+            hub.publish_next(&ch, &data);
+        }
+        let stats = &hub.stats()[0];
+        assert!(stats.history_bytes <= 1000, "{stats:?}");
+        assert_eq!(
+            stats.history, 3,
+            "three 332-byte envelopes of 300-byte payloads fit in 1000"
+        );
+        let read = hub.read(&ch, Some(0), 100);
+        assert!(read.truncated);
+        assert_eq!(ids(&read), vec![8, 9, 10]);
+        // One message larger than the limit is still kept (the newest).
+        hub.publish_next(&ch, &Bytes::from(vec![b'1'; 5000]));
+        assert_eq!(ids(&hub.read(&ch, Some(10), 100)), vec![11]);
+        assert_eq!(hub.history_bytes(), hub.stats()[0].history_bytes);
+    }
+
+    #[test]
+    fn node_budget_evicts_the_oldest_of_any_channel_first() {
+        let hub = hub_with_bytes(1 << 20, 8000);
+        let data = Bytes::from(vec![b'1'; 1000]);
+        let (a, b) = (name("a"), name("b"));
+        for _ in 0..4 {
+            hub.publish_next(&a, &data);
+        }
+        for _ in 0..6 {
+            hub.publish_next(&b, &data);
+        }
+        assert!(hub.history_bytes() <= 8000, "{}", hub.history_bytes());
+        // a's messages are the oldest: they went first; b kept its newest.
+        let read_a = hub.read(&a, Some(0), 100);
+        assert!(
+            read_a.truncated && read_a.messages.is_empty(),
+            "{:?}",
+            ids(&read_a)
+        );
+        let read_b = hub.read(&b, Some(0), 100);
+        assert_eq!(*ids(&read_b).last().unwrap(), 6);
+        assert!(ids(&read_b).len() >= 5);
+        assert_eq!(
+            hub.history_bytes(),
+            hub.stats().iter().map(|s| s.history_bytes).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn a_channel_nothing_uses_is_forgotten_when_its_last_subscriber_leaves() {
+        let hub = hub_with(10, vec![]);
+        let q = SubscriberQueue::new(4, Transport::WebSocket);
+        for i in 0..100 {
+            let (sub, _) = hub.subscribe(&name(&format!("churn.{i}")), Some(0), &q, 10);
+            drop(sub);
+        }
+        assert_eq!(hub.channel_count(), 0);
+        // A channel with history, or another subscriber, stays.
+        let (s1, _) = hub.subscribe(&name("kept"), None, &q, 0);
+        let (s2, _) = hub.subscribe(&name("kept"), None, &q, 0);
+        drop(s1);
+        assert_eq!(hub.channel_count(), 1);
+        hub.publish_next(&name("kept"), &Bytes::from("1"));
+        drop(s2);
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(hub.last_id(&name("kept")), 1);
+    }
+
+    #[test]
+    fn stats_pages_in_name_order() {
+        let hub = hub_with(10, vec![]);
+        for n in ["d", "b", "a", "c", "e"] {
+            hub.publish_next(&name(n), &Bytes::from("1"));
+        }
+        let page = |after: Option<&str>, limit| -> Vec<String> {
+            hub.stats_page(after, limit)
+                .into_iter()
+                .map(|s| s.channel)
+                .collect()
+        };
+        assert_eq!(page(None, 2), vec!["a", "b"]);
+        assert_eq!(page(Some("b"), 2), vec!["c", "d"]);
+        assert_eq!(page(Some("d"), 2), vec!["e"]);
+        assert!(page(Some("e"), 2).is_empty());
     }
 }

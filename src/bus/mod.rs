@@ -6,6 +6,7 @@
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
 //! encodings are the same whichever bus is in use.
 
+mod history;
 pub mod hub;
 pub mod memory;
 mod message;

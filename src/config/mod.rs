@@ -8,6 +8,8 @@
 //! message naming its key.
 
 pub mod cli;
+mod client_limits;
+mod history;
 mod redis;
 mod rules;
 
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use client_limits::WsClientLimits;
+pub use history::HistoryConfig;
 pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
@@ -92,31 +96,6 @@ impl Default for Config {
     }
 }
 
-/// How much of each channel's past is kept for resuming clients.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// Messages kept per channel. Default: 1000.
-    pub size: usize,
-    /// Messages older than this are dropped from history. Default: 1h.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    /// A channel with no history and no subscribers is forgotten after this
-    /// long. Default: 5m.
-    #[serde(with = "humantime_serde")]
-    pub idle_channel_ttl: Duration,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig {
-            size: 1000,
-            max_age: Duration::from_secs(3600),
-            idle_channel_ttl: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Limits that keep one client from costing the gateway without bound.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -176,6 +155,9 @@ pub struct LimitsConfig {
     /// See `client_output_soft_bytes`. Default: 60s.
     #[serde(with = "humantime_serde")]
     pub client_output_soft_time: Duration,
+    /// Per-WebSocket-connection command and publish rates, and the cap on
+    /// channels client publishes may create (`[limits.ws]`).
+    pub ws: WsClientLimits,
 }
 
 impl Default for LimitsConfig {
@@ -197,6 +179,7 @@ impl Default for LimitsConfig {
             client_output_hard_bytes: 32 * 1024 * 1024,
             client_output_soft_bytes: 8 * 1024 * 1024,
             client_output_soft_time: Duration::from_secs(60),
+            ws: WsClientLimits::default(),
         }
     }
 }
@@ -454,6 +437,23 @@ pub struct AuthConfig {
     /// With `allowed_origins` set, also refuse requests that carry no
     /// `Origin` (non-browser clients). Default: false.
     pub require_origin: bool,
+    /// Backend auth requests in flight at once, gateway-wide; past it the
+    /// client is refused (503 `auth_unavailable`). 0: unlimited.
+    /// Default: 32.
+    pub auth_max_concurrent: usize,
+    /// Backend auth requests in flight at once for one client address;
+    /// past it 429 `auth_rate_limited`. 0: unlimited. Default: 2.
+    pub auth_max_concurrent_per_ip: usize,
+    /// Backend auth requests per second, gateway-wide (a burst of one
+    /// second's worth); past it 503 `auth_unavailable`. 0: unlimited.
+    /// Default: 100.
+    pub auth_rate: u32,
+    /// Backend auth requests per second for one client address (a burst
+    /// of twice this); past it 429 `auth_rate_limited`. 0: unlimited.
+    /// Default: 5.
+    pub auth_rate_per_ip: u32,
+    /// Backend answers (grants and denials) cached at most. Default: 100000.
+    pub auth_cache_max_entries: usize,
 }
 
 impl Default for AuthConfig {
@@ -467,6 +467,11 @@ impl Default for AuthConfig {
             auth_timeout: Duration::from_secs(2),
             allowed_origins: Vec::new(),
             require_origin: false,
+            auth_max_concurrent: 32,
+            auth_max_concurrent_per_ip: 2,
+            auth_rate: 100,
+            auth_rate_per_ip: 5,
+            auth_cache_max_entries: 100_000,
         }
     }
 }
@@ -554,8 +559,17 @@ impl Config {
                 format!("not a log filter: {:?}", self.log_level),
             );
         }
+        for (key, message) in self.limits.ws.problems() {
+            bad(&key, message);
+        }
         let positive = [
             ("history.size", self.history.size),
+            ("history.max_bytes", self.history.max_bytes),
+            ("history.max_total_bytes", self.history.max_total_bytes),
+            (
+                "auth.auth_cache_max_entries",
+                self.auth.auth_cache_max_entries,
+            ),
             ("limits.max_connections", self.limits.max_connections),
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             ("limits.queue_length", self.limits.queue_length),

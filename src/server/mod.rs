@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod assets;
+pub mod bucket;
+pub mod channel_list;
 pub mod limits;
 pub mod meter;
 pub mod public;
@@ -60,6 +62,8 @@ pub async fn run(
                     last_sweep = std::time::Instant::now();
                     gw.bus.hub().sweep(last_sweep);
                     gw.ip_limits.sweep();
+                    gw.auth.sweep();
+                    gw.client_channels.sweep(last_sweep);
                     gw.migration.refresh();
                 }
             }

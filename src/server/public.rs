@@ -102,7 +102,7 @@ pub fn route(
         // thousand, are boxed (one allocation per request) and the poll's
         // stays inline.
         let result = match route {
-            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel)).await,
+            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel, peer)).await,
             Route::Echo if gw.config.conformance_echo => {
                 Box::pin(websocket::handle_echo(&gw, req)).await
             }
@@ -126,7 +126,7 @@ pub fn route(
                 req.uri().path()
             ))),
             Route::Poll(channel) => longpoll::handle(&gw, &mut req, &channel, peer).await,
-            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel)).await,
+            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel, peer)).await,
             Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
                 Ok(()) => Box::pin(publish::single(&gw, req, &channel)).await,
                 Err(e) => Err(e),

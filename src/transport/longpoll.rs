@@ -189,7 +189,7 @@ async fn admit(
         .map_err(|limited| ApiError::RateLimited(limited.retry_after))?;
     gw.auth.check_origin(req.headers())?;
     gw.auth
-        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .may_subscribe_request(&channel, req.headers(), req.uri().query(), client)
         .await?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());

@@ -38,7 +38,12 @@ use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Trans
 const BATCH: usize = 256;
 
 /// Handles `GET {prefix}/sse/{channel}`.
-pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<Response, ApiError> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    channel: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Response, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
@@ -46,7 +51,12 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     gw.auth.check_origin(req.headers())?;
     let grant = gw
         .auth
-        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .may_subscribe_request(
+            &channel,
+            req.headers(),
+            req.uri().query(),
+            gw.ip_limits.client_ip(peer.ip(), req.headers()),
+        )
         .await?;
     super::websocket::admit(gw, Transport::Sse)?;
     // Last-Event-ID wins over ?since=: on a reconnect the browser repeats

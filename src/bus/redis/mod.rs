@@ -2,7 +2,8 @@
 //! shared by every node, so any node can serve any client's cursor.
 //!
 //! - **Publish** runs one Lua script ([`script::PUBLISH`]): next id, stream
-//!   entry (capped by count and age) and pub/sub notification, atomically.
+//!   entry (capped by count, bytes and age) and pub/sub notification,
+//!   atomically.
 //!   Concurrent publishers on any node get distinct, gapless ids, and a
 //!   failed publish stores nothing.
 //! - **History** (long-poll `since`, WebSocket/SSE resume) is read from the
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     live: Mutex<HashSet<ChannelName>>,
     control: mpsc::UnboundedSender<Control>,
     history_size: usize,
+    /// `history.max_bytes`: the stream is trimmed to this many data bytes.
+    history_max_bytes: usize,
     /// `history.max_age` in µs (what the scripts compare).
     max_age_us: u64,
 }
@@ -167,6 +170,7 @@ impl RedisBus {
             live: Mutex::new(HashSet::new()),
             control,
             history_size: config.history.size.max(1),
+            history_max_bytes: config.history.max_bytes,
             max_age_us,
         });
         let stop = CancellationToken::new();
@@ -389,11 +393,13 @@ impl Bus for RedisBus {
         let mut invocation = shared.publish_script.key(shared.keys.seq(channel));
         invocation
             .key(shared.keys.log(channel))
+            .key(shared.keys.bytes(channel))
             .arg(shared.keys.pubsub(channel))
             .arg(&data[..])
             .arg(shared.max_entries(channel))
             .arg(shared.max_age_us)
-            .arg(if sharded { "SPUBLISH" } else { "PUBLISH" });
+            .arg(if sharded { "SPUBLISH" } else { "PUBLISH" })
+            .arg(shared.history_max_bytes);
         let mut conn = shared.command_conn();
         let id: u64 = shared
             .timed("publish", invocation.invoke_async(&mut conn))

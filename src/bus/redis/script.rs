@@ -6,18 +6,29 @@
 //! | --- | --- | --- |
 //! | `pollbridge:{c}:seq` | string | the channel's last id; never expires |
 //! | `pollbridge:{c}:log` | stream | the history: entry id `<id>-0`, fields `d` (the `data` JSON) and `t` (publish time, µs since the epoch by the Redis clock) |
+//! | `pollbridge:{c}:bytes` | string | bytes of the `d` fields the stream holds; expires with the stream |
 //! | `pollbridge:{c}` | pub/sub channel | one message per publish: `<id>:<t>:<data>` |
 //!
 //! The `{c}` hash tag puts all three in one cluster slot, so one script can
 //! touch them atomically and sharded pub/sub routes the notification to the
 //! same shard. Channel names can't contain braces, so the tag is exact.
 //!
-//! History is capped by count (`XADD … MAXLEN = history.size`, exact; 1 for
-//! `state` channels) and by age: the stream expires `history.max_age` after
-//! its last publish, each publish trims entries older than `max_age` from
-//! the head (a binary search over the contiguous ids: a few `XRANGE`s, not
-//! a scan), and reads skip entries older than `max_age` so an idle channel
-//! never serves stale history.
+//! History is capped by count (`history.size`, exact; 1 for `state`
+//! channels), by bytes and by age, all trimmed from the head by each
+//! publish (`XTRIM … MINID`, exact):
+//! - bytes: the `:bytes` counter follows every entry added and trimmed;
+//!   while it is over `history.max_bytes` the oldest entries go (the
+//!   newest is always kept). Redis has no byte-based trimming of its own,
+//!   so this is the script's count of the `data` bytes; Redis's own memory
+//!   for the stream is that plus per-entry overhead, and exact trimming
+//!   inside a stream node only marks entries deleted until the node (at
+//!   most `stream-node-max-bytes`, 4 KiB by default, or one larger entry)
+//!   empties. A lost counter is recounted from the stream.
+//! - age: the stream expires `history.max_age` after its last publish,
+//!   each publish trims entries older than `max_age` (a binary search over
+//!   the contiguous ids: a few `XRANGE`s, not a scan), and reads skip
+//!   entries older than `max_age` so an idle channel never serves stale
+//!   history.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,23 +89,64 @@ end
 /// atomically. Nothing is written unless the stream accepted the entry, so
 /// a failed publish never consumes an id.
 ///
-/// KEYS: seq, log. ARGV: pub/sub channel, data, max entries, max age (µs),
-/// publish command (`SPUBLISH` or `PUBLISH`). Returns the id.
+/// KEYS: seq, log, bytes. ARGV: pub/sub channel, data, max entries, max
+/// age (µs), publish command (`SPUBLISH` or `PUBLISH`), max bytes.
+/// Returns the id.
 pub const PUBLISH: &str = concat!(
     lua_helpers!(),
     r#"
-local seq_key, log_key = KEYS[1], KEYS[2]
+local seq_key, log_key, bytes_key = KEYS[1], KEYS[2], KEYS[3]
+local max_entries, max_age, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+local function size(e) return #(field(e, 'd') or '') end
 local now = now_us()
 local id = last_seq(seq_key, log_key) + 1
-local added = redis.pcall('XADD', log_key, 'MAXLEN', ARGV[3], fmt(id) .. '-0', 'd', ARGV[2], 't', fmt(now))
+-- Bytes the stream holds: the counter, or recounted if it was lost while
+-- the stream survived.
+local kept = 0
+if redis.call('EXISTS', log_key) == 1 then
+  local counted = redis.call('GET', bytes_key)
+  if counted then
+    kept = tonumber(counted)
+  else
+    for _, e in ipairs(redis.call('XRANGE', log_key, '-', '+')) do kept = kept + size(e) end
+  end
+end
+local added = redis.pcall('XADD', log_key, fmt(id) .. '-0', 'd', ARGV[2], 't', fmt(now))
 if type(added) == 'table' and added.err then return added end
 redis.call('SET', seq_key, fmt(id))
-local max_age = tonumber(ARGV[4])
-redis.call('PEXPIRE', log_key, math.ceil(max_age / 1000))
+kept = kept + #ARGV[2]
+-- Trim the head: past the count, older than max_age, then while over the
+-- bytes (never the entry just added). Ids are contiguous.
 local oldest = redis.call('XRANGE', log_key, '-', '+', 'COUNT', 1)[1]
-if oldest and entry_ts(oldest) < now - max_age then
-  redis.call('XTRIM', log_key, 'MINID', fmt(first_fresh(log_key, id, now - max_age)) .. '-0')
+local first = entry_id(oldest)
+local keep_from = math.max(first, id - max_entries + 1)
+if entry_ts(oldest) < now - max_age then
+  keep_from = math.max(keep_from, first_fresh(log_key, id, now - max_age))
 end
+keep_from = math.min(keep_from, id)
+if keep_from > first then
+  for _, e in ipairs(redis.call('XRANGE', log_key, '-', fmt(keep_from - 1) .. '-0')) do
+    kept = kept - size(e)
+  end
+end
+local batch = 1
+while kept > max_bytes and keep_from < id do
+  local entries = redis.call('XRANGE', log_key, fmt(keep_from) .. '-0', fmt(id - 1) .. '-0', 'COUNT', batch)
+  if #entries == 0 then break end
+  for _, e in ipairs(entries) do
+    if kept <= max_bytes then break end
+    kept = kept - size(e)
+    keep_from = entry_id(e) + 1
+  end
+  batch = batch * 2
+end
+if keep_from > first then
+  redis.call('XTRIM', log_key, 'MINID', fmt(keep_from) .. '-0')
+end
+redis.call('SET', bytes_key, fmt(kept))
+local ttl = math.ceil(max_age / 1000)
+redis.call('PEXPIRE', log_key, ttl)
+redis.call('PEXPIRE', bytes_key, ttl)
 redis.call(ARGV[5], ARGV[1], fmt(id) .. ':' .. fmt(now) .. ':' .. ARGV[2])
 return id
 "#
@@ -165,6 +217,11 @@ impl Keys {
 
     pub fn log(&self, channel: &ChannelName) -> String {
         format!("{}:{{{}}}:log", self.prefix, channel.as_str())
+    }
+
+    /// Bytes of `data` the channel's stream holds.
+    pub fn bytes(&self, channel: &ChannelName) -> String {
+        format!("{}:{{{}}}:bytes", self.prefix, channel.as_str())
     }
 
     /// A lease named `name` tied to `channel` (same hash slot in a cluster).
@@ -307,7 +364,12 @@ mod tests {
         assert_eq!(keys.seq(&ch), "pollbridge:{prices.eur:x@y-1}:seq");
         assert_eq!(keys.log(&ch), "pollbridge:{prices.eur:x@y-1}:log");
         assert_eq!(keys.pubsub(&ch), "pollbridge:{prices.eur:x@y-1}");
-        for key in [keys.seq(&ch), keys.log(&ch), keys.pubsub(&ch)] {
+        for key in [
+            keys.seq(&ch),
+            keys.log(&ch),
+            keys.bytes(&ch),
+            keys.pubsub(&ch),
+        ] {
             assert_eq!(
                 redis::cluster_routing::Slot::for_key(key.as_bytes()),
                 redis::cluster_routing::Slot::for_key(b"prices.eur:x@y-1"),

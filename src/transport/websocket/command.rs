@@ -26,6 +26,8 @@ pub struct CommandError {
     pub code: &'static str,
     pub message: String,
     pub channel: Option<String>,
+    /// For refusals by a rate limit: when the client may try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl CommandError {
@@ -34,7 +36,13 @@ impl CommandError {
             code,
             message: message.into(),
             channel: None,
+            retry_after_ms: None,
         }
+    }
+
+    pub fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 
     pub fn on(mut self, channel: &str) -> Self {
@@ -42,7 +50,7 @@ impl CommandError {
         self
     }
 
-    /// `{"type":"error","code":…,"message":…[,"channel":…]}`
+    /// `{"type":"error","code":…,"message":…[,"channel":…][,"retry_after_ms":…]}`
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::json!({
             "type": "error",
@@ -51,6 +59,9 @@ impl CommandError {
         });
         if let Some(ch) = &self.channel {
             v["channel"] = serde_json::Value::String(ch.clone());
+        }
+        if let Some(ms) = self.retry_after_ms {
+            v["retry_after_ms"] = ms.into();
         }
         serde_json::to_vec(&v).expect("json! values serialise")
     }

@@ -11,6 +11,7 @@
 
 pub mod command;
 pub mod frame;
+mod guard;
 mod reader;
 mod session;
 mod socket;
@@ -73,6 +74,7 @@ pub async fn handle(
     gw: &Arc<Gateway>,
     mut req: Request,
     path_channel: Option<String>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response, ApiError> {
     if req.method() != http::Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
@@ -127,11 +129,12 @@ pub async fn handle(
 
     // Every channel must be allowed before any is subscribed.
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+    let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
     let mut expires = None;
     for channel in &channels {
         let grant = gw
             .auth
-            .may_subscribe(channel, &credentials)
+            .may_subscribe(channel, &credentials, client)
             .await
             .inspect_err(failed(UpgradeFailure::Auth))?;
         expires = earliest(expires, grant.expires);
@@ -161,6 +164,7 @@ pub async fn handle(
     let start = Start {
         handler: Handler::Commands,
         credentials,
+        client,
         expires,
         initial,
     };
@@ -198,6 +202,7 @@ pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response
     let start = Start {
         handler: Handler::Echo,
         credentials: Default::default(),
+        client: std::net::Ipv4Addr::UNSPECIFIED.into(),
         expires: None,
         initial: Vec::new(),
     };

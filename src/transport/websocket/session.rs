@@ -11,6 +11,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::command::{self, Command, CommandError};
 use super::frame;
+use super::guard::{CommandGuard, Limit, Refusal};
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
 use crate::auth::Credentials;
@@ -111,6 +113,8 @@ pub struct Start {
     /// What the client presented at the handshake; later subscribe
     /// commands are judged on it.
     pub credentials: Credentials,
+    /// The client's address (backend auth checks are bounded per address).
+    pub client: IpAddr,
     /// When its subscriber token expires, if a token was needed.
     pub expires: Option<SystemTime>,
     /// Subscriptions taken before the 101.
@@ -176,6 +180,10 @@ pub struct Session<W> {
     handler: Handler,
     /// Boxed, and None for an anonymous client (most of them).
     credentials: Option<Box<Credentials>>,
+    client: IpAddr,
+    /// Command and publish rates; made on the first command, so an idle
+    /// connection holds only the empty pointer.
+    guard: Option<Box<CommandGuard>>,
     expires: Option<SystemTime>,
     writer: W,
     queue: Arc<SubscriberQueue>,
@@ -209,6 +217,8 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             gw,
             handler: Handler::Commands,
             credentials: None,
+            client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            guard: None,
             expires: None,
             writer,
             queue,
@@ -253,10 +263,12 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         let Start {
             handler,
             credentials,
+            client,
             expires,
             initial,
         } = *start;
         self.handler = handler;
+        self.client = client;
         self.credentials = credentials.is_present().then(|| Box::new(credentials));
         self.expires = expires;
         initial
@@ -533,6 +545,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     }
 
     async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        let now = Instant::now();
+        let limits = &self.gw.config.limits.ws;
+        let guard = self
+            .guard
+            .get_or_insert_with(|| Box::new(CommandGuard::new(limits, now)));
+        if let Err(refusal) = guard.command(now, &self.gw.metrics.floods) {
+            return self.refused(refusal).await;
+        }
         let result = match command::parse(text) {
             Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
@@ -542,6 +562,15 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         match result {
             Ok(result) => result,
             Err(e) => self.send_text(&e.to_json()).await,
+        }
+    }
+
+    /// Answers a command refused by a rate limit, or ends the session
+    /// when the client has had too many refusals.
+    async fn refused(&mut self, refusal: Refusal) -> Result<(), End> {
+        match refusal {
+            Refusal::Answer(e) => self.send_text(&e.to_json()).await,
+            Refusal::Close(reason) => Err(End::Close(1008, reason)),
         }
     }
 
@@ -588,6 +617,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .may_subscribe(
                 channel,
                 self.credentials.as_deref().unwrap_or(&NO_CREDENTIALS),
+                self.client,
             )
             .await
             .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
@@ -619,10 +649,29 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     .on(channel.as_str()),
             );
         }
-        // Only a client allowed to read a channel may write to it.
-        self.authorize(&channel).await?;
         let payload = Payload::from_value(&data);
         let size = payload.to_json_bytes().len();
+        let now = Instant::now();
+        if let Some(guard) = self.guard.as_deref_mut() {
+            match guard.publish(size, now, &self.gw.metrics.floods) {
+                Ok(()) => {}
+                Err(Refusal::Answer(e)) => return Err(e.on(channel.as_str())),
+                Err(Refusal::Close(reason)) => return Ok(Err(End::Close(1008, reason))),
+            }
+        }
+        // Only a client allowed to read a channel may write to it.
+        self.authorize(&channel).await?;
+        if let Err(cap) = self.gw.client_channels.admit(&channel, now) {
+            self.gw.metrics.floods.commands_refused[Limit::ClientChannels as usize].inc();
+            return Err(CommandError::new(
+                "too_many_channels",
+                format!(
+                    "clients may publish on at most {} channels (limits.ws.max_client_channels); not published",
+                    cap.0
+                ),
+            )
+            .on(channel.as_str()));
+        }
         let published = self.gw.bus.publish(&channel, &payload).await.map_err(|e| {
             CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
         })?;
