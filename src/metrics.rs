@@ -84,6 +84,8 @@ pub struct Metrics {
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
+    /// `[[bridge]] auth` checks of legacy clients' credentials, by result.
+    pub bridge_auth_checks: IntCounterVec,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -201,6 +203,14 @@ impl Metrics {
             &["bridge", "result"],
         )
         .unwrap();
+        let bridge_auth_checks = IntCounterVec::new(
+            Opts::new(
+                "bridge_auth_checks_total",
+                "Checks of a legacy client's credentials with the backend before a bridged copy is served ([[bridge]] auth), by result",
+            ),
+            &["bridge", "result"],
+        )
+        .unwrap();
 
         let conflated = IntCounterVec::new(
             Opts::new(
@@ -285,6 +295,7 @@ impl Metrics {
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
+        reg(Box::new(bridge_auth_checks.clone()));
         reg(Box::new(conflated));
         reg(Box::new(admission));
         reg(Box::new(legacy_clients.clone()));
@@ -305,6 +316,7 @@ impl Metrics {
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
+            bridge_auth_checks,
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,

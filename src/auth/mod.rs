@@ -8,6 +8,8 @@
 mod backend;
 mod token;
 
+pub use backend::{kept_headers, BackendAnswer};
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -159,6 +161,17 @@ impl Authorizer {
     ) -> Result<Grant, ApiError> {
         let auth = self.rules.resolve(channel.as_str()).auth;
         self.check(auth, channel, credentials).await
+    }
+
+    /// The `auth_url` backend's own answer for these credentials, uncached
+    /// (`None` without `auth.auth_url`).
+    pub async fn backend_answer(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Option<Result<BackendAnswer, ApiError>> {
+        let backend = self.backend.as_ref()?;
+        Some(backend.answer(channel, credentials).await)
     }
 
     /// What the channel's rule (`auth`) says of these credentials.

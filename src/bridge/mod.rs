@@ -5,6 +5,8 @@
 //! until the next change. WebSocket, SSE and long-poll clients subscribe to
 //! the channel. The backend changes nothing.
 
+mod auth;
+mod browser_cache;
 mod feed;
 mod upstream;
 
@@ -44,10 +46,13 @@ pub struct Route {
     client_body: IntCounter,
     client_not_modified: IntCounter,
     client_held: IntCounter,
+    client_refused: IntCounter,
+    /// `auth`: the checks a client passes before it is served the copy.
+    auth: Option<auth::RouteAuth>,
 }
 
 impl Route {
-    fn new(config: BridgeRoute, metrics: &Metrics) -> Route {
+    fn new(config: BridgeRoute, auth_timeout: Duration, metrics: &Metrics) -> Route {
         let up = |r: &str| {
             metrics
                 .bridge_upstream_requests
@@ -75,6 +80,8 @@ impl Route {
             client_body: client("body"),
             client_not_modified: client("not_modified"),
             client_held: client("held"),
+            client_refused: client("refused"),
+            auth: auth::RouteAuth::new(&config, auth_timeout, metrics),
             config,
         }
     }
@@ -113,7 +120,7 @@ impl Bridges {
             routes: config
                 .bridges
                 .iter()
-                .map(|r| Arc::new(Route::new(r.clone(), metrics)))
+                .map(|r| Arc::new(Route::new(r.clone(), config.auth.auth_timeout, metrics)))
                 .collect(),
             feeds: DashMap::new(),
             client,
@@ -135,6 +142,10 @@ impl Bridges {
     ) -> Result<Response, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::MethodNotAllowed("GET"));
+        }
+        if let Some(denied) = self.refusal(gw, index, req.headers()).await {
+            self.routes[index].client_refused.inc();
+            return denied.into_response();
         }
         let feed = self.feed(gw, index, req.headers())?;
         feed.touch();
@@ -176,7 +187,7 @@ impl Bridges {
         if current {
             let Some(hold) = route.config.hold else {
                 route.client_not_modified.inc();
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             };
             // Hold the poll until the copy changes or the hold ends.
             let seen = copy.id;
@@ -190,19 +201,45 @@ impl Bridges {
             drop(watch);
             if !outcome {
                 route.client_not_modified.inc();
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             }
             route.client_held.inc();
             let Some(Answer::Copy { copy, age }) = feed.answer() else {
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             };
-            return Ok(self.body(gw, copy, age));
+            return Ok(self.body(gw, route, copy, age));
         }
         route.client_body.inc();
-        Ok(self.body(gw, copy, age))
+        Ok(self.body(gw, route, copy, age))
     }
 
-    fn body(&self, gw: &Gateway, copy: feed::Copy, age: Option<Duration>) -> Response {
+    /// With `auth`: why this client may not be served the copy, if so.
+    async fn refusal(
+        &self,
+        gw: &Gateway,
+        index: usize,
+        headers: &HeaderMap,
+    ) -> Option<auth::Denied> {
+        let route = &self.routes[index];
+        let checks = route.auth.as_ref()?;
+        let Some(client) = self.client.as_deref() else {
+            return Some(auth::Denied::Error(ApiError::NotFound(
+                "bridge configured without an upstream".into(),
+            )));
+        };
+        checks
+            .check(&route.config, &gw.auth, client, headers)
+            .await
+            .err()
+    }
+
+    fn body(
+        &self,
+        gw: &Gateway,
+        route: &Route,
+        copy: feed::Copy,
+        age: Option<Duration>,
+    ) -> Response {
         let delivered = gw.metrics.transport(Transport::Bridge);
         delivered.delivered.inc();
         delivered.payload_out.inc_by(copy.body.len() as u64);
@@ -210,8 +247,10 @@ impl Bridges {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, copy.content_type);
         h.insert(header::ETAG, copy.etag);
-        // Legacy clients must revalidate every time; the ETag makes it cheap.
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            header::CACHE_CONTROL,
+            browser_cache::cache_control(route.config.hold.is_some()),
+        );
         if let Some(age) = age {
             h.insert(header::AGE, HeaderValue::from(age.as_secs()));
         }
@@ -222,7 +261,10 @@ impl Bridges {
     /// feed, no `vary_by`), make sure its feed is polling.
     pub fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
         for (index, route) in self.routes.iter().enumerate() {
-            if route.vary_header.is_none() && route.config.channel == channel.as_str() {
+            // A route with `auth` polls with an allowed client's
+            // credentials: it starts once a legacy client has passed.
+            let can_poll = route.auth.as_ref().is_none_or(|a| a.has_poll_credentials());
+            if route.vary_header.is_none() && route.config.channel == channel.as_str() && can_poll {
                 if let Err(e) = self.start_feed(gw, index, None, HeaderMap::new()) {
                     tracing::debug!(%channel, error = %e, "bridge feed not started");
                 }
@@ -317,10 +359,14 @@ fn client_has(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         })
 }
 
-fn not_modified(etag: &HeaderValue) -> Response {
+fn not_modified(route: &Route, etag: &HeaderValue) -> Response {
     let mut resp = hyper::Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     resp.headers_mut().insert(header::ETAG, etag.clone());
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        browser_cache::cache_control(route.config.hold.is_some()),
+    );
     resp
 }
 
