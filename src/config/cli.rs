@@ -129,8 +129,9 @@ fn command() -> Command {
                 .long("check-config")
                 .value_name("FILE")
                 .num_args(0..=1)
+                // Present without a value: "" (a path parser refuses empty ones).
                 .default_missing_value("")
-                .value_parser(clap::value_parser!(PathBuf))
+                .value_parser(clap::builder::ValueParser::os_string())
                 .help("Load and validate the configuration (FILE, or --config FILE), print a summary and exit (0 valid, 2 invalid)"),
         );
     for &(flag, key, kind, help) in SETTINGS {
@@ -167,8 +168,10 @@ where
 {
     let matches = command().get_matches_from(args);
     let check_file = matches
-        .get_one::<PathBuf>("check-config")
-        .filter(|p| !p.as_os_str().is_empty());
+        .get_one::<OsString>("check-config")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let check_file = check_file.as_ref();
     let file = match (check_file, matches.get_one::<PathBuf>("config")) {
         (Some(a), Some(b)) if a != b => {
             return Err(vec![ConfigProblem {
