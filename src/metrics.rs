@@ -86,6 +86,11 @@ pub struct Metrics {
     pub bridge_client_polls: IntCounterVec,
     /// `[[bridge]] auth` checks of legacy clients' credentials, by result.
     pub bridge_auth_checks: IntCounterVec,
+    /// WebSocket upgrade requests, and the bytes of their handshakes (the
+    /// request head and the answer, both directions), which are also in
+    /// `wire_bytes_total{transport="websocket"}`.
+    pub ws_handshakes: IntCounter,
+    pub ws_handshake_bytes: IntCounter,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -212,6 +217,16 @@ impl Metrics {
         )
         .unwrap();
 
+        let ws_handshakes = IntCounter::new(
+            "ws_handshakes_total",
+            "WebSocket upgrade requests (refused ones included)",
+        )
+        .unwrap();
+        let ws_handshake_bytes = IntCounter::new(
+            "ws_handshake_bytes_total",
+            "Wire bytes of WebSocket upgrade requests and their answers (both directions; part of wire_bytes_total{transport=\"websocket\"})",
+        )
+        .unwrap();
         let conflated = IntCounterVec::new(
             Opts::new(
                 "conflated_total",
@@ -296,6 +311,8 @@ impl Metrics {
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
         reg(Box::new(bridge_auth_checks.clone()));
+        reg(Box::new(ws_handshakes.clone()));
+        reg(Box::new(ws_handshake_bytes.clone()));
         reg(Box::new(conflated));
         reg(Box::new(admission));
         reg(Box::new(legacy_clients.clone()));
@@ -317,6 +334,8 @@ impl Metrics {
             bridge_upstream_requests,
             bridge_client_polls,
             bridge_auth_checks,
+            ws_handshakes,
+            ws_handshake_bytes,
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
@@ -412,6 +431,8 @@ mod tests {
             "pollbridge_redis_reconnects_total 0",
             "pollbridge_bus_gap_fill_messages_total 0",
             "pollbridge_bus_subscriptions 0",
+            "pollbridge_ws_handshakes_total 0",
+            "pollbridge_ws_handshake_bytes_total 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }
