@@ -1,5 +1,5 @@
-//! What bridged answers tell browsers and what `--check-config` says of
-//! bridge routes.
+//! What bridged answers tell browsers, what `--check-config` says of
+//! bridge routes, and the bridge's metrics on a gateway without routes.
 //!
 //! A route with `hold` answers `Cache-Control: no-store` (a browser that
 //! revalidates its cached copy itself would otherwise have that request
@@ -89,4 +89,30 @@ async fn check_config_takes_the_file_directly_and_lists_bridge_routes() {
         run_to_exit(&["--check-config", file, "--config", example], &[], t).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("give the file once"), "{stderr}");
+}
+
+#[tokio::test]
+async fn bridge_series_exist_without_routes_and_only_then_unlabelled() {
+    let plain = Gateway::start(&[]).await;
+    let text = plain.metrics().await;
+    for line in [
+        "pollbridge_bridge_upstream_requests_total{bridge=\"\",result=\"changed\"} 0",
+        "pollbridge_bridge_client_polls_total{bridge=\"\",result=\"body\"} 0",
+        "pollbridge_bridge_client_polls_total{bridge=\"\",result=\"refused\"} 0",
+        "pollbridge_bridge_auth_checks_total{bridge=\"\",result=\"allowed\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line}");
+    }
+    let up = ScoresUpstream::start().await;
+    let bridged = Gateway::builder()
+        .config(&config(&up.url(), ""))
+        .start()
+        .await;
+    let text = bridged.metrics().await;
+    assert!(
+        !text.contains("bridge=\"\""),
+        "placeholders next to real routes"
+    );
+    assert!(text
+        .contains("pollbridge_bridge_auth_checks_total{bridge=\"scores\",result=\"refused\"} 0"));
 }

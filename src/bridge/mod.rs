@@ -63,6 +63,12 @@ impl Route {
                 .bridge_client_polls
                 .with_label_values(&[config.channel.as_str(), r])
         };
+        // Every route's check counters exist from startup, `auth` or not.
+        for result in AUTH_RESULTS {
+            metrics
+                .bridge_auth_checks
+                .with_label_values(&[config.channel.as_str(), result]);
+        }
         Route {
             content_type: parking_lot::Mutex::new(None),
             vary_header: config
@@ -116,6 +122,9 @@ impl Bridges {
                     config.limits.max_message_bytes,
                 ))
             });
+        if config.bridges.is_empty() {
+            export_without_routes(metrics);
+        }
         Bridges {
             routes: config
                 .bridges
@@ -337,6 +346,31 @@ impl Bridges {
             task_gw.bridges.feeds.remove(&(index, key));
         });
         Ok(feed)
+    }
+}
+
+/// The results of `pollbridge_bridge_upstream_requests_total`.
+const UPSTREAM_RESULTS: [&str; 3] = ["changed", "not_modified", "error"];
+/// The results of `pollbridge_bridge_client_polls_total`.
+const CLIENT_RESULTS: [&str; 4] = ["body", "not_modified", "held", "refused"];
+/// The results of `pollbridge_bridge_auth_checks_total`.
+const AUTH_RESULTS: [&str; 3] = ["allowed", "refused", "error"];
+
+/// A gateway without routes still exports the bridge counters, at 0 and
+/// without a `bridge` label (an empty label is no label to Prometheus), so
+/// every series exists from startup and the dashboards' bridge panels and
+/// recording rule show 0 there instead of nothing.
+fn export_without_routes(metrics: &Metrics) {
+    for result in UPSTREAM_RESULTS {
+        metrics
+            .bridge_upstream_requests
+            .with_label_values(&["", result]);
+    }
+    for result in CLIENT_RESULTS {
+        metrics.bridge_client_polls.with_label_values(&["", result]);
+    }
+    for result in AUTH_RESULTS {
+        metrics.bridge_auth_checks.with_label_values(&["", result]);
     }
 }
 
