@@ -10,7 +10,9 @@ GET  /login?user=NAME   logs NAME in: sets the cookie session=<token>
 GET  /auth?channel=C    204 for a logged-in session cookie, else 401 (for auth.auth_url)
 GET  /                  an old-style page that polls /api/scores every second;
                         ?style=fetch (default: setInterval + fetch), ?style=jquery
-                        ($.ajax with cache: false) or ?style=xhr (plain XMLHttpRequest);
+                        ($.ajax with cache: false), ?style=xhr (plain XMLHttpRequest) or
+                        ?style=etag (XMLHttpRequest sending If-None-Match itself, so a
+                        bridge with `hold` can hold it until the next change);
                         ?url=/api/inbox polls another URL
 GET  /vendor/jquery.min.js   the file named by $TOY_JQUERY (jQuery is not bundled)
 GET  /stats             how many requests each endpoint has served
@@ -54,7 +56,24 @@ function show(s) {
   el.textContent = text;
 }
 function failed() { legacy.failed += 1; }
-setInterval(function () {
+if (style === 'etag') {
+  // Poll again a second after each answer, revalidating with the ETag.
+  var etag = null;
+  (function poll() {
+    legacy.sent += 1;
+    var xhr = new XMLHttpRequest();
+    xhr.open('GET', url);
+    if (etag) xhr.setRequestHeader('If-None-Match', etag);
+    xhr.onload = function () {
+      if (xhr.status === 200) { etag = xhr.getResponseHeader('ETag'); show(JSON.parse(xhr.responseText)); }
+      else if (xhr.status === 304) legacy.completed += 1;
+      else failed();
+      setTimeout(poll, 1000);
+    };
+    xhr.onerror = function () { failed(); setTimeout(poll, 1000); };
+    xhr.send();
+  })();
+} else setInterval(function () {
   legacy.sent += 1;
   if (style === 'jquery') {
     $.ajax({url: url, dataType: 'json', cache: false}).done(show).fail(failed);
@@ -75,7 +94,7 @@ setInterval(function () {
 
 def page(query):
     style = (query.get("style") or ["fetch"])[0]
-    if style not in ("fetch", "jquery", "xhr"):
+    if style not in ("fetch", "jquery", "xhr", "etag"):
         style = "fetch"
     url = (query.get("url") or ["/api/scores"])[0]
     if url not in ("/api/scores", "/api/inbox"):
