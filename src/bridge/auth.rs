@@ -121,6 +121,10 @@ pub struct RouteAuth {
     /// `auth = "route"`: the backend's last `ETag` for the route, sent as
     /// `If-None-Match` so an allowed client usually costs a `304`.
     validator: Mutex<Option<HeaderValue>>,
+    /// The refusal remembered last: an identical one shares its body, so a
+    /// full cache of refused credentials holds one copy of the usual `401`
+    /// body, not one each.
+    last_refusal: Mutex<Option<BackendAnswer>>,
     counters: Counters,
 }
 
@@ -150,6 +154,7 @@ impl RouteAuth {
             last_sweep: Mutex::new(Instant::now()),
             poll_credentials: Mutex::new(HeaderMap::new()),
             validator: Mutex::new(None),
+            last_refusal: Mutex::new(None),
             counters: Counters {
                 allowed: counter("allowed"),
                 refused: counter("refused"),
@@ -267,7 +272,25 @@ impl RouteAuth {
             Err(Denied::Backend(answer))
         } else {
             self.counters.refused.inc();
-            Ok(self.decided(Some(answer)))
+            Ok(self.decided(Some(self.shared_refusal(answer))))
+        }
+    }
+
+    /// `answer`, or the identical refusal remembered before it.
+    fn shared_refusal(&self, answer: BackendAnswer) -> BackendAnswer {
+        let mut last = self.last_refusal.lock();
+        match &*last {
+            Some(same)
+                if same.status == answer.status
+                    && same.headers == answer.headers
+                    && same.body == answer.body =>
+            {
+                same.clone()
+            }
+            _ => {
+                *last = Some(answer.clone());
+                answer
+            }
         }
     }
 
@@ -396,6 +419,24 @@ mod tests {
         let slot = auth.slot(99);
         assert!(slot.decided.get().is_none());
         assert_eq!(auth.answers.len(), 1);
+    }
+
+    #[test]
+    fn identical_refusals_share_one_body() {
+        let auth = route_auth(3);
+        let refusal = || BackendAnswer {
+            status: StatusCode::UNAUTHORIZED,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'x'; 1000]),
+        };
+        let a = auth.shared_refusal(refusal());
+        let b = auth.shared_refusal(refusal());
+        assert_eq!(a.body.as_ptr(), b.body.as_ptr());
+        let other = auth.shared_refusal(BackendAnswer {
+            status: StatusCode::FORBIDDEN,
+            ..refusal()
+        });
+        assert_ne!(a.body.as_ptr(), other.body.as_ptr());
     }
 
     #[test]
