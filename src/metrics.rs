@@ -92,6 +92,13 @@ pub struct Metrics {
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
+    /// `[[bridge]] auth` checks of legacy clients' credentials, by result.
+    pub bridge_auth_checks: IntCounterVec,
+    /// WebSocket upgrade requests, and the bytes of their handshakes (the
+    /// request head and the answer, both directions), which are also in
+    /// `wire_bytes_total{transport="websocket"}`.
+    pub ws_handshakes: IntCounter,
+    pub ws_handshake_bytes: IntCounter,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -215,7 +222,25 @@ impl Metrics {
             &["bridge", "result"],
         )
         .unwrap();
+        let bridge_auth_checks = IntCounterVec::new(
+            Opts::new(
+                "bridge_auth_checks_total",
+                "Checks of a legacy client's credentials with the backend before a bridged copy is served ([[bridge]] auth), by result",
+            ),
+            &["bridge", "result"],
+        )
+        .unwrap();
 
+        let ws_handshakes = IntCounter::new(
+            "ws_handshakes_total",
+            "WebSocket upgrade requests (refused ones included)",
+        )
+        .unwrap();
+        let ws_handshake_bytes = IntCounter::new(
+            "ws_handshake_bytes_total",
+            "Wire bytes of WebSocket upgrade requests and their answers (both directions; part of wire_bytes_total{transport=\"websocket\"})",
+        )
+        .unwrap();
         let conflated = IntCounterVec::new(
             Opts::new(
                 "conflated_total",
@@ -328,6 +353,9 @@ impl Metrics {
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
+        reg(Box::new(bridge_auth_checks.clone()));
+        reg(Box::new(ws_handshakes.clone()));
+        reg(Box::new(ws_handshake_bytes.clone()));
         reg(Box::new(conflated));
         reg(Box::new(admission));
         reg(Box::new(legacy_clients.clone()));
@@ -353,6 +381,9 @@ impl Metrics {
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
+            bridge_auth_checks,
+            ws_handshakes,
+            ws_handshake_bytes,
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
@@ -465,6 +496,8 @@ mod tests {
             "pollbridge_slow_clients_closed_total{reason=\"output_budget\",transport=\"websocket\"} 0",
             "pollbridge_output_refused_total{transport=\"longpoll\"} 0",
             "pollbridge_output_pending_bytes 0",
+            "pollbridge_ws_handshakes_total 0",
+            "pollbridge_ws_handshake_bytes_total 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::header;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -118,6 +118,49 @@ impl BackendAuth {
         channel: &ChannelName,
         credentials: &Credentials,
     ) -> Result<bool, ApiError> {
+        let response = self.request(channel, credentials).await?;
+        Ok(response.status().is_success())
+    }
+
+    /// The backend's whole answer for these credentials, uncached: its
+    /// status, the headers a refusal needs (`Content-Type`, `Location`,
+    /// `WWW-Authenticate`) and at most [`MAX_ANSWER_BODY`] bytes of body.
+    /// For callers that pass a refusal on as the backend gave it (the
+    /// bridge's `auth = "auth_url"`).
+    pub async fn answer(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<BackendAnswer, ApiError> {
+        let exchange = async {
+            let response = self.request(channel, credentials).await?;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, ApiError>(BackendAnswer {
+                status: parts.status,
+                headers: kept_headers(&parts.headers),
+                body,
+            })
+        };
+        // `request` bounds the head; this bounds the body too.
+        tokio::time::timeout(self.timeout * 2, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::AuthUnavailable(
+                    "the authorisation backend did not answer in time".into(),
+                ))
+            })
+    }
+
+    async fn request(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Result<http::Response<hyper::body::Incoming>, ApiError> {
         let separator = if self.url.contains('?') { '&' } else { '?' };
         let uri = format!("{}{separator}channel={}", self.url, channel.as_str());
         let mut request = http::Request::get(uri)
@@ -133,7 +176,7 @@ impl BackendAuth {
         }
         self.requests.inc();
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response.status().is_success()),
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "backend auth request failed");
                 Err(ApiError::AuthUnavailable(
@@ -148,6 +191,33 @@ impl BackendAuth {
             }
         }
     }
+}
+
+/// Largest refusal body passed on to a client; the rest is dropped.
+pub const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+/// A backend answer, kept to pass on as it was.
+#[derive(Debug, Clone)]
+pub struct BackendAnswer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The headers of a backend answer that mean something to the client of a
+/// refusal (what it is, where to log in, how to authenticate).
+pub fn kept_headers(from: &http::HeaderMap) -> http::HeaderMap {
+    let mut kept = http::HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::LOCATION,
+        header::WWW_AUTHENTICATE,
+    ] {
+        if let Some(value) = from.get(&name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
 }
 
 fn credentials_hash(credentials: &Credentials) -> u64 {

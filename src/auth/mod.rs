@@ -10,6 +10,8 @@ mod limiter;
 mod token;
 
 use std::net::IpAddr;
+pub use backend::{kept_headers, BackendAnswer};
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -176,6 +178,17 @@ impl Authorizer {
         if let Some(backend) = &self.backend {
             backend.sweep();
         }
+    }
+
+    /// The `auth_url` backend's own answer for these credentials, uncached
+    /// (`None` without `auth.auth_url`).
+    pub async fn backend_answer(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Option<Result<BackendAnswer, ApiError>> {
+        let backend = self.backend.as_ref()?;
+        Some(backend.answer(channel, credentials).await)
     }
 
     /// What the channel's rule (`auth`) says of these credentials.

@@ -263,6 +263,9 @@ impl Feed {
         validators: &mut Validators,
     ) -> bool {
         let mut headers = self.forwarded.clone();
+        if let Some(auth) = &self.route.auth {
+            auth.add_poll_credentials(&mut headers);
+        }
         if let (Some(name), Some(value)) = (&self.route.vary_header, &self.vary_value) {
             headers.insert(name.clone(), value.clone());
         }

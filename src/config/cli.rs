@@ -143,10 +143,17 @@ fn command() -> Command {
                 .help("TOML configuration file"),
         )
         .arg(
+            // `--check-config FILE` and `--check-config --config FILE` both
+            // work: the first is what people type, the second what the
+            // systemd unit and the docs have always said.
             Arg::new("check-config")
                 .long("check-config")
-                .action(ArgAction::SetTrue)
-                .help("Load and validate the configuration, print a summary and exit (0 valid, 2 invalid)"),
+                .value_name("FILE")
+                .num_args(0..=1)
+                // Present without a value: "" (a path parser refuses empty ones).
+                .default_missing_value("")
+                .value_parser(clap::builder::ValueParser::os_string())
+                .help("Load and validate the configuration (FILE, or --config FILE), print a summary and exit (0 valid, 2 invalid)"),
         );
     for &(flag, key, kind, help) in SETTINGS {
         let env = format!("POLLBRIDGE_{}", flag.to_uppercase().replace('-', "_"));
@@ -181,15 +188,66 @@ where
     T: Into<OsString> + Clone,
 {
     let matches = command().get_matches_from(args);
-    let table = match matches.get_one::<PathBuf>("config") {
+    let check_file = matches
+        .get_one::<OsString>("check-config")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let check_file = check_file.as_ref();
+    let file = match (check_file, matches.get_one::<PathBuf>("config")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(vec![ConfigProblem {
+                key: "--check-config".into(),
+                message: format!(
+                    "names {} but --config names {}; give the file once",
+                    a.display(),
+                    b.display()
+                ),
+            }])
+        }
+        (Some(path), _) | (None, Some(path)) => Some(path),
+        (None, None) => None,
+    };
+    let table = match file {
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
     };
     let config = merge(table, &matches)?;
     Ok(Invocation {
         config,
-        check_only: matches.get_flag("check-config"),
+        check_only: matches.contains_id("check-config"),
     })
+}
+
+/// What `--check-config` prints for a valid configuration: one line for
+/// the gateway, then one per bridge route.
+pub fn check_summary(config: &Config) -> String {
+    let mut out = format!(
+        "pollbridge: configuration OK (public {}, admin {}, bus {}, upstream {}, {} channel rule(s), {} bridge route(s))",
+        config.listen,
+        config.admin_listen,
+        crate::bus::redis::redact(&config.bus),
+        config.upstream.as_deref().unwrap_or("none"),
+        config.channels.len(),
+        config.bridges.len(),
+    );
+    for route in &config.bridges {
+        out.push_str(&format!(
+            "\n  bridge {} -> channel {}, every {}",
+            route.path,
+            route.channel,
+            humantime::format_duration(route.interval)
+        ));
+        if let Some(hold) = route.hold {
+            out.push_str(&format!(", hold {}", humantime::format_duration(hold)));
+        }
+        if let Some(vary_by) = &route.vary_by {
+            out.push_str(&format!(", vary_by {vary_by}"));
+        }
+        if route.auth != super::BridgeAuthMode::None {
+            out.push_str(&format!(", auth {}", route.auth.as_str()));
+        }
+    }
+    out
 }
 
 /// Loads a configuration file on its own, without flags or environment.

@@ -7,6 +7,7 @@
 //! whatever its source, goes through the same parser and the same error
 //! message naming its key.
 
+mod bridge_auth;
 pub mod cli;
 mod client_limits;
 mod history;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client_limits::WsClientLimits;
 pub use history::HistoryConfig;
+pub use bridge_auth::BridgeAuthMode;
 pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
@@ -365,6 +367,24 @@ pub struct BridgeRoute {
     /// long stops. Default: 60s.
     #[serde(default = "default_bridge_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Who may be served the shared copy: `none` (anyone), `auth_url`
+    /// (the `auth.auth_url` delegation) or `route` (a conditional request
+    /// to this path with the client's own `Cookie`/`Authorization`). A
+    /// client the backend refuses gets the backend's answer. Default: none.
+    #[serde(default)]
+    pub auth: BridgeAuthMode,
+    /// How long a check's answer is reused for the same credentials.
+    /// Default: 10s (at most 5m).
+    #[serde(default = "bridge_auth::default_auth_ttl", with = "humantime_serde")]
+    pub auth_ttl: Duration,
+    /// Distinct credentials whose answers are remembered; past it expired
+    /// answers are dropped, then new ones are not remembered. Default: 10000.
+    #[serde(default = "bridge_auth::default_auth_cache_size")]
+    pub auth_cache_size: usize,
+    /// Checks waiting on the backend at once; a client that cannot get one
+    /// within `auth.auth_timeout` gets `503 auth_unavailable`. Default: 8.
+    #[serde(default = "bridge_auth::default_auth_max_in_flight")]
+    pub auth_max_in_flight: usize,
 }
 
 fn default_bridge_interval() -> Duration {
@@ -748,6 +768,9 @@ impl Config {
                 .any(|other| other.path == route.path)
             {
                 bad(&key("path"), format!("{:?} is bridged twice", route.path));
+            }
+            for (field, message) in bridge_auth::problems(self, route) {
+                bad(&key(field), message);
             }
         }
         for (i, rule) in self.channels.iter().enumerate() {

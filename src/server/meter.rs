@@ -45,6 +45,11 @@ pub fn disable_counting_for_benchmarks() {
 /// Bit set in `state` while no request is in progress.
 const IDLE: u8 = 0x80;
 
+/// Bit set in `state` during a WebSocket upgrade (request head to 101):
+/// those bytes are also counted as handshake bytes, so `/stats` can tell the
+/// one-off cost of opening a connection from the cost of each message.
+const HANDSHAKE: u8 = 0x40;
+
 /// One client connection's attribution state, shared by the socket wrapper
 /// (or both halves of a split socket) and the request handlers.
 pub struct ConnMeter {
@@ -81,7 +86,7 @@ impl ConnMeter {
     }
 
     fn transport(state: u8) -> Transport {
-        Transport::ALL[(state & !IDLE) as usize]
+        Transport::ALL[(state & !(IDLE | HANDSHAKE)) as usize]
     }
 
     #[inline]
@@ -97,6 +102,9 @@ impl ConnMeter {
                 .transport(Self::transport(state))
                 .wire_in
                 .inc_by(n as u64);
+            if state & HANDSHAKE != 0 {
+                self.metrics.ws_handshake_bytes.inc_by(n as u64);
+            }
         }
     }
 
@@ -110,13 +118,22 @@ impl ConnMeter {
             .transport(Self::transport(state))
             .wire_out
             .inc_by(n as u64);
+        if state & HANDSHAKE != 0 {
+            self.metrics.ws_handshake_bytes.inc_by(n as u64);
+        }
     }
 
     /// The current request was classified: it and its pending head bytes
     /// belong to `transport`.
     pub fn begin_request(&self, transport: Transport) {
-        self.state.store(transport as u8, Ordering::Relaxed);
-        self.flush_pending(transport);
+        let upgrade = transport == Transport::WebSocket;
+        let flag = if upgrade { HANDSHAKE } else { 0 };
+        self.state.store(transport as u8 | flag, Ordering::Relaxed);
+        let pending = self.flush_pending(transport);
+        if upgrade && COUNTING.load(Ordering::Relaxed) {
+            self.metrics.ws_handshakes.inc();
+            self.metrics.ws_handshake_bytes.inc_by(pending);
+        }
     }
 
     /// The response is finished; bytes read from now on wait for the next
@@ -140,11 +157,22 @@ impl ConnMeter {
         self.killed.load(Ordering::Relaxed)
     }
 
-    fn flush_pending(&self, transport: Transport) {
+    /// The upgrade is complete (hyper has written the 101 and let go of the
+    /// socket): from now on the connection's bytes are messages, not
+    /// handshake. (Not at [`response_done`](Self::response_done): hyper
+    /// drops a 101's empty body before it writes the head.) A refused
+    /// upgrade stays handshake until the connection's next request.
+    pub fn handshake_done(&self) {
+        self.state.fetch_and(!HANDSHAKE, Ordering::Relaxed);
+    }
+
+    /// Credits the pending bytes to `transport`; returns how many there were.
+    fn flush_pending(&self, transport: Transport) -> u64 {
         let pending = self.pending_in.swap(0, Ordering::Relaxed);
         if pending > 0 {
             self.metrics.transport(transport).wire_in.inc_by(pending);
         }
+        pending
     }
 }
 

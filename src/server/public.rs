@@ -97,6 +97,10 @@ pub fn route(
             other => other,
         };
         meter.begin_request(route.transport());
+        if route.transport() == Transport::WebSocket {
+            // The upgrade tells the meter when its handshake is over.
+            req.extensions_mut().insert(meter.clone());
+        }
         // The future is as large as its largest handler's (see above), so
         // the handlers larger than the poll's, none of them held by the
         // thousand, are boxed (one allocation per request) and the poll's

@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::metrics::UpgradeFailure;
-use crate::server::meter::MeteredStream;
+use crate::server::meter::{ConnMeter, MeteredStream};
 use crate::transport::{ConnectionGuard, Transport};
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
@@ -291,7 +291,9 @@ fn upgrade(
         .expect("checked by check_handshake");
     let protocol_offered =
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
-    let on_upgrade = hyper::upgrade::on(req);
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    // Put there by the router, so the handshake's bytes can be told apart.
+    let meter = req.extensions_mut().remove::<Arc<ConnMeter>>();
     let session_gw = gw.clone();
     let task = async move {
         let upgraded = match on_upgrade.await {
@@ -301,6 +303,9 @@ fn upgrade(
                 return;
             }
         };
+        if let Some(meter) = meter {
+            meter.handshake_done();
+        }
         let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
         tracing::debug!("websocket open");
         // Boxed and built by a plain function: this task then holds only
