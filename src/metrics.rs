@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Messages a node recovered from the shared history after missing
     /// them live (reconnects, dropped notifications).
     pub bus_gap_fill_messages: IntCounter,
+    /// Channels this node started over because their sequence's epoch
+    /// changed (the shared bus lost their data).
+    pub bus_epoch_resets: IntCounter,
     /// Channels this node is subscribed to on the shared bus.
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
@@ -178,6 +181,11 @@ impl Metrics {
         let bus_gap_fill_messages = IntCounter::new(
             "bus_gap_fill_messages_total",
             "Messages recovered from the shared history after being missed live",
+        )
+        .unwrap();
+        let bus_epoch_resets = IntCounter::new(
+            "bus_epoch_resets_total",
+            "Channels started over because their epoch changed (the bus lost their data)",
         )
         .unwrap();
         let bus_subscriptions = IntGauge::new(
@@ -282,6 +290,7 @@ impl Metrics {
         reg(Box::new(bus_publish_duration.clone()));
         reg(Box::new(redis_reconnects.clone()));
         reg(Box::new(bus_gap_fill_messages.clone()));
+        reg(Box::new(bus_epoch_resets.clone()));
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
@@ -302,6 +311,7 @@ impl Metrics {
             bus_publish_duration,
             redis_reconnects,
             bus_gap_fill_messages,
+            bus_epoch_resets,
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
@@ -399,6 +409,7 @@ mod tests {
             "pollbridge_bus_publish_duration_seconds_bucket{le=\"0.0001\"} 0",
             "pollbridge_redis_reconnects_total 0",
             "pollbridge_bus_gap_fill_messages_total 0",
+            "pollbridge_bus_epoch_resets_total 0",
             "pollbridge_bus_subscriptions 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
