@@ -25,7 +25,7 @@ async fn timeout_zero_answers_at_once_with_last_id() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"messages": [], "last_id": 0, "truncated": false})
+        json!({"messages": [], "last_id": 0, "truncated": false, "cursor": "0"})
     );
 
     gw.publish_json("lp", &json!("one")).await;
