@@ -271,13 +271,20 @@ pub fn encode_frame(entry: &Entry) -> Vec<u8> {
     out
 }
 
-/// Decodes a pub/sub message; `None` when it isn't ours or is mangled
-/// (or from a version without epochs: `<id>:<ts>:<data>`; such a node's
-/// messages reach this one through the gap fill instead).
+/// Decodes a pub/sub message; `None` when it isn't ours or is mangled. A
+/// message of a version without epochs (`<id>:<ts>:<data>`, a node not yet
+/// upgraded) decodes with [`Epoch::NONE`]: "the epoch being followed".
 pub fn decode_frame(frame: &[u8]) -> Option<Entry> {
     let dash = frame.iter().position(|&b| b == b'-' || b == b':')?;
-    if frame[dash] != b'-' {
-        return None;
+    if frame[dash] == b':' {
+        let (id, rest) = split_number(frame)?;
+        let (ts_us, data) = split_number(rest)?;
+        return (!data.is_empty()).then(|| Entry {
+            id,
+            epoch: Epoch::NONE,
+            ts_us,
+            data: Bytes::copy_from_slice(data),
+        });
     }
     let id = parse_digits(&frame[..dash])?;
     let rest = &frame[dash + 1..];
@@ -417,6 +424,12 @@ mod tests {
         let frame = encode_frame(&entry);
         assert_eq!(frame, br#"42-9f:1700000000123456:{"a":"x:y"}"#);
         assert_eq!(decode_frame(&frame), Some(entry));
+        // A node without epochs (mid-upgrade) sends `<id>:<ts>:<data>`.
+        let legacy = decode_frame(b"7:17:1").unwrap();
+        assert_eq!(
+            (legacy.id, legacy.epoch, legacy.ts_us),
+            (7, Epoch::NONE, 17)
+        );
         for bad in [
             &b""[..],
             b"42",
@@ -429,8 +442,8 @@ mod tests {
             b"42-xy:17:1",
             b"42-9f::1",
             b"99999999999999999999999-9f:1:1",
-            // Without an epoch (an older node): not ours to deliver live.
-            b"42:17:1",
+            b"42:17:",
+            b"4x:17:1",
         ] {
             assert_eq!(
                 decode_frame(bad),

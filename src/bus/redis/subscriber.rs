@@ -429,13 +429,18 @@ impl Subscriber {
         if !self.watches.get(&channel).is_some_and(|w| w.confirmed) {
             return Ok(());
         }
-        let Some(entry) = decode_frame(payload) else {
+        let Some(mut entry) = decode_frame(payload) else {
             tracing::debug!(channel = %channel, "ignoring a malformed redis pub/sub message");
             return Ok(());
         };
         let Some(watch) = self.watches.get_mut(&channel) else {
             return Ok(());
         };
+        if entry.epoch.is_none() {
+            // From a node without epochs (a rolling upgrade): it publishes
+            // in whatever sequence there is.
+            entry.epoch = watch.epoch;
+        }
         if entry.epoch != watch.epoch {
             if watch.retired.contains(&entry.epoch) {
                 return Ok(()); // in flight from before we left that epoch

@@ -790,7 +790,8 @@ fn subscribed_ack(
         "type": "subscribed",
         "channel": channel.as_str(),
         "last_id": at.id,
-        "epoch": at.epoch.to_string(),
+        // null while the channel has no sequence yet.
+        "epoch": (!at.epoch.is_none()).then(|| at.epoch.to_string()),
         "cursor": at.text(),
         "truncated": truncated,
         "conflated": conflated,
