@@ -78,6 +78,16 @@ impl Since {
     }
 }
 
+impl fmt::Display for Since {
+    /// The text [`parse_cursor`] reads back: `N` or `N-E`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.epoch {
+            Some(epoch) => write!(f, "{}-{epoch}", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
 /// Parses a cursor (`since`, `Last-Event-ID`): `N` (an unsigned decimal
 /// id) or `N-E` (the id and its epoch in hex, as pollbridge hands them out).
 pub fn parse_cursor(text: &str) -> Option<Since> {
