@@ -109,9 +109,10 @@ struct Watch {
     /// The last id notified live on the current connection: live ids only
     /// grow, so one at or below it means the ids went backwards.
     live_last: u64,
-    /// Publish time (Redis clock, µs) of the last entry this node delivered:
-    /// tells the entry at that id apart from another of the same id.
-    last_ts: u64,
+    /// Id and publish time (Redis clock, µs) of the last entry this node
+    /// delivered: tells the entry at that id apart from another of the same
+    /// id.
+    last_delivered: (u64, u64),
     /// Subscribers waiting for the confirmation.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Since when no local subscriber is left.
@@ -498,7 +499,7 @@ impl Subscriber {
         }
         watch.epoch = epoch;
         watch.floor = 0;
-        watch.last_ts = 0;
+        watch.last_delivered = (0, 0);
         self.shared.hub.reset(channel, epoch);
     }
 
@@ -533,7 +534,7 @@ impl Subscriber {
         );
         if self.shared.hub.deliver(Arc::new(msg)) {
             if let Some(watch) = self.watches.get_mut(channel) {
-                watch.last_ts = entry.ts_us;
+                watch.last_delivered = (entry.id, entry.ts_us);
             }
         }
     }
@@ -544,8 +545,12 @@ impl Subscriber {
         let mode = self.shared.hub.mode_of(channel.as_str());
         let mut recovered = 0u64;
         // Read the entry at `after` too (once), to check it is the one this
-        // node delivered.
-        let mut verify = after > 0;
+        // node delivered (when `after` is the last id it delivered).
+        let mut verify = after > 0
+            && self
+                .watches
+                .get(channel)
+                .is_some_and(|w| w.last_delivered.0 == after);
         // Each round either makes progress or changes epoch; a sequence
         // that keeps changing under us is not followed forever.
         let mut epoch_changes = 0;
@@ -553,7 +558,7 @@ impl Subscriber {
             let Some(watch) = self.watches.get(channel) else {
                 return Ok(());
             };
-            let (epoch, last_ts) = (watch.epoch, watch.last_ts);
+            let (epoch, last_ts) = (watch.epoch, watch.last_delivered.1);
             let since = if verify { after - 1 } else { after };
             let reply = self
                 .shared
@@ -579,8 +584,8 @@ impl Subscriber {
                 continue;
             }
             let at_after = reply.entries.iter().find(|e| e.id == after);
-            let forked = reply.last_id < after
-                || (verify && last_ts != 0 && at_after.is_some_and(|e| e.ts_us != last_ts));
+            let forked =
+                reply.last_id < after || (verify && at_after.is_some_and(|e| e.ts_us != last_ts));
             if forked {
                 tracing::error!(
                     channel = %channel, last_id = reply.last_id, delivered = after,
