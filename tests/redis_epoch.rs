@@ -411,3 +411,40 @@ async fn memory_bus_cursor_from_before_a_restart_is_told() {
     assert_eq!(body["truncated"], false, "{body}");
     assert_eq!(body["messages"], json!([]));
 }
+
+/// Ids going backwards within one epoch while every connection stays up
+/// (Redis reloads an older snapshot: `DEBUG RELOAD NOSAVE`): node 2 sees a
+/// live id it already had, gives the sequence a new epoch, and its clients
+/// are told.
+#[tokio::test]
+async fn older_snapshot_reloaded_under_live_connections_is_told() {
+    let redis = RedisServer::start_with(&["--enable-debug-command".into(), "yes".into()]).await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let channel = "epoch.reload";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=2).await.len(), 2);
+    redis.cli(&["SAVE"]);
+    assert_eq!(publish_all(&a, channel, 3..=5).await.len(), 3);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let old_cursor = cursor_at(&clients, 5).await;
+
+    redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]);
+    let new = publish_all(&a, channel, 3..=7).await;
+    assert_eq!(
+        new,
+        (3..=7).collect::<Vec<u64>>(),
+        "the same epoch's ids went on from 2"
+    );
+    clients.expect(&told(1..=5, 1..=7), T10).await;
+    assert_eq!(
+        b.metric("pollbridge_redis_reconnects_total", &[]).await,
+        Some(0.0),
+        "the connections stayed up"
+    );
+    old_cursor_is_told(&a, channel, &old_cursor, &(1..=7).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
