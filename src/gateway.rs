@@ -138,7 +138,7 @@ impl Gateway {
     pub async fn subscribe(
         self: &Arc<Self>,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<crate::channel::Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {

@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Messages a node recovered from the shared history after missing
     /// them live (reconnects, dropped notifications).
     pub bus_gap_fill_messages: IntCounter,
+    /// Channels this node started over because their sequence's epoch
+    /// changed (the shared bus lost their data).
+    pub bus_epoch_resets: IntCounter,
     /// Channels this node is subscribed to on the shared bus.
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
@@ -199,6 +202,11 @@ impl Metrics {
         let bus_gap_fill_messages = IntCounter::new(
             "bus_gap_fill_messages_total",
             "Messages recovered from the shared history after being missed live",
+        )
+        .unwrap();
+        let bus_epoch_resets = IntCounter::new(
+            "bus_epoch_resets_total",
+            "Channels started over because their epoch changed (the bus lost their data)",
         )
         .unwrap();
         let bus_subscriptions = IntGauge::new(
@@ -350,6 +358,7 @@ impl Metrics {
         reg(Box::new(bus_publish_duration.clone()));
         reg(Box::new(redis_reconnects.clone()));
         reg(Box::new(bus_gap_fill_messages.clone()));
+        reg(Box::new(bus_epoch_resets.clone()));
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
@@ -378,6 +387,7 @@ impl Metrics {
             bus_publish_duration,
             redis_reconnects,
             bus_gap_fill_messages,
+            bus_epoch_resets,
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
@@ -491,6 +501,7 @@ mod tests {
             "pollbridge_bus_publish_duration_seconds_bucket{le=\"0.0001\"} 0",
             "pollbridge_redis_reconnects_total 0",
             "pollbridge_bus_gap_fill_messages_total 0",
+            "pollbridge_bus_epoch_resets_total 0",
             "pollbridge_bus_subscriptions 0",
             "pollbridge_slow_clients_closed_total{reason=\"write_timeout\",transport=\"longpoll\"} 0",
             "pollbridge_slow_clients_closed_total{reason=\"output_budget\",transport=\"websocket\"} 0",

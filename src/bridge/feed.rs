@@ -168,7 +168,12 @@ impl Feed {
         // feed, or another node's poller).
         let subscription = match gw
             .bus
-            .subscribe(&self.channel, Some(0), &queue, gw.config.history.size)
+            .subscribe(
+                &self.channel,
+                Some(crate::channel::Since::plain(0)),
+                &queue,
+                gw.config.history.size,
+            )
             .await
         {
             Ok((subscription, history)) => {

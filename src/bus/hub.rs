@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 
 use super::history::{Budget, Evictable, History};
 use super::queue::{Pushed, QueueClosed, SubscriberQueue};
-use super::Message;
-use crate::channel::ChannelName;
+use super::{Epoch, Message};
+use crate::channel::{ChannelName, Since};
 use crate::config::{ChannelMode, ChannelRules, HistoryConfig};
 use crate::metrics::Metrics;
 use crate::transport::Transport;
@@ -35,6 +35,9 @@ pub struct HistoryRead {
     /// The id of the last message returned, or the cursor the client should
     /// use next when none was.
     pub last_id: u64,
+    /// The sequence these ids belong to ([`Epoch::NONE`]: the channel has
+    /// none yet).
+    pub epoch: Epoch,
     /// History no longer reaches back to the cursor: messages were missed.
     pub truncated: bool,
     /// A `state` channel skipped intermediate values: only the latest is here.
@@ -72,6 +75,9 @@ struct ChannelInner {
     /// look the channel up again.
     removed: bool,
     mode: ChannelMode,
+    /// The sequence `last_id` and the history belong to: random per
+    /// channel creation on the in-memory bus, Redis's on the Redis bus.
+    epoch: Epoch,
     last_id: u64,
     history: History,
     subscribers: Vec<Subscriber>,
@@ -203,6 +209,9 @@ impl Hub {
                             inner: Mutex::new(ChannelInner {
                                 removed: false,
                                 mode: self.mode_of(channel.as_str()),
+                                // Per creation, not per process: a channel
+                                // the sweeper forgot starts a new sequence.
+                                epoch: Epoch::random(),
                                 last_id: 0,
                                 history: History::default(),
                                 subscribers: Vec::new(),
@@ -232,9 +241,14 @@ impl Hub {
 
     /// Delivers a message whose id was assigned elsewhere (a shared bus).
     /// Messages at or below the channel's last id are ignored, so replays
-    /// and gap-fills never duplicate.
+    /// and gap-fills never duplicate. A message of another epoch starts the
+    /// channel over in that sequence (see [`reset`](Self::reset)); the
+    /// caller only hands over epochs it has not left.
     pub fn deliver(&self, msg: Arc<Message>) -> bool {
         let delivered = self.with_channel(&msg.channel, |_, inner| {
+            if msg.epoch != inner.epoch {
+                self.start_over(inner, msg.epoch);
+            }
             if msg.id <= inner.last_id {
                 return false;
             }
@@ -275,6 +289,7 @@ impl Hub {
                 .map(|(i, d)| {
                     Arc::new(Message::new(
                         channel.clone(),
+                        inner.epoch,
                         inner.last_id + 1 + i as u64,
                         d,
                         now,
@@ -286,6 +301,38 @@ impl Hub {
         });
         self.keep_within_budget();
         published
+    }
+
+    /// Makes `epoch` the channel's sequence: what this node held of another
+    /// one is dropped. Subscribers stay: each transport sees the new epoch
+    /// on the next message and tells its client `truncated` once.
+    pub fn reset(&self, channel: &ChannelName, epoch: Epoch) {
+        self.with_channel(channel, |_, inner| {
+            if inner.epoch != epoch {
+                self.start_over(inner, epoch);
+            }
+        })
+    }
+
+    /// The channel's epoch ([`Epoch::NONE`] when this node doesn't know the
+    /// channel).
+    pub fn epoch(&self, channel: &ChannelName) -> Epoch {
+        self.channels
+            .get(channel)
+            .map(|s| s.value().clone())
+            .map(|slot| slot.inner.lock().epoch)
+            .unwrap_or(Epoch::NONE)
+    }
+
+    fn start_over(&self, inner: &mut ChannelInner, epoch: Epoch) {
+        if inner.last_id > 0 {
+            // Something of the old sequence was delivered here: that is
+            // lost data, not a channel's first message.
+            self.metrics.bus_epoch_resets.inc();
+        }
+        inner.epoch = epoch;
+        inner.last_id = 0;
+        inner.history.clear(&self.budget);
     }
 
     fn record_and_fan_out(&self, inner: &mut ChannelInner, msg: &Arc<Message>) {
@@ -342,7 +389,7 @@ impl Hub {
     pub fn subscribe(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> (Subscription, HistoryRead) {
@@ -366,12 +413,12 @@ impl Hub {
     }
 
     /// History after `since` (None: nothing, just the current last id).
-    pub fn read(&self, channel: &ChannelName, since: Option<u64>, limit: usize) -> HistoryRead {
+    pub fn read(&self, channel: &ChannelName, since: Option<Since>, limit: usize) -> HistoryRead {
         // Reading a channel nobody has used must not create it.
         let Some(slot) = self.channels.get(channel).map(|s| s.value().clone()) else {
             return HistoryRead {
                 last_id: 0,
-                truncated: since.is_some_and(|s| s > 0),
+                truncated: since.is_some_and(|s| s.id > 0),
                 ..HistoryRead::default()
             };
         };
@@ -516,16 +563,31 @@ impl ReadStart {
     }
 }
 
-/// Applies the cursor rules to a channel whose last id is `last_id` and
-/// whose oldest kept message is `first_kept` (`last_id + 1` when nothing is
-/// kept).
-pub fn read_start(since: u64, last_id: u64, first_kept: u64, mode: ChannelMode) -> ReadStart {
+/// The shape of a channel's sequence, as a history read sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequence {
+    pub epoch: Epoch,
+    pub last_id: u64,
+    /// The oldest kept message (`last_id + 1` when nothing is kept).
+    pub first_kept: u64,
+}
+
+/// Applies the cursor rules to a client's cursor `since` in `seq`.
+pub fn read_start(since: Since, seq: Sequence, mode: ChannelMode) -> ReadStart {
+    let Sequence {
+        epoch,
+        last_id,
+        first_kept,
+    } = seq;
     let mut start = ReadStart {
-        after: since,
+        after: since.id,
         truncated: false,
         conflated: false,
     };
-    if since > last_id {
+    // A cursor of another sequence: what it counted is gone (Redis lost the
+    // data, or the gateway restarted). At id 0 nothing was counted yet.
+    let other_epoch = since.epoch.is_some_and(|e| e != epoch) && since.id > 0;
+    if other_epoch || since.id > last_id {
         // Ids restarted (the bus's store was reset): the client's cursor
         // means nothing here any more; give it everything we have.
         start.after = 0;
@@ -541,10 +603,11 @@ pub fn read_start(since: u64, last_id: u64, first_kept: u64, mode: ChannelMode) 
     start
 }
 
-fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> HistoryRead {
+fn read_history(inner: &ChannelInner, since: Option<Since>, limit: usize) -> HistoryRead {
     let Some(since) = since else {
         return HistoryRead {
             last_id: inner.last_id,
+            epoch: inner.epoch,
             ..HistoryRead::default()
         };
     };
@@ -553,7 +616,12 @@ fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> Histo
         .front()
         .map(|m| m.id)
         .unwrap_or(inner.last_id + 1);
-    let start = read_start(since, inner.last_id, first_kept, inner.mode);
+    let seq = Sequence {
+        epoch: inner.epoch,
+        last_id: inner.last_id,
+        first_kept,
+    };
+    let start = read_start(since, seq, inner.mode);
     let skip = inner.history.partition_point(|m| m.id <= start.after);
     let messages: Vec<Arc<Message>> = inner
         .history
@@ -567,6 +635,7 @@ fn read_history(inner: &ChannelInner, since: Option<u64>, limit: usize) -> Histo
             .last()
             .map_or(start.resume_point(inner.last_id, first_kept), |m| m.id),
         messages,
+        epoch: inner.epoch,
         truncated: start.truncated,
         conflated: start.conflated,
     }
@@ -603,17 +672,17 @@ mod tests {
         for i in 1..=5u64 {
             assert_eq!(hub.publish_next(&ch, &Bytes::from("1")).id, i);
         }
-        let all = hub.read(&ch, Some(0), 100);
+        let all = hub.read(&ch, Some(Since::plain(0)), 100);
         assert_eq!(ids(&all), vec![3, 4, 5]);
         assert!(all.truncated);
-        let recent = hub.read(&ch, Some(3), 100);
+        let recent = hub.read(&ch, Some(Since::plain(3)), 100);
         assert_eq!(ids(&recent), vec![4, 5]);
         assert!(!recent.truncated);
         assert_eq!(recent.last_id, 5);
-        let none = hub.read(&ch, Some(5), 100);
+        let none = hub.read(&ch, Some(Since::plain(5)), 100);
         assert!(none.messages.is_empty());
         assert_eq!(none.last_id, 5);
-        let limited = hub.read(&ch, Some(2), 1);
+        let limited = hub.read(&ch, Some(Since::plain(2)), 1);
         assert_eq!(ids(&limited), vec![3]);
         assert_eq!(limited.last_id, 3);
     }
@@ -623,10 +692,10 @@ mod tests {
         let hub = hub_with(10, vec![]);
         let ch = name("news");
         hub.publish_next(&ch, &Bytes::from("1"));
-        let read = hub.read(&ch, Some(500), 100);
+        let read = hub.read(&ch, Some(Since::plain(500)), 100);
         assert!(read.truncated);
         assert_eq!(ids(&read), vec![1]);
-        let unknown = hub.read(&name("never"), Some(3), 100);
+        let unknown = hub.read(&name("never"), Some(Since::plain(3)), 100);
         assert!(unknown.truncated);
         assert!(unknown.messages.is_empty());
     }
@@ -639,7 +708,7 @@ mod tests {
             hub.publish_next(&ch, &Bytes::from("1"));
         }
         let q = SubscriberQueue::new(16, Transport::WebSocket);
-        let (sub, read) = hub.subscribe(&ch, Some(1), &q, 100);
+        let (sub, read) = hub.subscribe(&ch, Some(Since::plain(1)), &q, 100);
         assert_eq!(ids(&read), vec![2, 3]);
         hub.publish_next(&ch, &Bytes::from("1"));
         let mut out = Vec::new();
@@ -687,10 +756,10 @@ mod tests {
         for _ in 0..100 {
             hub.publish_next(&ch, &Bytes::from("1"));
         }
-        let read = hub.read(&ch, Some(1), 100);
+        let read = hub.read(&ch, Some(Since::plain(1)), 100);
         assert_eq!(ids(&read), vec![100]);
         assert!(read.conflated && !read.truncated);
-        let next = hub.read(&ch, Some(99), 100);
+        let next = hub.read(&ch, Some(Since::plain(99)), 100);
         assert_eq!(ids(&next), vec![100]);
         assert!(!next.conflated);
     }
@@ -698,18 +767,30 @@ mod tests {
     #[test]
     fn read_start_rules() {
         use ChannelMode::{State, Stream};
+        let epoch = Epoch::parse(b"e1").unwrap();
+        let rs = |since, last_id, first_kept, mode| {
+            let seq = Sequence {
+                epoch,
+                last_id,
+                first_kept,
+            };
+            let plain = read_start(Since::plain(since), seq, mode);
+            // The same id with the channel's own epoch reads the same.
+            assert_eq!(read_start(Since::at(since, epoch), seq, mode), plain);
+            plain
+        };
         let plain = |after| ReadStart {
             after,
             truncated: false,
             conflated: false,
         };
         // Inside history, at its edge, and at the newest message.
-        assert_eq!(read_start(5, 10, 3, Stream), plain(5));
-        assert_eq!(read_start(2, 10, 3, Stream), plain(2));
-        assert_eq!(read_start(10, 10, 3, Stream), plain(10));
+        assert_eq!(rs(5, 10, 3, Stream), plain(5));
+        assert_eq!(rs(2, 10, 3, Stream), plain(2));
+        assert_eq!(rs(10, 10, 3, Stream), plain(10));
         // Older than history.
         assert_eq!(
-            read_start(1, 10, 3, Stream),
+            rs(1, 10, 3, Stream),
             ReadStart {
                 truncated: true,
                 ..plain(1)
@@ -717,31 +798,31 @@ mod tests {
         );
         // From the future: a reset, and truncated.
         assert_eq!(
-            read_start(50, 10, 3, Stream),
+            rs(50, 10, 3, Stream),
             ReadStart {
                 truncated: true,
                 ..plain(0)
             }
         );
         assert_eq!(
-            read_start(50, 10, 1, Stream),
+            rs(50, 10, 1, Stream),
             ReadStart {
                 truncated: true,
                 ..plain(0)
             }
         );
         // Nothing kept, cursor current: not truncated.
-        assert_eq!(read_start(10, 10, 11, Stream), plain(10));
-        assert_eq!(read_start(0, 0, 1, Stream), plain(0));
+        assert_eq!(rs(10, 10, 11, Stream), plain(10));
+        assert_eq!(rs(0, 0, 1, Stream), plain(0));
         // State channels conflate instead, but only if something is kept.
         assert_eq!(
-            read_start(1, 10, 10, State),
+            rs(1, 10, 10, State),
             ReadStart {
                 conflated: true,
                 ..plain(1)
             }
         );
-        assert_eq!(read_start(1, 10, 11, State), plain(1));
+        assert_eq!(rs(1, 10, 11, State), plain(1));
     }
 
     #[test]
@@ -769,7 +850,8 @@ mod tests {
     fn deliver_ignores_duplicates() {
         let hub = hub_with(10, vec![]);
         let ch = name("x");
-        let m = |id| Arc::new(Message::new(ch.clone(), id, b"1", Instant::now()));
+        let epoch = Epoch::parse(b"e1").unwrap();
+        let m = |id| Arc::new(Message::new(ch.clone(), epoch, id, b"1", Instant::now()));
         assert!(hub.deliver(m(1)));
         assert!(hub.deliver(m(2)));
         assert!(!hub.deliver(m(2)));
@@ -819,12 +901,12 @@ mod tests {
             stats.history, 3,
             "three 332-byte envelopes of 300-byte payloads fit in 1000"
         );
-        let read = hub.read(&ch, Some(0), 100);
+        let read = hub.read(&ch, Some(Since::plain(0)), 100);
         assert!(read.truncated);
         assert_eq!(ids(&read), vec![8, 9, 10]);
         // One message larger than the limit is still kept (the newest).
         hub.publish_next(&ch, &Bytes::from(vec![b'1'; 5000]));
-        assert_eq!(ids(&hub.read(&ch, Some(10), 100)), vec![11]);
+        assert_eq!(ids(&hub.read(&ch, Some(Since::plain(10)), 100)), vec![11]);
         assert_eq!(hub.history_bytes(), hub.stats()[0].history_bytes);
     }
 
@@ -841,13 +923,13 @@ mod tests {
         }
         assert!(hub.history_bytes() <= 8000, "{}", hub.history_bytes());
         // a's messages are the oldest: they went first; b kept its newest.
-        let read_a = hub.read(&a, Some(0), 100);
+        let read_a = hub.read(&a, Some(Since::plain(0)), 100);
         assert!(
             read_a.truncated && read_a.messages.is_empty(),
             "{:?}",
             ids(&read_a)
         );
-        let read_b = hub.read(&b, Some(0), 100);
+        let read_b = hub.read(&b, Some(Since::plain(0)), 100);
         assert_eq!(*ids(&read_b).last().unwrap(), 6);
         assert!(ids(&read_b).len() >= 5);
         assert_eq!(
@@ -861,7 +943,7 @@ mod tests {
         let hub = hub_with(10, vec![]);
         let q = SubscriberQueue::new(4, Transport::WebSocket);
         for i in 0..100 {
-            let (sub, _) = hub.subscribe(&name(&format!("churn.{i}")), Some(0), &q, 10);
+            let (sub, _) = hub.subscribe(&name(&format!("churn.{i}")), Some(Since::plain(0)), &q, 10);
             drop(sub);
         }
         assert_eq!(hub.channel_count(), 0);
@@ -892,5 +974,67 @@ mod tests {
         assert_eq!(page(Some("b"), 2), vec!["c", "d"]);
         assert_eq!(page(Some("d"), 2), vec!["e"]);
         assert!(page(Some("e"), 2).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(
+            ChannelRules::default(),
+            HistoryConfig::default(),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn a_cursor_of_another_epoch_is_truncated_and_starts_over() {
+        let hub = hub();
+        let ch = ChannelName::new("e").unwrap();
+        for _ in 0..3 {
+            hub.publish_next(&ch, &Bytes::from("1"));
+        }
+        let epoch = hub.epoch(&ch);
+        assert!(!epoch.is_none());
+        let same = hub.read(&ch, Some(Since::at(2, epoch)), 10);
+        assert_eq!((same.truncated, same.messages.len()), (false, 1));
+        assert_eq!(same.epoch, epoch);
+        let other = Epoch::parse(b"abc").unwrap();
+        let lost = hub.read(&ch, Some(Since::at(2, other)), 10);
+        assert!(lost.truncated);
+        assert_eq!(
+            lost.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // At id 0 nothing of the other sequence was had: nothing lost.
+        let fresh = hub.read(&ch, Some(Since::at(0, other)), 10);
+        assert!(!fresh.truncated);
+        assert_eq!(fresh.messages.len(), 3);
+    }
+
+    #[test]
+    fn deliver_of_a_new_epoch_starts_the_channel_over_and_counts_once() {
+        let hub = hub();
+        let ch = ChannelName::new("r").unwrap();
+        let (a, b) = (Epoch::parse(b"a").unwrap(), Epoch::parse(b"b").unwrap());
+        let m = |e, id| Arc::new(Message::new(ch.clone(), e, id, b"1", Instant::now()));
+        let q = SubscriberQueue::new(16, Transport::Sse);
+        let (_sub, _) = hub.subscribe(&ch, None, &q, 0);
+        // The first epoch seen is adopted silently.
+        assert!(hub.deliver(m(a, 1)) && hub.deliver(m(a, 2)));
+        assert_eq!(hub.metrics().bus_epoch_resets.get(), 0);
+        // A new sequence: id 1 is new again, and the old history is gone.
+        assert!(hub.deliver(m(b, 1)));
+        assert_eq!(hub.metrics().bus_epoch_resets.get(), 1);
+        assert_eq!((hub.epoch(&ch), hub.last_id(&ch)), (b, 1));
+        let read = hub.read(&ch, Some(Since::at(0, b)), 10);
+        assert_eq!(read.messages.len(), 1);
+        // The subscriber got every message, epochs and all, in order.
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        let got: Vec<_> = out.iter().map(|m| (m.epoch, m.id)).collect();
+        assert_eq!(got, [(a, 1), (a, 2), (b, 1)]);
     }
 }

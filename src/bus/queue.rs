@@ -36,7 +36,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::Message;
+use super::{Epoch, Message};
 use crate::config::ChannelMode;
 use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 use crate::transport::Transport;
@@ -89,9 +89,12 @@ pub trait DirectSink: Send + Sync {
 pub struct DirectReport {
     /// The unsent tail of a message the publisher wrote in part.
     pub remainder: Option<Bytes>,
-    /// Last id delivered per channel: the connection's cursors, moved on
-    /// by what publishers wrote.
-    pub written: Vec<(crate::channel::ChannelName, u64)>,
+    /// Last id delivered per channel, and the epoch it is in: the
+    /// connection's cursors, moved on by what publishers wrote. Publishers
+    /// write only messages of that epoch; one of another (the bus lost the
+    /// channel's data) ends direct mode, so that the connection tells its
+    /// client.
+    pub written: Vec<(crate::channel::ChannelName, Epoch, u64)>,
 }
 
 struct State {
@@ -426,15 +429,21 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
         .report
         .written
         .iter()
-        .position(|(channel, _)| *channel == first.channel)
+        .position(|(channel, _, _)| *channel == first.channel)
     {
         Some(pos) => pos,
         None => {
-            state.report.written.push((first.channel.clone(), 0));
+            let entry = (first.channel.clone(), first.epoch, 0);
+            state.report.written.push(entry);
             state.report.written.len() - 1
         }
     };
-    let known = state.report.written[cursor].1;
+    if state.report.written[cursor].1 != first.epoch {
+        // A new sequence: the connection must say `truncated` first. Direct
+        // mode ends here (the sink is not put back).
+        return 0;
+    }
+    let known = state.report.written[cursor].2;
     let skip = msgs.iter().take_while(|m| m.id <= known).count();
     let mut out = skip;
     let mut keep_direct = true;
@@ -463,7 +472,7 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
             sent += 1;
         }
         if sent > 0 {
-            state.report.written[cursor].1 = chunk[sent - 1].id;
+            state.report.written[cursor].2 = chunk[sent - 1].id;
             sink.delivered(&chunk[..sent]);
         }
         out += sent;
@@ -484,9 +493,18 @@ mod tests {
     use crate::channel::ChannelName;
     use std::time::Instant;
 
+    fn epoch() -> Epoch {
+        Epoch::parse(b"e1").unwrap()
+    }
+
     fn msg(channel: &str, id: u64) -> Arc<Message> {
+        msg_in(epoch(), channel, id)
+    }
+
+    fn msg_in(epoch: Epoch, channel: &str, id: u64) -> Arc<Message> {
         Arc::new(Message::new(
             ChannelName::new(channel).unwrap(),
+            epoch,
             id,
             b"1",
             Instant::now(),
@@ -575,7 +593,9 @@ mod tests {
         // The connection has delivered up to 1 already (from history): a
         // shared bus delivering 1 again must not send it twice.
         let mut report = DirectReport::default();
-        report.written.push((ChannelName::new("a").unwrap(), 1));
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 1));
         assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
         assert!(fake.wire.lock().is_empty());
@@ -595,7 +615,7 @@ mod tests {
         q.leave_direct(&mut report);
         let tail = report.remainder.take().expect("a partial frame");
         assert_eq!(report.written.len(), 1);
-        assert_eq!(report.written[0].1, 3);
+        assert_eq!(report.written[0].2, 3);
         let mut wire = fake.wire.lock().clone();
         wire.extend_from_slice(&tail);
         let mut out = Vec::new();
@@ -611,6 +631,38 @@ mod tests {
         assert_eq!(wire, expected);
         // Drained and nothing pending: direct mode may start again.
         assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+    }
+
+    #[test]
+    fn a_new_epoch_ends_direct_mode_and_is_queued_for_the_connection() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        let mut report = DirectReport::default();
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 5));
+        assert!(q.enter_direct(&sink, &mut report));
+        assert_eq!(q.push(&msg("a", 6), ChannelMode::Stream), Pushed::Written);
+        // The bus lost the channel's data: ids start again in a new epoch.
+        // The connection, not the publisher, must handle that (it tells the
+        // client `truncated` first).
+        let other = Epoch::parse(b"e2").unwrap();
+        assert_eq!(
+            q.push(&msg_in(other, "a", 1), ChannelMode::Stream),
+            Pushed::Queued
+        );
+        assert_eq!(
+            q.push(&msg_in(other, "a", 2), ChannelMode::Stream),
+            Pushed::Queued
+        );
+        assert_eq!(*fake.delivered.lock(), vec![6]);
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        let got: Vec<_> = out.iter().map(|m| (m.epoch, m.id)).collect();
+        assert_eq!(got, [(other, 1), (other, 2)]);
+        q.leave_direct(&mut report);
+        assert_eq!(report.written[0].2, 6);
     }
 
     #[test]

@@ -31,8 +31,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::bus::{Bus, Message, SubscriberQueue};
-use crate::channel::{parse_cursor, ChannelName};
+use crate::bus::epoch::cursor_text;
+use crate::bus::{Bus, Epoch, Message, SubscriberQueue};
+use crate::channel::{parse_cursor, ChannelName, Since};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{json, query_pairs, Body, Request, Response};
@@ -40,12 +41,12 @@ use crate::metrics::PollResult;
 use crate::migration;
 use crate::transport::output::standalone_account;
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
-use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
+use crate::transport::{record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// The parsed query of a poll. The strings borrow from the request's URI
 /// unless they had to be percent-decoded.
 struct PollQuery<'q> {
-    since: Option<u64>,
+    since: Option<Since>,
     timeout: Duration,
     /// The browser client's reason for falling back from WebSocket, sent
     /// on its first poll after the fallback.
@@ -160,7 +161,7 @@ enum Admitted {
 /// An admitted poll: all it needs of its request.
 struct AdmittedPoll {
     channel: ChannelName,
-    since: Option<u64>,
+    since: Option<Since>,
     timeout: Duration,
     /// The request's origin when it is allowed, echoed in the CORS headers.
     origin: Option<HeaderValue>,
@@ -222,8 +223,9 @@ impl AdmittedPoll {
     async fn answer(&self, gw: &Arc<Gateway>) -> Result<Response, ApiError> {
         let limit = gw.config.longpoll.max_messages;
         let read = gw.bus.history(&self.channel, self.since, limit).await?;
-        // No `since`: the client wants what comes next, after the current last id.
-        let cursor = self.since.unwrap_or(read.last_id);
+        // No `since`: the client wants what comes next, after the current
+        // last id. Either way the wait is in the sequence just read.
+        let cursor = Since::at(self.since.map_or(read.last_id, |s| s.id), read.epoch);
         let mut resp = if self.since.is_some()
             && (!read.messages.is_empty() || read.truncated || read.conflated)
         {
@@ -231,12 +233,12 @@ impl AdmittedPoll {
             respond(
                 gw,
                 &read.messages,
-                read.last_id,
+                Cursor::new(read.last_id, read.epoch),
                 read.truncated,
                 read.conflated,
             )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], cursor, false, false)?
+            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false)?
         } else {
             drop(read);
             wait(gw, &self.channel, cursor, self.timeout).await?
@@ -250,10 +252,14 @@ impl AdmittedPoll {
 
 /// Holds the poll until something after `cursor` is published, its timeout
 /// ends or the gateway shuts down, and answers it.
+///
+/// A message of another epoch while held means the bus lost the channel's
+/// data: the answer says `truncated` and carries the new sequence's
+/// messages and cursor (whether or not the client's cursor had an epoch).
 async fn wait(
     gw: &Arc<Gateway>,
     channel: &ChannelName,
-    cursor: u64,
+    cursor: Since,
     timeout: Duration,
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
@@ -263,11 +269,12 @@ async fn wait(
         return respond(
             gw,
             &read.messages,
-            read.last_id,
+            Cursor::new(read.last_id, read.epoch),
             read.truncated,
             read.conflated,
         );
     }
+    let cursor = Cursor::new(cursor.id, read.epoch);
     drop(read);
     let mut sleep = pin!(tokio::time::sleep(timeout));
     let mut shutdown = pin!(gw.shutdown.cancelled());
@@ -281,9 +288,21 @@ async fn wait(
             let resp = ready.then(|| {
                 // A shared bus may hand us live copies of what history
                 // already had.
-                let mut seen = Cursor(cursor);
-                drained.retain(|m| seen.advance(m.id));
-                respond(gw, drained, seen.0, false, false)
+                let mut seen = cursor;
+                let mut truncated = false;
+                let mut kept = 0;
+                for i in 0..drained.len() {
+                    match seen.step(&drained[i]) {
+                        Step::Duplicate => continue,
+                        Step::Next => {}
+                        // What came before belongs to the lost sequence.
+                        Step::Restarted => (truncated, kept) = (true, 0),
+                    }
+                    drained.swap(kept, i);
+                    kept += 1;
+                }
+                drained.truncate(kept);
+                respond(gw, drained, seen, truncated, false)
             });
             drained.clear();
             resp
@@ -313,18 +332,21 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
     &messages[..fit.max(1).min(messages.len())]
 }
 
-/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false}`,
-/// at most one page of `messages`. A large answer is streamed; `503` when
-/// the output budget has no room for it.
+/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false,
+/// "cursor":"N-E"}`, at most one page of `messages`; `position` is where the
+/// client is when no message is returned. A large answer is streamed; `503`
+/// when the output budget has no room for it.
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
-    last_id: u64,
+    position: Cursor,
     truncated: bool,
     conflated: bool,
 ) -> Result<Response, ApiError> {
     let messages = page(messages, gw.config.longpoll.max_answer_bytes);
-    let last_id = messages.last().map_or(last_id, |m| m.id);
+    let (last_id, epoch) = messages
+        .last()
+        .map_or((position.id, position.epoch), |m| (m.id, m.epoch));
     let body = match messages {
         // A fan-out's polls: one new message each, the same answer for all,
         // encoded once per message. (A larger one is streamed from its
@@ -335,10 +357,10 @@ fn respond(
         _ => {
             let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
             if size > replay::CHUNK {
-                return streamed(gw, messages, last_id, truncated, conflated);
+                return streamed(gw, messages, last_id, epoch, truncated, conflated);
             }
             let envelopes = messages.iter().map(|m| &m.envelope);
-            encode_answer(envelopes, last_id, truncated, conflated)
+            encode_answer(envelopes, last_id, epoch, truncated, conflated)
         }
     };
     count_answer(gw, messages, truncated);
@@ -351,10 +373,11 @@ fn streamed(
     gw: &Gateway,
     messages: &[Arc<Message>],
     last_id: u64,
+    epoch: Epoch,
     truncated: bool,
     conflated: bool,
 ) -> Result<Response, ApiError> {
-    let answer = streamed_answer(messages.to_vec(), last_id, truncated, conflated);
+    let answer = streamed_answer(messages.to_vec(), last_id, epoch, truncated, conflated);
     let size = answer.remaining();
     if !gw.output.has_room_for(size) {
         gw.metrics
@@ -391,11 +414,12 @@ fn count_answer(gw: &Gateway, messages: &[Arc<Message>], truncated: bool) {
 pub(crate) fn streamed_answer(
     messages: Vec<Arc<Message>>,
     last_id: u64,
+    epoch: Epoch,
     truncated: bool,
     conflated: bool,
 ) -> Replay {
-    let mut closing = BytesMut::with_capacity(64);
-    put_closing(&mut closing, last_id, truncated, conflated);
+    let mut closing = BytesMut::with_capacity(96);
+    put_closing(&mut closing, last_id, epoch, truncated, conflated);
     Replay::new(
         Framing::PollList,
         Bytes::from_static(b"{\"messages\":["),
@@ -404,8 +428,9 @@ pub(crate) fn streamed_answer(
     )
 }
 
-/// `],"last_id":N,"truncated":…}`: what follows an answer's messages.
-fn put_closing(out: &mut BytesMut, last_id: u64, truncated: bool, conflated: bool) {
+/// `],"last_id":N,"truncated":…,"cursor":"N-E"}`: what follows an answer's
+/// messages.
+fn put_closing(out: &mut BytesMut, last_id: u64, epoch: Epoch, truncated: bool, conflated: bool) {
     out.put_slice(b"],\"last_id\":");
     out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
     out.put_slice(if truncated {
@@ -416,14 +441,18 @@ fn put_closing(out: &mut BytesMut, last_id: u64, truncated: bool, conflated: boo
     if conflated {
         out.put_slice(b",\"conflated\":true");
     }
-    out.put_u8(b'}');
+    out.put_slice(b",\"cursor\":\"");
+    out.put_slice(cursor_text(last_id, epoch).as_bytes());
+    out.put_slice(b"\"}");
 }
 
-/// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
-/// envelopes, no re-encoding.
+/// `{"messages":[…],"last_id":N,"truncated":false,"cursor":"N-E"}` built
+/// from the shared envelopes, no re-encoding. `cursor` is what to send as
+/// `since` next: `last_id` and its epoch.
 pub(crate) fn encode_answer<'a>(
     envelopes: impl Iterator<Item = &'a Bytes> + Clone,
     last_id: u64,
+    epoch: Epoch,
     truncated: bool,
     conflated: bool,
 ) -> Bytes {
@@ -436,7 +465,7 @@ pub(crate) fn encode_answer<'a>(
         }
         out.put_slice(envelope);
     }
-    put_closing(&mut out, last_id, truncated, conflated);
+    put_closing(&mut out, last_id, epoch, truncated, conflated);
     out.freeze()
 }
 
@@ -496,23 +525,28 @@ mod tests {
     use crate::channel::ChannelName;
     use std::time::Instant;
 
+    fn epoch() -> Epoch {
+        Epoch::parse(b"e1").unwrap()
+    }
+
     #[test]
     fn answer_shape() {
         let ch = ChannelName::new("n").unwrap();
         let msgs = [
-            Arc::new(Message::new(ch.clone(), 1, b"1", Instant::now())),
-            Arc::new(Message::new(ch, 2, b"\"x\"", Instant::now())),
+            Arc::new(Message::new(ch.clone(), epoch(), 1, b"1", Instant::now())),
+            Arc::new(Message::new(ch, epoch(), 2, b"\"x\"", Instant::now())),
         ];
-        let body = encode_answer(msgs.iter().map(|m| &m.envelope), 2, false, false);
+        let body = encode_answer(msgs.iter().map(|m| &m.envelope), 2, epoch(), false, false);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["messages"][1]["data"], "x");
         assert_eq!(v["last_id"], 2);
         assert_eq!(v["truncated"], false);
         assert!(v.get("conflated").is_none());
-        let empty = encode_answer(std::iter::empty(), 7, true, true);
+        assert_eq!(v["cursor"], "2-e1");
+        let empty = encode_answer(std::iter::empty(), 7, Epoch::NONE, true, true);
         assert_eq!(
             &empty[..],
-            br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true}"#
+            br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true,"cursor":"7"}"#
         );
     }
 
@@ -548,13 +582,13 @@ mod tests {
     #[test]
     fn a_single_message_answer_is_encoded_once_and_shared() {
         let ch = ChannelName::new("n").unwrap();
-        let one = Arc::new(Message::new(ch, 1, b"1", Instant::now()));
+        let one = Arc::new(Message::new(ch, epoch(), 1, b"1", Instant::now()));
         let a = one.poll_answer().clone();
         let b = one.poll_answer().clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same answer is shared");
         assert_eq!(
             a,
-            encode_answer(std::iter::once(&one.envelope), 1, false, false)
+            encode_answer(std::iter::once(&one.envelope), 1, epoch(), false, false)
         );
     }
 }

@@ -351,6 +351,7 @@ mod tests {
         let data = format!("\"{}\"", "x".repeat(size));
         Arc::new(crate::bus::Message::new(
             crate::channel::ChannelName::new("c").unwrap(),
+            crate::bus::Epoch::NONE,
             id,
             data.as_bytes(),
             Instant::now(),

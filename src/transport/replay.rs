@@ -200,6 +200,7 @@ mod tests {
                 let data = format!("\"{}\"", "y".repeat(*size));
                 Arc::new(Message::new(
                     ch.clone(),
+                    crate::bus::Epoch::NONE,
                     i as u64 + 1,
                     data.as_bytes(),
                     Instant::now(),
@@ -236,10 +237,17 @@ mod tests {
             let expected = crate::transport::longpoll::encode_answer(
                 messages.iter().map(|m| &m.envelope),
                 last,
+                crate::bus::Epoch::NONE,
                 false,
                 false,
             );
-            let replay = crate::transport::longpoll::streamed_answer(messages, last, false, false);
+            let replay = crate::transport::longpoll::streamed_answer(
+                messages,
+                last,
+                crate::bus::Epoch::NONE,
+                false,
+                false,
+            );
             let (body, _) = drain(replay);
             assert_eq!(body, expected.to_vec(), "sizes {sizes:?}");
         }

@@ -23,7 +23,7 @@ use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
-use crate::channel::{parse_cursor, ChannelName};
+use crate::channel::{parse_cursor, ChannelName, Since};
 use crate::config::ChannelRules;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::server::meter::ConnMeter;
 use crate::transport::replay::{Framing, Replay};
 use crate::transport::throttle::Throttle;
-use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
+use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// Most messages written in one chunk.
 const BATCH: usize = 256;
@@ -143,7 +143,7 @@ impl SseBody {
     fn new(
         gw: &Arc<Gateway>,
         channel: ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: Arc<SubscriberQueue>,
         subscription: Subscription,
         history: HistoryRead,
@@ -156,7 +156,8 @@ impl SseBody {
             } else {
                 "conflated"
             };
-            let data = serde_json::json!({"channel": channel.as_str(), "since": since});
+            let data =
+                serde_json::json!({"channel": channel.as_str(), "since": since.map(|s| s.id)});
             head.put_slice(format!("event: {event}\ndata: {data}\n\n").as_bytes());
         }
         let start = history
@@ -170,7 +171,7 @@ impl SseBody {
             queue,
             _subscription: subscription,
             _connection: ConnectionGuard::new(&gw.metrics, Transport::Sse),
-            cursor: Cursor(start),
+            cursor: Cursor::new(start, history.epoch),
             prelude: Some((head.freeze(), history.messages)),
             replay: None,
             keepalive_every,
@@ -211,7 +212,9 @@ impl SseBody {
             );
         }
         let cursor = &mut self.cursor;
-        history.retain(|m| cursor.advance(m.id));
+        // The history is of the cursor's own sequence (it starts in the
+        // read's epoch), so no message here is a restart.
+        history.retain(|m| cursor.step(m) != Step::Duplicate);
         record_delivery(&self.metrics, Transport::Sse, &history);
         Replay::new(Framing::SseEvents, head, history, Bytes::new())
     }
@@ -250,20 +253,36 @@ impl SseBody {
         self.encode_now(&due)
     }
 
-    /// The events of `messages` this client hasn't had, as one chunk.
+    /// The events of `messages` this client hasn't had, as one chunk. The
+    /// first message of a new sequence (the bus lost the channel's data)
+    /// comes after an `event: truncated`.
     fn encode_now(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
-        let cursor = &mut self.cursor;
-        fresh.extend(messages.iter().filter(|m| cursor.advance(m.id)).cloned());
+        // (index in `fresh`, the notice to send before it)
+        let mut notices: Vec<(usize, Bytes)> = Vec::new();
+        for m in messages {
+            let before = self.cursor;
+            match self.cursor.step(m) {
+                Step::Duplicate => continue,
+                Step::Next => {}
+                Step::Restarted => notices.push((fresh.len(), restart_notice(m, before))),
+            }
+            fresh.push(m.clone());
+        }
         let chunk = match fresh.as_slice() {
             [] => None,
             // The common case: one event, its shared encoding, no copy.
-            [only] => Some(only.sse_event().clone()),
+            [only] if notices.is_empty() => Some(only.sse_event().clone()),
             many => {
-                let size = many.iter().map(|m| m.sse_event().len()).sum();
+                let size = many.iter().map(|m| m.sse_event().len()).sum::<usize>()
+                    + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
                 let mut out = BytesMut::with_capacity(size);
-                for m in many {
+                let mut notices = notices.iter().peekable();
+                for (i, m) in many.iter().enumerate() {
+                    if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
+                        out.put_slice(notice);
+                    }
                     out.put_slice(m.sse_event());
                 }
                 Some(out.freeze())
@@ -295,6 +314,17 @@ impl SseBody {
             self.keepalive.as_mut().reset(due);
         }
     }
+}
+
+/// `event: truncated` before `msg`, the first of a new sequence: the
+/// client's cursor `before` is of a sequence the bus lost.
+fn restart_notice(msg: &Message, before: Cursor) -> Bytes {
+    let data = serde_json::json!({
+        "channel": msg.channel.as_str(),
+        "since": before.id,
+        "epoch": msg.epoch.to_string(),
+    });
+    Bytes::from(format!("event: truncated\ndata: {data}\n\n"))
 }
 
 impl HttpBody for SseBody {

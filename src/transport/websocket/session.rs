@@ -33,7 +33,7 @@ use crate::bus::{
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
 use crate::transport::throttle::Throttle;
-use crate::transport::{record_delivery, Cursor, Transport};
+use crate::transport::{record_delivery, Cursor, Step, Transport};
 
 /// Most messages taken from the queue for one write.
 const BATCH: usize = 64;
@@ -329,20 +329,20 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         subscription: Subscription,
         history: HistoryRead,
     ) -> Result<(), End> {
-        let ack = serde_json::json!({
-            "type": "subscribed",
-            "channel": channel.as_str(),
-            "last_id": history.last_id,
-            "truncated": history.truncated,
-            "conflated": history.conflated,
-        });
+        let ack = subscribed_ack(
+            &channel,
+            Cursor::new(history.last_id, history.epoch),
+            history.truncated,
+            history.conflated,
+        );
         // The cursor starts just before the replay; write_messages moves it.
-        let cursor = Cursor(
+        let cursor = Cursor::new(
             history
                 .messages
                 .first()
                 .map(|m| m.id - 1)
                 .unwrap_or(history.last_id),
+            history.epoch,
         );
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
@@ -381,7 +381,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     let cursors = self
                         .subscriptions
                         .iter()
-                        .map(|(c, s)| (c.clone(), s.cursor.0));
+                        .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
                     self.report.written.clear();
                     self.report.written.extend(cursors);
                     self.queue.enter_direct(sink, &mut self.report);
@@ -462,9 +462,12 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             return Ok(());
         }
         self.queue.leave_direct(&mut self.report);
-        for (channel, id) in self.report.written.drain(..) {
+        for (channel, epoch, id) in self.report.written.drain(..) {
             if let Some(sub) = self.subscriptions.get_mut(&channel) {
-                sub.cursor.advance(id);
+                // Publishers write only in the cursor's own epoch.
+                if sub.cursor.epoch == epoch && id > sub.cursor.id {
+                    sub.cursor.id = id;
+                }
             }
         }
         match self.report.remainder.take() {
@@ -577,13 +580,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn subscribe(
         &mut self,
         channel: ChannelName,
-        since: Option<u64>,
+        since: Option<crate::channel::Since>,
     ) -> Result<Result<(), End>, CommandError> {
         if let Some(existing) = self.subscriptions.get(&channel) {
-            let ack = serde_json::json!({
-                "type": "subscribed", "channel": channel.as_str(),
-                "last_id": existing.cursor.0, "truncated": false, "conflated": false,
-            });
+            let ack = subscribed_ack(&channel, existing.cursor, false, false);
             return Ok(self
                 .send_text(&serde_json::to_vec(&ack).expect("json"))
                 .await);
@@ -714,10 +714,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let Some(sub) = self.subscriptions.get_mut(&msg.channel) else {
                 continue;
             };
-            if sub.cursor.advance(msg.id) {
-                frames.push(msg.ws_frame().clone());
-                fresh.push(msg.clone());
+            match sub.cursor.step(msg) {
+                Step::Duplicate => continue,
+                Step::Next => {}
+                Step::Restarted => frames.push(truncated_notice(msg)),
             }
+            frames.push(msg.ws_frame().clone());
+            fresh.push(msg.clone());
         }
         let result = if frames.is_empty() {
             Ok(())
@@ -787,17 +790,25 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .subscriptions
                 .get(&channel)
                 .expect("listed above")
-                .cursor
-                .0;
+                .cursor;
             let (subscription, history) = self
                 .gw
-                .subscribe(&channel, Some(cursor), &queue, self.gw.config.history.size)
+                .subscribe(
+                    &channel,
+                    Some(cursor.since()),
+                    &queue,
+                    self.gw.config.history.size,
+                )
                 .await
                 .map_err(|e| End::Close(1011, format!("bus unavailable: {e}")))?;
             if history.truncated {
                 count_dropped(
                     &self.gw,
-                    self.gw.bus.hub().last_id(&channel).saturating_sub(cursor),
+                    self.gw
+                        .bus
+                        .hub()
+                        .last_id(&channel)
+                        .saturating_sub(cursor.id),
                 );
                 return Err(slow_consumer());
             }
@@ -821,13 +832,45 @@ fn beyond_history(gw: &Gateway, subscriptions: &Subscriptions) -> Option<u64> {
     let mut missed = 0;
     let mut hopeless = false;
     for (channel, sub) in subscriptions.iter() {
-        let read = hub.read(channel, Some(sub.cursor.0), 0);
+        let read = hub.read(channel, Some(sub.cursor.since()), 0);
         if read.truncated {
             hopeless = true;
         }
-        missed += hub.last_id(channel).saturating_sub(sub.cursor.0);
+        missed += hub.last_id(channel).saturating_sub(sub.cursor.id);
     }
     hopeless.then_some(missed)
+}
+
+/// `{"type":"subscribed",…}`: where the client now is on `channel`, with
+/// the cursor (`N-E`) to resume from.
+fn subscribed_ack(
+    channel: &ChannelName,
+    at: Cursor,
+    truncated: bool,
+    conflated: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": "subscribed",
+        "channel": channel.as_str(),
+        "last_id": at.id,
+        // null while the channel has no sequence yet.
+        "epoch": (!at.epoch.is_none()).then(|| at.epoch.to_string()),
+        "cursor": at.text(),
+        "truncated": truncated,
+        "conflated": conflated,
+    })
+}
+
+/// `{"type":"truncated",…}`, sent before the first message of a new
+/// sequence of `msg`'s channel: the bus lost the channel's data, ids start
+/// again in `epoch`.
+fn truncated_notice(msg: &Message) -> Bytes {
+    let notice = serde_json::json!({
+        "type": "truncated",
+        "channel": msg.channel.as_str(),
+        "epoch": msg.epoch.to_string(),
+    });
+    frame::encode_text(&serde_json::to_vec(&notice).expect("json"))
 }
 
 fn count_dropped(gw: &Gateway, missed: u64) {
