@@ -21,8 +21,8 @@ use crate::proxy::Proxy;
 use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
-use crate::transport::output::OutputBudget;
 use crate::transport::client_channels::ClientChannels;
+use crate::transport::output::OutputBudget;
 
 pub struct Gateway {
     pub config: Config,

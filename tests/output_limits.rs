@@ -106,7 +106,7 @@ max_answer_bytes = 262144
     let mut sse = SseClient::open(gw.public, "/rt/sse/big?since=0", &[]).await;
     for i in 1..=HISTORY {
         let ev = sse.expect_event(T10).await;
-        assert_eq!(ev.id.as_deref(), Some(i.to_string().as_str()));
+        assert_eq!(ev.message_id(), Some(i as u64));
     }
     drop(sse);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -9,8 +9,8 @@ mod backend;
 mod limiter;
 mod token;
 
-use std::net::IpAddr;
 pub use backend::{kept_headers, BackendAnswer};
+use std::net::IpAddr;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -943,7 +943,8 @@ mod tests {
         let hub = hub_with(10, vec![]);
         let q = SubscriberQueue::new(4, Transport::WebSocket);
         for i in 0..100 {
-            let (sub, _) = hub.subscribe(&name(&format!("churn.{i}")), Some(Since::plain(0)), &q, 10);
+            let (sub, _) =
+                hub.subscribe(&name(&format!("churn.{i}")), Some(Since::plain(0)), &q, 10);
             drop(sub);
         }
         assert_eq!(hub.channel_count(), 0);

@@ -170,24 +170,36 @@ impl Message {
     /// id is the cursor, so a browser's `Last-Event-ID` carries the epoch).
     pub fn sse_event(&self) -> &Bytes {
         self.sse_event.get_or_init(|| {
-            let mut id_buf = itoa::Buffer::new();
-            let id = id_buf.format(self.id);
-            let mut epoch_buf = [0; 16];
-            let epoch = self.epoch.encode(&mut epoch_buf);
-            let mut out =
-                BytesMut::with_capacity(self.envelope.len() + id.len() + epoch.len() + 14);
-            out.put_slice(b"id: ");
-            out.put_slice(id.as_bytes());
-            if !self.epoch.is_none() {
-                out.put_u8(b'-');
-                out.put_slice(epoch.as_bytes());
-            }
-            out.put_slice(b"\ndata: ");
+            let mut out = BytesMut::with_capacity(sse_head_len(self) + self.envelope.len() + 2);
+            put_sse_head(&mut out, self);
             out.put_slice(&self.envelope);
             out.put_slice(b"\n\n");
             out.freeze()
         })
     }
+}
+
+/// What precedes a message's envelope in its SSE event: `id: N-E\ndata: `
+/// (`id: N` while the channel has no epoch). One encoding for the cached
+/// event and the streamed replay.
+pub(crate) fn put_sse_head(out: &mut BytesMut, msg: &Message) {
+    out.put_slice(b"id: ");
+    out.put_slice(itoa::Buffer::new().format(msg.id).as_bytes());
+    if !msg.epoch.is_none() {
+        out.put_u8(b'-');
+        out.put_slice(msg.epoch.encode(&mut [0; 16]).as_bytes());
+    }
+    out.put_slice(b"\ndata: ");
+}
+
+/// The length of [`put_sse_head`]'s bytes for `msg`.
+pub(crate) fn sse_head_len(msg: &Message) -> usize {
+    let epoch = if msg.epoch.is_none() {
+        0
+    } else {
+        1 + msg.epoch.encode(&mut [0; 16]).len()
+    };
+    b"id: ".len() + itoa::Buffer::new().format(msg.id).len() + epoch + b"\ndata: ".len()
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
 //! encodings are the same whichever bus is in use.
 
-mod history;
 pub mod epoch;
+mod history;
 pub mod hub;
 pub mod memory;
 mod message;
@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub use epoch::Epoch;
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
+pub(crate) use message::{put_sse_head, sse_head_len};
 pub use message::{Message, Payload, PayloadError};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 

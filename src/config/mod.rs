@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use bridge_auth::BridgeAuthMode;
 pub use client_limits::WsClientLimits;
 pub use history::HistoryConfig;
-pub use bridge_auth::BridgeAuthMode;
 pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 

@@ -96,11 +96,7 @@ impl Replay {
                     out.put_u8(b',');
                 }
             }
-            Framing::SseEvents => {
-                out.put_slice(b"id: ");
-                out.put_slice(itoa::Buffer::new().format(msg.id).as_bytes());
-                out.put_slice(b"\ndata: ");
-            }
+            Framing::SseEvents => crate::bus::put_sse_head(out, msg),
         }
         self.first = false;
     }
@@ -144,9 +140,7 @@ impl Replay {
 fn framing_len(framing: Framing, msg: &Message) -> usize {
     match framing {
         Framing::PollList => 1,
-        Framing::SseEvents => {
-            b"id: ".len() + itoa::Buffer::new().format(msg.id).len() + b"\ndata: \n\n".len()
-        }
+        Framing::SseEvents => crate::bus::sse_head_len(msg) + b"\n\n".len(),
     }
 }
 
