@@ -84,6 +84,10 @@ pub struct Metrics {
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
+    /// Live feeds (query × `vary_by` variants) per bridged route.
+    pub bridge_variants: IntGaugeVec,
+    /// Legacy polls proxied unchanged because their route was at `max_variants`.
+    pub bridge_variants_refused: IntCounterVec,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -201,6 +205,22 @@ impl Metrics {
             &["bridge", "result"],
         )
         .unwrap();
+        let bridge_variants = IntGaugeVec::new(
+            Opts::new(
+                "bridge_variants",
+                "Live feeds (distinct query and vary_by values) per bridged route",
+            ),
+            &["bridge"],
+        )
+        .unwrap();
+        let bridge_variants_refused = IntCounterVec::new(
+            Opts::new(
+                "bridge_variants_refused_total",
+                "Legacy polls proxied to the backend unchanged because their route had max_variants feeds",
+            ),
+            &["bridge"],
+        )
+        .unwrap();
 
         let conflated = IntCounterVec::new(
             Opts::new(
@@ -285,6 +305,8 @@ impl Metrics {
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
+        reg(Box::new(bridge_variants.clone()));
+        reg(Box::new(bridge_variants_refused.clone()));
         reg(Box::new(conflated));
         reg(Box::new(admission));
         reg(Box::new(legacy_clients.clone()));
@@ -305,6 +327,8 @@ impl Metrics {
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
+            bridge_variants,
+            bridge_variants_refused,
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
