@@ -131,11 +131,19 @@ impl IncrementalFeed {
 
     /// The answer for a client whose cursor is `cursor`; None when only the
     /// backend can give it (unknown cursor, or no wrapper seen yet).
+    ///
+    /// While the feed has no items at all (the backend had none when last
+    /// asked), every cursor gets the empty wrapper: there is nothing after
+    /// it. So a page polling `after=0` in an empty room, or a user with no
+    /// notifications, costs the backend nothing.
     fn answer_after(&self, cursor: &str) -> Option<Answer> {
         let state = self.state.lock();
         let template = state.template.as_ref()?;
-        let items = state.record.after(cursor)?;
-        let body = template.render(items.map(|m| m.data()));
+        let body = if state.record.is_empty() {
+            template.render(std::iter::empty())
+        } else {
+            template.render(state.record.after(cursor)?.map(|m| m.data()))
+        };
         let last_bus_id = state.record.last_bus_id();
         Some(Answer {
             etag: etag_for(last_bus_id, &body),

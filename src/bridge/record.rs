@@ -53,6 +53,10 @@ impl Record {
         self.entries.back().map_or(0, |e| e.message.id)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn knows(&self, item_id: &str) -> bool {
         self.bus_ids.contains_key(item_id)
     }
