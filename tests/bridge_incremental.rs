@@ -219,7 +219,7 @@ async fn a_cursor_older_than_the_history_is_proxied_unchanged() {
     let answer = r.json();
     assert_eq!(ids(&answer), all[3..]);
     let after = passed_through(&backend).await;
-    assert_eq!(after[before.len()..], [old.clone()], "proxied unchanged");
+    assert_eq!(after[before.len()..], [old], "proxied unchanged");
     assert!(metric(&gw, "pollbridge_bridge_client_polls_total", "proxied").await >= 2.0);
 }
 
