@@ -91,6 +91,33 @@ fn is_json_pointer(pointer: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn problems(extra: &str) -> Vec<&'static str> {
+        let route: BridgeRoute =
+            toml::from_str(&format!("path = \"/m\"\nchannel = \"m\"\n{extra}")).unwrap();
+        bridge_route_problems(&route)
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect()
+    }
+
+    #[test]
+    fn feed_settings_are_checked() {
+        assert!(problems("").is_empty());
+        assert!(problems("mode = \"incremental\"").is_empty());
+        assert_eq!(problems("max_variants = 0"), ["max_variants"]);
+        assert_eq!(problems("ignore_params = [\"\"]"), ["ignore_params"]);
+        // Incremental keys are checked on incremental routes only.
+        assert!(problems("items = \"messages\"").is_empty());
+        assert_eq!(
+            problems("mode = \"incremental\"\nitems = \"messages\"\nitem_id = \"/a~2\""),
+            ["items", "item_id"]
+        );
+        assert_eq!(
+            problems("mode = \"incremental\"\ncursor_param = \"_\""),
+            ["cursor_param"]
+        );
+    }
+
     #[test]
     fn json_pointers() {
         for ok in ["", "/", "/messages", "/a/0/id", "/a~1b", "/m~0"] {
