@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::identity::FeedIdentity;
-use super::schedule::{next_poll_delay, Demand};
+use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::Fetched;
 use super::Route;
 use crate::bus::{Bus, Message, Payload, SubscriberQueue};
@@ -154,7 +154,7 @@ impl Feed {
     }
 
     /// The feed's task: follow the channel, poll while wanted.
-    pub async fn run(self: Arc<Feed>, gw: Arc<Gateway>, client: Arc<super::UpstreamClient>) {
+    async fn run(self: Arc<Feed>, gw: Arc<Gateway>, client: Arc<super::UpstreamClient>) {
         let queue = SubscriberQueue::new(4, Transport::Bridge);
         // Start from the channel's latest message, if any (a restarted
         // feed, or another node's poller).
@@ -380,6 +380,16 @@ impl Feed {
         state.resolved = true;
         drop(state);
         self.changed();
+    }
+}
+
+impl Poller for Feed {
+    fn poll_while_wanted(
+        self: Arc<Self>,
+        gw: Arc<Gateway>,
+        client: Arc<super::UpstreamClient>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        self.run(gw, client)
     }
 }
 

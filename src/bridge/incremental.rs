@@ -16,6 +16,7 @@
 //! their record from the channel, and fetch the wrapper once themselves.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use super::feed::etag_for;
 use super::identity::{client_cursor, ClientCursor, FeedIdentity};
 use super::items::{self, Template};
 use super::record::Record;
-use super::schedule::{next_poll_delay, Demand};
+use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::{Fetched, UpstreamClient};
 use super::{
     answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
@@ -179,7 +180,7 @@ impl IncrementalFeed {
     }
 
     /// The feed's task: follow the channel, poll while wanted.
-    pub async fn run(self: Arc<Self>, gw: Arc<Gateway>, client: Arc<UpstreamClient>) {
+    async fn run(self: Arc<Self>, gw: Arc<Gateway>, client: Arc<UpstreamClient>) {
         // Room for a whole poll's items (at most `capacity`) twice over, so
         // the feed's own publishes never overflow its queue.
         let queue = SubscriberQueue::new(self.capacity * 2 + 16, Transport::Bridge);
@@ -392,6 +393,16 @@ impl IncrementalFeed {
     }
 }
 
+impl Poller for IncrementalFeed {
+    fn poll_while_wanted(
+        self: Arc<Self>,
+        gw: Arc<Gateway>,
+        client: Arc<UpstreamClient>,
+    ) -> impl Future<Output = ()> + Send {
+        self.run(gw, client)
+    }
+}
+
 /// Answers a legacy poll of an incremental route.
 pub async fn handle(
     gw: &Arc<Gateway>,
@@ -407,6 +418,7 @@ pub async fn handle(
     // Every poll keeps the feed alive (and starts it), even one the
     // backend answers: the page's next poll will carry a cursor.
     let Some(feed) = bridges.incremental_feed(gw, index, identity, forwarded)? else {
+        route.variants.count_refused();
         return pass_through(gw, route, req, peer, secure).await;
     };
     feed.demand.touch();

@@ -37,8 +37,9 @@ use crate::transport::Transport;
 use feed::{Answer, Feed};
 use identity::FeedIdentity;
 use incremental::IncrementalFeed;
+use schedule::Poller;
 pub use upstream::UpstreamClient;
-use variants::{VariantCap, VariantSlot};
+use variants::VariantCap;
 
 /// How long a first-time client waits for the backend's first answer.
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(30);
@@ -115,13 +116,16 @@ impl Route {
     }
 }
 
+/// Running feeds of one kind by (route index, identity key).
+type FeedMap<F> = DashMap<(usize, String), Arc<F>>;
+
 /// All bridge routes and their running feeds.
 pub struct Bridges {
     routes: Vec<Arc<Route>>,
     /// Running snapshot feeds by (route index, identity key).
-    feeds: DashMap<(usize, String), Arc<Feed>>,
+    feeds: FeedMap<Feed>,
     /// Running incremental feeds by (route index, identity key).
-    incremental: DashMap<(usize, String), Arc<IncrementalFeed>>,
+    incremental: FeedMap<IncrementalFeed>,
     client: Option<Arc<UpstreamClient>>,
 }
 
@@ -177,6 +181,7 @@ impl Bridges {
             return incremental::handle(gw, index, identity, req, peer, secure).await;
         }
         let Some(feed) = self.feed(gw, index, identity, req.headers())? else {
+            route.variants.count_refused();
             return pass_through(gw, route, req, peer, secure).await;
         };
         feed.touch();
@@ -281,7 +286,8 @@ impl Bridges {
         self.start_feed(gw, index, identity, forwarded)
     }
 
-    /// The running feed of a route variant, or a new one (None at the cap).
+    /// The running snapshot feed of a route variant, or a new one (None at
+    /// the cap).
     fn start_feed(
         &self,
         gw: &Arc<Gateway>,
@@ -289,34 +295,13 @@ impl Bridges {
         identity: FeedIdentity,
         forwarded: HeaderMap,
     ) -> Result<Option<Arc<Feed>>, ApiError> {
-        let route = &self.routes[index];
-        let key = (index, identity.key.clone());
-        if let Some(feed) = self.feeds.get(&key) {
-            return Ok(Some(feed.clone()));
-        }
-        let client = self.upstream()?;
-        let channel = ChannelName::new(&identity.channel_name(&route.config.channel))?;
-        let (feed, slot) = match self.feeds.entry(key.clone()) {
-            dashmap::Entry::Occupied(e) => return Ok(Some(e.get().clone())),
-            dashmap::Entry::Vacant(v) => {
-                let Some(slot) = route.variants.try_take() else {
-                    return Ok(None);
-                };
-                let feed = Feed::new(route.clone(), channel, identity, forwarded);
-                v.insert(feed.clone());
-                (feed, slot)
-            }
-        };
-        let task_feed = feed.clone();
-        let task_gw = gw.clone();
-        gw.tasks.spawn(async move {
-            task_feed.run(task_gw.clone(), client).await;
-            // Retired (idle) or shutting down: forget it; the next poll
-            // starts a fresh one.
-            task_gw.bridges.feeds.remove(&key);
-            drop(slot);
-        });
-        Ok(Some(feed))
+        self.running(
+            gw,
+            index,
+            identity,
+            |b| &b.feeds,
+            |route, channel, identity| Feed::new(route, channel, identity, forwarded),
+        )
     }
 
     /// The running incremental feed of a route variant, or a new one (None
@@ -328,26 +313,43 @@ impl Bridges {
         identity: FeedIdentity,
         forwarded: HeaderMap,
     ) -> Result<Option<Arc<IncrementalFeed>>, ApiError> {
+        let history = gw.config.history.size;
+        self.running(
+            gw,
+            index,
+            identity,
+            |b| &b.incremental,
+            |route, channel, identity| {
+                IncrementalFeed::new(route, channel, identity, forwarded, history)
+            },
+        )
+    }
+
+    /// The running feed of `identity` in `feeds`, or a new one made by
+    /// `new` and its poller started — None when the route has
+    /// `max_variants` feeds already.
+    fn running<F: Poller>(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        identity: FeedIdentity,
+        feeds: fn(&Bridges) -> &FeedMap<F>,
+        new: impl FnOnce(Arc<Route>, ChannelName, FeedIdentity) -> Arc<F>,
+    ) -> Result<Option<Arc<F>>, ApiError> {
         let route = &self.routes[index];
         let key = (index, identity.key.clone());
-        if let Some(feed) = self.incremental.get(&key) {
+        if let Some(feed) = feeds(self).get(&key) {
             return Ok(Some(feed.clone()));
         }
         let client = self.upstream()?;
         let channel = ChannelName::new(&identity.channel_name(&route.config.channel))?;
-        let (feed, slot): (_, VariantSlot) = match self.incremental.entry(key.clone()) {
+        let (feed, slot) = match feeds(self).entry(key.clone()) {
             dashmap::Entry::Occupied(e) => return Ok(Some(e.get().clone())),
             dashmap::Entry::Vacant(v) => {
                 let Some(slot) = route.variants.try_take() else {
                     return Ok(None);
                 };
-                let feed = IncrementalFeed::new(
-                    route.clone(),
-                    channel,
-                    identity,
-                    forwarded,
-                    gw.config.history.size,
-                );
+                let feed = new(route.clone(), channel, identity);
                 v.insert(feed.clone());
                 (feed, slot)
             }
@@ -355,8 +357,10 @@ impl Bridges {
         let task_feed = feed.clone();
         let task_gw = gw.clone();
         gw.tasks.spawn(async move {
-            task_feed.run(task_gw.clone(), client).await;
-            task_gw.bridges.incremental.remove(&key);
+            task_feed.poll_while_wanted(task_gw.clone(), client).await;
+            // Retired (idle) or shutting down: forget it (and give its place
+            // under the cap back); the next poll starts a fresh one.
+            feeds(&task_gw.bridges).remove(&key);
             drop(slot);
         });
         Ok(Some(feed))

@@ -1,12 +1,28 @@
-//! What both kinds of feed share about when to poll: the back-off while the
-//! backend fails, and the demand that keeps a feed alive.
+//! What both kinds of feed share about when to poll: the task that polls
+//! while a feed is wanted, the back-off while the backend fails, and the
+//! demand that keeps a feed alive.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bus::Bus;
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
+
+use super::UpstreamClient;
+
+/// A feed's task (snapshot or incremental), as the route's bookkeeping
+/// starts it: it follows the feed's channel and polls the backend while the
+/// feed is wanted, and ends when it is not (or at shutdown).
+pub trait Poller: Send + Sync + 'static {
+    fn poll_while_wanted(
+        self: Arc<Self>,
+        gw: Arc<Gateway>,
+        client: Arc<UpstreamClient>,
+    ) -> impl Future<Output = ()> + Send;
+}
 
 /// Longest wait between polls while the backend keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

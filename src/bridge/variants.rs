@@ -32,20 +32,20 @@ impl VariantCap {
         })
     }
 
-    /// A place for one more feed, or None (counted as refused) at the cap.
+    /// A place for one more feed, or None at the cap.
     pub fn try_take(self: &Arc<Self>) -> Option<VariantSlot> {
-        let taken = self
-            .live
+        self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .is_ok();
-        if !taken {
-            self.refused.inc();
-            return None;
-        }
+            .ok()?;
         self.live_gauge.inc();
         Some(VariantSlot(self.clone()))
+    }
+
+    /// A poll was proxied because there was no place for its feed.
+    pub fn count_refused(&self) {
+        self.refused.inc();
     }
 }
 
@@ -68,6 +68,7 @@ mod tests {
         let a = cap.try_take().unwrap();
         let _b = cap.try_take().unwrap();
         assert!(cap.try_take().is_none());
+        cap.count_refused();
         assert_eq!((gauge.get(), refused.get()), (2, 1));
         drop(a);
         assert_eq!(gauge.get(), 1);
