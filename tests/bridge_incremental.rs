@@ -43,6 +43,22 @@ fn room_channel(room: &str) -> String {
     format!("chat.{hex}")
 }
 
+/// The polls a node made of the backend (its lease held), by its metrics.
+async fn gateway_polls(gw: &Gateway) -> f64 {
+    let text = gw.metrics().await;
+    ["changed", "not_modified", "error"]
+        .iter()
+        .map(|r| {
+            metric_value(
+                &text,
+                "pollbridge_bridge_upstream_requests_total",
+                &[("bridge", "chat"), ("result", r)],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
+}
+
 async fn metric(gw: &Gateway, name: &str, result: &str) -> f64 {
     gw.metric(name, &[("bridge", "chat"), ("result", result)])
         .await
@@ -343,5 +359,79 @@ async fn a_held_poll_returns_with_the_next_item() {
     assert_eq!(
         metric(&gw, "pollbridge_bridge_client_polls_total", "held").await,
         1.0
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_poll_once_per_interval_and_both_answer_cursors() {
+    use common::redis::{wait_ready, RedisServer};
+    let redis = RedisServer::start().await;
+    let backend = ToyBackend::start();
+    let mut posted = Vec::new();
+    for text in ["one", "two", "three"] {
+        posted.push(
+            backend.post_message("lobby", text).await["id"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    let bus = format!("bus = \"{}\"", redis.url());
+    let config = |gw_extra: &str| {
+        format!(
+            "upstream = \"{}\"\n{gw_extra}\n\n[[bridge]]\npath = \"/api/messages\"\n\
+             channel = \"chat\"\nmode = \"incremental\"\nitems = \"/messages\"\n\
+             interval = \"{INTERVAL_MS}ms\"\n",
+            backend.url()
+        )
+    };
+    let a = Gateway::builder().config(&config(&bus)).start().await;
+    let b = Gateway::builder().config(&config(&bus)).start().await;
+    wait_ready(&a, true, T10).await;
+    wait_ready(&b, true, T10).await;
+
+    // A page load on each node starts the room's feed there.
+    let _ = get(&a.public_url("/api/messages?room=lobby")).await;
+    let _ = get(&b.public_url("/api/messages?room=lobby")).await;
+    let from = format!("/api/messages?room=lobby&after={}", posted[0]);
+    let started = Instant::now();
+    let polls_before = backend
+        .messages_asked()
+        .await
+        .iter()
+        .filter(|x| x.by_bridge())
+        .count();
+    served(&a, &backend, &from).await;
+    served(&b, &backend, &from).await;
+    // The first items are on the channel by now: a subscriber from here on
+    // gets what comes next.
+    let mut ws_b = WsClient::connect(&b.ws_url(&format!("/rt/ws/{}", room_channel("lobby")))).await;
+    ws_b.expect_control("subscribed", T5).await;
+
+    // New items reach both nodes' clients and node b's subscriber.
+    let four = backend.post_message("lobby", "four").await;
+    assert_eq!(ws_b.next_envelope(T5).await["data"], four);
+    for gw in [&a, &b] {
+        let (answer, _) = served(gw, &backend, &from).await;
+        assert_eq!(
+            ids(&answer),
+            [posted[1], posted[2], four["id"].as_u64().unwrap()]
+        );
+    }
+    let elapsed = started.elapsed();
+    // One poller for the cluster (plus, once, the other node asking for
+    // the answer's wrapper).
+    let polls = backend
+        .messages_asked()
+        .await
+        .iter()
+        .filter(|x| x.by_bridge())
+        .count()
+        - polls_before;
+    let bound = (elapsed.as_millis() as u64 / INTERVAL_MS + 4) as usize;
+    assert!(polls <= bound, "{polls} gateway polls in {elapsed:?}");
+    let (by_a, by_b) = (gateway_polls(&a).await, gateway_polls(&b).await);
+    assert!(
+        by_a == 0.0 || by_b == 0.0,
+        "both nodes polled: {by_a} and {by_b}"
     );
 }
