@@ -7,7 +7,7 @@
 //   const feed = connect('http://GATEWAY/rt', {channels: ['news']});
 //   feed.subscribe('news', (data, envelope) => console.log(envelope.id, data));
 //
-// The wire protocol is in CONTRACT.md and docs/protocol.md; client/README.md
+// The wire protocol is in docs/protocol.md; client/README.md
 // documents this API.
 
 export const CONNECTING = 0;

@@ -124,6 +124,13 @@ def main():
         t = stats["transports"][name]
         print("%-10s %10d %14.1f %16.1f %11.1f%%" % (name, t["delivered"], t["wire_bytes_per_delivery"] or 0,
               t["overhead_bytes_per_delivery"] or 0, 100 * (t["header_share"] or 0)))
+    sv = stats.get("longpoll_to_websocket") or {}
+    if sv.get("saved_bytes_per_message") is not None:
+        print("long-poll -> WebSocket: %.1f -> %.1f B/msg on open connections (saves %.1f B/msg, %.0f B/s);"
+              " one-off handshake %.0f B, repaid after %s messages"
+              % (sv["longpoll_bytes_per_message"], sv["websocket_bytes_per_message"], sv["saved_bytes_per_message"],
+                 sv["saved_bytes_per_second"] or 0, sv["websocket_handshake_bytes"] or 0,
+                 "%.1f" % sv["handshake_repaid_after_messages"] if sv.get("handshake_repaid_after_messages") else "-"))
     ok = all(got.get(k) == n for k in ("websocket", "sse", "longpoll"))
     sys.exit(0 if ok else 1)
 

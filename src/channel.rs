@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::bus::Epoch;
+
 /// Longest channel name in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -51,12 +53,55 @@ impl std::borrow::Borrow<str> for ChannelName {
     }
 }
 
-/// Parses a cursor (`since`, `Last-Event-ID`): an unsigned decimal integer.
-pub fn parse_cursor(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+/// Where a client resumes: the last id it has and, when it sent one, the
+/// epoch (sequence) that id belongs to. A plain id (`epoch: None`, what
+/// clients sent before epochs existed) is taken to be in the channel's
+/// current sequence; see `docs/protocol.md`, "Cursors and resets".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    pub id: u64,
+    pub epoch: Option<Epoch>,
+}
+
+impl Since {
+    /// A cursor in a known sequence (a plain id when `epoch` is `NONE`).
+    pub fn at(id: u64, epoch: Epoch) -> Since {
+        Since {
+            id,
+            epoch: (!epoch.is_none()).then_some(epoch),
+        }
+    }
+
+    /// A plain id, epoch unknown.
+    pub fn plain(id: u64) -> Since {
+        Since { id, epoch: None }
+    }
+}
+
+impl fmt::Display for Since {
+    /// The text [`parse_cursor`] reads back: `N` or `N-E`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.epoch {
+            Some(epoch) => write!(f, "{}-{epoch}", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+/// Parses a cursor (`since`, `Last-Event-ID`): `N` (an unsigned decimal
+/// id) or `N-E` (the id and its epoch in hex, as pollbridge hands them out).
+pub fn parse_cursor(text: &str) -> Option<Since> {
+    let (id, epoch) = match text.split_once('-') {
+        Some((id, epoch)) => (id, Some(Epoch::parse(epoch.as_bytes())?)),
+        None => (text, None),
+    };
+    if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    text.parse().ok()
+    Some(Since {
+        id: id.parse().ok()?,
+        epoch,
+    })
 }
 
 #[cfg(test)]
@@ -77,8 +122,14 @@ mod tests {
 
     #[test]
     fn cursors() {
-        assert_eq!(parse_cursor("0"), Some(0));
-        assert_eq!(parse_cursor("42"), Some(42));
+        assert_eq!(parse_cursor("0"), Some(Since::plain(0)));
+        assert_eq!(parse_cursor("42"), Some(Since::plain(42)));
+        let with_epoch = parse_cursor("42-1f").unwrap();
+        assert_eq!((with_epoch.id, with_epoch.epoch), (42, Epoch::parse(b"1f")));
+        assert_eq!(parse_cursor("42-"), None);
+        assert_eq!(parse_cursor("42-xyz"), None);
+        assert_eq!(parse_cursor("-1f"), None);
+        assert_eq!(parse_cursor("1-2-3"), None);
         assert_eq!(parse_cursor("-1"), None);
         assert_eq!(parse_cursor("+1"), None);
         assert_eq!(parse_cursor(""), None);

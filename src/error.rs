@@ -56,9 +56,16 @@ pub enum ApiError {
     ShuttingDown(u64),
     #[error("too many new sessions right now; retry after {0} s")]
     Overloaded(u64),
+    /// The gateway-wide budget for unsent output is spent.
+    #[error("the gateway holds too much unsent output right now; retry after {0} s")]
+    OutputBudget(u64),
     /// The backend that decides who may subscribe did not answer.
     #[error("{0}")]
     AuthUnavailable(String),
+    /// This client address has too many backend auth checks in flight or
+    /// per second (`auth.auth_max_concurrent_per_ip`, `auth.auth_rate_per_ip`).
+    #[error("too many authorisation checks from this address; retry after {0} s")]
+    AuthRateLimited(u64),
     #[error("{0}")]
     UpstreamUnreachable(String),
     #[error("{0}")]
@@ -77,10 +84,12 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            TooManySubscriptions(_) | RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            TooManySubscriptions(_) | RateLimited(_) | AuthRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Bus(_) | ShuttingDown(_) | Overloaded(_) | AuthUnavailable(_) => {
+            Bus(_) | ShuttingDown(_) | Overloaded(_) | OutputBudget(_) | AuthUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -109,7 +118,9 @@ impl ApiError {
             Bus(_) => "bus_unavailable",
             ShuttingDown(_) => "shutting_down",
             Overloaded(_) => "overloaded",
+            OutputBudget(_) => "output_budget_exhausted",
             AuthUnavailable(_) => "auth_unavailable",
+            AuthRateLimited(_) => "auth_rate_limited",
             UpstreamUnreachable(_) => "upstream_unreachable",
             UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -131,7 +142,9 @@ impl ApiError {
             ApiError::Bus(_) | ApiError::AuthUnavailable(_) => Some(1),
             ApiError::ShuttingDown(secs)
             | ApiError::RateLimited(secs)
-            | ApiError::Overloaded(secs) => Some(*secs),
+            | ApiError::AuthRateLimited(secs)
+            | ApiError::Overloaded(secs)
+            | ApiError::OutputBudget(secs) => Some(*secs),
             _ => None,
         }
     }

@@ -21,6 +21,8 @@ use crate::proxy::Proxy;
 use crate::server::limits::{Admission, IpLimits};
 use crate::server::stats::StatsSampler;
 use crate::server::tls::Tls;
+use crate::transport::client_channels::ClientChannels;
+use crate::transport::output::OutputBudget;
 
 pub struct Gateway {
     pub config: Config,
@@ -55,6 +57,10 @@ pub struct Gateway {
     pub tls: Option<Tls>,
     /// Who still polls: distinct legacy clients, top polling pages.
     pub migration: Migration,
+    /// Unsent output per client and in total (`limits.*output*`).
+    pub output: Arc<OutputBudget>,
+    /// Channels created by client publishes, capped.
+    pub client_channels: ClientChannels,
 }
 
 impl Gateway {
@@ -70,7 +76,12 @@ impl Gateway {
                 rules.with_state_default(&b.channel)
             });
         let bridges = Bridges::new(&config, &metrics);
-        let auth = Authorizer::new(&config.auth, rules.clone())?;
+        let auth = Authorizer::new(&config.auth, rules.clone(), &metrics)?;
+        let client_channels = ClientChannels::new(
+            config.limits.ws.max_client_channels,
+            config.history.max_age,
+            metrics.floods.client_channels.clone(),
+        );
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
@@ -98,6 +109,7 @@ impl Gateway {
             None => None,
         };
         let stats = StatsSampler::new(metrics.clone());
+        let output = OutputBudget::new(&config.limits, metrics.clone());
         let shutdown = CancellationToken::new();
         Ok(Arc::new(Gateway {
             config,
@@ -115,6 +127,8 @@ impl Gateway {
             admission,
             tls,
             migration,
+            output,
+            client_channels,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }
@@ -126,7 +140,7 @@ impl Gateway {
     pub async fn subscribe(
         self: &Arc<Self>,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<crate::channel::Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::server::meter::ConnMeter;
+use crate::transport::replay::ReplayBody;
 use crate::transport::sse::SseBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,6 +23,8 @@ pub type Response = hyper::Response<Body>;
 enum Kind {
     Full(Option<Bytes>),
     Sse(Box<SseBody>),
+    /// A large answer produced as the socket drains.
+    Replay(Box<ReplayBody>),
     Upstream(Incoming),
 }
 
@@ -54,6 +57,13 @@ impl Body {
         }
     }
 
+    pub fn replay(body: ReplayBody) -> Body {
+        Body {
+            kind: Kind::Replay(Box::new(body)),
+            meter: None,
+        }
+    }
+
     pub fn upstream(body: Incoming) -> Body {
         Body {
             kind: Kind::Upstream(body),
@@ -62,6 +72,13 @@ impl Body {
     }
 
     pub(crate) fn set_meter(&mut self, meter: Arc<ConnMeter>) {
+        // A body that counts against the client's output limits can now
+        // abort the connection if the client is dropped.
+        match &self.kind {
+            Kind::Replay(replay) => replay.account().attach_meter(&meter),
+            Kind::Sse(sse) => sse.attach_meter(&meter),
+            Kind::Full(_) | Kind::Upstream(_) => {}
+        }
         self.meter = Some(meter);
     }
 }
@@ -86,6 +103,7 @@ impl HttpBody for Body {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Sse(sse) => Pin::new(sse.as_mut()).poll_frame(cx),
+            Kind::Replay(replay) => Pin::new(replay.as_mut()).poll_frame(cx),
             Kind::Upstream(incoming) => Pin::new(incoming)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
@@ -96,6 +114,7 @@ impl HttpBody for Body {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Sse(_) => false,
+            Kind::Replay(replay) => replay.remaining() == 0,
             Kind::Upstream(incoming) => incoming.is_end_stream(),
         }
     }
@@ -104,6 +123,8 @@ impl HttpBody for Body {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Sse(_) => SizeHint::default(),
+            // Exact, so the answer goes out with a Content-Length.
+            Kind::Replay(replay) => SizeHint::with_exact(replay.remaining() as u64),
             Kind::Upstream(incoming) => incoming.size_hint(),
         }
     }

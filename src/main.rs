@@ -30,14 +30,7 @@ fn main() -> ExitCode {
     };
     let config = invocation.config;
     if invocation.check_only {
-        println!(
-            "pollbridge: configuration OK (public {}, admin {}, bus {}, upstream {}, {} channel rule(s))",
-            config.listen,
-            config.admin_listen,
-            pollbridge::bus::redis::redact(&config.bus),
-            config.upstream.as_deref().unwrap_or("none"),
-            config.channels.len()
-        );
+        println!("{}", cli::check_summary(&config));
         return ExitCode::SUCCESS;
     }
     // The redis crate warns on every failed attempt while a server is

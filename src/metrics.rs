@@ -5,11 +5,15 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod floods;
+pub use floods::FloodMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::transport::output::SlowClose;
 use crate::transport::Transport;
 
 /// Latency buckets from 100 µs to 10 s.
@@ -33,6 +37,10 @@ pub struct TransportMetrics {
     pub conflated: IntCounter,
     /// New sessions refused by admission control.
     pub admission_refused: IntCounter,
+    /// Slow clients the gateway closed, by [`SlowClose`] reason.
+    pub slow_closed: [IntCounter; 4],
+    /// New large answers refused (`503`) while the output budget was spent.
+    pub output_refused: IntCounter,
 }
 
 /// Why a browser client fell back from WebSocket (what it reports).
@@ -80,6 +88,9 @@ pub struct Metrics {
     /// Messages a node recovered from the shared history after missing
     /// them live (reconnects, dropped notifications).
     pub bus_gap_fill_messages: IntCounter,
+    /// Channels this node started over because their sequence's epoch
+    /// changed (the shared bus lost their data).
+    pub bus_epoch_resets: IntCounter,
     /// Channels this node is subscribed to on the shared bus.
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
@@ -88,10 +99,23 @@ pub struct Metrics {
     pub bridge_variants: IntGaugeVec,
     /// Legacy polls proxied unchanged because their route was at `max_variants`.
     pub bridge_variants_refused: IntCounterVec,
+    /// `[[bridge]] auth` checks of legacy clients' credentials, by result.
+    pub bridge_auth_checks: IntCounterVec,
+    /// WebSocket upgrade requests, and the bytes of their handshakes (the
+    /// request head and the answer, both directions), which are also in
+    /// `wire_bytes_total{transport="websocket"}`.
+    pub ws_handshakes: IntCounter,
+    pub ws_handshake_bytes: IntCounter,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
     upgrade_failures: [IntCounter; 5],
+    /// Unsent output all clients hold (set by the output reaper).
+    pub output_pending_bytes: IntGauge,
+    /// `limits.max_pending_output_bytes`, for dashboards.
+    pub output_budget_bytes: IntGauge,
+    /// Flood limits: refused commands, history evictions, backend auth.
+    pub floods: FloodMetrics,
 }
 
 impl Metrics {
@@ -184,6 +208,11 @@ impl Metrics {
             "Messages recovered from the shared history after being missed live",
         )
         .unwrap();
+        let bus_epoch_resets = IntCounter::new(
+            "bus_epoch_resets_total",
+            "Channels started over because their epoch changed (the bus lost their data)",
+        )
+        .unwrap();
         let bus_subscriptions = IntGauge::new(
             "bus_subscriptions",
             "Channels this node is subscribed to on the shared bus",
@@ -221,7 +250,25 @@ impl Metrics {
             &["bridge"],
         )
         .unwrap();
+        let bridge_auth_checks = IntCounterVec::new(
+            Opts::new(
+                "bridge_auth_checks_total",
+                "Checks of a legacy client's credentials with the backend before a bridged copy is served ([[bridge]] auth), by result",
+            ),
+            &["bridge", "result"],
+        )
+        .unwrap();
 
+        let ws_handshakes = IntCounter::new(
+            "ws_handshakes_total",
+            "WebSocket upgrade requests (refused ones included)",
+        )
+        .unwrap();
+        let ws_handshake_bytes = IntCounter::new(
+            "ws_handshake_bytes_total",
+            "Wire bytes of WebSocket upgrade requests and their answers (both directions; part of wire_bytes_total{transport=\"websocket\"})",
+        )
+        .unwrap();
         let conflated = IntCounterVec::new(
             Opts::new(
                 "conflated_total",
@@ -262,6 +309,32 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let slow_closed = IntCounterVec::new(
+            Opts::new(
+                "slow_clients_closed_total",
+                "Slow clients closed by the gateway, by transport and reason (write_timeout, output_hard_limit, output_soft_limit, output_budget)",
+            ),
+            &["transport", "reason"],
+        )
+        .unwrap();
+        let output_refused = IntCounterVec::new(
+            Opts::new(
+                "output_refused_total",
+                "New large answers refused with 503 while the output budget was spent",
+            ),
+            &["transport"],
+        )
+        .unwrap();
+        let output_pending_bytes = IntGauge::new(
+            "output_pending_bytes",
+            "Output committed to clients that their sockets have not taken yet",
+        )
+        .unwrap();
+        let output_budget_bytes = IntGauge::new(
+            "output_budget_bytes",
+            "The configured limit on pending output (limits.max_pending_output_bytes)",
+        )
+        .unwrap();
         let transports = Transport::ALL
             .iter()
             .map(|t| {
@@ -277,6 +350,9 @@ impl Metrics {
                     dropped_slow_consumer: dropped.with_label_values(&[name, "slow_consumer"]),
                     conflated: conflated.with_label_values(&[name]),
                     admission_refused: admission.with_label_values(&[name]),
+                    slow_closed: SlowClose::ALL
+                        .map(|why| slow_closed.with_label_values(&[name, why.as_str()])),
+                    output_refused: output_refused.with_label_values(&[name]),
                 }
             })
             .collect();
@@ -302,16 +378,25 @@ impl Metrics {
         reg(Box::new(bus_publish_duration.clone()));
         reg(Box::new(redis_reconnects.clone()));
         reg(Box::new(bus_gap_fill_messages.clone()));
+        reg(Box::new(bus_epoch_resets.clone()));
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
         reg(Box::new(bridge_variants.clone()));
         reg(Box::new(bridge_variants_refused.clone()));
+        reg(Box::new(bridge_auth_checks.clone()));
+        reg(Box::new(ws_handshakes.clone()));
+        reg(Box::new(ws_handshake_bytes.clone()));
         reg(Box::new(conflated));
         reg(Box::new(admission));
         reg(Box::new(legacy_clients.clone()));
         reg(Box::new(fallbacks));
         reg(Box::new(upgrade_failures));
+        reg(Box::new(slow_closed));
+        reg(Box::new(output_refused));
+        reg(Box::new(output_pending_bytes.clone()));
+        reg(Box::new(output_budget_bytes.clone()));
+        let floods = FloodMetrics::new(&registry);
 
         Metrics {
             registry,
@@ -324,14 +409,21 @@ impl Metrics {
             bus_publish_duration,
             redis_reconnects,
             bus_gap_fill_messages,
+            bus_epoch_resets,
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
             bridge_variants,
             bridge_variants_refused,
+            bridge_auth_checks,
+            ws_handshakes,
+            ws_handshake_bytes,
             legacy_clients,
             fallbacks: fallback_counters,
             upgrade_failures: upgrade_failure_counters,
+            output_pending_bytes,
+            output_budget_bytes,
+            floods,
         }
     }
 
@@ -372,6 +464,16 @@ impl Metrics {
     #[inline]
     pub fn transport(&self, transport: Transport) -> &TransportMetrics {
         &self.transports[transport as usize]
+    }
+
+    /// The gateway closed a slow client.
+    pub fn slow_client_closed(&self, transport: Transport, why: SlowClose) {
+        self.transport(transport).slow_closed[why as usize].inc();
+    }
+
+    /// Slow clients closed so far for one transport and reason.
+    pub fn slow_closed_count(&self, transport: Transport, why: SlowClose) -> u64 {
+        self.transport(transport).slow_closed[why as usize].get()
     }
 
     pub fn poll_answered(&self, result: PollResult) {
@@ -423,7 +525,14 @@ mod tests {
             "pollbridge_bus_publish_duration_seconds_bucket{le=\"0.0001\"} 0",
             "pollbridge_redis_reconnects_total 0",
             "pollbridge_bus_gap_fill_messages_total 0",
+            "pollbridge_bus_epoch_resets_total 0",
             "pollbridge_bus_subscriptions 0",
+            "pollbridge_slow_clients_closed_total{reason=\"write_timeout\",transport=\"longpoll\"} 0",
+            "pollbridge_slow_clients_closed_total{reason=\"output_budget\",transport=\"websocket\"} 0",
+            "pollbridge_output_refused_total{transport=\"longpoll\"} 0",
+            "pollbridge_output_pending_bytes 0",
+            "pollbridge_ws_handshakes_total 0",
+            "pollbridge_ws_handshake_bytes_total 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

@@ -350,7 +350,7 @@ async fn polls_and_resumes_from_an_old_cursor_get_only_the_latest_conflated() {
     let ev = sse.expect_event(T5).await;
     assert_eq!(ev.event.as_deref(), Some("conflated"), "{ev:?}");
     let ev = sse.expect_event(T5).await;
-    assert_eq!(ev.id.as_deref(), Some("100"), "{ev:?}");
+    assert_eq!(ev.message_id(), Some(100), "{ev:?}");
     sse.expect_no_event(Duration::from_millis(300)).await;
 
     // History keeps only the latest.
@@ -394,7 +394,7 @@ async fn sse_arrivals(mut sse: SseClient, last: u64, t: Duration) -> Vec<(Instan
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ev = sse.expect_event(left).await;
-        let id: u64 = ev.id.as_deref().expect("id").parse().expect("numeric id");
+        let id: u64 = ev.message_id().expect("numeric id");
         got.push((Instant::now(), id));
         if id == last {
             return got;

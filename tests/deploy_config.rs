@@ -13,8 +13,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pollbridge::config::{cli, BridgeRoute, ChannelRule};
+use pollbridge::config::cli;
 use pollbridge::Config;
+
+#[path = "common/config_keys.rs"]
+mod config_keys;
+use config_keys::code_keys;
 
 fn example_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pollbridge.toml")
@@ -22,80 +26,6 @@ fn example_path() -> PathBuf {
 
 fn example_text() -> String {
     std::fs::read_to_string(example_path()).expect("deploy/pollbridge.toml is readable")
-}
-
-/// Walks a serialised config and collects the dotted path of every leaf.
-/// Arrays of tables (`channels`, `bridge`) contribute their entries' keys
-/// under the array's own name (`bridge.path`); arrays of scalars are leaves.
-fn leaf_keys(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, child) in map {
-                let path = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                leaf_keys(child, &path, out);
-            }
-        }
-        serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
-            for item in items {
-                leaf_keys(item, prefix, out);
-            }
-        }
-        _ => {
-            out.insert(prefix.to_string());
-        }
-    }
-}
-
-/// Every key of the configuration structs, as dotted paths.
-///
-/// `serde_json` writes `None` as `null` (unlike TOML, which leaves it out),
-/// so optional keys are present even in the default config. Empty arrays of
-/// tables have no entries to walk, so one `[[channels]]` and one `[[bridge]]`
-/// entry (with only their required fields; defaults fill the rest) are
-/// added. As a second source, a TOML serialisation of a config whose
-/// optional values are all set is walked too.
-fn code_keys() -> BTreeSet<String> {
-    let mut cfg = Config::default();
-    cfg.channels.push(
-        serde_json::from_value::<ChannelRule>(serde_json::json!({"pattern": "chat.*"}))
-            .expect("a channel rule from its required fields"),
-    );
-    cfg.bridges.push(
-        serde_json::from_value::<BridgeRoute>(
-            serde_json::json!({"path": "/api/scores", "channel": "scores"}),
-        )
-        .expect("a bridge route from its required fields"),
-    );
-    let mut keys = BTreeSet::new();
-    leaf_keys(
-        &serde_json::to_value(&cfg).expect("Config serialises"),
-        "",
-        &mut keys,
-    );
-
-    // The same config with its optional values set, through TOML.
-    cfg.upstream = Some("http://127.0.0.1:3000".into());
-    cfg.redis.tls_ca_file = Some("/ca.pem".into());
-    cfg.auth.jwt_secret = Some("0123456789abcdef".into());
-    cfg.auth.jwt_public_key_file = Some("/key.pem".into());
-    cfg.auth.auth_url = Some("http://127.0.0.1:3000/auth".into());
-    cfg.tls.cert_file = Some("/cert.pem".into());
-    cfg.tls.key_file = Some("/key.pem".into());
-    cfg.demo.public_stats = Some(true);
-    cfg.bridges[0].hold = Some(std::time::Duration::from_secs(25));
-    cfg.bridges[0].vary_by = Some("Cookie".into());
-    let text = toml::to_string(&cfg).expect("Config serialises to TOML");
-    let table: toml::Value = toml::from_str(&text).expect("TOML round trip");
-    leaf_keys(
-        &serde_json::to_value(&table).expect("TOML to JSON"),
-        "",
-        &mut keys,
-    );
-    keys
 }
 
 /// A line of the example, with a leading `# ` (a commented-out setting)

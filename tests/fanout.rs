@@ -82,9 +82,9 @@ async fn websocket_sse_and_longpoll_all_get_every_message_in_order() {
         let env = ev.json();
         assert_eq!(ev.event, None, "unexpected SSE event type: {ev:?}");
         assert_eq!(
-            ev.id.as_deref(),
-            Some(env["id"].to_string().as_str()),
-            "SSE id: field must equal the envelope id"
+            ev.message_id(),
+            env["id"].as_u64(),
+            "SSE id: field must carry the envelope id"
         );
         sse_got.push(env);
     }

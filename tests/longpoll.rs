@@ -25,16 +25,19 @@ async fn timeout_zero_answers_at_once_with_last_id() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        json!({"messages": [], "last_id": 0, "truncated": false})
+        json!({"messages": [], "last_id": 0, "truncated": false, "cursor": "0"})
     );
 
     gw.publish_json("lp", &json!("one")).await;
     gw.publish_json("lp", &json!("two")).await;
     let (status, body) = gw.poll("lp", "since=2&timeout=0").await;
     assert_eq!(status, 200, "{body}");
+    // `cursor` is `last_id` with the channel's epoch.
+    let cursor = body["cursor"].as_str().unwrap_or_default().to_string();
+    assert!(cursor.starts_with("2-"), "{body}");
     assert_eq!(
         body,
-        json!({"messages": [], "last_id": 2, "truncated": false})
+        json!({"messages": [], "last_id": 2, "truncated": false, "cursor": cursor})
     );
     let (_, body) = gw.poll("lp", "since=0&timeout=0").await;
     assert_eq!(ids(&body), vec![1, 2], "{body}");

@@ -106,10 +106,7 @@ async fn wire_and_payload_bytes_match_what_the_clients_counted() {
     // SSE: replay of all five.
     let mut sse = sse::SseClient::open(gw.public, "/rt/sse/exact?since=0", &[]).await;
     for i in 1..=5 {
-        assert_eq!(
-            sse.expect_event(T).await.id.as_deref(),
-            Some(i.to_string().as_str())
-        );
+        assert_eq!(sse.expect_event(T).await.message_id(), Some(i));
     }
     let sse_counts = (sse.conn.bytes_written, sse.conn.bytes_read);
     drop(sse);

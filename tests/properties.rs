@@ -344,7 +344,11 @@ proptest! {
 
     #[test]
     fn printed_ids_are_cursors(id in any::<u64>()) {
-        prop_assert_eq!(pollbridge::channel::parse_cursor(&id.to_string()), Some(id));
+        let plain = pollbridge::channel::Since::plain(id);
+        prop_assert_eq!(pollbridge::channel::parse_cursor(&id.to_string()), Some(plain));
+        let epoch = pollbridge::bus::Epoch::random();
+        let with_epoch = pollbridge::channel::Since::at(id, epoch);
+        prop_assert_eq!(pollbridge::channel::parse_cursor(&format!("{id}-{epoch}")), Some(with_epoch));
     }
 
     #[test]

@@ -28,11 +28,21 @@ async fn events_have_the_documented_wire_format() {
     gw.publish_json("fmt", &serde_json::json!({"a": [1, 2]}))
         .await;
 
-    let want = "id: 1\ndata: {\"channel\":\"fmt\",\"id\":1,\"data\":\"hello\"}\n\n\
-                id: 2\ndata: {\"channel\":\"fmt\",\"id\":2,\"data\":{\"a\":[1,2]}}\n\n";
+    // The id is the cursor: the message id and the channel's epoch.
+    let (_, poll) = gw.poll("fmt", "since=2&timeout=0").await;
+    let epoch = poll["cursor"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("2-")
+        .unwrap()
+        .to_string();
+    let want = format!(
+        "id: 1-{epoch}\ndata: {{\"channel\":\"fmt\",\"id\":1,\"data\":\"hello\"}}\n\n\
+         id: 2-{epoch}\ndata: {{\"channel\":\"fmt\",\"id\":2,\"data\":{{\"a\":[1,2]}}}}\n\n"
+    );
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + T5;
-    while !text.contains("id: 2\n") || !text.ends_with("\n\n") {
+    while !text.contains("id: 2-") || !text.ends_with("\n\n") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "SSE body so far: {text:?}"
@@ -45,7 +55,7 @@ async fn events_have_the_documented_wire_format() {
         text.push_str(&String::from_utf8_lossy(&part));
     }
     // Anything before the first event may only be comments or `retry:`.
-    let start = text.find("id: 1\n").expect("no id: 1 event");
+    let start = text.find("id: 1-").expect("no id: 1 event");
     for line in text[..start].lines() {
         assert!(
             line.is_empty() || line.starts_with(':') || line.starts_with("retry:"),

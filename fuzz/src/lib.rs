@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-use pollbridge::bus::{Message, Payload};
-use pollbridge::channel::{parse_cursor, ChannelName, MAX_NAME_LEN};
+use pollbridge::bus::{Epoch, Message, Payload};
+use pollbridge::channel::{parse_cursor, ChannelName, Since, MAX_NAME_LEN};
 use pollbridge::config::cli::from_toml_str;
 use pollbridge::config::glob_match;
 use pollbridge::transport::websocket::command::{self, Command};
@@ -35,7 +35,7 @@ pub const COMMAND_ERROR_CODES: &[&str] = &[
 /// with the documented rules; compared with the real parser's answer.
 #[derive(Debug, PartialEq)]
 pub enum Expected {
-    Subscribe(String, Option<u64>),
+    Subscribe(String, Option<Since>),
     Unsubscribe(String),
     Publish(String, Value),
     Refused(&'static str),
@@ -87,7 +87,7 @@ pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
             let since = match object.get("since") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(n)) => match n.as_u64() {
-                    Some(n) => Some(n),
+                    Some(n) => Some(Since::plain(n)),
                     None => return Expected::Refused("bad_cursor"),
                 },
                 Some(Value::String(s)) => match reference_cursor(s) {
@@ -159,6 +159,7 @@ pub fn check_command(text: &str) {
         Ok(cmd) => {
             let canonical = match cmd {
                 Command::Subscribe { channel, since } => {
+                    let since = since.map(|s| s.to_string());
                     serde_json::json!({"type": "subscribe", "channel": channel.as_str(), "since": since})
                 }
                 Command::Unsubscribe { channel } => {
@@ -208,14 +209,28 @@ pub fn reference_channel_ok(name: &str) -> bool {
 }
 
 /// An unsigned decimal integer of at most 20 digits that fits in a `u64`.
-pub fn reference_cursor(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+pub fn reference_cursor(text: &str) -> Option<Since> {
+    // `N` or `N-E`: 1–20 decimal digits that fit a u64, then optionally
+    // `-` and 1–16 hex digits (the epoch).
+    let (id, epoch) = match text.find('-') {
+        Some(dash) => (&text[..dash], Some(&text[dash + 1..])),
+        None => (text, None),
+    };
+    if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let value = text
+    let value = id
         .bytes()
         .fold(0u128, |acc, b| acc * 10 + u128::from(b - b'0'));
-    u64::try_from(value).ok()
+    let id = u64::try_from(value).ok()?;
+    let epoch = match epoch {
+        None => None,
+        Some(e) if !e.is_empty() && e.len() <= 16 && e.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(Epoch::parse(e.as_bytes()).expect("hex digits parse"))
+        }
+        Some(_) => return None,
+    };
+    Some(Since { id, epoch })
 }
 
 /// `ChannelName::new` agrees with the documented rule, keeps the name as
@@ -438,7 +453,8 @@ pub fn check_frame(opcode: u8, payload: &[u8]) {
 /// one `data:` line, the WebSocket frame is one text frame with the
 /// envelope as UTF-8 payload.
 pub fn check_message(channel: &ChannelName, id: u64, data: &[u8]) -> Message {
-    let msg = Message::new(channel.clone(), id, data, Instant::now());
+    let epoch = Epoch::parse(b"e1").expect("an epoch");
+    let msg = Message::new(channel.clone(), epoch, id, data, Instant::now());
     assert_eq!(msg.data(), data);
     assert_eq!(msg.payload_len, data.len());
     assert!(
@@ -453,7 +469,7 @@ pub fn check_message(channel: &ChannelName, id: u64, data: &[u8]) -> Message {
     let event = msg.sse_event();
     assert_eq!(
         &event[..],
-        format!("id: {id}\ndata: {envelope}\n\n").as_bytes()
+        format!("id: {id}-e1\ndata: {envelope}\n\n").as_bytes()
     );
     let lines: Vec<&[u8]> = event.split(|&b| b == b'\n').collect();
     assert_eq!(lines.len(), 4, "id line, data line, blank line");

@@ -5,6 +5,9 @@
 // two of them and passes their addresses:
 //   PB_PUBLIC, PB_ADMIN            gateway started with --demo
 //   PB_NOWS_PUBLIC, PB_NOWS_ADMIN  gateway started with --demo --ws-enabled false
+//   PB_BRIDGE_PUBLIC, PB_BRIDGE_ADMIN  gateway bridging the toy backend's /api/scores
+//                                  (interval 200ms, hold 25s)
+//   PB_TOY                         the toy backend (examples/toy-backend/backend.py)
 //   PB_ARTIFACTS                   where demo.png goes (default artifacts/browser)
 //   CHROMIUM                       browser binary (default /usr/bin/chromium)
 //
@@ -15,6 +18,11 @@
 //              and resumes with no gap and no duplicate
 //   fallback   WebSocket upgrades refused: transport 'auto' falls back to
 //              long-poll (fallback= on its poll URLs) and still gets everything
+//   tabs       the toy backend's legacy page, bridged with hold, in 4 tabs of
+//              one browser for each legacy style (setInterval + fetch, jQuery
+//              $.ajax cache:false, plain XMLHttpRequest, XMLHttpRequest sending
+//              If-None-Match itself): every tab shows a change within one
+//              interval and no poll stalls (the browser cache lock, issue 17)
 // Every scenario also fails on console errors, page errors, entries in the
 // demo's own error list, and requests to anything but loopback.
 
@@ -35,6 +43,7 @@ const env = (name, fallback) => {
 };
 const GW = {public: env('PB_PUBLIC'), admin: env('PB_ADMIN')};
 const NOWS = {public: env('PB_NOWS_PUBLIC'), admin: env('PB_NOWS_ADMIN')};
+const BRIDGE = {public: env('PB_BRIDGE_PUBLIC'), admin: env('PB_BRIDGE_ADMIN'), toy: env('PB_TOY')};
 const ARTIFACTS = path.resolve(env('PB_ARTIFACTS', 'artifacts/browser'));
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const WAIT_MS = Number(env('PB_WAIT_MS', '10000')); // longest any single wait may take
@@ -351,10 +360,88 @@ async function scenarioFallback(context) {
     ` ids 1..50 in order on both panels (${took} ms)`;
 }
 
+/** The legacy page's own polling interval (examples/toy-backend/backend.py) and the bridge's (run.sh). */
+const PAGE_INTERVAL_MS = 1000;
+const BRIDGE_INTERVAL_MS = 200;
+const TABS = 4;
+
+async function setScores(scores) {
+  const res = await fetch(`http://${BRIDGE.toy}/api/scores`, {method: 'POST', body: JSON.stringify(scores)});
+  assert.equal(res.status, 200, `POST /api/scores to the toy backend: ${res.status}`);
+}
+
+/** Scenario: TABS tabs of one browser per legacy polling style, bridged with hold. */
+async function scenarioTabs(context) {
+  const styles = ['fetch', 'jquery', 'xhr', 'etag'];
+  const held = async () => metricValue('pollbridge_bridge_client_polls_total{bridge="scores",result="held"}', BRIDGE.admin);
+  const notes = [];
+  let round = 0;
+  for (const style of styles) {
+    round += 1;
+    const tabs = [];
+    for (let i = 0; i < TABS; i += 1) {
+      const page = await context.newPage();
+      ctx.current = page;
+      const w = watch(page);
+      const res = await page.goto(`http://${BRIDGE.public}/?style=${style}`);
+      assert.equal(res.status(), 200, `GET /?style=${style}`);
+      tabs.push({page, w});
+    }
+    // Every tab shows the current score and has had two answers since (the
+    // etag page: one answer, and its next poll is out, held by the gateway).
+    for (const [i, {page}] of tabs.entries()) {
+      await until(page, `${style} tab ${i + 1}: polling`, (etag) => window.__legacy &&
+        (etag ? window.__legacy.completed >= 1 && window.__legacy.sent >= 2 : window.__legacy.completed >= 2), style === 'etag');
+    }
+    const heldBefore = await held();
+    const scores = {home: 10 + round, away: round};
+    const text = `${scores.home} : ${scores.away}`;
+    const changedAt = Date.now();
+    await setScores(scores);
+    // A tab sees a change within its own interval plus the bridge's (and
+    // some scheduling slack); a stalled tab (cache lock) would take 20 s.
+    const bound = PAGE_INTERVAL_MS + BRIDGE_INTERVAL_MS + 800;
+    const seen = [];
+    for (const [i, {page}] of tabs.entries()) {
+      await until(page, `${style} tab ${i + 1} to show ${text}`, (t) => document.getElementById('score').textContent === t,
+        text, bound + 2000);
+      const at = await page.evaluate((t) => (window.__legacy.shown.find((x) => x.text === t) || {}).at, text);
+      seen.push(at - changedAt);
+    }
+    // No poll is stuck: every tab keeps getting answers after the change
+    // (but the etag page's next poll is held, as it should be, until the
+    // next change).
+    if (style !== 'etag') {
+      const counts = await Promise.all(tabs.map(({page}) => page.evaluate(() => window.__legacy.completed)));
+      for (const [i, {page}] of tabs.entries()) {
+        await until(page, `${style} tab ${i + 1}: answers after the change`, (n) => window.__legacy.completed >= n + 1,
+          counts[i], 2 * PAGE_INTERVAL_MS + 1000);
+      }
+    }
+    const states = await Promise.all(tabs.map(({page}) => page.evaluate(() => window.__legacy)));
+    for (const [i, {page, w}] of tabs.entries()) {
+      assert.ok(seen[i] <= bound, `${style} tab ${i + 1} showed the change after ${seen[i]} ms (bound ${bound} ms); all: ${seen}`);
+      assert.equal(states[i].failed, 0, `${style} tab ${i + 1}: failed polls`);
+      assert.deepEqual(w.console, [], `${style} tab ${i + 1}: console errors`);
+      assert.deepEqual(w.pageErrors, [], `${style} tab ${i + 1}: page errors`);
+      const foreign = w.requests.filter((u) => !LOOPBACK.has(new URL(u).hostname) && !u.startsWith('data:'));
+      assert.deepEqual(foreign, [], `${style} tab ${i + 1}: requests to non-loopback hosts (jQuery must be local)`);
+      await page.close();
+    }
+    const heldNow = (await held()) - heldBefore;
+    // Only the page that sends If-None-Match itself is held (the others get
+    // no-store answers, so their browser never revalidates on its own).
+    if (style === 'etag') assert.ok(heldNow >= TABS, `held polls during the etag round: ${heldNow}`);
+    const sent = states.map((st) => `${st.completed}/${st.sent}`).join(' ');
+    notes.push(`${style}: change seen after ${seen.join('/')} ms, answered/sent ${sent}${style === 'etag' ? `, ${heldNow} held` : ''}`);
+  }
+  return `${TABS} tabs per style, hold 25s; ${notes.join('; ')}`;
+}
+
 /** After a failure: say so if a gateway no longer answers (it crashed, or was stopped from outside). */
 async function gatewaysDown() {
   const notes = [];
-  for (const [name, gw] of [['gateway', GW], ['gateway_nows', NOWS]]) {
+  for (const [name, gw] of [['gateway', GW], ['gateway_nows', NOWS], ['gateway_bridge', BRIDGE]]) {
     try {
       const res = await fetch(`http://${gw.admin}/healthz`, {signal: AbortSignal.timeout(2000)});
       if (!res.ok) notes.push(`${name} /healthz answered ${res.status}`);
@@ -379,6 +466,7 @@ async function main() {
     });
     const scenarios = [
       ['order', scenarioOrder], ['screenshot', scenarioScreenshot], ['resume', scenarioResume], ['fallback', scenarioFallback],
+      ['tabs', scenarioTabs],
     ];
     for (const [name, fn] of scenarios) {
       const t0 = Date.now();

@@ -6,8 +6,10 @@
 #   POLLBRIDGE_BIN=path/to/pollbridge scripts/browser/run.sh   # skip the build
 #
 # Starts two gateways on free loopback ports (one with --demo, one with --demo
-# --ws-enabled false), runs scripts/browser/e2e.mjs against them and stops them
-# on exit. Artifacts in artifacts/browser/: demo.png (the demo after the first
+# --ws-enabled false), and the README's toy backend
+# (examples/toy-backend/backend.py, serving jQuery from node_modules) behind a
+# third gateway that bridges its /api/scores with `hold`, runs
+# scripts/browser/e2e.mjs against them and stops them on exit. Artifacts in artifacts/browser/: demo.png (the demo after the first
 # scenario), fail-*.png (page at a failure), gateway*.log (gateway stderr).
 # Last line: `browser: N passed, M failed`; exit status non-zero on any failure.
 set -euo pipefail
@@ -80,9 +82,34 @@ start_gateway() {
 start_gateway gateway --demo --reconnect-window 2s
 start_gateway gateway_nows --demo --ws-enabled false
 
+# The toy backend on a free port (it prints where it listens), and a gateway
+# bridging its polling URL as the README does, with `hold`.
+TOY_JQUERY="$here/node_modules/jquery/dist/jquery.min.js" \
+  python3 "$root/examples/toy-backend/backend.py" 0 >"$tmp/toy.out" 2>"$artifacts/toy.log" &
+pids+=("$!")
+names+=(toy)
+toy=""
+for i in $(seq 1 200); do  # up to 10 s
+  toy=$(sed -n 's|^toy backend on http://||p' "$tmp/toy.out" 2>/dev/null || true)
+  [ -n "$toy" ] && break
+  sleep 0.05
+done
+[ -n "$toy" ] || die "the toy backend printed no address within 10 s (artifacts/browser/toy.log)"
+cat >"$tmp/bridge.toml" <<TOML
+upstream = "http://$toy"
+
+[[bridge]]
+path = "/api/scores"
+channel = "scores"
+interval = "200ms"
+hold = "25s"
+TOML
+start_gateway gateway_bridge --config "$tmp/bridge.toml"
+
 status=0
 PB_PUBLIC=$gateway_public PB_ADMIN=$gateway_admin \
 PB_NOWS_PUBLIC=$gateway_nows_public PB_NOWS_ADMIN=$gateway_nows_admin \
+PB_BRIDGE_PUBLIC=$gateway_bridge_public PB_BRIDGE_ADMIN=$gateway_bridge_admin PB_TOY=$toy \
 PB_ARTIFACTS=$artifacts \
   node "$here/e2e.mjs" || status=$?
 # A gateway that is gone now was stopped during the run: a crash, or a signal

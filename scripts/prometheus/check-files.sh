@@ -86,7 +86,8 @@ fi
 step "promtool check config" promtool check config "$config"
 
 docs=()
-for d in "$PROM_DIR/ALERTS.md" "$OBS_ROOT/README.md"; do [ -f "$d" ] && docs+=(--runbook-doc "$d"); done
+# The runbooks live in one place only: docs/operations.md.
+for d in "$OBS_ROOT/docs/operations.md"; do [ -f "$d" ] && docs+=(--runbook-doc "$d"); done
 if [ "${#rule_files[@]}" -gt 0 ]; then
   step "rule policy" "$OBS_PY" "$OBS_DIR/check_rule_files.py" "${docs[@]}" "${rule_files[@]}"
 fi

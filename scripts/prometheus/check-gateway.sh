@@ -12,10 +12,18 @@
 # outside the auth.allowed_origins set below), proxied GETs, a legacy poller of
 # a [[bridge]] route), which starts after Prometheus' first scrape. Everything
 # is stopped on exit.
-# Env: BRIDGE=0 runs the gateway without a bridge route (then only the
-# allow-listed bridge metrics may be absent); POLLBRIDGE_ARGS="..." adds flags.
+# Runs twice: with a [[bridge]] route and without one (a gateway without
+# routes has no pollbridge_bridge_* series; its bridge panels and the
+# bridge_requests_saved rule must still return data: 0). Env: BRIDGE=1 or
+# BRIDGE=0 runs only that one; POLLBRIDGE_ARGS="..." adds flags.
 # Does not build: run `cargo build` first.
 set -uo pipefail
+if [ -z "${BRIDGE:-}" ]; then
+  echo "check-gateway: with a [[bridge]] route"
+  BRIDGE=1 "$0" "$@" || exit $?
+  echo "check-gateway: without [[bridge]] routes"
+  BRIDGE=0 exec "$0" "$@"
+fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${1:-$root/target/debug/pollbridge}

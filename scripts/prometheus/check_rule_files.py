@@ -5,7 +5,7 @@
 
 - every alert has a `severity` label and non-empty `summary`, `description` and
   `runbook` annotations;
-- the runbook is `README.md#alert-<lowercased alert name>` and that anchor
+- the runbook is `docs/operations.md#alert-<lowercased alert name>` and that anchor
   exists in one of the runbook docs (an `<a id="...">` or a heading that
   GitHub turns into that anchor);
 - recording rule names follow `level:metric:operations` and are unique;
@@ -17,6 +17,9 @@ import re
 import sys
 
 import yaml
+
+# Where the runbooks live, relative to the repository root (the one copy).
+RUNBOOK_DOC = "docs/operations.md"
 
 RECORD_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*:[a-zA-Z0-9_:]*[a-zA-Z0-9_]:[a-zA-Z0-9_]+$")
 
@@ -73,7 +76,7 @@ def main():
                     for key in ("summary", "description", "runbook"):
                         if not str(ann.get(key, "")).strip():
                             errs.append(f"{where}: no {key} annotation")
-                    want = f"README.md#alert-{name.lower()}"
+                    want = f"{RUNBOOK_DOC}#alert-{name.lower()}"
                     rb = str(ann.get("runbook", ""))
                     if rb and rb != want:
                         errs.append(f"{where}: runbook is {rb!r}, want {want!r}")

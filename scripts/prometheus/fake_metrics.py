@@ -174,6 +174,9 @@ def render(args):
              "Redis subscription connection re-established after a loss", [("", {}, 1)])
     e.family("pollbridge_bus_gap_fill_messages_total", "counter",
              "Messages recovered from the shared history after being missed live", [("", {}, 12)])
+    e.family("pollbridge_bus_epoch_resets_total", "counter",
+             "Channels started over because their epoch changed (the bus lost their data)",
+             [("", {}, 0)])
     e.family("pollbridge_bus_subscriptions", "gauge",
              "Channels this node is subscribed to on the shared bus", [("", {}, 3)])
     if args.duplicate:

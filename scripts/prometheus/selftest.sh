@@ -125,7 +125,7 @@ sededit 's/record: pollbridge:published_per_second:rate5m/record: pollbridge_pub
 run_case files-bad-record-name fail 'level:metric:operations' "$d" "$files"
 
 d=$(variant files-no-runbook)
-sededit '/runbook: "README.md#alert-pollbridgebusnotready"/d' "$d/prom/alerts.yml"
+sededit '/runbook: "docs\/operations.md#alert-pollbridgebusnotready"/d' "$d/prom/alerts.yml"
 run_case files-no-runbook fail 'PollbridgeBusNotReady: no runbook annotation' "$d" "$files"
 
 d=$(variant files-healthy-fires)

@@ -6,7 +6,11 @@
 //! every channel a client may not read.
 
 mod backend;
+mod limiter;
 mod token;
+
+pub use backend::{kept_headers, BackendAnswer};
+use std::net::IpAddr;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,6 +21,7 @@ use crate::channel::ChannelName;
 use crate::config::{AuthConfig, ChannelAuth, ChannelRules};
 use crate::error::ApiError;
 use crate::http::query_pairs;
+use crate::metrics::Metrics;
 
 /// Checks that a public key file loads (for configuration validation).
 pub fn load_public_key(path: &std::path::Path) -> Result<(), String> {
@@ -90,14 +95,18 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    pub fn new(config: &AuthConfig, rules: ChannelRules) -> Result<Arc<Authorizer>, String> {
+    pub fn new(
+        config: &AuthConfig,
+        rules: ChannelRules,
+        metrics: &Metrics,
+    ) -> Result<Arc<Authorizer>, String> {
         Ok(Arc::new(Authorizer {
             rules,
             tokens: token::Verifier::from_config(config)?,
             backend: config
                 .auth_url
                 .as_deref()
-                .map(|url| backend::BackendAuth::new(url, config))
+                .map(|url| backend::BackendAuth::new(url, config, &metrics.floods))
                 .transpose()?,
             allowed_origins: config.allowed_origins.clone(),
             require_origin: config.require_origin,
@@ -140,25 +149,46 @@ impl Authorizer {
         channel: &ChannelName,
         headers: &HeaderMap,
         query: Option<&str>,
+        client: IpAddr,
     ) -> Result<Grant, ApiError> {
         match self.rules.resolve(channel.as_str()).auth {
             ChannelAuth::Public => Ok(Grant::default()),
             auth => {
                 let credentials = self.credentials(headers, query);
                 // Boxed: the check's future is large and only these requests wait on it.
-                Box::pin(self.check(auth, channel, &credentials)).await
+                Box::pin(self.check(auth, channel, &credentials, client)).await
             }
         }
     }
 
-    /// Whether these credentials may subscribe to `channel`.
+    /// Whether these credentials, presented from `client` (whose backend
+    /// checks are bounded per address), may subscribe to `channel`.
     pub async fn may_subscribe(
         &self,
         channel: &ChannelName,
         credentials: &Credentials,
+        client: IpAddr,
     ) -> Result<Grant, ApiError> {
         let auth = self.rules.resolve(channel.as_str()).auth;
-        self.check(auth, channel, credentials).await
+        self.check(auth, channel, credentials, client).await
+    }
+
+    /// Forgets expired backend answers and idle per-address limits.
+    pub fn sweep(&self) {
+        if let Some(backend) = &self.backend {
+            backend.sweep();
+        }
+    }
+
+    /// The `auth_url` backend's own answer for these credentials, uncached
+    /// (`None` without `auth.auth_url`).
+    pub async fn backend_answer(
+        &self,
+        channel: &ChannelName,
+        credentials: &Credentials,
+    ) -> Option<Result<BackendAnswer, ApiError>> {
+        let backend = self.backend.as_ref()?;
+        Some(backend.answer(channel, credentials).await)
     }
 
     /// What the channel's rule (`auth`) says of these credentials.
@@ -167,6 +197,7 @@ impl Authorizer {
         auth: ChannelAuth,
         channel: &ChannelName,
         credentials: &Credentials,
+        client: IpAddr,
     ) -> Result<Grant, ApiError> {
         match auth {
             ChannelAuth::Public => Ok(Grant::default()),
@@ -185,7 +216,7 @@ impl Authorizer {
                     .backend
                     .as_ref()
                     .ok_or_else(|| ApiError::Forbidden("not allowed to subscribe".into()))?;
-                backend.allows(channel, credentials).await
+                backend.allows(channel, credentials, client).await
             }
         }
     }
@@ -221,7 +252,7 @@ mod tests {
             allowed_origins: vec!["https://app.test".into()],
             ..AuthConfig::default()
         };
-        let auth = Authorizer::new(&config, ChannelRules::default()).unwrap();
+        let auth = Authorizer::new(&config, ChannelRules::default(), &Metrics::new()).unwrap();
         let mut h = HeaderMap::new();
         assert!(
             auth.check_origin(&h).is_ok(),
@@ -240,6 +271,7 @@ mod tests {
                 ..config
             },
             ChannelRules::default(),
+            &Metrics::new(),
         )
         .unwrap();
         assert_eq!(

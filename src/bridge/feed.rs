@@ -160,7 +160,12 @@ impl Feed {
         // feed, or another node's poller).
         let subscription = match gw
             .bus
-            .subscribe(&self.channel, Some(0), &queue, gw.config.history.size)
+            .subscribe(
+                &self.channel,
+                Some(crate::channel::Since::plain(0)),
+                &queue,
+                gw.config.history.size,
+            )
             .await
         {
             Ok((subscription, history)) => {
@@ -248,6 +253,9 @@ impl Feed {
         validators: &mut Validators,
     ) -> bool {
         let mut headers = self.forwarded.clone();
+        if let Some(auth) = &self.route.auth {
+            auth.add_poll_credentials(&mut headers);
+        }
         if let (Some(name), Some(value)) = (&self.route.vary_header, &self.vary_value) {
             headers.insert(name.clone(), value.clone());
         }

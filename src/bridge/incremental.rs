@@ -35,7 +35,7 @@ use super::{
     Route, FIRST_ANSWER_WAIT,
 };
 use crate::bus::{Bus, Message, Payload, SubscriberQueue};
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, Since};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
@@ -186,7 +186,7 @@ impl IncrementalFeed {
         let queue = SubscriberQueue::new(self.capacity * 2 + 16, Transport::Bridge);
         let subscription = match gw
             .bus
-            .subscribe(&self.channel, Some(0), &queue, self.capacity)
+            .subscribe(&self.channel, Some(Since::plain(0)), &queue, self.capacity)
             .await
         {
             Ok((subscription, history)) => {
@@ -438,11 +438,11 @@ pub async fn handle(
     };
     if !client_has(req.headers(), &answer.etag) {
         route.client_body.inc();
-        return Ok(respond(gw, answer));
+        return Ok(respond(gw, route, answer));
     }
     let Some(hold) = route.config.hold else {
         route.client_not_modified.inc();
-        return Ok(not_modified(&answer.etag));
+        return Ok(not_modified(route, &answer.etag));
     };
     // The client has this answer: hold the poll until a new item comes.
     let seen = answer.last_bus_id;
@@ -454,18 +454,19 @@ pub async fn handle(
     drop(watch);
     if !changed {
         route.client_not_modified.inc();
-        return Ok(not_modified(&answer.etag));
+        return Ok(not_modified(route, &answer.etag));
     }
     match feed.answer_after(&cursor) {
         Some(newer) => {
             route.client_held.inc();
-            Ok(respond(gw, newer))
+            Ok(respond(gw, route, newer))
         }
         // The cursor left the record while the poll was held.
         None => pass_through(gw, route, req, peer, secure).await,
     }
 }
 
-fn respond(gw: &Gateway, answer: Answer) -> Response {
-    answer_with_body(gw, answer.body, answer.content_type, answer.etag)
+fn respond(gw: &Gateway, route: &Route, answer: Answer) -> Response {
+    let held = route.config.hold.is_some();
+    answer_with_body(gw, answer.body, answer.content_type, answer.etag, held)
 }

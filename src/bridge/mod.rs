@@ -10,6 +10,8 @@
 //! feed keeps the latest answer ([`feed`]), an `incremental` route's keeps
 //! the items after each cursor ([`incremental`]).
 
+mod auth;
+mod browser_cache;
 mod feed;
 mod identity;
 mod incremental;
@@ -62,10 +64,13 @@ pub struct Route {
     /// on incremental routes also first polls and unknown cursors).
     client_proxied: IntCounter,
     variants: Arc<VariantCap>,
+    client_refused: IntCounter,
+    /// `auth`: the checks a client passes before it is served the copy.
+    auth: Option<auth::RouteAuth>,
 }
 
 impl Route {
-    fn new(config: BridgeRoute, metrics: &Metrics) -> Route {
+    fn new(config: BridgeRoute, auth_timeout: Duration, metrics: &Metrics) -> Route {
         let up = |r: &str| {
             metrics
                 .bridge_upstream_requests
@@ -76,6 +81,12 @@ impl Route {
                 .bridge_client_polls
                 .with_label_values(&[config.channel.as_str(), r])
         };
+        // Every route's check counters exist from startup, `auth` or not.
+        for result in AUTH_RESULTS {
+            metrics
+                .bridge_auth_checks
+                .with_label_values(&[config.channel.as_str(), result]);
+        }
         Route {
             content_type: parking_lot::Mutex::new(None),
             vary_header: config
@@ -103,6 +114,8 @@ impl Route {
                     .bridge_variants_refused
                     .with_label_values(&[config.channel.as_str()]),
             ),
+            client_refused: client("refused"),
+            auth: auth::RouteAuth::new(&config, auth_timeout, metrics),
             config,
         }
     }
@@ -142,11 +155,14 @@ impl Bridges {
                     config.limits.max_message_bytes,
                 ))
             });
+        if config.bridges.is_empty() {
+            export_without_routes(metrics);
+        }
         Bridges {
             routes: config
                 .bridges
                 .iter()
-                .map(|r| Arc::new(Route::new(r.clone(), metrics)))
+                .map(|r| Arc::new(Route::new(r.clone(), config.auth.auth_timeout, metrics)))
                 .collect(),
             feeds: DashMap::new(),
             incremental: DashMap::new(),
@@ -170,6 +186,10 @@ impl Bridges {
     ) -> Result<Response, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::MethodNotAllowed("GET"));
+        }
+        if let Some(denied) = self.refusal(gw, index, req.headers()).await {
+            self.routes[index].client_refused.inc();
+            return denied.into_response();
         }
         let route = &self.routes[index];
         let identity = FeedIdentity::of(
@@ -217,7 +237,7 @@ impl Bridges {
         if current {
             let Some(hold) = route.config.hold else {
                 route.client_not_modified.inc();
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             };
             // Hold the poll until the copy changes or the hold ends.
             let seen = copy.id;
@@ -231,20 +251,47 @@ impl Bridges {
             drop(watch);
             if !outcome {
                 route.client_not_modified.inc();
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             }
             route.client_held.inc();
             let Some(Answer::Copy { copy, age }) = feed.answer() else {
-                return Ok(not_modified(&copy.etag));
+                return Ok(not_modified(route, &copy.etag));
             };
-            return Ok(self.body(gw, copy, age));
+            return Ok(self.body(gw, route, copy, age));
         }
         route.client_body.inc();
-        Ok(self.body(gw, copy, age))
+        Ok(self.body(gw, route, copy, age))
     }
 
-    fn body(&self, gw: &Gateway, copy: feed::Copy, age: Option<Duration>) -> Response {
-        let mut resp = answer_with_body(gw, copy.body, copy.content_type, copy.etag);
+    /// With `auth`: why this client may not be served the copy, if so.
+    async fn refusal(
+        &self,
+        gw: &Gateway,
+        index: usize,
+        headers: &HeaderMap,
+    ) -> Option<auth::Denied> {
+        let route = &self.routes[index];
+        let checks = route.auth.as_ref()?;
+        let Some(client) = self.client.as_deref() else {
+            return Some(auth::Denied::Error(ApiError::NotFound(
+                "bridge configured without an upstream".into(),
+            )));
+        };
+        checks
+            .check(&route.config, &gw.auth, client, headers)
+            .await
+            .err()
+    }
+
+    fn body(
+        &self,
+        gw: &Gateway,
+        route: &Route,
+        copy: feed::Copy,
+        age: Option<Duration>,
+    ) -> Response {
+        let held = route.config.hold.is_some();
+        let mut resp = answer_with_body(gw, copy.body, copy.content_type, copy.etag, held);
         if let Some(age) = age {
             resp.headers_mut()
                 .insert(header::AGE, HeaderValue::from(age.as_secs()));
@@ -256,7 +303,11 @@ impl Bridges {
     /// feed: no query, no `vary_by`), make sure that feed is polling.
     pub fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
         for (index, route) in self.routes.iter().enumerate() {
-            if route.vary_header.is_some() || route.config.channel != channel.as_str() {
+            // A route with `auth` polls with an allowed client's
+            // credentials: it starts once a legacy client has passed.
+            let can_poll = route.auth.as_ref().is_none_or(|a| a.has_poll_credentials());
+            if route.vary_header.is_some() || route.config.channel != channel.as_str() || !can_poll
+            {
                 continue;
             }
             let started = match route.config.mode {
@@ -435,6 +486,7 @@ fn answer_with_body(
     body: bytes::Bytes,
     content_type: HeaderValue,
     etag: HeaderValue,
+    held: bool,
 ) -> Response {
     let delivered = gw.metrics.transport(Transport::Bridge);
     delivered.delivered.inc();
@@ -443,9 +495,33 @@ fn answer_with_body(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, content_type);
     h.insert(header::ETAG, etag);
-    // Legacy clients must revalidate every time; the ETag makes it cheap.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CACHE_CONTROL, browser_cache::cache_control(held));
     resp
+}
+
+/// The results of `pollbridge_bridge_upstream_requests_total`.
+const UPSTREAM_RESULTS: [&str; 3] = ["changed", "not_modified", "error"];
+/// The results of `pollbridge_bridge_client_polls_total`.
+const CLIENT_RESULTS: [&str; 5] = ["body", "not_modified", "held", "refused", "proxied"];
+/// The results of `pollbridge_bridge_auth_checks_total`.
+const AUTH_RESULTS: [&str; 3] = ["allowed", "refused", "error"];
+
+/// A gateway without routes still exports the bridge counters, at 0 and
+/// without a `bridge` label (an empty label is no label to Prometheus), so
+/// every series exists from startup and the dashboards' bridge panels and
+/// recording rule show 0 there instead of nothing.
+fn export_without_routes(metrics: &Metrics) {
+    for result in UPSTREAM_RESULTS {
+        metrics
+            .bridge_upstream_requests
+            .with_label_values(&["", result]);
+    }
+    for result in CLIENT_RESULTS {
+        metrics.bridge_client_polls.with_label_values(&["", result]);
+    }
+    for result in AUTH_RESULTS {
+        metrics.bridge_auth_checks.with_label_values(&["", result]);
+    }
 }
 
 /// True when the request's `If-None-Match` names `etag`.
@@ -460,10 +536,14 @@ fn client_has(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         })
 }
 
-fn not_modified(etag: &HeaderValue) -> Response {
+fn not_modified(route: &Route, etag: &HeaderValue) -> Response {
     let mut resp = hyper::Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     resp.headers_mut().insert(header::ETAG, etag.clone());
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        browser_cache::cache_control(route.config.hold.is_some()),
+    );
     resp
 }
 

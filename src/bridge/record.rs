@@ -35,6 +35,17 @@ impl Record {
     /// the bus id is not newer than the last one (history and live delivery
     /// overlap on a shared bus) or the item is already recorded.
     pub fn push(&mut self, item_id: String, message: Arc<Message>) -> bool {
+        if self
+            .entries
+            .back()
+            .is_some_and(|last| last.message.epoch != message.epoch)
+        {
+            // The bus lost the channel and started a new sequence (its ids
+            // restart): what the record knows is of the old one. Cursors it
+            // forgets are answered by the backend, so nobody sees a gap.
+            self.entries.clear();
+            self.bus_ids.clear();
+        }
         if message.id <= self.last_bus_id() || self.bus_ids.contains_key(item_id.as_str()) {
             return false;
         }
@@ -79,6 +90,7 @@ mod tests {
         let channel = ChannelName::new("m").unwrap();
         Arc::new(Message::new(
             channel,
+            crate::bus::Epoch::NONE,
             id,
             data.as_bytes(),
             std::time::Instant::now(),
@@ -107,5 +119,24 @@ mod tests {
         assert!(!r.knows("124"));
         assert_eq!(after(&r, "a7"), Some(vec![5, 7]));
         assert_eq!(r.last_bus_id(), 7);
+    }
+
+    #[test]
+    fn a_new_sequence_on_the_bus_starts_the_record_over() {
+        let mut r = Record::new(3);
+        assert!(r.push("124".into(), msg(1, "1")));
+        assert!(r.push("125".into(), msg(2, "2")));
+        let channel = ChannelName::new("m").unwrap();
+        let restarted = Arc::new(Message::new(
+            channel,
+            crate::bus::Epoch::random(),
+            1,
+            b"3",
+            std::time::Instant::now(),
+        ));
+        assert!(r.push("126".into(), restarted));
+        assert_eq!(after(&r, "124"), None);
+        assert_eq!(after(&r, "126"), Some(vec![]));
+        assert_eq!(r.last_bus_id(), 1);
     }
 }

@@ -63,20 +63,48 @@ impl UpstreamClient {
     /// One conditional GET of `path` with `headers` (validators, forwarded
     /// and vary headers). Never takes longer than the proxy timeout.
     pub async fn fetch(&self, path: &str, headers: HeaderMap) -> Fetched {
-        let uri = match Uri::builder()
+        let (parts, body) = match self.exchange(path, headers).await {
+            Ok(answer) => answer,
+            Err((status, reason)) => return Fetched::Failed { status, reason },
+        };
+        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+        if parts.status == StatusCode::NOT_MODIFIED {
+            Fetched::NotModified
+        } else if parts.status.is_success() {
+            Fetched::Body {
+                body,
+                content_type,
+                etag: parts.headers.get(header::ETAG).cloned(),
+                last_modified: parts.headers.get(header::LAST_MODIFIED).cloned(),
+            }
+        } else {
+            Fetched::Status {
+                status: parts.status,
+                content_type,
+                body,
+            }
+        }
+    }
+
+    /// One GET of `path` with `headers`: the answer's head and whole body
+    /// (bounded), or the status and reason of a failure to get one. Never
+    /// takes longer than the proxy timeout.
+    pub async fn exchange(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<(http::response::Parts, Bytes), (StatusCode, String)> {
+        let uri = Uri::builder()
             .scheme("http")
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-        {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Fetched::Failed {
-                    status: StatusCode::BAD_GATEWAY,
-                    reason: format!("bad upstream path {path:?}: {e}"),
-                }
-            }
-        };
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("bad upstream path {path:?}: {e}"),
+                )
+            })?;
         let mut request = Request::get(uri).body(Empty::new()).expect("valid request");
         *request.headers_mut() = headers;
         request.headers_mut().insert(
@@ -100,35 +128,15 @@ impl UpstreamClient {
                 .to_bytes();
             Ok::<_, (StatusCode, String)>((parts, body))
         };
-        let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => {
-                return Fetched::Failed {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    reason: format!(
-                        "upstream {} did not answer within {:?}",
-                        self.authority, self.timeout
-                    ),
-                }
-            }
-            Ok(Err((status, reason))) => return Fetched::Failed { status, reason },
-            Ok(Ok(answer)) => answer,
-        };
-        let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
-        if parts.status == StatusCode::NOT_MODIFIED {
-            Fetched::NotModified
-        } else if parts.status.is_success() {
-            Fetched::Body {
-                body,
-                content_type,
-                etag: parts.headers.get(header::ETAG).cloned(),
-                last_modified: parts.headers.get(header::LAST_MODIFIED).cloned(),
-            }
-        } else {
-            Fetched::Status {
-                status: parts.status,
-                content_type,
-                body,
-            }
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "upstream {} did not answer within {:?}",
+                    self.authority, self.timeout
+                ),
+            )),
+            Ok(answer) => answer,
         }
     }
 }

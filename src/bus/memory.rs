@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Bus, BusError, HistoryRead, Hub, Payload, Published, SubscriberQueue, Subscription};
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, Since};
 
 pub struct MemoryBus {
     hub: Hub,
@@ -48,7 +48,7 @@ impl Bus for MemoryBus {
     async fn subscribe(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
@@ -58,7 +58,7 @@ impl Bus for MemoryBus {
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         Ok(self.hub.read(channel, since, limit))

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Epoch;
 use crate::channel::ChannelName;
 
 /// What a publisher sent, validated.
@@ -91,6 +92,8 @@ pub struct Message {
     pub channel: ChannelName,
     /// The channel's sequence number: 1, 2, 3… the same on every node.
     pub id: u64,
+    /// The sequence `id` belongs to (see [`Epoch`]).
+    pub epoch: Epoch,
     /// Length of the `data` value inside the envelope: the payload bytes.
     pub payload_len: usize,
     /// When this node's bus accepted (or received) the message; delivery
@@ -105,7 +108,13 @@ pub struct Message {
 
 impl Message {
     /// Builds the envelope around already-encoded `data` JSON.
-    pub fn new(channel: ChannelName, id: u64, data: &[u8], published_at: Instant) -> Message {
+    pub fn new(
+        channel: ChannelName,
+        epoch: Epoch,
+        id: u64,
+        data: &[u8],
+        published_at: Instant,
+    ) -> Message {
         let mut id_buf = itoa::Buffer::new();
         let id_text = id_buf.format(id);
         let mut env = BytesMut::with_capacity(34 + channel.as_str().len() + data.len());
@@ -120,6 +129,7 @@ impl Message {
         Message {
             channel,
             id,
+            epoch,
             payload_len: data.len(),
             published_at,
             envelope: env.freeze(),
@@ -143,26 +153,35 @@ impl Message {
     }
 
     /// The long-poll answer carrying this message alone:
-    /// `{"messages":[<envelope>],"last_id":N,"truncated":false}`.
+    /// `{"messages":[<envelope>],"last_id":N,"truncated":false,"cursor":"N-E"}`.
     pub fn poll_answer(&self) -> &Bytes {
         self.poll_answer.get_or_init(|| {
             crate::transport::longpoll::encode_answer(
                 std::iter::once(&self.envelope),
                 self.id,
+                self.epoch,
                 false,
                 false,
             )
         })
     }
 
-    /// The envelope as one SSE event: `id: N\ndata: <envelope>\n\n`.
+    /// The envelope as one SSE event: `id: N-E\ndata: <envelope>\n\n` (the
+    /// id is the cursor, so a browser's `Last-Event-ID` carries the epoch).
     pub fn sse_event(&self) -> &Bytes {
         self.sse_event.get_or_init(|| {
             let mut id_buf = itoa::Buffer::new();
             let id = id_buf.format(self.id);
-            let mut out = BytesMut::with_capacity(self.envelope.len() + id.len() + 13);
+            let mut epoch_buf = [0; 16];
+            let epoch = self.epoch.encode(&mut epoch_buf);
+            let mut out =
+                BytesMut::with_capacity(self.envelope.len() + id.len() + epoch.len() + 14);
             out.put_slice(b"id: ");
             out.put_slice(id.as_bytes());
+            if !self.epoch.is_none() {
+                out.put_u8(b'-');
+                out.put_slice(epoch.as_bytes());
+            }
             out.put_slice(b"\ndata: ");
             out.put_slice(&self.envelope);
             out.put_slice(b"\n\n");
@@ -178,7 +197,8 @@ mod tests {
     #[test]
     fn envelope_shape() {
         let ch = ChannelName::new("news").unwrap();
-        let msg = Message::new(ch, 42, br#"{"a":1}"#, Instant::now());
+        let epoch = Epoch::parse(b"e9").unwrap();
+        let msg = Message::new(ch, epoch, 42, br#"{"a":1}"#, Instant::now());
         assert_eq!(
             &msg.envelope[..],
             br#"{"channel":"news","id":42,"data":{"a":1}}"#
@@ -189,7 +209,7 @@ mod tests {
         assert_eq!(parsed["data"]["a"], 1);
         assert_eq!(
             &msg.sse_event()[..],
-            &b"id: 42\ndata: {\"channel\":\"news\",\"id\":42,\"data\":{\"a\":1}}\n\n"[..]
+            &b"id: 42-e9\ndata: {\"channel\":\"news\",\"id\":42,\"data\":{\"a\":1}}\n\n"[..]
         );
     }
 

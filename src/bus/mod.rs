@@ -6,6 +6,8 @@
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
 //! encodings are the same whichever bus is in use.
 
+pub mod epoch;
+mod history;
 pub mod hub;
 pub mod memory;
 mod message;
@@ -15,11 +17,12 @@ pub mod redis;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use epoch::Epoch;
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
 pub use message::{Message, Payload, PayloadError};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, Since};
 
 /// Why the bus could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +63,7 @@ pub trait Bus: Send + Sync + 'static {
     fn subscribe(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> impl Future<Output = Result<(Subscription, HistoryRead), BusError>> + Send;
@@ -69,7 +72,7 @@ pub trait Bus: Send + Sync + 'static {
     fn history(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         limit: usize,
     ) -> impl Future<Output = Result<HistoryRead, BusError>> + Send;
 
@@ -130,7 +133,7 @@ impl Bus for AnyBus {
     async fn subscribe(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
@@ -143,7 +146,7 @@ impl Bus for AnyBus {
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         match self {

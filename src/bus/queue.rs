@@ -19,6 +19,14 @@
 //! finish it with ordinary awaited writes. Only one side writes at a time:
 //! the publisher only under this queue's lock while direct mode is on, the
 //! task only after taking direct mode back under the same lock.
+//!
+//! **Output limits.** A client's queue (see [`SubscriberQueue::for_client`])
+//! also counts the bytes it holds against the client's
+//! [`OutputAccount`](crate::transport::output::OutputAccount): past the
+//! per-client hard limit (or the soft one for too long) it closes with
+//! [`QueueClosed::OutputLimit`], and the output reaper may close it the same
+//! way when the gateway-wide budget runs out. Messages written directly
+//! never count.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -28,8 +36,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::Message;
+use super::{Epoch, Message};
 use crate::config::ChannelMode;
+use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 use crate::transport::Transport;
 
 /// Why a queue stopped delivering.
@@ -39,6 +48,9 @@ pub enum QueueClosed {
     Overflow,
     /// The gateway is shutting down or the subscription was ended.
     Shutdown,
+    /// The client holds too much unsent output (its own limits, or the
+    /// gateway-wide budget): it is dropped.
+    OutputLimit,
 }
 
 /// What happened to one pushed message.
@@ -77,9 +89,12 @@ pub trait DirectSink: Send + Sync {
 pub struct DirectReport {
     /// The unsent tail of a message the publisher wrote in part.
     pub remainder: Option<Bytes>,
-    /// Last id delivered per channel: the connection's cursors, moved on
-    /// by what publishers wrote.
-    pub written: Vec<(crate::channel::ChannelName, u64)>,
+    /// Last id delivered per channel, and the epoch it is in: the
+    /// connection's cursors, moved on by what publishers wrote. Publishers
+    /// write only messages of that epoch; one of another (the bus lost the
+    /// channel's data) ends direct mode, so that the connection tells its
+    /// client.
+    pub written: Vec<(crate::channel::ChannelName, Epoch, u64)>,
 }
 
 struct State {
@@ -95,6 +110,17 @@ struct State {
     report: DirectReport,
     /// `report` is the connection's, lent by `enter_direct`.
     report_lent: bool,
+    /// The client's output account, made when the queue first holds
+    /// something (most WebSocket queues never do: direct mode), so an idle
+    /// connection pays nothing for it. Its pending bytes are the envelope
+    /// bytes of `items`.
+    output: Option<Arc<OutputAccount>>,
+}
+
+/// What a queued message counts for: its envelope (every transport's
+/// encoding of it is a few bytes more).
+fn cost(msg: &Message) -> usize {
+    msg.envelope.len()
 }
 
 /// One subscriber's queue, shared by every channel it is subscribed to.
@@ -102,11 +128,33 @@ pub struct SubscriberQueue {
     state: Mutex<State>,
     capacity: usize,
     transport: Transport,
+    /// Where the client's output account comes from (None: uncounted,
+    /// e.g. a held poll's one-off queue).
+    budget: Option<Arc<OutputBudget>>,
 }
 
 impl SubscriberQueue {
+    /// A queue whose bytes count against nobody's output limits.
     pub fn new(capacity: usize, transport: Transport) -> Arc<SubscriberQueue> {
-        Arc::new(SubscriberQueue {
+        Arc::new(Self::build(capacity, transport, None))
+    }
+
+    /// A client connection's queue: what it holds counts against the
+    /// client's output limits and the gateway's output budget.
+    pub fn for_client(
+        capacity: usize,
+        transport: Transport,
+        budget: &Arc<OutputBudget>,
+    ) -> Arc<SubscriberQueue> {
+        Arc::new(Self::build(capacity, transport, Some(budget.clone())))
+    }
+
+    fn build(
+        capacity: usize,
+        transport: Transport,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> SubscriberQueue {
+        SubscriberQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 waker: None,
@@ -115,10 +163,42 @@ impl SubscriberQueue {
                 direct: None,
                 report: DirectReport::default(),
                 report_lent: false,
+                output: None,
             }),
             capacity: capacity.max(1),
             transport,
-        })
+            budget,
+        }
+    }
+
+    /// The client's output account, made now if need be (None: this queue
+    /// is not counted).
+    pub fn output(self: &Arc<Self>) -> Option<Arc<OutputAccount>> {
+        let mut state = self.state.lock();
+        self.account(&mut state).cloned()
+    }
+
+    fn account<'s>(self: &Arc<Self>, state: &'s mut State) -> Option<&'s Arc<OutputAccount>> {
+        let budget = self.budget.as_ref()?;
+        Some(state.output.get_or_insert_with(|| {
+            let account = budget.account(self.transport);
+            account.attach_queue(Arc::downgrade(self));
+            account
+        }))
+    }
+
+    /// Takes `bytes` off the queue's count (messages left it).
+    fn release(state: &mut State, bytes: usize) {
+        if let Some(account) = &state.output {
+            account.sub(bytes);
+        }
+    }
+
+    /// Takes everything queued off the count.
+    fn release_all(state: &mut State) {
+        if let Some(account) = &state.output {
+            account.sub(account.pending());
+        }
     }
 
     /// The transport this subscriber reads through (for metrics and stats).
@@ -128,14 +208,14 @@ impl SubscriberQueue {
 
     /// Adds a message. Never blocks beyond a short uncontended lock (and,
     /// in direct mode, one non-blocking write).
-    pub fn push(&self, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
+    pub fn push(self: &Arc<Self>, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
         self.push_all(std::slice::from_ref(msg), mode)
     }
 
     /// Adds several messages of one channel in order: in direct mode they
     /// go out in one vectored write. Returns the outcome of the last one
     /// (`Conflated` if any was, `Overflowed` if it stopped).
-    pub fn push_all(&self, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
+    pub fn push_all(self: &Arc<Self>, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
@@ -150,10 +230,14 @@ impl SubscriberQueue {
         }
         let mut outcome = Pushed::Queued;
         let mut conflated = 0;
+        let counted = self.budget.is_some();
+        let (mut added, mut removed) = (0, 0);
         for msg in rest {
             if mode == ChannelMode::State {
                 if let Some(pos) = state.items.iter().position(|m| m.channel == msg.channel) {
-                    state.items.remove(pos);
+                    if let Some(old) = state.items.remove(pos) {
+                        removed += if counted { cost(&old) } else { 0 };
+                    }
                     conflated += 1;
                     outcome = Pushed::Conflated { count: conflated };
                 }
@@ -161,12 +245,37 @@ impl SubscriberQueue {
             if state.items.len() >= self.capacity {
                 let dropped = state.items.len() + 1;
                 state.items = VecDeque::new();
+                removed = state.output.as_ref().map_or(0, |a| a.pending()) + added;
                 state.closed = Some(QueueClosed::Overflow);
                 state.dropped = dropped;
                 outcome = Pushed::Overflowed { dropped };
                 break;
             }
+            added += if counted { cost(msg) } else { 0 };
             state.items.push_back(msg.clone());
+        }
+        if counted && added != removed {
+            let verdict = match self.account(&mut state) {
+                Some(account) if added > removed => account.add(added - removed),
+                Some(account) => {
+                    account.sub(removed - added);
+                    Verdict::Fine
+                }
+                None => Verdict::Fine,
+            };
+            if let Verdict::Drop(why) = verdict {
+                // Dropped like an overflow, but for good: no catching up.
+                let dropped = state.items.len();
+                state.items = VecDeque::new();
+                Self::release_all(&mut state);
+                state.closed = Some(QueueClosed::OutputLimit);
+                state.direct = None;
+                state.dropped = dropped;
+                if let Some(account) = &state.output {
+                    account.mark_dropped(why);
+                }
+                outcome = Pushed::Overflowed { dropped };
+            }
         }
         let waker = state.waker.take();
         drop(state);
@@ -213,6 +322,12 @@ impl SubscriberQueue {
         if state.closed.is_none() {
             state.closed = Some(reason);
         }
+        if reason == QueueClosed::OutputLimit {
+            // What it holds is what it is dropped for: let it go now.
+            state.dropped = state.items.len();
+            state.items = VecDeque::new();
+            Self::release_all(&mut state);
+        }
         state.direct = None;
         let waker = state.waker.take();
         drop(state);
@@ -231,8 +346,7 @@ impl SubscriberQueue {
     ) -> Poll<Result<(), QueueClosed>> {
         let mut state = self.state.lock();
         if !state.items.is_empty() || state.report.remainder.is_some() {
-            let n = state.items.len().min(max);
-            out.extend(state.items.drain(..n));
+            self.move_out(&mut state, out, max);
             return Poll::Ready(Ok(()));
         }
         if let Some(reason) = state.closed {
@@ -243,6 +357,17 @@ impl SubscriberQueue {
             _ => state.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Moves up to `max` items into `out`, releasing their bytes.
+    fn move_out(&self, state: &mut State, out: &mut Vec<Arc<Message>>, max: usize) {
+        let n = state.items.len().min(max);
+        let start = out.len();
+        out.extend(state.items.drain(..n));
+        if state.output.is_some() {
+            let bytes = out[start..].iter().map(|m| cost(m)).sum();
+            Self::release(state, bytes);
+        }
     }
 
     /// Waits for messages; see [`poll_drain`](Self::poll_drain). Cancel-safe:
@@ -258,13 +383,15 @@ impl SubscriberQueue {
         self.state.lock().dropped
     }
 
-    /// Completes once the queue has overflowed. Lets a writer blocked on a
-    /// client that reads nothing give up at once instead of at its timeout.
-    pub async fn overflowed(&self) {
+    /// Completes once the queue has overflowed or was closed for its
+    /// output limit, with which. Lets a writer blocked on a client that
+    /// reads nothing give up at once instead of at its timeout.
+    pub async fn overflowed(&self) -> QueueClosed {
         std::future::poll_fn(|cx| {
             let mut state = self.state.lock();
-            if state.closed == Some(QueueClosed::Overflow) {
-                return Poll::Ready(());
+            if let Some(reason @ (QueueClosed::Overflow | QueueClosed::OutputLimit)) = state.closed
+            {
+                return Poll::Ready(reason);
             }
             state.waker = Some(cx.waker().clone());
             Poll::Pending
@@ -280,8 +407,7 @@ impl SubscriberQueue {
                 return Err(reason);
             }
         }
-        let n = state.items.len().min(max);
-        out.extend(state.items.drain(..n));
+        self.move_out(&mut state, out, max);
         Ok(())
     }
 }
@@ -303,15 +429,21 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
         .report
         .written
         .iter()
-        .position(|(channel, _)| *channel == first.channel)
+        .position(|(channel, _, _)| *channel == first.channel)
     {
         Some(pos) => pos,
         None => {
-            state.report.written.push((first.channel.clone(), 0));
+            let entry = (first.channel.clone(), first.epoch, 0);
+            state.report.written.push(entry);
             state.report.written.len() - 1
         }
     };
-    let known = state.report.written[cursor].1;
+    if state.report.written[cursor].1 != first.epoch {
+        // A new sequence: the connection must say `truncated` first. Direct
+        // mode ends here (the sink is not put back).
+        return 0;
+    }
+    let known = state.report.written[cursor].2;
     let skip = msgs.iter().take_while(|m| m.id <= known).count();
     let mut out = skip;
     let mut keep_direct = true;
@@ -340,7 +472,7 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
             sent += 1;
         }
         if sent > 0 {
-            state.report.written[cursor].1 = chunk[sent - 1].id;
+            state.report.written[cursor].2 = chunk[sent - 1].id;
             sink.delivered(&chunk[..sent]);
         }
         out += sent;
@@ -361,9 +493,18 @@ mod tests {
     use crate::channel::ChannelName;
     use std::time::Instant;
 
+    fn epoch() -> Epoch {
+        Epoch::parse(b"e1").unwrap()
+    }
+
     fn msg(channel: &str, id: u64) -> Arc<Message> {
+        msg_in(epoch(), channel, id)
+    }
+
+    fn msg_in(epoch: Epoch, channel: &str, id: u64) -> Arc<Message> {
         Arc::new(Message::new(
             ChannelName::new(channel).unwrap(),
+            epoch,
             id,
             b"1",
             Instant::now(),
@@ -452,7 +593,9 @@ mod tests {
         // The connection has delivered up to 1 already (from history): a
         // shared bus delivering 1 again must not send it twice.
         let mut report = DirectReport::default();
-        report.written.push((ChannelName::new("a").unwrap(), 1));
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 1));
         assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
         assert!(fake.wire.lock().is_empty());
@@ -472,7 +615,7 @@ mod tests {
         q.leave_direct(&mut report);
         let tail = report.remainder.take().expect("a partial frame");
         assert_eq!(report.written.len(), 1);
-        assert_eq!(report.written[0].1, 3);
+        assert_eq!(report.written[0].2, 3);
         let mut wire = fake.wire.lock().clone();
         wire.extend_from_slice(&tail);
         let mut out = Vec::new();
@@ -488,6 +631,38 @@ mod tests {
         assert_eq!(wire, expected);
         // Drained and nothing pending: direct mode may start again.
         assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+    }
+
+    #[test]
+    fn a_new_epoch_ends_direct_mode_and_is_queued_for_the_connection() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        let mut report = DirectReport::default();
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 5));
+        assert!(q.enter_direct(&sink, &mut report));
+        assert_eq!(q.push(&msg("a", 6), ChannelMode::Stream), Pushed::Written);
+        // The bus lost the channel's data: ids start again in a new epoch.
+        // The connection, not the publisher, must handle that (it tells the
+        // client `truncated` first).
+        let other = Epoch::parse(b"e2").unwrap();
+        assert_eq!(
+            q.push(&msg_in(other, "a", 1), ChannelMode::Stream),
+            Pushed::Queued
+        );
+        assert_eq!(
+            q.push(&msg_in(other, "a", 2), ChannelMode::Stream),
+            Pushed::Queued
+        );
+        assert_eq!(*fake.delivered.lock(), vec![6]);
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        let got: Vec<_> = out.iter().map(|m| (m.epoch, m.id)).collect();
+        assert_eq!(got, [(other, 1), (other, 2)]);
+        q.leave_direct(&mut report);
+        assert_eq!(report.written[0].2, 6);
     }
 
     #[test]

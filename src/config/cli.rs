@@ -50,6 +50,8 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("history-size", "history.size", Kind::Integer, "Messages kept per channel for resuming clients [default: 1000]"),
     ("history-max-age", "history.max_age", Kind::Text, "Drop history older than this [default: 1h]"),
     ("history-idle-channel-ttl", "history.idle_channel_ttl", Kind::Text, "Forget an empty, unwatched channel after this [default: 5m]"),
+    ("history-max-bytes", "history.max_bytes", Kind::Integer, "Bytes of history kept per channel, oldest dropped first [default: 4194304]"),
+    ("history-max-total-bytes", "history.max_total_bytes", Kind::Integer, "Bytes of history kept in memory over all channels, oldest dropped first [default: 268435456]"),
     ("max-connections", "limits.max_connections", Kind::Integer, "Open client connections on the public listener [default: 19000]"),
     ("max-message-bytes", "limits.max_message_bytes", Kind::Integer, "Largest published payload / client WebSocket message [default: 65536]"),
     ("queue-length", "limits.queue_length", Kind::Integer, "Messages queued per subscriber before a slow one is dropped [default: 1024]"),
@@ -61,6 +63,19 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("longpoll-rate-per-ip", "limits.longpoll_rate_per_ip", Kind::Integer, "Long-polls per second from one client address; 0 = unlimited [default: 100]"),
     ("trusted-proxy", "limits.trusted_proxies", Kind::List, "Proxy address/CIDR whose X-Forwarded-For names the client; repeat or comma-separate [default: none]"),
     ("new-sessions-per-second", "limits.new_sessions_per_second", Kind::Integer, "New WebSocket/SSE sessions admitted per second; 0 = unlimited [default: 2000]"),
+    ("write-timeout", "limits.write_timeout", Kind::Text, "Close an HTTP answer or SSE stream whose socket accepts nothing for this long [default: 30s]"),
+    ("max-pending-output-bytes", "limits.max_pending_output_bytes", Kind::Integer, "Unsent output all clients together may hold; past it the largest are dropped [default: 268435456]"),
+    ("client-output-hard-bytes", "limits.client_output_hard_bytes", Kind::Integer, "Drop a client whose unsent output passes this [default: 33554432]"),
+    ("client-output-soft-bytes", "limits.client_output_soft_bytes", Kind::Integer, "Drop a client whose unsent output stays past this for --client-output-soft-time [default: 8388608]"),
+    ("client-output-soft-time", "limits.client_output_soft_time", Kind::Text, "How long a client may stay past --client-output-soft-bytes [default: 60s]"),
+    ("ws-command-rate", "limits.ws.command_rate", Kind::Integer, "WebSocket commands per second per connection; 0 = unlimited [default: 50]"),
+    ("ws-command-burst", "limits.ws.command_burst", Kind::Integer, "WebSocket commands at once before the rate applies [default: 100]"),
+    ("ws-publish-rate", "limits.ws.publish_rate", Kind::Integer, "Client publishes per second per WebSocket; 0 = unlimited [default: 10]"),
+    ("ws-publish-burst", "limits.ws.publish_burst", Kind::Integer, "Client publishes at once before the rate applies [default: 20]"),
+    ("ws-publish-bytes-rate", "limits.ws.publish_bytes_rate", Kind::Integer, "Payload bytes per second a WebSocket may publish; 0 = unlimited [default: 65536]"),
+    ("ws-publish-bytes-burst", "limits.ws.publish_bytes_burst", Kind::Integer, "Payload bytes a WebSocket may publish at once [default: 262144]"),
+    ("ws-refusals-before-close", "limits.ws.refusals_before_close", Kind::Integer, "Rate refusals (forgiven at 1/s) before a WebSocket is closed with 1008 [default: 20]"),
+    ("max-client-channels", "limits.ws.max_client_channels", Kind::Integer, "Channels client publishes may create on this node [default: 1000]"),
     ("ws-enabled", "websocket.enabled", Kind::Bool, "Accept WebSocket upgrades [default: true]"),
     ("ws-ping-interval", "websocket.ping_interval", Kind::Text, "Ping a WebSocket client silent for this long [default: 30s]"),
     ("ws-idle-timeout", "websocket.idle_timeout", Kind::Text, "Drop a WebSocket client silent for this long [default: 75s]"),
@@ -68,6 +83,7 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("longpoll-timeout", "longpoll.default_timeout", Kind::Text, "Hold time of a long-poll without ?timeout= [default: 25s]"),
     ("longpoll-max-timeout", "longpoll.max_timeout", Kind::Text, "Upper bound on a long-poll's ?timeout= [default: 120s]"),
     ("longpoll-max-messages", "longpoll.max_messages", Kind::Integer, "Most messages in one long-poll answer [default: 1000]"),
+    ("longpoll-max-answer-bytes", "longpoll.max_answer_bytes", Kind::Integer, "Most bytes of messages in one long-poll answer (at least one message); the client pages on [default: 1048576]"),
     ("cors-origin", "longpoll.cors_origins", Kind::List, "Origin allowed to poll cross-site; repeat or comma-separate [default: none]"),
     ("sse-keepalive", "sse.keepalive_interval", Kind::Text, "SSE comment keep-alive interval [default: 15s]"),
     ("sse-retry", "sse.retry", Kind::Text, "Reconnect delay suggested to SSE clients [default: 2s]"),
@@ -83,6 +99,11 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("auth-url", "auth.auth_url", Kind::Text, "Backend URL asked whether a client may subscribe [default: none]"),
     ("auth-cache-ttl", "auth.auth_cache_ttl", Kind::Text, "How long a backend auth answer is reused [default: 30s]"),
     ("auth-timeout", "auth.auth_timeout", Kind::Text, "Backend auth answer deadline [default: 2s]"),
+    ("auth-max-concurrent", "auth.auth_max_concurrent", Kind::Integer, "Backend auth requests in flight, gateway-wide; 0 = unlimited [default: 32]"),
+    ("auth-max-concurrent-per-ip", "auth.auth_max_concurrent_per_ip", Kind::Integer, "Backend auth requests in flight per client address; 0 = unlimited [default: 2]"),
+    ("auth-rate", "auth.auth_rate", Kind::Integer, "Backend auth requests per second, gateway-wide; 0 = unlimited [default: 100]"),
+    ("auth-rate-per-ip", "auth.auth_rate_per_ip", Kind::Integer, "Backend auth requests per second per client address; 0 = unlimited [default: 5]"),
+    ("auth-cache-max-entries", "auth.auth_cache_max_entries", Kind::Integer, "Backend auth answers cached at most [default: 100000]"),
     ("allowed-origin", "auth.allowed_origins", Kind::List, "Origin allowed to connect (WebSocket, SSE, long-poll); repeat or comma-separate [default: any]"),
     ("require-origin", "auth.require_origin", Kind::Bool, "Refuse requests without Origin when origins are restricted [default: false]"),
     ("tls-cert-file", "tls.cert_file", Kind::Text, "PEM certificate chain for TLS on the public listener [default: none]"),
@@ -122,10 +143,17 @@ fn command() -> Command {
                 .help("TOML configuration file"),
         )
         .arg(
+            // `--check-config FILE` and `--check-config --config FILE` both
+            // work: the first is what people type, the second what the
+            // systemd unit and the docs have always said.
             Arg::new("check-config")
                 .long("check-config")
-                .action(ArgAction::SetTrue)
-                .help("Load and validate the configuration, print a summary and exit (0 valid, 2 invalid)"),
+                .value_name("FILE")
+                .num_args(0..=1)
+                // Present without a value: "" (a path parser refuses empty ones).
+                .default_missing_value("")
+                .value_parser(clap::builder::ValueParser::os_string())
+                .help("Load and validate the configuration (FILE, or --config FILE), print a summary and exit (0 valid, 2 invalid)"),
         );
     for &(flag, key, kind, help) in SETTINGS {
         let env = format!("POLLBRIDGE_{}", flag.to_uppercase().replace('-', "_"));
@@ -160,15 +188,66 @@ where
     T: Into<OsString> + Clone,
 {
     let matches = command().get_matches_from(args);
-    let table = match matches.get_one::<PathBuf>("config") {
+    let check_file = matches
+        .get_one::<OsString>("check-config")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let check_file = check_file.as_ref();
+    let file = match (check_file, matches.get_one::<PathBuf>("config")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(vec![ConfigProblem {
+                key: "--check-config".into(),
+                message: format!(
+                    "names {} but --config names {}; give the file once",
+                    a.display(),
+                    b.display()
+                ),
+            }])
+        }
+        (Some(path), _) | (None, Some(path)) => Some(path),
+        (None, None) => None,
+    };
+    let table = match file {
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
     };
     let config = merge(table, &matches)?;
     Ok(Invocation {
         config,
-        check_only: matches.get_flag("check-config"),
+        check_only: matches.contains_id("check-config"),
     })
+}
+
+/// What `--check-config` prints for a valid configuration: one line for
+/// the gateway, then one per bridge route.
+pub fn check_summary(config: &Config) -> String {
+    let mut out = format!(
+        "pollbridge: configuration OK (public {}, admin {}, bus {}, upstream {}, {} channel rule(s), {} bridge route(s))",
+        config.listen,
+        config.admin_listen,
+        crate::bus::redis::redact(&config.bus),
+        config.upstream.as_deref().unwrap_or("none"),
+        config.channels.len(),
+        config.bridges.len(),
+    );
+    for route in &config.bridges {
+        out.push_str(&format!(
+            "\n  bridge {} -> channel {}, every {}",
+            route.path,
+            route.channel,
+            humantime::format_duration(route.interval)
+        ));
+        if let Some(hold) = route.hold {
+            out.push_str(&format!(", hold {}", humantime::format_duration(hold)));
+        }
+        if let Some(vary_by) = &route.vary_by {
+            out.push_str(&format!(", vary_by {vary_by}"));
+        }
+        if route.auth != super::BridgeAuthMode::None {
+            out.push_str(&format!(", auth {}", route.auth.as_str()));
+        }
+    }
+    out
 }
 
 /// Loads a configuration file on its own, without flags or environment.

@@ -8,7 +8,10 @@
 //! message naming its key.
 
 mod bridge;
+mod bridge_auth;
 pub mod cli;
+mod client_limits;
+mod history;
 mod redis;
 mod rules;
 
@@ -22,6 +25,9 @@ use bridge::{
     bridge_route_problems, default_cursor_param, default_ignore_params, default_item_id,
     default_max_variants,
 };
+pub use bridge_auth::BridgeAuthMode;
+pub use client_limits::WsClientLimits;
+pub use history::HistoryConfig;
 pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
@@ -98,31 +104,6 @@ impl Default for Config {
     }
 }
 
-/// How much of each channel's past is kept for resuming clients.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// Messages kept per channel. Default: 1000.
-    pub size: usize,
-    /// Messages older than this are dropped from history. Default: 1h.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    /// A channel with no history and no subscribers is forgotten after this
-    /// long. Default: 5m.
-    #[serde(with = "humantime_serde")]
-    pub idle_channel_ttl: Duration,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        HistoryConfig {
-            size: 1000,
-            max_age: Duration::from_secs(3600),
-            idle_channel_ttl: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Limits that keep one client from costing the gateway without bound.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -163,6 +144,28 @@ pub struct LimitsConfig {
     /// (a burst of one second's worth); past it `503` with a jittered
     /// `Retry-After`. 0: unlimited. Default: 2000.
     pub new_sessions_per_second: u32,
+    /// An HTTP answer (long-poll, proxied, any other) or SSE stream whose
+    /// socket accepts nothing for this long is closed. WebSocket sessions
+    /// use `websocket.write_timeout`. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Bytes of unsent output all clients together may hold (queued live
+    /// messages, streamed long-poll answers); past it the clients holding
+    /// the most are dropped first and new large long-poll answers get `503`
+    /// with `Retry-After`. Default: 268435456 (256 MiB).
+    pub max_pending_output_bytes: usize,
+    /// A client whose unsent output passes this is dropped at once.
+    /// Default: 33554432 (32 MiB).
+    pub client_output_hard_bytes: usize,
+    /// A client whose unsent output stays past this for
+    /// `client_output_soft_time` is dropped. Default: 8388608 (8 MiB).
+    pub client_output_soft_bytes: usize,
+    /// See `client_output_soft_bytes`. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub client_output_soft_time: Duration,
+    /// Per-WebSocket-connection command and publish rates, and the cap on
+    /// channels client publishes may create (`[limits.ws]`).
+    pub ws: WsClientLimits,
 }
 
 impl Default for LimitsConfig {
@@ -179,6 +182,12 @@ impl Default for LimitsConfig {
             longpoll_rate_per_ip: 100,
             trusted_proxies: Vec::new(),
             new_sessions_per_second: 2000,
+            write_timeout: Duration::from_secs(30),
+            max_pending_output_bytes: 256 * 1024 * 1024,
+            client_output_hard_bytes: 32 * 1024 * 1024,
+            client_output_soft_bytes: 8 * 1024 * 1024,
+            client_output_soft_time: Duration::from_secs(60),
+            ws: WsClientLimits::default(),
         }
     }
 }
@@ -227,6 +236,10 @@ pub struct LongPollConfig {
     /// Most messages in one answer; the client polls again for the rest.
     /// Default: 1000.
     pub max_messages: usize,
+    /// Most bytes of messages in one answer: as many whole messages as fit
+    /// (always at least one), `last_id` the last one included, so the next
+    /// poll pages on from it. Default: 1048576 (1 MiB).
+    pub max_answer_bytes: usize,
     /// Origins allowed to poll cross-site (CORS), e.g. `https://app.example.com`,
     /// or `*`. Default: none.
     pub cors_origins: Vec<String>,
@@ -238,6 +251,7 @@ impl Default for LongPollConfig {
             default_timeout: Duration::from_secs(25),
             max_timeout: Duration::from_secs(120),
             max_messages: 1000,
+            max_answer_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
         }
     }
@@ -387,6 +401,24 @@ pub struct BridgeRoute {
     /// number or a string). Default: `/id`.
     #[serde(default = "default_item_id")]
     pub item_id: String,
+    /// Who may be served the shared copy: `none` (anyone), `auth_url`
+    /// (the `auth.auth_url` delegation) or `route` (a conditional request
+    /// to this path with the client's own `Cookie`/`Authorization`). A
+    /// client the backend refuses gets the backend's answer. Default: none.
+    #[serde(default)]
+    pub auth: BridgeAuthMode,
+    /// How long a check's answer is reused for the same credentials.
+    /// Default: 10s (at most 5m).
+    #[serde(default = "bridge_auth::default_auth_ttl", with = "humantime_serde")]
+    pub auth_ttl: Duration,
+    /// Distinct credentials whose answers are remembered; past it expired
+    /// answers are dropped, then new ones are not remembered. Default: 10000.
+    #[serde(default = "bridge_auth::default_auth_cache_size")]
+    pub auth_cache_size: usize,
+    /// Checks waiting on the backend at once; a client that cannot get one
+    /// within `auth.auth_timeout` gets `503 auth_unavailable`. Default: 8.
+    #[serde(default = "bridge_auth::default_auth_max_in_flight")]
+    pub auth_max_in_flight: usize,
 }
 
 fn default_bridge_interval() -> Duration {
@@ -459,6 +491,23 @@ pub struct AuthConfig {
     /// With `allowed_origins` set, also refuse requests that carry no
     /// `Origin` (non-browser clients). Default: false.
     pub require_origin: bool,
+    /// Backend auth requests in flight at once, gateway-wide; past it the
+    /// client is refused (503 `auth_unavailable`). 0: unlimited.
+    /// Default: 32.
+    pub auth_max_concurrent: usize,
+    /// Backend auth requests in flight at once for one client address;
+    /// past it 429 `auth_rate_limited`. 0: unlimited. Default: 2.
+    pub auth_max_concurrent_per_ip: usize,
+    /// Backend auth requests per second, gateway-wide (a burst of one
+    /// second's worth); past it 503 `auth_unavailable`. 0: unlimited.
+    /// Default: 100.
+    pub auth_rate: u32,
+    /// Backend auth requests per second for one client address (a burst
+    /// of twice this); past it 429 `auth_rate_limited`. 0: unlimited.
+    /// Default: 5.
+    pub auth_rate_per_ip: u32,
+    /// Backend answers (grants and denials) cached at most. Default: 100000.
+    pub auth_cache_max_entries: usize,
 }
 
 impl Default for AuthConfig {
@@ -472,6 +521,11 @@ impl Default for AuthConfig {
             auth_timeout: Duration::from_secs(2),
             allowed_origins: Vec::new(),
             require_origin: false,
+            auth_max_concurrent: 32,
+            auth_max_concurrent_per_ip: 2,
+            auth_rate: 100,
+            auth_rate_per_ip: 5,
+            auth_cache_max_entries: 100_000,
         }
     }
 }
@@ -559,8 +613,17 @@ impl Config {
                 format!("not a log filter: {:?}", self.log_level),
             );
         }
+        for (key, message) in self.limits.ws.problems() {
+            bad(&key, message);
+        }
         let positive = [
             ("history.size", self.history.size),
+            ("history.max_bytes", self.history.max_bytes),
+            ("history.max_total_bytes", self.history.max_total_bytes),
+            (
+                "auth.auth_cache_max_entries",
+                self.auth.auth_cache_max_entries,
+            ),
             ("limits.max_connections", self.limits.max_connections),
             ("limits.max_message_bytes", self.limits.max_message_bytes),
             ("limits.queue_length", self.limits.queue_length),
@@ -569,6 +632,19 @@ impl Config {
                 self.limits.max_subscriptions_per_connection,
             ),
             ("longpoll.max_messages", self.longpoll.max_messages),
+            ("longpoll.max_answer_bytes", self.longpoll.max_answer_bytes),
+            (
+                "limits.max_pending_output_bytes",
+                self.limits.max_pending_output_bytes,
+            ),
+            (
+                "limits.client_output_hard_bytes",
+                self.limits.client_output_hard_bytes,
+            ),
+            (
+                "limits.client_output_soft_bytes",
+                self.limits.client_output_soft_bytes,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -591,6 +667,7 @@ impl Config {
                 self.limits.header_read_timeout,
             ),
             ("limits.body_read_timeout", self.limits.body_read_timeout),
+            ("limits.write_timeout", self.limits.write_timeout),
             ("migration.legacy_window", self.migration.legacy_window),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.timeout", self.proxy.timeout),
@@ -604,6 +681,18 @@ impl Config {
             bad(
                 "websocket.idle_timeout",
                 "must be longer than websocket.ping_interval".into(),
+            );
+        }
+        if self.limits.client_output_soft_bytes > self.limits.client_output_hard_bytes {
+            bad(
+                "limits.client_output_soft_bytes",
+                "must not exceed limits.client_output_hard_bytes".into(),
+            );
+        }
+        if self.longpoll.max_answer_bytes > self.limits.client_output_hard_bytes {
+            bad(
+                "longpoll.max_answer_bytes",
+                "must not exceed limits.client_output_hard_bytes".into(),
             );
         }
         if self.longpoll.default_timeout > self.longpoll.max_timeout {
@@ -716,6 +805,9 @@ impl Config {
                 .any(|other| other.path == route.path)
             {
                 bad(&key("path"), format!("{:?} is bridged twice", route.path));
+            }
+            for (field, message) in bridge_auth::problems(self, route) {
+                bad(&key(field), message);
             }
         }
         for (i, rule) in self.channels.iter().enumerate() {

@@ -55,10 +55,7 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
                 &b"{\"status\":\"not ready\"}"[..],
             )
         }),
-        (&Method::GET, "/channels") => Ok(h::json_value(
-            StatusCode::OK,
-            &serde_json::json!({"channels": gw.bus.hub().stats()}),
-        )),
+        (&Method::GET, "/channels") => super::channel_list::page(&gw, req.uri().query()),
         (_, "/publish") => publish::batch(&gw, req).await,
         (_, p) if p.starts_with("/publish/") => {
             let channel = h::decode_segment(&p["/publish/".len()..]);

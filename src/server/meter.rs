@@ -5,20 +5,32 @@
 //! heads, bodies, the upgrade handshake, frames, pings, close frames. Each
 //! read or write costs one relaxed atomic add on a pre-resolved counter.
 //!
+//! It also holds HTTP answers to a write deadline: a write the socket does
+//! not take for `limits.write_timeout` (and no drop in the socket's send
+//! queue meanwhile) fails, and hyper closes the connection. The deadline
+//! costs nothing while writes go through: its timer exists only while a
+//! write is blocked. The same timer lets the output reaper abort a
+//! connection stuck in a write ([`ConnMeter::kill`]).
+//!
 //! Attribution: a connection's bytes belong to the transport of the request
 //! they are part of. Bytes read while no request is being handled (the head
 //! of the next request on a keep-alive connection) are held as *pending*
 //! until the router has classified that request, then credited to it.
 
+use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
+use crate::transport::output::SlowClose;
 use crate::transport::Transport;
 
 /// Benchmarks only: counting can be switched off to measure what it costs
@@ -33,6 +45,11 @@ pub fn disable_counting_for_benchmarks() {
 /// Bit set in `state` while no request is in progress.
 const IDLE: u8 = 0x80;
 
+/// Bit set in `state` during a WebSocket upgrade (request head to 101):
+/// those bytes are also counted as handshake bytes, so `/stats` can tell the
+/// one-off cost of opening a connection from the cost of each message.
+const HANDSHAKE: u8 = 0x40;
+
 /// One client connection's attribution state, shared by the socket wrapper
 /// (or both halves of a split socket) and the request handlers.
 pub struct ConnMeter {
@@ -46,6 +63,8 @@ pub struct ConnMeter {
     open: Arc<AtomicUsize>,
     /// The per-address connection slot, released with the connection.
     _ip_slot: Option<super::limits::IpSlot>,
+    /// Set by the output reaper: the next blocked write fails.
+    killed: AtomicBool,
 }
 
 impl ConnMeter {
@@ -62,11 +81,12 @@ impl ConnMeter {
             pending_in: AtomicU64::new(0),
             open,
             _ip_slot: ip_slot,
+            killed: AtomicBool::new(false),
         })
     }
 
     fn transport(state: u8) -> Transport {
-        Transport::ALL[(state & !IDLE) as usize]
+        Transport::ALL[(state & !(IDLE | HANDSHAKE)) as usize]
     }
 
     #[inline]
@@ -82,6 +102,9 @@ impl ConnMeter {
                 .transport(Self::transport(state))
                 .wire_in
                 .inc_by(n as u64);
+            if state & HANDSHAKE != 0 {
+                self.metrics.ws_handshake_bytes.inc_by(n as u64);
+            }
         }
     }
 
@@ -95,13 +118,22 @@ impl ConnMeter {
             .transport(Self::transport(state))
             .wire_out
             .inc_by(n as u64);
+        if state & HANDSHAKE != 0 {
+            self.metrics.ws_handshake_bytes.inc_by(n as u64);
+        }
     }
 
     /// The current request was classified: it and its pending head bytes
     /// belong to `transport`.
     pub fn begin_request(&self, transport: Transport) {
-        self.state.store(transport as u8, Ordering::Relaxed);
-        self.flush_pending(transport);
+        let upgrade = transport == Transport::WebSocket;
+        let flag = if upgrade { HANDSHAKE } else { 0 };
+        self.state.store(transport as u8 | flag, Ordering::Relaxed);
+        let pending = self.flush_pending(transport);
+        if upgrade && COUNTING.load(Ordering::Relaxed) {
+            self.metrics.ws_handshakes.inc();
+            self.metrics.ws_handshake_bytes.inc_by(pending);
+        }
     }
 
     /// The response is finished; bytes read from now on wait for the next
@@ -110,11 +142,37 @@ impl ConnMeter {
         self.state.fetch_or(IDLE, Ordering::Relaxed);
     }
 
-    fn flush_pending(&self, transport: Transport) {
+    /// The transport of the request in progress (or the last one).
+    pub fn current_transport(&self) -> Transport {
+        Self::transport(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Aborts the connection at its next blocked write (within a second):
+    /// the output reaper dropping a slow client.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
+    }
+
+    /// The upgrade is complete (hyper has written the 101 and let go of the
+    /// socket): from now on the connection's bytes are messages, not
+    /// handshake. (Not at [`response_done`](Self::response_done): hyper
+    /// drops a 101's empty body before it writes the head.) A refused
+    /// upgrade stays handshake until the connection's next request.
+    pub fn handshake_done(&self) {
+        self.state.fetch_and(!HANDSHAKE, Ordering::Relaxed);
+    }
+
+    /// Credits the pending bytes to `transport`; returns how many there were.
+    fn flush_pending(&self, transport: Transport) -> u64 {
         let pending = self.pending_in.swap(0, Ordering::Relaxed);
         if pending > 0 {
             self.metrics.transport(transport).wire_in.inc_by(pending);
         }
+        pending
     }
 }
 
@@ -126,18 +184,65 @@ impl Drop for ConnMeter {
     }
 }
 
+/// Bytes in a socket's send queue the peer has not acknowledged (SIOCOUTQ).
+pub fn unsent_bytes(fd: RawFd) -> Option<u64> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is a live socket of the caller; the kernel writes one
+    // int through the pointer.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then_some(queued.max(0) as u64)
+}
+
+/// A stream that can tell how much it has sent but the peer not yet
+/// acknowledged: a write blocked while that shrinks is making progress.
+pub trait SendQueue {
+    fn unsent(&self) -> Option<u64>;
+}
+
+impl SendQueue for tokio::net::TcpStream {
+    fn unsent(&self) -> Option<u64> {
+        unsent_bytes(self.as_raw_fd())
+    }
+}
+
+/// How often a blocked write looks again: for a connection the reaper
+/// aborted, and for progress.
+const STALL_TICK: Duration = Duration::from_secs(1);
+
+/// A blocked write: since when no progress, and the timer that wakes it.
+struct Stall {
+    timer: Pin<Box<Sleep>>,
+    deadline: Instant,
+    unsent: Option<u64>,
+}
+
 pin_project_lite::pin_project! {
-    /// A socket (or socket half) that counts what crosses it.
+    /// A socket (or socket half) that counts what crosses it. Its
+    /// `write_timeout` is `limits.write_timeout` (zero: none); `stall` is
+    /// set while a write is blocked.
     pub struct MeteredStream<S> {
         #[pin]
         inner: S,
         meter: Arc<ConnMeter>,
+        write_timeout: Duration,
+        stall: Option<Box<Stall>>,
     }
 }
 
 impl<S> MeteredStream<S> {
     pub fn new(inner: S, meter: Arc<ConnMeter>) -> Self {
-        MeteredStream { inner, meter }
+        MeteredStream {
+            inner,
+            meter,
+            write_timeout: Duration::ZERO,
+            stall: None,
+        }
+    }
+
+    /// Fails a write the socket takes nothing of for `timeout`.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 
     pub fn meter(&self) -> &Arc<ConnMeter> {
@@ -170,18 +275,88 @@ impl<S: AsyncRead> AsyncRead for MeteredStream<S> {
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for MeteredStream<S> {
+/// A write returned `Pending`: arms (or checks) the write deadline.
+/// WebSocket sessions keep their own (`websocket.write_timeout`).
+fn blocked<S: SendQueue>(
+    inner: &S,
+    meter: &ConnMeter,
+    write_timeout: Duration,
+    stall: &mut Option<Box<Stall>>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let aborted = || {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "dropped: output limit",
+        )))
+    };
+    if meter.is_killed() {
+        return aborted();
+    }
+    if write_timeout.is_zero() || meter.current_transport() == Transport::WebSocket {
+        return Poll::Pending;
+    }
+    let stall = stall.get_or_insert_with(|| {
+        let now = Instant::now();
+        Box::new(Stall {
+            timer: Box::pin(tokio::time::sleep_until(
+                now + STALL_TICK.min(write_timeout),
+            )),
+            deadline: now + write_timeout,
+            unsent: inner.unsent(),
+        })
+    });
+    loop {
+        if stall.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if meter.is_killed() {
+            return aborted();
+        }
+        let now = Instant::now();
+        if now >= stall.deadline {
+            // The kernel wakes writers only once much of a large send
+            // buffer is free: a queue that shrinks is a reader, slow or not.
+            let unsent = inner.unsent();
+            if !matches!((stall.unsent, unsent), (Some(before), Some(after)) if after < before) {
+                meter
+                    .metrics
+                    .slow_client_closed(meter.current_transport(), SlowClose::WriteTimeout);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "write deadline: the client took nothing",
+                )));
+            }
+            stall.unsent = unsent;
+            stall.deadline = now + write_timeout;
+        }
+        let next = (now + STALL_TICK).min(stall.deadline);
+        stall.timer.as_mut().reset(next);
+    }
+}
+
+impl<S: AsyncWrite + SendQueue> AsyncWrite for MeteredStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            this.meter.on_write(n);
+        let mut this = self.project();
+        match this.inner.as_mut().poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.meter.on_write(n);
+                *this.stall = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => blocked(
+                this.inner.as_ref().get_ref(),
+                this.meter,
+                *this.write_timeout,
+                this.stall,
+                cx,
+            ),
+            error => error,
         }
-        res
     }
 
     fn poll_write_vectored(
@@ -189,12 +364,22 @@ impl<S: AsyncWrite> AsyncWrite for MeteredStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            this.meter.on_write(n);
+        let mut this = self.project();
+        match this.inner.as_mut().poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                this.meter.on_write(n);
+                *this.stall = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => blocked(
+                this.inner.as_ref().get_ref(),
+                this.meter,
+                *this.write_timeout,
+                this.stall,
+                cx,
+            ),
+            error => error,
         }
-        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -214,6 +399,51 @@ impl<S: AsyncWrite> AsyncWrite for MeteredStream<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    impl SendQueue for tokio::io::DuplexStream {
+        fn unsent(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_nobody_takes_fails_at_the_deadline_and_is_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let meter = ConnMeter::new(metrics.clone(), Arc::new(AtomicUsize::new(1)), None);
+        meter.begin_request(Transport::Sse);
+        let (server, _client) = tokio::io::duplex(16);
+        let mut server = MeteredStream::new(server, meter.clone())
+            .with_write_timeout(Duration::from_millis(100));
+        let err = tokio::time::timeout(Duration::from_secs(5), server.write_all(&[0u8; 64]))
+            .await
+            .expect("the deadline ends the write")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            metrics.slow_closed_count(Transport::Sse, SlowClose::WriteTimeout),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_connection_fails_its_blocked_write() {
+        let metrics = Arc::new(Metrics::new());
+        let meter = ConnMeter::new(metrics, Arc::new(AtomicUsize::new(1)), None);
+        meter.begin_request(Transport::LongPoll);
+        let (server, _client) = tokio::io::duplex(16);
+        let mut server =
+            MeteredStream::new(server, meter.clone()).with_write_timeout(Duration::from_secs(3600));
+        let killer = meter.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            killer.kill();
+        });
+        let err = tokio::time::timeout(Duration::from_secs(5), server.write_all(&[0u8; 64]))
+            .await
+            .expect("the kill ends the write")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
 
     #[tokio::test]
     async fn vectored_writes_reach_a_tcp_peer_whole_in_order_and_counted() {

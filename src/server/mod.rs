@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod assets;
+pub mod bucket;
+pub mod channel_list;
 pub mod limits;
 pub mod meter;
 pub mod public;
@@ -60,11 +62,14 @@ pub async fn run(
                     last_sweep = std::time::Instant::now();
                     gw.bus.hub().sweep(last_sweep);
                     gw.ip_limits.sweep();
+                    gw.auth.sweep();
+                    gw.client_channels.sweep(last_sweep);
                     gw.migration.refresh();
                 }
             }
         }
     });
+    let reaper = tokio::spawn(gw.output.clone().run_reaper());
     let public = tokio::spawn(accept_public(gw.clone(), listeners.public));
     let admin = tokio::spawn(accept_admin(gw.clone(), listeners.admin));
 
@@ -78,6 +83,7 @@ pub async fn run(
         .await
         .is_ok();
     sweeper.abort();
+    reaper.abort();
     if drained {
         tracing::info!("drained");
     } else {
@@ -141,7 +147,8 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone(), ip_slot);
-        let stream = MeteredStream::new(stream, meter.clone());
+        let stream = MeteredStream::new(stream, meter.clone())
+            .with_write_timeout(gw.config.limits.write_timeout);
         let conn_gw = gw.clone();
         let builder = builder.clone();
         gw.tasks.spawn(async move {

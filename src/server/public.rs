@@ -97,12 +97,16 @@ pub fn route(
             other => other,
         };
         meter.begin_request(route.transport());
+        if route.transport() == Transport::WebSocket {
+            // The upgrade tells the meter when its handshake is over.
+            req.extensions_mut().insert(meter.clone());
+        }
         // The future is as large as its largest handler's (see above), so
         // the handlers larger than the poll's, none of them held by the
         // thousand, are boxed (one allocation per request) and the poll's
         // stays inline.
         let result = match route {
-            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel)).await,
+            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel, peer)).await,
             Route::Echo if gw.config.conformance_echo => {
                 Box::pin(websocket::handle_echo(&gw, req)).await
             }
@@ -126,7 +130,7 @@ pub fn route(
                 req.uri().path()
             ))),
             Route::Poll(channel) => longpoll::handle(&gw, &mut req, &channel, peer).await,
-            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel)).await,
+            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel, peer)).await,
             Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
                 Ok(()) => Box::pin(publish::single(&gw, req, &channel)).await,
                 Err(e) => Err(e),

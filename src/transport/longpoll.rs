@@ -11,6 +11,13 @@
 //! them, a poll whose cursor is behind is answered from history without
 //! subscribing, and the answer to a single new message — what a fan-out's
 //! polls all get — is encoded once per message and shared.
+//!
+//! An answer holds as many whole messages as fit in
+//! `longpoll.max_answer_bytes` (at least one); its `last_id` is the last one
+//! included, so the client's next poll pages on from there. A large answer
+//! is not assembled: it is produced chunk by chunk from the messages'
+//! shared envelopes as the socket drains ([`crate::transport::replay`]),
+//! and counted against the gateway's output budget while it is unsent.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -24,19 +31,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::bus::{Bus, Message, SubscriberQueue};
-use crate::channel::{parse_cursor, ChannelName};
+use crate::bus::epoch::cursor_text;
+use crate::bus::{Bus, Epoch, Message, SubscriberQueue};
+use crate::channel::{parse_cursor, ChannelName, Since};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{json, query_pairs, Request, Response};
+use crate::http::{json, query_pairs, Body, Request, Response};
 use crate::metrics::PollResult;
 use crate::migration;
-use crate::transport::{record_delivery, ConnectionGuard, Cursor, Transport};
+use crate::transport::output::standalone_account;
+use crate::transport::replay::{self, Framing, Replay, ReplayBody};
+use crate::transport::{record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// The parsed query of a poll. The strings borrow from the request's URI
 /// unless they had to be percent-decoded.
 struct PollQuery<'q> {
-    since: Option<u64>,
+    since: Option<Since>,
     timeout: Duration,
     /// The browser client's reason for falling back from WebSocket, sent
     /// on its first poll after the fallback.
@@ -151,7 +161,7 @@ enum Admitted {
 /// An admitted poll: all it needs of its request.
 struct AdmittedPoll {
     channel: ChannelName,
-    since: Option<u64>,
+    since: Option<Since>,
     timeout: Duration,
     /// The request's origin when it is allowed, echoed in the CORS headers.
     origin: Option<HeaderValue>,
@@ -180,7 +190,7 @@ async fn admit(
         .map_err(|limited| ApiError::RateLimited(limited.retry_after))?;
     gw.auth.check_origin(req.headers())?;
     gw.auth
-        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .may_subscribe_request(&channel, req.headers(), req.uri().query(), client)
         .await?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
@@ -213,8 +223,9 @@ impl AdmittedPoll {
     async fn answer(&self, gw: &Arc<Gateway>) -> Result<Response, ApiError> {
         let limit = gw.config.longpoll.max_messages;
         let read = gw.bus.history(&self.channel, self.since, limit).await?;
-        // No `since`: the client wants what comes next, after the current last id.
-        let cursor = self.since.unwrap_or(read.last_id);
+        // No `since`: the client wants what comes next, after the current
+        // last id. Either way the wait is in the sequence just read.
+        let cursor = Since::at(self.since.map_or(read.last_id, |s| s.id), read.epoch);
         let mut resp = if self.since.is_some()
             && (!read.messages.is_empty() || read.truncated || read.conflated)
         {
@@ -222,12 +233,12 @@ impl AdmittedPoll {
             respond(
                 gw,
                 &read.messages,
-                read.last_id,
+                Cursor::new(read.last_id, read.epoch),
                 read.truncated,
                 read.conflated,
-            )
+            )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], cursor, false, false)
+            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false)?
         } else {
             drop(read);
             wait(gw, &self.channel, cursor, self.timeout).await?
@@ -241,30 +252,35 @@ impl AdmittedPoll {
 
 /// Holds the poll until something after `cursor` is published, its timeout
 /// ends or the gateway shuts down, and answers it.
+///
+/// A message of another epoch while held means the bus lost the channel's
+/// data: the answer says `truncated` and carries the new sequence's
+/// messages and cursor (whether or not the client's cursor had an epoch).
 async fn wait(
     gw: &Arc<Gateway>,
     channel: &ChannelName,
-    cursor: u64,
+    cursor: Since,
     timeout: Duration,
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
     let (_subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
     if !read.messages.is_empty() || read.truncated || read.conflated {
-        return Ok(respond(
+        return respond(
             gw,
             &read.messages,
-            read.last_id,
+            Cursor::new(read.last_id, read.epoch),
             read.truncated,
             read.conflated,
-        ));
+        );
     }
+    let cursor = Cursor::new(cursor.id, read.epoch);
     drop(read);
     let mut sleep = pin!(tokio::time::sleep(timeout));
     let mut shutdown = pin!(gw.shutdown.cancelled());
     // The queue is looked at first: messages that arrive in the same turn
     // as the timeout or the shutdown are still delivered.
-    let resp = poll_fn(|cx| {
+    poll_fn(|cx| {
         let drained = SCRATCH.with_borrow_mut(|scratch| {
             let drained = &mut scratch.drained;
             drained.clear();
@@ -272,9 +288,21 @@ async fn wait(
             let resp = ready.then(|| {
                 // A shared bus may hand us live copies of what history
                 // already had.
-                let mut seen = Cursor(cursor);
-                drained.retain(|m| seen.advance(m.id));
-                respond(gw, drained, seen.0, false, false)
+                let mut seen = cursor;
+                let mut truncated = false;
+                let mut kept = 0;
+                for i in 0..drained.len() {
+                    match seen.step(&drained[i]) {
+                        Step::Duplicate => continue,
+                        Step::Next => {}
+                        // What came before belongs to the lost sequence.
+                        Step::Restarted => (truncated, kept) = (true, 0),
+                    }
+                    drained.swap(kept, i);
+                    kept += 1;
+                }
+                drained.truncate(kept);
+                respond(gw, drained, seen, truncated, false)
             });
             drained.clear();
             resp
@@ -287,18 +315,89 @@ async fn wait(
         }
         Poll::Pending
     })
-    .await;
-    Ok(resp)
+    .await
 }
 
-/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false}`.
+/// The first messages that fit in `max_bytes` (envelopes and separators),
+/// at least one.
+fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
+    let mut total = 0;
+    let fit = messages
+        .iter()
+        .take_while(|m| {
+            total += m.envelope.len() + 1;
+            total <= max_bytes
+        })
+        .count();
+    &messages[..fit.max(1).min(messages.len())]
+}
+
+/// The answer to a poll: `{"messages":[…],"last_id":N,"truncated":false,
+/// "cursor":"N-E"}`, at most one page of `messages`; `position` is where the
+/// client is when no message is returned. A large answer is streamed; `503`
+/// when the output budget has no room for it.
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
-    last_id: u64,
+    position: Cursor,
     truncated: bool,
     conflated: bool,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let messages = page(messages, gw.config.longpoll.max_answer_bytes);
+    let (last_id, epoch) = messages
+        .last()
+        .map_or((position.id, position.epoch), |m| (m.id, m.epoch));
+    let body = match messages {
+        // A fan-out's polls: one new message each, the same answer for all,
+        // encoded once per message. (A larger one is streamed from its
+        // shared envelope instead of cached as a second copy.)
+        [only] if !truncated && !conflated && only.envelope.len() < replay::CHUNK => {
+            only.poll_answer().clone()
+        }
+        _ => {
+            let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
+            if size > replay::CHUNK {
+                return streamed(gw, messages, last_id, epoch, truncated, conflated);
+            }
+            let envelopes = messages.iter().map(|m| &m.envelope);
+            encode_answer(envelopes, last_id, epoch, truncated, conflated)
+        }
+    };
+    count_answer(gw, messages, truncated);
+    Ok(json(StatusCode::OK, body))
+}
+
+/// A large answer, produced as the socket drains and counted as pending
+/// output until it is.
+fn streamed(
+    gw: &Gateway,
+    messages: &[Arc<Message>],
+    last_id: u64,
+    epoch: Epoch,
+    truncated: bool,
+    conflated: bool,
+) -> Result<Response, ApiError> {
+    let answer = streamed_answer(messages.to_vec(), last_id, epoch, truncated, conflated);
+    let size = answer.remaining();
+    if !gw.output.has_room_for(size) {
+        gw.metrics
+            .transport(Transport::LongPoll)
+            .output_refused
+            .inc();
+        return Err(ApiError::OutputBudget(1));
+    }
+    let account = standalone_account(&gw.output, Transport::LongPoll, size);
+    count_answer(gw, messages, truncated);
+    let mut resp = hyper::Response::new(Body::replay(ReplayBody::new(answer, account)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// The answer's metrics.
+fn count_answer(gw: &Gateway, messages: &[Arc<Message>], truncated: bool) {
     let result = if truncated {
         PollResult::Truncated
     } else if messages.is_empty() {
@@ -308,24 +407,52 @@ fn respond(
     };
     gw.metrics.poll_answered(result);
     record_delivery(&gw.metrics, Transport::LongPoll, messages);
-    let body = match messages {
-        // A fan-out's polls: one new message each, the same answer for all,
-        // encoded once per message.
-        [only] if !truncated && !conflated => only.poll_answer().clone(),
-        _ => {
-            let last_id = messages.last().map_or(last_id, |m| m.id);
-            let envelopes = messages.iter().map(|m| &m.envelope);
-            encode_answer(envelopes, last_id, truncated, conflated)
-        }
-    };
-    json(StatusCode::OK, body)
 }
 
-/// `{"messages":[…],"last_id":N,"truncated":false}` built from the shared
-/// envelopes, no re-encoding.
+/// The same answer as [`encode_answer`], as a [`Replay`] that produces it
+/// in chunks.
+pub(crate) fn streamed_answer(
+    messages: Vec<Arc<Message>>,
+    last_id: u64,
+    epoch: Epoch,
+    truncated: bool,
+    conflated: bool,
+) -> Replay {
+    let mut closing = BytesMut::with_capacity(96);
+    put_closing(&mut closing, last_id, epoch, truncated, conflated);
+    Replay::new(
+        Framing::PollList,
+        Bytes::from_static(b"{\"messages\":["),
+        messages,
+        closing.freeze(),
+    )
+}
+
+/// `],"last_id":N,"truncated":…,"cursor":"N-E"}`: what follows an answer's
+/// messages.
+fn put_closing(out: &mut BytesMut, last_id: u64, epoch: Epoch, truncated: bool, conflated: bool) {
+    out.put_slice(b"],\"last_id\":");
+    out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
+    out.put_slice(if truncated {
+        b",\"truncated\":true"
+    } else {
+        b",\"truncated\":false"
+    });
+    if conflated {
+        out.put_slice(b",\"conflated\":true");
+    }
+    out.put_slice(b",\"cursor\":\"");
+    out.put_slice(cursor_text(last_id, epoch).as_bytes());
+    out.put_slice(b"\"}");
+}
+
+/// `{"messages":[…],"last_id":N,"truncated":false,"cursor":"N-E"}` built
+/// from the shared envelopes, no re-encoding. `cursor` is what to send as
+/// `since` next: `last_id` and its epoch.
 pub(crate) fn encode_answer<'a>(
     envelopes: impl Iterator<Item = &'a Bytes> + Clone,
     last_id: u64,
+    epoch: Epoch,
     truncated: bool,
     conflated: bool,
 ) -> Bytes {
@@ -338,17 +465,7 @@ pub(crate) fn encode_answer<'a>(
         }
         out.put_slice(envelope);
     }
-    out.put_slice(b"],\"last_id\":");
-    out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
-    out.put_slice(if truncated {
-        b",\"truncated\":true"
-    } else {
-        b",\"truncated\":false"
-    });
-    if conflated {
-        out.put_slice(b",\"conflated\":true");
-    }
-    out.put_u8(b'}');
+    put_closing(&mut out, last_id, epoch, truncated, conflated);
     out.freeze()
 }
 
@@ -408,23 +525,28 @@ mod tests {
     use crate::channel::ChannelName;
     use std::time::Instant;
 
+    fn epoch() -> Epoch {
+        Epoch::parse(b"e1").unwrap()
+    }
+
     #[test]
     fn answer_shape() {
         let ch = ChannelName::new("n").unwrap();
         let msgs = [
-            Arc::new(Message::new(ch.clone(), 1, b"1", Instant::now())),
-            Arc::new(Message::new(ch, 2, b"\"x\"", Instant::now())),
+            Arc::new(Message::new(ch.clone(), epoch(), 1, b"1", Instant::now())),
+            Arc::new(Message::new(ch, epoch(), 2, b"\"x\"", Instant::now())),
         ];
-        let body = encode_answer(msgs.iter().map(|m| &m.envelope), 2, false, false);
+        let body = encode_answer(msgs.iter().map(|m| &m.envelope), 2, epoch(), false, false);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["messages"][1]["data"], "x");
         assert_eq!(v["last_id"], 2);
         assert_eq!(v["truncated"], false);
         assert!(v.get("conflated").is_none());
-        let empty = encode_answer(std::iter::empty(), 7, true, true);
+        assert_eq!(v["cursor"], "2-e1");
+        let empty = encode_answer(std::iter::empty(), 7, Epoch::NONE, true, true);
         assert_eq!(
             &empty[..],
-            br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true}"#
+            br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true,"cursor":"7"}"#
         );
     }
 
@@ -460,13 +582,13 @@ mod tests {
     #[test]
     fn a_single_message_answer_is_encoded_once_and_shared() {
         let ch = ChannelName::new("n").unwrap();
-        let one = Arc::new(Message::new(ch, 1, b"1", Instant::now()));
+        let one = Arc::new(Message::new(ch, epoch(), 1, b"1", Instant::now()));
         let a = one.poll_answer().clone();
         let b = one.poll_answer().clone();
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same answer is shared");
         assert_eq!(
             a,
-            encode_answer(std::iter::once(&one.envelope), 1, false, false)
+            encode_answer(std::iter::once(&one.envelope), 1, epoch(), false, false)
         );
     }
 }

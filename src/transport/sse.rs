@@ -4,6 +4,11 @@
 //! The response body *is* the subscriber: hyper polls [`SseBody`], which
 //! drains the subscriber queue directly, so an SSE stream costs no task or
 //! channel of its own.
+//!
+//! The replayed history is written as the socket drains, a chunk at a time,
+//! from the messages' shared envelopes ([`Replay`]), never assembled whole;
+//! live messages queued meanwhile count against the client's output limits
+//! ([`crate::transport::output`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,20 +23,27 @@ use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
-use crate::channel::{parse_cursor, ChannelName};
+use crate::channel::{parse_cursor, ChannelName, Since};
 use crate::config::ChannelRules;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
+use crate::server::meter::ConnMeter;
+use crate::transport::replay::{Framing, Replay};
 use crate::transport::throttle::Throttle;
-use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
+use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// Most messages written in one chunk.
 const BATCH: usize = 256;
 
 /// Handles `GET {prefix}/sse/{channel}`.
-pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<Response, ApiError> {
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    req: &Request,
+    channel: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Response, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
@@ -39,7 +51,12 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     gw.auth.check_origin(req.headers())?;
     let grant = gw
         .auth
-        .may_subscribe_request(&channel, req.headers(), req.uri().query())
+        .may_subscribe_request(
+            &channel,
+            req.headers(),
+            req.uri().query(),
+            gw.ip_limits.client_ip(peer.ip(), req.headers()),
+        )
         .await?;
     super::websocket::admit(gw, Transport::Sse)?;
     // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
@@ -59,7 +76,8 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::Sse);
+    let queue =
+        SubscriberQueue::for_client(gw.config.limits.queue_length, Transport::Sse, &gw.output);
     let (subscription, history) = gw
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
@@ -94,6 +112,8 @@ pub struct SseBody {
     cursor: Cursor,
     /// `retry:`, any truncation notice and the replayed history.
     prelude: Option<(Bytes, Vec<Arc<Message>>)>,
+    /// The prelude being written, chunk by chunk.
+    replay: Option<Box<Replay>>,
     keepalive_every: Duration,
     keepalive: Pin<Box<tokio::time::Sleep>>,
     /// When the last chunk went out. The keepalive timer is re-armed from
@@ -123,7 +143,7 @@ impl SseBody {
     fn new(
         gw: &Arc<Gateway>,
         channel: ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: Arc<SubscriberQueue>,
         subscription: Subscription,
         history: HistoryRead,
@@ -136,7 +156,8 @@ impl SseBody {
             } else {
                 "conflated"
             };
-            let data = serde_json::json!({"channel": channel.as_str(), "since": since});
+            let data =
+                serde_json::json!({"channel": channel.as_str(), "since": since.map(|s| s.id)});
             head.put_slice(format!("event: {event}\ndata: {data}\n\n").as_bytes());
         }
         let start = history
@@ -150,8 +171,9 @@ impl SseBody {
             queue,
             _subscription: subscription,
             _connection: ConnectionGuard::new(&gw.metrics, Transport::Sse),
-            cursor: Cursor(start),
+            cursor: Cursor::new(start, history.epoch),
             prelude: Some((head.freeze(), history.messages)),
+            replay: None,
             keepalive_every,
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             last_sent: tokio::time::Instant::now(),
@@ -166,6 +188,35 @@ impl SseBody {
             throttle_timer: None,
             rules: gw.rules.clone(),
         }
+    }
+
+    /// Lets the output reaper abort the connection of a dropped client
+    /// (the stream's output account is made now for it).
+    pub fn attach_meter(&self, meter: &Arc<ConnMeter>) {
+        if let Some(account) = self.queue.output() {
+            account.attach_meter(meter);
+        }
+    }
+
+    /// The prelude as a [`Replay`]: the events of the history this client
+    /// may have (throttled channels' extra updates are held), counted as
+    /// delivered now.
+    fn start_replay(&mut self, head: Bytes, mut history: Vec<Arc<Message>>) -> Replay {
+        if self.throttle.is_enabled() {
+            let metrics = self.metrics.clone();
+            self.throttle.admit(
+                &self.rules,
+                &mut history,
+                std::time::Instant::now(),
+                metrics.transport(Transport::Sse),
+            );
+        }
+        let cursor = &mut self.cursor;
+        // The history is of the cursor's own sequence (it starts in the
+        // read's epoch), so no message here is a restart.
+        history.retain(|m| cursor.step(m) != Step::Duplicate);
+        record_delivery(&self.metrics, Transport::Sse, &history);
+        Replay::new(Framing::SseEvents, head, history, Bytes::new())
     }
 
     /// The events of `messages` this client may have now, as one chunk
@@ -202,20 +253,36 @@ impl SseBody {
         self.encode_now(&due)
     }
 
-    /// The events of `messages` this client hasn't had, as one chunk.
+    /// The events of `messages` this client hasn't had, as one chunk. The
+    /// first message of a new sequence (the bus lost the channel's data)
+    /// comes after an `event: truncated`.
     fn encode_now(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
-        let cursor = &mut self.cursor;
-        fresh.extend(messages.iter().filter(|m| cursor.advance(m.id)).cloned());
+        // (index in `fresh`, the notice to send before it)
+        let mut notices: Vec<(usize, Bytes)> = Vec::new();
+        for m in messages {
+            let before = self.cursor;
+            match self.cursor.step(m) {
+                Step::Duplicate => continue,
+                Step::Next => {}
+                Step::Restarted => notices.push((fresh.len(), restart_notice(m, before))),
+            }
+            fresh.push(m.clone());
+        }
         let chunk = match fresh.as_slice() {
             [] => None,
             // The common case: one event, its shared encoding, no copy.
-            [only] => Some(only.sse_event().clone()),
+            [only] if notices.is_empty() => Some(only.sse_event().clone()),
             many => {
-                let size = many.iter().map(|m| m.sse_event().len()).sum();
+                let size = many.iter().map(|m| m.sse_event().len()).sum::<usize>()
+                    + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
                 let mut out = BytesMut::with_capacity(size);
-                for m in many {
+                let mut notices = notices.iter().peekable();
+                for (i, m) in many.iter().enumerate() {
+                    if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
+                        out.put_slice(notice);
+                    }
                     out.put_slice(m.sse_event());
                 }
                 Some(out.freeze())
@@ -249,6 +316,17 @@ impl SseBody {
     }
 }
 
+/// `event: truncated` before `msg`, the first of a new sequence: the
+/// client's cursor `before` is of a sequence the bus lost.
+fn restart_notice(msg: &Message, before: Cursor) -> Bytes {
+    let data = serde_json::json!({
+        "channel": msg.channel.as_str(),
+        "since": before.id,
+        "epoch": msg.epoch.to_string(),
+    });
+    Bytes::from(format!("event: truncated\ndata: {data}\n\n"))
+}
+
 impl HttpBody for SseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -261,13 +339,18 @@ impl HttpBody for SseBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some((head, replay)) = this.prelude.take() {
-            let mut out = BytesMut::from(&head[..]);
-            if let Some(events) = this.encode(&replay) {
-                out.put_slice(&events);
+        if let Some((head, history)) = this.prelude.take() {
+            this.replay = Some(Box::new(this.start_replay(head, history)));
+        }
+        // The replay goes first, as the socket takes it.
+        if let Some(replay) = this.replay.as_mut() {
+            match replay.next_chunk() {
+                Some(chunk) => {
+                    this.note_sent();
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                None => this.replay = None,
             }
-            this.note_sent();
-            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
         let expired = this
             .token_expiry

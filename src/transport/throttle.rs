@@ -106,6 +106,7 @@ mod tests {
     fn msg(channel: &str, id: u64) -> Arc<Message> {
         Arc::new(Message::new(
             ChannelName::new(channel).unwrap(),
+            crate::bus::Epoch::NONE,
             id,
             b"1",
             Instant::now(),

@@ -11,6 +11,14 @@
 //! made to fail with `500`, or stopped (connection refused). Any other
 //! method or path gets a JSON echo of the request with `x-upstream: scores`,
 //! so a test can tell a proxied answer from a bridged one.
+//!
+//! It also has a login-protected polling URL, [`INBOX_PATH`]: for a request
+//! whose `Authorization` was let in with [`ScoresUpstream::log_in`] it
+//! serves `{"unread":N}` (the same for every logged-in user, `N` the
+//! version) with an `ETag` and `304`; anyone else gets `401
+//! {"error":"login required"}` with `WWW-Authenticate: Bearer`. And an
+//! `auth_url` endpoint, [`AUTH_PATH`]: `204` for a logged-in
+//! `Authorization`, else `403 {"error":"not logged in"}`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +38,12 @@ use super::upstream::Fnv;
 
 /// The polling URL this backend serves.
 pub const SCORES_PATH: &str = "/api/scores";
+
+/// The login-protected polling URL.
+pub const INBOX_PATH: &str = "/api/inbox";
+
+/// The backend's answer to `auth.auth_url` checks.
+pub const AUTH_PATH: &str = "/auth";
 
 /// One request as the backend saw it.
 #[derive(Debug, Clone)]
@@ -56,6 +70,8 @@ struct Shared {
     html: AtomicBool,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// `Authorization` values of logged-in users.
+    logged_in: Mutex<Vec<String>>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -194,6 +210,24 @@ impl ScoresUpstream {
         }
     }
 
+    /// From now on `authorization` (an `Authorization` value) is a
+    /// logged-in user of [`INBOX_PATH`] and [`AUTH_PATH`].
+    pub fn log_in(&self, authorization: &str) {
+        self.shared
+            .logged_in
+            .lock()
+            .unwrap()
+            .push(authorization.to_string());
+    }
+
+    /// Requests for `path` (without query) so far.
+    pub fn requests_to(&self, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| path_of(&s.target) == path)
+            .collect()
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
@@ -277,7 +311,63 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
+fn json(status: u16, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+/// [`INBOX_PATH`] and [`AUTH_PATH`], or `None` for other requests.
+fn answer_logged_in(shared: &Shared, req: &Seen) -> Option<Response<Body>> {
+    let path = path_of(&req.target);
+    if req.method != "GET" || (path != INBOX_PATH && path != AUTH_PATH) {
+        return None;
+    }
+    let logged_in = req
+        .authorization
+        .as_ref()
+        .is_some_and(|a| shared.logged_in.lock().unwrap().contains(a));
+    if path == AUTH_PATH {
+        return Some(if logged_in {
+            Response::builder()
+                .status(204)
+                .body(full(Bytes::new()))
+                .unwrap()
+        } else {
+            json(403, r#"{"error":"not logged in"}"#)
+        });
+    }
+    if !logged_in {
+        let mut refused = json(401, r#"{"error":"login required"}"#);
+        refused.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer realm=\"inbox\""),
+        );
+        return Some(refused);
+    }
+    let v = shared.version.load(Ordering::SeqCst);
+    let etag = format!("\"i{v}\"");
+    if req.if_none_match.as_deref() == Some(etag.as_str()) {
+        return Some(
+            Response::builder()
+                .status(304)
+                .header("etag", etag)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        );
+    }
+    let mut ok = json(200, &serde_json::json!({ "unread": v }).to_string());
+    ok.headers_mut()
+        .insert("etag", hyper::header::HeaderValue::from_str(&etag).unwrap());
+    Some(ok)
+}
+
 fn answer(shared: &Shared, req: &Seen) -> Response<Body> {
+    if let Some(response) = answer_logged_in(shared, req) {
+        return response;
+    }
     if req.method != "GET" || path_of(&req.target) != SCORES_PATH {
         let echo = serde_json::json!({
             "method": req.method,

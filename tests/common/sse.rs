@@ -17,6 +17,13 @@ pub struct SseEvent {
 }
 
 impl SseEvent {
+    /// The message id in the event's `id:` (the cursor `N-E`: id and
+    /// epoch).
+    pub fn message_id(&self) -> Option<u64> {
+        let id = self.id.as_deref()?;
+        id.split_once('-').map_or(id, |(n, _)| n).parse().ok()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.data)
             .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))

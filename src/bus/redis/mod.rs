@@ -2,7 +2,8 @@
 //! shared by every node, so any node can serve any client's cursor.
 //!
 //! - **Publish** runs one Lua script ([`script::PUBLISH`]): next id, stream
-//!   entry (capped by count and age) and pub/sub notification, atomically.
+//!   entry (capped by count, bytes and age) and pub/sub notification,
+//!   atomically.
 //!   Concurrent publishers on any node get distinct, gapless ids, and a
 //!   failed publish stores nothing.
 //! - **History** (long-poll `since`, WebSocket/SSE resume) is read from the
@@ -37,11 +38,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use self::conn::{min_major_version, CommandConn, PubSubConn, Target};
 use self::script::{parse_read_reply, Keys, ReadReply, MAX_LUA_CURSOR};
 use self::subscriber::{bounded, Control};
-use super::hub::read_start;
+use super::hub::{read_start, Sequence};
 use super::{
-    Bus, BusError, HistoryRead, Hub, Message, Payload, Published, SubscriberQueue, Subscription,
+    Bus, BusError, Epoch, HistoryRead, Hub, Message, Payload, Published, SubscriberQueue,
+    Subscription,
 };
-use crate::channel::ChannelName;
+use crate::channel::{ChannelName, Since};
 use crate::config::{ChannelMode, Config, PubSubMode, RedisConfig};
 
 /// True when `bus` names a Redis server (`redis://…` or `rediss://…`).
@@ -96,6 +98,7 @@ pub(crate) struct Shared {
     publish_script: Script,
     read_script: Script,
     lease_script: Script,
+    rotate_script: Script,
     /// This node's id in leases (random per process).
     node_id: String,
     /// Pub/sub flavour once known: 0 unknown, 1 sharded, 2 classic.
@@ -107,6 +110,8 @@ pub(crate) struct Shared {
     live: Mutex<HashSet<ChannelName>>,
     control: mpsc::UnboundedSender<Control>,
     history_size: usize,
+    /// `history.max_bytes`: the stream is trimmed to this many data bytes.
+    history_max_bytes: usize,
     /// `history.max_age` in µs (what the scripts compare).
     max_age_us: u64,
 }
@@ -153,6 +158,7 @@ impl RedisBus {
             publish_script: Script::new(script::PUBLISH),
             read_script: Script::new(script::READ),
             lease_script: Script::new(script::LEASE),
+            rotate_script: Script::new(script::ROTATE),
             node_id: format!(
                 "{:016x}",
                 crate::server::limits::jitter_below(u64::MAX) ^ u64::from(std::process::id())
@@ -167,6 +173,7 @@ impl RedisBus {
             live: Mutex::new(HashSet::new()),
             control,
             history_size: config.history.size.max(1),
+            history_max_bytes: config.history.max_bytes,
             max_age_us,
         });
         let stop = CancellationToken::new();
@@ -252,6 +259,7 @@ impl Shared {
         let mut invocation = self.read_script.key(self.keys.seq(channel));
         invocation
             .key(self.keys.log(channel))
+            .key(self.keys.epoch(channel))
             .arg(
                 since
                     .map(|s| s.min(MAX_LUA_CURSOR).to_string())
@@ -259,7 +267,8 @@ impl Shared {
             )
             // Lua numbers are doubles: callers may ask for "everything".
             .arg(limit.min(self.history_size))
-            .arg(self.max_age_us);
+            .arg(self.max_age_us)
+            .arg(Epoch::random().to_string());
         let mut conn = self.command_conn();
         let limit = self.settings.command_timeout;
         let value: Value =
@@ -282,26 +291,46 @@ impl Shared {
         parse_read_reply(value).map_err(BusError::Unavailable)
     }
 
+    /// Replaces `epoch` of `channel` by a new one (see [`script::ROTATE`]);
+    /// returns the channel's epoch now.
+    async fn rotate(&self, channel: &ChannelName, epoch: Epoch) -> Result<Epoch, BusError> {
+        let mut invocation = self.rotate_script.key(self.keys.epoch(channel));
+        invocation
+            .key(self.keys.seq(channel))
+            .arg(epoch.to_string())
+            .arg(Epoch::random().to_string());
+        let mut conn = self.command_conn();
+        let text: String = self
+            .timed("epoch rotation", invocation.invoke_async(&mut conn))
+            .await?;
+        match text.as_str() {
+            "" => Ok(Epoch::NONE),
+            hex => Epoch::parse(hex.as_bytes())
+                .ok_or_else(|| BusError::Unavailable(format!("redis: bad epoch {hex:?}"))),
+        }
+    }
+
     /// History after `since` by the shared cursor rules.
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         let Some(since) = since else {
             let reply = self.read(channel, None, 0).await?;
             return Ok(HistoryRead {
                 last_id: reply.last_id,
+                epoch: reply.epoch,
                 ..HistoryRead::default()
             });
         };
-        let mut reply = self.read(channel, Some(since), limit).await?;
-        let first_kept = reply.first_kept.unwrap_or(reply.last_id + 1);
+        let mut reply = self.read(channel, Some(since.id), limit).await?;
         let mode = self.hub.mode_of(channel.as_str());
-        let start = read_start(since, reply.last_id, first_kept, mode);
-        if start.after != since {
-            // A cursor from the future: read again from the reset point.
+        let start = read_start(since, sequence_of(&reply), mode);
+        if start.after != since.id {
+            // A cursor from the future or of a lost sequence: read again
+            // from the start of the current one (truncated either way).
             reply = self.read(channel, Some(start.after), limit).await?;
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
@@ -313,6 +342,7 @@ impl Shared {
             .map(|e| {
                 Arc::new(Message::new(
                     channel.clone(),
+                    e.epoch,
                     e.id,
                     &e.data,
                     e.published_at(now, wall),
@@ -325,6 +355,7 @@ impl Shared {
                 |m| m.id,
             ),
             messages,
+            epoch: reply.epoch,
             truncated: start.truncated,
             conflated: start.conflated,
         })
@@ -362,6 +393,15 @@ impl Shared {
     }
 }
 
+/// The sequence a read reply describes, for the cursor rules.
+fn sequence_of(reply: &ReadReply) -> Sequence {
+    Sequence {
+        epoch: reply.epoch,
+        last_id: reply.last_id,
+        first_kept: reply.first_kept.unwrap_or(reply.last_id + 1),
+    }
+}
+
 impl Bus for RedisBus {
     async fn publish_many(
         &self,
@@ -389,11 +429,16 @@ impl Bus for RedisBus {
         let mut invocation = shared.publish_script.key(shared.keys.seq(channel));
         invocation
             .key(shared.keys.log(channel))
+            .key(shared.keys.bytes(channel))
+            .key(shared.keys.epoch(channel))
             .arg(shared.keys.pubsub(channel))
             .arg(&data[..])
             .arg(shared.max_entries(channel))
             .arg(shared.max_age_us)
-            .arg(if sharded { "SPUBLISH" } else { "PUBLISH" });
+            .arg(if sharded { "SPUBLISH" } else { "PUBLISH" })
+            .arg(shared.history_max_bytes)
+            // Used only when the script starts a sequence.
+            .arg(Epoch::random().encode(&mut [0; 16]));
         let mut conn = shared.command_conn();
         let id: u64 = shared
             .timed("publish", invocation.invoke_async(&mut conn))
@@ -427,7 +472,7 @@ impl Bus for RedisBus {
     async fn subscribe(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
@@ -442,7 +487,7 @@ impl Bus for RedisBus {
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
         limit: usize,
     ) -> Result<HistoryRead, BusError> {
         self.shared.history(channel, since, limit).await

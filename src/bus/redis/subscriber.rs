@@ -21,10 +21,25 @@
 //! - When the connection drops, the task reconnects with jittered backoff,
 //!   subscribes again to every watched channel and, on each confirmation,
 //!   fills the gap from the last id delivered — before any newer message.
+//! - Every notification and every read carries the channel's epoch (see
+//!   [`Epoch`](crate::bus::Epoch)). Another epoch than the one followed
+//!   means Redis lost the sequence and started a new one: the task follows
+//!   the new one ([`Hub::reset`](crate::bus::Hub::reset): this node's state
+//!   of the channel is dropped) and fills it from id 1, before any newer
+//!   message; each transport tells its client `truncated` once when the
+//!   first message of the new epoch reaches it. Notifications of an epoch
+//!   the task has left are stale and ignored.
+//! - Ids going backwards within one epoch (a failover to a replica that
+//!   lagged: it has the epoch, but not the last ids) are noticed when a
+//!   live id repeats on one connection, when a gap fill finds fewer ids
+//!   than delivered, or when the entry at the last delivered id is not the
+//!   one delivered (its publish time differs). The task then gives the
+//!   sequence a new epoch in Redis (the `ROTATE` script), so that every
+//!   node and every client cursor learns of it the same way.
 //! - When the stream no longer holds the gap (history too short for the
-//!   outage) or the ids went backwards (Redis lost its data), the channel's
-//!   local subscribers are closed ([`Hub::forget`](crate::bus::Hub::forget)),
-//!   so their clients resume and are told `truncated`.
+//!   outage), the channel's local subscribers are closed
+//!   ([`Hub::forget`](crate::bus::Hub::forget)), so their clients resume and
+//!   are told `truncated`.
 //!
 //! Subscribe and unsubscribe commands go through one worker task per
 //! connection, in order, so an unsubscribe and a quick re-subscribe of the
@@ -41,12 +56,16 @@ use tokio_util::sync::CancellationToken;
 use super::conn::PubSubConn;
 use super::script::{decode_frame, Entry, MAX_LUA_CURSOR};
 use super::Shared;
-use crate::bus::Message;
+use crate::bus::{Epoch, Message};
 use crate::channel::ChannelName;
 use crate::config::ChannelMode;
 
 /// Most entries read per gap-fill round trip.
 const FILL_BATCH: usize = 1000;
+
+/// Epochs remembered as left per channel (their late notifications are
+/// ignored); a channel loses its data rarely, so a few are plenty.
+const RETIRED_EPOCHS: usize = 4;
 
 /// What the bus asks of the task.
 pub enum Control {
@@ -79,8 +98,21 @@ struct Watch {
     /// Was live before: the next confirmation must fill the gap since the
     /// last delivered id.
     resume: bool,
-    /// The channel's last id when this node started watching it.
+    /// The channel's last id when this node started watching it (or
+    /// started following a new epoch: 0).
     floor: u64,
+    /// The sequence this node follows (`NONE`: the channel had none yet).
+    epoch: Epoch,
+    /// Epochs left behind, newest last: their notifications still in
+    /// flight are stale.
+    retired: Vec<Epoch>,
+    /// The last id notified live on the current connection: live ids only
+    /// grow, so one at or below it means the ids went backwards.
+    live_last: u64,
+    /// Id and publish time (Redis clock, µs) of the last entry this node
+    /// delivered: tells the entry at that id apart from another of the same
+    /// id.
+    last_delivered: (u64, u64),
     /// Subscribers waiting for the confirmation.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// Since when no local subscriber is left.
@@ -155,6 +187,7 @@ pub async fn run(
         for watch in task.watches.values_mut() {
             watch.confirmed = false;
             watch.requested = false;
+            watch.live_last = 0;
         }
         task.update_gauge();
     }
@@ -350,18 +383,15 @@ impl Subscriber {
             self.fill(&channel, after).await?;
         } else {
             let read = self.shared.read(&channel, None, 0).await;
-            let last_id = read.map_err(|e| e.to_string())?.last_id;
-            if last_id < self.shared.hub.last_id(&channel) {
-                // This node delivered ids Redis no longer has: its data was
-                // lost and ids restarted. Start the channel afresh here.
-                tracing::error!(
-                    channel = %channel, last_id,
-                    "redis ids went backwards (its data was lost); closing this channel's local subscribers"
-                );
-                self.shared.hub.forget(&channel);
+            let read = read.map_err(|e| e.to_string())?;
+            // What this node holds of the channel from an earlier watch is
+            // of another sequence if the epoch differs: start over (its
+            // subscribers are told when the new sequence reaches them).
+            if !read.epoch.is_none() {
+                self.follow(&channel, read.epoch);
             }
             if let Some(watch) = self.watches.get_mut(&channel) {
-                watch.floor = last_id;
+                watch.floor = read.last_id;
             }
         }
         if let Some(watch) = self.watches.get_mut(&channel) {
@@ -400,10 +430,41 @@ impl Subscriber {
         if !self.watches.get(&channel).is_some_and(|w| w.confirmed) {
             return Ok(());
         }
-        let Some(entry) = decode_frame(payload) else {
+        let Some(mut entry) = decode_frame(payload) else {
             tracing::debug!(channel = %channel, "ignoring a malformed redis pub/sub message");
             return Ok(());
         };
+        let Some(watch) = self.watches.get_mut(&channel) else {
+            return Ok(());
+        };
+        if entry.epoch.is_none() {
+            // From a node without epochs (a rolling upgrade): it publishes
+            // in whatever sequence there is.
+            entry.epoch = watch.epoch;
+        }
+        if entry.epoch != watch.epoch {
+            if watch.retired.contains(&entry.epoch) {
+                return Ok(()); // in flight from before we left that epoch
+            }
+            if !watch.epoch.is_none() {
+                tracing::error!(
+                    channel = %channel, old = %watch.epoch, new = %entry.epoch,
+                    "redis started the channel's ids again (it lost the data); telling its local clients `truncated`"
+                );
+            }
+            self.follow(&channel, entry.epoch);
+        } else if entry.id <= watch.live_last {
+            // The same epoch, and ids went backwards on one connection.
+            watch.live_last = entry.id;
+            tracing::error!(
+                channel = %channel, id = entry.id,
+                "redis ids went backwards within one epoch (a failover to a lagging replica?)"
+            );
+            return self.rotate(&channel, entry.epoch).await;
+        }
+        if let Some(watch) = self.watches.get_mut(&channel) {
+            watch.live_last = entry.id;
+        }
         let expected = self.expected(&channel);
         if entry.id <= expected {
             return Ok(());
@@ -411,10 +472,49 @@ impl Subscriber {
         if entry.id > expected + 1 {
             self.fill(&channel, expected).await?;
         }
-        if entry.id > self.expected(&channel) {
+        let current = self.watches.get(&channel).map(|w| w.epoch);
+        if current == Some(entry.epoch) && entry.id > self.expected(&channel) {
             self.deliver(&channel, &entry, Instant::now(), SystemTime::now());
         }
         Ok(())
+    }
+
+    /// Follows `epoch` for `channel` from its start: this node's state of
+    /// the channel is dropped (the hub's subscribers stay, and are told
+    /// `truncated` when the new sequence reaches them).
+    fn follow(&mut self, channel: &ChannelName, epoch: Epoch) {
+        let Some(watch) = self.watches.get_mut(channel) else {
+            return;
+        };
+        if watch.epoch == epoch {
+            return;
+        }
+        if !watch.epoch.is_none() {
+            let left = watch.epoch;
+            watch.retired.retain(|&e| e != left && e != epoch);
+            if watch.retired.len() >= RETIRED_EPOCHS {
+                watch.retired.remove(0);
+            }
+            watch.retired.push(left);
+        }
+        watch.epoch = epoch;
+        watch.floor = 0;
+        watch.last_delivered = (0, 0);
+        self.shared.hub.reset(channel, epoch);
+    }
+
+    /// The ids of `epoch` went backwards: give the sequence a new epoch in
+    /// Redis (unless another node already did) and follow it from its
+    /// start.
+    async fn rotate(&mut self, channel: &ChannelName, epoch: Epoch) -> Result<(), String> {
+        let current = self
+            .shared
+            .rotate(channel, epoch)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::warn!(channel = %channel, old = %epoch, new = %current, "gave the channel's sequence a new epoch");
+        self.follow(channel, current);
+        self.fill(channel, 0).await
     }
 
     /// The last id this node has accounted for on `channel`.
@@ -423,40 +523,94 @@ impl Subscriber {
         self.shared.hub.last_id(channel).max(floor)
     }
 
-    fn deliver(&self, channel: &ChannelName, entry: &Entry, now: Instant, wall: SystemTime) {
+    fn deliver(&mut self, channel: &ChannelName, entry: &Entry, now: Instant, wall: SystemTime) {
         let published_at = entry.published_at(now, wall);
-        let msg = Message::new(channel.clone(), entry.id, &entry.data, published_at);
-        self.shared.hub.deliver(Arc::new(msg));
+        let msg = Message::new(
+            channel.clone(),
+            entry.epoch,
+            entry.id,
+            &entry.data,
+            published_at,
+        );
+        if self.shared.hub.deliver(Arc::new(msg)) {
+            if let Some(watch) = self.watches.get_mut(channel) {
+                watch.last_delivered = (entry.id, entry.ts_us);
+            }
+        }
     }
 
-    /// Delivers everything after `after` that the stream holds.
+    /// Delivers everything after `after` that the stream holds, in the
+    /// epoch followed; follows a new one from its start if Redis has one.
     async fn fill(&mut self, channel: &ChannelName, mut after: u64) -> Result<(), String> {
         let mode = self.shared.hub.mode_of(channel.as_str());
         let mut recovered = 0u64;
+        // Read the entry at `after` too (once), to check it is the one this
+        // node delivered (when `after` is the last id it delivered).
+        let mut verify = after > 0
+            && self
+                .watches
+                .get(channel)
+                .is_some_and(|w| w.last_delivered.0 == after);
+        // Each round either makes progress or changes epoch; a sequence
+        // that keeps changing under us is not followed forever.
+        let mut epoch_changes = 0;
         loop {
-            let cursor = after.min(MAX_LUA_CURSOR);
+            let Some(watch) = self.watches.get(channel) else {
+                return Ok(());
+            };
+            let (epoch, last_ts) = (watch.epoch, watch.last_delivered.1);
+            let since = if verify { after - 1 } else { after };
             let reply = self
                 .shared
-                .read(channel, Some(cursor), FILL_BATCH)
+                .read(channel, Some(since.min(MAX_LUA_CURSOR)), FILL_BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
-            let first_kept = reply.first_kept.unwrap_or(reply.last_id + 1);
-            let lost = if reply.last_id < after {
+            if reply.epoch != epoch {
+                epoch_changes += 1;
+                if epoch_changes > 3 {
+                    return Err("the channel's epoch keeps changing".into());
+                }
+                if !epoch.is_none() {
+                    tracing::error!(
+                        channel = %channel, old = %epoch, new = %reply.epoch,
+                        "redis lost the channel's sequence; telling its local clients `truncated`"
+                    );
+                }
+                self.follow(channel, reply.epoch);
+                if reply.epoch.is_none() {
+                    return Ok(()); // nothing published since the loss
+                }
+                (after, verify) = (0, false);
+                continue;
+            }
+            let at_after = reply.entries.iter().find(|e| e.id == after);
+            let forked =
+                reply.last_id < after || (verify && at_after.is_some_and(|e| e.ts_us != last_ts));
+            if forked {
                 tracing::error!(
                     channel = %channel, last_id = reply.last_id, delivered = after,
-                    "redis ids went backwards (its data was lost); closing this channel's local subscribers"
+                    "redis ids went backwards within one epoch (a failover to a lagging replica?)"
                 );
-                true
-            } else if after + 1 < first_kept && mode != ChannelMode::State {
+                epoch_changes += 1;
+                if epoch_changes > 3 {
+                    return Err("the channel's epoch keeps changing".into());
+                }
+                let current = self
+                    .shared
+                    .rotate(channel, epoch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.follow(channel, current);
+                (after, verify) = (0, false);
+                continue;
+            }
+            verify = false;
+            let first_kept = reply.first_kept.unwrap_or(reply.last_id + 1);
+            if after + 1 < first_kept && mode != ChannelMode::State {
                 tracing::warn!(
                     channel = %channel, missed = first_kept - after - 1,
                     "messages missed live are no longer in redis history; closing this channel's local subscribers so they resume and see `truncated`"
                 );
-                true
-            } else {
-                false
-            };
-            if lost {
                 self.shared.hub.forget(channel);
                 if let Some(watch) = self.watches.get_mut(channel) {
                     watch.floor = reply.last_id;

@@ -2,14 +2,14 @@
 
 use serde::Deserialize;
 
-use crate::channel::{parse_cursor, ChannelName};
+use crate::channel::{parse_cursor, ChannelName, Since};
 
 /// A command a client may send as a text frame.
 #[derive(Debug)]
 pub enum Command {
     Subscribe {
         channel: ChannelName,
-        since: Option<u64>,
+        since: Option<Since>,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -26,6 +26,8 @@ pub struct CommandError {
     pub code: &'static str,
     pub message: String,
     pub channel: Option<String>,
+    /// For refusals by a rate limit: when the client may try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl CommandError {
@@ -34,7 +36,13 @@ impl CommandError {
             code,
             message: message.into(),
             channel: None,
+            retry_after_ms: None,
         }
+    }
+
+    pub fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms);
+        self
     }
 
     pub fn on(mut self, channel: &str) -> Self {
@@ -42,7 +50,7 @@ impl CommandError {
         self
     }
 
-    /// `{"type":"error","code":…,"message":…[,"channel":…]}`
+    /// `{"type":"error","code":…,"message":…[,"channel":…][,"retry_after_ms":…]}`
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::json!({
             "type": "error",
@@ -51,6 +59,9 @@ impl CommandError {
         });
         if let Some(ch) = &self.channel {
             v["channel"] = serde_json::Value::String(ch.clone());
+        }
+        if let Some(ms) = self.retry_after_ms {
+            v["retry_after_ms"] = ms.into();
         }
         serde_json::to_vec(&v).expect("json! values serialise")
     }
@@ -96,23 +107,20 @@ pub fn parse(text: &str) -> Result<Command, CommandError> {
     match kind.as_str() {
         "subscribe" => {
             let channel = channel()?;
+            let bad_cursor = || {
+                CommandError::new(
+                    "bad_cursor",
+                    "\"since\" must be an unsigned integer id or an \"N-E\" cursor",
+                )
+                .on(channel.as_str())
+            };
             let since = match &raw.since {
                 None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
-                    CommandError::new("bad_cursor", "\"since\" must be an unsigned integer id")
-                        .on(channel.as_str())
-                })?),
-                Some(serde_json::Value::String(s)) => Some(parse_cursor(s).ok_or_else(|| {
-                    CommandError::new("bad_cursor", "\"since\" must be an unsigned integer id")
-                        .on(channel.as_str())
-                })?),
-                Some(_) => {
-                    return Err(CommandError::new(
-                        "bad_cursor",
-                        "\"since\" must be an unsigned integer id",
-                    )
-                    .on(channel.as_str()))
+                Some(serde_json::Value::Number(n)) => {
+                    Some(Since::plain(n.as_u64().ok_or_else(bad_cursor)?))
                 }
+                Some(serde_json::Value::String(s)) => Some(parse_cursor(s).ok_or_else(bad_cursor)?),
+                Some(_) => return Err(bad_cursor()),
             };
             Ok(Command::Subscribe { channel, since })
         }
@@ -141,12 +149,25 @@ mod tests {
     fn parses_commands() {
         assert!(matches!(
             parse(r#"{"type":"subscribe","channel":"a","since":7}"#),
-            Ok(Command::Subscribe { since: Some(7), .. })
+            Ok(Command::Subscribe {
+                since: Some(Since { id: 7, epoch: None }),
+                ..
+            })
         ));
         assert!(matches!(
             parse(r#"{"type":"subscribe","channel":"a","since":"7"}"#),
-            Ok(Command::Subscribe { since: Some(7), .. })
+            Ok(Command::Subscribe {
+                since: Some(Since { id: 7, epoch: None }),
+                ..
+            })
         ));
+        match parse(r#"{"type":"subscribe","channel":"a","since":"7-1f"}"#) {
+            Ok(Command::Subscribe { since: Some(s), .. }) => {
+                assert_eq!(s.id, 7);
+                assert_eq!(s.epoch, crate::bus::Epoch::parse(b"1f"));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             parse(r#"{"type":"unsubscribe","channel":"a"}"#),
             Ok(Command::Unsubscribe { .. })

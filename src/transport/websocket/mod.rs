@@ -11,6 +11,7 @@
 
 pub mod command;
 pub mod frame;
+mod guard;
 mod reader;
 mod session;
 mod socket;
@@ -31,7 +32,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::metrics::UpgradeFailure;
-use crate::server::meter::MeteredStream;
+use crate::server::meter::{ConnMeter, MeteredStream};
 use crate::transport::{ConnectionGuard, Transport};
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
@@ -73,6 +74,7 @@ pub async fn handle(
     gw: &Arc<Gateway>,
     mut req: Request,
     path_channel: Option<String>,
+    peer: std::net::SocketAddr,
 ) -> Result<Response, ApiError> {
     if req.method() != http::Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
@@ -127,11 +129,12 @@ pub async fn handle(
 
     // Every channel must be allowed before any is subscribed.
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
+    let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
     let mut expires = None;
     for channel in &channels {
         let grant = gw
             .auth
-            .may_subscribe(channel, &credentials)
+            .may_subscribe(channel, &credentials, client)
             .await
             .inspect_err(failed(UpgradeFailure::Auth))?;
         expires = earliest(expires, grant.expires);
@@ -141,7 +144,11 @@ pub async fn handle(
     admit(gw, Transport::WebSocket).inspect_err(failed(UpgradeFailure::Limit))?;
 
     // Subscribe before answering, so nothing published meanwhile is lost.
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    let queue = SubscriberQueue::for_client(
+        gw.config.limits.queue_length,
+        Transport::WebSocket,
+        &gw.output,
+    );
     let mut initial = Vec::with_capacity(channels.len());
     for channel in channels {
         let (subscription, history) = gw
@@ -157,6 +164,7 @@ pub async fn handle(
     let start = Start {
         handler: Handler::Commands,
         credentials,
+        client,
         expires,
         initial,
     };
@@ -186,10 +194,15 @@ pub async fn handle_echo(gw: &Arc<Gateway>, mut req: Request) -> Result<Response
         return Err(ApiError::MethodNotAllowed("GET"));
     }
     check_handshake(gw, &req)?;
-    let queue = SubscriberQueue::new(gw.config.limits.queue_length, Transport::WebSocket);
+    let queue = SubscriberQueue::for_client(
+        gw.config.limits.queue_length,
+        Transport::WebSocket,
+        &gw.output,
+    );
     let start = Start {
         handler: Handler::Echo,
         credentials: Default::default(),
+        client: std::net::Ipv4Addr::UNSPECIFIED.into(),
         expires: None,
         initial: Vec::new(),
     };
@@ -278,7 +291,9 @@ fn upgrade(
         .expect("checked by check_handshake");
     let protocol_offered =
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
-    let on_upgrade = hyper::upgrade::on(req);
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    // Put there by the router, so the handshake's bytes can be told apart.
+    let meter = req.extensions_mut().remove::<Arc<ConnMeter>>();
     let session_gw = gw.clone();
     let task = async move {
         let upgraded = match on_upgrade.await {
@@ -288,6 +303,9 @@ fn upgrade(
                 return;
             }
         };
+        if let Some(meter) = meter {
+            meter.handshake_done();
+        }
         let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
         tracing::debug!("websocket open");
         // Boxed and built by a plain function: this task then holds only

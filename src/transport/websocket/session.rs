@@ -11,6 +11,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::command::{self, Command, CommandError};
 use super::frame;
+use super::guard::{CommandGuard, Limit, Refusal};
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
 use crate::auth::Credentials;
@@ -31,7 +33,7 @@ use crate::bus::{
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
 use crate::transport::throttle::Throttle;
-use crate::transport::{record_delivery, Cursor, Transport};
+use crate::transport::{record_delivery, Cursor, Step, Transport};
 
 /// Most messages taken from the queue for one write.
 const BATCH: usize = 64;
@@ -111,6 +113,8 @@ pub struct Start {
     /// What the client presented at the handshake; later subscribe
     /// commands are judged on it.
     pub credentials: Credentials,
+    /// The client's address (backend auth checks are bounded per address).
+    pub client: IpAddr,
     /// When its subscriber token expires, if a token was needed.
     pub expires: Option<SystemTime>,
     /// Subscriptions taken before the 101.
@@ -176,6 +180,10 @@ pub struct Session<W> {
     handler: Handler,
     /// Boxed, and None for an anonymous client (most of them).
     credentials: Option<Box<Credentials>>,
+    client: IpAddr,
+    /// Command and publish rates; made on the first command, so an idle
+    /// connection holds only the empty pointer.
+    guard: Option<Box<CommandGuard>>,
     expires: Option<SystemTime>,
     writer: W,
     queue: Arc<SubscriberQueue>,
@@ -209,6 +217,8 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             gw,
             handler: Handler::Commands,
             credentials: None,
+            client: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            guard: None,
             expires: None,
             writer,
             queue,
@@ -253,10 +263,12 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         let Start {
             handler,
             credentials,
+            client,
             expires,
             initial,
         } = *start;
         self.handler = handler;
+        self.client = client;
         self.credentials = credentials.is_present().then(|| Box::new(credentials));
         self.expires = expires;
         initial
@@ -317,20 +329,20 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         subscription: Subscription,
         history: HistoryRead,
     ) -> Result<(), End> {
-        let ack = serde_json::json!({
-            "type": "subscribed",
-            "channel": channel.as_str(),
-            "last_id": history.last_id,
-            "truncated": history.truncated,
-            "conflated": history.conflated,
-        });
+        let ack = subscribed_ack(
+            &channel,
+            Cursor::new(history.last_id, history.epoch),
+            history.truncated,
+            history.conflated,
+        );
         // The cursor starts just before the replay; write_messages moves it.
-        let cursor = Cursor(
+        let cursor = Cursor::new(
             history
                 .messages
                 .first()
                 .map(|m| m.id - 1)
                 .unwrap_or(history.last_id),
+            history.epoch,
         );
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
@@ -369,7 +381,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     let cursors = self
                         .subscriptions
                         .iter()
-                        .map(|(c, s)| (c.clone(), s.cursor.0));
+                        .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
                     self.report.written.clear();
                     self.report.written.extend(cursors);
                     self.queue.enter_direct(sink, &mut self.report);
@@ -429,6 +441,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             Wake::Drained(Err(QueueClosed::Shutdown)) => {
                 Err(self.going_away(1001, "server shutting down"))
             }
+            Wake::Drained(Err(QueueClosed::OutputLimit)) => Err(End::Close(
+                1013,
+                "slow consumer: output limit exceeded; reconnect and resume".into(),
+            )),
             Wake::Tick => self.on_tick().await,
             Wake::Throttled => {
                 let mut due = Vec::new();
@@ -446,9 +462,12 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             return Ok(());
         }
         self.queue.leave_direct(&mut self.report);
-        for (channel, id) in self.report.written.drain(..) {
+        for (channel, epoch, id) in self.report.written.drain(..) {
             if let Some(sub) = self.subscriptions.get_mut(&channel) {
-                sub.cursor.advance(id);
+                // Publishers write only in the cursor's own epoch.
+                if sub.cursor.epoch == epoch && id > sub.cursor.id {
+                    sub.cursor.id = id;
+                }
             }
         }
         match self.report.remainder.take() {
@@ -529,6 +548,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     }
 
     async fn on_command(&mut self, text: &str) -> Result<(), End> {
+        let now = Instant::now();
+        let limits = &self.gw.config.limits.ws;
+        let guard = self
+            .guard
+            .get_or_insert_with(|| Box::new(CommandGuard::new(limits, now)));
+        if let Err(refusal) = guard.command(now, &self.gw.metrics.floods) {
+            return self.refused(refusal).await;
+        }
         let result = match command::parse(text) {
             Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
@@ -541,16 +568,22 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         }
     }
 
+    /// Answers a command refused by a rate limit, or ends the session
+    /// when the client has had too many refusals.
+    async fn refused(&mut self, refusal: Refusal) -> Result<(), End> {
+        match refusal {
+            Refusal::Answer(e) => self.send_text(&e.to_json()).await,
+            Refusal::Close(reason) => Err(End::Close(1008, reason)),
+        }
+    }
+
     async fn subscribe(
         &mut self,
         channel: ChannelName,
-        since: Option<u64>,
+        since: Option<crate::channel::Since>,
     ) -> Result<Result<(), End>, CommandError> {
         if let Some(existing) = self.subscriptions.get(&channel) {
-            let ack = serde_json::json!({
-                "type": "subscribed", "channel": channel.as_str(),
-                "last_id": existing.cursor.0, "truncated": false, "conflated": false,
-            });
+            let ack = subscribed_ack(&channel, existing.cursor, false, false);
             return Ok(self
                 .send_text(&serde_json::to_vec(&ack).expect("json"))
                 .await);
@@ -584,6 +617,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .may_subscribe(
                 channel,
                 self.credentials.as_deref().unwrap_or(&NO_CREDENTIALS),
+                self.client,
             )
             .await
             .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
@@ -615,10 +649,29 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     .on(channel.as_str()),
             );
         }
-        // Only a client allowed to read a channel may write to it.
-        self.authorize(&channel).await?;
         let payload = Payload::from_value(&data);
         let size = payload.to_json_bytes().len();
+        let now = Instant::now();
+        if let Some(guard) = self.guard.as_deref_mut() {
+            match guard.publish(size, now, &self.gw.metrics.floods) {
+                Ok(()) => {}
+                Err(Refusal::Answer(e)) => return Err(e.on(channel.as_str())),
+                Err(Refusal::Close(reason)) => return Ok(Err(End::Close(1008, reason))),
+            }
+        }
+        // Only a client allowed to read a channel may write to it.
+        self.authorize(&channel).await?;
+        if let Err(cap) = self.gw.client_channels.admit(&channel, now) {
+            self.gw.metrics.floods.commands_refused[Limit::ClientChannels as usize].inc();
+            return Err(CommandError::new(
+                "too_many_channels",
+                format!(
+                    "clients may publish on at most {} channels (limits.ws.max_client_channels); not published",
+                    cap.0
+                ),
+            )
+            .on(channel.as_str()));
+        }
         let published = self.gw.bus.publish(&channel, &payload).await.map_err(|e| {
             CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
         })?;
@@ -661,10 +714,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let Some(sub) = self.subscriptions.get_mut(&msg.channel) else {
                 continue;
             };
-            if sub.cursor.advance(msg.id) {
-                frames.push(msg.ws_frame().clone());
-                fresh.push(msg.clone());
+            match sub.cursor.step(msg) {
+                Step::Duplicate => continue,
+                Step::Next => {}
+                Step::Restarted => frames.push(truncated_notice(msg)),
             }
+            frames.push(msg.ws_frame().clone());
+            fresh.push(msg.clone());
         }
         let result = if frames.is_empty() {
             Ok(())
@@ -692,7 +748,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             tokio::select! {
                 // Includes the stall limit: no progress for write_timeout.
                 result = &mut write => return result.map_err(|_| End::Drop),
-                _ = queue.overflowed(), if !lagging => lagging = true,
+                closed = queue.overflowed(), if !lagging => {
+                    // Dropped for its output limit: no waiting for history.
+                    if closed == QueueClosed::OutputLimit {
+                        return Err(End::Drop);
+                    }
+                    lagging = true;
+                }
                 // Behind, and the socket takes nothing: once history can no
                 // longer cover what this client has missed, waiting is
                 // pointless. (A frame may be half written: no close frame.)
@@ -715,7 +777,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             count_dropped(&self.gw, missed);
             return Err(slow_consumer());
         }
-        let queue = SubscriberQueue::new(self.gw.config.limits.queue_length, Transport::WebSocket);
+        let queue = SubscriberQueue::for_client(
+            self.gw.config.limits.queue_length,
+            Transport::WebSocket,
+            &self.gw.output,
+        );
         let channels: Vec<ChannelName> =
             self.subscriptions.iter().map(|(c, _)| c.clone()).collect();
         let mut backlog = Vec::new();
@@ -724,17 +790,25 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .subscriptions
                 .get(&channel)
                 .expect("listed above")
-                .cursor
-                .0;
+                .cursor;
             let (subscription, history) = self
                 .gw
-                .subscribe(&channel, Some(cursor), &queue, self.gw.config.history.size)
+                .subscribe(
+                    &channel,
+                    Some(cursor.since()),
+                    &queue,
+                    self.gw.config.history.size,
+                )
                 .await
                 .map_err(|e| End::Close(1011, format!("bus unavailable: {e}")))?;
             if history.truncated {
                 count_dropped(
                     &self.gw,
-                    self.gw.bus.hub().last_id(&channel).saturating_sub(cursor),
+                    self.gw
+                        .bus
+                        .hub()
+                        .last_id(&channel)
+                        .saturating_sub(cursor.id),
                 );
                 return Err(slow_consumer());
             }
@@ -758,13 +832,45 @@ fn beyond_history(gw: &Gateway, subscriptions: &Subscriptions) -> Option<u64> {
     let mut missed = 0;
     let mut hopeless = false;
     for (channel, sub) in subscriptions.iter() {
-        let read = hub.read(channel, Some(sub.cursor.0), 0);
+        let read = hub.read(channel, Some(sub.cursor.since()), 0);
         if read.truncated {
             hopeless = true;
         }
-        missed += hub.last_id(channel).saturating_sub(sub.cursor.0);
+        missed += hub.last_id(channel).saturating_sub(sub.cursor.id);
     }
     hopeless.then_some(missed)
+}
+
+/// `{"type":"subscribed",…}`: where the client now is on `channel`, with
+/// the cursor (`N-E`) to resume from.
+fn subscribed_ack(
+    channel: &ChannelName,
+    at: Cursor,
+    truncated: bool,
+    conflated: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": "subscribed",
+        "channel": channel.as_str(),
+        "last_id": at.id,
+        // null while the channel has no sequence yet.
+        "epoch": (!at.epoch.is_none()).then(|| at.epoch.to_string()),
+        "cursor": at.text(),
+        "truncated": truncated,
+        "conflated": conflated,
+    })
+}
+
+/// `{"type":"truncated",…}`, sent before the first message of a new
+/// sequence of `msg`'s channel: the bus lost the channel's data, ids start
+/// again in `epoch`.
+fn truncated_notice(msg: &Message) -> Bytes {
+    let notice = serde_json::json!({
+        "type": "truncated",
+        "channel": msg.channel.as_str(),
+        "epoch": msg.epoch.to_string(),
+    });
+    frame::encode_text(&serde_json::to_vec(&notice).expect("json"))
 }
 
 fn count_dropped(gw: &Gateway, missed: u64) {

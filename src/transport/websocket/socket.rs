@@ -91,13 +91,7 @@ impl WsSocket {
 
     /// Bytes in the socket's send queue the peer has not acknowledged.
     pub fn unsent(&self) -> Option<u64> {
-        let fd = self.stream.as_raw_fd();
-        let mut queued: libc::c_int = 0;
-        // SIOCOUTQ: bytes in the send queue not yet acknowledged.
-        // SAFETY: `fd` is a live socket owned by `self`; the kernel writes
-        // one int through the pointer.
-        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
-        (rc == 0).then_some(queued.max(0) as u64)
+        crate::server::meter::unsent_bytes(self.stream.as_raw_fd())
     }
 }
 

@@ -1,0 +1,450 @@
+//! Redis losing data never means a silent gap (issue 22): against real
+//! `redis-server` processes, the failures that used to skip messages
+//! unseen — an empty restart whose new ids overtake the last delivered id,
+//! `FLUSHALL` with the connections up, a failover to a replica that lagged —
+//! and, on every transport, every acknowledged publish is either delivered
+//! once and in order or preceded by one `truncated` notice. Cursors taken
+//! before the loss are told `truncated` on the other node too.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// What a client saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Msg(u64),
+    Truncated,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// Node 2 notices the lost connection at once but reconnects only after
+/// 1.5–3 s: long enough for node 1 to publish past its last id first.
+const SLOW_RESUBSCRIBE: &[&str] = &[
+    "--redis-health-interval",
+    "200ms",
+    "--redis-command-timeout",
+    "1s",
+    "--redis-connect-timeout",
+    "1s",
+    "--redis-reconnect-min-delay",
+    "3s",
+    "--redis-reconnect-max-delay",
+    "4s",
+];
+
+/// `[Msg(before…), Truncated, Msg(after…)]`.
+fn told(before: impl IntoIterator<Item = u64>, after: impl IntoIterator<Item = u64>) -> Vec<Seen> {
+    let mut want: Vec<Seen> = before.into_iter().map(Seen::Msg).collect();
+    want.push(Seen::Truncated);
+    want.extend(after.into_iter().map(Seen::Msg));
+    want
+}
+
+/// The three clients on one node, each logging what it saw.
+struct Clients {
+    ws: WsClient,
+    ws_log: Vec<Seen>,
+    sse: SseClient,
+    sse_log: Vec<Seen>,
+    poll_log: Log,
+    poll_cursor: Arc<Mutex<String>>,
+    poll_stop: Arc<std::sync::atomic::AtomicBool>,
+    poll_task: tokio::task::JoinHandle<()>,
+}
+
+impl Clients {
+    async fn open(gw: &Gateway, channel: &str) -> Clients {
+        let mut ws = WsClient::connect(&gw.ws_url(&format!("/rt/ws/{channel}"))).await;
+        ws.expect_control("subscribed", T5).await;
+        let sse = SseClient::open(gw.public, &format!("/rt/sse/{channel}"), &[]).await;
+        let poll_log = Log::default();
+        // From the start: the channel is new, and a poll without `since`
+        // would only wait for what comes after the one it races with.
+        let poll_cursor = Arc::new(Mutex::new("0".to_string()));
+        let poll_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poll_task = tokio::spawn(long_poller(
+            gw.public_url(&format!("/rt/poll/{channel}")),
+            poll_log.clone(),
+            poll_cursor.clone(),
+            poll_stop.clone(),
+        ));
+        Clients {
+            ws,
+            ws_log: Vec::new(),
+            sse,
+            sse_log: Vec::new(),
+            poll_log,
+            poll_cursor,
+            poll_stop,
+            poll_task,
+        }
+    }
+
+    /// Reads until every client's log is `want` (panics on anything else
+    /// or after `t`), then checks nothing more comes for a moment.
+    async fn expect(&mut self, want: &[Seen], t: Duration) {
+        read_ws(&mut self.ws, &mut self.ws_log, want.len(), t).await;
+        assert_eq!(self.ws_log, want, "WebSocket");
+        read_sse(&mut self.sse, &mut self.sse_log, want.len(), t).await;
+        assert_eq!(self.sse_log, want, "SSE");
+        let deadline = tokio::time::Instant::now() + t;
+        while self.poll_log.lock().unwrap().len() < want.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "long-poll: stuck at {:?}, cursor {:?}",
+                self.poll_log.lock().unwrap(),
+                self.poll_cursor()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(*self.poll_log.lock().unwrap(), want, "long-poll");
+    }
+
+    /// The cursor the long-poll client holds.
+    fn poll_cursor(&self) -> String {
+        self.poll_cursor.lock().unwrap().clone()
+    }
+
+    async fn close(self) {
+        self.poll_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.poll_task.abort();
+        self.ws.close().await;
+    }
+}
+
+/// Polls with the cursor of each answer, as a browser client does; 503s
+/// (Redis down) are retried.
+async fn long_poller(
+    url: String,
+    log: Log,
+    cursor: Arc<Mutex<String>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let since = cursor.lock().unwrap().clone();
+        let r = get(&format!("{url}?since={since}&timeout=5")).await;
+        match r.status() {
+            200 => {
+                let body: Value = serde_json::from_slice(&r.body).expect("poll answer is JSON");
+                let mut log = log.lock().unwrap();
+                if body["truncated"] == true {
+                    log.push(Seen::Truncated);
+                }
+                for m in body["messages"].as_array().expect("messages") {
+                    log.push(Seen::Msg(m["id"].as_u64().expect("id")));
+                }
+                let next = body["cursor"].as_str().expect("cursor").to_string();
+                *cursor.lock().unwrap() = next;
+            }
+            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+            s => panic!("long-poll answered {s}: {}", r.text()),
+        }
+    }
+}
+
+async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, n: usize, t: Duration) {
+    let deadline = tokio::time::Instant::now() + t;
+    while log.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.recv(left).await {
+            WsEvent::Json(v) if v.get("type").is_none() => {
+                log.push(Seen::Msg(v["id"].as_u64().expect("id")))
+            }
+            WsEvent::Json(v) if v["type"] == "truncated" => {
+                assert!(v["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+                log.push(Seen::Truncated)
+            }
+            WsEvent::Json(v) if v["type"] == "subscribed" => {
+                if v["truncated"] == true {
+                    log.push(Seen::Truncated);
+                }
+            }
+            other => panic!("WebSocket: {other:?} after {log:?}"),
+        }
+    }
+}
+
+async fn read_sse(sse: &mut SseClient, log: &mut Vec<Seen>, n: usize, t: Duration) {
+    let deadline = tokio::time::Instant::now() + t;
+    while log.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sse.next_event(left).await {
+            Ok(Some(ev)) if ev.event.as_deref() == Some("truncated") => log.push(Seen::Truncated),
+            Ok(Some(ev)) => {
+                let id = ev.json()["id"].as_u64().expect("id");
+                // The event id is the cursor: the message id and its epoch.
+                let cursor = ev.id.clone().expect("SSE id");
+                assert!(
+                    cursor.starts_with(&format!("{id}-")),
+                    "SSE id {cursor:?} for message {id}"
+                );
+                log.push(Seen::Msg(id));
+            }
+            other => panic!("SSE: {other:?} after {log:?}"),
+        }
+    }
+}
+
+/// Publishes `{"n": i}` for each `i`, retrying a 503 (Redis not back yet);
+/// returns the acknowledged ids.
+async fn publish_all(gw: &Gateway, channel: &str, n: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for i in n {
+        let deadline = tokio::time::Instant::now() + T10;
+        loop {
+            let (status, body) = gw
+                .publish(
+                    channel,
+                    json!({ "n": i }).to_string().as_bytes(),
+                    "application/json",
+                )
+                .await;
+            if status == 200 {
+                ids.push(body["id"].as_u64().expect("id"));
+                break;
+            }
+            assert_eq!(status, 503, "publish: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Redis did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    ids
+}
+
+/// A client that held `cursor` before the loss resumes on `gw` (another
+/// node): every transport says `truncated` and replays the new sequence.
+async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u64]) {
+    let want = told([], new.iter().copied());
+    let (status, body) = gw.poll(channel, &format!("since={cursor}&timeout=0")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["truncated"], true, "long-poll with {cursor}: {body}");
+    let ids: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, new, "long-poll with {cursor}");
+
+    let mut sse = SseClient::open(
+        gw.public,
+        &format!("/rt/sse/{channel}"),
+        &[("Last-Event-ID", cursor)],
+    )
+    .await;
+    let mut log = Vec::new();
+    read_sse(&mut sse, &mut log, want.len(), T5).await;
+    assert_eq!(log, want, "SSE resuming with {cursor}");
+
+    let mut ws = WsClient::connect(&gw.ws_url(&format!("/rt/ws/{channel}?since={cursor}"))).await;
+    let mut log = Vec::new();
+    read_ws(&mut ws, &mut log, want.len(), T5).await;
+    assert_eq!(log, want, "WebSocket resuming with {cursor}");
+    ws.close().await;
+}
+
+/// The `N-E` cursor of the long-poll client once it has seen id `n`.
+async fn cursor_at(clients: &Clients, n: u64) -> String {
+    let cursor = clients.poll_cursor();
+    assert!(
+        cursor.starts_with(&format!("{n}-")),
+        "long-poll cursor {cursor:?}"
+    );
+    cursor
+}
+
+/// Issue 22, case 1: Redis (no persistence) restarts empty, and more is
+/// published than the channel had before node 2 resubscribes. Node 2's
+/// clients must be told `truncated` and get the new 1–20, never the old
+/// 1–5 followed silently by the new 6–20.
+#[tokio::test]
+async fn empty_restart_whose_new_ids_overtake_is_told_on_every_transport() {
+    let mut redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let channel = "epoch.restart";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=5).await, [1, 2, 3, 4, 5]);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let old_cursor = cursor_at(&clients, 5).await;
+
+    redis.restart().await; // kill -9, then empty on the same port
+    let new = publish_all(&a, channel, 1..=20).await;
+    assert_eq!(new, (1..=20).collect::<Vec<u64>>(), "ids restarted");
+    clients.expect(&told(1..=5, 1..=20), T10).await;
+    // Live delivery goes on in the new sequence.
+    assert_eq!(publish_all(&a, channel, 21..=23).await, [21, 22, 23]);
+    clients.expect(&told(1..=5, 1..=23), T10).await;
+    assert!(b.metric("pollbridge_bus_epoch_resets_total", &[]).await >= Some(1.0));
+    old_cursor_is_told(&a, channel, &old_cursor, &(1..=23).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
+
+/// Issue 22, case 2: `FLUSHALL` with every connection up. The new ids
+/// reach node 2 live; they are a new sequence, not duplicates.
+#[tokio::test]
+async fn flushall_with_connections_up_is_told_on_every_transport() {
+    let redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let channel = "epoch.flush";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let old_cursor = cursor_at(&clients, 5).await;
+
+    redis.cli(&["FLUSHALL"]);
+    let new = publish_all(&a, channel, 1..=20).await;
+    assert_eq!(new, (1..=20).collect::<Vec<u64>>());
+    clients.expect(&told(1..=5, 1..=20), T10).await;
+    assert_eq!(
+        b.metric("pollbridge_redis_reconnects_total", &[]).await,
+        Some(0.0),
+        "the connections stayed up"
+    );
+    old_cursor_is_told(&a, channel, &old_cursor, &new).await;
+    clients.close().await;
+}
+
+/// Issue 22, "a failover to a replica that lagged": a real replica has the
+/// first 5 messages (and so the channel's epoch), stops replicating, the
+/// master takes 10 more, then dies, and the replica's data takes its place.
+/// Its ids go on from 5 in the same epoch, past what node 2 delivered; the
+/// nodes notice that the entry at their last id is another one, give the
+/// sequence a new epoch, and every client is told.
+#[tokio::test]
+async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
+    let mut master = RedisServer::start().await;
+    let port = master.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof".into(), "127.0.0.1".into(), port]).await;
+    let bus = bus_args(&master.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let channel = "epoch.failover";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
+    let seq = format!("pollbridge:{{{channel}}}:seq");
+    eventually(T10, "the replica to have the first 5", || {
+        let got = replica.cli(&["GET", &seq]);
+        async move { (got.trim() == "5").then_some(()) }
+    })
+    .await;
+    // The replica falls behind: it keeps its data and stops following.
+    replica.cli(&["REPLICAOF", "NO", "ONE"]);
+    assert_eq!(
+        publish_all(&a, channel, 6..=15).await,
+        (6..=15).collect::<Vec<u64>>()
+    );
+    clients
+        .expect(&(1..=15).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let old_cursor = cursor_at(&clients, 15).await;
+
+    // Fail over: the replica's data, as it is, serves the master's address.
+    replica.cli(&["SAVE"]);
+    master.kill();
+    std::fs::copy(
+        replica.dir.0.join("dump.rdb"),
+        master.dir.0.join("dump.rdb"),
+    )
+    .expect("copy the replica's snapshot");
+    master.restart().await;
+    assert_eq!(
+        master.cli(&["GET", &seq]).trim(),
+        "5",
+        "the new master lags"
+    );
+    // Node 2 resubscribes only after these: ids 6–25 pass its last id (15).
+    let new = publish_all(&a, channel, 6..=25).await;
+    assert_eq!(
+        new,
+        (6..=25).collect::<Vec<u64>>(),
+        "the same epoch's ids went on from 5"
+    );
+    // The sequence is now told as restarted: everything Redis has, 1–25.
+    clients.expect(&told(1..=15, 1..=25), T10).await;
+    old_cursor_is_told(&a, channel, &old_cursor, &(1..=25).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
+
+/// The in-memory bus has epochs too (per channel creation, so per process
+/// start): a cursor from before a restart is told `truncated` even when
+/// the restarted gateway's ids have passed it.
+#[tokio::test]
+async fn memory_bus_cursor_from_before_a_restart_is_told() {
+    let channel = "epoch.memory";
+    let first = Gateway::start(&[]).await;
+    publish_all(&first, channel, 1..=3).await;
+    let mut sse = SseClient::open(first.public, &format!("/rt/sse/{channel}?since=0"), &[]).await;
+    let mut cursor = String::new();
+    for _ in 0..3 {
+        cursor = sse.next_event(T5).await.unwrap().unwrap().id.expect("id");
+    }
+    drop(sse);
+    drop(first);
+    let second = Gateway::start(&[]).await;
+    publish_all(&second, channel, 1..=10).await;
+    old_cursor_is_told(&second, channel, &cursor, &(1..=10).collect::<Vec<_>>()).await;
+    // The cursor of this process reads on without a notice.
+    let (_, body) = second.poll(channel, "since=0&timeout=0").await;
+    let current = body["cursor"].as_str().unwrap().to_string();
+    let (_, body) = second
+        .poll(channel, &format!("since={current}&timeout=0"))
+        .await;
+    assert_eq!(body["truncated"], false, "{body}");
+    assert_eq!(body["messages"], json!([]));
+}
+
+/// Ids going backwards within one epoch while every connection stays up
+/// (Redis reloads an older snapshot: `DEBUG RELOAD NOSAVE`): node 2 sees a
+/// live id it already had, gives the sequence a new epoch, and its clients
+/// are told.
+#[tokio::test]
+async fn older_snapshot_reloaded_under_live_connections_is_told() {
+    let redis = RedisServer::start_with(&["--enable-debug-command".into(), "yes".into()]).await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let channel = "epoch.reload";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=2).await.len(), 2);
+    redis.cli(&["SAVE"]);
+    assert_eq!(publish_all(&a, channel, 3..=5).await.len(), 3);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let old_cursor = cursor_at(&clients, 5).await;
+
+    redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]);
+    let new = publish_all(&a, channel, 3..=7).await;
+    assert_eq!(
+        new,
+        (3..=7).collect::<Vec<u64>>(),
+        "the same epoch's ids went on from 2"
+    );
+    clients.expect(&told(1..=5, 1..=7), T10).await;
+    assert_eq!(
+        b.metric("pollbridge_redis_reconnects_total", &[]).await,
+        Some(0.0),
+        "the connections stayed up"
+    );
+    old_cursor_is_told(&a, channel, &old_cursor, &(1..=7).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
