@@ -66,10 +66,12 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
         let metrics = Arc::new(Metrics::new());
-        // Bridged channels carry state (the latest body), not a stream.
+        // Snapshot bridges' channels carry state (the latest body); an
+        // incremental bridge's carry a stream of items.
         let rules = config
             .bridges
             .iter()
+            .filter(|b| b.mode == crate::config::BridgeMode::Snapshot)
             .fold(ChannelRules::new(config.channels.clone()), |rules, b| {
                 rules.with_state_default(&b.channel)
             });

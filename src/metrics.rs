@@ -95,6 +95,10 @@ pub struct Metrics {
     pub bus_subscriptions: IntGauge,
     pub bridge_upstream_requests: IntCounterVec,
     pub bridge_client_polls: IntCounterVec,
+    /// Live feeds (query × `vary_by` variants) per bridged route.
+    pub bridge_variants: IntGaugeVec,
+    /// Legacy polls proxied unchanged because their route was at `max_variants`.
+    pub bridge_variants_refused: IntCounterVec,
     /// `[[bridge]] auth` checks of legacy clients' credentials, by result.
     pub bridge_auth_checks: IntCounterVec,
     /// WebSocket upgrade requests, and the bytes of their handshakes (the
@@ -230,6 +234,22 @@ impl Metrics {
             &["bridge", "result"],
         )
         .unwrap();
+        let bridge_variants = IntGaugeVec::new(
+            Opts::new(
+                "bridge_variants",
+                "Live feeds (distinct query and vary_by values) per bridged route",
+            ),
+            &["bridge"],
+        )
+        .unwrap();
+        let bridge_variants_refused = IntCounterVec::new(
+            Opts::new(
+                "bridge_variants_refused_total",
+                "Legacy polls proxied to the backend unchanged because their route had max_variants feeds",
+            ),
+            &["bridge"],
+        )
+        .unwrap();
         let bridge_auth_checks = IntCounterVec::new(
             Opts::new(
                 "bridge_auth_checks_total",
@@ -362,6 +382,8 @@ impl Metrics {
         reg(Box::new(bus_subscriptions.clone()));
         reg(Box::new(bridge_upstream_requests.clone()));
         reg(Box::new(bridge_client_polls.clone()));
+        reg(Box::new(bridge_variants.clone()));
+        reg(Box::new(bridge_variants_refused.clone()));
         reg(Box::new(bridge_auth_checks.clone()));
         reg(Box::new(ws_handshakes.clone()));
         reg(Box::new(ws_handshake_bytes.clone()));
@@ -391,6 +413,8 @@ impl Metrics {
             bus_subscriptions,
             bridge_upstream_requests,
             bridge_client_polls,
+            bridge_variants,
+            bridge_variants_refused,
             bridge_auth_checks,
             ws_handshakes,
             ws_handshake_bytes,

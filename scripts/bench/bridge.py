@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
 """Benchmark of the legacy polling bridge (prints figures; not a test).
 
-1,000 legacy pollers poll GET /api/scores every second (each with its own
-keep-alive connection and ETag, like a browser's Ajax loop) for DURATION
-seconds, twice:
+1,000 legacy pollers poll the toy backend (examples/toy-backend/backend.py)
+every second, each with its own keep-alive connection, for DURATION
+seconds, in each mode twice — without the bridge (the gateway only proxies
+the URL to the backend) and with a [[bridge]] route (interval 1s):
 
-  without the bridge: the gateway only proxies /api/scores to the backend;
-  with the bridge:    a [[bridge]] route (interval 1s) answers them.
+  snapshot:    GET /api/scores, revalidating with its ETag like a browser's
+               Ajax loop; the backend changes its score every 5 s.
+  incremental: GET /api/messages?room=bench&after=<the last id it has>
+               (the first poll without a cursor), like a chat page; the
+               backend gets a new message every 5 s.
 
-The backend (examples/toy-backend/backend.py) changes its score every 5 s.
 Reported per run: backend requests per second, and the client-perceived
-change latency (change made at the backend → a poller first sees it),
-p50/p99/max over all pollers and changes.
+change latency (change made at the backend -> a poller first sees it),
+p50/p99/max over all pollers and changes, and how many (poller, change)
+sightings never happened.
 
-Usage: scripts/bench/bridge.py [--pollers 1000] [--duration 30] [--bin target/release/pollbridge]
+Usage: scripts/bench/bridge.py [--pollers 1000] [--duration 30]
+       [--mode snapshot|incremental|both] [--bin target/release/pollbridge]
 Only the Python standard library; everything on 127.0.0.1.
 """
 import argparse
@@ -58,47 +63,103 @@ async def request(reader, writer, path, headers):
     return status, etag, body
 
 
-async def poller(port, deadline, changes, seen_at, offset):
+class Snapshot:
+    """The scores page: one URL, revalidated with its ETag."""
+    name = "snapshot"
+    stats_key = "api_scores_requests"
+    route = '[[bridge]]\npath = "/api/scores"\nchannel = "scores"\ninterval = "1s"\n'
+
+    def __init__(self):
+        self.etag, self.last = None, None
+
+    def target(self):
+        return "/api/scores", ({"If-None-Match": self.etag} if self.etag else {})
+
+    def seen(self, status, etag, body):
+        """The changes (score values) this answer shows for the first time."""
+        if status != 200:
+            return []
+        self.etag = etag or self.etag
+        home = json.loads(body)["home"]
+        if home == self.last:
+            return []
+        self.last = home
+        return [home]
+
+    @staticmethod
+    async def change(port, n):
+        await post(port, "/api/scores", {"home": n, "away": 0})
+
+
+class Incremental:
+    """The chat page: what is new after the last message id it has."""
+    name = "incremental"
+    stats_key = "api_messages_requests"
+    route = ('[[bridge]]\npath = "/api/messages"\nchannel = "chat"\nmode = "incremental"\n'
+             'cursor_param = "after"\nitems = "/messages"\nitem_id = "/id"\ninterval = "1s"\n')
+
+    def __init__(self):
+        self.after = None
+
+    def target(self):
+        if self.after is None:
+            return "/api/messages?room=bench", {}
+        return "/api/messages?room=bench&after=%d" % self.after, {}
+
+    def seen(self, status, etag, body):
+        if status != 200:
+            return []
+        messages = json.loads(body)["messages"]
+        first_poll = self.after is None
+        if messages:
+            self.after = messages[-1]["id"]
+        elif first_poll:
+            self.after = 0
+        # A first poll's messages were there before the poller: not changes.
+        return [] if first_poll else [int(m["text"]) for m in messages]
+
+    @staticmethod
+    async def change(port, n):
+        await post(port, "/api/messages?room=bench", {"text": str(n)})
+
+
+async def poller(mode, port, deadline, seen_at, offset):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await asyncio.sleep(offset)  # spread the pollers over the second
-    etag, last = None, None
+    state = mode()
     while time.monotonic() < deadline:
         started = time.monotonic()
-        headers = {"If-None-Match": etag} if etag else {}
-        status, new_etag, body = await request(reader, writer, "/api/scores", headers)
-        if status == 200:
-            etag = new_etag or etag
-            home = json.loads(body)["home"]
-            if home != last:
-                last = home
-                seen_at.setdefault(home, []).append(time.monotonic())
+        path, headers = state.target()
+        status, etag, body = await request(reader, writer, path, headers)
+        for change in state.seen(status, etag, body):
+            seen_at.setdefault(change, []).append(time.monotonic())
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
     writer.close()
 
 
-async def backend_requests(port):
+async def backend_requests(port, key):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     _, _, body = await request(reader, writer, "/stats", {})
     writer.close()
-    return json.loads(body)["api_scores_requests"]
+    return json.loads(body)[key]
 
 
-async def set_score(port, home):
+async def post(port, path, payload):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    body = json.dumps({"home": home, "away": 0}).encode()
-    writer.write(b"POST /api/scores HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    body = json.dumps(payload).encode()
+    writer.write(b"POST %s HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
     await writer.drain()
     await reader.readline()
     writer.close()
 
 
-async def run(args, bridged):
+async def run(args, mode, bridged):
     backend_port, public, admin = free_port(), free_port(), free_port()
     backend = subprocess.Popen([sys.executable, os.path.join(ROOT, "examples/toy-backend/backend.py"), str(backend_port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = 'upstream = "http://127.0.0.1:%d"\n' % backend_port
     if bridged:
-        config += '[[bridge]]\npath = "/api/scores"\nchannel = "scores"\ninterval = "1s"\n'
+        config += mode.route
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(config)
     gateway = subprocess.Popen([args.bin, "--config", f.name, "--listen", "127.0.0.1:%d" % public,
@@ -108,26 +169,26 @@ async def run(args, bridged):
     try:
         gateway.stdout.readline()  # the ready line
         await asyncio.sleep(0.5)
-        await set_score(backend_port, 0)
+        await mode.change(backend_port, 0)
         deadline = time.monotonic() + args.duration
         seen_at, changes = {}, {}
-        tasks = [asyncio.create_task(poller(public, deadline, changes, seen_at, i / args.pollers))
+        tasks = [asyncio.create_task(poller(mode, public, deadline, seen_at, i / args.pollers))
                  for i in range(args.pollers)]
         await asyncio.sleep(2)  # every poller has its first copy
-        before, t0 = await backend_requests(backend_port), time.monotonic()
-        home = 0
+        before, t0 = await backend_requests(backend_port, mode.stats_key), time.monotonic()
+        n = 0
         while time.monotonic() < deadline - 3:
             await asyncio.sleep(5)
-            home += 1
-            changes[home] = time.monotonic()
-            await set_score(backend_port, home)
-        after, t1 = await backend_requests(backend_port), time.monotonic()
+            n += 1
+            changes[n] = time.monotonic()
+            await mode.change(backend_port, n)
+        after, t1 = await backend_requests(backend_port, mode.stats_key), time.monotonic()
         await asyncio.gather(*tasks)
         latencies = sorted(at - changes[h] for h, ats in seen_at.items() if h in changes for at in ats)
         missed = sum(args.pollers - len(seen_at.get(h, [])) for h in changes)
         pct = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
         return {
-            "bridge": bridged, "pollers": args.pollers,
+            "mode": mode.name, "bridge": bridged, "pollers": args.pollers,
             "backend_requests_per_s": round((after - before) / (t1 - t0), 1),
             "changes": len(changes), "change_latency_ms": {"p50": round(pct(0.5)), "p99": round(pct(0.99)), "max": round(latencies[-1] * 1000) if latencies else None},
             "missed_change_sightings": missed,
@@ -144,11 +205,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pollers", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=30)
+    ap.add_argument("--mode", choices=("snapshot", "incremental", "both"), default="both")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/pollbridge"))
     args = ap.parse_args()
-    for bridged in (False, True):
-        result = asyncio.run(run(args, bridged))
-        print(json.dumps(result))
+    modes = {"snapshot": [Snapshot], "incremental": [Incremental], "both": [Snapshot, Incremental]}
+    for mode in modes[args.mode]:
+        for bridged in (False, True):
+            result = asyncio.run(run(args, mode, bridged))
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@
 //! legacy clients are answered from — taken from the channel itself, so a
 //! change published anywhere (another node's poller) updates it too.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,15 +13,14 @@ use http::StatusCode;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::identity::FeedIdentity;
+use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::Fetched;
 use super::Route;
 use crate::bus::{Bus, Message, Payload, SubscriberQueue};
 use crate::channel::ChannelName;
 use crate::gateway::Gateway;
 use crate::transport::Transport;
-
-/// Longest wait between polls while the backend keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The copy legacy clients are served.
 #[derive(Clone)]
@@ -67,44 +65,38 @@ pub struct Feed {
     pub channel: ChannelName,
     /// The `vary_by` header value this variant serves, if any.
     vary_value: Option<HeaderValue>,
+    /// The path and query this feed polls.
+    target: String,
     /// Headers copied from the client that started the feed.
     forwarded: HeaderMap,
     state: Mutex<State>,
     /// Bumped on every state change; holders and first-time waiters watch it.
     version: watch::Sender<u64>,
-    /// Milliseconds since `epoch` of the last legacy poll.
-    last_demand_ms: AtomicU64,
-    epoch: Instant,
+    demand: Demand,
 }
 
 impl Feed {
     pub fn new(
         route: Arc<Route>,
         channel: ChannelName,
-        vary_value: Option<HeaderValue>,
+        identity: FeedIdentity,
         forwarded: HeaderMap,
     ) -> Arc<Feed> {
         Arc::new(Feed {
+            target: identity.upstream_target(&route.config.path, None),
+            vary_value: identity.vary_value,
             route,
             channel,
-            vary_value,
             forwarded,
             state: Mutex::new(State::default()),
             version: watch::channel(0).0,
-            last_demand_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            demand: Demand::new(),
         })
     }
 
     /// A legacy client asked for the feed.
     pub fn touch(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_demand_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_demand_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
+        self.demand.touch();
     }
 
     pub fn watch(&self) -> watch::Receiver<u64> {
@@ -162,7 +154,7 @@ impl Feed {
     }
 
     /// The feed's task: follow the channel, poll while wanted.
-    pub async fn run(self: Arc<Feed>, gw: Arc<Gateway>, client: Arc<super::UpstreamClient>) {
+    async fn run(self: Arc<Feed>, gw: Arc<Gateway>, client: Arc<super::UpstreamClient>) {
         let queue = SubscriberQueue::new(4, Transport::Bridge);
         // Start from the channel's latest message, if any (a restarted
         // feed, or another node's poller).
@@ -230,12 +222,8 @@ impl Feed {
                     }
                     let ok = self.poll_once(&gw, &client, &mut validators).await;
                     failures = if ok { 0 } else { failures.saturating_add(1) };
-                    let wait = if failures == 0 {
-                        self.route.config.interval
-                    } else {
-                        (self.route.config.interval * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF.max(self.route.config.interval))
-                    };
-                    next_poll = tokio::time::Instant::now() + wait;
+                    next_poll = tokio::time::Instant::now()
+                        + next_poll_delay(self.route.config.interval, failures);
                 }
             }
         }
@@ -253,11 +241,8 @@ impl Feed {
     }
 
     fn is_idle(&self, gw: &Gateway) -> bool {
-        if self.idle_for() < self.route.config.idle_timeout {
-            return false;
-        }
-        let subs = gw.bus.hub().subscriber_counts(&self.channel);
-        subs.websocket + subs.sse + subs.longpoll == 0
+        self.demand
+            .is_idle(gw, &self.channel, self.route.config.idle_timeout)
     }
 
     /// One poll; true when the backend answered well.
@@ -280,7 +265,7 @@ impl Feed {
         if let Some(modified) = &validators.last_modified {
             headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
-        let result = match client.fetch(&self.route.config.path, headers).await {
+        let result = match client.fetch(&self.target, headers).await {
             Fetched::NotModified => {
                 self.confirm();
                 "not_modified"
@@ -406,6 +391,16 @@ impl Feed {
     }
 }
 
+impl Poller for Feed {
+    fn poll_while_wanted(
+        self: Arc<Self>,
+        gw: Arc<Gateway>,
+        client: Arc<super::UpstreamClient>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        self.run(gw, client)
+    }
+}
+
 /// The backend's cache validators, sent back on the next poll.
 #[derive(Default)]
 struct Validators {
@@ -458,7 +453,7 @@ fn copy_from_data(id: u64, data: &[u8], content_type: Option<HeaderValue>) -> Co
 /// `"pb-<id>-<content hash>"`: the id ties the ETag to the channel's
 /// message ids; the hash keeps an ETag from before a restart (when an
 /// in-memory bus starts its ids again) from matching different content.
-fn etag_for(id: u64, data: &[u8]) -> HeaderValue {
+pub(super) fn etag_for(id: u64, data: &[u8]) -> HeaderValue {
     let hash = data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     });

@@ -4,11 +4,22 @@
 //! from its own copy — with `ETag`/`304`, and optionally holding a poll
 //! until the next change. WebSocket, SSE and long-poll clients subscribe to
 //! the channel. The backend changes nothing.
+//!
+//! A route serves one feed per distinct query string and `vary_by` value
+//! ([`identity`]), up to `max_variants` ([`variants`]); a `snapshot` route's
+//! feed keeps the latest answer ([`feed`]), an `incremental` route's keeps
+//! the items after each cursor ([`incremental`]).
 
 mod auth;
 mod browser_cache;
 mod feed;
+mod identity;
+mod incremental;
+mod items;
+mod record;
+mod schedule;
 mod upstream;
+mod variants;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +28,20 @@ use dashmap::DashMap;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use prometheus::IntCounter;
-use sha1::{Digest, Sha1};
 
 use crate::channel::ChannelName;
-use crate::config::BridgeRoute;
+use crate::config::{BridgeMode, BridgeRoute};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
 use crate::transport::Transport;
 use feed::{Answer, Feed};
+use identity::FeedIdentity;
+use incremental::IncrementalFeed;
+use schedule::Poller;
 pub use upstream::UpstreamClient;
+use variants::VariantCap;
 
 /// How long a first-time client waits for the backend's first answer.
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(30);
@@ -46,6 +60,10 @@ pub struct Route {
     client_body: IntCounter,
     client_not_modified: IntCounter,
     client_held: IntCounter,
+    /// Legacy polls answered by the backend itself (past `max_variants`;
+    /// on incremental routes also first polls and unknown cursors).
+    client_proxied: IntCounter,
+    variants: Arc<VariantCap>,
     client_refused: IntCounter,
     /// `auth`: the checks a client passes before it is served the copy.
     auth: Option<auth::RouteAuth>,
@@ -86,6 +104,16 @@ impl Route {
             client_body: client("body"),
             client_not_modified: client("not_modified"),
             client_held: client("held"),
+            client_proxied: client("proxied"),
+            variants: VariantCap::new(
+                config.max_variants,
+                metrics
+                    .bridge_variants
+                    .with_label_values(&[config.channel.as_str()]),
+                metrics
+                    .bridge_variants_refused
+                    .with_label_values(&[config.channel.as_str()]),
+            ),
             client_refused: client("refused"),
             auth: auth::RouteAuth::new(&config, auth_timeout, metrics),
             config,
@@ -101,11 +129,16 @@ impl Route {
     }
 }
 
+/// Running feeds of one kind by (route index, identity key).
+type FeedMap<F> = DashMap<(usize, String), Arc<F>>;
+
 /// All bridge routes and their running feeds.
 pub struct Bridges {
     routes: Vec<Arc<Route>>,
-    /// Running feeds by (route index, vary key).
-    feeds: DashMap<(usize, String), Arc<Feed>>,
+    /// Running snapshot feeds by (route index, identity key).
+    feeds: FeedMap<Feed>,
+    /// Running incremental feeds by (route index, identity key).
+    incremental: FeedMap<IncrementalFeed>,
     client: Option<Arc<UpstreamClient>>,
 }
 
@@ -132,6 +165,7 @@ impl Bridges {
                 .map(|r| Arc::new(Route::new(r.clone(), config.auth.auth_timeout, metrics)))
                 .collect(),
             feeds: DashMap::new(),
+            incremental: DashMap::new(),
             client,
         }
     }
@@ -146,8 +180,9 @@ impl Bridges {
         &self,
         gw: &Arc<Gateway>,
         index: usize,
-        req: &Request,
+        req: Request,
         peer: std::net::SocketAddr,
+        secure: bool,
     ) -> Result<Response, ApiError> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Err(ApiError::MethodNotAllowed("GET"));
@@ -156,15 +191,21 @@ impl Bridges {
             self.routes[index].client_refused.inc();
             return denied.into_response();
         }
-        let feed = self.feed(gw, index, req.headers())?;
-        feed.touch();
-        let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
-        gw.migration.record_poll(
-            &feed.route.config.path,
-            feed.channel.as_str(),
-            crate::migration::client_key(client, req.headers(), None),
-            crate::migration::referer_path(req.headers()).as_deref(),
+        let route = &self.routes[index];
+        let identity = FeedIdentity::of(
+            &route.config,
+            req.uri().query(),
+            vary_value(route, req.headers()),
         );
+        if route.config.mode == BridgeMode::Incremental {
+            return incremental::handle(gw, index, identity, req, peer, secure).await;
+        }
+        let Some(feed) = self.feed(gw, index, identity, req.headers())? else {
+            route.variants.count_refused();
+            return pass_through(gw, route, req, peer, secure).await;
+        };
+        feed.touch();
+        record_poll(gw, route, &feed.channel, &req, peer);
         let route = &feed.route;
 
         // Before the first poll has come back, wait for it: the first
@@ -249,110 +290,219 @@ impl Bridges {
         copy: feed::Copy,
         age: Option<Duration>,
     ) -> Response {
-        let delivered = gw.metrics.transport(Transport::Bridge);
-        delivered.delivered.inc();
-        delivered.payload_out.inc_by(copy.body.len() as u64);
-        let mut resp = hyper::Response::new(Body::full(copy.body));
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, copy.content_type);
-        h.insert(header::ETAG, copy.etag);
-        h.insert(
-            header::CACHE_CONTROL,
-            browser_cache::cache_control(route.config.hold.is_some()),
-        );
+        let held = route.config.hold.is_some();
+        let mut resp = answer_with_body(gw, copy.body, copy.content_type, copy.etag, held);
         if let Some(age) = age {
-            h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+            resp.headers_mut()
+                .insert(header::AGE, HeaderValue::from(age.as_secs()));
         }
         resp
     }
 
-    /// Someone subscribed to `channel`: if a route bridges it (one shared
-    /// feed, no `vary_by`), make sure its feed is polling.
+    /// Someone subscribed to `channel`: if a route bridges it (its plain
+    /// feed: no query, no `vary_by`), make sure that feed is polling.
     pub fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
         for (index, route) in self.routes.iter().enumerate() {
             // A route with `auth` polls with an allowed client's
             // credentials: it starts once a legacy client has passed.
             let can_poll = route.auth.as_ref().is_none_or(|a| a.has_poll_credentials());
-            if route.vary_header.is_none() && route.config.channel == channel.as_str() && can_poll {
-                if let Err(e) = self.start_feed(gw, index, None, HeaderMap::new()) {
-                    tracing::debug!(%channel, error = %e, "bridge feed not started");
-                }
+            if route.vary_header.is_some() || route.config.channel != channel.as_str() || !can_poll
+            {
+                continue;
+            }
+            let started = match route.config.mode {
+                BridgeMode::Snapshot => self
+                    .start_feed(gw, index, FeedIdentity::plain(), HeaderMap::new())
+                    .map(drop),
+                BridgeMode::Incremental => self
+                    .incremental_feed(gw, index, FeedIdentity::plain(), HeaderMap::new())
+                    .map(drop),
+            };
+            if let Err(e) = started {
+                tracing::debug!(%channel, error = %e, "bridge feed not started");
             }
         }
     }
 
-    /// The feed for this request's variant, started if needed.
+    /// The feed for this request's variant, started if needed; None when
+    /// the route is at `max_variants`.
     fn feed(
         &self,
         gw: &Arc<Gateway>,
         index: usize,
+        identity: FeedIdentity,
         headers: &HeaderMap,
-    ) -> Result<Arc<Feed>, ApiError> {
-        let route = &self.routes[index];
-        let vary_value = route
-            .vary_header
-            .as_ref()
-            .and_then(|name| headers.get(name))
-            .cloned();
-        let mut forwarded = HeaderMap::new();
-        for name in &route.forward {
-            if let Some(value) = headers.get(name) {
-                forwarded.insert(name.clone(), value.clone());
-            }
-        }
-        self.start_feed(gw, index, vary_value, forwarded)
+    ) -> Result<Option<Arc<Feed>>, ApiError> {
+        let forwarded = forwarded_headers(&self.routes[index], headers);
+        self.start_feed(gw, index, identity, forwarded)
     }
 
-    /// The running feed of a route variant, or a new one.
+    /// The running snapshot feed of a route variant, or a new one (None at
+    /// the cap).
     fn start_feed(
         &self,
         gw: &Arc<Gateway>,
         index: usize,
-        vary_value: Option<HeaderValue>,
+        identity: FeedIdentity,
         forwarded: HeaderMap,
-    ) -> Result<Arc<Feed>, ApiError> {
+    ) -> Result<Option<Arc<Feed>>, ApiError> {
+        self.running(
+            gw,
+            index,
+            identity,
+            |b| &b.feeds,
+            |route, channel, identity| Feed::new(route, channel, identity, forwarded),
+        )
+    }
+
+    /// The running incremental feed of a route variant, or a new one (None
+    /// at the cap).
+    fn incremental_feed(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        identity: FeedIdentity,
+        forwarded: HeaderMap,
+    ) -> Result<Option<Arc<IncrementalFeed>>, ApiError> {
+        let history = gw.config.history.size;
+        self.running(
+            gw,
+            index,
+            identity,
+            |b| &b.incremental,
+            |route, channel, identity| {
+                IncrementalFeed::new(route, channel, identity, forwarded, history)
+            },
+        )
+    }
+
+    /// The running feed of `identity` in `feeds`, or a new one made by
+    /// `new` and its poller started — None when the route has
+    /// `max_variants` feeds already.
+    fn running<F: Poller>(
+        &self,
+        gw: &Arc<Gateway>,
+        index: usize,
+        identity: FeedIdentity,
+        feeds: fn(&Bridges) -> &FeedMap<F>,
+        new: impl FnOnce(Arc<Route>, ChannelName, FeedIdentity) -> Arc<F>,
+    ) -> Result<Option<Arc<F>>, ApiError> {
         let route = &self.routes[index];
-        let key = vary_value
-            .as_ref()
-            .map(|v| variant_key(v.as_bytes()))
-            .unwrap_or_default();
-        if let Some(feed) = self.feeds.get(&(index, key.clone())) {
-            return Ok(feed.clone());
+        let key = (index, identity.key.clone());
+        if let Some(feed) = feeds(self).get(&key) {
+            return Ok(Some(feed.clone()));
         }
-        let client = self
-            .client
-            .clone()
-            .ok_or_else(|| ApiError::NotFound("bridge configured without an upstream".into()))?;
-        let channel_name = match &route.vary_header {
-            Some(_) => format!("{}.{key}", route.config.channel),
-            None => route.config.channel.clone(),
-        };
-        let channel = ChannelName::new(&channel_name)?;
-        let entry = self.feeds.entry((index, key.clone()));
-        let feed = match entry {
-            dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),
+        let client = self.upstream()?;
+        let channel = ChannelName::new(&identity.channel_name(&route.config.channel))?;
+        let (feed, slot) = match feeds(self).entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => return Ok(Some(e.get().clone())),
             dashmap::Entry::Vacant(v) => {
-                let feed = Feed::new(route.clone(), channel, vary_value, forwarded);
+                let Some(slot) = route.variants.try_take() else {
+                    return Ok(None);
+                };
+                let feed = new(route.clone(), channel, identity);
                 v.insert(feed.clone());
-                feed
+                (feed, slot)
             }
         };
         let task_feed = feed.clone();
         let task_gw = gw.clone();
         gw.tasks.spawn(async move {
-            task_feed.run(task_gw.clone(), client).await;
-            // Retired (idle) or shutting down: forget it; the next poll
-            // starts a fresh one.
-            task_gw.bridges.feeds.remove(&(index, key));
+            task_feed.poll_while_wanted(task_gw.clone(), client).await;
+            // Retired (idle) or shutting down: forget it (and give its place
+            // under the cap back); the next poll starts a fresh one.
+            feeds(&task_gw.bridges).remove(&key);
+            drop(slot);
         });
-        Ok(feed)
+        Ok(Some(feed))
     }
+
+    fn upstream(&self) -> Result<Arc<UpstreamClient>, ApiError> {
+        self.client
+            .clone()
+            .ok_or_else(|| ApiError::NotFound("bridge configured without an upstream".into()))
+    }
+}
+
+/// The request's `vary_by` header value, if the route has one.
+fn vary_value(route: &Route, headers: &HeaderMap) -> Option<HeaderValue> {
+    route
+        .vary_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
+        .cloned()
+}
+
+/// The client headers a feed started by this request sends to the backend.
+fn forwarded_headers(route: &Route, headers: &HeaderMap) -> HeaderMap {
+    let mut forwarded = HeaderMap::new();
+    for name in &route.forward {
+        if let Some(value) = headers.get(name) {
+            forwarded.insert(name.clone(), value.clone());
+        }
+    }
+    forwarded
+}
+
+/// Counts a legacy poll in the migration telemetry.
+fn record_poll(
+    gw: &Gateway,
+    route: &Route,
+    channel: &ChannelName,
+    req: &Request,
+    peer: std::net::SocketAddr,
+) {
+    let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
+    gw.migration.record_poll(
+        &route.config.path,
+        channel.as_str(),
+        crate::migration::client_key(client, req.headers(), None),
+        crate::migration::referer_path(req.headers()).as_deref(),
+    );
+}
+
+/// Sends a legacy poll to the backend unchanged, as if there were no
+/// bridge: past `max_variants`, and for what only the backend can answer.
+async fn pass_through(
+    gw: &Gateway,
+    route: &Route,
+    req: Request,
+    peer: std::net::SocketAddr,
+    secure: bool,
+) -> Result<Response, ApiError> {
+    route.client_proxied.inc();
+    let proxy = gw
+        .proxy
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("bridge configured without an upstream".into()))?;
+    Ok(proxy
+        .forward(req, peer, if secure { "https" } else { "http" })
+        .await)
+}
+
+/// A `200` a legacy client gets from the gateway's copy.
+fn answer_with_body(
+    gw: &Gateway,
+    body: bytes::Bytes,
+    content_type: HeaderValue,
+    etag: HeaderValue,
+    held: bool,
+) -> Response {
+    let delivered = gw.metrics.transport(Transport::Bridge);
+    delivered.delivered.inc();
+    delivered.payload_out.inc_by(body.len() as u64);
+    let mut resp = hyper::Response::new(Body::full(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, browser_cache::cache_control(held));
+    resp
 }
 
 /// The results of `pollbridge_bridge_upstream_requests_total`.
 const UPSTREAM_RESULTS: [&str; 3] = ["changed", "not_modified", "error"];
 /// The results of `pollbridge_bridge_client_polls_total`.
-const CLIENT_RESULTS: [&str; 4] = ["body", "not_modified", "held", "refused"];
+const CLIENT_RESULTS: [&str; 5] = ["body", "not_modified", "held", "refused", "proxied"];
 /// The results of `pollbridge_bridge_auth_checks_total`.
 const AUTH_RESULTS: [&str; 3] = ["allowed", "refused", "error"];
 
@@ -372,13 +522,6 @@ fn export_without_routes(metrics: &Metrics) {
     for result in AUTH_RESULTS {
         metrics.bridge_auth_checks.with_label_values(&["", result]);
     }
-}
-
-/// A per-user channel suffix: a hash of the `vary_by` header's value, so
-/// the value itself (a cookie, a token) never appears in a channel name.
-fn variant_key(value: &[u8]) -> String {
-    let digest = Sha1::digest(value);
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// True when the request's `If-None-Match` names `etag`.
@@ -420,15 +563,5 @@ mod tests {
         assert!(client_has(&h, &etag));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"pb-30\""));
         assert!(!client_has(&h, &etag));
-    }
-
-    #[test]
-    fn variant_keys_hide_the_value_and_differ() {
-        let a = variant_key(b"Bearer alice");
-        let b = variant_key(b"Bearer bob");
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(!a.contains("alice"));
-        assert!(ChannelName::new(&format!("scores.{a}")).is_ok());
     }
 }

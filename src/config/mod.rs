@@ -7,6 +7,7 @@
 //! whatever its source, goes through the same parser and the same error
 //! message naming its key.
 
+mod bridge;
 mod bridge_auth;
 pub mod cli;
 mod client_limits;
@@ -19,6 +20,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use bridge::BridgeMode;
+use bridge::{
+    bridge_route_problems, default_cursor_param, default_ignore_params, default_item_id,
+    default_max_variants,
+};
 pub use bridge_auth::BridgeAuthMode;
 pub use client_limits::WsClientLimits;
 pub use history::HistoryConfig;
@@ -343,7 +349,8 @@ impl Default for ShutdownConfig {
 #[serde(deny_unknown_fields)]
 pub struct BridgeRoute {
     /// The backend's polling URL path, e.g. `/api/scores`. Legacy clients
-    /// keep polling it; its query string is ignored (cache busters).
+    /// keep polling it; its query string (minus `ignore_params`) is part
+    /// of the feed they get: each distinct query is its own feed.
     pub path: String,
     /// The channel its changes are published on.
     pub channel: String,
@@ -367,6 +374,33 @@ pub struct BridgeRoute {
     /// long stops. Default: 60s.
     #[serde(default = "default_bridge_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Query parameters that are not part of a feed's identity (cache
+    /// busters such as jQuery's `_=<timestamp>`): dropped before the query
+    /// picks the feed, and never sent to the backend. Default: `["_"]`.
+    #[serde(default = "default_ignore_params")]
+    pub ignore_params: Vec<String>,
+    /// Most feeds (distinct query × `vary_by` value) the route polls at
+    /// once. A request for one more is proxied to the backend unchanged
+    /// (counted in `pollbridge_bridge_variants_refused_total`) until an
+    /// idle feed expires. Default: 100.
+    #[serde(default = "default_max_variants")]
+    pub max_variants: usize,
+    /// `snapshot` (each answer is the whole state) or `incremental` (each
+    /// answer holds the items after the client's cursor). Default: snapshot.
+    #[serde(default)]
+    pub mode: BridgeMode,
+    /// Incremental mode: the query parameter carrying the cursor, the id of
+    /// the last item a client has. Default: `after`.
+    #[serde(default = "default_cursor_param")]
+    pub cursor_param: String,
+    /// Incremental mode: JSON pointer to the array of items in the
+    /// backend's answer (`/messages`). Default: `""` (the answer is the array).
+    #[serde(default)]
+    pub items: String,
+    /// Incremental mode: JSON pointer to an item's id inside an item (a
+    /// number or a string). Default: `/id`.
+    #[serde(default = "default_item_id")]
+    pub item_id: String,
     /// Who may be served the shared copy: `none` (anyone), `auth_url`
     /// (the `auth.auth_url` delegation) or `route` (a conditional request
     /// to this path with the client's own `Cookie`/`Authorization`). A
@@ -762,6 +796,9 @@ impl Config {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                     bad(&key("vary_by"), format!("{name:?} is not a header name"));
                 }
+            }
+            for problem in bridge_route_problems(route) {
+                bad(&key(problem.0), problem.1);
             }
             if self.bridges[..i]
                 .iter()

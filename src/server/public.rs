@@ -140,7 +140,9 @@ pub fn route(
                 req.uri().path(),
                 p = gw.config.prefix
             ))),
-            Route::Bridge(index) => Box::pin(gw.bridges.handle(&gw, index, &req, peer)).await,
+            Route::Bridge(index) => {
+                Box::pin(gw.bridges.handle(&gw, index, req, peer, secure)).await
+            }
             Route::Proxy => match &gw.proxy {
                 Some(proxy) => {
                     Ok(

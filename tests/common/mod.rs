@@ -19,6 +19,7 @@ pub mod migration;
 pub mod redis;
 pub mod security;
 pub mod sse;
+pub mod toy_backend;
 pub mod upstream;
 pub mod ws;
 
