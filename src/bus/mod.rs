@@ -7,6 +7,7 @@
 //! encodings are the same whichever bus is in use.
 
 pub mod hub;
+mod json_check;
 pub mod memory;
 mod message;
 pub mod queue;
@@ -16,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
+pub use json_check::{check_json, MAX_JSON_DEPTH};
 pub use message::{Message, Payload, PayloadError};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 

@@ -83,6 +83,7 @@ const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("auth-url", "auth.auth_url", Kind::Text, "Backend URL asked whether a client may subscribe [default: none]"),
     ("auth-cache-ttl", "auth.auth_cache_ttl", Kind::Text, "How long a backend auth answer is reused [default: 30s]"),
     ("auth-timeout", "auth.auth_timeout", Kind::Text, "Backend auth answer deadline [default: 2s]"),
+    ("token-leeway", "auth.leeway", Kind::Text, "Clock skew allowed on subscriber token exp/nbf; sessions close at exp + leeway [default: 5s]"),
     ("allowed-origin", "auth.allowed_origins", Kind::List, "Origin allowed to connect (WebSocket, SSE, long-poll); repeat or comma-separate [default: any]"),
     ("require-origin", "auth.require_origin", Kind::Bool, "Refuse requests without Origin when origins are restricted [default: false]"),
     ("tls-cert-file", "tls.cert_file", Kind::Text, "PEM certificate chain for TLS on the public listener [default: none]"),

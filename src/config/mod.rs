@@ -425,6 +425,12 @@ pub struct AuthConfig {
     /// With `allowed_origins` set, also refuse requests that carry no
     /// `Origin` (non-browser clients). Default: false.
     pub require_origin: bool,
+    /// Clock skew allowed between the site that signs subscriber tokens and
+    /// the gateway: a token is accepted until `exp + leeway` and from
+    /// `nbf - leeway`, and a WebSocket or SSE session it opened is closed
+    /// at `exp + leeway`. At most 1h. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
 }
 
 impl Default for AuthConfig {
@@ -438,6 +444,7 @@ impl Default for AuthConfig {
             auth_timeout: Duration::from_secs(2),
             allowed_origins: Vec::new(),
             require_origin: false,
+            leeway: Duration::from_secs(5),
         }
     }
 }
@@ -595,6 +602,9 @@ impl Config {
             if let Err(e) = crate::auth::load_public_key(path) {
                 bad("auth.jwt_public_key_file", e);
             }
+        }
+        if self.auth.leeway > Duration::from_secs(3600) {
+            bad("auth.leeway", "must be at most 1h".into());
         }
         if self
             .auth

@@ -159,6 +159,8 @@ enum Wake {
     Drained(Result<(), QueueClosed>),
     Tick,
     Throttled,
+    /// The subscriber token expired.
+    TokenExpired,
 }
 
 pub struct Session<W> {
@@ -176,7 +178,11 @@ pub struct Session<W> {
     handler: Handler,
     /// Boxed, and None for an anonymous client (most of them).
     credentials: Option<Box<Credentials>>,
-    expires: Option<SystemTime>,
+    /// Fires when the earliest subscriber token this session relies on
+    /// expires (`exp + auth.leeway`): the session is closed then, not at the
+    /// next ping tick. Armed only for sessions holding a token with `exp`,
+    /// so an anonymous session pays one empty pointer for it.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: Subscriptions,
@@ -209,7 +215,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             gw,
             handler: Handler::Commands,
             credentials: None,
-            expires: None,
+            expiry: None,
             writer,
             queue,
             subscriptions: Subscriptions::default(),
@@ -258,7 +264,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         } = *start;
         self.handler = handler;
         self.credentials = credentials.is_present().then(|| Box::new(credentials));
-        self.expires = expires;
+        self.expire_at(expires);
         initial
     }
 
@@ -394,6 +400,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 drained = poll_fn(|cx| queue.poll_drain(cx, &mut batch, BATCH)) => Wake::Drained(drained),
                 _ = poll_fn(|cx| ticker.poll_tick(cx)) => Wake::Tick,
                 _ = poll_fn(|cx| throttled.as_mut().expect("guarded").as_mut().poll(cx)), if throttled.is_some() => Wake::Throttled,
+                _ = poll_fn(|cx| self.expiry.as_mut().expect("guarded").as_mut().poll(cx)), if self.expiry.is_some() => Wake::TokenExpired,
             };
             // Everything after a wake-up is boxed: the session future's
             // size is what each idle connection holds, and wake-ups are rare
@@ -430,6 +437,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 Err(self.going_away(1001, "server shutting down"))
             }
             Wake::Tick => self.on_tick().await,
+            Wake::TokenExpired => Err(End::Close(
+                1008,
+                "subscriber token expired: reconnect with a new one".into(),
+            )),
             Wake::Throttled => {
                 let mut due = Vec::new();
                 self.throttle.release(Instant::now(), &mut due);
@@ -477,12 +488,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn on_tick(&mut self) -> Result<(), End> {
         let cfg = &self.gw.config.websocket;
         let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        if self.expires.is_some_and(|t| t <= SystemTime::now()) {
-            return Err(End::Close(
-                1008,
-                "subscriber token expired: reconnect with a new one".into(),
-            ));
-        }
         let silent = self.last_heard.elapsed();
         if silent >= idle_timeout {
             return Err(End::Close(1001, "no answer to ping".into()));
@@ -532,7 +537,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         let result = match command::parse(text) {
             Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
-            Ok(Command::Publish { channel, data }) => self.publish(channel, data).await,
+            Ok(Command::Publish { channel, payload }) => self.publish(channel, payload).await,
             Err(e) => Err(e),
         };
         match result {
@@ -587,8 +592,25 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             )
             .await
             .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
-        self.expires = super::earliest(self.expires, grant.expires);
+        self.expire_at(grant.expires);
         Ok(())
+    }
+
+    /// Closes the session at `at` at the latest (an earlier deadline
+    /// already armed stays). A deadline the clock cannot reach is none.
+    fn expire_at(&mut self, at: Option<SystemTime>) {
+        let Some(at) = at else { return };
+        let left = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let Some(deadline) = tokio::time::Instant::now().checked_add(left) else {
+            return;
+        };
+        match &mut self.expiry {
+            Some(armed) if armed.deadline() <= deadline => {}
+            Some(armed) => armed.as_mut().reset(deadline),
+            None => self.expiry = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
     }
 
     async fn unsubscribe(&mut self, channel: ChannelName) -> Result<Result<(), End>, CommandError> {
@@ -607,7 +629,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn publish(
         &mut self,
         channel: ChannelName,
-        data: serde_json::Value,
+        payload: Payload,
     ) -> Result<Result<(), End>, CommandError> {
         if !self.gw.rules.resolve(channel.as_str()).allow_client_publish {
             return Err(
@@ -617,7 +639,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         }
         // Only a client allowed to read a channel may write to it.
         self.authorize(&channel).await?;
-        let payload = Payload::from_value(&data);
         let size = payload.to_json_bytes().len();
         let published = self.gw.bus.publish(&channel, &payload).await.map_err(|e| {
             CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
