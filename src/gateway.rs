@@ -55,6 +55,8 @@ pub struct Gateway {
     pub tls: Option<Tls>,
     /// Who still polls: distinct legacy clients, top polling pages.
     pub migration: Migration,
+    /// The admin listener's Origin, Host and token checks.
+    pub admin_guard: crate::server::AdminGuard,
 }
 
 impl Gateway {
@@ -72,6 +74,7 @@ impl Gateway {
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
+        let admin_guard = crate::server::AdminGuard::new(&config.admin)?;
         let bridged_paths: Vec<String> = config.bridges.iter().map(|b| b.path.clone()).collect();
         let migration = Migration::new(
             config.migration.legacy_window,
@@ -113,6 +116,7 @@ impl Gateway {
             admission,
             tls,
             migration,
+            admin_guard,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }

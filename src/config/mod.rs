@@ -7,6 +7,7 @@
 //! whatever its source, goes through the same parser and the same error
 //! message naming its key.
 
+mod admin;
 pub mod cli;
 mod redis;
 mod rules;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::AdminConfig;
 pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 
@@ -29,6 +31,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener: metrics, health, publishing. Default: `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// Origin, Host and token checks of the admin listener.
+    pub admin: AdminConfig,
     /// The backend every non-gateway path is proxied to (`http://host:port`).
     /// Default: none (such paths answer 404).
     pub upstream: Option<String>,
@@ -68,6 +72,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin: AdminConfig::default(),
             upstream: None,
             prefix: "/rt".into(),
             bus: "memory".into(),
@@ -276,6 +281,16 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept to the upstream. Default: 256.
     pub pool_max_idle: usize,
+    /// A proxied request body must be complete this long after its head,
+    /// plus one second per `body_min_rate` bytes received; past it the
+    /// client gets `408 body_timeout` (when the answer has not started) and
+    /// the upstream request is aborted. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Bytes per second a proxied request body must average beyond
+    /// `body_timeout` (each this many bytes extends the deadline by 1 s);
+    /// 0: the whole body within `body_timeout`. Default: 1024.
+    pub body_min_rate: u64,
 }
 
 impl Default for ProxyConfig {
@@ -285,6 +300,8 @@ impl Default for ProxyConfig {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 256,
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
         }
     }
 }
@@ -526,6 +543,9 @@ impl Config {
         for (key, message) in self.redis.problems(&self.bus) {
             bad(&key, message);
         }
+        for (key, message) in self.admin.problems() {
+            bad(&key, message);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             bad(
                 "log_level",
@@ -567,6 +587,7 @@ impl Config {
             ("migration.legacy_window", self.migration.legacy_window),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.timeout", self.proxy.timeout),
+            ("proxy.body_timeout", self.proxy.body_timeout),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {

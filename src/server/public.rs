@@ -25,6 +25,8 @@ enum Route {
     UnknownGatewayPath,
     Bridge(usize),
     Proxy,
+    /// Refused before routing (a bad `Host`).
+    Refused(ApiError),
 }
 
 fn classify(prefix: &str, path: &str) -> Route {
@@ -64,6 +66,7 @@ impl Route {
             | Route::Demo
             | Route::Stats
             | Route::UnknownGatewayPath
+            | Route::Refused(_)
             | Route::Proxy => Transport::Proxy,
             Route::Bridge(_) => Transport::Bridge,
         }
@@ -97,11 +100,17 @@ pub fn route(
             other => other,
         };
         meter.begin_request(route.transport());
+        // Before anything reads or forwards it (RFC 9112 §3.2).
+        let route = match super::host::check(req.version(), req.headers()) {
+            Ok(_) => route,
+            Err(e) => Route::Refused(e),
+        };
         // The future is as large as its largest handler's (see above), so
         // the handlers larger than the poll's, none of them held by the
         // thousand, are boxed (one allocation per request) and the poll's
         // stays inline.
         let result = match route {
+            Route::Refused(e) => Err(e),
             Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel)).await,
             Route::Echo if gw.config.conformance_echo => {
                 Box::pin(websocket::handle_echo(&gw, req)).await
@@ -139,10 +148,9 @@ pub fn route(
             Route::Bridge(index) => Box::pin(gw.bridges.handle(&gw, index, &req, peer)).await,
             Route::Proxy => match &gw.proxy {
                 Some(proxy) => {
-                    Ok(
-                        Box::pin(proxy.forward(req, peer, if secure { "https" } else { "http" }))
-                            .await,
-                    )
+                    let from_proxy = gw.ip_limits.is_trusted(peer.ip());
+                    let scheme = if secure { "https" } else { "http" };
+                    Ok(Box::pin(proxy.forward(req, peer, scheme, from_proxy)).await)
                 }
                 None => Err(ApiError::NotFound(format!(
                     "{} is not a gateway path and no upstream is configured (--upstream)",
@@ -190,16 +198,12 @@ fn authorize_publisher(gw: &Gateway, req: &Request, channel: &str) -> Result<(),
         Some(key)
             if keys
                 .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+                .any(|k| crate::auth::constant_time_eq(k.as_bytes(), key.as_bytes())) =>
         {
             Ok(())
         }
         Some(_) => Err(ApiError::Forbidden("publisher key not accepted".into())),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

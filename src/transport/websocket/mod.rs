@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{query_pairs, Body, Request, Response};
 use crate::metrics::UpgradeFailure;
+use crate::server::auto_errors::JsonAutoErrors;
 use crate::server::meter::MeteredStream;
 use crate::transport::{ConnectionGuard, Transport};
 use session::{Handler, InitialSubscription, Input, Session, Start};
@@ -42,7 +43,7 @@ pub const SUBPROTOCOL: &str = "pollbridge.v1";
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The client socket as hyper hands it back after the upgrade.
-type ClientIo = TokioIo<MeteredStream<TcpStream>>;
+type ClientIo = JsonAutoErrors<TokioIo<MeteredStream<TcpStream>>>;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -242,7 +243,7 @@ fn session_for(
             // The raw socket is back. Copy the (usually empty) read-ahead:
             // keeping hyper's slice would keep its whole 8 KiB read buffer
             // alive for the connection's life.
-            let (stream, meter) = parts.io.into_inner().into_parts();
+            let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
             let socket = Arc::new(WsSocket::new(stream, meter, gw.metrics.clone()));
