@@ -537,3 +537,185 @@ pub fn check_publish_body(body: &[u8]) {
         Err(_) => assert!(std::str::from_utf8(body).is_err(), "refused UTF-8 text"),
     }
 }
+
+// ---------------------------------------------------------------- realtime request heads
+
+/// Reference for `timeout=`: any float Rust reads, finite and not
+/// negative, capped at a day.
+pub fn reference_timeout(text: &str) -> Option<std::time::Duration> {
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// Every error a realtime request's head may be refused with: a JSON body
+/// `{"error":code,"message":…}` whose code is one of `codes`.
+fn check_refusal(e: &pollbridge::error::ApiError, codes: &[&str]) {
+    assert!(codes.contains(&e.code()), "unexpected code {:?}", e.code());
+    assert_eq!(e.status().as_u16() / 100, 4, "a client error: {e}");
+    let body: Value = serde_json::from_slice(&e.body()).expect("the error body is JSON");
+    assert_eq!(body["error"], e.code());
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// The `realtime_request` target: up to three newline-separated parts, a
+/// request path, its query and a `Last-Event-ID` value (none of them can
+/// hold a newline on the wire), through what the realtime routes parse:
+/// the endpoint under the prefix, a poll's query, an event stream's
+/// cursor and a WebSocket handshake's channels.
+pub fn check_realtime_request(data: &[u8]) {
+    use pollbridge::http::{decode_segment, query_pairs};
+    use pollbridge::transport::params::{self, Endpoint};
+
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let path = parts.next().unwrap_or("");
+    let query = parts.next();
+    let last_event_id = parts.next();
+
+    // Endpoints: under the prefix exactly when the path starts with it at a
+    // segment boundary; a channel argument is the decoded rest.
+    let prefix = "/rt";
+    let routed = params::endpoint(prefix, path);
+    let under = path
+        .strip_prefix(prefix)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    assert_eq!(routed.is_some(), under.is_some(), "path {path:?}");
+    let path_channel = match (&routed, under) {
+        (Some(endpoint), Some(rest)) => {
+            let rest = rest.trim_start_matches('/');
+            let arg = |name: &str| {
+                let raw = rest
+                    .strip_prefix(name)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .expect("the endpoint name leads the rest");
+                decode_segment(raw)
+            };
+            match endpoint {
+                Endpoint::Poll(ch) => assert_eq!(*ch, arg("poll")),
+                Endpoint::Sse(ch) => assert_eq!(*ch, arg("sse")),
+                Endpoint::Publish(ch) => assert_eq!(*ch, arg("publish")),
+                Endpoint::WebSocket(Some(ch)) => assert_eq!(*ch, arg("ws")),
+                Endpoint::WebSocket(None) => assert_eq!(rest, "ws"),
+                _ => {}
+            }
+            match endpoint {
+                Endpoint::WebSocket(ch) => ch.clone(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+
+    // A poll's query, against a walk of the pairs with the reference
+    // parsers: the first bad value refuses, later repeats win.
+    let (default, max) = (
+        std::time::Duration::from_secs(25),
+        std::time::Duration::from_secs(120),
+    );
+    let mut expected = Ok((None, default));
+    for (key, value) in query_pairs(query) {
+        let Ok((since, timeout)) = expected else {
+            break;
+        };
+        expected = match &*key {
+            "since" => reference_cursor(&value)
+                .map(|n| (Some(n), timeout))
+                .ok_or("bad_cursor"),
+            "timeout" => reference_timeout(&value)
+                .map(|t| (since, t))
+                .ok_or("bad_timeout"),
+            _ => Ok((since, timeout)),
+        };
+    }
+    match (params::poll_params(query, default, max), expected) {
+        (Ok(p), Ok((since, timeout))) => {
+            assert_eq!(p.since, since, "query {query:?}");
+            assert_eq!(p.timeout, timeout.min(max), "query {query:?}");
+            assert!(p.client_id.as_ref().is_none_or(|c| c.len() <= 64));
+        }
+        (Err(e), Err(code)) => {
+            check_refusal(&e, &["bad_cursor", "bad_timeout"]);
+            assert_eq!(e.code(), code, "query {query:?}");
+        }
+        (got, want) => panic!("query {query:?}: got {got:?}, want {want:?}"),
+    }
+
+    // An event stream's cursor: Last-Event-ID (trimmed) over `since`.
+    let header = last_event_id.and_then(|v| http::HeaderValue::from_str(v).ok());
+    let from_query = query_pairs(query).find(|(k, _)| k == "since");
+    let expected = match (&header, &from_query) {
+        (Some(h), _) => h
+            .to_str()
+            .ok()
+            .and_then(|s| reference_cursor(s.trim()))
+            .map(Some)
+            .ok_or(()),
+        (None, Some((_, v))) => reference_cursor(v).map(Some).ok_or(()),
+        (None, None) => Ok(None),
+    };
+    match params::sse_since(header.as_ref(), query) {
+        Ok(since) => assert_eq!(Ok(since), expected),
+        Err(e) => {
+            check_refusal(&e, &["bad_cursor"]);
+            assert!(expected.is_err());
+        }
+    }
+
+    // A WebSocket handshake's channels.
+    let max_channels = 4;
+    let named: Vec<String> = path_channel
+        .iter()
+        .cloned()
+        .chain(
+            query_pairs(query)
+                .filter(|(k, _)| k == "channel")
+                .map(|(_, v)| v.into_owned()),
+        )
+        .collect();
+    match params::ws_params(path_channel, query, max_channels) {
+        Ok(p) => {
+            let mut distinct: Vec<&str> = Vec::new();
+            for name in &named {
+                assert!(reference_channel_ok(name), "accepted {name:?}");
+                if !distinct.contains(&name.as_str()) {
+                    distinct.push(name);
+                }
+            }
+            let got: Vec<&str> = p.channels.iter().map(|c| c.as_str()).collect();
+            assert_eq!(got, distinct, "in order, without repeats");
+            assert!(got.len() <= max_channels);
+            let since = query_pairs(query)
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| reference_cursor(&v).expect("accepted since"));
+            assert_eq!(p.since, since);
+            if since.is_some() {
+                assert_eq!(got.len(), 1, "since needs exactly one channel");
+            }
+        }
+        Err(e) => {
+            check_refusal(
+                &e,
+                &[
+                    "bad_channel",
+                    "too_many_subscriptions",
+                    "bad_cursor",
+                    "bad_request",
+                ],
+            );
+            match e.code() {
+                "bad_channel" => assert!(named.iter().any(|n| !reference_channel_ok(n))),
+                "too_many_subscriptions" => {
+                    let mut distinct: Vec<&str> = Vec::new();
+                    for n in &named {
+                        if !distinct.contains(&n.as_str()) {
+                            distinct.push(n);
+                        }
+                    }
+                    assert!(distinct.len() > max_channels);
+                }
+                _ => {}
+            }
+        }
+    }
+}

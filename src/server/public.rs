@@ -30,28 +30,19 @@ enum Route {
 }
 
 fn classify(prefix: &str, path: &str) -> Route {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return Route::Proxy;
-    };
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return Route::Proxy; // "/rtx" is not under "/rt"
-    }
-    let (endpoint, arg) = match rest.trim_start_matches('/').split_once('/') {
-        Some((endpoint, arg)) => (endpoint, Some(h::decode_segment(arg))),
-        None => (rest.trim_start_matches('/'), None),
-    };
-    match (endpoint, arg) {
-        ("ws", arg) => Route::WebSocket(arg),
-        ("poll", Some(ch)) => Route::Poll(ch),
-        ("sse", Some(ch)) => Route::Sse(ch),
-        ("publish", Some(ch)) => Route::Publish(ch),
-        ("echo", None) => Route::Echo,
-        ("client.js", None) => Route::Asset(&super::assets::CLIENT_JS),
-        ("client.d.ts", None) => Route::Asset(&super::assets::CLIENT_DTS),
-        ("demo", None) => Route::Demo,
-        ("demo", Some(rest)) if rest.is_empty() => Route::Demo,
-        ("stats", None) => Route::Stats,
-        _ => Route::UnknownGatewayPath,
+    use crate::transport::params::{endpoint, Endpoint};
+    match endpoint(prefix, path) {
+        None => Route::Proxy,
+        Some(Endpoint::WebSocket(channel)) => Route::WebSocket(channel),
+        Some(Endpoint::Poll(channel)) => Route::Poll(channel),
+        Some(Endpoint::Sse(channel)) => Route::Sse(channel),
+        Some(Endpoint::Publish(channel)) => Route::Publish(channel),
+        Some(Endpoint::Echo) => Route::Echo,
+        Some(Endpoint::ClientJs) => Route::Asset(&super::assets::CLIENT_JS),
+        Some(Endpoint::ClientDts) => Route::Asset(&super::assets::CLIENT_DTS),
+        Some(Endpoint::Demo) => Route::Demo,
+        Some(Endpoint::Stats) => Route::Stats,
+        Some(Endpoint::Unknown) => Route::UnknownGatewayPath,
     }
 }
 

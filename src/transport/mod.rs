@@ -4,6 +4,7 @@
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
 pub mod longpoll;
+pub mod params;
 pub mod sse;
 pub mod throttle;
 pub mod websocket;

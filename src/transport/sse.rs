@@ -18,11 +18,11 @@ use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
-use crate::channel::{parse_cursor, ChannelName};
+use crate::channel::ChannelName;
 use crate::config::ChannelRules;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{query_pairs, Body, BoxError, Request, Response};
+use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
 use crate::transport::throttle::Throttle;
 use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Transport};
@@ -42,20 +42,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: &Request, channel: &str) -> Result<R
         .may_subscribe_request(&channel, req.headers(), req.uri().query())
         .await?;
     super::websocket::admit(gw, Transport::Sse)?;
-    // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
-    // the original URL but sends the id it actually got to.
-    let since = match req.headers().get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| parse_cursor(s.trim()))
-                .ok_or(ApiError::BadCursor("Last-Event-ID"))?,
-        ),
-        None => match query_pairs(req.uri().query()).find(|(k, _)| k == "since") {
-            Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
-            None => None,
-        },
-    };
+    let since = super::params::sse_since(req.headers().get("last-event-id"), req.uri().query())?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }
