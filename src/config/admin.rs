@@ -19,7 +19,8 @@ pub struct AdminConfig {
     /// Host names the admin listener answers to besides IP addresses and
     /// `localhost` (e.g. `pollbridge-admin.ops.svc` when scraped through a
     /// Service name). A request with any other `Host` gets 403 (DNS
-    /// rebinding). Default: none.
+    /// rebinding), except the probes `GET /healthz` and `GET /readyz`.
+    /// Default: none.
     pub allowed_hosts: Vec<String>,
     /// Bearer token every admin request must carry (`Authorization: Bearer
     /// TOKEN`), except `GET /healthz`, `GET /readyz` and the admin page

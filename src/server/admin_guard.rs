@@ -2,7 +2,8 @@
 //! an IP address, `localhost` or a name in `admin.allowed_hosts` (a DNS
 //! name rebound to 127.0.0.1 is refused), no `Origin` but the admin page's
 //! own or one in `admin.allowed_origins` (a cross-site POST is refused),
-//! and the bearer token when `admin.token` is set.
+//! and the bearer token when `admin.token` is set. The health probes
+//! (`GET /healthz`, `GET /readyz`) only need a well-formed `Host`.
 
 use http::header::{self, HeaderValue};
 use http::Method;
@@ -40,6 +41,11 @@ impl AdminGuard {
         headers: &http::HeaderMap,
     ) -> Result<(), ApiError> {
         let host = host::check(version, headers)?;
+        if is_probe(method, path) {
+            // Up / ready is all they tell, to anyone: probes and load
+            // balancers may name the listener however they like.
+            return Ok(());
+        }
         if let Some(host) = host {
             if !self.host_allowed(host.as_bytes()) {
                 return Err(ApiError::Forbidden(
@@ -122,10 +128,16 @@ impl AdminGuard {
     }
 }
 
-/// Endpoints that need no token: probes (kubelets, load balancers) and the
-/// static admin page (it reveals nothing; its requests carry the token).
+/// Health probes (kubelets, load balancers, container HEALTHCHECKs): no
+/// name, origin or token check.
+fn is_probe(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/healthz" | "/readyz")
+}
+
+/// Endpoints that need no token: the probes and the static admin page (it
+/// reveals nothing; its requests carry the token).
 fn is_open(method: &Method, path: &str) -> bool {
-    *method == Method::GET && matches!(path, "/healthz" | "/readyz" | "/")
+    is_probe(method, path) || (*method == Method::GET && path == "/")
 }
 
 #[cfg(test)]
@@ -183,6 +195,12 @@ mod tests {
         }
         assert_eq!(check(&g, "GET", "/metrics", &[("host", "a b")]), Some(400));
         assert_eq!(check(&g, "GET", "/metrics", &[]), Some(400));
+        // Probes answer whatever name they are sent to.
+        assert_eq!(check(&g, "GET", "/healthz", &[("host", "x")]), None);
+        assert_eq!(
+            check(&g, "GET", "/readyz", &[("host", "lb.internal")]),
+            None
+        );
     }
 
     #[test]
