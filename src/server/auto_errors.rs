@@ -188,4 +188,45 @@ mod tests {
         }
         assert!(replacement_for(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
     }
+
+    /// Through a pipe that takes a few bytes at a time: hyper's bytes
+    /// count as written at once, the rest of the replacement goes out on
+    /// flush, and other writes pass through untouched.
+    #[tokio::test]
+    async fn a_replacement_larger_than_the_socket_takes_is_finished_on_flush() {
+        use hyper_util::rt::TokioIo;
+        use std::future::poll_fn;
+        use tokio::io::AsyncReadExt;
+
+        let (near, mut far) = tokio::io::duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut io = JsonAutoErrors::new(TokioIo::new(near));
+        let hyper_431 = HYPER_ANSWERS[2];
+        let n = poll_fn(|cx| Pin::new(&mut io).poll_write(cx, hyper_431))
+            .await
+            .unwrap();
+        assert_eq!(n, hyper_431.len());
+        assert!(io.pending.is_some(), "the pipe took only part of it");
+        poll_fn(|cx| Pin::new(&mut io).poll_flush(cx))
+            .await
+            .unwrap();
+        let other = b"other bytes";
+        let mut sent = 0;
+        while sent < other.len() {
+            sent += poll_fn(|cx| Pin::new(&mut io).poll_write(cx, &other[sent..]))
+                .await
+                .unwrap();
+        }
+        poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx))
+            .await
+            .unwrap();
+        drop(io);
+        let mut expected = replacements()[2].clone();
+        expected.extend_from_slice(other);
+        assert_eq!(reader.await.unwrap(), expected);
+    }
 }
