@@ -38,6 +38,16 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("a body must arrive within {0:?}")]
     BodyTimeout(Duration),
+    /// A proxied request body arrived too slowly (`proxy.body_timeout`,
+    /// `proxy.body_min_rate`).
+    #[error("{0}")]
+    BodyTooSlow(String),
+    /// The request head is over `limits.max_header_bytes` (or has too many
+    /// header lines); answered by hyper, with this body.
+    #[error("the request head (request line and headers) is too large")]
+    HeadTooLarge,
+    #[error("the request target (path and query) is too long")]
+    UriTooLong,
     #[error("this is a WebSocket endpoint: send an Upgrade: websocket request")]
     UpgradeRequired,
     #[error("a connection may subscribe to at most {0} channels")]
@@ -82,7 +92,9 @@ impl ApiError {
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyTimeout(_) | BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            UriTooLong => StatusCode::URI_TOO_LONG,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             TooManySubscriptions(_) | RateLimited(_) | AuthRateLimited(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -109,7 +121,9 @@ impl ApiError {
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             TooLarge { .. } => "too_large",
-            BodyTimeout(_) => "body_timeout",
+            BodyTimeout(_) | BodyTooSlow(_) => "body_timeout",
+            HeadTooLarge => "head_too_large",
+            UriTooLong => "uri_too_long",
             UpgradeRequired => "upgrade_required",
             TooManySubscriptions(_) => "too_many_subscriptions",
             RateLimited(_) => "rate_limited",

@@ -61,6 +61,8 @@ pub struct Gateway {
     pub output: Arc<OutputBudget>,
     /// Channels created by client publishes, capped.
     pub client_channels: ClientChannels,
+    /// The admin listener's Origin, Host and token checks.
+    pub admin_guard: crate::server::AdminGuard,
 }
 
 impl Gateway {
@@ -85,6 +87,7 @@ impl Gateway {
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
+        let admin_guard = crate::server::AdminGuard::new(&config.admin)?;
         let bridged_paths: Vec<String> = config.bridges.iter().map(|b| b.path.clone()).collect();
         let migration = Migration::new(
             config.migration.legacy_window,
@@ -129,6 +132,7 @@ impl Gateway {
             migration,
             output,
             client_channels,
+            admin_guard,
             kick: Mutex::new(shutdown.child_token()),
         }))
     }

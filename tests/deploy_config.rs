@@ -144,7 +144,12 @@ fn the_example_values_are_the_defaults() {
 fn the_commented_examples_are_valid_too() {
     // Settings whose validation reads the file they name; their example
     // paths don't exist here, so they are left commented out.
-    const READS_FILES: [&str; 3] = ["jwt_public_key_file = ", "cert_file = ", "key_file = "];
+    const READS_FILES: [&str; 4] = [
+        "jwt_public_key_file = ",
+        "cert_file = ",
+        "key_file = ",
+        "token_file = ",
+    ];
     let text: String = uncomment_all(&example_text())
         .lines()
         .filter(|line| !READS_FILES.iter().any(|key| line.starts_with(key)))

@@ -11,13 +11,12 @@
 
 use std::time::Instant;
 
-use pollbridge::bus::{Epoch, Message, Payload};
+use pollbridge::bus::{Epoch, Message, Payload, MAX_JSON_DEPTH};
 use pollbridge::channel::{parse_cursor, ChannelName, Since, MAX_NAME_LEN};
 use pollbridge::config::cli::from_toml_str;
 use pollbridge::config::glob_match;
 use pollbridge::transport::websocket::command::{self, Command};
 use pollbridge::transport::websocket::frame;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- commands
@@ -50,9 +49,10 @@ impl Expected {
             Ok(Command::Unsubscribe { channel }) => {
                 Expected::Unsubscribe(channel.as_str().to_owned())
             }
-            Ok(Command::Publish { channel, data }) => {
-                Expected::Publish(channel.as_str().to_owned(), data.clone())
-            }
+            Ok(Command::Publish { channel, payload }) => Expected::Publish(
+                channel.as_str().to_owned(),
+                serde_json::from_slice(&payload.to_json_bytes()).expect("a checked payload parses"),
+            ),
             Err(e) => Expected::Refused(e.code),
         }
     }
@@ -99,9 +99,11 @@ pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
             Expected::Subscribe(channel, since)
         }
         "unsubscribe" => Expected::Unsubscribe(channel),
-        // `"data":null` publishes `null`, like an HTTP publish of `null`.
+        // `"data":null` publishes `null`, like an HTTP publish of `null`;
+        // data nested deeper than every publish path allows is refused.
         _ => match object.get("data") {
             None => Expected::Refused("bad_command"),
+            Some(data) if depth(data) > MAX_JSON_DEPTH => Expected::Refused("bad_json"),
             Some(data) => Expected::Publish(channel, data.clone()),
         },
     }
@@ -165,7 +167,9 @@ pub fn check_command(text: &str) {
                 Command::Unsubscribe { channel } => {
                     serde_json::json!({"type": "unsubscribe", "channel": channel.as_str()})
                 }
-                Command::Publish { channel, data } => {
+                Command::Publish { channel, payload } => {
+                    let data: Value = serde_json::from_slice(&payload.to_json_bytes())
+                        .expect("a checked payload parses");
                     serde_json::json!({"type": "publish", "channel": channel.as_str(), "data": data})
                 }
             };
@@ -517,39 +521,24 @@ pub fn check_publish_body(body: &[u8]) {
         }),
     };
     let parsed = serde_json::from_slice::<Value>(body).ok();
-    // The envelope nests `data` one level deeper, and serde_json stops at
-    // 128 levels: compare values only below that.
-    let strict = parsed.as_ref().filter(|v| depth(v) < 128);
 
-    match Payload::json(body) {
-        Ok(payload) => {
+    // The one JSON check of every publish path: exactly what parses into
+    // native values (numbers within f64, no lone surrogates) and nests at
+    // most MAX_JSON_DEPTH levels.
+    let acceptable = parsed.as_ref().filter(|v| depth(v) <= MAX_JSON_DEPTH);
+    match (Payload::json(body), acceptable) {
+        (Ok(payload), Some(input)) => {
             let data = payload.to_json_bytes();
             // Minifying is idempotent: the stored data is its own payload.
             assert_eq!(Payload::json(&data).as_ref(), Ok(&payload));
             let msg = check_message(&channel, id, &data);
-            match strict {
-                Some(input) => {
-                    assert_eq!(&envelope_data(&msg, &channel, id), input);
-                    let reparsed: Value = serde_json::from_slice(msg.data()).expect("data is JSON");
-                    assert_eq!(&reparsed, input);
-                    // The batch and WebSocket publish path: from a Value.
-                    let via_value = Payload::from_value(input).to_json_bytes();
-                    let msg = check_message(&channel, id, &via_value);
-                    assert_eq!(&envelope_data(&msg, &channel, id), input, "via a Value");
-                }
-                None => {
-                    // Accepted by the validator, refused by `Value` (or too
-                    // deep to compare): lone surrogate escapes (`"\ud800"`),
-                    // numbers beyond f64 (`1e400`), nesting deeper than
-                    // 128. The envelope is well-formed by the same grammar.
-                    serde_json::from_slice::<&RawValue>(&msg.envelope)
-                        .expect("the envelope is well-formed JSON text");
-                }
-            }
+            assert_eq!(&envelope_data(&msg, &channel, id), input);
+            let reparsed: Value = serde_json::from_slice(msg.data()).expect("data is JSON");
+            assert_eq!(&reparsed, input);
         }
-        Err(e) => {
-            assert!(parsed.is_none(), "refused a JSON body: {e}");
-        }
+        (Err(_), None) => {}
+        (Ok(_), None) => panic!("accepted a body that does not parse back (or is too deep)"),
+        (Err(e), Some(_)) => panic!("refused a parseable JSON body: {e}"),
     }
 
     match Payload::text(body) {
@@ -562,5 +551,187 @@ pub fn check_publish_body(body: &[u8]) {
             );
         }
         Err(_) => assert!(std::str::from_utf8(body).is_err(), "refused UTF-8 text"),
+    }
+}
+
+// ---------------------------------------------------------------- realtime request heads
+
+/// Reference for `timeout=`: any float Rust reads, finite and not
+/// negative, capped at a day.
+pub fn reference_timeout(text: &str) -> Option<std::time::Duration> {
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| std::time::Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// Every error a realtime request's head may be refused with: a JSON body
+/// `{"error":code,"message":…}` whose code is one of `codes`.
+fn check_refusal(e: &pollbridge::error::ApiError, codes: &[&str]) {
+    assert!(codes.contains(&e.code()), "unexpected code {:?}", e.code());
+    assert_eq!(e.status().as_u16() / 100, 4, "a client error: {e}");
+    let body: Value = serde_json::from_slice(&e.body()).expect("the error body is JSON");
+    assert_eq!(body["error"], e.code());
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// The `realtime_request` target: up to three newline-separated parts, a
+/// request path, its query and a `Last-Event-ID` value (none of them can
+/// hold a newline on the wire), through what the realtime routes parse:
+/// the endpoint under the prefix, a poll's query, an event stream's
+/// cursor and a WebSocket handshake's channels.
+pub fn check_realtime_request(data: &[u8]) {
+    use pollbridge::http::{decode_segment, query_pairs};
+    use pollbridge::transport::params::{self, Endpoint};
+
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let path = parts.next().unwrap_or("");
+    let query = parts.next();
+    let last_event_id = parts.next();
+
+    // Endpoints: under the prefix exactly when the path starts with it at a
+    // segment boundary; a channel argument is the decoded rest.
+    let prefix = "/rt";
+    let routed = params::endpoint(prefix, path);
+    let under = path
+        .strip_prefix(prefix)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    assert_eq!(routed.is_some(), under.is_some(), "path {path:?}");
+    let path_channel = match (&routed, under) {
+        (Some(endpoint), Some(rest)) => {
+            let rest = rest.trim_start_matches('/');
+            let arg = |name: &str| {
+                let raw = rest
+                    .strip_prefix(name)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .expect("the endpoint name leads the rest");
+                decode_segment(raw)
+            };
+            match endpoint {
+                Endpoint::Poll(ch) => assert_eq!(*ch, arg("poll")),
+                Endpoint::Sse(ch) => assert_eq!(*ch, arg("sse")),
+                Endpoint::Publish(ch) => assert_eq!(*ch, arg("publish")),
+                Endpoint::WebSocket(Some(ch)) => assert_eq!(*ch, arg("ws")),
+                Endpoint::WebSocket(None) => assert_eq!(rest, "ws"),
+                _ => {}
+            }
+            match endpoint {
+                Endpoint::WebSocket(ch) => ch.clone(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+
+    // A poll's query, against a walk of the pairs with the reference
+    // parsers: the first bad value refuses, later repeats win.
+    let (default, max) = (
+        std::time::Duration::from_secs(25),
+        std::time::Duration::from_secs(120),
+    );
+    let mut expected = Ok((None, default));
+    for (key, value) in query_pairs(query) {
+        let Ok((since, timeout)) = expected else {
+            break;
+        };
+        expected = match &*key {
+            "since" => reference_cursor(&value)
+                .map(|n| (Some(n), timeout))
+                .ok_or("bad_cursor"),
+            "timeout" => reference_timeout(&value)
+                .map(|t| (since, t))
+                .ok_or("bad_timeout"),
+            _ => Ok((since, timeout)),
+        };
+    }
+    match (params::poll_params(query, default, max), expected) {
+        (Ok(p), Ok((since, timeout))) => {
+            assert_eq!(p.since, since, "query {query:?}");
+            assert_eq!(p.timeout, timeout.min(max), "query {query:?}");
+            assert!(p.client_id.as_ref().is_none_or(|c| c.len() <= 64));
+        }
+        (Err(e), Err(code)) => {
+            check_refusal(&e, &["bad_cursor", "bad_timeout"]);
+            assert_eq!(e.code(), code, "query {query:?}");
+        }
+        (got, want) => panic!("query {query:?}: got {got:?}, want {want:?}"),
+    }
+
+    // An event stream's cursor: Last-Event-ID (trimmed) over `since`.
+    let header = last_event_id.and_then(|v| http::HeaderValue::from_str(v).ok());
+    let from_query = query_pairs(query).find(|(k, _)| k == "since");
+    let expected = match (&header, &from_query) {
+        (Some(h), _) => h
+            .to_str()
+            .ok()
+            .and_then(|s| reference_cursor(s.trim()))
+            .map(Some)
+            .ok_or(()),
+        (None, Some((_, v))) => reference_cursor(v).map(Some).ok_or(()),
+        (None, None) => Ok(None),
+    };
+    match params::sse_since(header.as_ref(), query) {
+        Ok(since) => assert_eq!(Ok(since), expected),
+        Err(e) => {
+            check_refusal(&e, &["bad_cursor"]);
+            assert!(expected.is_err());
+        }
+    }
+
+    // A WebSocket handshake's channels.
+    let max_channels = 4;
+    let named: Vec<String> = path_channel
+        .iter()
+        .cloned()
+        .chain(
+            query_pairs(query)
+                .filter(|(k, _)| k == "channel")
+                .map(|(_, v)| v.into_owned()),
+        )
+        .collect();
+    match params::ws_params(path_channel, query, max_channels) {
+        Ok(p) => {
+            let mut distinct: Vec<&str> = Vec::new();
+            for name in &named {
+                assert!(reference_channel_ok(name), "accepted {name:?}");
+                if !distinct.contains(&name.as_str()) {
+                    distinct.push(name);
+                }
+            }
+            let got: Vec<&str> = p.channels.iter().map(|c| c.as_str()).collect();
+            assert_eq!(got, distinct, "in order, without repeats");
+            assert!(got.len() <= max_channels);
+            let since = query_pairs(query)
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| reference_cursor(&v).expect("accepted since"));
+            assert_eq!(p.since, since);
+            if since.is_some() {
+                assert_eq!(got.len(), 1, "since needs exactly one channel");
+            }
+        }
+        Err(e) => {
+            check_refusal(
+                &e,
+                &[
+                    "bad_channel",
+                    "too_many_subscriptions",
+                    "bad_cursor",
+                    "bad_request",
+                ],
+            );
+            match e.code() {
+                "bad_channel" => assert!(named.iter().any(|n| !reference_channel_ok(n))),
+                "too_many_subscriptions" => {
+                    let mut distinct: Vec<&str> = Vec::new();
+                    for n in &named {
+                        if !distinct.contains(&n.as_str()) {
+                            distinct.push(n);
+                        }
+                    }
+                    assert!(distinct.len() > max_channels);
+                }
+                _ => {}
+            }
+        }
     }
 }

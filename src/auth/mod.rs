@@ -7,6 +7,7 @@
 
 mod backend;
 mod limiter;
+mod origin;
 mod token;
 
 pub use backend::{kept_headers, BackendAnswer};
@@ -43,10 +44,22 @@ impl Credentials {
         self.token.is_some() || self.cookie.is_some() || self.authorization.is_some()
     }
 
+    /// Everything the request presents, cookies included.
     pub fn from_request(
         headers: &HeaderMap,
         query: Option<&str>,
         token_cookie: &str,
+    ) -> Credentials {
+        Self::gather(headers, query, token_cookie, true)
+    }
+
+    /// What the request presents; with `with_cookies` false its cookies
+    /// are left out (a cross-site request, see [`origin`]).
+    fn gather(
+        headers: &HeaderMap,
+        query: Option<&str>,
+        token_cookie: &str,
+        with_cookies: bool,
     ) -> Credentials {
         let from_query = query_pairs(query)
             .find(|(k, _)| k == "token")
@@ -59,6 +72,7 @@ impl Credentials {
         let from_cookie = headers
             .get_all(header::COOKIE)
             .iter()
+            .filter(|_| with_cookies)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
@@ -66,7 +80,10 @@ impl Credentials {
             .map(|(_, value)| value.to_string());
         Credentials {
             token: from_query.or(from_bearer).or(from_cookie),
-            cookie: headers.get(header::COOKIE).cloned(),
+            cookie: headers
+                .get(header::COOKIE)
+                .filter(|_| with_cookies)
+                .cloned(),
             authorization: headers.get(header::AUTHORIZATION).cloned(),
         }
     }
@@ -77,6 +94,12 @@ impl Credentials {
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares secrets (keys, tokens) in time that does not depend on where
+/// they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A permission to read a channel, possibly until the token expires.
@@ -114,8 +137,11 @@ impl Authorizer {
         }))
     }
 
+    /// What the request presents. Cookies count only from the gateway's
+    /// own site or an allowed origin (see [`origin`]).
     pub fn credentials(&self, headers: &HeaderMap, query: Option<&str>) -> Credentials {
-        Credentials::from_request(headers, query, &self.token_cookie)
+        let with_cookies = origin::cookies_honoured(headers, |o| self.origin_allowed(o));
+        Credentials::gather(headers, query, &self.token_cookie, with_cookies)
     }
 
     /// Whether the request's origin may connect at all.

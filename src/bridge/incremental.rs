@@ -315,7 +315,20 @@ impl IncrementalFeed {
             self.resolve();
             return true;
         }
-        let payloads: Vec<Payload> = new.iter().map(|i| Payload::from_value(&i.value)).collect();
+        // The same JSON check as every publish path (nesting, numbers).
+        let payloads: Result<Vec<Payload>, _> = new
+            .iter()
+            .map(|i| Payload::json(&serde_json::to_vec(&i.value).expect("a Value encodes")))
+            .collect();
+        let payloads = match payloads {
+            Ok(payloads) => payloads,
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %e, "bridge cannot publish the backend's items");
+                self.route.upstream_result("error");
+                self.resolve();
+                return false;
+            }
+        };
         match gw.bus.publish_many(&self.channel, &payloads).await {
             Ok(published) => {
                 let last = new.last().expect("not empty");

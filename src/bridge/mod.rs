@@ -475,9 +475,9 @@ async fn pass_through(
         .proxy
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("bridge configured without an upstream".into()))?;
-    Ok(proxy
-        .forward(req, peer, if secure { "https" } else { "http" })
-        .await)
+    let from_proxy = gw.ip_limits.is_trusted(peer.ip());
+    let scheme = if secure { "https" } else { "http" };
+    Ok(proxy.forward(req, peer, scheme, from_proxy).await)
 }
 
 /// A `200` a legacy client gets from the gateway's copy.

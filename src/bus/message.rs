@@ -29,19 +29,14 @@ pub enum PayloadError {
 }
 
 impl Payload {
-    /// A JSON payload from raw bytes: validated, then minified.
+    /// A JSON payload from raw bytes: checked by [`check_json`] (the one
+    /// check of every publish path: HTTP, batch, WebSocket, bridge), then
+    /// minified. Numbers keep the digits they were sent with.
+    ///
+    /// [`check_json`]: super::json_check::check_json
     pub fn json(raw: &[u8]) -> Result<Payload, PayloadError> {
-        serde_json::from_slice::<&serde_json::value::RawValue>(raw)
-            .map_err(|e| PayloadError::BadJson(e.to_string()))?;
+        super::json_check::check_json(raw).map_err(PayloadError::BadJson)?;
         Ok(Payload::Json(minify_json(raw)))
-    }
-
-    /// A JSON payload from an already-parsed value (batch publishes, client
-    /// publishes).
-    pub fn from_value(value: &serde_json::Value) -> Payload {
-        Payload::Json(Bytes::from(
-            serde_json::to_vec(value).expect("a Value always serialises"),
-        ))
     }
 
     /// A text payload from raw bytes.

@@ -9,6 +9,7 @@
 pub mod epoch;
 mod history;
 pub mod hub;
+mod json_check;
 pub mod memory;
 mod message;
 pub mod queue;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use epoch::Epoch;
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
+pub use json_check::{check_json, MAX_JSON_DEPTH};
 pub(crate) use message::{put_sse_head, sse_head_len};
 pub use message::{Message, Payload, PayloadError};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};

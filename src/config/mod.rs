@@ -7,6 +7,7 @@
 //! whatever its source, goes through the same parser and the same error
 //! message naming its key.
 
+mod admin;
 mod bridge;
 mod bridge_auth;
 pub mod cli;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::AdminConfig;
 pub use bridge::BridgeMode;
 use bridge::{
     bridge_route_problems, default_cursor_param, default_ignore_params, default_item_id,
@@ -41,6 +43,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener: metrics, health, publishing. Default: `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// Origin, Host and token checks of the admin listener.
+    pub admin: AdminConfig,
     /// The backend every non-gateway path is proxied to (`http://host:port`).
     /// Default: none (such paths answer 404).
     pub upstream: Option<String>,
@@ -80,6 +84,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin: AdminConfig::default(),
             upstream: None,
             prefix: "/rt".into(),
             bus: "memory".into(),
@@ -296,6 +301,16 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept to the upstream. Default: 256.
     pub pool_max_idle: usize,
+    /// A proxied request body must be complete this long after its head,
+    /// plus one second per `body_min_rate` bytes received; past it the
+    /// client gets `408 body_timeout` (when the answer has not started) and
+    /// the upstream request is aborted. Default: 10s.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Bytes per second a proxied request body must average beyond
+    /// `body_timeout` (each this many bytes extends the deadline by 1 s);
+    /// 0: the whole body within `body_timeout`. Default: 1024.
+    pub body_min_rate: u64,
 }
 
 impl Default for ProxyConfig {
@@ -305,6 +320,8 @@ impl Default for ProxyConfig {
             timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 256,
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
         }
     }
 }
@@ -508,6 +525,12 @@ pub struct AuthConfig {
     pub auth_rate_per_ip: u32,
     /// Backend answers (grants and denials) cached at most. Default: 100000.
     pub auth_cache_max_entries: usize,
+    /// Clock skew allowed between the site that signs subscriber tokens and
+    /// the gateway: a token is accepted until `exp + leeway` and from
+    /// `nbf - leeway`, and a WebSocket or SSE session it opened is closed
+    /// at `exp + leeway`. At most 1h. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
 }
 
 impl Default for AuthConfig {
@@ -526,6 +549,7 @@ impl Default for AuthConfig {
             auth_rate: 100,
             auth_rate_per_ip: 5,
             auth_cache_max_entries: 100_000,
+            leeway: Duration::from_secs(5),
         }
     }
 }
@@ -607,6 +631,9 @@ impl Config {
         for (key, message) in self.redis.problems(&self.bus) {
             bad(&key, message);
         }
+        for (key, message) in self.admin.problems() {
+            bad(&key, message);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             bad(
                 "log_level",
@@ -671,6 +698,7 @@ impl Config {
             ("migration.legacy_window", self.migration.legacy_window),
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.timeout", self.proxy.timeout),
+            ("proxy.body_timeout", self.proxy.body_timeout),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -718,6 +746,9 @@ impl Config {
             if let Err(e) = crate::auth::load_public_key(path) {
                 bad("auth.jwt_public_key_file", e);
             }
+        }
+        if self.auth.leeway > Duration::from_secs(3600) {
+            bad("auth.leeway", "must be at most 1h".into());
         }
         if self
             .auth

@@ -17,6 +17,18 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers a client's `Connection` may not remove: the target (`Host`)
+/// and what the gateway itself sets for the upstream. (`Connection:
+/// Host` once stripped Host, so the upstream saw the gateway's own.)
+static NEVER_NAMED_AWAY: [HeaderName; 6] = [
+    header::HOST,
+    header::FORWARDED,
+    header::VIA,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+];
+
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -49,7 +61,8 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-/// Removes hop-by-hop headers, including every header `Connection` names.
+/// Removes hop-by-hop headers, including every header `Connection` names
+/// (except those in [`NEVER_NAMED_AWAY`]).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Nearly every request and response has none: one pass over the names
     // (no hashing) instead of nine removals. Headers named by `Connection`
@@ -63,6 +76,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_NAMED_AWAY.contains(name))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -89,13 +103,22 @@ fn write_ip(ip: IpAddr, buf: &mut [u8; 48]) -> usize {
 }
 
 /// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` (the Host the client asked for) and `Via`.
+/// `X-Forwarded-Host` (the Host the client asked for), `Forwarded`
+/// (RFC 7239) and `Via`.
+///
+/// `Forwarded` follows `limits.trusted_proxies`: a trusted proxy's value is
+/// kept and this hop appended; anyone else's is dropped (a public client
+/// is no proxy, and a backend reading `for=` must not see a forged one).
+/// `X-Forwarded-For` keeps its long-standing behaviour of appending (its
+/// right-most entry is always this hop's peer).
 pub fn add_forwarding(
     headers: &mut HeaderMap,
     peer: IpAddr,
     proto: &'static str,
     version: http::Version,
+    from_trusted_proxy: bool,
 ) {
+    add_forwarded(headers, peer, proto, from_trusted_proxy);
     let mut buf = [0u8; 48];
     let len = write_ip(peer, &mut buf);
     let ip = &buf[..len];
@@ -125,6 +148,46 @@ pub fn add_forwarding(
     };
     if let Some(v) = via {
         headers.insert(header::VIA, v);
+    }
+}
+
+/// `Forwarded: for=…;proto=…;host="…"` for this hop (RFC 7239 §4),
+/// appended to a trusted proxy's value, replacing anyone else's.
+fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, trusted: bool) {
+    let mut element = String::with_capacity(64);
+    match peer {
+        IpAddr::V4(ip) => element.push_str(&format!("for={ip}")),
+        // An IPv6 node is quoted and bracketed (§6).
+        IpAddr::V6(ip) => element.push_str(&format!("for=\"[{ip}]\"")),
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        // Checked to be host[:port] (no quote or backslash) before
+        // proxying; quoted because `:` is not a token character.
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
+    let prior: Vec<String> = if trusted {
+        headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    headers.remove(header::FORWARDED);
+    let value = if prior.is_empty() {
+        element
+    } else {
+        format!("{}, {element}", prior.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::FORWARDED, v);
     }
 }
 
@@ -161,6 +224,7 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
             "http",
             http::Version::HTTP_11,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -206,6 +270,7 @@ mod tests {
             "::1".parse().unwrap(),
             "https",
             http::Version::HTTP_2,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -223,6 +288,7 @@ mod tests {
             "10.1.2.3".parse().unwrap(),
             "http",
             http::Version::HTTP_10,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["via"], "1.0 edge, 1.0 pollbridge");
@@ -237,6 +303,7 @@ mod tests {
             "10.1.2.3".parse().unwrap(),
             "http",
             http::Version::HTTP_11,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
     }
@@ -257,5 +324,72 @@ mod tests {
             remove_hop_by_hop(&mut h);
             assert_eq!(h, before, "{name}");
         }
+    }
+
+    #[test]
+    fn connection_never_names_away_host_or_the_gateways_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(
+                "Host, Via, Forwarded, X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, x-gone",
+            ),
+        );
+        for name in [
+            "via",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-gone",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "app.test");
+        for kept in [
+            "via",
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            assert!(h.contains_key(kept), "{kept} was removed");
+        }
+        assert!(!h.contains_key("x-gone") && !h.contains_key("connection"));
+    }
+
+    #[test]
+    fn forwarded_is_rebuilt_unless_a_trusted_proxy_sent_it() {
+        let client = |trusted: bool, peer: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("app.test:8080"));
+            h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+            add_forwarding(
+                &mut h,
+                peer.parse().unwrap(),
+                "https",
+                http::Version::HTTP_11,
+                trusted,
+            );
+            h
+        };
+        let h = client(false, "1.2.3.4");
+        assert_eq!(h.get_all(header::FORWARDED).iter().count(), 1);
+        assert_eq!(
+            h["forwarded"],
+            "for=1.2.3.4;proto=https;host=\"app.test:8080\""
+        );
+        let h = client(true, "10.0.0.2");
+        assert_eq!(
+            h["forwarded"],
+            "for=6.6.6.6, for=10.0.0.2;proto=https;host=\"app.test:8080\""
+        );
+        let h = client(false, "::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"app.test:8080\""
+        );
     }
 }

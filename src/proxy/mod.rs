@@ -1,6 +1,7 @@
 //! Reverse proxy: every path outside the gateway's prefix goes to the
 //! upstream unchanged, bodies streamed both ways, upgrades tunnelled.
 
+mod body;
 mod headers;
 
 use std::net::SocketAddr;
@@ -9,7 +10,6 @@ use std::time::Instant;
 
 use http::uri::{Authority, Scheme};
 use http::{StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
 use crate::transport::{ConnectionGuard, Transport};
+use body::{GuardedBody, Pace};
 
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
 
@@ -43,9 +44,11 @@ pub fn parse_upstream(url: &str) -> Result<Authority, String> {
 
 /// The pooled client and where it sends requests.
 pub struct Proxy {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, GuardedBody>,
     upstream: Authority,
     timeout: std::time::Duration,
+    /// How fast request bodies must arrive.
+    pace: Pace,
     metrics: Arc<Metrics>,
 }
 
@@ -66,19 +69,32 @@ impl Proxy {
             client,
             upstream,
             timeout: cfg.timeout,
+            pace: Pace {
+                grace: cfg.body_timeout,
+                min_rate: cfg.body_min_rate,
+            },
             metrics,
         })
     }
 
-    /// Forwards one request and returns the upstream's answer (or 502/504).
+    /// Forwards one request and returns the upstream's answer (or 502/504,
+    /// or 400/408 when the client's own body failed). `from_trusted_proxy`:
+    /// the peer is in `limits.trusted_proxies` (its `Forwarded` is kept).
     pub async fn forward(
         &self,
-        mut req: Request,
+        req: Request,
         peer: SocketAddr,
         proto: &'static str,
+        from_trusted_proxy: bool,
     ) -> Response {
         let _in_flight = ConnectionGuard::new(&self.metrics, Transport::Proxy);
         let started = Instant::now();
+        let mut fault = None;
+        let mut req = req.map(|body| {
+            let (body, slot) = GuardedBody::new(body, self.pace);
+            fault = slot;
+            body
+        });
         let client_version = req.version();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -94,7 +110,13 @@ impl Proxy {
 
         let upgrade = upgrade_protocol(req.headers());
         remove_hop_by_hop(req.headers_mut());
-        add_forwarding(req.headers_mut(), peer.ip(), proto, client_version);
+        add_forwarding(
+            req.headers_mut(),
+            peer.ip(),
+            proto,
+            client_version,
+            from_trusted_proxy,
+        );
         let downstream_upgrade = upgrade.map(|proto| {
             req.headers_mut().insert(http::header::UPGRADE, proto);
             req.headers_mut().insert(
@@ -109,23 +131,29 @@ impl Proxy {
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
+        // What went wrong is logged with the upstream's address; the
+        // client is told only what kind of failure it was.
         let mut resp = match result {
             Err(_) => {
+                tracing::warn!(upstream = %self.upstream, timeout = ?self.timeout, "proxy: the upstream did not answer in time");
                 return self.fail(ApiError::UpstreamTimeout(format!(
-                    "upstream {} did not answer within {:?}",
-                    self.upstream, self.timeout
-                )))
+                    "the upstream did not answer within {:?}",
+                    self.timeout
+                )));
             }
             Ok(Err(e)) => {
-                let err = if e.is_connect() {
-                    ApiError::UpstreamUnreachable(format!(
-                        "cannot connect to upstream {}",
-                        self.upstream
-                    ))
+                // The client's body failed first: its fault, not the upstream's.
+                if let Some(fault) = fault.as_ref().and_then(|slot| slot.get()) {
+                    let err = fault.to_error();
+                    tracing::debug!(%peer, error = %err, "proxy: client request body failed");
+                    return self.fail(err);
+                }
+                tracing::warn!(upstream = %self.upstream, error = %e, connect = e.is_connect(), "proxy: upstream request failed");
+                return self.fail(ApiError::UpstreamUnreachable(if e.is_connect() {
+                    "the upstream is unreachable".into()
                 } else {
-                    ApiError::UpstreamUnreachable(format!("upstream {} failed: {e}", self.upstream))
-                };
-                return self.fail(err);
+                    "the upstream failed to answer".into()
+                }));
             }
             Ok(Ok(resp)) => resp,
         };
@@ -153,8 +181,9 @@ impl Proxy {
         resp.map(Body::upstream)
     }
 
+    /// The gateway's own answer (already logged), counted by status class
+    /// like the upstream's answers.
     fn fail(&self, err: ApiError) -> Response {
-        tracing::warn!(error = %err, "proxy");
         self.metrics.proxy_answered(err.status().as_u16());
         crate::http::error(&err)
     }

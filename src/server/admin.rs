@@ -12,6 +12,10 @@ use crate::gateway::Gateway;
 use crate::http::{self as h, Request, Response};
 
 pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
+    if let Err(e) = gw.admin_guard.check(&req) {
+        tracing::debug!(error = %e, "admin request refused");
+        return h::error(&e);
+    }
     let path = req.uri().path().to_string();
     let result = match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {

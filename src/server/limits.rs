@@ -77,7 +77,8 @@ impl IpLimits {
         })
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
+    /// True for a peer in `limits.trusted_proxies`.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 

@@ -7,15 +7,20 @@
 //! for every tracked task up to `shutdown.drain_timeout`.
 
 pub mod admin;
+mod admin_guard;
 pub mod assets;
+pub mod auto_errors;
 pub mod bucket;
 pub mod channel_list;
+pub mod host;
 pub mod limits;
 pub mod meter;
 pub mod public;
 mod publish;
 pub mod stats;
 pub mod tls;
+
+pub use admin_guard::AdminGuard;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -206,6 +211,7 @@ async fn serve_public<I>(
         let meter = meter.clone();
         async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter, secure).await) }
     });
+    let io = auto_errors::JsonAutoErrors::new(io);
     let conn = builder.serve_connection(io, service).with_upgrades();
     tracing::debug!(%peer, secure, "connection open");
     tokio::pin!(conn);
@@ -270,14 +276,18 @@ async fn accept_admin(gw: Arc<Gateway>, listener: TcpListener) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(gw.config.limits.header_read_timeout);
+        .header_read_timeout(gw.config.limits.header_read_timeout)
+        // As on the public listener; also lets JsonAutoErrors recognise
+        // hyper's own error answers.
+        .auto_date_header(false);
     while let Some((stream, peer)) = accept(&gw, &listener).await {
         let svc_gw = gw.clone();
         let service = service_fn(move |req| {
             let gw = svc_gw.clone();
             async move { Ok::<_, Infallible>(admin::route(gw, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = auto_errors::JsonAutoErrors::new(TokioIo::new(stream));
+        let conn = builder.serve_connection(io, service);
         let token = gw.shutdown.clone();
         gw.tasks.spawn(async move {
             tokio::pin!(conn);

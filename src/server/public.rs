@@ -25,31 +25,24 @@ enum Route {
     UnknownGatewayPath,
     Bridge(usize),
     Proxy,
+    /// Refused before routing (a bad `Host`).
+    Refused(ApiError),
 }
 
 fn classify(prefix: &str, path: &str) -> Route {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return Route::Proxy;
-    };
-    if !rest.is_empty() && !rest.starts_with('/') {
-        return Route::Proxy; // "/rtx" is not under "/rt"
-    }
-    let (endpoint, arg) = match rest.trim_start_matches('/').split_once('/') {
-        Some((endpoint, arg)) => (endpoint, Some(h::decode_segment(arg))),
-        None => (rest.trim_start_matches('/'), None),
-    };
-    match (endpoint, arg) {
-        ("ws", arg) => Route::WebSocket(arg),
-        ("poll", Some(ch)) => Route::Poll(ch),
-        ("sse", Some(ch)) => Route::Sse(ch),
-        ("publish", Some(ch)) => Route::Publish(ch),
-        ("echo", None) => Route::Echo,
-        ("client.js", None) => Route::Asset(&super::assets::CLIENT_JS),
-        ("client.d.ts", None) => Route::Asset(&super::assets::CLIENT_DTS),
-        ("demo", None) => Route::Demo,
-        ("demo", Some(rest)) if rest.is_empty() => Route::Demo,
-        ("stats", None) => Route::Stats,
-        _ => Route::UnknownGatewayPath,
+    use crate::transport::params::{endpoint, Endpoint};
+    match endpoint(prefix, path) {
+        None => Route::Proxy,
+        Some(Endpoint::WebSocket(channel)) => Route::WebSocket(channel),
+        Some(Endpoint::Poll(channel)) => Route::Poll(channel),
+        Some(Endpoint::Sse(channel)) => Route::Sse(channel),
+        Some(Endpoint::Publish(channel)) => Route::Publish(channel),
+        Some(Endpoint::Echo) => Route::Echo,
+        Some(Endpoint::ClientJs) => Route::Asset(&super::assets::CLIENT_JS),
+        Some(Endpoint::ClientDts) => Route::Asset(&super::assets::CLIENT_DTS),
+        Some(Endpoint::Demo) => Route::Demo,
+        Some(Endpoint::Stats) => Route::Stats,
+        Some(Endpoint::Unknown) => Route::UnknownGatewayPath,
     }
 }
 
@@ -64,6 +57,7 @@ impl Route {
             | Route::Demo
             | Route::Stats
             | Route::UnknownGatewayPath
+            | Route::Refused(_)
             | Route::Proxy => Transport::Proxy,
             Route::Bridge(_) => Transport::Bridge,
         }
@@ -97,6 +91,11 @@ pub fn route(
             other => other,
         };
         meter.begin_request(route.transport());
+        // Before anything reads or forwards it (RFC 9112 §3.2).
+        let route = match super::host::check(req.version(), req.headers()) {
+            Ok(_) => route,
+            Err(e) => Route::Refused(e),
+        };
         if route.transport() == Transport::WebSocket {
             // The upgrade tells the meter when its handshake is over.
             req.extensions_mut().insert(meter.clone());
@@ -106,6 +105,7 @@ pub fn route(
         // thousand, are boxed (one allocation per request) and the poll's
         // stays inline.
         let result = match route {
+            Route::Refused(e) => Err(e),
             Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel, peer)).await,
             Route::Echo if gw.config.conformance_echo => {
                 Box::pin(websocket::handle_echo(&gw, req)).await
@@ -145,10 +145,9 @@ pub fn route(
             }
             Route::Proxy => match &gw.proxy {
                 Some(proxy) => {
-                    Ok(
-                        Box::pin(proxy.forward(req, peer, if secure { "https" } else { "http" }))
-                            .await,
-                    )
+                    let from_proxy = gw.ip_limits.is_trusted(peer.ip());
+                    let scheme = if secure { "https" } else { "http" };
+                    Ok(Box::pin(proxy.forward(req, peer, scheme, from_proxy)).await)
                 }
                 None => Err(ApiError::NotFound(format!(
                     "{} is not a gateway path and no upstream is configured (--upstream)",
@@ -196,16 +195,12 @@ fn authorize_publisher(gw: &Gateway, req: &Request, channel: &str) -> Result<(),
         Some(key)
             if keys
                 .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+                .any(|k| crate::auth::constant_time_eq(k.as_bytes(), key.as_bytes())) =>
         {
             Ok(())
         }
         Some(_) => Err(ApiError::Forbidden("publisher key not accepted".into())),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -61,7 +61,8 @@ pub async fn single(gw: &Arc<Gateway>, req: Request, channel: &str) -> Result<Re
 #[serde(deny_unknown_fields)]
 struct BatchItem {
     channel: String,
-    data: serde_json::Value,
+    /// Kept as sent: checked by [`Payload::json`] like a single publish.
+    data: Box<serde_json::value::RawValue>,
 }
 
 /// `POST /publish` with `[{"channel":…,"data":…},…]`: every item is checked
@@ -88,7 +89,13 @@ pub async fn batch(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError
             tracing::debug!(item = i, "batch publish refused: {e}");
             ApiError::BadChannel(e)
         })?;
-        let payload = Payload::from_value(&item.data);
+        let payload = Payload::json(item.data.get().as_bytes()).map_err(|e| {
+            tracing::debug!(item = i, "batch publish refused: {e}");
+            match payload_error(e) {
+                ApiError::BadJson(why) => ApiError::BadJson(format!("item {i}: {why}")),
+                other => other,
+            }
+        })?;
         if payload.to_json_bytes().len() > limits.max_message_bytes {
             return Err(ApiError::TooLarge {
                 limit: limits.max_message_bytes,

@@ -19,7 +19,6 @@
 //! shared envelopes as the socket drains ([`crate::transport::replay`]),
 //! and counted against the gateway's output budget while it is unsent.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -33,63 +32,15 @@ use http::{Method, StatusCode};
 
 use crate::bus::epoch::cursor_text;
 use crate::bus::{Bus, Epoch, Message, SubscriberQueue};
-use crate::channel::{parse_cursor, ChannelName, Since};
+use crate::channel::{ChannelName, Since};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{json, query_pairs, Body, Request, Response};
+use crate::http::{json, Body, Request, Response};
 use crate::metrics::PollResult;
 use crate::migration;
 use crate::transport::output::standalone_account;
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 use crate::transport::{record_delivery, ConnectionGuard, Cursor, Step, Transport};
-
-/// The parsed query of a poll. The strings borrow from the request's URI
-/// unless they had to be percent-decoded.
-struct PollQuery<'q> {
-    since: Option<Since>,
-    timeout: Duration,
-    /// The browser client's reason for falling back from WebSocket, sent
-    /// on its first poll after the fallback.
-    fallback: Option<Cow<'q, str>>,
-    /// The browser client's page-load id, for counting distinct pollers.
-    client_id: Option<Cow<'q, str>>,
-}
-
-fn parse_query<'q>(gw: &Gateway, query: Option<&'q str>) -> Result<PollQuery<'q>, ApiError> {
-    let mut since = None;
-    let mut timeout = gw.config.longpoll.default_timeout;
-    let (mut fallback, mut client_id) = (None, None);
-    for (key, value) in query_pairs(query) {
-        match &*key {
-            "since" => since = Some(parse_cursor(&value).ok_or(ApiError::BadCursor("since"))?),
-            "timeout" => timeout = parse_timeout(&value)?,
-            "fallback" => fallback = Some(value),
-            "cid" if value.len() <= 64 => client_id = Some(value),
-            _ => {}
-        }
-    }
-    Ok(PollQuery {
-        since,
-        timeout: timeout.min(gw.config.longpoll.max_timeout),
-        fallback,
-        client_id,
-    })
-}
-
-/// `timeout=` in seconds, fractions allowed, capped at a day.
-fn parse_timeout(value: &str) -> Result<Duration, ApiError> {
-    // Whole seconds (what clients send) without the float parser; the
-    // same value the float path below gives for them.
-    if !value.is_empty() && value.len() <= 18 && value.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = value.parse().map_err(|_| ApiError::BadTimeout)?;
-        return Ok(Duration::from_secs(secs.min(86_400)));
-    }
-    let secs: f64 = value.parse().map_err(|_| ApiError::BadTimeout)?;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(ApiError::BadTimeout);
-    }
-    Ok(Duration::from_secs_f64(secs.min(86_400.0)))
-}
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
@@ -183,7 +134,8 @@ async fn admit(
         return Err(ApiError::MethodNotAllowed("GET"));
     }
     let channel = channel_name(channel)?;
-    let query = parse_query(gw, req.uri().query())?;
+    let lp = &gw.config.longpoll;
+    let query = super::params::poll_params(req.uri().query(), lp.default_timeout, lp.max_timeout)?;
     let client = gw.ip_limits.client_ip(peer.ip(), req.headers());
     gw.ip_limits
         .allow_poll(client)
@@ -548,35 +500,6 @@ mod tests {
             &empty[..],
             br#"{"messages":[],"last_id":7,"truncated":true,"conflated":true,"cursor":"7"}"#
         );
-    }
-
-    #[test]
-    fn whole_second_timeouts_match_the_float_path() {
-        for text in [
-            "0",
-            "1",
-            "60",
-            "0060",
-            "86400",
-            "86401",
-            "999999999999999999",
-        ] {
-            let float: f64 = text.parse().unwrap();
-            assert_eq!(
-                parse_timeout(text).unwrap(),
-                Duration::from_secs_f64(float.min(86_400.0)),
-                "{text}"
-            );
-        }
-        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_timeout("1e1").unwrap(), Duration::from_secs(10));
-        assert_eq!(
-            parse_timeout("99999999999999999999999").unwrap(),
-            Duration::from_secs(86_400)
-        );
-        for bad in ["", "-1", "x", "inf", "NaN", "1s"] {
-            assert!(parse_timeout(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

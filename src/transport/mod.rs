@@ -6,6 +6,7 @@
 pub mod client_channels;
 pub mod longpoll;
 pub mod output;
+pub mod params;
 pub mod replay;
 pub mod sse;
 pub mod throttle;

@@ -23,11 +23,11 @@ use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
-use crate::channel::{parse_cursor, ChannelName, Since};
+use crate::channel::{ChannelName, Since};
 use crate::config::ChannelRules;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{query_pairs, Body, BoxError, Request, Response};
+use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
 use crate::server::meter::ConnMeter;
 use crate::transport::replay::{Framing, Replay};
@@ -59,20 +59,7 @@ pub async fn handle(
         )
         .await?;
     super::websocket::admit(gw, Transport::Sse)?;
-    // Last-Event-ID wins over ?since=: on a reconnect the browser repeats
-    // the original URL but sends the id it actually got to.
-    let since = match req.headers().get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| parse_cursor(s.trim()))
-                .ok_or(ApiError::BadCursor("Last-Event-ID"))?,
-        ),
-        None => match query_pairs(req.uri().query()).find(|(k, _)| k == "since") {
-            Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
-            None => None,
-        },
-    };
+    let since = super::params::sse_since(req.headers().get("last-event-id"), req.uri().query())?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
     }

@@ -1,7 +1,9 @@
 //! Client-to-server JSON commands on a WebSocket.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
+use crate::bus::{Payload, PayloadError};
 use crate::channel::{parse_cursor, ChannelName, Since};
 
 /// A command a client may send as a text frame.
@@ -14,9 +16,10 @@ pub enum Command {
     Unsubscribe {
         channel: ChannelName,
     },
+    /// `data`, already through the check every publish path shares.
     Publish {
         channel: ChannelName,
-        data: serde_json::Value,
+        payload: Payload,
     },
 }
 
@@ -75,12 +78,14 @@ struct Raw {
     since: Option<serde_json::Value>,
     /// `Some(Null)` for `"data":null` (a payload like any other, as in an
     /// HTTP publish of `null`); `None` only when the key is absent.
+    /// Kept as the client's text, so the payload is checked by the same
+    /// function as an HTTP publish body ([`Payload::json`]).
     #[serde(default, deserialize_with = "present")]
-    data: Option<serde_json::Value>,
+    data: Option<Box<RawValue>>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses one text message.
@@ -132,7 +137,15 @@ pub fn parse(text: &str) -> Result<Command, CommandError> {
             let data = raw.data.ok_or_else(|| {
                 CommandError::new("bad_command", "\"publish\" needs \"data\"").on(channel.as_str())
             })?;
-            Ok(Command::Publish { channel, data })
+            let payload = Payload::json(data.get().as_bytes()).map_err(|e| {
+                let why = match e {
+                    PayloadError::BadJson(why) => why,
+                    PayloadError::NotUtf8 => "is not UTF-8".into(),
+                };
+                CommandError::new("bad_json", format!("\"data\" is refused: {why}"))
+                    .on(channel.as_str())
+            })?;
+            Ok(Command::Publish { channel, payload })
         }
         other => Err(CommandError::new(
             "unknown_command",
@@ -203,9 +216,28 @@ mod tests {
     #[test]
     fn null_is_a_payload_like_any_other() {
         match parse(r#"{"type":"publish","channel":"a","data":null}"#) {
-            Ok(Command::Publish { data, .. }) => assert_eq!(data, serde_json::Value::Null),
+            Ok(Command::Publish { payload, .. }) => {
+                assert_eq!(&payload.to_json_bytes()[..], b"null")
+            }
             Ok(_) => panic!("parsed as another command"),
             Err(e) => panic!("refused: {} {}", e.code, e.message),
+        }
+    }
+
+    #[test]
+    fn publish_data_gets_the_shared_json_check() {
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        for data in ["1e400", "\"\\ud800\"", deep.as_str()] {
+            let text = format!(r#"{{"type":"publish","channel":"a","data":{data}}}"#);
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.code, "bad_json", "{data:.20}: {}", err.message);
+            assert_eq!(err.channel.as_deref(), Some("a"));
+        }
+        match parse(r#"{"type":"publish","channel":"a","data": { "x" : 1.50 } }"#) {
+            Ok(Command::Publish { payload, .. }) => {
+                assert_eq!(&payload.to_json_bytes()[..], br#"{"x":1.50}"#)
+            }
+            other => panic!("{other:?}"),
         }
     }
 

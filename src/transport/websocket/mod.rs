@@ -27,11 +27,11 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::bus::{DirectSink, SubscriberQueue};
-use crate::channel::{parse_cursor, ChannelName};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::http::{query_pairs, Body, Request, Response};
+use crate::http::{Body, Request, Response};
 use crate::metrics::UpgradeFailure;
+use crate::server::auto_errors::JsonAutoErrors;
 use crate::server::meter::{ConnMeter, MeteredStream};
 use crate::transport::{ConnectionGuard, Transport};
 use session::{Handler, InitialSubscription, Input, Session, Start};
@@ -43,7 +43,7 @@ pub const SUBPROTOCOL: &str = "pollbridge.v1";
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The client socket as hyper hands it back after the upgrade.
-type ClientIo = TokioIo<MeteredStream<TcpStream>>;
+type ClientIo = JsonAutoErrors<TokioIo<MeteredStream<TcpStream>>>;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -97,35 +97,14 @@ pub async fn handle(
         .inspect_err(failed(UpgradeFailure::Origin))?;
 
     // Which channels, from which cursor.
-    let mut names: Vec<String> = path_channel.into_iter().collect();
-    names.extend(
-        query_pairs(req.uri().query())
-            .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v.into_owned()),
-    );
-    let mut channels: Vec<ChannelName> = Vec::with_capacity(names.len());
-    for name in &names {
-        let channel = ChannelName::new(name)
-            .map_err(ApiError::from)
-            .inspect_err(failed(UpgradeFailure::BadHandshake))?;
-        if !channels.contains(&channel) {
-            channels.push(channel);
-        }
-    }
-    let since = match query_pairs(req.uri().query()).find(|(k, _)| k == "since") {
-        Some((_, v)) => Some(parse_cursor(&v).ok_or(ApiError::BadCursor("since"))?),
-        None => None,
-    };
-    if since.is_some() && channels.len() != 1 {
-        return Err(ApiError::BadRequest(
-            "`since` needs exactly one channel; for several, send subscribe commands with their own since".into(),
-        ));
-    }
     let max = gw.config.limits.max_subscriptions_per_connection;
-    if channels.len() > max {
-        gw.metrics.upgrade_failed(UpgradeFailure::Limit);
-        return Err(ApiError::TooManySubscriptions(max));
-    }
+    let params = crate::transport::params::ws_params(path_channel, req.uri().query(), max)
+        .inspect_err(|e| match e {
+            ApiError::BadChannel(_) => gw.metrics.upgrade_failed(UpgradeFailure::BadHandshake),
+            ApiError::TooManySubscriptions(_) => gw.metrics.upgrade_failed(UpgradeFailure::Limit),
+            _ => {}
+        })?;
+    let (channels, since) = (params.channels, params.since);
 
     // Every channel must be allowed before any is subscribed.
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
@@ -255,7 +234,7 @@ fn session_for(
             // The raw socket is back. Copy the (usually empty) read-ahead:
             // keeping hyper's slice would keep its whole 8 KiB read buffer
             // alive for the connection's life.
-            let (stream, meter) = parts.io.into_inner().into_parts();
+            let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
             let socket = Arc::new(WsSocket::new(stream, meter, gw.metrics.clone()));

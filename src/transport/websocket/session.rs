@@ -163,6 +163,8 @@ enum Wake {
     Drained(Result<(), QueueClosed>),
     Tick,
     Throttled,
+    /// The subscriber token expired.
+    TokenExpired,
 }
 
 pub struct Session<W> {
@@ -184,7 +186,11 @@ pub struct Session<W> {
     /// Command and publish rates; made on the first command, so an idle
     /// connection holds only the empty pointer.
     guard: Option<Box<CommandGuard>>,
-    expires: Option<SystemTime>,
+    /// Fires when the earliest subscriber token this session relies on
+    /// expires (`exp + auth.leeway`): the session is closed then, not at the
+    /// next ping tick. Armed only for sessions holding a token with `exp`,
+    /// so an anonymous session pays one empty pointer for it.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: Subscriptions,
@@ -219,7 +225,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             credentials: None,
             client: std::net::Ipv4Addr::UNSPECIFIED.into(),
             guard: None,
-            expires: None,
+            expiry: None,
             writer,
             queue,
             subscriptions: Subscriptions::default(),
@@ -270,7 +276,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         self.handler = handler;
         self.client = client;
         self.credentials = credentials.is_present().then(|| Box::new(credentials));
-        self.expires = expires;
+        self.expire_at(expires);
         initial
     }
 
@@ -406,6 +412,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 drained = poll_fn(|cx| queue.poll_drain(cx, &mut batch, BATCH)) => Wake::Drained(drained),
                 _ = poll_fn(|cx| ticker.poll_tick(cx)) => Wake::Tick,
                 _ = poll_fn(|cx| throttled.as_mut().expect("guarded").as_mut().poll(cx)), if throttled.is_some() => Wake::Throttled,
+                _ = poll_fn(|cx| self.expiry.as_mut().expect("guarded").as_mut().poll(cx)), if self.expiry.is_some() => Wake::TokenExpired,
             };
             // Everything after a wake-up is boxed: the session future's
             // size is what each idle connection holds, and wake-ups are rare
@@ -446,6 +453,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 "slow consumer: output limit exceeded; reconnect and resume".into(),
             )),
             Wake::Tick => self.on_tick().await,
+            Wake::TokenExpired => Err(End::Close(
+                1008,
+                "subscriber token expired: reconnect with a new one".into(),
+            )),
             Wake::Throttled => {
                 let mut due = Vec::new();
                 self.throttle.release(Instant::now(), &mut due);
@@ -496,12 +507,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn on_tick(&mut self) -> Result<(), End> {
         let cfg = &self.gw.config.websocket;
         let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        if self.expires.is_some_and(|t| t <= SystemTime::now()) {
-            return Err(End::Close(
-                1008,
-                "subscriber token expired: reconnect with a new one".into(),
-            ));
-        }
         let silent = self.last_heard.elapsed();
         if silent >= idle_timeout {
             return Err(End::Close(1001, "no answer to ping".into()));
@@ -559,7 +564,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         let result = match command::parse(text) {
             Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
-            Ok(Command::Publish { channel, data }) => self.publish(channel, data).await,
+            Ok(Command::Publish { channel, payload }) => self.publish(channel, payload).await,
             Err(e) => Err(e),
         };
         match result {
@@ -621,8 +626,25 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             )
             .await
             .map_err(|e| CommandError::new(e.code(), e.to_string()).on(channel.as_str()))?;
-        self.expires = super::earliest(self.expires, grant.expires);
+        self.expire_at(grant.expires);
         Ok(())
+    }
+
+    /// Closes the session at `at` at the latest (an earlier deadline
+    /// already armed stays). A deadline the clock cannot reach is none.
+    fn expire_at(&mut self, at: Option<SystemTime>) {
+        let Some(at) = at else { return };
+        let left = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let Some(deadline) = tokio::time::Instant::now().checked_add(left) else {
+            return;
+        };
+        match &mut self.expiry {
+            Some(armed) if armed.deadline() <= deadline => {}
+            Some(armed) => armed.as_mut().reset(deadline),
+            None => self.expiry = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
     }
 
     async fn unsubscribe(&mut self, channel: ChannelName) -> Result<Result<(), End>, CommandError> {
@@ -641,7 +663,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn publish(
         &mut self,
         channel: ChannelName,
-        data: serde_json::Value,
+        payload: Payload,
     ) -> Result<Result<(), End>, CommandError> {
         if !self.gw.rules.resolve(channel.as_str()).allow_client_publish {
             return Err(
@@ -649,7 +671,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     .on(channel.as_str()),
             );
         }
-        let payload = Payload::from_value(&data);
         let size = payload.to_json_bytes().len();
         let now = Instant::now();
         if let Some(guard) = self.guard.as_deref_mut() {
