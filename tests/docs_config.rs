@@ -122,10 +122,13 @@ fn default_matches(cell: &str, value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::Null => stated == "none",
         serde_json::Value::Array(items) if items.is_empty() => stated == "none",
+        // A non-empty list is written as JSON/TOML: `["_"]`.
+        serde_json::Value::Array(_) => stated == value.to_string(),
         serde_json::Value::Bool(b) => stated == b.to_string(),
         serde_json::Value::Number(n) => stated.replace(',', "") == n.to_string(),
         serde_json::Value::String(s) => {
             s == stated
+                || stated == value.to_string() // quoted, e.g. `""`
                 || matches!((duration_ms(s), duration_ms(stated)), (Some(a), Some(b)) if a == b)
         }
         _ => false,
@@ -319,6 +322,12 @@ fn the_table_parser_reads_rows_and_defaults() {
     assert!(default_matches("none (any origin)", &serde_json::json!([])));
     assert!(!default_matches("none", &serde_json::json!(false)));
     assert!(default_matches("19000", &serde_json::json!(19000)));
+    assert!(default_matches("`[\"_\"]`", &serde_json::json!(["_"])));
+    assert!(!default_matches("none", &serde_json::json!(["_"])));
+    assert!(default_matches(
+        "`\"\"` (the answer is the array)",
+        &serde_json::json!("")
+    ));
     let sections = ["limits".to_string()].into_iter().collect();
     assert_eq!(
         mentioned_keys(

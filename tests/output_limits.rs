@@ -83,6 +83,8 @@ async fn never_reading_polls_and_sse_streams_leave_rss_within_the_budget() {
             r#"
 [history]
 size = {HISTORY}
+max_bytes = 268435456
+max_total_bytes = 1073741824
 [limits]
 max_pending_output_bytes = {BUDGET}
 write_timeout = "60s"
@@ -161,6 +163,8 @@ async fn the_write_deadline_closes_clients_that_take_nothing() {
             r#"
 [history]
 size = {HISTORY}
+max_bytes = 268435456
+max_total_bytes = 1073741824
 [limits]
 write_timeout = "2s"
 [longpoll]
