@@ -110,6 +110,11 @@ fn duration_ms(text: &str) -> Option<u128> {
     (!text.trim().is_empty()).then_some(total)
 }
 
+/// Whether `stated` is `value` written as JSON (a list, a quoted string).
+fn written_as_json(stated: &str, value: &serde_json::Value) -> bool {
+    serde_json::from_str::<serde_json::Value>(stated).is_ok_and(|v| v == *value)
+}
+
 /// Whether a documented default states `value`. The cell's first word(s)
 /// before a parenthesis are the value; the parenthesis may explain it.
 fn default_matches(cell: &str, value: &serde_json::Value) -> bool {
@@ -123,12 +128,12 @@ fn default_matches(cell: &str, value: &serde_json::Value) -> bool {
         serde_json::Value::Null => stated == "none",
         serde_json::Value::Array(items) if items.is_empty() => stated == "none",
         // A non-empty list is written as JSON/TOML: `["_"]`.
-        serde_json::Value::Array(_) => stated == value.to_string(),
+        serde_json::Value::Array(_) => written_as_json(stated, value),
         serde_json::Value::Bool(b) => stated == b.to_string(),
         serde_json::Value::Number(n) => stated.replace(',', "") == n.to_string(),
         serde_json::Value::String(s) => {
             s == stated
-                || stated == value.to_string() // quoted, e.g. `""`
+                || written_as_json(stated, value) // quoted, e.g. `""`
                 || matches!((duration_ms(s), duration_ms(stated)), (Some(a), Some(b)) if a == b)
         }
         _ => false,
