@@ -358,3 +358,52 @@ async fn the_toy_backends_inbox_is_served_to_logged_in_users_only() {
         "toy backend served {served} inbox requests in {elapsed:?} for 48 client polls (bound {bound})"
     );
 }
+
+/// An `auth` route shares only its plain URL's answer: a poll with another
+/// query goes to the backend as it is, with the client's own credentials
+/// (its feed would be checked against the route's URL, not the query's,
+/// and would publish on a `{channel}.{hash}` channel no rule was checked
+/// for).
+#[tokio::test]
+async fn queries_on_an_auth_route_go_to_the_backend_with_the_clients_credentials() {
+    let up = ScoresUpstream::start().await;
+    up.log_in(ALICE);
+    let gw = Gateway::builder()
+        .config(&inbox_config(&up.url(), "route", ""))
+        .start()
+        .await;
+    let target = format!("{INBOX_PATH}?folder=work");
+    for _ in 0..3 {
+        let r = http(
+            "GET",
+            &gw.public_url(&target),
+            &[("Authorization", ALICE)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert!(
+            !r.header("etag").unwrap_or("").starts_with("\"pb-"),
+            "the backend's own answer, not a gateway copy"
+        );
+    }
+    let passed = up
+        .seen()
+        .into_iter()
+        .filter(|s| s.target == target && s.authorization.as_deref() == Some(ALICE))
+        .count();
+    assert_eq!(passed, 3, "each poll with a query reached the backend");
+    let channels = http("GET", &gw.admin_url("/channels"), &[], None)
+        .await
+        .json();
+    let names: Vec<&str> = channels["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["channel"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("inbox.")),
+        "no per-query channel on an auth route: {names:?}"
+    );
+}

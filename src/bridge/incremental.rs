@@ -34,7 +34,7 @@ use super::{
     answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
     Route, FIRST_ANSWER_WAIT,
 };
-use crate::bus::{Bus, Message, Payload, SubscriberQueue};
+use crate::bus::{Bus, Epoch, Message, Payload, SubscriberQueue};
 use crate::channel::{ChannelName, Since};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -49,9 +49,10 @@ struct State {
     /// The wrapper of the backend's latest answer; None until one is seen.
     template: Option<Template>,
     content_type: HeaderValue,
-    /// The newest item on the channel as (bus id, item id): the cursor the
-    /// gateway polls with.
-    cursor: Option<(u64, String)>,
+    /// The newest item on the channel as (epoch, bus id, item id): the
+    /// cursor the gateway polls with. Bus ids are compared within one epoch
+    /// only: after the bus lost the channel they start again at 1.
+    cursor: Option<(Epoch, u64, String)>,
     /// The first poll (or, on a node that doesn't poll, the first look at
     /// the channel) is done.
     resolved: bool,
@@ -168,8 +169,12 @@ impl IncrementalFeed {
             let Some(item_id) = items::item_id(&value, id_pointer) else {
                 continue;
             };
-            if state.cursor.as_ref().is_none_or(|(bus, _)| msg.id > *bus) {
-                state.cursor = Some((msg.id, item_id.clone()));
+            let newer = state
+                .cursor
+                .as_ref()
+                .is_none_or(|(epoch, bus, _)| msg.epoch != *epoch || msg.id > *bus);
+            if newer {
+                state.cursor = Some((msg.epoch, msg.id, item_id.clone()));
             }
             added |= state.record.push(item_id, msg.clone());
         }
@@ -254,7 +259,7 @@ impl IncrementalFeed {
             self.resolve();
             return true;
         }
-        let cursor = self.state.lock().cursor.clone().map(|(_, id)| id);
+        let cursor = self.state.lock().cursor.clone().map(|(_, _, id)| id);
         let ok = match self.fetch(client, cursor.as_deref()).await {
             Ok(Some(parsed)) => {
                 self.state.lock().template = Some(parsed.template);
@@ -275,7 +280,7 @@ impl IncrementalFeed {
         client: &UpstreamClient,
         last_batch: &mut HashSet<String>,
     ) -> bool {
-        let cursor = self.state.lock().cursor.clone().map(|(_, id)| id);
+        let cursor = self.state.lock().cursor.clone().map(|(_, _, id)| id);
         let parsed = match self.fetch(client, cursor.as_deref()).await {
             Ok(Some(parsed)) => parsed,
             Ok(None) => {
@@ -333,9 +338,17 @@ impl IncrementalFeed {
             Ok(published) => {
                 let last = new.last().expect("not empty");
                 let bus_id = published.last().map_or(0, |p| p.id);
+                // The epoch of these ids is learnt when they come back
+                // through the feed's own subscription (record_messages,
+                // right after this); within the epoch it has, a newer id
+                // moves the cursor now.
                 let mut state = self.state.lock();
-                if state.cursor.as_ref().is_none_or(|(b, _)| bus_id > *b) {
-                    state.cursor = Some((bus_id, last.id.clone()));
+                match &state.cursor {
+                    None => state.cursor = Some((Epoch::NONE, bus_id, last.id.clone())),
+                    Some((epoch, b, _)) if bus_id > *b => {
+                        state.cursor = Some((*epoch, bus_id, last.id.clone()));
+                    }
+                    Some(_) => {}
                 }
                 drop(state);
                 *last_batch = new.into_iter().map(|i| i.id).collect();
@@ -372,6 +385,10 @@ impl IncrementalFeed {
         let mut headers = self.forwarded.clone();
         if let (Some(name), Some(value)) = (&self.route.vary_header, &self.identity.vary_value) {
             headers.insert(name.clone(), value.clone());
+        }
+        if let Some(auth) = &self.route.auth {
+            // An `auth` route is polled with an allowed client's credentials.
+            auth.add_poll_credentials(&mut headers);
         }
         let (body, content_type) = match client.fetch(&target, headers).await {
             Fetched::NotModified => return Ok(None),

@@ -197,6 +197,12 @@ impl Bridges {
             req.uri().query(),
             vary_value(route, req.headers()),
         );
+        if route.auth.is_some() && !identity.query.is_empty() {
+            // Credentials are checked against the route's own URL, and a
+            // query's feed would publish on a channel no rule was checked
+            // for: an `auth` route shares only its plain URL's answer.
+            return pass_through(gw, route, req, peer, secure).await;
+        }
         if route.config.mode == BridgeMode::Incremental {
             return incremental::handle(gw, index, identity, req, peer, secure).await;
         }
@@ -522,6 +528,8 @@ fn export_without_routes(metrics: &Metrics) {
     for result in AUTH_RESULTS {
         metrics.bridge_auth_checks.with_label_values(&["", result]);
     }
+    metrics.bridge_variants.with_label_values(&[""]);
+    metrics.bridge_variants_refused.with_label_values(&[""]);
 }
 
 /// True when the request's `If-None-Match` names `etag`.

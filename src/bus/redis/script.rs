@@ -1,4 +1,5 @@
-//! What the Redis bus stores and sends, and the two Lua scripts that do it.
+//! What the Redis bus stores and sends, and the Lua scripts that do it
+//! (publish, read, rotate an epoch, leases).
 //!
 //! Per channel `c` (prefix `pollbridge` by default):
 //!
@@ -49,7 +50,7 @@ use redis::Value;
 use crate::bus::Epoch;
 use crate::channel::ChannelName;
 
-/// Lua helpers shared by both scripts (Redis can't share functions
+/// Lua helpers shared by the scripts (Redis can't share functions
 /// between scripts without `FUNCTION LOAD`, which cluster and Redis 6 make
 /// awkward, so they are pasted into each).
 macro_rules! lua_helpers {
