@@ -84,13 +84,15 @@ export interface ReconnectingEvent extends FeedEventBase {
 export interface TruncatedEvent extends FeedEventBase {
   type: 'truncated';
   channel: string;
-  /** The cursor the server could not resume from. */
-  since?: number;
+  /** The cursor the server could not resume from (`N`, or `N-E` with its epoch). */
+  since?: number | string;
   last_id?: number;
+  /** The new sequence's epoch, when the bus lost the channel while connected. */
+  epoch?: string;
 }
 export interface ControlEvent extends FeedEventBase {
   type: 'control';
-  /** A WebSocket control message: subscribed, unsubscribed, published or error. */
+  /** A WebSocket control message: subscribed, unsubscribed, published, truncated or error. */
   data: {type: string; [key: string]: unknown};
 }
 

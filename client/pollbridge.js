@@ -97,6 +97,9 @@ class Feed {
     this._cid = Math.floor(Math.random() * 2 ** 52).toString(36);
     this._channels = new Map(); // channel -> Set of handlers
     this._cursor = new Map(); // channel -> last id delivered (or resumed from)
+    // channel -> epoch of that id's sequence (hex), as the gateway tells it:
+    // resuming with `N-E` lets any node see that the sequence was lost.
+    this._epoch = new Map();
     this._listeners = new Map(); // event type -> Set of listeners
     this._timers = new Set(); // every pending timer, so close() can clear them all
     this._loops = new Map(); // long-poll / SSE: channel -> loop state
@@ -257,7 +260,7 @@ class Feed {
   _activate(channel) {
     if (this._transport === 'websocket') {
       if (this._ws && this._ws.readyState === WS_OPEN && this._state === OPEN) {
-        this._wsCommand({type: 'subscribe', channel, since: this._cursor.get(channel)});
+        this._wsCommand({type: 'subscribe', channel, since: this._since(channel)});
       } // else: every channel is subscribed when the socket opens
     } else {
       this._startLoop(channel);
@@ -273,6 +276,20 @@ class Feed {
       this._stopLoop(channel);
       this._updateLoopState();
     }
+  }
+
+  /** The cursor to resume `channel` from: `N-E` once the epoch is known, else `N`. */
+  _since(channel) {
+    const id = this._cursor.get(channel);
+    const epoch = this._epoch.get(channel);
+    return id !== undefined && epoch ? `${id}-${epoch}` : id;
+  }
+
+  /** Remembers the epoch in a cursor `N-E` the gateway handed out. */
+  _learnEpoch(channel, cursor) {
+    if (typeof cursor !== 'string') return;
+    const dash = cursor.indexOf('-');
+    if (dash > 0) this._epoch.set(channel, cursor.slice(dash + 1));
   }
 
   _deliver(envelope) {
@@ -358,7 +375,7 @@ class Feed {
     this._wsAttempt = 0;
     this._wsSent = [];
     for (const channel of this._channels.keys()) {
-      this._wsWrite({type: 'subscribe', channel, since: this._cursor.get(channel)}, {});
+      this._wsWrite({type: 'subscribe', channel, since: this._since(channel)}, {});
     }
     const queued = this._wsQueue;
     this._wsQueue = [];
@@ -451,6 +468,7 @@ class Feed {
     switch (msg.type) {
       case 'subscribed': {
         const sent = this._takeSent('subscribe', msg.channel);
+        if (typeof msg.epoch === 'string') this._epoch.set(msg.channel, msg.epoch);
         if (msg.truncated) {
           this._truncated(msg.channel, {since: sent ? sent.since : undefined, last_id: msg.last_id});
         } else if (!this._cursor.has(msg.channel) && Number.isSafeInteger(msg.last_id)) {
@@ -462,6 +480,12 @@ class Feed {
       }
       case 'unsubscribed':
         this._takeSent('unsubscribe', msg.channel);
+        break;
+      case 'truncated':
+        // The channel's sequence was lost (the bus restarted empty): the
+        // messages that follow start again at id 1 in a new epoch.
+        if (typeof msg.epoch === 'string') this._epoch.set(msg.channel, msg.epoch);
+        this._truncated(msg.channel, {since: this._cursor.get(msg.channel), epoch: msg.epoch});
         break;
       case 'published': {
         const sent = this._takeSent('publish', msg.channel);
@@ -539,7 +563,7 @@ class Feed {
 
   async _pollOnce(loop) {
     const {channel} = loop;
-    const since = this._cursor.get(channel);
+    const since = this._since(channel);
     // The first request of a loop is answered at once (timeout=0): the feed
     // learns quickly that it is connected and, starting "from now", where
     // now is (`last_id`). Later requests are held by the server.
@@ -590,6 +614,7 @@ class Feed {
   }
 
   _pollAnswer(channel, since, body) {
+    this._learnEpoch(channel, body.cursor);
     if (body.truncated) this._truncated(channel, {since, last_id: body.last_id});
     const messages = Array.isArray(body.messages) ? body.messages : [];
     for (const m of messages) this._deliver(m && m.channel === undefined ? {...m, channel} : m);
@@ -605,7 +630,7 @@ class Feed {
     const {channel} = loop;
     // We reconnect ourselves (not EventSource's own retry) so that the
     // cursor, backoff and events are the same as for the other transports.
-    const url = `${this._base.http}/sse/${esc(channel)}${query([['since', this._cursor.get(channel)], ['token', this._token]])}`;
+    const url = `${this._base.http}/sse/${esc(channel)}${query([['since', this._since(channel)], ['token', this._token]])}`;
     let es;
     try {
       es = new this._EventSource(url);
@@ -627,12 +652,14 @@ class Feed {
         this._emit('error', {transport: 'sse', channel, message: 'event data is not JSON'});
         return;
       }
+      this._learnEpoch(channel, e.lastEventId);
       this._deliver(envelope);
     };
     es.addEventListener('truncated', (e) => {
       if (!live()) return;
       let info = {};
       try { info = JSON.parse(e.data) || {}; } catch (_) { /* keep {} */ }
+      if (typeof info.epoch === 'string') this._epoch.set(channel, info.epoch);
       this._truncated(channel, {since: info.since});
     });
     es.onerror = (error) => {

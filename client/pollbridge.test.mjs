@@ -701,3 +701,30 @@ test('a throwing handler does not stop delivery to the others', async () => {
     if (saved === undefined) delete globalThis.reportError; else globalThis.reportError = saved;
   }
 });
+
+test('epochs: cursors resume as N-E once known, and an in-band truncated restarts the ids', async () => {
+  // WebSocket: the ack carries the epoch; a reconnect resumes with N-E.
+  let s = await setup({transport: 'websocket', channels: ['c']});
+  s.sockets[0].open();
+  s.sockets[0].receive({type: 'subscribed', channel: 'c', last_id: 0, epoch: 'a1', cursor: '0-a1', truncated: false});
+  for (const id of [1, 2, 3]) s.sockets[0].receive(env('c', id));
+  // The bus lost the channel: the gateway says so, then ids start again.
+  s.sockets[0].receive({type: 'truncated', channel: 'c', epoch: 'b2'});
+  for (const id of [1, 2]) s.sockets[0].receive(env('c', id));
+  assert.deepEqual(s.events.of('message').map((e) => e.id), [1, 2, 3, 1, 2], 'the new sequence is not taken for duplicates');
+  const t = s.events.of('truncated');
+  assert.equal(t.length, 1);
+  assert.equal(t[0].epoch, 'b2');
+  s.sockets[0].drop(1006);
+  await s.clock.advance(s.events.of('reconnecting')[0].delay);
+  s.sockets[1].open();
+  assert.deepEqual(s.sockets[1].sent, [{type: 'subscribe', channel: 'c', since: '2-b2'}]);
+  s.feed.close();
+
+  // Long-poll: the answer's cursor carries the epoch to the next poll.
+  s = await setup({transport: 'longpoll', channels: ['c']});
+  s.fetch.calls[0].respond(200, {messages: [env('c', 7)], last_id: 7, truncated: false, cursor: '7-c3'});
+  await flush();
+  assert.equal(s.fetch.calls[1].q.since, '7-c3');
+  s.feed.close();
+});

@@ -515,7 +515,8 @@ def sse_client(env, seed, max_session):
                             order.truncated = True
                         elif "data" in fields and "id" in fields:
                             envelope = json.loads(fields["data"])
-                            if envelope["id"] != int(fields["id"]):
+                            # The SSE id is the cursor `N-E`: message id and epoch.
+                            if envelope["id"] != int(fields["id"].split("-", 1)[0]):
                                 raise ValueError("SSE id differs from the envelope id")
                             order.see(envelope["id"])
                 raise EOFError("SSE stream ended")

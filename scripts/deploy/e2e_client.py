@@ -175,7 +175,7 @@ class SseStream:
                 key, value = line.split(":", 1)
                 fields.setdefault(key, []).append(value[1:] if value.startswith(" ") else value)
             if "id" in fields and "data" in fields:
-                return int(fields["id"][0]), "\n".join(fields["data"])
+                return int(fields["id"][0].split("-", 1)[0]), "\n".join(fields["data"])
 
     def close(self):
         self.sock.close()
