@@ -184,14 +184,21 @@ done
 
 # --- the clients, through both proxies at once ---------------------------------
 echo "     (clients running through nginx and HAProxy; the held polls take ${HOLD} s)"
-python3 scripts/deploy/e2e_client.py --name nginx --proxy "http://127.0.0.1:$NGINX" \
+# Bounded: a client that hangs (a thread died on a bad answer) is killed
+# after the held polls plus two minutes, and its missing lines fail below.
+limit=$((HOLD + 120))
+timeout "$limit" python3 scripts/deploy/e2e_client.py --name nginx --proxy "http://127.0.0.1:$NGINX" \
   --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge --backend "127.0.0.1:$BACKEND" >"$tmp/client-nginx.out" 2>&1 &
 c1=$!
-python3 scripts/deploy/e2e_client.py --name haproxy --proxy "http://127.0.0.1:$HAPROXY" \
+timeout "$limit" python3 scripts/deploy/e2e_client.py --name haproxy --proxy "http://127.0.0.1:$HAPROXY" \
   --admin "127.0.0.1:$A1" --admin "127.0.0.1:$A2" --hold "$HOLD" --bridge --backend "127.0.0.1:$BACKEND" >"$tmp/client-haproxy.out" 2>&1 &
 c2=$!
-wait "$c1" || true
-wait "$c2" || true
+rc_nginx=0
+rc_haproxy=0
+wait "$c1" || rc_nginx=$?
+wait "$c2" || rc_haproxy=$?
+[ "$rc_nginx" -ne 124 ] || check FAIL "nginx: the client did not finish within ${limit} s"
+[ "$rc_haproxy" -ne 124 ] || check FAIL "haproxy: the client did not finish within ${limit} s"
 for name in nginx haproxy; do
   lines=0
   while IFS= read -r line; do
