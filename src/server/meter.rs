@@ -220,6 +220,7 @@ pin_project_lite::pin_project! {
     /// A socket (or socket half) that counts what crosses it. Its
     /// `write_timeout` is `limits.write_timeout` (zero: none); `stall` is
     /// set while a write is blocked.
+    #[project = MeteredStreamProj]
     pub struct MeteredStream<S> {
         #[pin]
         inner: S,
@@ -335,6 +336,32 @@ fn blocked<S: SendQueue>(
     }
 }
 
+impl<S: AsyncWrite + SendQueue> MeteredStreamProj<'_, S> {
+    /// Counts what a write took, or arms the write deadline when it took
+    /// nothing: the one place both write paths report to.
+    fn account(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.meter.on_write(n);
+                *self.stall = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => blocked(
+                self.inner.as_ref().get_ref(),
+                self.meter,
+                *self.write_timeout,
+                self.stall,
+                cx,
+            ),
+            error => error,
+        }
+    }
+}
+
 impl<S: AsyncWrite + SendQueue> AsyncWrite for MeteredStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -342,21 +369,8 @@ impl<S: AsyncWrite + SendQueue> AsyncWrite for MeteredStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                this.meter.on_write(n);
-                *this.stall = None;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => blocked(
-                this.inner.as_ref().get_ref(),
-                this.meter,
-                *this.write_timeout,
-                this.stall,
-                cx,
-            ),
-            error => error,
-        }
+        let written = this.inner.as_mut().poll_write(cx, buf);
+        this.account(written, cx)
     }
 
     fn poll_write_vectored(
@@ -365,21 +379,8 @@ impl<S: AsyncWrite + SendQueue> AsyncWrite for MeteredStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                this.meter.on_write(n);
-                *this.stall = None;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => blocked(
-                this.inner.as_ref().get_ref(),
-                this.meter,
-                *this.write_timeout,
-                this.stall,
-                cx,
-            ),
-            error => error,
-        }
+        let written = this.inner.as_mut().poll_write_vectored(cx, bufs);
+        this.account(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
