@@ -13,14 +13,14 @@ use crate::bridge::Bridges;
 use crate::bus::{
     memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
 };
-use crate::channel::ChannelName;
 use crate::config::{ChannelRules, Config};
+use crate::metrics::stats::StatsSampler;
 use crate::metrics::Metrics;
 use crate::migration::Migration;
+use crate::net::limits::{Admission, IpLimits};
+use crate::net::tls::Tls;
+use crate::protocol::channel::ChannelName;
 use crate::proxy::Proxy;
-use crate::server::limits::{Admission, IpLimits};
-use crate::server::stats::StatsSampler;
-use crate::server::tls::Tls;
 use crate::transport::client_channels::ClientChannels;
 use crate::transport::output::OutputBudget;
 
@@ -62,7 +62,7 @@ pub struct Gateway {
     /// Channels created by client publishes, capped.
     pub client_channels: ClientChannels,
     /// The admin listener's Origin, Host and token checks.
-    pub admin_guard: crate::server::AdminGuard,
+    pub admin_guard: crate::auth::admin::AdminGuard,
 }
 
 impl Gateway {
@@ -87,7 +87,7 @@ impl Gateway {
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
         let tls = Tls::new(&config.tls)?;
-        let admin_guard = crate::server::AdminGuard::new(&config.admin)?;
+        let admin_guard = crate::auth::admin::AdminGuard::new(&config.admin)?;
         let bridged_paths: Vec<String> = config.bridges.iter().map(|b| b.path.clone()).collect();
         let migration = Migration::new(
             config.migration.legacy_window,
@@ -144,7 +144,7 @@ impl Gateway {
     pub async fn subscribe(
         self: &Arc<Self>,
         channel: &ChannelName,
-        since: Option<crate::channel::Since>,
+        since: Option<crate::protocol::channel::Since>,
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
@@ -158,13 +158,13 @@ impl Gateway {
     /// bring every client back in the same second.
     pub fn reconnect_delay(&self) -> std::time::Duration {
         let window = self.config.shutdown.reconnect_window.as_millis() as u64;
-        std::time::Duration::from_millis(crate::server::limits::jitter_below(window.max(1)))
+        std::time::Duration::from_millis(crate::protocol::random_below(window.max(1)))
     }
 
     /// The answer to a new request while draining: 503 with a spread
     /// `Retry-After`.
-    pub fn shutting_down(&self) -> crate::error::ApiError {
-        crate::error::ApiError::ShuttingDown(self.reconnect_delay().as_secs().max(1))
+    pub fn shutting_down(&self) -> crate::protocol::error::ApiError {
+        crate::protocol::error::ApiError::ShuttingDown(self.reconnect_delay().as_secs().max(1))
     }
 
     /// A token that is cancelled when the operator disconnects every

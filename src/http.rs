@@ -11,8 +11,8 @@ use http::StatusCode;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::error::ApiError;
-use crate::server::meter::ConnMeter;
+use crate::net::meter::ConnMeter;
+use crate::protocol::error::ApiError;
 use crate::transport::replay::ReplayBody;
 use crate::transport::sse::SseBody;
 

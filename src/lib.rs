@@ -22,17 +22,19 @@
 pub mod auth;
 pub mod bridge;
 pub mod bus;
-pub mod channel;
 pub mod config;
-pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod migration;
+pub mod net;
+pub mod protocol;
 pub mod proxy;
+pub mod publish;
 pub mod server;
 pub mod transport;
 
 pub use config::Config;
 pub use gateway::Gateway;
+pub use protocol::error;
 pub use server::{run, Listeners};

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 
     if std::env::var_os("POLLBRIDGE_BENCH_NO_WIRE_METERING").is_some_and(|v| v == "1") {
         tracing::warn!("wire byte counting is OFF (benchmark switch); wire_bytes_total stays 0");
-        pollbridge::server::meter::disable_counting_for_benchmarks();
+        pollbridge::net::meter::disable_counting_for_benchmarks();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

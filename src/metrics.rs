@@ -5,7 +5,10 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod delivery;
 mod floods;
+pub mod stats;
+pub use delivery::{record_delivery, ConnectionGuard};
 pub use floods::FloodMetrics;
 
 use prometheus::{
@@ -13,8 +16,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::protocol::Transport;
 use crate::transport::output::SlowClose;
-use crate::transport::Transport;
 
 /// Latency buckets from 100 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[

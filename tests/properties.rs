@@ -327,7 +327,7 @@ proptest! {
 
     #[test]
     fn valid_channel_names_are_accepted(name in channel_name()) {
-        prop_assert!(pollbridge::channel::ChannelName::new(&name).is_ok());
+        prop_assert!(pollbridge::protocol::channel::ChannelName::new(&name).is_ok());
         invariants::check_channel_name(&name);
     }
 
@@ -344,11 +344,11 @@ proptest! {
 
     #[test]
     fn printed_ids_are_cursors(id in any::<u64>()) {
-        let plain = pollbridge::channel::Since::plain(id);
-        prop_assert_eq!(pollbridge::channel::parse_cursor(&id.to_string()), Some(plain));
-        let epoch = pollbridge::bus::Epoch::random();
-        let with_epoch = pollbridge::channel::Since::at(id, epoch);
-        prop_assert_eq!(pollbridge::channel::parse_cursor(&format!("{id}-{epoch}")), Some(with_epoch));
+        let plain = pollbridge::protocol::channel::Since::plain(id);
+        prop_assert_eq!(pollbridge::protocol::channel::parse_cursor(&id.to_string()), Some(plain));
+        let epoch = pollbridge::protocol::Epoch::random();
+        let with_epoch = pollbridge::protocol::channel::Since::at(id, epoch);
+        prop_assert_eq!(pollbridge::protocol::channel::parse_cursor(&format!("{id}-{epoch}")), Some(with_epoch));
     }
 
     #[test]

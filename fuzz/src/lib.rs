@@ -11,12 +11,12 @@
 
 use std::time::Instant;
 
-use pollbridge::bus::{Epoch, Message, Payload, MAX_JSON_DEPTH};
-use pollbridge::channel::{parse_cursor, ChannelName, Since, MAX_NAME_LEN};
 use pollbridge::config::cli::from_toml_str;
 use pollbridge::config::glob_match;
+use pollbridge::protocol::channel::{parse_cursor, ChannelName, Since, MAX_NAME_LEN};
+use pollbridge::protocol::ws_frame as frame;
+use pollbridge::protocol::{Epoch, Message, Payload, MAX_JSON_DEPTH};
 use pollbridge::transport::websocket::command::{self, Command};
-use pollbridge::transport::websocket::frame;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- commands
@@ -566,7 +566,7 @@ pub fn reference_timeout(text: &str) -> Option<std::time::Duration> {
 
 /// Every error a realtime request's head may be refused with: a JSON body
 /// `{"error":code,"message":…}` whose code is one of `codes`.
-fn check_refusal(e: &pollbridge::error::ApiError, codes: &[&str]) {
+fn check_refusal(e: &pollbridge::protocol::error::ApiError, codes: &[&str]) {
     assert!(codes.contains(&e.code()), "unexpected code {:?}", e.code());
     assert_eq!(e.status().as_u16() / 100, 4, "a client error: {e}");
     let body: Value = serde_json::from_slice(&e.body()).expect("the error body is JSON");

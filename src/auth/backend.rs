@@ -20,10 +20,10 @@ use hyper_util::rt::TokioExecutor;
 
 use super::limiter::AuthLimiter;
 use super::{Credentials, Grant};
-use crate::channel::ChannelName;
 use crate::config::AuthConfig;
-use crate::error::ApiError;
 use crate::metrics::FloodMetrics;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::error::ApiError;
 
 pub struct BackendAuth {
     client: Client<HttpConnector, Empty<Bytes>>,

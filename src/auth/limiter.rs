@@ -15,9 +15,9 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::config::AuthConfig;
-use crate::error::ApiError;
 use crate::metrics::FloodMetrics;
-use crate::server::bucket::TokenBucket;
+use crate::net::bucket::TokenBucket;
+use crate::protocol::error::ApiError;
 
 /// Why a check was refused, in `FloodMetrics::auth_refused` order.
 #[derive(Clone, Copy)]

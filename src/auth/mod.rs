@@ -5,6 +5,7 @@
 //! Denials never say whether a channel exists: the same 401/403 answer for
 //! every channel a client may not read.
 
+pub mod admin;
 mod backend;
 mod limiter;
 mod origin;
@@ -18,11 +19,11 @@ use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use crate::channel::ChannelName;
 use crate::config::{AuthConfig, ChannelAuth, ChannelRules};
-use crate::error::ApiError;
 use crate::http::query_pairs;
 use crate::metrics::Metrics;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::error::ApiError;
 
 /// Checks that a public key file loads (for configuration validation).
 pub fn load_public_key(path: &std::path::Path) -> Result<(), String> {

@@ -25,7 +25,7 @@ pub fn same_host(origin: &str, host: &str) -> bool {
 }
 
 fn name_and_port(host: &str) -> (&str, Option<&str>) {
-    let (name, port) = crate::server::host::split_port(host.as_bytes());
+    let (name, port) = crate::net::host::split_port(host.as_bytes());
     let name = std::str::from_utf8(name).unwrap_or("");
     let port = port
         .and_then(|p| std::str::from_utf8(p).ok())

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::Grant;
 use crate::config::{glob_match, AuthConfig};
-use crate::error::ApiError;
+use crate::protocol::error::ApiError;
 
 #[derive(Deserialize)]
 struct Claims {

@@ -36,11 +36,11 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::UpstreamClient;
 use crate::auth::{kept_headers, Authorizer, BackendAnswer, Credentials};
-use crate::channel::ChannelName;
 use crate::config::{BridgeAuthMode, BridgeRoute};
-use crate::error::ApiError;
 use crate::http::{Body, Response};
 use crate::metrics::Metrics;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::error::ApiError;
 
 /// The request headers that carry a legacy client's credentials.
 const CREDENTIAL_HEADERS: [HeaderName; 2] = [header::COOKIE, header::AUTHORIZATION];

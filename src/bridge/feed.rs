@@ -17,10 +17,11 @@ use super::identity::FeedIdentity;
 use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::Fetched;
 use super::Route;
-use crate::bus::{Bus, Message, Payload, SubscriberQueue};
-use crate::channel::ChannelName;
+use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
-use crate::transport::Transport;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::Transport;
+use crate::protocol::{Message, Payload};
 
 /// The copy legacy clients are served.
 #[derive(Clone)]
@@ -162,7 +163,7 @@ impl Feed {
             .bus
             .subscribe(
                 &self.channel,
-                Some(crate::channel::Since::plain(0)),
+                Some(crate::protocol::channel::Since::plain(0)),
                 &queue,
                 gw.config.history.size,
             )
@@ -374,7 +375,7 @@ impl Feed {
     }
 
     fn fail(&self, status: StatusCode, reason: String) {
-        let body = crate::error::ApiError::UpstreamUnreachable(reason);
+        let body = crate::protocol::error::ApiError::UpstreamUnreachable(reason);
         self.record_failure(Failure {
             status,
             content_type: Some(HeaderValue::from_static("application/json")),

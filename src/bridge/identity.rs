@@ -196,7 +196,7 @@ mod tests {
         // An empty header value is no value.
         let empty = FeedIdentity::of(&r, None, Some(HeaderValue::from_static("")));
         assert_eq!(empty, FeedIdentity::plain());
-        assert!(crate::channel::ChannelName::new(&both.channel_name("scores")).is_ok());
+        assert!(crate::protocol::channel::ChannelName::new(&both.channel_name("scores")).is_ok());
     }
 
     #[test]

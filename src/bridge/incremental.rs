@@ -34,12 +34,13 @@ use super::{
     answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
     Route, FIRST_ANSWER_WAIT,
 };
-use crate::bus::{Bus, Epoch, Message, Payload, SubscriberQueue};
-use crate::channel::{ChannelName, Since};
-use crate::error::ApiError;
+use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
-use crate::transport::Transport;
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
+use crate::protocol::{Epoch, Message, Payload};
 
 /// Messages taken from the feed's own subscription per wake-up.
 const DRAIN_BATCH: usize = 256;

@@ -29,13 +29,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use prometheus::IntCounter;
 
-use crate::channel::ChannelName;
 use crate::config::{BridgeMode, BridgeRoute};
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
 use crate::metrics::Metrics;
-use crate::transport::Transport;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
 use feed::{Answer, Feed};
 use identity::FeedIdentity;
 use incremental::IncrementalFeed;

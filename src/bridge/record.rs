@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::bus::Message;
+use crate::protocol::Message;
 
 struct Entry {
     item_id: Box<str>,
@@ -84,13 +84,13 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelName;
+    use crate::protocol::channel::ChannelName;
 
     fn msg(id: u64, data: &str) -> Arc<Message> {
         let channel = ChannelName::new("m").unwrap();
         Arc::new(Message::new(
             channel,
-            crate::bus::Epoch::NONE,
+            crate::protocol::Epoch::NONE,
             id,
             data.as_bytes(),
             std::time::Instant::now(),
@@ -129,7 +129,7 @@ mod tests {
         let channel = ChannelName::new("m").unwrap();
         let restarted = Arc::new(Message::new(
             channel,
-            crate::bus::Epoch::random(),
+            crate::protocol::Epoch::random(),
             1,
             b"3",
             std::time::Instant::now(),

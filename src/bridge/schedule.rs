@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bus::Bus;
-use crate::channel::ChannelName;
 use crate::gateway::Gateway;
+use crate::protocol::channel::ChannelName;
 
 use super::UpstreamClient;
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Message;
+use crate::protocol::Message;
 
 /// One channel's kept messages, oldest first, with their byte total.
 #[derive(Default)]

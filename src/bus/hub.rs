@@ -21,11 +21,11 @@ use parking_lot::Mutex;
 
 use super::history::{Budget, Evictable, History};
 use super::queue::{Pushed, QueueClosed, SubscriberQueue};
-use super::{Epoch, Message};
-use crate::channel::{ChannelName, Since};
 use crate::config::{ChannelMode, ChannelRules, HistoryConfig};
 use crate::metrics::Metrics;
-use crate::transport::Transport;
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::Transport;
+use crate::protocol::{Epoch, Message};
 
 /// The answer to "what came after cursor N?".
 #[derive(Debug, Default)]

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{Bus, BusError, HistoryRead, Hub, Payload, Published, SubscriberQueue, Subscription};
-use crate::channel::{ChannelName, Since};
+use super::{Bus, BusError, HistoryRead, Hub, Published, SubscriberQueue, Subscription};
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::Payload;
 
 pub struct MemoryBus {
     hub: Hub,

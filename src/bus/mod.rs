@@ -6,26 +6,20 @@
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
 //! encodings are the same whichever bus is in use.
 
-pub mod epoch;
 mod history;
 pub mod hub;
-mod json_check;
 pub mod memory;
-mod message;
 pub mod queue;
 pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
 
-pub use epoch::Epoch;
 pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
-pub use json_check::{check_json, MAX_JSON_DEPTH};
-pub(crate) use message::{put_sse_head, sse_head_len};
-pub use message::{Message, Payload, PayloadError};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 
-use crate::channel::{ChannelName, Since};
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::Payload;
 
 /// Why the bus could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +27,14 @@ pub enum BusError {
     /// The shared store is unreachable; nothing was published.
     #[error("message bus unavailable: {0}")]
     Unavailable(String),
+}
+
+impl From<BusError> for crate::protocol::error::ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Unavailable(why) => crate::protocol::error::ApiError::Bus(why),
+        }
+    }
 }
 
 /// What a publish returns once the message is durable in the bus.

@@ -36,10 +36,10 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Epoch, Message};
 use crate::config::ChannelMode;
+use crate::protocol::Transport;
+use crate::protocol::{Epoch, Message};
 use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
-use crate::transport::Transport;
 
 /// Why a queue stopped delivering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub struct DirectReport {
     /// write only messages of that epoch; one of another (the bus lost the
     /// channel's data) ends direct mode, so that the connection tells its
     /// client.
-    pub written: Vec<(crate::channel::ChannelName, Epoch, u64)>,
+    pub written: Vec<(crate::protocol::channel::ChannelName, Epoch, u64)>,
 }
 
 struct State {
@@ -490,7 +490,7 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelName;
+    use crate::protocol::channel::ChannelName;
     use std::time::Instant;
 
     fn epoch() -> Epoch {

@@ -76,7 +76,7 @@ impl AdminConfig {
             }
         }
         for host in &self.allowed_hosts {
-            if !crate::server::host::is_valid_host(host.as_bytes()) {
+            if !crate::net::host::is_valid_host(host.as_bytes()) {
                 problems.push((
                     "admin.allowed_hosts".into(),
                     format!("{host:?} is not a host name"),

@@ -760,7 +760,7 @@ impl Config {
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (Some(_), Some(_)) => {
-                if let Err(e) = crate::server::tls::load(&self.tls) {
+                if let Err(e) = crate::net::tls::load(&self.tls) {
                     bad("tls.cert_file", e);
                 }
             }
@@ -784,7 +784,7 @@ impl Config {
                 );
             }
         }
-        if crate::channel::ChannelName::new(&self.demo.channel).is_err() {
+        if crate::protocol::channel::ChannelName::new(&self.demo.channel).is_err() {
             bad(
                 "demo.channel",
                 format!("{:?} is not a valid channel name", self.demo.channel),
@@ -811,7 +811,7 @@ impl Config {
                     ),
                 );
             }
-            if crate::channel::ChannelName::new(&route.channel).is_err() {
+            if crate::protocol::channel::ChannelName::new(&route.channel).is_err() {
                 bad(
                     &key("channel"),
                     format!("{:?} is not a valid channel name", route.channel),

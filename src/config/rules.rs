@@ -128,7 +128,7 @@ pub(super) fn validate_pattern(pattern: &str) -> Result<(), String> {
     let ok = !pattern.is_empty()
         && pattern
             .bytes()
-            .all(|b| b == b'*' || crate::channel::is_name_byte(b));
+            .all(|b| b == b'*' || crate::protocol::channel::is_name_byte(b));
     if ok {
         Ok(())
     } else {

@@ -25,8 +25,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::ApiError;
 use crate::http::BoxError;
+use crate::protocol::error::ApiError;
 
 /// How fast a proxied request body must arrive.
 #[derive(Debug, Clone, Copy)]

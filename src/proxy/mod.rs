@@ -15,10 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::ProxyConfig;
-use crate::error::ApiError;
 use crate::http::{Body, Request, Response};
+use crate::metrics::ConnectionGuard;
 use crate::metrics::Metrics;
-use crate::transport::{ConnectionGuard, Transport};
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
 
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use super::publish;
 use crate::bus::Bus;
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{self as h, Request, Response};
+use crate::protocol::error::ApiError;
+use crate::publish;
 
 pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
     if let Err(e) = gw.admin_guard.check(&req) {
@@ -44,8 +44,8 @@ pub async fn route(gw: Arc<Gateway>, req: Request) -> Response {
             Ok(h::json_value(StatusCode::OK, &report))
         }
         (&Method::POST, "/disconnect") => {
-            let sessions = gw.metrics.transport(crate::transport::Transport::WebSocket).connections.get()
-                + gw.metrics.transport(crate::transport::Transport::Sse).connections.get();
+            let sessions = gw.metrics.transport(crate::protocol::Transport::WebSocket).connections.get()
+                + gw.metrics.transport(crate::protocol::Transport::Sse).connections.get();
             gw.disconnect_all();
             tracing::info!(sessions, "operator disconnected every WebSocket and SSE session");
             Ok(h::json_value(StatusCode::OK, &serde_json::json!({"disconnected": sessions})))

@@ -6,9 +6,9 @@
 use http::StatusCode;
 
 use crate::bus::Bus;
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{self as h, query_pairs, Response};
+use crate::protocol::error::ApiError;
 
 /// Channels per page when `limit` is not given.
 pub const DEFAULT_PAGE: usize = 100;

@@ -7,20 +7,9 @@
 //! for every tracked task up to `shutdown.drain_timeout`.
 
 pub mod admin;
-mod admin_guard;
 pub mod assets;
-pub mod auto_errors;
-pub mod bucket;
 pub mod channel_list;
-pub mod host;
-pub mod limits;
-pub mod meter;
 pub mod public;
-mod publish;
-pub mod stats;
-pub mod tls;
-
-pub use admin_guard::AdminGuard;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,7 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::bus::Bus;
 use crate::gateway::Gateway;
-use meter::{ConnMeter, MeteredStream};
+use crate::net::meter::{ConnMeter, MeteredStream};
+use crate::net::{auto_errors, limits};
 
 /// The two bound listeners.
 pub struct Listeners {

@@ -5,12 +5,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::meter::ConnMeter;
-use super::publish;
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{self as h, Request, Response};
-use crate::transport::{longpoll, sse, websocket, Transport};
+use crate::net::meter::ConnMeter;
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
+use crate::publish;
+use crate::transport::{longpoll, sse, websocket};
 
 /// Where a request goes.
 enum Route {
@@ -92,7 +93,7 @@ pub fn route(
         };
         meter.begin_request(route.transport());
         // Before anything reads or forwards it (RFC 9112 §3.2).
-        let route = match super::host::check(req.version(), req.headers()) {
+        let route = match crate::net::host::check(req.version(), req.headers()) {
             Ok(_) => route,
             Err(e) => Route::Refused(e),
         };
@@ -157,10 +158,10 @@ pub fn route(
         };
         let mut resp = result.unwrap_or_else(|e| {
             match e.source() {
-                crate::error::Source::Client => {
+                crate::protocol::error::Source::Client => {
                     tracing::debug!(error = %e, code = e.code(), "request refused")
                 }
-                crate::error::Source::Upstream => {
+                crate::protocol::error::Source::Upstream => {
                     tracing::warn!(error = %e, code = e.code(), "request failed")
                 }
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::channel::ChannelName;
+use crate::protocol::channel::ChannelName;
 
 pub struct ClientChannels {
     max: usize,

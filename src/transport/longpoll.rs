@@ -26,21 +26,23 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::protocol::poll_answer::{encode_answer, put_closing};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use crate::bus::epoch::cursor_text;
-use crate::bus::{Bus, Epoch, Message, SubscriberQueue};
-use crate::channel::{ChannelName, Since};
-use crate::error::ApiError;
+use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
 use crate::http::{json, Body, Request, Response};
 use crate::metrics::PollResult;
+use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::migration;
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::error::ApiError;
+use crate::protocol::{Cursor, Step, Transport};
+use crate::protocol::{Epoch, Message};
 use crate::transport::output::standalone_account;
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
-use crate::transport::{record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
@@ -380,47 +382,6 @@ pub(crate) fn streamed_answer(
     )
 }
 
-/// `],"last_id":N,"truncated":…,"cursor":"N-E"}`: what follows an answer's
-/// messages.
-fn put_closing(out: &mut BytesMut, last_id: u64, epoch: Epoch, truncated: bool, conflated: bool) {
-    out.put_slice(b"],\"last_id\":");
-    out.put_slice(itoa::Buffer::new().format(last_id).as_bytes());
-    out.put_slice(if truncated {
-        b",\"truncated\":true"
-    } else {
-        b",\"truncated\":false"
-    });
-    if conflated {
-        out.put_slice(b",\"conflated\":true");
-    }
-    out.put_slice(b",\"cursor\":\"");
-    out.put_slice(cursor_text(last_id, epoch).as_bytes());
-    out.put_slice(b"\"}");
-}
-
-/// `{"messages":[…],"last_id":N,"truncated":false,"cursor":"N-E"}` built
-/// from the shared envelopes, no re-encoding. `cursor` is what to send as
-/// `since` next: `last_id` and its epoch.
-pub(crate) fn encode_answer<'a>(
-    envelopes: impl Iterator<Item = &'a Bytes> + Clone,
-    last_id: u64,
-    epoch: Epoch,
-    truncated: bool,
-    conflated: bool,
-) -> Bytes {
-    let size: usize = envelopes.clone().map(|e| e.len() + 1).sum();
-    let mut out = BytesMut::with_capacity(size + 64);
-    out.put_slice(b"{\"messages\":[");
-    for (i, envelope) in envelopes.enumerate() {
-        if i > 0 {
-            out.put_u8(b',');
-        }
-        out.put_slice(envelope);
-    }
-    put_closing(&mut out, last_id, epoch, truncated, conflated);
-    out.freeze()
-}
-
 /// The allowed origin to echo for this request, if any.
 fn allowed_origin<'a>(gw: &Gateway, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
@@ -474,7 +435,7 @@ fn preflight(gw: &Gateway, request: &HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelName;
+    use crate::protocol::channel::ChannelName;
     use std::time::Instant;
 
     fn epoch() -> Epoch {

@@ -31,8 +31,8 @@ use parking_lot::Mutex;
 use crate::bus::{QueueClosed, SubscriberQueue};
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
-use crate::server::meter::ConnMeter;
-use crate::transport::Transport;
+use crate::net::meter::ConnMeter;
+use crate::protocol::Transport;
 
 /// Clients holding at least this much pending output are watched by the
 /// reaper (soft-limit timers, budget).
@@ -347,11 +347,11 @@ mod tests {
         OutputBudget::new(&limits, Arc::new(Metrics::new()))
     }
 
-    fn msg(id: u64, size: usize) -> Arc<crate::bus::Message> {
+    fn msg(id: u64, size: usize) -> Arc<crate::protocol::Message> {
         let data = format!("\"{}\"", "x".repeat(size));
-        Arc::new(crate::bus::Message::new(
-            crate::channel::ChannelName::new("c").unwrap(),
-            crate::bus::Epoch::NONE,
+        Arc::new(crate::protocol::Message::new(
+            crate::protocol::channel::ChannelName::new("c").unwrap(),
+            crate::protocol::Epoch::NONE,
             id,
             data.as_bytes(),
             Instant::now(),

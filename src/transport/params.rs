@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::channel::{parse_cursor, ChannelName, Since};
-use crate::error::ApiError;
 use crate::http::{decode_segment, query_pairs};
+use crate::protocol::channel::{parse_cursor, ChannelName, Since};
+use crate::protocol::error::ApiError;
 
 /// A path under the gateway's prefix, by endpoint. The channel of
 /// `{prefix}/poll/{channel}` and the like is the percent-decoded rest of

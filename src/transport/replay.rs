@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 
-use crate::bus::Message;
 use crate::http::BoxError;
+use crate::protocol::Message;
 use crate::transport::output::OutputAccount;
 
 /// Target size of a chunk of copied small messages.
@@ -96,7 +96,7 @@ impl Replay {
                     out.put_u8(b',');
                 }
             }
-            Framing::SseEvents => crate::bus::put_sse_head(out, msg),
+            Framing::SseEvents => crate::protocol::message::put_sse_head(out, msg),
         }
         self.first = false;
     }
@@ -140,7 +140,7 @@ impl Replay {
 fn framing_len(framing: Framing, msg: &Message) -> usize {
     match framing {
         Framing::PollList => 1,
-        Framing::SseEvents => crate::bus::sse_head_len(msg) + b"\n\n".len(),
+        Framing::SseEvents => crate::protocol::message::sse_head_len(msg) + b"\n\n".len(),
     }
 }
 
@@ -182,7 +182,7 @@ impl ReplayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::ChannelName;
+    use crate::protocol::channel::ChannelName;
     use std::time::Instant;
 
     fn msgs(sizes: &[usize]) -> Vec<Arc<Message>> {
@@ -194,7 +194,7 @@ mod tests {
                 let data = format!("\"{}\"", "y".repeat(*size));
                 Arc::new(Message::new(
                     ch.clone(),
-                    crate::bus::Epoch::NONE,
+                    crate::protocol::Epoch::NONE,
                     i as u64 + 1,
                     data.as_bytes(),
                     Instant::now(),
@@ -228,17 +228,17 @@ mod tests {
         ] {
             let messages = msgs(sizes);
             let last = messages.last().map_or(0, |m| m.id);
-            let expected = crate::transport::longpoll::encode_answer(
+            let expected = crate::protocol::poll_answer::encode_answer(
                 messages.iter().map(|m| &m.envelope),
                 last,
-                crate::bus::Epoch::NONE,
+                crate::protocol::Epoch::NONE,
                 false,
                 false,
             );
             let replay = crate::transport::longpoll::streamed_answer(
                 messages,
                 last,
-                crate::bus::Epoch::NONE,
+                crate::protocol::Epoch::NONE,
                 false,
                 false,
             );

@@ -22,17 +22,21 @@ use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::bus::{HistoryRead, Message, QueueClosed, SubscriberQueue, Subscription};
-use crate::channel::{ChannelName, Since};
+use crate::bus::{HistoryRead, QueueClosed, SubscriberQueue, Subscription};
+
 use crate::config::ChannelRules;
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
-use crate::server::meter::ConnMeter;
+use crate::metrics::{record_delivery, ConnectionGuard};
+use crate::net::meter::ConnMeter;
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::error::ApiError;
+use crate::protocol::Message;
+use crate::protocol::{Cursor, Step, Transport};
+use crate::transport::longpoll;
 use crate::transport::replay::{Framing, Replay};
 use crate::transport::throttle::Throttle;
-use crate::transport::{longpoll, record_delivery, ConnectionGuard, Cursor, Step, Transport};
 
 /// Most messages written in one chunk.
 const BATCH: usize = 256;

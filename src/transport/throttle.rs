@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bus::Message;
-use crate::channel::ChannelName;
 use crate::config::ChannelRules;
 use crate::metrics::TransportMetrics;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::Message;
 
 struct Slot {
     /// None: this channel isn't throttled.
@@ -101,12 +101,12 @@ mod tests {
     use super::*;
     use crate::config::{ChannelMode, ChannelRule};
     use crate::metrics::Metrics;
-    use crate::transport::Transport;
+    use crate::protocol::Transport;
 
     fn msg(channel: &str, id: u64) -> Arc<Message> {
         Arc::new(Message::new(
             ChannelName::new(channel).unwrap(),
-            crate::bus::Epoch::NONE,
+            crate::protocol::Epoch::NONE,
             id,
             b"1",
             Instant::now(),

@@ -39,12 +39,10 @@ use self::conn::{min_major_version, CommandConn, PubSubConn, Target};
 use self::script::{parse_read_reply, Keys, ReadReply, MAX_LUA_CURSOR};
 use self::subscriber::{bounded, Control};
 use super::hub::{read_start, Sequence};
-use super::{
-    Bus, BusError, Epoch, HistoryRead, Hub, Message, Payload, Published, SubscriberQueue,
-    Subscription,
-};
-use crate::channel::{ChannelName, Since};
+use super::{Bus, BusError, HistoryRead, Hub, Published, SubscriberQueue, Subscription};
 use crate::config::{ChannelMode, Config, PubSubMode, RedisConfig};
+use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::{Epoch, Message, Payload};
 
 /// True when `bus` names a Redis server (`redis://…` or `rediss://…`).
 pub fn is_redis_url(bus: &str) -> bool {
@@ -161,7 +159,7 @@ impl RedisBus {
             rotate_script: Script::new(script::ROTATE),
             node_id: format!(
                 "{:016x}",
-                crate::server::limits::jitter_below(u64::MAX) ^ u64::from(std::process::id())
+                crate::protocol::random_below(u64::MAX) ^ u64::from(std::process::id())
             ),
             sharded: AtomicU8::new(match settings.pubsub {
                 PubSubMode::Auto => 0,

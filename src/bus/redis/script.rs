@@ -47,8 +47,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::Value;
 
-use crate::bus::Epoch;
-use crate::channel::ChannelName;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::Epoch;
 
 /// Lua helpers shared by the scripts (Redis can't share functions
 /// between scripts without `FUNCTION LOAD`, which cluster and Redis 6 make

@@ -22,7 +22,7 @@
 //!   subscribes again to every watched channel and, on each confirmation,
 //!   fills the gap from the last id delivered — before any newer message.
 //! - Every notification and every read carries the channel's epoch (see
-//!   [`Epoch`](crate::bus::Epoch)). Another epoch than the one followed
+//!   [`Epoch`](crate::protocol::Epoch)). Another epoch than the one followed
 //!   means Redis lost the sequence and started a new one: the task follows
 //!   the new one ([`Hub::reset`](crate::bus::Hub::reset): this node's state
 //!   of the channel is dropped) and fills it from id 1, before any newer
@@ -56,9 +56,9 @@ use tokio_util::sync::CancellationToken;
 use super::conn::PubSubConn;
 use super::script::{decode_frame, Entry, MAX_LUA_CURSOR};
 use super::Shared;
-use crate::bus::{Epoch, Message};
-use crate::channel::ChannelName;
 use crate::config::ChannelMode;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::{Epoch, Message};
 
 /// Most entries read per gap-fill round trip.
 const FILL_BATCH: usize = 1000;

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::bus::{Payload, PayloadError};
-use crate::channel::{parse_cursor, ChannelName, Since};
+use crate::protocol::channel::{parse_cursor, ChannelName, Since};
+use crate::protocol::{Payload, PayloadError};
 
 /// A command a client may send as a text frame.
 #[derive(Debug)]
@@ -177,7 +177,7 @@ mod tests {
         match parse(r#"{"type":"subscribe","channel":"a","since":"7-1f"}"#) {
             Ok(Command::Subscribe { since: Some(s), .. }) => {
                 assert_eq!(s.id, 7);
-                assert_eq!(s.epoch, crate::bus::Epoch::parse(b"1f"));
+                assert_eq!(s.epoch, crate::protocol::Epoch::parse(b"1f"));
             }
             other => panic!("{other:?}"),
         }

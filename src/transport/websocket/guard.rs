@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::command::CommandError;
 use crate::config::WsClientLimits;
 use crate::metrics::FloodMetrics;
-use crate::server::bucket::TokenBucket;
+use crate::net::bucket::TokenBucket;
 
 /// Why a command was refused, in `FloodMetrics::commands_refused` order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,6 @@
 //! it directly while the session is idle.
 
 pub mod command;
-pub mod frame;
 mod guard;
 mod reader;
 mod session;
@@ -27,13 +26,14 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::bus::{DirectSink, SubscriberQueue};
-use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
+use crate::metrics::ConnectionGuard;
 use crate::metrics::UpgradeFailure;
-use crate::server::auto_errors::JsonAutoErrors;
-use crate::server::meter::{ConnMeter, MeteredStream};
-use crate::transport::{ConnectionGuard, Transport};
+use crate::net::auto_errors::JsonAutoErrors;
+use crate::net::meter::{ConnMeter, MeteredStream};
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
 

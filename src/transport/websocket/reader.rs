@@ -13,7 +13,7 @@
 
 use fastwebsockets::{OpCode, WebSocketError};
 
-use super::frame::MAX_CONTROL_PAYLOAD;
+use crate::protocol::ws_frame::MAX_CONTROL_PAYLOAD;
 
 /// What the reader tells the session.
 #[derive(Debug)]

@@ -21,19 +21,20 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::command::{self, Command, CommandError};
-use super::frame;
 use super::guard::{CommandGuard, Limit, Refusal};
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
 use crate::auth::Credentials;
 use crate::bus::{
-    Bus, DirectReport, DirectSink, HistoryRead, Message, Payload, QueueClosed, SubscriberQueue,
-    Subscription,
+    Bus, DirectReport, DirectSink, HistoryRead, QueueClosed, SubscriberQueue, Subscription,
 };
-use crate::channel::ChannelName;
 use crate::gateway::Gateway;
+use crate::metrics::record_delivery;
+use crate::protocol::channel::ChannelName;
+use crate::protocol::ws_frame as frame;
+use crate::protocol::{Cursor, Step, Transport};
+use crate::protocol::{Message, Payload};
 use crate::transport::throttle::Throttle;
-use crate::transport::{record_delivery, Cursor, Step, Transport};
 
 /// Most messages taken from the queue for one write.
 const BATCH: usize = 64;
@@ -585,7 +586,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn subscribe(
         &mut self,
         channel: ChannelName,
-        since: Option<crate::channel::Since>,
+        since: Option<crate::protocol::channel::Since>,
     ) -> Result<Result<(), End>, CommandError> {
         if let Some(existing) = self.subscriptions.get(&channel) {
             let ack = subscribed_ack(&channel, existing.cursor, false, false);

@@ -17,10 +17,13 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::bus::{DirectSink, Message};
+use crate::bus::DirectSink;
+
+use crate::metrics::record_delivery;
 use crate::metrics::Metrics;
-use crate::server::meter::ConnMeter;
-use crate::transport::{record_delivery, Transport};
+use crate::net::meter::ConnMeter;
+use crate::protocol::Message;
+use crate::protocol::Transport;
 
 /// Bytes read per readiness event; a client sends commands and control
 /// frames, rarely more.
@@ -91,7 +94,7 @@ impl WsSocket {
 
     /// Bytes in the socket's send queue the peer has not acknowledged.
     pub fn unsent(&self) -> Option<u64> {
-        crate::server::meter::unsent_bytes(self.stream.as_raw_fd())
+        crate::net::meter::unsent_bytes(self.stream.as_raw_fd())
     }
 }
 

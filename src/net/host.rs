@@ -7,7 +7,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Version;
 
-use crate::error::ApiError;
+use crate::protocol::error::ApiError;
 
 /// The request's one valid `Host`, if it has one (HTTP/1.0 may omit it).
 pub fn check(version: Version, headers: &HeaderMap) -> Result<Option<&HeaderValue>, ApiError> {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::transport::Transport;
+use crate::protocol::Transport;
 
 /// Client transports shown in the report (the bridge joins later).
 const REPORTED: [Transport; 4] = [

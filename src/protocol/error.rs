@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::bus::BusError;
-use crate::channel::BadChannelName;
+use super::BadChannelName;
 
 /// Where an error came from: decides how loudly it is logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +57,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error(transparent)]
-    Bus(#[from] BusError),
+    /// The message bus is unreachable (the bus converts its own error).
+    #[error("message bus unavailable: {0}")]
+    Bus(String),
     /// With the suggested retry delay in seconds (spread over the
     /// reconnect window, so clients don't all come back at once).
     #[error("the gateway is shutting down; retry after {0} s")]

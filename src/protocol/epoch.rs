@@ -34,7 +34,7 @@ impl Epoch {
     /// A fresh random epoch (never `NONE`).
     pub fn random() -> Epoch {
         loop {
-            let value = crate::server::limits::jitter_below(u64::MAX) & MASK;
+            let value = super::random_below(u64::MAX) & MASK;
             if value != 0 {
                 return Epoch(value);
             }

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::Epoch;
-use crate::channel::ChannelName;
+use super::{ChannelName, Epoch};
 
 /// What a publisher sent, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,14 +143,14 @@ impl Message {
     /// The envelope as one complete, unmasked WebSocket text frame.
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
-            .get_or_init(|| crate::transport::websocket::frame::encode_text(&self.envelope))
+            .get_or_init(|| super::ws_frame::encode_text(&self.envelope))
     }
 
     /// The long-poll answer carrying this message alone:
     /// `{"messages":[<envelope>],"last_id":N,"truncated":false,"cursor":"N-E"}`.
     pub fn poll_answer(&self) -> &Bytes {
         self.poll_answer.get_or_init(|| {
-            crate::transport::longpoll::encode_answer(
+            super::poll_answer::encode_answer(
                 std::iter::once(&self.envelope),
                 self.id,
                 self.epoch,

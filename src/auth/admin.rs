@@ -8,10 +8,10 @@
 use http::header::{self, HeaderValue};
 use http::Method;
 
-use super::host;
 use crate::config::AdminConfig;
-use crate::error::ApiError;
 use crate::http::Request;
+use crate::net::host;
+use crate::protocol::error::ApiError;
 
 pub struct AdminGuard {
     allowed_origins: Vec<String>,

@@ -20,7 +20,7 @@ use std::task::{ready, Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 
-use crate::error::ApiError;
+use crate::protocol::error::ApiError;
 
 /// What hyper writes for a request it could not parse (hyper 1.x,
 /// `Server::on_error`, with the Date header switched off).

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::bus::Epoch;
+use super::Epoch;
 
 /// Longest channel name in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -18,7 +18,7 @@ pub struct ChannelName(Arc<str>);
 #[error("channel name must be 1-{MAX_NAME_LEN} bytes of [A-Za-z0-9_.:@-]")]
 pub struct BadChannelName;
 
-pub(crate) fn is_name_byte(b: u8) -> bool {
+pub fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
 }
 

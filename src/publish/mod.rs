@@ -8,11 +8,13 @@ use http::header;
 use http::StatusCode;
 use serde::Deserialize;
 
-use crate::bus::{Bus, Payload, PayloadError};
-use crate::channel::ChannelName;
-use crate::error::ApiError;
+use crate::bus::Bus;
+
 use crate::gateway::Gateway;
 use crate::http::{json_value, read_body, Request, Response};
+use crate::protocol::channel::ChannelName;
+use crate::protocol::error::ApiError;
+use crate::protocol::{Payload, PayloadError};
 
 /// How many times a single message's limit a batch body may be.
 const BATCH_FACTOR: usize = 64;

@@ -200,17 +200,9 @@ impl Admission {
         // Spread the retries over a few seconds so they don't come back
         // as one wave.
         Err(Overloaded {
-            retry_after: 1 + jitter_below(4),
+            retry_after: 1 + crate::protocol::random_below(4),
         })
     }
-}
-
-/// A cheap random number in `0..n` (not for anything secret).
-pub fn jitter_below(n: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() % n.max(1)
 }
 
 #[cfg(test)]
