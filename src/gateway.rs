@@ -2,14 +2,14 @@
 //! reach. Built once at startup and shared behind an `Arc`.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authorizer;
-use crate::bridge::Bridges;
+use crate::bus::client_channels::ClientChannels;
 use crate::bus::{
     memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
 };
@@ -18,11 +18,15 @@ use crate::metrics::stats::StatsSampler;
 use crate::metrics::Metrics;
 use crate::migration::Migration;
 use crate::net::limits::{Admission, IpLimits};
+use crate::net::output::OutputBudget;
 use crate::net::tls::Tls;
 use crate::protocol::channel::ChannelName;
 use crate::proxy::Proxy;
-use crate::transport::client_channels::ClientChannels;
-use crate::transport::output::OutputBudget;
+
+/// Told when a client subscribes to a channel (see [`Gateway::subscribe`]).
+pub trait ChannelDemand: Send + Sync + 'static {
+    fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName);
+}
 
 pub struct Gateway {
     pub config: Config,
@@ -45,8 +49,10 @@ pub struct Gateway {
     /// WebSocket and SSE session open at that moment ends, and clients
     /// reconnect and resume.
     kick: Mutex<CancellationToken>,
-    /// The legacy polling bridge's routes and running feeds.
-    pub bridges: Bridges,
+    /// Told of every subscribe: the legacy polling bridge, which starts
+    /// polling a feed someone wants. Set once at startup; the bridge sits
+    /// above this layer, so it registers itself here.
+    demand: OnceLock<Arc<dyn ChannelDemand>>,
     /// Who may subscribe, and from which origins.
     pub auth: Arc<Authorizer>,
     /// Per-client-address limits (connections, long-poll rate).
@@ -77,7 +83,6 @@ impl Gateway {
             .fold(ChannelRules::new(config.channels.clone()), |rules, b| {
                 rules.with_state_default(&b.channel)
             });
-        let bridges = Bridges::new(&config, &metrics);
         let auth = Authorizer::new(&config.auth, rules.clone(), &metrics)?;
         let client_channels = ClientChannels::new(
             config.limits.ws.max_client_channels,
@@ -124,7 +129,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             open_connections: Arc::new(AtomicUsize::new(0)),
             stats,
-            bridges,
+            demand: OnceLock::new(),
             auth,
             ip_limits,
             admission,
@@ -149,8 +154,17 @@ impl Gateway {
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
         let subscribed = self.bus.subscribe(channel, since, queue, limit).await?;
-        self.bridges.wanted(self, channel);
+        if let Some(demand) = self.demand.get() {
+            demand.wanted(self, channel);
+        }
         Ok(subscribed)
+    }
+
+    /// Registers who is told of every subscribe (once, at startup).
+    pub fn set_demand(&self, demand: Arc<dyn ChannelDemand>) {
+        if self.demand.set(demand).is_err() {
+            tracing::warn!("channel demand registered twice; keeping the first");
+        }
     }
 
     /// A suggested reconnect delay, random within `shutdown.reconnect_window`:

@@ -13,18 +13,32 @@ use hyper::body::Incoming;
 
 use crate::net::meter::ConnMeter;
 use crate::protocol::error::ApiError;
-use crate::transport::replay::ReplayBody;
-use crate::transport::sse::SseBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Request = hyper::Request<Incoming>;
 pub type Response = hyper::Response<Body>;
 
+/// A body the gateway produces as the socket drains (an SSE stream, a
+/// large long-poll answer). The transports implement it; this layer only
+/// drives it, so it needn't know them.
+pub trait StreamBody: Send + Unpin + 'static {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+    /// Bytes still to come, when known in advance (then the answer goes
+    /// out with a Content-Length); `None` for an open-ended stream.
+    fn remaining(&self) -> Option<usize>;
+
+    /// Lets the output limits abort the connection of a dropped client.
+    fn attach_meter(&self, meter: &Arc<ConnMeter>);
+}
+
 enum Kind {
     Full(Option<Bytes>),
-    Sse(Box<SseBody>),
-    /// A large answer produced as the socket drains.
-    Replay(Box<ReplayBody>),
+    /// Produced as the socket drains (boxed: rare and large).
+    Stream(Box<dyn StreamBody>),
     Upstream(Incoming),
 }
 
@@ -50,16 +64,10 @@ impl Body {
         }
     }
 
-    pub fn sse(body: SseBody) -> Body {
+    /// A body produced as the socket drains.
+    pub fn stream(body: impl StreamBody) -> Body {
         Body {
-            kind: Kind::Sse(Box::new(body)),
-            meter: None,
-        }
-    }
-
-    pub fn replay(body: ReplayBody) -> Body {
-        Body {
-            kind: Kind::Replay(Box::new(body)),
+            kind: Kind::Stream(Box::new(body)),
             meter: None,
         }
     }
@@ -74,10 +82,8 @@ impl Body {
     pub(crate) fn set_meter(&mut self, meter: Arc<ConnMeter>) {
         // A body that counts against the client's output limits can now
         // abort the connection if the client is dropped.
-        match &self.kind {
-            Kind::Replay(replay) => replay.account().attach_meter(&meter),
-            Kind::Sse(sse) => sse.attach_meter(&meter),
-            Kind::Full(_) | Kind::Upstream(_) => {}
+        if let Kind::Stream(stream) = &self.kind {
+            stream.attach_meter(&meter);
         }
         self.meter = Some(meter);
     }
@@ -102,8 +108,7 @@ impl HttpBody for Body {
         // Every variant is Unpin, so the body can be reached mutably.
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Sse(sse) => Pin::new(sse.as_mut()).poll_frame(cx),
-            Kind::Replay(replay) => Pin::new(replay.as_mut()).poll_frame(cx),
+            Kind::Stream(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
             Kind::Upstream(incoming) => Pin::new(incoming)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
@@ -113,8 +118,7 @@ impl HttpBody for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Sse(_) => false,
-            Kind::Replay(replay) => replay.remaining() == 0,
+            Kind::Stream(stream) => stream.remaining() == Some(0),
             Kind::Upstream(incoming) => incoming.is_end_stream(),
         }
     }
@@ -122,9 +126,11 @@ impl HttpBody for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Sse(_) => SizeHint::default(),
-            // Exact, so the answer goes out with a Content-Length.
-            Kind::Replay(replay) => SizeHint::with_exact(replay.remaining() as u64),
+            Kind::Stream(stream) => match stream.remaining() {
+                // Exact, so the answer goes out with a Content-Length.
+                Some(left) => SizeHint::with_exact(left as u64),
+                None => SizeHint::default(),
+            },
             Kind::Upstream(incoming) => incoming.size_hint(),
         }
     }

@@ -37,4 +37,4 @@ pub mod transport;
 pub use config::Config;
 pub use gateway::Gateway;
 pub use protocol::error;
-pub use server::{run, Listeners};
+pub use server::{run, App, Listeners};

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use pollbridge::{config::cli, Gateway, Listeners};
+use pollbridge::{config::cli, App, Gateway, Listeners};
 
 // jemalloc keeps per-connection memory smallest of the allocators measured
 // (see API-NOTES §8 and BENCHMARKS.md) and returns freed memory steadily.
@@ -71,8 +71,8 @@ async fn serve(config: pollbridge::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let gateway = match Gateway::new(config) {
-        Ok(gateway) => gateway,
+    let app = match App::new(config) {
+        Ok(app) => app,
         Err(e) => {
             eprintln!("pollbridge: {e}");
             return ExitCode::from(2);
@@ -105,12 +105,12 @@ async fn serve(config: pollbridge::Config) -> ExitCode {
     // systemd Type=notify: ready only now that both listeners accept.
     // A no-op without NOTIFY_SOCKET.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::spawn(reload_on_sighup(gateway.clone(), hangup));
+    tokio::spawn(reload_on_sighup(app.gw.clone(), hangup));
     let shutdown = async {
         shutdown_signals.wait().await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    pollbridge::run(gateway, listeners, shutdown).await;
+    pollbridge::run(app, listeners, shutdown).await;
     ExitCode::SUCCESS
 }
 

@@ -7,6 +7,8 @@
 
 mod delivery;
 mod floods;
+mod slow_close;
+pub use slow_close::SlowClose;
 pub mod stats;
 pub use delivery::{record_delivery, ConnectionGuard};
 pub use floods::FloodMetrics;
@@ -17,7 +19,6 @@ use prometheus::{
 };
 
 use crate::protocol::Transport;
-use crate::transport::output::SlowClose;
 
 /// Latency buckets from 100 µs to 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[

@@ -32,7 +32,7 @@ use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::{Fetched, UpstreamClient};
 use super::{
     answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
-    Route, FIRST_ANSWER_WAIT,
+    Bridges, Route, FIRST_ANSWER_WAIT,
 };
 use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
@@ -437,13 +437,13 @@ impl Poller for IncrementalFeed {
 /// Answers a legacy poll of an incremental route.
 pub async fn handle(
     gw: &Arc<Gateway>,
+    bridges: &Bridges,
     index: usize,
     identity: FeedIdentity,
     req: Request,
     peer: std::net::SocketAddr,
     secure: bool,
 ) -> Result<Response, ApiError> {
-    let bridges = &gw.bridges;
     let route = &bridges.routes[index];
     let forwarded = forwarded_headers(route, req.headers());
     // Every poll keeps the feed alive (and starts it), even one the

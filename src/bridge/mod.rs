@@ -140,10 +140,12 @@ pub struct Bridges {
     /// Running incremental feeds by (route index, identity key).
     incremental: FeedMap<IncrementalFeed>,
     client: Option<Arc<UpstreamClient>>,
+    /// Itself, for the feed tasks that remove their feed when they end.
+    me: std::sync::Weak<Bridges>,
 }
 
 impl Bridges {
-    pub fn new(config: &crate::Config, metrics: &Metrics) -> Bridges {
+    pub fn new(config: &crate::Config, metrics: &Metrics) -> Arc<Bridges> {
         let client = config
             .upstream
             .as_deref()
@@ -158,7 +160,7 @@ impl Bridges {
         if config.bridges.is_empty() {
             export_without_routes(metrics);
         }
-        Bridges {
+        Arc::new_cyclic(|me| Bridges {
             routes: config
                 .bridges
                 .iter()
@@ -167,7 +169,8 @@ impl Bridges {
             feeds: DashMap::new(),
             incremental: DashMap::new(),
             client,
-        }
+            me: me.clone(),
+        })
     }
 
     /// The route bridging `path`, if any.
@@ -204,7 +207,7 @@ impl Bridges {
             return pass_through(gw, route, req, peer, secure).await;
         }
         if route.config.mode == BridgeMode::Incremental {
-            return incremental::handle(gw, index, identity, req, peer, secure).await;
+            return incremental::handle(gw, self, index, identity, req, peer, secure).await;
         }
         let Some(feed) = self.feed(gw, index, identity, req.headers())? else {
             route.variants.count_refused();
@@ -304,10 +307,12 @@ impl Bridges {
         }
         resp
     }
+}
 
+impl crate::gateway::ChannelDemand for Bridges {
     /// Someone subscribed to `channel`: if a route bridges it (its plain
     /// feed: no query, no `vary_by`), make sure that feed is polling.
-    pub fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
+    fn wanted(&self, gw: &Arc<Gateway>, channel: &ChannelName) {
         for (index, route) in self.routes.iter().enumerate() {
             // A route with `auth` polls with an allowed client's
             // credentials: it starts once a legacy client has passed.
@@ -329,7 +334,9 @@ impl Bridges {
             }
         }
     }
+}
 
+impl Bridges {
     /// The feed for this request's variant, started if needed; None when
     /// the route is at `max_variants`.
     fn feed(
@@ -413,11 +420,14 @@ impl Bridges {
         };
         let task_feed = feed.clone();
         let task_gw = gw.clone();
+        let bridges = self.me.clone();
         gw.tasks.spawn(async move {
-            task_feed.poll_while_wanted(task_gw.clone(), client).await;
+            task_feed.poll_while_wanted(task_gw, client).await;
             // Retired (idle) or shutting down: forget it (and give its place
             // under the cap back); the next poll starts a fresh one.
-            feeds(&task_gw.bridges).remove(&key);
+            if let Some(bridges) = bridges.upgrade() {
+                feeds(&bridges).remove(&key);
+            }
             drop(slot);
         });
         Ok(Some(feed))

@@ -6,9 +6,12 @@
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
 //! encodings are the same whichever bus is in use.
 
+pub mod client_channels;
 mod history;
 pub mod hub;
 pub mod memory;
+#[cfg(test)]
+mod output_limit_tests;
 pub mod queue;
 pub mod redis;
 
@@ -27,6 +30,12 @@ pub enum BusError {
     /// The shared store is unreachable; nothing was published.
     #[error("message bus unavailable: {0}")]
     Unavailable(String),
+}
+
+impl crate::net::output::DropOnLimit for SubscriberQueue {
+    fn drop_on_limit(&self) {
+        self.close(QueueClosed::OutputLimit);
+    }
 }
 
 impl From<BusError> for crate::protocol::error::ApiError {

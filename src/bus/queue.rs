@@ -22,7 +22,7 @@
 //!
 //! **Output limits.** A client's queue (see [`SubscriberQueue::for_client`])
 //! also counts the bytes it holds against the client's
-//! [`OutputAccount`](crate::transport::output::OutputAccount): past the
+//! [`OutputAccount`](crate::net::output::OutputAccount): past the
 //! per-client hard limit (or the soft one for too long) it closes with
 //! [`QueueClosed::OutputLimit`], and the output reaper may close it the same
 //! way when the gateway-wide budget runs out. Messages written directly
@@ -37,9 +37,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::ChannelMode;
+use crate::net::output::{OutputAccount, OutputBudget, Verdict};
 use crate::protocol::Transport;
 use crate::protocol::{Epoch, Message};
-use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 
 /// Why a queue stopped delivering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

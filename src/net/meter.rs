@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
+use crate::metrics::SlowClose;
 use crate::protocol::Transport;
-use crate::transport::output::SlowClose;
 
 /// Benchmarks only: counting can be switched off to measure what it costs
 /// (`POLLBRIDGE_BENCH_NO_WIRE_METERING=1`). Always on otherwise.

@@ -7,4 +7,5 @@ pub mod bucket;
 pub mod host;
 pub mod limits;
 pub mod meter;
+pub mod output;
 pub mod tls;

@@ -7,6 +7,7 @@
 //! for every tracked task up to `shutdown.drain_timeout`.
 
 pub mod admin;
+mod app;
 pub mod assets;
 pub mod channel_list;
 pub mod public;
@@ -28,6 +29,7 @@ use crate::bus::Bus;
 use crate::gateway::Gateway;
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::net::{auto_errors, limits};
+pub use app::App;
 
 /// The two bound listeners.
 pub struct Listeners {
@@ -40,41 +42,37 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` completes, then drains. Returns whether every
 /// connection finished within the drain time.
-pub async fn run(
-    gw: Arc<Gateway>,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> bool {
+pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> bool {
     let sweeper = tokio::spawn({
-        let gw = gw.clone();
+        let app = app.clone();
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             let mut last_sweep = std::time::Instant::now();
             loop {
                 every.tick().await;
-                gw.stats.sample();
+                app.stats.sample();
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = std::time::Instant::now();
-                    gw.bus.hub().sweep(last_sweep);
-                    gw.ip_limits.sweep();
-                    gw.auth.sweep();
-                    gw.client_channels.sweep(last_sweep);
-                    gw.migration.refresh();
+                    app.bus.hub().sweep(last_sweep);
+                    app.ip_limits.sweep();
+                    app.auth.sweep();
+                    app.client_channels.sweep(last_sweep);
+                    app.migration.refresh();
                 }
             }
         }
     });
-    let reaper = tokio::spawn(gw.output.clone().run_reaper());
-    let public = tokio::spawn(accept_public(gw.clone(), listeners.public));
-    let admin = tokio::spawn(accept_admin(gw.clone(), listeners.admin));
+    let reaper = tokio::spawn(app.output.clone().run_reaper());
+    let public = tokio::spawn(accept_public(app.clone(), listeners.public));
+    let admin = tokio::spawn(accept_admin(app.clone(), listeners.admin));
 
     shutdown.await;
-    tracing::info!(drain = ?gw.config.shutdown.drain_timeout, "shutting down: no new connections, draining");
-    gw.shutdown.cancel();
+    tracing::info!(drain = ?app.config.shutdown.drain_timeout, "shutting down: no new connections, draining");
+    app.shutdown.cancel();
     // The accept loops see the token and drop their listeners.
     let _ = tokio::join!(public, admin);
-    gw.tasks.close();
-    let drained = tokio::time::timeout(gw.config.shutdown.drain_timeout, gw.tasks.wait())
+    app.tasks.close();
+    let drained = tokio::time::timeout(app.config.shutdown.drain_timeout, app.tasks.wait())
         .await
         .is_ok();
     sweeper.abort();
@@ -83,7 +81,7 @@ pub async fn run(
         tracing::info!("drained");
     } else {
         tracing::warn!(
-            open = gw.tasks.len(),
+            open = app.tasks.len(),
             "drain time over; dropping what is left"
         );
     }
@@ -122,41 +120,52 @@ fn http1_builder(gw: &Gateway) -> http1::Builder {
     builder
 }
 
-async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
-    let builder = http1_builder(&gw);
-    let max = gw.config.limits.max_connections;
-    while let Some((stream, peer)) = accept(&gw, &listener).await {
-        if gw.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
-            gw.open_connections.fetch_sub(1, Ordering::Relaxed);
-            gw.tasks.spawn(refuse(gw.clone(), stream, Refusal::Total));
+async fn accept_public(app: Arc<App>, listener: TcpListener) {
+    let builder = http1_builder(&app);
+    let max = app.config.limits.max_connections;
+    while let Some((stream, peer)) = accept(&app, &listener).await {
+        if app.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
+            app.open_connections.fetch_sub(1, Ordering::Relaxed);
+            app.tasks.spawn(refuse(app.clone(), stream, Refusal::Total));
             continue;
         }
-        let ip_slot = match gw.ip_limits.connect(peer.ip()) {
+        let ip_slot = match app.ip_limits.connect(peer.ip()) {
             Ok(slot) => slot,
             Err(limits::AddressFull) => {
-                gw.open_connections.fetch_sub(1, Ordering::Relaxed);
-                gw.tasks
-                    .spawn(refuse(gw.clone(), stream, Refusal::PerAddress));
+                app.open_connections.fetch_sub(1, Ordering::Relaxed);
+                app.tasks
+                    .spawn(refuse(app.clone(), stream, Refusal::PerAddress));
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let meter = ConnMeter::new(gw.metrics.clone(), gw.open_connections.clone(), ip_slot);
+        let meter = ConnMeter::new(app.metrics.clone(), app.open_connections.clone(), ip_slot);
         let stream = MeteredStream::new(stream, meter.clone())
-            .with_write_timeout(gw.config.limits.write_timeout);
-        let conn_gw = gw.clone();
+            .with_write_timeout(app.config.limits.write_timeout);
+        let conn_app = app.clone();
         let builder = builder.clone();
-        gw.tasks.spawn(async move {
-            match &conn_gw.tls {
+        app.tasks.spawn(async move {
+            match &conn_app.tls {
                 None => {
-                    serve_public(&conn_gw, &builder, TokioIo::new(stream), peer, meter, false).await
+                    serve_public(
+                        &conn_app,
+                        &builder,
+                        TokioIo::new(stream),
+                        peer,
+                        meter,
+                        false,
+                    )
+                    .await
                 }
                 // Boxed: the TLS branch's future (handshake, TLS stream) is
                 // ~2.4 KB bigger than the plain one, and without the box
                 // every plain connection's task would be sized for it.
                 Some(tls) => {
                     let acceptor = tls.acceptor();
-                    Box::pin(serve_tls(&conn_gw, &builder, acceptor, stream, peer, meter)).await
+                    Box::pin(serve_tls(
+                        &conn_app, &builder, acceptor, stream, peer, meter,
+                    ))
+                    .await
                 }
             }
         });
@@ -166,7 +175,7 @@ async fn accept_public(gw: Arc<Gateway>, listener: TcpListener) {
 /// The TLS handshake (with the same deadline as a request head), then
 /// [`serve_public`] over the TLS stream.
 async fn serve_tls(
-    gw: &Arc<Gateway>,
+    app: &Arc<App>,
     builder: &http1::Builder,
     acceptor: tokio_rustls::TlsAcceptor,
     stream: MeteredStream<TcpStream>,
@@ -174,9 +183,9 @@ async fn serve_tls(
     meter: Arc<ConnMeter>,
 ) {
     let handshake = acceptor.accept(stream);
-    match tokio::time::timeout(gw.config.limits.header_read_timeout, handshake).await {
+    match tokio::time::timeout(app.config.limits.header_read_timeout, handshake).await {
         Ok(Ok(tls_stream)) => {
-            serve_public(gw, builder, TokioIo::new(tls_stream), peer, meter, true).await
+            serve_public(app, builder, TokioIo::new(tls_stream), peer, meter, true).await
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -186,7 +195,7 @@ async fn serve_tls(
 /// Serves HTTP/1.1 (with upgrades) on one accepted public connection until
 /// it ends or the gateway shuts down.
 async fn serve_public<I>(
-    gw: &Arc<Gateway>,
+    app: &Arc<App>,
     builder: &http1::Builder,
     io: I,
     peer: SocketAddr,
@@ -195,11 +204,11 @@ async fn serve_public<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let svc_gw = gw.clone();
+    let svc_app = app.clone();
     let service = service_fn(move |req| {
-        let gw = svc_gw.clone();
+        let app = svc_app.clone();
         let meter = meter.clone();
-        async move { Ok::<_, Infallible>(public::route(gw, req, peer, meter, secure).await) }
+        async move { Ok::<_, Infallible>(public::route(app, req, peer, meter, secure).await) }
     });
     let io = auto_errors::JsonAutoErrors::new(io);
     let conn = builder.serve_connection(io, service).with_upgrades();
@@ -207,7 +216,7 @@ async fn serve_public<I>(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = gw.shutdown.cancelled() => {
+        _ = app.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -229,7 +238,7 @@ enum Refusal {
 /// Over a connection limit: a short 503/429 and close, never a queue.
 /// On a TLS listener the answer goes through a (time-bounded) handshake,
 /// so the client can read it.
-async fn refuse(gw: Arc<Gateway>, stream: TcpStream, refusal: Refusal) {
+async fn refuse(app: Arc<App>, stream: TcpStream, refusal: Refusal) {
     let (status, body) = match refusal {
         Refusal::Total => (
             "503 Service Unavailable",
@@ -246,7 +255,7 @@ async fn refuse(gw: Arc<Gateway>, stream: TcpStream, refusal: Refusal) {
     );
     let deadline = Duration::from_secs(2);
     let answer = async {
-        match &gw.tls {
+        match &app.tls {
             None => {
                 let mut stream = stream;
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -262,24 +271,24 @@ async fn refuse(gw: Arc<Gateway>, stream: TcpStream, refusal: Refusal) {
     let _ = tokio::time::timeout(deadline, answer).await;
 }
 
-async fn accept_admin(gw: Arc<Gateway>, listener: TcpListener) {
+async fn accept_admin(app: Arc<App>, listener: TcpListener) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(gw.config.limits.header_read_timeout)
+        .header_read_timeout(app.config.limits.header_read_timeout)
         // As on the public listener; also lets JsonAutoErrors recognise
         // hyper's own error answers.
         .auto_date_header(false);
-    while let Some((stream, peer)) = accept(&gw, &listener).await {
-        let svc_gw = gw.clone();
+    while let Some((stream, peer)) = accept(&app, &listener).await {
+        let svc_app = app.clone();
         let service = service_fn(move |req| {
-            let gw = svc_gw.clone();
-            async move { Ok::<_, Infallible>(admin::route(gw, req).await) }
+            let app = svc_app.clone();
+            async move { Ok::<_, Infallible>(admin::route(app, req).await) }
         });
         let io = auto_errors::JsonAutoErrors::new(TokioIo::new(stream));
         let conn = builder.serve_connection(io, service);
-        let token = gw.shutdown.clone();
-        gw.tasks.spawn(async move {
+        let token = app.shutdown.clone();
+        app.tasks.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,

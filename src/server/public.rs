@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::App;
 use crate::gateway::Gateway;
 use crate::http::{self as h, Request, Response};
 use crate::net::meter::ConnMeter;
@@ -75,15 +76,15 @@ impl Route {
 /// locals (the request alone is ~250 bytes).
 #[allow(clippy::manual_async_fn)] // on purpose, see above
 pub fn route(
-    gw: Arc<Gateway>,
+    app: Arc<App>,
     mut req: Request,
     peer: SocketAddr,
     meter: Arc<ConnMeter>,
     secure: bool,
 ) -> impl Future<Output = Response> + Send {
     async move {
-        let route = match classify(&gw.config.prefix, req.uri().path()) {
-            Route::Proxy => match gw.bridges.route_for(req.uri().path()) {
+        let route = match classify(&app.config.prefix, req.uri().path()) {
+            Route::Proxy => match app.bridges.route_for(req.uri().path()) {
                 Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
                     Route::Bridge(index)
                 }
@@ -107,9 +108,11 @@ pub fn route(
         // stays inline.
         let result = match route {
             Route::Refused(e) => Err(e),
-            Route::WebSocket(channel) => Box::pin(websocket::handle(&gw, req, channel, peer)).await,
-            Route::Echo if gw.config.conformance_echo => {
-                Box::pin(websocket::handle_echo(&gw, req)).await
+            Route::WebSocket(channel) => {
+                Box::pin(websocket::handle(&app.gw, req, channel, peer)).await
+            }
+            Route::Echo if app.config.conformance_echo => {
+                Box::pin(websocket::handle_echo(&app.gw, req)).await
             }
             Route::Asset(asset) => {
                 let mut resp = asset.serve(req.headers());
@@ -120,33 +123,33 @@ pub fn route(
                 );
                 Ok(resp)
             }
-            Route::Demo if gw.config.demo.enabled => {
+            Route::Demo if app.config.demo.enabled => {
                 Ok(super::assets::DEMO_HTML.serve(req.headers()))
             }
-            Route::Stats if gw.config.demo.public_stats() => {
-                Ok(h::json_value(http::StatusCode::OK, &gw.stats.report()))
+            Route::Stats if app.config.demo.public_stats() => {
+                Ok(h::json_value(http::StatusCode::OK, &app.stats.report()))
             }
             Route::Echo | Route::Demo | Route::Stats => Err(ApiError::NotFound(format!(
                 "{} is not enabled on this gateway",
                 req.uri().path()
             ))),
-            Route::Poll(channel) => longpoll::handle(&gw, &mut req, &channel, peer).await,
-            Route::Sse(channel) => Box::pin(sse::handle(&gw, &req, &channel, peer)).await,
-            Route::Publish(channel) => match authorize_publisher(&gw, &req, &channel) {
-                Ok(()) => Box::pin(publish::single(&gw, req, &channel)).await,
+            Route::Poll(channel) => longpoll::handle(&app.gw, &mut req, &channel, peer).await,
+            Route::Sse(channel) => Box::pin(sse::handle(&app.gw, &req, &channel, peer)).await,
+            Route::Publish(channel) => match authorize_publisher(&app, &req, &channel) {
+                Ok(()) => Box::pin(publish::single(&app.gw, req, &channel)).await,
                 Err(e) => Err(e),
             },
             Route::UnknownGatewayPath => Err(ApiError::NotFound(format!(
                 "no gateway endpoint {}; see {p}/ws, {p}/poll/{{channel}}, {p}/sse/{{channel}}",
                 req.uri().path(),
-                p = gw.config.prefix
+                p = app.config.prefix
             ))),
             Route::Bridge(index) => {
-                Box::pin(gw.bridges.handle(&gw, index, req, peer, secure)).await
+                Box::pin(app.bridges.handle(&app.gw, index, req, peer, secure)).await
             }
-            Route::Proxy => match &gw.proxy {
+            Route::Proxy => match &app.proxy {
                 Some(proxy) => {
-                    let from_proxy = gw.ip_limits.is_trusted(peer.ip());
+                    let from_proxy = app.ip_limits.is_trusted(peer.ip());
                     let scheme = if secure { "https" } else { "http" };
                     Ok(Box::pin(proxy.forward(req, peer, scheme, from_proxy)).await)
                 }

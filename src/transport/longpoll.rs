@@ -37,11 +37,11 @@ use crate::http::{json, Body, Request, Response};
 use crate::metrics::PollResult;
 use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::migration;
+use crate::net::output::standalone_account;
 use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::protocol::{Epoch, Message};
-use crate::transport::output::standalone_account;
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
@@ -342,7 +342,7 @@ fn streamed(
     }
     let account = standalone_account(&gw.output, Transport::LongPoll, size);
     count_answer(gw, messages, truncated);
-    let mut resp = hyper::Response::new(Body::replay(ReplayBody::new(answer, account)));
+    let mut resp = hyper::Response::new(Body::stream(ReplayBody::new(answer, account)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

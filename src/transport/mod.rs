@@ -3,9 +3,7 @@
 //! [`SubscriberQueue`](crate::bus::SubscriberQueue); the pieces they share
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
-pub mod client_channels;
 pub mod longpoll;
-pub mod output;
 pub mod params;
 pub mod replay;
 pub mod sse;

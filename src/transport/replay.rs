@@ -17,8 +17,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 
 use crate::http::BoxError;
+use crate::net::output::OutputAccount;
 use crate::protocol::Message;
-use crate::transport::output::OutputAccount;
 
 /// Target size of a chunk of copied small messages.
 pub const CHUNK: usize = 16 * 1024;
@@ -156,15 +156,21 @@ impl ReplayBody {
         ReplayBody { replay, account }
     }
 
-    pub fn account(&self) -> &Arc<OutputAccount> {
-        &self.account
-    }
-
     pub fn remaining(&self) -> usize {
         self.replay.remaining()
     }
+}
 
-    pub fn poll_frame(
+impl crate::http::StreamBody for ReplayBody {
+    fn remaining(&self) -> Option<usize> {
+        Some(self.replay.remaining())
+    }
+
+    fn attach_meter(&self, meter: &Arc<crate::net::meter::ConnMeter>) {
+        self.account.attach_meter(meter);
+    }
+
+    fn poll_frame(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

@@ -8,7 +8,7 @@
 //! The replayed history is written as the socket drains, a chunk at a time,
 //! from the messages' shared envelopes ([`Replay`]), never assembled whole;
 //! live messages queued meanwhile count against the client's output limits
-//! ([`crate::transport::output`]).
+//! ([`crate::net::output`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,7 +80,7 @@ pub async fn handle(
             .unwrap_or_default();
         body.token_expiry = Some(Box::pin(tokio::time::sleep(left)));
     }
-    let mut resp = hyper::Response::new(Body::sse(body));
+    let mut resp = hyper::Response::new(Body::stream(body));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -316,6 +316,23 @@ fn restart_notice(msg: &Message, before: Cursor) -> Bytes {
         "epoch": msg.epoch.to_string(),
     });
     Bytes::from(format!("event: truncated\ndata: {data}\n\n"))
+}
+
+impl crate::http::StreamBody for SseBody {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        HttpBody::poll_frame(self, cx)
+    }
+
+    fn remaining(&self) -> Option<usize> {
+        None
+    }
+
+    fn attach_meter(&self, meter: &Arc<ConnMeter>) {
+        SseBody::attach_meter(self, meter)
+    }
 }
 
 impl HttpBody for SseBody {

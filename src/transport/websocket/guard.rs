@@ -21,7 +21,7 @@ pub enum Limit {
     Publishes = 1,
     PublishBytes = 2,
     /// A publish that would create a channel past `max_client_channels`
-    /// (counted here, checked by [`ClientChannels`](crate::transport::client_channels)).
+    /// (counted here, checked by [`ClientChannels`](crate::bus::client_channels)).
     ClientChannels = 3,
 }
 

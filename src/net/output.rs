@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::bus::{QueueClosed, SubscriberQueue};
 use crate::config::LimitsConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SlowClose};
 use crate::net::meter::ConnMeter;
 use crate::protocol::Transport;
 
@@ -40,37 +39,6 @@ pub const TRACK_ABOVE: usize = 64 * 1024;
 
 /// How often the reaper looks, besides when the budget is exceeded.
 const REAP_EVERY: Duration = Duration::from_millis(500);
-
-/// Why the gateway closed a slow client; metric label `reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowClose {
-    /// Its socket accepted nothing for `limits.write_timeout`.
-    WriteTimeout = 0,
-    /// Its pending output passed `limits.client_output_hard_bytes`.
-    HardLimit = 1,
-    /// It stayed past `limits.client_output_soft_bytes` too long.
-    SoftLimit = 2,
-    /// It was among the largest when the gateway-wide budget ran out.
-    Budget = 3,
-}
-
-impl SlowClose {
-    pub const ALL: [SlowClose; 4] = [
-        SlowClose::WriteTimeout,
-        SlowClose::HardLimit,
-        SlowClose::SoftLimit,
-        SlowClose::Budget,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SlowClose::WriteTimeout => "write_timeout",
-            SlowClose::HardLimit => "output_hard_limit",
-            SlowClose::SoftLimit => "output_soft_limit",
-            SlowClose::Budget => "output_budget",
-        }
-    }
-}
 
 /// The gateway-wide account of pending output.
 pub struct OutputBudget {
@@ -86,7 +54,7 @@ pub struct OutputBudget {
     tracked: Mutex<Vec<Weak<OutputAccount>>>,
     /// Wakes the reaper when the budget is exceeded.
     over: tokio::sync::Notify,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// What adding output to an account found.
@@ -204,6 +172,13 @@ impl OutputBudget {
     }
 }
 
+/// What an account closes to drop its client: the subscriber queue (the
+/// bus implements it, so this layer needn't know the queue).
+pub trait DropOnLimit: Send + Sync {
+    /// Closes the client's queue because its output passed a limit.
+    fn drop_on_limit(&self);
+}
+
 /// One client's pending output.
 pub struct OutputAccount {
     /// Itself, for registering with the reaper.
@@ -218,7 +193,7 @@ pub struct OutputAccount {
     tracked: AtomicBool,
     killed: AtomicBool,
     /// The subscriber queue this account counts, closed to drop the client.
-    queue: OnceLock<Weak<SubscriberQueue>>,
+    queue: OnceLock<Weak<dyn DropOnLimit>>,
     /// The client's connection, aborted to drop a client stuck in a write.
     meter: OnceLock<Arc<ConnMeter>>,
 }
@@ -269,7 +244,8 @@ impl OutputAccount {
     }
 
     /// Lets the account drop the client by closing its queue.
-    pub fn attach_queue(&self, queue: Weak<SubscriberQueue>) {
+    pub fn attach_queue<Q: DropOnLimit + 'static>(&self, queue: Weak<Q>) {
+        let queue: Weak<dyn DropOnLimit> = queue;
         let _ = self.queue.set(queue);
     }
 
@@ -297,7 +273,7 @@ impl OutputAccount {
             return;
         }
         if let Some(queue) = self.queue.get().and_then(Weak::upgrade) {
-            queue.close(QueueClosed::OutputLimit);
+            queue.drop_on_limit();
         }
     }
 }
@@ -329,97 +305,4 @@ pub fn standalone_account(
         budget.tracked.lock().push(account.me.clone());
     }
     account
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ChannelMode;
-
-    fn budget(limit: usize, hard: usize, soft: usize, soft_time: Duration) -> Arc<OutputBudget> {
-        let limits = LimitsConfig {
-            max_pending_output_bytes: limit,
-            client_output_hard_bytes: hard,
-            client_output_soft_bytes: soft,
-            client_output_soft_time: soft_time,
-            ..LimitsConfig::default()
-        };
-        OutputBudget::new(&limits, Arc::new(Metrics::new()))
-    }
-
-    fn msg(id: u64, size: usize) -> Arc<crate::protocol::Message> {
-        let data = format!("\"{}\"", "x".repeat(size));
-        Arc::new(crate::protocol::Message::new(
-            crate::protocol::channel::ChannelName::new("c").unwrap(),
-            crate::protocol::Epoch::NONE,
-            id,
-            data.as_bytes(),
-            Instant::now(),
-        ))
-    }
-
-    #[test]
-    fn a_queue_past_the_hard_limit_is_closed_and_its_bytes_released() {
-        let b = budget(1 << 30, 10_000, 8_000, Duration::from_secs(60));
-        let q = SubscriberQueue::for_client(1000, Transport::Sse, &b);
-        for id in 1..=4 {
-            q.push(&msg(id, 2_000), ChannelMode::Stream);
-        }
-        assert!(b.pending() > 8_000);
-        q.push(&msg(5, 2_000), ChannelMode::Stream);
-        let mut out = Vec::new();
-        assert_eq!(q.try_drain(&mut out, 10), Err(QueueClosed::OutputLimit));
-        assert_eq!(b.pending(), 0);
-        assert_eq!(
-            b.metrics
-                .slow_closed_count(Transport::Sse, SlowClose::HardLimit),
-            1
-        );
-    }
-
-    #[test]
-    fn draining_releases_and_dropping_the_queue_releases_the_rest() {
-        let b = budget(1 << 30, 1 << 30, 1 << 29, Duration::from_secs(60));
-        let q = SubscriberQueue::for_client(1000, Transport::WebSocket, &b);
-        for id in 1..=3 {
-            q.push(&msg(id, 100), ChannelMode::Stream);
-        }
-        let one = msg(1, 100).envelope.len();
-        assert_eq!(b.pending(), 3 * one);
-        let mut out = Vec::new();
-        q.try_drain(&mut out, 2).unwrap();
-        assert_eq!(b.pending(), one);
-        drop(q);
-        assert_eq!(b.pending(), 0);
-    }
-
-    #[test]
-    fn the_reaper_drops_the_largest_first_and_soft_limits_expire() {
-        let b = budget(300_000, 1 << 30, 1 << 29, Duration::from_secs(60));
-        let small = SubscriberQueue::for_client(1000, Transport::Sse, &b);
-        let large = SubscriberQueue::for_client(1000, Transport::WebSocket, &b);
-        for id in 1..=2 {
-            small.push(&msg(id, 70_000), ChannelMode::Stream);
-        }
-        for id in 1..=4 {
-            large.push(&msg(id, 70_000), ChannelMode::Stream);
-        }
-        assert!(b.pending() > 300_000);
-        b.enforce();
-        let mut out = Vec::new();
-        assert_eq!(large.try_drain(&mut out, 10), Err(QueueClosed::OutputLimit));
-        assert!(small.try_drain(&mut out, 10).is_ok());
-
-        let soft = budget(1 << 30, 1 << 30, 1_000, Duration::ZERO);
-        let answer = standalone_account(&soft, Transport::LongPoll, 100_000);
-        soft.enforce();
-        assert!(answer.is_killed());
-        assert_eq!(
-            soft.metrics
-                .slow_closed_count(Transport::LongPoll, SlowClose::SoftLimit),
-            1
-        );
-        drop(answer);
-        assert_eq!(soft.pending(), 0);
-    }
 }
