@@ -203,10 +203,16 @@ fn long_functions(code: &str) -> Vec<(String, usize)> {
     for (i, line) in lines.iter().enumerate() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        let signature = ["pub fn ", "pub(crate) fn ", "fn ", "async fn ", "pub async fn "]
-            .iter()
-            .chain(&["pub(crate) async fn ", "const fn ", "pub const fn "])
-            .find_map(|p| trimmed.strip_prefix(p));
+        let signature = [
+            "pub fn ",
+            "pub(crate) fn ",
+            "fn ",
+            "async fn ",
+            "pub async fn ",
+        ]
+        .iter()
+        .chain(&["pub(crate) async fn ", "const fn ", "pub const fn "])
+        .find_map(|p| trimmed.strip_prefix(p));
         let Some(signature) = signature else { continue };
         if trimmed.ends_with(';') {
             continue; // a trait method without a body
@@ -233,10 +239,7 @@ fn rooms_stay_small() {
         let code = code_of(&text);
         let lines = code.lines().count();
         if lines > MAX_FILE_LINES {
-            big.insert(
-                path.display().to_string(),
-                format!("{lines} lines of code"),
-            );
+            big.insert(path.display().to_string(), format!("{lines} lines of code"));
         }
         for (name, len) in long_functions(&code) {
             big.insert(
@@ -261,7 +264,10 @@ fn the_checks_themselves_see_what_they_look_for() {
         code_of("use crate::a; // crate::b\n#[cfg(test)]\nmod tests { use crate::c; }"),
         "use crate::a; "
     );
-    let long = format!("fn big() {{\n{}}}\nfn small() {{\n}}\n", "    x();\n".repeat(90));
+    let long = format!(
+        "fn big() {{\n{}}}\nfn small() {{\n}}\n",
+        "    x();\n".repeat(90)
+    );
     assert_eq!(long_functions(&long), [("big".to_string(), 92)]);
     assert_eq!(layer_of("protocol"), Some(0));
     assert!(layer_of("server") > layer_of("transport"));

@@ -83,15 +83,7 @@ pub fn route(
     secure: bool,
 ) -> impl Future<Output = Response> + Send {
     async move {
-        let route = match classify(&app.config.prefix, req.uri().path()) {
-            Route::Proxy => match app.bridges.route_for(req.uri().path()) {
-                Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
-                    Route::Bridge(index)
-                }
-                _ => Route::Proxy,
-            },
-            other => other,
-        };
+        let route = pick_route(&app, &req);
         meter.begin_request(route.transport());
         // Before anything reads or forwards it (RFC 9112 §3.2).
         let route = match crate::net::host::check(req.version(), req.headers()) {
@@ -114,15 +106,7 @@ pub fn route(
             Route::Echo if app.config.conformance_echo => {
                 Box::pin(websocket::handle_echo(&app.gw, req)).await
             }
-            Route::Asset(asset) => {
-                let mut resp = asset.serve(req.headers());
-                // Module scripts load in CORS mode; the client is public anyway.
-                resp.headers_mut().insert(
-                    http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    http::HeaderValue::from_static("*"),
-                );
-                Ok(resp)
-            }
+            Route::Asset(asset) => Ok(serve_asset(asset, &req)),
             Route::Demo if app.config.demo.enabled => {
                 Ok(super::assets::DEMO_HTML.serve(req.headers()))
             }
@@ -159,20 +143,49 @@ pub fn route(
                 ))),
             },
         };
-        let mut resp = result.unwrap_or_else(|e| {
-            match e.source() {
-                crate::protocol::error::Source::Client => {
-                    tracing::debug!(error = %e, code = e.code(), "request refused")
-                }
-                crate::protocol::error::Source::Upstream => {
-                    tracing::warn!(error = %e, code = e.code(), "request failed")
-                }
-            }
-            h::error(&e)
-        });
+        let mut resp = result.unwrap_or_else(|e| error_answer(&e));
         resp.body_mut().set_meter(meter);
         resp
     }
+}
+
+/// Where a request goes: a gateway endpoint under the prefix, a bridged
+/// legacy poll (GET or HEAD of a `[[bridge]]` path), or the proxy.
+fn pick_route(app: &App, req: &Request) -> Route {
+    match classify(&app.config.prefix, req.uri().path()) {
+        Route::Proxy => match app.bridges.route_for(req.uri().path()) {
+            Some(index) if matches!(*req.method(), http::Method::GET | http::Method::HEAD) => {
+                Route::Bridge(index)
+            }
+            _ => Route::Proxy,
+        },
+        other => other,
+    }
+}
+
+/// The browser client and its types.
+fn serve_asset(asset: &super::assets::Asset, req: &Request) -> Response {
+    let mut resp = asset.serve(req.headers());
+    // Module scripts load in CORS mode; the client is public anyway.
+    resp.headers_mut().insert(
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        http::HeaderValue::from_static("*"),
+    );
+    resp
+}
+
+/// The answer to a refused or failed request, logged by who caused it: a
+/// client's mistake at debug, an upstream or bus failure at warn.
+fn error_answer(e: &ApiError) -> Response {
+    match e.source() {
+        crate::protocol::error::Source::Client => {
+            tracing::debug!(error = %e, code = e.code(), "request refused")
+        }
+        crate::protocol::error::Source::Upstream => {
+            tracing::warn!(error = %e, code = e.code(), "request failed")
+        }
+    }
+    h::error(e)
 }
 
 /// Public publishing needs one of the configured keys as a bearer token,
