@@ -25,20 +25,15 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::feed::etag_for;
-use super::identity::{client_cursor, ClientCursor, FeedIdentity};
+use super::identity::FeedIdentity;
 use super::items::{self, Template};
 use super::record::Record;
 use super::schedule::{next_poll_delay, Demand, Poller};
 use super::upstream::{Fetched, UpstreamClient};
-use super::{
-    answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
-    Bridges, Route, FIRST_ANSWER_WAIT,
-};
+use super::Route;
 use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
-use crate::http::{Request, Response};
 use crate::protocol::channel::{ChannelName, Since};
-use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use crate::protocol::{Epoch, Message, Payload};
 
@@ -60,18 +55,18 @@ struct State {
 }
 
 /// What a legacy client with a known cursor is sent.
-struct Answer {
-    body: Bytes,
-    etag: HeaderValue,
-    content_type: HeaderValue,
+pub(super) struct Answer {
+    pub(super) body: Bytes,
+    pub(super) etag: HeaderValue,
+    pub(super) content_type: HeaderValue,
     /// The newest bus id the answer reflects.
-    last_bus_id: u64,
+    pub(super) last_bus_id: u64,
 }
 
 /// One incremental route variant: its poller and its record.
 pub struct IncrementalFeed {
     route: Arc<Route>,
-    channel: ChannelName,
+    pub(super) channel: ChannelName,
     identity: FeedIdentity,
     /// Headers copied from the client that started the feed.
     forwarded: HeaderMap,
@@ -80,8 +75,8 @@ pub struct IncrementalFeed {
     capacity: usize,
     state: Mutex<State>,
     /// Bumped on every state change; held polls and first-time waiters watch it.
-    version: watch::Sender<u64>,
-    demand: Demand,
+    pub(super) version: watch::Sender<u64>,
+    pub(super) demand: Demand,
 }
 
 impl IncrementalFeed {
@@ -115,7 +110,7 @@ impl IncrementalFeed {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn resolved(&self) -> bool {
+    pub(super) fn resolved(&self) -> bool {
         self.state.lock().resolved
     }
 
@@ -128,7 +123,7 @@ impl IncrementalFeed {
         }
     }
 
-    fn last_bus_id(&self) -> u64 {
+    pub(super) fn last_bus_id(&self) -> u64 {
         self.state.lock().record.last_bus_id()
     }
 
@@ -139,7 +134,7 @@ impl IncrementalFeed {
     /// asked), every cursor gets the empty wrapper: there is nothing after
     /// it. So a page polling `after=0` in an empty room, or a user with no
     /// notifications, costs the backend nothing.
-    fn answer_after(&self, cursor: &str) -> Option<Answer> {
+    pub(super) fn answer_after(&self, cursor: &str) -> Option<Answer> {
         let state = self.state.lock();
         let template = state.template.as_ref()?;
         let body = if state.record.is_empty() {
@@ -295,27 +290,7 @@ impl IncrementalFeed {
                 return false;
             }
         };
-        // Leave out what the channel already has: an `after` that includes
-        // the cursor's own item, or a repeat of the last batch that is not
-        // back from the bus yet.
-        let new: Vec<_> = {
-            let mut state = self.state.lock();
-            state.template = Some(parsed.template);
-            let mut seen = HashSet::new();
-            parsed
-                .items
-                .into_iter()
-                .filter(|item| {
-                    !state.record.knows(&item.id)
-                        && Some(&item.id) != cursor.as_ref()
-                        && !last_batch.contains(&item.id)
-                        && seen.insert(item.id.clone())
-                })
-                // A longer answer is taken in pages: the cursor moves to the
-                // last item published and the rest comes with the next poll.
-                .take(self.capacity)
-                .collect()
-        };
+        let new = self.new_items(parsed, cursor.as_ref(), last_batch);
         if new.is_empty() {
             self.route.upstream_result("not_modified");
             self.resolve();
@@ -339,19 +314,7 @@ impl IncrementalFeed {
             Ok(published) => {
                 let last = new.last().expect("not empty");
                 let bus_id = published.last().map_or(0, |p| p.id);
-                // The epoch of these ids is learnt when they come back
-                // through the feed's own subscription (record_messages,
-                // right after this); within the epoch it has, a newer id
-                // moves the cursor now.
-                let mut state = self.state.lock();
-                match &state.cursor {
-                    None => state.cursor = Some((Epoch::NONE, bus_id, last.id.clone())),
-                    Some((epoch, b, _)) if bus_id > *b => {
-                        state.cursor = Some((*epoch, bus_id, last.id.clone()));
-                    }
-                    Some(_) => {}
-                }
-                drop(state);
+                self.advance_cursor(bus_id, &last.id);
                 *last_batch = new.into_iter().map(|i| i.id).collect();
                 self.route.upstream_result("changed");
                 self.resolve();
@@ -363,6 +326,48 @@ impl IncrementalFeed {
                 self.resolve();
                 false
             }
+        }
+    }
+
+    /// The backend's items the channel doesn't have yet: not an `after`
+    /// that includes the cursor's own item, nor a repeat of the last batch
+    /// that is not back from the bus yet; at most a history's worth.
+    fn new_items(
+        &self,
+        parsed: items::Parsed,
+        cursor: Option<&String>,
+        last_batch: &HashSet<String>,
+    ) -> Vec<items::Item> {
+        let mut state = self.state.lock();
+        state.template = Some(parsed.template);
+        let mut seen = HashSet::new();
+        parsed
+            .items
+            .into_iter()
+            .filter(|item| {
+                !state.record.knows(&item.id)
+                    && Some(&item.id) != cursor
+                    && !last_batch.contains(&item.id)
+                    && seen.insert(item.id.clone())
+            })
+            // A longer answer is taken in pages: the cursor moves to the
+            // last item published and the rest comes with the next poll.
+            .take(self.capacity)
+            .collect()
+    }
+
+    /// Moves the feed's cursor to a batch it just published. The epoch of
+    /// these ids is learnt when they come back through the feed's own
+    /// subscription (record_messages, right after this); within the epoch
+    /// it has, a newer id moves the cursor now.
+    fn advance_cursor(&self, bus_id: u64, item_id: &str) {
+        let mut state = self.state.lock();
+        match &state.cursor {
+            None => state.cursor = Some((Epoch::NONE, bus_id, item_id.to_string())),
+            Some((epoch, b, _)) if bus_id > *b => {
+                state.cursor = Some((*epoch, bus_id, item_id.to_string()));
+            }
+            Some(_) => {}
         }
     }
 
@@ -432,72 +437,4 @@ impl Poller for IncrementalFeed {
     ) -> impl Future<Output = ()> + Send {
         self.run(gw, client)
     }
-}
-
-/// Answers a legacy poll of an incremental route.
-pub async fn handle(
-    gw: &Arc<Gateway>,
-    bridges: &Bridges,
-    index: usize,
-    identity: FeedIdentity,
-    req: Request,
-    peer: std::net::SocketAddr,
-    secure: bool,
-) -> Result<Response, ApiError> {
-    let route = &bridges.routes[index];
-    let forwarded = forwarded_headers(route, req.headers());
-    // Every poll keeps the feed alive (and starts it), even one the
-    // backend answers: the page's next poll will carry a cursor.
-    let Some(feed) = bridges.incremental_feed(gw, index, identity, forwarded)? else {
-        route.variants.count_refused();
-        return pass_through(gw, route, req, peer, secure).await;
-    };
-    feed.demand.touch();
-    record_poll(gw, route, &feed.channel, &req, peer);
-    let ClientCursor::One(cursor) = client_cursor(req.uri().query(), &route.config.cursor_param)
-    else {
-        return pass_through(gw, route, req, peer, secure).await;
-    };
-
-    let mut watch = feed.version.subscribe();
-    if !feed.resolved() {
-        let wait = watch.wait_for(|_| feed.resolved());
-        let _ = tokio::time::timeout(FIRST_ANSWER_WAIT, wait).await;
-    }
-    let Some(answer) = feed.answer_after(&cursor) else {
-        return pass_through(gw, route, req, peer, secure).await;
-    };
-    if !client_has(req.headers(), &answer.etag) {
-        route.client_body.inc();
-        return Ok(respond(gw, route, answer));
-    }
-    let Some(hold) = route.config.hold else {
-        route.client_not_modified.inc();
-        return Ok(not_modified(route, &answer.etag));
-    };
-    // The client has this answer: hold the poll until a new item comes.
-    let seen = answer.last_bus_id;
-    let newer = watch.wait_for(|_| feed.last_bus_id() != seen);
-    let changed = tokio::select! {
-        changed = tokio::time::timeout(hold, newer) => changed.is_ok_and(|r| r.is_ok()),
-        _ = gw.shutdown.cancelled() => false,
-    };
-    drop(watch);
-    if !changed {
-        route.client_not_modified.inc();
-        return Ok(not_modified(route, &answer.etag));
-    }
-    match feed.answer_after(&cursor) {
-        Some(newer) => {
-            route.client_held.inc();
-            Ok(respond(gw, route, newer))
-        }
-        // The cursor left the record while the poll was held.
-        None => pass_through(gw, route, req, peer, secure).await,
-    }
-}
-
-fn respond(gw: &Gateway, route: &Route, answer: Answer) -> Response {
-    let held = route.config.hold.is_some();
-    answer_with_body(gw, answer.body, answer.content_type, answer.etag, held)
 }

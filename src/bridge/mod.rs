@@ -16,6 +16,7 @@ mod browser_cache;
 mod feed;
 mod identity;
 mod incremental;
+mod incremental_answer;
 mod items;
 mod record;
 mod route;
@@ -130,7 +131,7 @@ impl Bridges {
             return pass_through(gw, route, req, peer, secure).await;
         }
         if route.config.mode == BridgeMode::Incremental {
-            return incremental::handle(gw, self, index, identity, req, peer, secure).await;
+            return incremental_answer::handle(gw, self, index, identity, req, peer, secure).await;
         }
         let Some(feed) = self.feed(gw, index, identity, req.headers())? else {
             route.variants.count_refused();
