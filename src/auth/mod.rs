@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::http::query_pairs;
 use crate::metrics::Metrics;
 
-/// Checks that a public key file loads (for configuration validation).
+/// Checks that a public key file loads (for the start-up file checks,
+/// [`crate::Gateway::load_problems`]).
 pub fn load_public_key(path: &std::path::Path) -> Result<(), String> {
     token::load_public_key(path).map(|_| ())
 }

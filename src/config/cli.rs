@@ -187,9 +187,17 @@ fn command() -> Command {
 }
 
 /// Parses the command line and environment, loads the file and merges all
-/// layers. `Err` carries every problem found; the caller prints them and
-/// exits with code 2. Clap's own usage errors exit from inside (also code 2).
-pub fn parse<I, T>(args: I) -> Result<Invocation, Vec<ConfigProblem>>
+/// layers. `Err` carries every problem found, those of `load_checks` too;
+/// the caller prints them and exits with code 2. Clap's own usage errors
+/// exit from inside (also code 2).
+///
+/// `load_checks` is given the configuration once it deserialised: the
+/// caller's checks of what it names outside itself (files to load), which
+/// config, being pure, does not make.
+pub fn parse<I, T>(
+    args: I,
+    load_checks: impl FnOnce(&Config) -> Vec<ConfigProblem>,
+) -> Result<Invocation, Vec<ConfigProblem>>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -218,7 +226,7 @@ where
         Some(path) => read_table(path)?,
         None => toml::Table::new(),
     };
-    let config = merge(table, &matches)?;
+    let config = validated(deserialize(merge(table, &matches))?, load_checks)?;
     Ok(Invocation {
         config,
         check_only: matches.contains_id("check-config"),
@@ -232,7 +240,7 @@ pub fn check_summary(config: &Config) -> String {
         "pollbridge: configuration OK (public {}, admin {}, bus {}, upstream {}, {} channel rule(s), {} bridge route(s))",
         config.listen,
         config.admin_listen,
-        crate::bus::redis::redact(&config.bus),
+        super::redis_url::redact(&config.bus),
         config.upstream.as_deref().unwrap_or("none"),
         config.channels.len(),
         config.bridges.len(),
@@ -301,7 +309,8 @@ fn parse_toml(text: &str) -> Result<toml::Table, Vec<ConfigProblem>> {
     })
 }
 
-fn merge(mut table: toml::Table, matches: &ArgMatches) -> Result<Config, Vec<ConfigProblem>> {
+/// The file's table with every flag and environment value written into it.
+fn merge(mut table: toml::Table, matches: &ArgMatches) -> toml::Table {
     for &(flag, key, kind, _) in SETTINGS {
         let value = match kind {
             Kind::Text => matches
@@ -326,7 +335,7 @@ fn merge(mut table: toml::Table, matches: &ArgMatches) -> Result<Config, Vec<Con
             set_path(&mut table, key, value);
         }
     }
-    from_table(table)
+    table
 }
 
 /// Writes `value` at a dotted key path, creating tables on the way.
@@ -349,33 +358,45 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 }
 
 fn from_table(table: toml::Table) -> Result<Config, Vec<ConfigProblem>> {
-    let config: Config =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let message = inner
-                .lines()
-                .next()
-                .unwrap_or("invalid value")
-                .trim()
-                .to_string();
-            vec![ConfigProblem {
-                key: if path == "." {
-                    "(top level)".into()
-                } else {
-                    // A quoted TOML key may hold a newline; the problem
-                    // must stay one line.
-                    path.chars().flat_map(char::escape_debug).collect()
-                },
-                message,
-            }]
-        })?;
-    let problems = config.validate();
+    validated(deserialize(table)?, |_| Vec::new())
+}
+
+/// The configuration if it has no problem, its own or `load_checks`'s.
+fn validated(
+    config: Config,
+    load_checks: impl FnOnce(&Config) -> Vec<ConfigProblem>,
+) -> Result<Config, Vec<ConfigProblem>> {
+    let mut problems = config.validate();
+    problems.extend(load_checks(&config));
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(problems)
     }
+}
+
+/// Deserialises the merged table; the first problem names its key.
+fn deserialize(table: toml::Table) -> Result<Config, Vec<ConfigProblem>> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = inner
+            .lines()
+            .next()
+            .unwrap_or("invalid value")
+            .trim()
+            .to_string();
+        vec![ConfigProblem {
+            key: if path == "." {
+                "(top level)".into()
+            } else {
+                // A quoted TOML key may hold a newline; the problem
+                // must stay one line.
+                path.chars().flat_map(char::escape_debug).collect()
+            },
+            message,
+        }]
+    })
 }
 
 #[cfg(test)]
@@ -390,7 +411,7 @@ mod tests {
         let mut argv = vec!["pollbridge"];
         argv.extend_from_slice(args);
         let matches = command().try_get_matches_from(argv).expect("valid flags");
-        merge(table, &matches)
+        from_table(merge(table, &matches))
     }
 
     #[test]
