@@ -13,7 +13,8 @@ use crate::bus::client_channels::ClientChannels;
 use crate::bus::{
     memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
 };
-use crate::config::{ChannelRules, Config};
+use crate::config::redis_url::{is_redis_url, redact};
+use crate::config::{ChannelRules, Config, ConfigProblem};
 use crate::metrics::stats::StatsSampler;
 use crate::metrics::Metrics;
 use crate::migration::Migration;
@@ -72,6 +73,40 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Loads every file the configuration names, as [`Gateway::new`] will
+    /// (the admin token file, the JWT public key, the TLS certificate and
+    /// key), each failure named by its key. Config only checks syntax; this
+    /// lets startup and `--check-config` report a missing or broken file as
+    /// a configuration problem (exit 2) before any listener binds.
+    pub fn load_problems(config: &Config) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut check = |key: &str, loaded: Result<(), String>| {
+            if let Err(message) = loaded {
+                problems.push(ConfigProblem {
+                    key: key.into(),
+                    message,
+                });
+            }
+        };
+        let admin = &config.admin;
+        if admin.token.is_none() && admin.token_file.is_some() {
+            check("admin.token_file", admin.load_token().map(drop));
+        }
+        if let Some(path) = &config.auth.jwt_public_key_file {
+            check(
+                "auth.jwt_public_key_file",
+                crate::auth::load_public_key(path),
+            );
+        }
+        if config.tls.cert_file.is_some() && config.tls.key_file.is_some() {
+            check(
+                "tls.cert_file",
+                crate::net::tls::load(&config.tls).map(drop),
+            );
+        }
+        problems
+    }
+
     pub fn new(config: Config) -> Result<Arc<Gateway>, String> {
         let metrics = Arc::new(Metrics::new());
         // Snapshot bridges' channels carry state (the latest body); an
@@ -102,15 +137,10 @@ impl Gateway {
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
-            url if crate::bus::redis::is_redis_url(url) => {
+            url if is_redis_url(url) => {
                 AnyBus::Redis(crate::bus::redis::RedisBus::new(hub, &config)?)
             }
-            other => {
-                return Err(format!(
-                    "unsupported bus {:?}",
-                    crate::bus::redis::redact(other)
-                ))
-            }
+            other => return Err(format!("unsupported bus {:?}", redact(other))),
         };
         let proxy = match &config.upstream {
             Some(url) => Some(Proxy::new(url, &config.proxy, metrics.clone())?),

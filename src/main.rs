@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "healthcheck") {
         return healthcheck(&args[2..]);
     }
-    let invocation = match cli::parse(args) {
+    // Config checks syntax only; the files it names are loaded by the
+    // gateway's own loaders, so their problems are reported with the rest.
+    let invocation = match cli::parse(args, Gateway::load_problems) {
         Ok(invocation) => invocation,
         Err(problems) => {
             for problem in problems {

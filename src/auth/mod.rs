@@ -25,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::error::ApiError;
 
-/// Checks that a public key file loads (for configuration validation).
+/// Checks that a public key file loads (for the start-up file checks,
+/// [`crate::Gateway::load_problems`]).
 pub fn load_public_key(path: &std::path::Path) -> Result<(), String> {
     token::load_public_key(path).map(|_| ())
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::host::is_valid_host;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
@@ -34,12 +36,11 @@ pub struct AdminConfig {
 }
 
 impl AdminConfig {
-    /// The token, from `token` or read from `token_file`.
+    /// The token, from `token` or read from `token_file`. Reads the file:
+    /// called when the gateway is built, never by validation.
     pub fn load_token(&self) -> Result<Option<String>, String> {
         let token = match (&self.token, &self.token_file) {
-            (Some(_), Some(_)) => {
-                return Err("set admin.token or admin.token_file, not both".into())
-            }
+            (Some(_), Some(_)) => return Err(BOTH_TOKENS.into()),
             (Some(token), None) => token.trim().to_string(),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -47,25 +48,21 @@ impl AdminConfig {
                 .to_string(),
             (None, None) => return Ok(None),
         };
-        if token.len() < 16 {
-            return Err("the admin token must be at least 16 bytes".into());
-        }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the admin token must be printable ASCII without spaces".into());
-        }
+        check_token(&token)?;
         Ok(Some(token))
     }
 
-    /// Problems with these settings, as (key, message).
+    /// Problems with these settings, as (key, message). A `token_file` is
+    /// not read here (see [`AdminConfig::load_token`]).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if let Err(e) = self.load_token() {
-            let key = if self.token_file.is_some() && self.token.is_none() {
-                "admin.token_file"
-            } else {
-                "admin.token"
-            };
-            problems.push((key.to_string(), e));
+        let token_problem = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Some(BOTH_TOKENS.to_string()),
+            (Some(token), None) => check_token(token.trim()).err(),
+            (None, _) => None,
+        };
+        if let Some(message) = token_problem {
+            problems.push(("admin.token".to_string(), message));
         }
         for origin in &self.allowed_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -76,7 +73,7 @@ impl AdminConfig {
             }
         }
         for host in &self.allowed_hosts {
-            if !crate::net::host::is_valid_host(host.as_bytes()) {
+            if !is_valid_host(host.as_bytes()) {
                 problems.push((
                     "admin.allowed_hosts".into(),
                     format!("{host:?} is not a host name"),
@@ -85,4 +82,17 @@ impl AdminConfig {
         }
         problems
     }
+}
+
+const BOTH_TOKENS: &str = "set admin.token or admin.token_file, not both";
+
+/// The rules a token must follow, wherever it came from.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() < 16 {
+        return Err("the admin token must be at least 16 bytes".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the admin token must be printable ASCII without spaces".into());
+    }
+    Ok(())
 }

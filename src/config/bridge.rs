@@ -1,11 +1,13 @@
-//! The parts of a `[[bridge]]` route's configuration that are about which
-//! feeds it polls and how their answers are shaped: the mode, query-string
-//! identity, the variant cap and the incremental keys, with their defaults
-//! and checks.
+//! One `[[bridge]]` route: the path it bridges and the channel it feeds,
+//! and which feeds it polls and how their answers are shaped (the mode,
+//! query-string identity, the variant cap and the incremental keys), with
+//! their defaults and checks. Who may be served a copy: `bridge_auth.rs`.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::BridgeRoute;
+use super::BridgeAuthMode;
 
 /// Highest `max_variants` accepted: each variant is a poller of the backend.
 const MAX_VARIANTS_LIMIT: usize = 100_000;
@@ -22,19 +24,108 @@ pub enum BridgeMode {
     Incremental,
 }
 
-pub(super) fn default_ignore_params() -> Vec<String> {
+/// One `[[bridge]]` route: the gateway polls the backend's existing
+/// polling URL itself and answers the legacy clients from its copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeRoute {
+    /// The backend's polling URL path, e.g. `/api/scores`. Legacy clients
+    /// keep polling it; its query string (minus `ignore_params`) is part
+    /// of the feed they get: each distinct query is its own feed.
+    pub path: String,
+    /// The channel its changes are published on.
+    pub channel: String,
+    /// How often the gateway asks the backend. Default: 1s.
+    #[serde(default = "default_bridge_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Hold a poll whose `If-None-Match` is current until the next change,
+    /// up to this long. Default: none (answer 304 at once).
+    #[serde(default, with = "humantime_serde")]
+    pub hold: Option<Duration>,
+    /// Request header that tells users apart (`Cookie`, `Authorization`):
+    /// each distinct value gets its own poller and its own channel
+    /// `{channel}.{hash}`. Default: none (one shared copy).
+    #[serde(default)]
+    pub vary_by: Option<String>,
+    /// Request headers copied from the legacy client that started a poller
+    /// to its upstream requests (e.g. `Accept-Language`). Default: none.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// A poller nobody asked for (no legacy poll, no subscriber) for this
+    /// long stops. Default: 60s.
+    #[serde(default = "default_bridge_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Query parameters that are not part of a feed's identity (cache
+    /// busters such as jQuery's `_=<timestamp>`): dropped before the query
+    /// picks the feed, and never sent to the backend. Default: `["_"]`.
+    #[serde(default = "default_ignore_params")]
+    pub ignore_params: Vec<String>,
+    /// Most feeds (distinct query × `vary_by` value) the route polls at
+    /// once. A request for one more is proxied to the backend unchanged
+    /// (counted in `pollbridge_bridge_variants_refused_total`) until an
+    /// idle feed expires. Default: 100.
+    #[serde(default = "default_max_variants")]
+    pub max_variants: usize,
+    /// `snapshot` (each answer is the whole state) or `incremental` (each
+    /// answer holds the items after the client's cursor). Default: snapshot.
+    #[serde(default)]
+    pub mode: BridgeMode,
+    /// Incremental mode: the query parameter carrying the cursor, the id of
+    /// the last item a client has. Default: `after`.
+    #[serde(default = "default_cursor_param")]
+    pub cursor_param: String,
+    /// Incremental mode: JSON pointer to the array of items in the
+    /// backend's answer (`/messages`). Default: `""` (the answer is the array).
+    #[serde(default)]
+    pub items: String,
+    /// Incremental mode: JSON pointer to an item's id inside an item (a
+    /// number or a string). Default: `/id`.
+    #[serde(default = "default_item_id")]
+    pub item_id: String,
+    /// Who may be served the shared copy: `none` (anyone), `auth_url`
+    /// (the `auth.auth_url` delegation) or `route` (a conditional request
+    /// to this path with the client's own `Cookie`/`Authorization`). A
+    /// client the backend refuses gets the backend's answer. Default: none.
+    #[serde(default)]
+    pub auth: BridgeAuthMode,
+    /// How long a check's answer is reused for the same credentials.
+    /// Default: 10s (at most 5m).
+    #[serde(
+        default = "super::bridge_auth::default_auth_ttl",
+        with = "humantime_serde"
+    )]
+    pub auth_ttl: Duration,
+    /// Distinct credentials whose answers are remembered; past it expired
+    /// answers are dropped, then new ones are not remembered. Default: 10000.
+    #[serde(default = "super::bridge_auth::default_auth_cache_size")]
+    pub auth_cache_size: usize,
+    /// Checks waiting on the backend at once; a client that cannot get one
+    /// within `auth.auth_timeout` gets `503 auth_unavailable`. Default: 8.
+    #[serde(default = "super::bridge_auth::default_auth_max_in_flight")]
+    pub auth_max_in_flight: usize,
+}
+
+fn default_bridge_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_bridge_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_ignore_params() -> Vec<String> {
     vec!["_".into()]
 }
 
-pub(super) fn default_max_variants() -> usize {
+fn default_max_variants() -> usize {
     100
 }
 
-pub(super) fn default_cursor_param() -> String {
+fn default_cursor_param() -> String {
     "after".into()
 }
 
-pub(super) fn default_item_id() -> String {
+fn default_item_id() -> String {
     "/id".into()
 }
 

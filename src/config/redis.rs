@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::redis_url::{check_url, is_redis_url};
+
 /// Which pub/sub commands carry live messages.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -103,10 +105,10 @@ impl RedisConfig {
     pub fn problems(&self, bus: &str) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut bad = |key: &str, message: String| problems.push((key.to_string(), message));
-        if !crate::bus::redis::is_redis_url(bus) {
+        if !is_redis_url(bus) {
             return problems;
         }
-        match crate::bus::redis::check_url(bus) {
+        match check_url(bus) {
             Ok(db) if self.cluster && db != 0 => {
                 bad("bus", "a Redis Cluster has only database 0".into())
             }
@@ -114,7 +116,7 @@ impl RedisConfig {
             Err(e) => bad("bus", e),
         }
         for node in &self.cluster_nodes {
-            if let Err(e) = crate::bus::redis::check_url(node) {
+            if let Err(e) = check_url(node) {
                 bad("redis.cluster_nodes", e);
             }
         }

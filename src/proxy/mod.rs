@@ -22,26 +22,8 @@ use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
 
+pub use crate::config::upstream::parse_upstream;
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
-
-/// Checks an upstream URL: `http://host[:port]`, no path.
-pub fn parse_upstream(url: &str) -> Result<Authority, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("not a URL ({e}): {url:?}"))?;
-    if uri.scheme() != Some(&Scheme::HTTP) {
-        return Err(format!("must start with http:// (got {url:?})"));
-    }
-    if uri
-        .path_and_query()
-        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
-    {
-        return Err(format!("must not have a path (got {url:?})"));
-    }
-    uri.authority()
-        .cloned()
-        .ok_or_else(|| format!("needs a host (got {url:?})"))
-}
 
 /// The pooled client and where it sends requests.
 pub struct Proxy {
@@ -187,25 +169,5 @@ impl Proxy {
     fn fail(&self, err: ApiError) -> Response {
         self.metrics.proxy_answered(err.status().as_u16());
         crate::http::error(&err)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_urls() {
-        assert_eq!(
-            parse_upstream("http://127.0.0.1:3000").unwrap().as_str(),
-            "127.0.0.1:3000"
-        );
-        assert_eq!(
-            parse_upstream("http://backend/").unwrap().as_str(),
-            "backend"
-        );
-        assert!(parse_upstream("https://x").is_err());
-        assert!(parse_upstream("http://x/api").is_err());
-        assert!(parse_upstream("127.0.0.1:3000").is_err());
     }
 }

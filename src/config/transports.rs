@@ -1,0 +1,93 @@
+//! The client transports' sections: `[websocket]`, `[longpoll]` and
+//! `[sse]` (keep-alives, timeouts and answer sizes).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// WebSocket transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Accept WebSocket upgrades on `{prefix}/ws`. Default: true.
+    pub enabled: bool,
+    /// A ping is sent after this long without traffic from the client.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client silent for this long (no frame, no pong) is dropped.
+    /// Default: 75s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long drops it.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            enabled: true,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Long-poll and plain-poll transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LongPollConfig {
+    /// How long a poll is held when it gives no `timeout`. Default: 25s.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Upper bound on a poll's `timeout`. Default: 120s.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Most messages in one answer; the client polls again for the rest.
+    /// Default: 1000.
+    pub max_messages: usize,
+    /// Most bytes of messages in one answer: as many whole messages as fit
+    /// (always at least one), `last_id` the last one included, so the next
+    /// poll pages on from it. Default: 1048576 (1 MiB).
+    pub max_answer_bytes: usize,
+    /// Origins allowed to poll cross-site (CORS), e.g. `https://app.example.com`,
+    /// or `*`. Default: none.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            default_timeout: Duration::from_secs(25),
+            max_timeout: Duration::from_secs(120),
+            max_messages: 1000,
+            max_answer_bytes: 1024 * 1024,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Server-sent events transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    /// A comment line is sent after this long without an event, so proxies
+    /// keep the stream open. Default: 15s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Reconnect delay suggested to browsers (`retry:` field). Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            keepalive_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
