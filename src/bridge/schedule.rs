@@ -68,7 +68,7 @@ impl Demand {
         if self.idle_for() < idle_timeout {
             return false;
         }
-        let subs = gw.bus.hub().subscriber_counts(channel);
+        let subs = gw.bus.subscriber_counts(channel);
         subs.websocket + subs.sse + subs.longpoll == 0
     }
 }

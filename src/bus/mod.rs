@@ -104,8 +104,25 @@ pub trait Bus: Send + Sync + 'static {
     /// True while the bus can publish and deliver.
     fn is_ready(&self) -> bool;
 
-    /// This node's channels and subscribers.
+    /// This node's channels and subscribers: for the servers' sweeps and
+    /// reports. Transports and the bridge use the methods below.
     fn hub(&self) -> &Hub;
+
+    /// The newest id this node knows on `channel` (0: none).
+    fn last_id(&self, channel: &ChannelName) -> u64 {
+        self.hub().last_id(channel)
+    }
+
+    /// How many subscribers `channel` has on this node, per transport.
+    fn subscriber_counts(&self, channel: &ChannelName) -> hub::SubscriberCounts {
+        self.hub().subscriber_counts(channel)
+    }
+
+    /// False when this node's history no longer reaches back to `since`
+    /// on `channel` (messages after it were evicted).
+    fn history_covers(&self, channel: &ChannelName, since: Since) -> bool {
+        !self.hub().read(channel, Some(since), 0).truncated
+    }
 }
 
 /// The bus chosen at startup (`bus = "memory"` …). An enum rather than
