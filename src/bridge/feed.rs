@@ -253,19 +253,7 @@ impl Feed {
         client: &super::UpstreamClient,
         validators: &mut Validators,
     ) -> bool {
-        let mut headers = self.forwarded.clone();
-        if let Some(auth) = &self.route.auth {
-            auth.add_poll_credentials(&mut headers);
-        }
-        if let (Some(name), Some(value)) = (&self.route.vary_header, &self.vary_value) {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(etag) = &validators.etag {
-            headers.insert(header::IF_NONE_MATCH, etag.clone());
-        }
-        if let Some(modified) = &validators.last_modified {
-            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
-        }
+        let headers = self.poll_headers(validators);
         let result = match client.fetch(&self.target, headers).await {
             Fetched::NotModified => {
                 self.confirm();
@@ -279,40 +267,9 @@ impl Feed {
             } => {
                 validators.etag = etag;
                 validators.last_modified = last_modified;
-                let payload = match to_payload(&body, content_type.as_ref()) {
-                    Ok(payload) => payload,
-                    Err(reason) => {
-                        tracing::warn!(channel = %self.channel, %reason, "bridge cannot publish the backend's answer");
-                        self.route.upstream_result("error");
-                        self.fail(StatusCode::BAD_GATEWAY, reason);
-                        return false;
-                    }
-                };
-                let data = payload.to_json_bytes();
-                if self.current_data_is(&data) {
-                    self.learn_content_type(content_type);
-                    self.confirm();
-                    "not_modified"
-                } else {
-                    match gw.bus.publish(&self.channel, &payload).await {
-                        Ok(published) => {
-                            let mut state = self.state.lock();
-                            state.content_type = content_type.clone();
-                            *self.route.content_type.lock() = content_type.clone();
-                            if state.copy.as_ref().is_none_or(|c| c.id < published.id) {
-                                state.copy =
-                                    Some(copy_from_data(published.id, &data, content_type));
-                            }
-                            drop(state);
-                            self.confirm();
-                            "changed"
-                        }
-                        Err(e) => {
-                            self.route.upstream_result("error");
-                            self.fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-                            return false;
-                        }
-                    }
+                match self.on_body(gw, &body, content_type).await {
+                    Some(result) => result,
+                    None => return false,
                 }
             }
             Fetched::Status {
@@ -338,6 +295,69 @@ impl Feed {
         };
         self.route.upstream_result(result);
         true
+    }
+
+    /// The headers of a poll: the client's forwarded ones, the route's
+    /// credentials and variant, and the validators of the last answer.
+    fn poll_headers(&self, validators: &Validators) -> HeaderMap {
+        let mut headers = self.forwarded.clone();
+        if let Some(auth) = &self.route.auth {
+            auth.add_poll_credentials(&mut headers);
+        }
+        if let (Some(name), Some(value)) = (&self.route.vary_header, &self.vary_value) {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(etag) = &validators.etag {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = &validators.last_modified {
+            headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        headers
+    }
+
+    /// A 2xx answer: published on the channel when it differs from the
+    /// copy. The poll's result label, or `None` when it could not be
+    /// published (the failure is already recorded).
+    async fn on_body(
+        &self,
+        gw: &Gateway,
+        body: &Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Option<&'static str> {
+        let payload = match to_payload(body, content_type.as_ref()) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                tracing::warn!(channel = %self.channel, %reason, "bridge cannot publish the backend's answer");
+                self.route.upstream_result("error");
+                self.fail(StatusCode::BAD_GATEWAY, reason);
+                return None;
+            }
+        };
+        let data = payload.to_json_bytes();
+        if self.current_data_is(&data) {
+            self.learn_content_type(content_type);
+            self.confirm();
+            return Some("not_modified");
+        }
+        match gw.bus.publish(&self.channel, &payload).await {
+            Ok(published) => {
+                let mut state = self.state.lock();
+                state.content_type = content_type.clone();
+                *self.route.content_type.lock() = content_type.clone();
+                if state.copy.as_ref().is_none_or(|c| c.id < published.id) {
+                    state.copy = Some(copy_from_data(published.id, &data, content_type));
+                }
+                drop(state);
+                self.confirm();
+                Some("changed")
+            }
+            Err(e) => {
+                self.route.upstream_result("error");
+                self.fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                None
+            }
+        }
     }
 
     /// The backend's content type, once seen, is what the copy is served

@@ -79,17 +79,7 @@ impl Proxy {
             body
         });
         let client_version = req.version();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.upstream.clone());
-        parts.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or_else(|| Some("/".parse().expect("valid")));
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
-        *req.version_mut() = Version::HTTP_11;
+        self.retarget(&mut req);
 
         let upgrade = upgrade_protocol(req.headers());
         remove_hop_by_hop(req.headers_mut());
@@ -117,51 +107,87 @@ impl Proxy {
         // What went wrong is logged with the upstream's address; the
         // client is told only what kind of failure it was.
         let mut resp = match result {
-            Err(_) => {
-                tracing::warn!(upstream = %self.upstream, timeout = ?self.timeout, "proxy: the upstream did not answer in time");
-                return self.fail(ApiError::UpstreamTimeout(format!(
-                    "the upstream did not answer within {:?}",
-                    self.timeout
-                )));
-            }
-            Ok(Err(e)) => {
-                // The client's body failed first: its fault, not the upstream's.
-                if let Some(fault) = fault.as_ref().and_then(|slot| slot.get()) {
-                    let err = fault.to_error();
-                    tracing::debug!(%peer, error = %err, "proxy: client request body failed");
-                    return self.fail(err);
-                }
-                tracing::warn!(upstream = %self.upstream, error = %e, connect = e.is_connect(), "proxy: upstream request failed");
-                return self.fail(ApiError::UpstreamUnreachable(if e.is_connect() {
-                    "the upstream is unreachable".into()
-                } else {
-                    "the upstream failed to answer".into()
-                }));
-            }
+            Err(_) => return self.timed_out(),
+            Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
             Ok(Ok(resp)) => resp,
         };
         self.metrics.proxy_answered(resp.status().as_u16());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
-                let upstream = hyper::upgrade::on(&mut resp);
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let _tunnel = ConnectionGuard::new(&metrics, Transport::Proxy);
-                    match tokio::try_join!(downstream, upstream) {
-                        Ok((down, up)) => {
-                            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "proxied upgrade failed"),
-                    }
-                });
+                self.tunnel(downstream, &mut resp);
                 // Keep the upstream's Upgrade / Connection / Sec-WebSocket-Accept.
                 return resp.map(Body::upstream);
             }
         }
         remove_hop_by_hop(resp.headers_mut());
         resp.map(Body::upstream)
+    }
+
+    /// Points the request at the upstream: same path and query, HTTP/1.1.
+    fn retarget<B>(&self, req: &mut http::Request<B>) {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.upstream.clone());
+        parts.path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .or_else(|| Some("/".parse().expect("valid")));
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+    }
+
+    /// The upstream sent no answer head within `proxy.timeout`: 504.
+    fn timed_out(&self) -> Response {
+        tracing::warn!(upstream = %self.upstream, timeout = ?self.timeout, "proxy: the upstream did not answer in time");
+        self.fail(ApiError::UpstreamTimeout(format!(
+            "the upstream did not answer within {:?}",
+            self.timeout
+        )))
+    }
+
+    /// The request failed: 400/408 when the client's own body failed
+    /// first (its fault, not the upstream's), 502 otherwise.
+    fn failed(
+        &self,
+        e: &hyper_util::client::legacy::Error,
+        fault: Option<&body::FaultSlot>,
+        peer: SocketAddr,
+    ) -> Response {
+        if let Some(fault) = fault.and_then(|slot| slot.get()) {
+            let err = fault.to_error();
+            tracing::debug!(%peer, error = %err, "proxy: client request body failed");
+            return self.fail(err);
+        }
+        tracing::warn!(upstream = %self.upstream, error = %e, connect = e.is_connect(), "proxy: upstream request failed");
+        self.fail(ApiError::UpstreamUnreachable(if e.is_connect() {
+            "the upstream is unreachable".into()
+        } else {
+            "the upstream failed to answer".into()
+        }))
+    }
+
+    /// The upstream switched protocols: joins the client's and the
+    /// upstream's upgraded connections in a task of their own.
+    fn tunnel(
+        &self,
+        downstream: hyper::upgrade::OnUpgrade,
+        resp: &mut hyper::Response<hyper::body::Incoming>,
+    ) {
+        let upstream = hyper::upgrade::on(resp);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let _tunnel = ConnectionGuard::new(&metrics, Transport::Proxy);
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "proxied upgrade failed"),
+            }
+        });
     }
 
     /// The gateway's own answer (already logged), counted by status class

@@ -44,28 +44,28 @@
 //! Subscribe and unsubscribe commands go through one worker task per
 //! connection, in order, so an unsubscribe and a quick re-subscribe of the
 //! same channel can't overtake each other.
+//!
+//! This file is the connection's life (connect with backoff, health
+//! checks, the command worker, which channels are watched); [`live`]
+//! delivers what the connection notifies into the hub, and [`gaps`] fills
+//! what it missed and follows changes of a channel's sequence.
+
+mod gaps;
+mod live;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::PubSubConn;
-use super::script::{decode_frame, Entry, MAX_LUA_CURSOR};
 use super::Shared;
-use crate::config::ChannelMode;
 use crate::protocol::channel::ChannelName;
-use crate::protocol::{Epoch, Message};
-
-/// Most entries read per gap-fill round trip.
-const FILL_BATCH: usize = 1000;
-
-/// Epochs remembered as left per channel (their late notifications are
-/// ignored); a channel loses its data rarely, so a few are plenty.
-const RETIRED_EPOCHS: usize = 4;
+use watch::Watch;
 
 /// What the bus asks of the task.
 pub enum Control {
@@ -86,37 +86,6 @@ pub enum Control {
 enum Op {
     Subscribe(ChannelName),
     Unsubscribe(ChannelName),
-}
-
-/// One channel this node watches.
-#[derive(Default)]
-struct Watch {
-    /// Confirmed by the server on the current connection.
-    confirmed: bool,
-    /// A subscribe command was sent on the current connection.
-    requested: bool,
-    /// Was live before: the next confirmation must fill the gap since the
-    /// last delivered id.
-    resume: bool,
-    /// The channel's last id when this node started watching it (or
-    /// started following a new epoch: 0).
-    floor: u64,
-    /// The sequence this node follows (`NONE`: the channel had none yet).
-    epoch: Epoch,
-    /// Epochs left behind, newest last: their notifications still in
-    /// flight are stale.
-    retired: Vec<Epoch>,
-    /// The last id notified live on the current connection: live ids only
-    /// grow, so one at or below it means the ids went backwards.
-    live_last: u64,
-    /// Id and publish time (Redis clock, µs) of the last entry this node
-    /// delivered: tells the entry at that id apart from another of the same
-    /// id.
-    last_delivered: (u64, u64),
-    /// Subscribers waiting for the confirmation.
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
-    /// Since when no local subscriber is left.
-    idle_since: Option<Instant>,
 }
 
 struct Subscriber {
@@ -368,45 +337,6 @@ impl Subscriber {
         }
     }
 
-    /// The server confirmed a subscription: note where the channel stands
-    /// (fresh) or fill what was missed (resumed), then let waiters go.
-    async fn on_confirmed(&mut self, channel: ChannelName) -> Result<(), String> {
-        let Some(watch) = self.watches.get_mut(&channel) else {
-            return Ok(()); // unsubscribed meanwhile
-        };
-        if watch.confirmed {
-            return Ok(());
-        }
-        watch.confirmed = true;
-        if watch.resume {
-            let after = self.expected(&channel);
-            self.fill(&channel, after).await?;
-        } else {
-            let read = self.shared.read(&channel, None, 0).await;
-            let read = read.map_err(|e| e.to_string())?;
-            // What this node holds of the channel from an earlier watch is
-            // of another sequence if the epoch differs: start over (its
-            // subscribers are told when the new sequence reaches them).
-            if !read.epoch.is_none() {
-                self.follow(&channel, read.epoch);
-            }
-            if let Some(watch) = self.watches.get_mut(&channel) {
-                watch.floor = read.last_id;
-            }
-        }
-        if let Some(watch) = self.watches.get_mut(&channel) {
-            watch.resume = true;
-            if watch.confirmed {
-                self.shared.live.lock().insert(channel.clone());
-            }
-            for waiter in watch.waiters.drain(..) {
-                let _ = waiter.send(Ok(()));
-            }
-        }
-        self.update_gauge();
-        Ok(())
-    }
-
     /// The server ended a subscription we still want (its slot moved to
     /// another shard): subscribe again; the confirmation fills the gap.
     fn on_unsubscribed(&mut self, channel: ChannelName) {
@@ -424,221 +354,6 @@ impl Subscriber {
             let _ = ops.send(Op::Subscribe(channel));
         }
         self.update_gauge();
-    }
-
-    async fn on_message(&mut self, channel: ChannelName, payload: &[u8]) -> Result<(), String> {
-        if !self.watches.get(&channel).is_some_and(|w| w.confirmed) {
-            return Ok(());
-        }
-        let Some(mut entry) = decode_frame(payload) else {
-            tracing::debug!(channel = %channel, "ignoring a malformed redis pub/sub message");
-            return Ok(());
-        };
-        let Some(watch) = self.watches.get_mut(&channel) else {
-            return Ok(());
-        };
-        if entry.epoch.is_none() {
-            // From a node without epochs (a rolling upgrade): it publishes
-            // in whatever sequence there is.
-            entry.epoch = watch.epoch;
-        }
-        if entry.epoch != watch.epoch {
-            if watch.retired.contains(&entry.epoch) {
-                return Ok(()); // in flight from before we left that epoch
-            }
-            if !watch.epoch.is_none() {
-                tracing::error!(
-                    channel = %channel, old = %watch.epoch, new = %entry.epoch,
-                    "redis started the channel's ids again (it lost the data); telling its local clients `truncated`"
-                );
-            }
-            self.follow(&channel, entry.epoch);
-        } else if entry.id <= watch.live_last {
-            // The same epoch, and ids went backwards on one connection.
-            watch.live_last = entry.id;
-            tracing::error!(
-                channel = %channel, id = entry.id,
-                "redis ids went backwards within one epoch (a failover to a lagging replica?)"
-            );
-            return self.rotate(&channel, entry.epoch).await;
-        }
-        if let Some(watch) = self.watches.get_mut(&channel) {
-            watch.live_last = entry.id;
-        }
-        let expected = self.expected(&channel);
-        if entry.id <= expected {
-            return Ok(());
-        }
-        if entry.id > expected + 1 {
-            self.fill(&channel, expected).await?;
-        }
-        let current = self.watches.get(&channel).map(|w| w.epoch);
-        if current == Some(entry.epoch) && entry.id > self.expected(&channel) {
-            self.deliver(&channel, &entry, Instant::now(), SystemTime::now());
-        }
-        Ok(())
-    }
-
-    /// Follows `epoch` for `channel` from its start: this node's state of
-    /// the channel is dropped (the hub's subscribers stay, and are told
-    /// `truncated` when the new sequence reaches them).
-    fn follow(&mut self, channel: &ChannelName, epoch: Epoch) {
-        let Some(watch) = self.watches.get_mut(channel) else {
-            return;
-        };
-        if watch.epoch == epoch {
-            return;
-        }
-        if !watch.epoch.is_none() {
-            let left = watch.epoch;
-            watch.retired.retain(|&e| e != left && e != epoch);
-            if watch.retired.len() >= RETIRED_EPOCHS {
-                watch.retired.remove(0);
-            }
-            watch.retired.push(left);
-        }
-        watch.epoch = epoch;
-        watch.floor = 0;
-        watch.last_delivered = (0, 0);
-        self.shared.hub.reset(channel, epoch);
-    }
-
-    /// The ids of `epoch` went backwards: give the sequence a new epoch in
-    /// Redis (unless another node already did) and follow it from its
-    /// start.
-    async fn rotate(&mut self, channel: &ChannelName, epoch: Epoch) -> Result<(), String> {
-        let current = self
-            .shared
-            .rotate(channel, epoch)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::warn!(channel = %channel, old = %epoch, new = %current, "gave the channel's sequence a new epoch");
-        self.follow(channel, current);
-        self.fill(channel, 0).await
-    }
-
-    /// The last id this node has accounted for on `channel`.
-    fn expected(&self, channel: &ChannelName) -> u64 {
-        let floor = self.watches.get(channel).map_or(0, |w| w.floor);
-        self.shared.hub.last_id(channel).max(floor)
-    }
-
-    fn deliver(&mut self, channel: &ChannelName, entry: &Entry, now: Instant, wall: SystemTime) {
-        let published_at = entry.published_at(now, wall);
-        let msg = Message::new(
-            channel.clone(),
-            entry.epoch,
-            entry.id,
-            &entry.data,
-            published_at,
-        );
-        if self.shared.hub.deliver(Arc::new(msg)) {
-            if let Some(watch) = self.watches.get_mut(channel) {
-                watch.last_delivered = (entry.id, entry.ts_us);
-            }
-        }
-    }
-
-    /// Delivers everything after `after` that the stream holds, in the
-    /// epoch followed; follows a new one from its start if Redis has one.
-    async fn fill(&mut self, channel: &ChannelName, mut after: u64) -> Result<(), String> {
-        let mode = self.shared.hub.mode_of(channel.as_str());
-        let mut recovered = 0u64;
-        // Read the entry at `after` too (once), to check it is the one this
-        // node delivered (when `after` is the last id it delivered).
-        let mut verify = after > 0
-            && self
-                .watches
-                .get(channel)
-                .is_some_and(|w| w.last_delivered.0 == after);
-        // Each round either makes progress or changes epoch; a sequence
-        // that keeps changing under us is not followed forever.
-        let mut epoch_changes = 0;
-        loop {
-            let Some(watch) = self.watches.get(channel) else {
-                return Ok(());
-            };
-            let (epoch, last_ts) = (watch.epoch, watch.last_delivered.1);
-            let since = if verify { after - 1 } else { after };
-            let reply = self
-                .shared
-                .read(channel, Some(since.min(MAX_LUA_CURSOR)), FILL_BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
-            if reply.epoch != epoch {
-                epoch_changes += 1;
-                if epoch_changes > 3 {
-                    return Err("the channel's epoch keeps changing".into());
-                }
-                if !epoch.is_none() {
-                    tracing::error!(
-                        channel = %channel, old = %epoch, new = %reply.epoch,
-                        "redis lost the channel's sequence; telling its local clients `truncated`"
-                    );
-                }
-                self.follow(channel, reply.epoch);
-                if reply.epoch.is_none() {
-                    return Ok(()); // nothing published since the loss
-                }
-                (after, verify) = (0, false);
-                continue;
-            }
-            let at_after = reply.entries.iter().find(|e| e.id == after);
-            let forked =
-                reply.last_id < after || (verify && at_after.is_some_and(|e| e.ts_us != last_ts));
-            if forked {
-                tracing::error!(
-                    channel = %channel, last_id = reply.last_id, delivered = after,
-                    "redis ids went backwards within one epoch (a failover to a lagging replica?)"
-                );
-                epoch_changes += 1;
-                if epoch_changes > 3 {
-                    return Err("the channel's epoch keeps changing".into());
-                }
-                let current = self
-                    .shared
-                    .rotate(channel, epoch)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.follow(channel, current);
-                (after, verify) = (0, false);
-                continue;
-            }
-            verify = false;
-            let first_kept = reply.first_kept.unwrap_or(reply.last_id + 1);
-            if after + 1 < first_kept && mode != ChannelMode::State {
-                tracing::warn!(
-                    channel = %channel, missed = first_kept - after - 1,
-                    "messages missed live are no longer in redis history; closing this channel's local subscribers so they resume and see `truncated`"
-                );
-                self.shared.hub.forget(channel);
-                if let Some(watch) = self.watches.get_mut(channel) {
-                    watch.floor = reply.last_id;
-                }
-                return Ok(());
-            }
-            let (now, wall) = (Instant::now(), SystemTime::now());
-            let count = reply.entries.len();
-            for entry in &reply.entries {
-                if entry.id > after {
-                    self.deliver(channel, entry, now, wall);
-                    after = entry.id;
-                    recovered += 1;
-                }
-            }
-            if count < FILL_BATCH || after >= reply.last_id {
-                break;
-            }
-        }
-        if recovered > 0 {
-            self.shared
-                .hub
-                .metrics()
-                .bus_gap_fill_messages
-                .inc_by(recovered);
-            tracing::info!(channel = %channel, recovered, "filled a gap from redis history");
-        }
-        Ok(())
     }
 
     /// Unsubscribes channels that had no local subscriber for

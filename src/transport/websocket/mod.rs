@@ -34,6 +34,7 @@ use crate::net::auto_errors::JsonAutoErrors;
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
+use crate::transport::params::WsParams;
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
 
@@ -76,35 +77,8 @@ pub async fn handle(
     path_channel: Option<String>,
     peer: std::net::SocketAddr,
 ) -> Result<Response, ApiError> {
-    if req.method() != http::Method::GET {
-        return Err(ApiError::MethodNotAllowed("GET"));
-    }
     let failed = |reason: UpgradeFailure| move |_: &ApiError| gw.metrics.upgrade_failed(reason);
-    if !gw.config.websocket.enabled {
-        gw.metrics.upgrade_failed(UpgradeFailure::Disabled);
-        return Err(ApiError::Forbidden(
-            "WebSocket is disabled on this gateway; use long-poll or SSE".into(),
-        ));
-    }
-    check_handshake(gw, &req).inspect_err(|e| {
-        gw.metrics.upgrade_failed(match e {
-            ApiError::ShuttingDown(_) => UpgradeFailure::Limit,
-            _ => UpgradeFailure::BadHandshake,
-        })
-    })?;
-    gw.auth
-        .check_origin(req.headers())
-        .inspect_err(failed(UpgradeFailure::Origin))?;
-
-    // Which channels, from which cursor.
-    let max = gw.config.limits.max_subscriptions_per_connection;
-    let params = crate::transport::params::ws_params(path_channel, req.uri().query(), max)
-        .inspect_err(|e| match e {
-            ApiError::BadChannel(_) => gw.metrics.upgrade_failed(UpgradeFailure::BadHandshake),
-            ApiError::TooManySubscriptions(_) => gw.metrics.upgrade_failed(UpgradeFailure::Limit),
-            _ => {}
-        })?;
-    let (channels, since) = (params.channels, params.since);
+    let WsParams { channels, since } = check_request(gw, &req, path_channel)?;
 
     // Every channel must be allowed before any is subscribed.
     let credentials = gw.auth.credentials(req.headers(), req.uri().query());
@@ -148,6 +122,42 @@ pub async fn handle(
         initial,
     };
     Ok(upgrade(gw, &mut req, queue, Box::new(start)))
+}
+
+/// The checks of a subscribing handshake that need no backend: method,
+/// WebSocket enabled, the handshake itself, the origin, and which channels
+/// from which cursor. Each refusal is counted by its reason.
+fn check_request(
+    gw: &Gateway,
+    req: &Request,
+    path_channel: Option<String>,
+) -> Result<WsParams, ApiError> {
+    if req.method() != http::Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    if !gw.config.websocket.enabled {
+        gw.metrics.upgrade_failed(UpgradeFailure::Disabled);
+        return Err(ApiError::Forbidden(
+            "WebSocket is disabled on this gateway; use long-poll or SSE".into(),
+        ));
+    }
+    check_handshake(gw, req).inspect_err(|e| {
+        gw.metrics.upgrade_failed(match e {
+            ApiError::ShuttingDown(_) => UpgradeFailure::Limit,
+            _ => UpgradeFailure::BadHandshake,
+        })
+    })?;
+    gw.auth
+        .check_origin(req.headers())
+        .inspect_err(|_| gw.metrics.upgrade_failed(UpgradeFailure::Origin))?;
+    let max = gw.config.limits.max_subscriptions_per_connection;
+    crate::transport::params::ws_params(path_channel, req.uri().query(), max).inspect_err(|e| {
+        match e {
+            ApiError::BadChannel(_) => gw.metrics.upgrade_failed(UpgradeFailure::BadHandshake),
+            ApiError::TooManySubscriptions(_) => gw.metrics.upgrade_failed(UpgradeFailure::Limit),
+            _ => {}
+        }
+    })
 }
 
 /// Admission control for a new session (WebSocket or SSE).
