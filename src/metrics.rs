@@ -7,6 +7,7 @@
 
 mod bridge;
 mod bus;
+mod compression;
 mod delivery;
 mod edge;
 mod floods;
@@ -16,6 +17,7 @@ pub mod stats;
 pub use delivery::{record_delivery, ConnectionGuard};
 pub use slow_close::SlowClose;
 mod transports;
+pub use compression::CompressionMetrics;
 pub use floods::FloodMetrics;
 pub use transports::TransportMetrics;
 
@@ -107,6 +109,8 @@ pub struct Metrics {
     pub output_budget_bytes: IntGauge,
     /// Flood limits: refused commands, history evictions, backend auth.
     pub floods: FloodMetrics,
+    /// Bytes compressed and what they became, per transport.
+    pub compression: CompressionMetrics,
 }
 
 impl Metrics {
@@ -144,6 +148,7 @@ impl Metrics {
             output_budget_bytes,
         } = EdgeSeries::register(&registry);
         let floods = FloodMetrics::new(&registry);
+        let compression = CompressionMetrics::register(&registry);
         Metrics {
             registry,
             transports,
@@ -170,6 +175,7 @@ impl Metrics {
             output_pending_bytes,
             output_budget_bytes,
             floods,
+            compression,
         }
     }
 
