@@ -3,21 +3,26 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the configuration tree, its defaults and the command line.
-//! - [`server`]: listeners, per-connection HTTP/1.1, the public router, the
-//!   admin API, byte-exact socket metering and the shutdown sequence.
-//! - [`transport`]: the client transports (WebSocket, long-poll, SSE) and
-//!   what they share.
-//! - [`bus`]: the message bus trait, the in-memory and Redis buses, this
-//!   node's fan-out hub and the per-subscriber queues.
-//! - [`proxy`]: the reverse proxy to the upstream.
-//! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
-//! - [`auth`]: who may subscribe (tokens, backend delegation) and from which origins.
+//! Layers, bottom first; a module imports only the layers below it
+//! (`tests/layers.rs` keeps it so; docs/layout.md is the map):
+//!
+//! - [`protocol`]: the vocabulary — channel names, cursors and epochs, the
+//!   transport label, the message envelope and its encodings for every
+//!   transport, error answers. Imports nothing else of the crate.
+//! - [`config`]: the configuration tree, its defaults, syntax checks and the
+//!   command line (pure: files it names are read when the gateway is built).
 //! - [`metrics`]: the Prometheus registry.
-//! - [`migration`]: who still polls (distinct pollers, top polling pages).
-//! - [`gateway`]: the shared state every handler reaches.
-//! - [`channel`], [`error`], [`http`]: names and cursors, error answers,
-//!   HTTP helpers.
+//! - [`net`]: socket metering, output limits, token buckets, per-address
+//!   limits, TLS; [`migration`]: who still polls.
+//! - [`http`]: response bodies and JSON answers.
+//! - [`auth`]: who may subscribe, from which origins, and the admin checks;
+//!   [`bus`]: the bus trait, the in-memory and Redis buses, this node's
+//!   fan-out hub and the per-subscriber queues; [`proxy`]: the reverse proxy.
+//! - [`gateway`]: the shared state every handler and session reaches.
+//! - [`transport`]: WebSocket, long-poll, SSE; [`publish`]: publishing over HTTP.
+//! - [`bridge`]: the legacy polling bridge (`[[bridge]]` routes).
+//! - [`server`]: listeners, the public router, the admin API, the shutdown
+//!   sequence.
 
 pub mod auth;
 pub mod bridge;
