@@ -171,6 +171,20 @@ pub fn error(err: &ApiError) -> Response {
     resp
 }
 
+/// [`error`], logged by who caused it: a client's mistake at debug, an
+/// upstream or bus failure at warn.
+pub fn logged_error(err: &ApiError) -> Response {
+    match err.source() {
+        crate::protocol::error::Source::Client => {
+            tracing::debug!(error = %err, code = err.code(), "request refused")
+        }
+        crate::protocol::error::Source::Upstream => {
+            tracing::warn!(error = %err, code = err.code(), "request failed")
+        }
+    }
+    error(err)
+}
+
 /// Plain text with a content type.
 pub fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
     let mut resp = hyper::Response::new(Body::full(body));

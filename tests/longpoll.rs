@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::security::assert_error;
 use common::*;
 use serde_json::json;
 
@@ -174,6 +175,58 @@ async fn cors_for_the_configured_origin_only() {
         None,
         "{:?}",
         r.head
+    );
+}
+
+#[tokio::test]
+async fn refusals_carry_cors_headers_so_a_page_can_read_retry_after() {
+    // Rate 1/s, burst 2: the third poll is refused.
+    let gw = Gateway::start(&[
+        "--cors-origin",
+        "http://app.test",
+        "--longpoll-rate-per-ip",
+        "1",
+    ])
+    .await;
+    let url = gw.public_url("/rt/poll/c?timeout=0");
+    let origin = [("Origin", "http://app.test")];
+    let mut refused = None;
+    for _ in 0..3 {
+        let r = http("GET", &url, &origin, None).await;
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("a poll past the rate is refused");
+    assert_error(&r, 429, "rate_limited", "past the rate");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.test"),
+        "{:?}",
+        r.head.headers
+    );
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("retry-after"), "exposed {exposed:?}");
+    // An origin that may not read answers gets none.
+    let r = http("GET", &url, &[("Origin", "http://evil.test")], None).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // A bad channel name is refused the same way.
+    let r = http(
+        "GET",
+        &gw.public_url("/rt/poll/bad%20name?timeout=0"),
+        &origin,
+        None,
+    )
+    .await;
+    assert!(r.status() == 400 || r.status() == 429, "{}", r.status());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.test")
     );
 }
 

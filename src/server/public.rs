@@ -143,7 +143,7 @@ pub fn route(
                 ))),
             },
         };
-        let mut resp = result.unwrap_or_else(|e| error_answer(&e));
+        let mut resp = result.unwrap_or_else(|e| h::logged_error(&e));
         resp.body_mut().set_meter(meter);
         resp
     }
@@ -172,20 +172,6 @@ fn serve_asset(asset: &super::assets::Asset, req: &Request) -> Response {
         http::HeaderValue::from_static("*"),
     );
     resp
-}
-
-/// The answer to a refused or failed request, logged by who caused it: a
-/// client's mistake at debug, an upstream or bus failure at warn.
-fn error_answer(e: &ApiError) -> Response {
-    match e.source() {
-        crate::protocol::error::Source::Client => {
-            tracing::debug!(error = %e, code = e.code(), "request refused")
-        }
-        crate::protocol::error::Source::Upstream => {
-            tracing::warn!(error = %e, code = e.code(), "request failed")
-        }
-    }
-    h::error(e)
 }
 
 /// Public publishing needs one of the configured keys as a bearer token,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use super::cors::{allowed_origin, cors_headers, preflight};
 use crate::protocol::poll_answer::{encode_answer, put_closing};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -94,13 +95,28 @@ pub async fn handle(
     channel: &str,
     peer: std::net::SocketAddr,
 ) -> Result<Response, ApiError> {
-    let poll = match admit(gw, req, channel, peer).await? {
-        Admitted::Answered(resp) => return Ok(resp),
-        Admitted::Poll(poll) => poll,
+    let poll = match admit(gw, req, channel, peer).await {
+        Ok(Admitted::Answered(resp)) => return Ok(resp),
+        Ok(Admitted::Poll(poll)) => poll,
+        Err(e) => return Ok(refused(&e, allowed_origin(gw, req.headers()))),
     };
     *req.uri_mut() = http::Uri::default();
     *req.headers_mut() = HeaderMap::new();
-    poll.answer(gw).await
+    match poll.answer(gw).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => Ok(refused(&e, poll.origin.as_ref())),
+    }
+}
+
+/// A refused poll's answer, with the CORS headers an allowed origin gets:
+/// a page on another origin can read a 429's or 503's `Retry-After` only
+/// if it may read the answer.
+fn refused(e: &ApiError, origin: Option<&HeaderValue>) -> Response {
+    let mut resp = crate::http::logged_error(e);
+    if let Some(origin) = origin {
+        cors_headers(origin.clone(), resp.headers_mut());
+    }
+    resp
 }
 
 /// What [`admit`] decided.
@@ -380,56 +396,6 @@ pub(crate) fn streamed_answer(
         messages,
         closing.freeze(),
     )
-}
-
-/// The allowed origin to echo for this request, if any.
-fn allowed_origin<'a>(gw: &Gateway, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-    let origin = headers.get(header::ORIGIN)?;
-    let origins = &gw.config.longpoll.cors_origins;
-    let text = origin.to_str().ok()?;
-    let listed = origins
-        .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(text));
-    (listed || gw.auth.origin_allowed(text)).then_some(origin)
-}
-
-/// CORS headers for an allowed cross-site poll.
-pub fn cors(gw: &Gateway, request: &HeaderMap, response: &mut HeaderMap) {
-    if let Some(origin) = allowed_origin(gw, request) {
-        cors_headers(origin.clone(), response);
-    }
-}
-
-fn cors_headers(origin: HeaderValue, response: &mut HeaderMap) {
-    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    response.insert(header::VARY, HeaderValue::from_static("Origin"));
-    response.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Retry-After"),
-    );
-}
-
-/// Answers a CORS preflight.
-fn preflight(gw: &Gateway, request: &HeaderMap) -> Response {
-    let mut resp = json(StatusCode::NO_CONTENT, bytes::Bytes::new());
-    resp.headers_mut().remove(header::CONTENT_TYPE);
-    if let Some(origin) = allowed_origin(gw, request) {
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, OPTIONS"),
-        );
-        if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
-        }
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    resp
 }
 
 #[cfg(test)]

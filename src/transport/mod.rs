@@ -3,9 +3,22 @@
 //! [`SubscriberQueue`](crate::bus::SubscriberQueue); the pieces they share
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
+pub mod cors;
 pub mod longpoll;
 pub mod params;
 pub mod replay;
 pub mod sse;
 pub mod throttle;
 pub mod websocket;
+
+use crate::gateway::Gateway;
+use crate::protocol::error::ApiError;
+use crate::protocol::Transport;
+
+/// Admission control for a new session (WebSocket or SSE).
+pub fn admit(gw: &Gateway, transport: Transport) -> Result<(), ApiError> {
+    gw.admission.admit().map_err(|overloaded| {
+        gw.metrics.transport(transport).admission_refused.inc();
+        ApiError::Overloaded(overloaded.retry_after)
+    })
+}

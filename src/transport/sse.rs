@@ -34,7 +34,6 @@ use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
-use crate::transport::longpoll;
 use crate::transport::replay::{Framing, Replay};
 use crate::transport::throttle::Throttle;
 
@@ -62,7 +61,7 @@ pub async fn handle(
             gw.ip_limits.client_ip(peer.ip(), req.headers()),
         )
         .await?;
-    super::websocket::admit(gw, Transport::Sse)?;
+    super::admit(gw, Transport::Sse)?;
     let since = super::params::sse_since(req.headers().get("last-event-id"), req.uri().query())?;
     if gw.shutdown.is_cancelled() {
         return Err(gw.shutting_down());
@@ -90,7 +89,7 @@ pub async fn handle(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    longpoll::cors(gw, req.headers(), resp.headers_mut());
+    super::cors::cors(gw, req.headers(), resp.headers_mut());
     Ok(resp)
 }
 

@@ -94,7 +94,7 @@ pub async fn handle(
     }
 
     // Last, so only otherwise acceptable sessions spend admission tokens.
-    admit(gw, Transport::WebSocket).inspect_err(failed(UpgradeFailure::Limit))?;
+    super::admit(gw, Transport::WebSocket).inspect_err(failed(UpgradeFailure::Limit))?;
 
     // Subscribe before answering, so nothing published meanwhile is lost.
     let queue = SubscriberQueue::for_client(
@@ -157,14 +157,6 @@ fn check_request(
             ApiError::TooManySubscriptions(_) => gw.metrics.upgrade_failed(UpgradeFailure::Limit),
             _ => {}
         }
-    })
-}
-
-/// Admission control for a new session (WebSocket or SSE).
-pub(crate) fn admit(gw: &Gateway, transport: Transport) -> Result<(), ApiError> {
-    gw.admission.admit().map_err(|overloaded| {
-        gw.metrics.transport(transport).admission_refused.inc();
-        ApiError::Overloaded(overloaded.retry_after)
     })
 }
 
