@@ -15,19 +15,15 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
+use super::bucket::TokenBucket;
 use crate::config::LimitsConfig;
-
-/// A token bucket: `rate` per second, holding at most `2 × rate`.
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
-}
 
 pub struct IpLimits {
     max_connections: usize,
     open: DashMap<IpAddr, usize>,
     poll_rate: u32,
-    polls: DashMap<IpAddr, Mutex<Bucket>>,
+    /// Per address: `longpoll_rate_per_ip` per second, a burst of twice that.
+    polls: DashMap<IpAddr, Mutex<TokenBucket>>,
     trusted: Vec<IpNet>,
 }
 
@@ -125,34 +121,20 @@ impl IpLimits {
         }
         let rate = self.poll_rate as f64;
         let now = Instant::now();
-        let bucket = self.polls.entry(ip).or_insert_with(|| {
-            Mutex::new(Bucket {
-                tokens: 2.0 * rate,
-                refilled: now,
-            })
-        });
-        let mut b = bucket.lock();
-        let elapsed = now.duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(2.0 * rate);
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(RateLimited {
-                retry_after: ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64,
-            })
-        }
+        let bucket = self
+            .polls
+            .entry(ip)
+            .or_insert_with(|| Mutex::new(TokenBucket::new(rate, 2.0 * rate, now)));
+        let taken = bucket.lock().take(1.0, now);
+        taken.map_err(|wait| RateLimited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        })
     }
 
     /// Forgets buckets that have been full for a while (bounded memory).
     pub fn sweep(&self) {
-        let rate = self.poll_rate as f64;
         let now = Instant::now();
-        self.polls.retain(|_, bucket| {
-            let b = bucket.lock();
-            b.tokens + now.duration_since(b.refilled).as_secs_f64() * rate < 2.0 * rate
-        });
+        self.polls.retain(|_, bucket| !bucket.lock().is_full(now));
     }
 }
 
@@ -162,7 +144,7 @@ impl IpLimits {
 /// overflows while every client waits.
 pub struct Admission {
     rate: f64,
-    bucket: Mutex<Bucket>,
+    bucket: Mutex<TokenBucket>,
 }
 
 /// Refused by admission control: retry after this many seconds.
@@ -176,10 +158,7 @@ impl Admission {
     pub fn new(rate: u32) -> Admission {
         Admission {
             rate: rate as f64,
-            bucket: Mutex::new(Bucket {
-                tokens: rate as f64,
-                refilled: Instant::now(),
-            }),
+            bucket: Mutex::new(TokenBucket::new(rate as f64, rate as f64, Instant::now())),
         }
     }
 
@@ -187,16 +166,9 @@ impl Admission {
         if self.rate == 0.0 {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut b = self.bucket.lock();
-        b.tokens =
-            (b.tokens + now.duration_since(b.refilled).as_secs_f64() * self.rate).min(self.rate);
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if self.bucket.lock().take(1.0, Instant::now()).is_ok() {
             return Ok(());
         }
-        drop(b);
         // Spread the retries over a few seconds so they don't come back
         // as one wave.
         Err(Overloaded {
