@@ -111,6 +111,19 @@ pub(super) fn not_modified(route: &Route, etag: &HeaderValue) -> Response {
     resp
 }
 
+/// Holds a poll until `changed` resolves (true), its `hold` ends or the
+/// gateway shuts down (false).
+pub(super) async fn held_until<E>(
+    gw: &Gateway,
+    hold: std::time::Duration,
+    changed: impl std::future::Future<Output = Result<impl Sized, E>>,
+) -> bool {
+    tokio::select! {
+        changed = tokio::time::timeout(hold, changed) => changed.is_ok_and(|r| r.is_ok()),
+        _ = gw.shutdown.cancelled() => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

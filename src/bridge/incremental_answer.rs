@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::identity::{client_cursor, ClientCursor, FeedIdentity};
 use super::incremental::Answer;
 use super::{
-    answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
-    Bridges, Route, FIRST_ANSWER_WAIT,
+    answer_with_body, client_has, forwarded_headers, held_until, not_modified, pass_through,
+    record_poll, Bridges, Route, FIRST_ANSWER_WAIT,
 };
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
@@ -59,10 +59,7 @@ pub async fn handle(
     // The client has this answer: hold the poll until a new item comes.
     let seen = answer.last_bus_id;
     let newer = watch.wait_for(|_| feed.last_bus_id() != seen);
-    let changed = tokio::select! {
-        changed = tokio::time::timeout(hold, newer) => changed.is_ok_and(|r| r.is_ok()),
-        _ = gw.shutdown.cancelled() => false,
-    };
+    let changed = held_until(gw, hold, newer).await;
     drop(watch);
     if !changed {
         route.client_not_modified.inc();

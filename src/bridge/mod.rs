@@ -39,8 +39,8 @@ use crate::metrics::Metrics;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::error::ApiError;
 use answer::{
-    answer_with_body, client_has, forwarded_headers, not_modified, pass_through, record_poll,
-    vary_value,
+    answer_with_body, client_has, forwarded_headers, held_until, not_modified, pass_through,
+    record_poll, vary_value,
 };
 use feed::Feed;
 use identity::FeedIdentity;

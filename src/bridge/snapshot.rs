@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 
 use super::feed::{self, Answer, Feed};
-use super::{answer_with_body, client_has, not_modified, Route, FIRST_ANSWER_WAIT};
+use super::{answer_with_body, client_has, held_until, not_modified, Route, FIRST_ANSWER_WAIT};
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
 use crate::protocol::error::ApiError;
@@ -57,10 +57,7 @@ pub(super) async fn answer(
         let changed = watch.wait_for(
             |_| matches!(feed.answer(), Some(Answer::Copy { copy, .. }) if copy.id != seen),
         );
-        let outcome = tokio::select! {
-            changed = tokio::time::timeout(hold, changed) => changed.is_ok_and(|r| r.is_ok()),
-            _ = gw.shutdown.cancelled() => false,
-        };
+        let outcome = held_until(gw, hold, changed).await;
         drop(watch);
         if !outcome {
             route.client_not_modified.inc();
