@@ -5,7 +5,9 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod fanout;
 mod floods;
+pub use fanout::FanoutMetrics;
 pub use floods::FloodMetrics;
 
 use prometheus::{
@@ -116,6 +118,8 @@ pub struct Metrics {
     pub output_budget_bytes: IntGauge,
     /// Flood limits: refused commands, history evictions, backend auth.
     pub floods: FloodMetrics,
+    /// The fan-out shards' span per publish.
+    pub fanout: FanoutMetrics,
 }
 
 impl Metrics {
@@ -397,6 +401,7 @@ impl Metrics {
         reg(Box::new(output_pending_bytes.clone()));
         reg(Box::new(output_budget_bytes.clone()));
         let floods = FloodMetrics::new(&registry);
+        let fanout = FanoutMetrics::new(&registry);
 
         Metrics {
             registry,
@@ -424,6 +429,7 @@ impl Metrics {
             output_pending_bytes,
             output_budget_bytes,
             floods,
+            fanout,
         }
     }
 

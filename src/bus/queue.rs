@@ -90,7 +90,9 @@ pub struct DirectReport {
     /// The unsent tail of a message the publisher wrote in part.
     pub remainder: Option<Bytes>,
     /// Last id delivered per channel, and the epoch it is in: the
-    /// connection's cursors, moved on by what publishers wrote. Publishers
+    /// connection's cursors, one per channel it is subscribed to, moved on
+    /// by what publishers wrote. Messages of other channels are not
+    /// written (the connection left them). Publishers
     /// write only messages of that epoch; one of another (the bus lost the
     /// channel's data) ends direct mode, so that the connection tells its
     /// client.
@@ -425,18 +427,18 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
     let Some(sink) = state.direct.take() else {
         return 0;
     };
-    let cursor = match state
+    let Some(cursor) = state
         .report
         .written
         .iter()
         .position(|(channel, _, _)| *channel == first.channel)
-    {
-        Some(pos) => pos,
-        None => {
-            let entry = (first.channel.clone(), first.epoch, 0);
-            state.report.written.push(entry);
-            state.report.written.len() - 1
-        }
+    else {
+        // The connection lent a cursor for every channel it is subscribed
+        // to: this one it left. A fan-out shard may still hold messages
+        // recorded before it left; they must not follow the
+        // `unsubscribed` answer.
+        state.direct = Some(sink);
+        return msgs.len();
     };
     if state.report.written[cursor].1 != first.epoch {
         // A new sequence: the connection must say `truncated` first. Direct
@@ -601,6 +603,9 @@ mod tests {
         assert!(fake.wire.lock().is_empty());
         q.leave_direct(&mut report);
         report.written.clear();
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 0));
         assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
         assert_eq!(q.push(&msg("a", 2), ChannelMode::Stream), Pushed::Written);
@@ -631,6 +636,29 @@ mod tests {
         assert_eq!(wire, expected);
         // Drained and nothing pending: direct mode may start again.
         assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+    }
+
+    /// The cursors a connection lends: `channel` at id 0 in `epoch()`.
+    fn subscribed_to(channel: &str) -> DirectReport {
+        let mut report = DirectReport::default();
+        report
+            .written
+            .push((ChannelName::new(channel).unwrap(), epoch(), 0));
+        report
+    }
+
+    #[test]
+    fn direct_mode_never_writes_a_channel_the_connection_left() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
+        // "b" was left (its cursor not lent): a late fan-out of it is
+        // dropped, and direct mode goes on.
+        assert_eq!(q.push(&msg("b", 7), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(*fake.delivered.lock(), vec![1]);
+        assert_eq!(*fake.wire.lock(), msg("a", 1).ws_frame().to_vec());
     }
 
     #[test]
@@ -670,7 +698,7 @@ mod tests {
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
-        assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+        assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
         let batch: Vec<_> = (1..=10).map(|id| msg("a", id)).collect();
         assert_eq!(q.push_all(&batch, ChannelMode::Stream), Pushed::Written);
         assert_eq!(fake.delivered.lock().len(), 10);

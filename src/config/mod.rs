@@ -15,6 +15,7 @@ mod client_limits;
 mod history;
 mod redis;
 mod rules;
+mod workers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,6 +58,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Log filter when `RUST_LOG` is not set (`error`..`trace`). Default: `info`.
     pub log_level: String,
+    /// Worker threads of the runtime, each also a fan-out shard writing its
+    /// share of every channel's subscribers (1..=1024). Default: none (the
+    /// number of cores).
+    pub workers: Option<usize>,
     pub history: HistoryConfig,
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
@@ -90,6 +95,7 @@ impl Default for Config {
             bus: "memory".into(),
             redis: RedisConfig::default(),
             log_level: "info".into(),
+            workers: None,
             history: HistoryConfig::default(),
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
@@ -639,6 +645,9 @@ impl Config {
                 "log_level",
                 format!("not a log filter: {:?}", self.log_level),
             );
+        }
+        if let Some(problem) = workers::problem(self.workers) {
+            bad("workers", problem);
         }
         for (key, message) in self.limits.ws.problems() {
             bad(&key, message);
