@@ -128,7 +128,8 @@ struct Inbox {
     jobs: VecDeque<Job>,
     /// The shard task, parked on an empty inbox.
     waker: Option<Waker>,
-    /// Someone is running the jobs (inline mode: one runner at a time).
+    /// Someone is running jobs taken from here (inline mode: one runner
+    /// at a time).
     running: bool,
     closed: bool,
 }
@@ -250,6 +251,15 @@ impl Shards {
         }
     }
 
+    /// Nothing posted is still to run (tests wait for this).
+    #[cfg(test)]
+    pub(super) fn settled(&self) -> bool {
+        self.shards.iter().all(|shard| {
+            let inbox = shard.inbox.lock();
+            inbox.jobs.is_empty() && !inbox.running && shard.backlog.load(Ordering::Acquire) == 0
+        })
+    }
+
     /// Waits while any shard is more than [`BACKLOG`] batches behind.
     pub(super) async fn room(&self) {
         for shard in self.shards.iter() {
@@ -308,12 +318,14 @@ impl Shard {
             return Poll::Ready(false);
         }
         if inbox.jobs.is_empty() {
+            inbox.running = false;
             match &inbox.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => inbox.waker = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
+        inbox.running = true;
         std::mem::swap(&mut inbox.jobs, out);
         Poll::Ready(true)
     }
@@ -407,8 +419,12 @@ impl Shard {
             let span = batch.recorded_at.elapsed().as_secs_f64();
             self.metrics.fanout.seconds.observe(span);
         }
-        if self.backlog.fetch_sub(1, Ordering::Relaxed) == BACKLOG + 1 {
+        if self.backlog.fetch_sub(1, Ordering::AcqRel) == BACKLOG + 1 {
             self.room.notify_waiters();
         }
     }
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;
