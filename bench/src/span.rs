@@ -1,0 +1,229 @@
+//! `fanout-span`: how long one message takes to reach every subscriber
+//! inside the gateway, by worker count — the fan-out shards' scaling.
+//!
+//! For each `--span-workers` count K: a gateway started with `--workers K`
+//! (not pinned), `-n` WebSocket subscribers that read nothing until the
+//! end (`client-worker --hold-reads`, 1 MiB receive buffers), so the
+//! clients use no CPU while the gateway writes; then `-m` publishes, one
+//! at a time. For each publish: the publish answer's latency (the
+//! orchestrator's request round trip), and the fan-out span from the
+//! gateway's own `pollbridge_fanout_seconds` (the growth of its `_sum`:
+//! one publish, one observation), read once the span is over so the
+//! scrape does not compete with the writes. Then the clients read
+//! everything, checking that nothing was lost, duplicated or reordered.
+//! The same run gives every K, so the ratio is same-run.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::client::{now_us, Kind};
+use crate::http::{metric_sum, Http};
+use crate::proc::cpu_delta;
+use crate::report::median;
+use crate::scenario::{connect_budget, path, wait_subscribed};
+use crate::target::{Clients, Result, Servers, Target};
+use crate::{wire, Opts};
+
+/// What one worker count gave.
+struct SpanPhase {
+    workers: usize,
+    connected: u64,
+    spans_ms: Vec<f64>,
+    answers_ms: Vec<f64>,
+    cpu_us_per_delivery: Option<f64>,
+    losses: u64,
+    duplicates: u64,
+    gaps: u64,
+    errors: Vec<String>,
+}
+
+impl SpanPhase {
+    fn json(&self) -> Value {
+        let (mut spans, mut answers) = (self.spans_ms.clone(), self.answers_ms.clone());
+        json!({
+            "workers": self.workers,
+            "connected": self.connected,
+            "span_ms_median": median(&mut spans),
+            "span_ms_max": spans.iter().copied().fold(f64::NAN, f64::max),
+            "answer_ms_median": median(&mut answers),
+            "answer_ms_max": answers.iter().copied().fold(f64::NAN, f64::max),
+            "spans_ms": self.spans_ms,
+            "answers_ms": self.answers_ms,
+            "cpu_us_per_delivery": self.cpu_us_per_delivery,
+            "losses": self.losses,
+            "duplicates": self.duplicates,
+            "gaps": self.gaps,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// Runs the scenario once; prints its table (unless `--json`) and
+/// returns its JSON line.
+pub fn run(opts: &Opts, run: usize) -> Result<String> {
+    let params = json!({
+        "subscribers": opts.subscribers, "publishes": opts.messages,
+        "payload_bytes": opts.payload_bytes, "workers": opts.span_workers,
+    });
+    let mut phases = Vec::new();
+    for &workers in &opts.span_workers {
+        let channel = format!("bench-span-{}-{run}-{workers}", std::process::id());
+        phases.push(phase(opts, workers, &channel)?);
+    }
+    let json: Vec<Value> = phases.iter().map(SpanPhase::json).collect();
+    let base = json.first().and_then(|p| p["span_ms_median"].as_f64());
+    let ratios: Vec<Option<f64>> = json
+        .iter()
+        .map(|p| Some(p["span_ms_median"].as_f64()? / base?))
+        .collect();
+    if !opts.json {
+        print!("{}", table(&params, run, &json, &ratios));
+    }
+    let line = json!({
+        "scenario": "fanout-span", "run": run, "params": params,
+        "phases": json, "span_ratio_vs_first": ratios,
+    });
+    Ok(line.to_string())
+}
+
+fn table(params: &Value, run: usize, phases: &[Value], ratios: &[Option<f64>]) -> String {
+    let mut out = format!("== fanout-span (run {run}) {params}\n{:<28}", "");
+    for p in phases {
+        out += &format!("{:>14}", format!("--workers {}", p["workers"]));
+    }
+    out.push('\n');
+    let rows: [(&str, &str); 8] = [
+        ("connected", "connected"),
+        ("fan-out span median ms", "span_ms_median"),
+        ("fan-out span max ms", "span_ms_max"),
+        ("publish answer median ms", "answer_ms_median"),
+        ("publish answer max ms", "answer_ms_max"),
+        ("server cpu us/delivery", "cpu_us_per_delivery"),
+        ("losses", "losses"),
+        ("duplicates + gaps", "duplicates"),
+    ];
+    for (label, key) in rows {
+        out += &format!("{label:<28}");
+        for p in phases {
+            let v = if key == "duplicates" {
+                json!(p["duplicates"].as_u64().unwrap_or(0) + p["gaps"].as_u64().unwrap_or(0))
+            } else {
+                p[key].clone()
+            };
+            let cell = match v.as_f64() {
+                Some(x) if v.is_u64() => format!("{x:.0}"),
+                Some(x) => format!("{x:.3}"),
+                None => "-".into(),
+            };
+            out += &format!("{cell:>14}");
+        }
+        out.push('\n');
+    }
+    out += &format!("{:<28}", "span ratio vs first");
+    for r in ratios {
+        out += &format!("{:>14}", r.map_or("-".into(), |r| format!("{r:.2}x")));
+    }
+    out.push('\n');
+    out
+}
+
+/// `pollbridge_fanout_seconds` `_count` and `_sum` now.
+fn spans_so_far(admin: &mut Http) -> Result<(f64, f64)> {
+    let text = String::from_utf8_lossy(&admin.get("/metrics")?).into_owned();
+    Ok((
+        metric_sum(&text, "pollbridge_fanout_seconds_count"),
+        metric_sum(&text, "pollbridge_fanout_seconds_sum"),
+    ))
+}
+
+/// One publish: its answer's latency, then (after it is over) its span.
+fn publish_one(admin: &mut Http, channel: &str, payload_bytes: usize) -> Result<(f64, f64)> {
+    let (count, sum) = spans_so_far(admin)?;
+    let mut body = Vec::with_capacity(payload_bytes + 64);
+    wire::payload(now_us(), payload_bytes, &mut body);
+    let sent = Instant::now();
+    let (status, answer) = admin.request(
+        "POST",
+        &format!("/publish/{channel}"),
+        Some("application/json"),
+        &body,
+    )?;
+    let answer_ms = sent.elapsed().as_secs_f64() * 1e3;
+    if status != 200 {
+        let answer = String::from_utf8_lossy(&answer);
+        return Err(format!("publish answered {status}: {answer}").into());
+    }
+    // Let the span end before scraping: a scrape during the fan-out would
+    // be CPU taken from it.
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (now_count, now_sum) = spans_so_far(admin)?;
+        if now_count > count {
+            return Ok((answer_ms, (now_sum - sum) * 1e3));
+        }
+        if Instant::now() > deadline {
+            return Err("no fan-out span observed within 30 s (a gateway without pollbridge_fanout_seconds?)".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn phase(opts: &Opts, workers: usize, channel: &str) -> Result<SpanPhase> {
+    let label = format!("gateway --workers {workers}");
+    let extra = ["--workers".to_string(), workers.to_string()];
+    let target = Target::start_gateway_with(opts, None, "span", &label, &extra)?;
+    let mut servers = Servers::one(target);
+    measure(opts, workers, channel, &mut servers).map_err(|e| servers.with_logs(e))
+}
+
+fn measure(opts: &Opts, workers: usize, channel: &str, servers: &mut Servers) -> Result<SpanPhase> {
+    let (n, m) = (opts.subscribers, opts.messages);
+    let path = path(opts, Kind::Ws, channel);
+    let publics = servers.publics();
+    let mut clients =
+        Clients::start_with(opts, Kind::Ws, &publics, &path, n, m, &["--hold-reads"])?;
+    let connected = clients.wait_connected(Instant::now() + connect_budget(opts, n))?;
+    let mut errors = connected.errors;
+    let (_, problem) = wait_subscribed(servers, Kind::Ws, connected.ok);
+    errors.extend(problem);
+    std::thread::sleep(Duration::from_millis(opts.settle_ms));
+    let target = servers.nodes.first_mut().ok_or("no gateway")?;
+    let cpu_before = target.cpu();
+    let admin = target.admin().ok_or("no admin address")?;
+    let (mut spans_ms, mut answers_ms) = (Vec::new(), Vec::new());
+    for _ in 0..m {
+        let (answer, span) = publish_one(admin, channel, opts.payload_bytes)?;
+        answers_ms.push(answer);
+        spans_ms.push(span);
+    }
+    let cpu_after = servers.nodes[0].cpu();
+    clients.send_all("go");
+    let results = clients.results(Instant::now() + Duration::from_secs(60));
+    clients.stop();
+    let sum = |key: &str| results.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+    for r in &results {
+        if let Some(list) = r["errors"].as_array() {
+            errors.extend(list.iter().filter_map(|e| e.as_str().map(String::from)));
+        }
+    }
+    // CPU over the publishing window (scrapes and sleeps included; the
+    // idle connections cost next to nothing) per delivery.
+    let deliveries = (connected.ok * m).max(1) as f64;
+    let cpu_us_per_delivery = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => Some(cpu_delta(b, a).total_us / deliveries),
+        _ => None,
+    };
+    Ok(SpanPhase {
+        workers,
+        connected: connected.ok,
+        spans_ms,
+        answers_ms,
+        cpu_us_per_delivery,
+        losses: sum("losses"),
+        duplicates: sum("duplicates"),
+        gaps: sum("gaps"),
+        errors,
+    })
+}
