@@ -181,7 +181,8 @@ pub struct Opts {
     /// The redis-server binary for --redis.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
-    /// fanout-span: the gateway's --workers counts to compare, in one run.
+    /// fanout-span: the gateway's --workers counts to compare, in one run
+    /// (0: start it without --workers).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub span_workers: Vec<usize>,
 }

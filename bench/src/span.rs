@@ -11,7 +11,9 @@
 //! one publish, one observation), read once the span is over so the
 //! scrape does not compete with the writes. Then the clients read
 //! everything, checking that nothing was lost, duplicated or reordered.
-//! The same run gives every K, so the ratio is same-run.
+//! The same run gives every K, so the ratio is same-run. K = 0 starts the
+//! gateway without `--workers` (its default; also a build from before the
+//! flag, whose answer latency is then measured without a span).
 
 use std::time::{Duration, Instant};
 
@@ -90,7 +92,11 @@ pub fn run(opts: &Opts, run: usize) -> Result<String> {
 fn table(params: &Value, run: usize, phases: &[Value], ratios: &[Option<f64>]) -> String {
     let mut out = format!("== fanout-span (run {run}) {params}\n{:<28}", "");
     for p in phases {
-        out += &format!("{:>14}", format!("--workers {}", p["workers"]));
+        let head = match p["workers"].as_u64() {
+            Some(0) => "default".to_string(),
+            _ => format!("--workers {}", p["workers"]),
+        };
+        out += &format!("{head:>14}");
     }
     out.push('\n');
     let rows: [(&str, &str); 8] = [
@@ -128,18 +134,26 @@ fn table(params: &Value, run: usize, phases: &[Value], ratios: &[Option<f64>]) -
     out
 }
 
-/// `pollbridge_fanout_seconds` `_count` and `_sum` now.
-fn spans_so_far(admin: &mut Http) -> Result<(f64, f64)> {
+/// `pollbridge_fanout_seconds` `_count` and `_sum` now (None: a gateway
+/// without the histogram, e.g. a build from before the shards).
+fn spans_so_far(admin: &mut Http) -> Result<Option<(f64, f64)>> {
     let text = String::from_utf8_lossy(&admin.get("/metrics")?).into_owned();
-    Ok((
+    if !text.contains("pollbridge_fanout_seconds_count") {
+        return Ok(None);
+    }
+    Ok(Some((
         metric_sum(&text, "pollbridge_fanout_seconds_count"),
         metric_sum(&text, "pollbridge_fanout_seconds_sum"),
-    ))
+    )))
 }
 
 /// One publish: its answer's latency, then (after it is over) its span.
-fn publish_one(admin: &mut Http, channel: &str, payload_bytes: usize) -> Result<(f64, f64)> {
-    let (count, sum) = spans_so_far(admin)?;
+fn publish_one(
+    admin: &mut Http,
+    channel: &str,
+    payload_bytes: usize,
+) -> Result<(f64, Option<f64>)> {
+    let before = spans_so_far(admin)?;
     let mut body = Vec::with_capacity(payload_bytes + 64);
     wire::payload(now_us(), payload_bytes, &mut body);
     let sent = Instant::now();
@@ -157,22 +171,37 @@ fn publish_one(admin: &mut Http, channel: &str, payload_bytes: usize) -> Result<
     // Let the span end before scraping: a scrape during the fan-out would
     // be CPU taken from it.
     std::thread::sleep(Duration::from_millis(300));
+    let Some((count, sum)) = before else {
+        return Ok((answer_ms, None));
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (now_count, now_sum) = spans_so_far(admin)?;
-        if now_count > count {
-            return Ok((answer_ms, (now_sum - sum) * 1e3));
+        if let Some((now_count, now_sum)) = spans_so_far(admin)? {
+            if now_count > count {
+                return Ok((answer_ms, Some((now_sum - sum) * 1e3)));
+            }
         }
         if Instant::now() > deadline {
-            return Err("no fan-out span observed within 30 s (a gateway without pollbridge_fanout_seconds?)".into());
+            return Err("no fan-out span observed within 30 s".into());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn phase(opts: &Opts, workers: usize, channel: &str) -> Result<SpanPhase> {
-    let label = format!("gateway --workers {workers}");
-    let extra = ["--workers".to_string(), workers.to_string()];
+    // 0: the gateway's default (and a build without `--workers`).
+    let (label, extra) = match workers {
+        0 => ("gateway".to_string(), Vec::new()),
+        k => (
+            format!("gateway --workers {k}"),
+            vec!["--workers".to_string(), k.to_string()],
+        ),
+    };
+    // Never pinned: the point is how the gateway uses the cores it has.
+    let opts = &Opts {
+        pin: false,
+        ..opts.clone()
+    };
     let target = Target::start_gateway_with(opts, None, "span", &label, &extra)?;
     let mut servers = Servers::one(target);
     measure(opts, workers, channel, &mut servers).map_err(|e| servers.with_logs(e))
@@ -196,7 +225,7 @@ fn measure(opts: &Opts, workers: usize, channel: &str, servers: &mut Servers) ->
     for _ in 0..m {
         let (answer, span) = publish_one(admin, channel, opts.payload_bytes)?;
         answers_ms.push(answer);
-        spans_ms.push(span);
+        spans_ms.extend(span);
     }
     let cpu_after = servers.nodes[0].cpu();
     clients.send_all("go");
