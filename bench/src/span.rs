@@ -2,15 +2,17 @@
 //! inside the gateway, by worker count — the fan-out shards' scaling.
 //!
 //! For each `--span-workers` count K: a gateway started with `--workers K`
-//! (not pinned), `-n` WebSocket subscribers that read nothing until the
+//! (not pinned) and `-n` WebSocket subscribers that read nothing until the
 //! end (`client-worker --hold-reads`, 1 MiB receive buffers), so the
-//! clients use no CPU while the gateway writes; then `-m` publishes, one
-//! at a time. For each publish: the publish answer's latency (the
-//! orchestrator's request round trip), and the fan-out span from the
-//! gateway's own `pollbridge_fanout_seconds` (the growth of its `_sum`:
-//! one publish, one observation), read once the span is over so the
-//! scrape does not compete with the writes. Then the clients read
-//! everything, checking that nothing was lost, duplicated or reordered.
+//! clients use no CPU while the gateway writes. All of them run at once;
+//! `-m` rounds of one publish to each gateway in turn (so whatever else
+//! the machine does hits every K alike). For each publish: the publish
+//! answer's latency (the orchestrator's request round trip), and the
+//! fan-out span from the gateway's own `pollbridge_fanout_seconds` (the
+//! growth of its `_sum`: one publish, one observation), read once the span
+//! is over so the scrape does not compete with the writes. Then the
+//! clients read everything, checking that nothing was lost, duplicated or
+//! reordered.
 //! The same run gives every K, so the ratio is same-run. K = 0 starts the
 //! gateway without `--workers` (its default; also a build from before the
 //! flag, whose answer latency is then measured without a span).
@@ -62,17 +64,28 @@ impl SpanPhase {
 }
 
 /// Runs the scenario once; prints its table (unless `--json`) and
-/// returns its JSON line.
+/// returns its JSON line. Every gateway (one per worker count) is up with
+/// its subscribers at once, and the publishes go round them in turn, so
+/// whatever else the machine does hits each count alike.
 pub fn run(opts: &Opts, run: usize) -> Result<String> {
     let params = json!({
         "subscribers": opts.subscribers, "publishes": opts.messages,
         "payload_bytes": opts.payload_bytes, "workers": opts.span_workers,
     });
-    let mut phases = Vec::new();
+    let mut running = Vec::new();
     for &workers in &opts.span_workers {
         let channel = format!("bench-span-{}-{run}-{workers}", std::process::id());
-        phases.push(phase(opts, workers, &channel)?);
+        running.push(Running::start(opts, workers, channel)?);
     }
+    for r in &mut running {
+        r.cpu_before = r.servers.nodes[0].cpu();
+    }
+    for _ in 0..opts.messages {
+        for r in &mut running {
+            r.publish(opts).map_err(|e| r.servers.with_logs(e))?;
+        }
+    }
+    let phases: Vec<SpanPhase> = running.into_iter().map(|r| r.finish(opts)).collect();
     let json: Vec<Value> = phases.iter().map(SpanPhase::json).collect();
     let base = json.first().and_then(|p| p["span_ms_median"].as_f64());
     let ratios: Vec<Option<f64>> = json
@@ -188,71 +201,101 @@ fn publish_one(
     }
 }
 
-fn phase(opts: &Opts, workers: usize, channel: &str) -> Result<SpanPhase> {
-    // 0: the gateway's default (and a build without `--workers`).
-    let (label, extra) = match workers {
-        0 => ("gateway".to_string(), Vec::new()),
-        k => (
-            format!("gateway --workers {k}"),
-            vec!["--workers".to_string(), k.to_string()],
-        ),
-    };
-    // Never pinned: the point is how the gateway uses the cores it has.
-    let opts = &Opts {
-        pin: false,
-        ..opts.clone()
-    };
-    let target = Target::start_gateway_with(opts, None, "span", &label, &extra)?;
-    let mut servers = Servers::one(target);
-    measure(opts, workers, channel, &mut servers).map_err(|e| servers.with_logs(e))
+/// One gateway and its held-back subscribers, being measured.
+struct Running {
+    workers: usize,
+    channel: String,
+    servers: Servers,
+    clients: Clients,
+    connected: u64,
+    errors: Vec<String>,
+    cpu_before: Option<crate::proc::Cpu>,
+    spans_ms: Vec<f64>,
+    answers_ms: Vec<f64>,
 }
 
-fn measure(opts: &Opts, workers: usize, channel: &str, servers: &mut Servers) -> Result<SpanPhase> {
-    let (n, m) = (opts.subscribers, opts.messages);
-    let path = path(opts, Kind::Ws, channel);
-    let publics = servers.publics();
-    let mut clients =
-        Clients::start_with(opts, Kind::Ws, &publics, &path, n, m, &["--hold-reads"])?;
-    let connected = clients.wait_connected(Instant::now() + connect_budget(opts, n))?;
-    let mut errors = connected.errors;
-    let (_, problem) = wait_subscribed(servers, Kind::Ws, connected.ok);
-    errors.extend(problem);
-    std::thread::sleep(Duration::from_millis(opts.settle_ms));
-    let target = servers.nodes.first_mut().ok_or("no gateway")?;
-    let cpu_before = target.cpu();
-    let admin = target.admin().ok_or("no admin address")?;
-    let (mut spans_ms, mut answers_ms) = (Vec::new(), Vec::new());
-    for _ in 0..m {
-        let (answer, span) = publish_one(admin, channel, opts.payload_bytes)?;
-        answers_ms.push(answer);
-        spans_ms.extend(span);
+impl Running {
+    fn start(opts: &Opts, workers: usize, channel: String) -> Result<Running> {
+        // 0: the gateway's default (and a build without `--workers`).
+        let (label, extra) = match workers {
+            0 => ("gateway".to_string(), Vec::new()),
+            k => (
+                format!("gateway --workers {k}"),
+                vec!["--workers".to_string(), k.to_string()],
+            ),
+        };
+        // Never pinned: the point is how the gateway uses the cores it has.
+        let opts = &Opts {
+            pin: false,
+            ..opts.clone()
+        };
+        let target = Target::start_gateway_with(opts, None, "span", &label, &extra)?;
+        let mut servers = Servers::one(target);
+        let (n, m) = (opts.subscribers, opts.messages);
+        let path = path(opts, Kind::Ws, &channel);
+        let publics = servers.publics();
+        let clients =
+            Clients::start_with(opts, Kind::Ws, &publics, &path, n, m, &["--hold-reads"])?;
+        let connected = clients
+            .wait_connected(Instant::now() + connect_budget(opts, n))
+            .map_err(|e| servers.with_logs(e))?;
+        let mut errors = connected.errors;
+        let (_, problem) = wait_subscribed(&mut servers, Kind::Ws, connected.ok);
+        errors.extend(problem);
+        std::thread::sleep(Duration::from_millis(opts.settle_ms));
+        Ok(Running {
+            workers,
+            channel,
+            servers,
+            clients,
+            connected: connected.ok,
+            errors,
+            cpu_before: None,
+            spans_ms: Vec::new(),
+            answers_ms: Vec::new(),
+        })
     }
-    let cpu_after = servers.nodes[0].cpu();
-    clients.send_all("go");
-    let results = clients.results(Instant::now() + Duration::from_secs(60));
-    clients.stop();
-    let sum = |key: &str| results.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
-    for r in &results {
-        if let Some(list) = r["errors"].as_array() {
-            errors.extend(list.iter().filter_map(|e| e.as_str().map(String::from)));
+
+    fn publish(&mut self, opts: &Opts) -> Result<()> {
+        let admin = self.servers.nodes[0].admin().ok_or("no admin address")?;
+        let (answer, span) = publish_one(admin, &self.channel, opts.payload_bytes)?;
+        self.answers_ms.push(answer);
+        self.spans_ms.extend(span);
+        Ok(())
+    }
+
+    /// Lets the clients read everything and checks what they got.
+    fn finish(mut self, opts: &Opts) -> SpanPhase {
+        let cpu_after = self.servers.nodes[0].cpu();
+        self.clients.send_all("go");
+        let results = self
+            .clients
+            .results(Instant::now() + Duration::from_secs(60));
+        self.clients.stop();
+        let sum = |key: &str| results.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+        for r in &results {
+            if let Some(list) = r["errors"].as_array() {
+                let errors = list.iter().filter_map(|e| e.as_str().map(String::from));
+                self.errors.extend(errors);
+            }
+        }
+        // CPU over the publishing window (scrapes included; the idle
+        // connections cost next to nothing) per delivery.
+        let deliveries = (self.connected * opts.messages).max(1) as f64;
+        let cpu_us_per_delivery = match (self.cpu_before, cpu_after) {
+            (Some(b), Some(a)) => Some(cpu_delta(b, a).total_us / deliveries),
+            _ => None,
+        };
+        SpanPhase {
+            workers: self.workers,
+            connected: self.connected,
+            spans_ms: self.spans_ms,
+            answers_ms: self.answers_ms,
+            cpu_us_per_delivery,
+            losses: sum("losses"),
+            duplicates: sum("duplicates"),
+            gaps: sum("gaps"),
+            errors: self.errors,
         }
     }
-    // CPU over the publishing window (scrapes and sleeps included; the
-    // idle connections cost next to nothing) per delivery.
-    let deliveries = (connected.ok * m).max(1) as f64;
-    let cpu_us_per_delivery = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) => Some(cpu_delta(b, a).total_us / deliveries),
-        _ => None,
-    };
-    Ok(SpanPhase {
-        workers,
-        connected: connected.ok,
-        spans_ms,
-        answers_ms,
-        cpu_us_per_delivery,
-        losses: sum("losses"),
-        duplicates: sum("duplicates"),
-        gaps: sum("gaps"),
-        errors,
-    })
 }

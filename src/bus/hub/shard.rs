@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 
 /// Writes a shard task makes before it yields to the other tasks of its
 /// worker.
-pub(super) const CHUNK: usize = 512;
+pub(super) const CHUNK: usize = 256;
 
 /// Undelivered batches one shard may hold before publishers wait.
 pub(super) const BACKLOG: usize = 1024;
