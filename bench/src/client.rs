@@ -360,14 +360,18 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         }
     };
     shared.attempt_finished(true);
-    if shared.args.hold_reads {
-        let mut go = shared.go.clone();
-        while !*go.borrow_and_update() {
-            if go.changed().await.is_err() {
-                break;
+    let stream = if shared.args.hold_reads {
+        match hold(&shared, stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                shared.error(format!("connection {i}: {e}"));
+                shared.conn_ended(i);
+                return;
             }
         }
-    }
+    } else {
+        stream
+    };
     let outcome = match shared.args.kind {
         Kind::Ws => ws_loop(&shared, i, stream, buf).await,
         Kind::Sse => sse_loop(&shared, i, stream, buf, head).await,
@@ -378,6 +382,23 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         shared.error(format!("connection {i}: {e}"));
     }
     shared.conn_ended(i);
+}
+
+/// `--hold-reads`: keeps the socket out of the runtime's epoll until
+/// `go`, so what the gateway writes meanwhile only queues in the receive
+/// buffer. A registered socket would make every write wake this process's
+/// one epoll instance, whose lock the gateway's threads would then fight
+/// over (the kernel runs loopback receive processing on the sender's CPU):
+/// clients on other machines share nothing of the kind.
+async fn hold(shared: &Shared, stream: TcpStream) -> io::Result<TcpStream> {
+    let parked = stream.into_std()?;
+    let mut go = shared.go.clone();
+    while !*go.borrow_and_update() {
+        if go.changed().await.is_err() {
+            break;
+        }
+    }
+    TcpStream::from_std(parked)
 }
 
 /// Head facts the SSE loop needs.
