@@ -5,8 +5,10 @@
 //! each transport's counters are resolved once into a [`TransportMetrics`]
 //! and indexed by [`Transport`], so counting is one atomic add.
 
+mod delivery;
 mod fanout;
 mod floods;
+pub use delivery::DeliveryTally;
 pub use fanout::FanoutMetrics;
 pub use floods::FloodMetrics;
 

@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 
 use super::{Epoch, Message};
 use crate::config::ChannelMode;
+use crate::metrics::DeliveryTally;
 use crate::transport::output::{OutputAccount, OutputBudget, Verdict};
 use crate::transport::Transport;
 
@@ -79,8 +80,6 @@ pub trait DirectSink: Send + Sync {
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes;
     /// Writes what the socket takes now, without waiting.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    /// `msgs` went to the socket (metrics).
-    fn delivered(&self, msgs: &[Arc<Message>]);
 }
 
 /// What the connection must write before anything queued, and the last id
@@ -208,23 +207,32 @@ impl SubscriberQueue {
         self.transport
     }
 
-    /// Adds a message. Never blocks beyond a short uncontended lock (and,
-    /// in direct mode, one non-blocking write).
+    /// Adds a message, counting direct writes nowhere (tests).
+    #[cfg(test)]
     pub fn push(self: &Arc<Self>, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
-        self.push_all(std::slice::from_ref(msg), mode)
+        let mut tally = crate::metrics::DeliveryTally::detached();
+        self.push_all(std::slice::from_ref(msg), mode, &mut tally)
     }
 
     /// Adds several messages of one channel in order: in direct mode they
-    /// go out in one vectored write. Returns the outcome of the last one
+    /// go out in one vectored write, and are counted in `tally` (the
+    /// caller's, flushed to the shared counters once per many writes).
+    /// Never blocks beyond a short uncontended lock (and, in direct mode,
+    /// one non-blocking write). Returns the outcome of the last one
     /// (`Conflated` if any was, `Overflowed` if it stopped).
-    pub fn push_all(self: &Arc<Self>, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
+    pub fn push_all(
+        self: &Arc<Self>,
+        msgs: &[Arc<Message>],
+        mode: ChannelMode,
+        tally: &mut DeliveryTally<'_>,
+    ) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
         let mut rest = msgs;
         if state.direct.is_some() {
-            let written = write_direct(&mut state, msgs);
+            let written = write_direct(&mut state, msgs, self.transport, tally);
             if written == msgs.len() {
                 return Pushed::Written;
             }
@@ -419,7 +427,12 @@ impl SubscriberQueue {
 /// returns how many are done with (the last written perhaps in part: its
 /// unsent tail is kept in the report). Direct mode ends at the first write
 /// the socket does not take whole.
-fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
+fn write_direct(
+    state: &mut State,
+    msgs: &[Arc<Message>],
+    transport: Transport,
+    tally: &mut DeliveryTally<'_>,
+) -> usize {
     const CHUNK: usize = 16;
     let Some(first) = msgs.first() else {
         return 0;
@@ -475,7 +488,7 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
         }
         if sent > 0 {
             state.report.written[cursor].2 = chunk[sent - 1].id;
-            sink.delivered(&chunk[..sent]);
+            tally.record(transport, &chunk[..sent]);
         }
         out += sent;
         if n < total {
@@ -493,6 +506,7 @@ fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
 mod tests {
     use super::*;
     use crate::channel::ChannelName;
+    use crate::metrics::Metrics;
     use std::time::Instant;
 
     fn epoch() -> Epoch {
@@ -549,7 +563,6 @@ mod tests {
     struct FakeSink {
         room: Mutex<usize>,
         wire: Mutex<Vec<u8>>,
-        delivered: Mutex<Vec<u64>>,
     }
 
     impl FakeSink {
@@ -557,7 +570,6 @@ mod tests {
             Arc::new(FakeSink {
                 room: Mutex::new(room),
                 wire: Mutex::new(Vec::new()),
-                delivered: Mutex::new(Vec::new()),
             })
         }
     }
@@ -580,13 +592,22 @@ mod tests {
             *room -= n;
             Ok(n)
         }
-        fn delivered(&self, msgs: &[Arc<Message>]) {
-            self.delivered.lock().extend(msgs.iter().map(|m| m.id));
-        }
+    }
+
+    /// Pushes one message, counting direct writes in `metrics`.
+    fn push_counted(q: &Arc<SubscriberQueue>, m: &Arc<Message>, metrics: &Metrics) -> Pushed {
+        let mut tally = DeliveryTally::new(metrics);
+        q.push_all(std::slice::from_ref(m), ChannelMode::Stream, &mut tally)
+    }
+
+    /// WebSocket deliveries counted so far.
+    fn delivered(metrics: &Metrics) -> u64 {
+        metrics.transport(Transport::WebSocket).delivered.get()
     }
 
     #[test]
     fn direct_mode_writes_until_the_socket_is_full_then_queues_in_order() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let frame_len = msg("a", 1).ws_frame().len();
         // Room for two frames and a half.
@@ -599,7 +620,7 @@ mod tests {
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 1));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
         assert!(fake.wire.lock().is_empty());
         q.leave_direct(&mut report);
         report.written.clear();
@@ -607,13 +628,13 @@ mod tests {
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 0));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(q.push(&msg("a", 2), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 2), &metrics), Pushed::Written);
         // Half of #3 fits: it counts as written, its tail is kept, direct
         // mode ends, and #4 is queued behind the tail.
-        assert_eq!(q.push(&msg("a", 3), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(q.push(&msg("a", 4), ChannelMode::Stream), Pushed::Queued);
-        assert_eq!(*fake.delivered.lock(), vec![1, 2, 3]);
+        assert_eq!(push_counted(&q, &msg("a", 3), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 4), &metrics), Pushed::Queued);
+        assert_eq!(delivered(&metrics), 3, "1, 2 and the first part of 3");
         // Refused while something is pending.
         assert!(!q.enter_direct(&sink, &mut DirectReport::default()));
 
@@ -649,20 +670,22 @@ mod tests {
 
     #[test]
     fn direct_mode_never_writes_a_channel_the_connection_left() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
         assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
         // "b" was left (its cursor not lent): a late fan-out of it is
         // dropped, and direct mode goes on.
-        assert_eq!(q.push(&msg("b", 7), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(*fake.delivered.lock(), vec![1]);
+        assert_eq!(push_counted(&q, &msg("b", 7), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
+        assert_eq!(delivered(&metrics), 1);
         assert_eq!(*fake.wire.lock(), msg("a", 1).ws_frame().to_vec());
     }
 
     #[test]
     fn a_new_epoch_ends_direct_mode_and_is_queued_for_the_connection() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
@@ -671,20 +694,20 @@ mod tests {
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 5));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 6), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 6), &metrics), Pushed::Written);
         // The bus lost the channel's data: ids start again in a new epoch.
         // The connection, not the publisher, must handle that (it tells the
         // client `truncated` first).
         let other = Epoch::parse(b"e2").unwrap();
         assert_eq!(
-            q.push(&msg_in(other, "a", 1), ChannelMode::Stream),
+            push_counted(&q, &msg_in(other, "a", 1), &metrics),
             Pushed::Queued
         );
         assert_eq!(
-            q.push(&msg_in(other, "a", 2), ChannelMode::Stream),
+            push_counted(&q, &msg_in(other, "a", 2), &metrics),
             Pushed::Queued
         );
-        assert_eq!(*fake.delivered.lock(), vec![6]);
+        assert_eq!(delivered(&metrics), 1, "only #6");
         let mut out = Vec::new();
         q.try_drain(&mut out, 10).unwrap();
         let got: Vec<_> = out.iter().map(|m| (m.epoch, m.id)).collect();
@@ -695,16 +718,24 @@ mod tests {
 
     #[test]
     fn a_batch_goes_out_in_one_write_and_close_ends_direct_mode() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
         assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
         let batch: Vec<_> = (1..=10).map(|id| msg("a", id)).collect();
-        assert_eq!(q.push_all(&batch, ChannelMode::Stream), Pushed::Written);
-        assert_eq!(fake.delivered.lock().len(), 10);
+        assert_eq!(
+            q.push_all(
+                &batch,
+                ChannelMode::Stream,
+                &mut DeliveryTally::new(&metrics)
+            ),
+            Pushed::Written
+        );
+        assert_eq!(delivered(&metrics), 10);
         q.close(QueueClosed::Shutdown);
-        assert_eq!(q.push(&msg("a", 11), ChannelMode::Stream), Pushed::Closed);
-        assert_eq!(fake.delivered.lock().len(), 10);
+        assert_eq!(push_counted(&q, &msg("a", 11), &metrics), Pushed::Closed);
+        assert_eq!(delivered(&metrics), 10);
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use super::channel::ChannelSlot;
 use crate::bus::queue::{Pushed, SubscriberQueue};
 use crate::bus::Message;
 use crate::config::ChannelMode;
-use crate::metrics::Metrics;
+use crate::metrics::{DeliveryTally, Metrics};
 
 /// Writes a shard task makes before it yields to the other tasks of its
 /// worker.
@@ -382,6 +382,8 @@ impl Shard {
     ) -> Option<usize> {
         // Only this shard locks its lane: the lock is never contended.
         let mut lane = slot.lanes[self.index].lock();
+        // Flushed to the shared counters once, when this chunk is done.
+        let mut tally = DeliveryTally::new(&self.metrics);
         let mut i = from;
         let mut done = 0;
         while i < lane.subscribers.len() {
@@ -390,7 +392,7 @@ impl Shard {
             }
             done += 1;
             let (key, queue) = &lane.subscribers[i];
-            match queue.push_all(&batch.msgs, batch.mode) {
+            match queue.push_all(&batch.msgs, batch.mode, &mut tally) {
                 Pushed::Queued | Pushed::Written => i += 1,
                 Pushed::Conflated { count } => {
                     self.metrics

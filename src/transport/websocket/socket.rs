@@ -18,9 +18,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::bus::{DirectSink, Message};
-use crate::metrics::Metrics;
 use crate::server::meter::ConnMeter;
-use crate::transport::{record_delivery, Transport};
 
 /// Bytes read per readiness event; a client sends commands and control
 /// frames, rarely more.
@@ -29,16 +27,13 @@ const READ_CHUNK: usize = 4096;
 pub struct WsSocket {
     stream: TcpStream,
     meter: Arc<ConnMeter>,
-    metrics: Arc<Metrics>,
 }
 
 impl WsSocket {
-    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>, metrics: Arc<Metrics>) -> WsSocket {
-        WsSocket {
-            stream,
-            meter,
-            metrics,
-        }
+    /// Deliveries written through it are counted by the writer (the
+    /// fan-out shard's tally, or the session's own accounting).
+    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>) -> WsSocket {
+        WsSocket { stream, meter }
     }
 
     /// Once the client has sent something (or closed), appends it to `buf`
@@ -125,10 +120,6 @@ impl DirectSink for WsSocket {
         let n = n as usize;
         self.meter.on_write(n);
         Ok(n)
-    }
-
-    fn delivered(&self, msgs: &[Arc<Message>]) {
-        record_delivery(&self.metrics, Transport::WebSocket, msgs);
     }
 }
 
