@@ -47,8 +47,11 @@ use crate::metrics::{DeliveryTally, Metrics};
 /// worker.
 pub(super) const CHUNK: usize = 256;
 
-/// Undelivered batches one shard may hold before publishers wait.
-pub(super) const BACKLOG: usize = 1024;
+/// Undelivered batches one shard may hold before publishers wait. Small:
+/// past it the fan-out cannot keep up, and a longer queue would only turn
+/// into delivery latency (each batch waits for those before it) instead of
+/// slowing the publishers down, as writing inline used to.
+pub(super) const BACKLOG: usize = 8;
 
 /// One shard's subscribers of one channel, in delivery order, with each
 /// key's position for O(1) removal.
