@@ -15,13 +15,15 @@ use crate::bus::queue::SubscriberQueue;
 use crate::bus::Epoch;
 use crate::channel::ChannelName;
 use crate::config::ChannelMode;
+use crate::transport::Transport;
 
 pub(super) type Channels = DashMap<ChannelName, Arc<ChannelSlot>>;
 
-/// A subscriber as the channel knows it; the shard of `lane` writes to it.
+/// A subscriber as the channel knows it; the shard of `lane` writes to it
+/// (None: written under the channel lock, see [`ChannelInner::inline`]).
 pub(super) struct Member {
     pub(super) queue: Arc<SubscriberQueue>,
-    pub(super) lane: usize,
+    pub(super) lane: Option<usize>,
 }
 
 pub(super) struct ChannelInner {
@@ -38,6 +40,11 @@ pub(super) struct ChannelInner {
     pub(super) members: HashMap<u64, Member>,
     /// Members per shard lane: a batch goes only to shards that have some.
     pub(super) lane_sizes: Box<[usize]>,
+    /// The gateway's own subscribers (bridge feeds), written under this
+    /// lock as the message is recorded: they are queues, not sockets (one
+    /// push each), and a feed counts on finding its own publishes queued
+    /// the moment the publish returns.
+    pub(super) inline: Vec<(u64, Arc<SubscriberQueue>)>,
     pub(super) last_activity: Instant,
 }
 
@@ -53,6 +60,7 @@ impl ChannelInner {
             history: History::default(),
             members: HashMap::new(),
             lane_sizes: vec![0; lanes].into(),
+            inline: Vec::new(),
             last_activity: Instant::now(),
         }
     }
@@ -64,9 +72,20 @@ impl ChannelInner {
         self.members.is_empty() && self.history.is_empty() && self.last_id == 0
     }
 
-    /// Adds a member to the lane with the fewest, so every shard writes
-    /// its share of the channel whatever the churn; returns the lane.
-    pub(super) fn join(&mut self, key: u64, queue: &Arc<SubscriberQueue>) -> usize {
+    /// Adds a member: a bridge feed to the inline list, any other to the
+    /// lane with the fewest, so every shard writes its share of the
+    /// channel whatever the churn. Returns the lane (None: inline).
+    pub(super) fn join(&mut self, key: u64, queue: &Arc<SubscriberQueue>) -> Option<usize> {
+        self.last_activity = Instant::now();
+        if queue.transport() == Transport::Bridge {
+            self.inline.push((key, queue.clone()));
+            let member = Member {
+                queue: queue.clone(),
+                lane: None,
+            };
+            self.members.insert(key, member);
+            return None;
+        }
         // Ties go round the lanes by key, so one-subscriber channels do not
         // all land on the first shard.
         let lanes = self.lane_sizes.len();
@@ -78,19 +97,27 @@ impl ChannelInner {
         self.lane_sizes[lane] += 1;
         let member = Member {
             queue: queue.clone(),
-            lane,
+            lane: Some(lane),
         };
         self.members.insert(key, member);
-        self.last_activity = Instant::now();
-        lane
+        Some(lane)
     }
 
-    /// Removes a member; its lane, if it was one.
+    /// Removes a member; its lane, if it was a member in one (the shard
+    /// must be told).
     pub(super) fn leave(&mut self, key: u64) -> Option<usize> {
         let member = self.members.remove(&key)?;
-        self.lane_sizes[member.lane] -= 1;
         self.last_activity = Instant::now();
-        Some(member.lane)
+        match member.lane {
+            Some(lane) => {
+                self.lane_sizes[lane] -= 1;
+                Some(lane)
+            }
+            None => {
+                self.inline.retain(|(k, _)| *k != key);
+                None
+            }
+        }
     }
 }
 

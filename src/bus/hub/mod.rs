@@ -7,7 +7,8 @@
 //! subscribers see one order and a subscription taken under the same lock
 //! gets history and live messages with no gap and no overlap. The writes
 //! to subscribers happen after the lock is released, on the shards' own
-//! tasks: a publish is answered once it is recorded.
+//! tasks: a publish is answered once it is recorded. (The gateway's own
+//! bridge feeds are the exception: queues, written under the lock.)
 //!
 //! History is bounded per channel by count, age and bytes, and over the
 //! node by bytes ([`history`](super::history)). A channel nobody
@@ -30,11 +31,11 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::history::Budget;
-use super::queue::{QueueClosed, SubscriberQueue};
+use super::queue::{Pushed, QueueClosed, SubscriberQueue};
 use super::{Epoch, Message};
 use crate::channel::{ChannelName, Since};
 use crate::config::{ChannelMode, ChannelRules, HistoryConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{DeliveryTally, Metrics};
 use channel::{ChannelInner, ChannelSlot, Channels};
 use shard::{Job, Shards, Wakeups};
 
@@ -280,8 +281,26 @@ impl Hub {
             last.published_at,
             &self.budget,
         );
+        self.write_inline(inner, msgs);
         self.shards
             .fan_out(slot, &inner.lane_sizes, msgs, inner.mode, wakeups);
+    }
+
+    /// Pushes `msgs` to the channel's inline members (bridge feeds), under
+    /// the channel lock; drops those whose queue overflowed or closed.
+    fn write_inline(&self, inner: &mut ChannelInner, msgs: &[Arc<Message>]) {
+        let mut tally = DeliveryTally::new(&self.metrics);
+        let mut i = 0;
+        while i < inner.inline.len() {
+            let (key, queue) = &inner.inline[i];
+            match queue.push_all(msgs, inner.mode, &mut tally) {
+                Pushed::Overflowed { .. } | Pushed::Closed => {
+                    let key = *key;
+                    inner.leave(key);
+                }
+                _ => i += 1,
+            }
+        }
     }
 
     /// Subscribes `queue` to `channel` and, when `since` is given, returns
@@ -297,15 +316,16 @@ impl Hub {
         self.with_channel(channel, |slot, inner, wakeups| {
             let read = read::read_history(inner, since, limit);
             let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-            let lane = inner.join(key, queue);
             // Posted under the lock, behind every batch the read covered
             // and ahead of every batch recorded later.
-            let job = Job::Join {
-                slot: slot.clone(),
-                key,
-                queue: queue.clone(),
-            };
-            self.shards.post(lane, job, wakeups);
+            if let Some(lane) = inner.join(key, queue) {
+                let job = Job::Join {
+                    slot: slot.clone(),
+                    key,
+                    queue: queue.clone(),
+                };
+                self.shards.post(lane, job, wakeups);
+            }
             let subscription = Subscription {
                 slot: slot.clone(),
                 channels: self.channels.clone(),
@@ -378,6 +398,7 @@ impl Hub {
         for (_, member) in inner.members.drain() {
             member.queue.close(QueueClosed::Shutdown);
         }
+        inner.inline.clear();
         inner.lane_sizes.iter_mut().for_each(|n| *n = 0);
     }
 }
