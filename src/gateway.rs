@@ -135,6 +135,12 @@ impl Gateway {
             &bridged_paths,
         );
         let hub = Hub::new(rules.clone(), config.history.clone(), metrics.clone());
+        // One fan-out shard per worker thread, when there is a runtime to
+        // run them on (there always is in the binary).
+        let hub = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => hub.sharded(config.worker_threads(), &runtime),
+            Err(_) => hub,
+        };
         let bus = match config.bus.as_str() {
             "memory" => AnyBus::Memory(MemoryBus::new(hub)),
             url if is_redis_url(url) => {

@@ -53,7 +53,10 @@ fn main() -> ExitCode {
         tracing::warn!("wire byte counting is OFF (benchmark switch); wire_bytes_total stays 0");
         pollbridge::net::meter::disable_counting_for_benchmarks();
     }
+    // One worker per core by default; each worker also runs one fan-out
+    // shard (see `Gateway::new`).
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
         .enable_all()
         .build()
         .expect("tokio runtime");

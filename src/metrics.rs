@@ -18,7 +18,11 @@ pub use delivery::{record_delivery, ConnectionGuard};
 pub use slow_close::SlowClose;
 mod transports;
 pub use compression::CompressionMetrics;
+mod fanout;
+mod tally;
+pub use fanout::FanoutMetrics;
 pub use floods::FloodMetrics;
+pub use tally::DeliveryTally;
 pub use transports::TransportMetrics;
 
 use prometheus::{
@@ -111,6 +115,8 @@ pub struct Metrics {
     pub floods: FloodMetrics,
     /// Bytes compressed and what they became, per transport.
     pub compression: CompressionMetrics,
+    /// The fan-out shards' span per publish.
+    pub fanout: FanoutMetrics,
 }
 
 impl Metrics {
@@ -149,6 +155,8 @@ impl Metrics {
         } = EdgeSeries::register(&registry);
         let floods = FloodMetrics::new(&registry);
         let compression = CompressionMetrics::register(&registry);
+        let fanout = FanoutMetrics::new(&registry);
+
         Metrics {
             registry,
             transports,
@@ -176,6 +184,7 @@ impl Metrics {
             output_budget_bytes,
             floods,
             compression,
+            fanout,
         }
     }
 

@@ -68,6 +68,11 @@ pub struct WorkerArgs {
     /// Long-poll `timeout=` in seconds.
     #[arg(long, default_value_t = 60)]
     pub poll_timeout: u64,
+    /// WebSocket: read nothing until `go` (with a 1 MiB receive buffer to
+    /// hold what arrives meanwhile), so the clients use no CPU while the
+    /// gateway fans out (`fanout-span`).
+    #[arg(long)]
+    pub hold_reads: bool,
 }
 
 /// Largest frame or response accepted.
@@ -355,6 +360,18 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         }
     };
     shared.attempt_finished(true);
+    let stream = if shared.args.hold_reads {
+        match hold(&shared, stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                shared.error(format!("connection {i}: {e}"));
+                shared.conn_ended(i);
+                return;
+            }
+        }
+    } else {
+        stream
+    };
     let outcome = match shared.args.kind {
         Kind::Ws => ws_loop(&shared, i, stream, buf).await,
         Kind::Sse => sse_loop(&shared, i, stream, buf, head).await,
@@ -365,6 +382,23 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         shared.error(format!("connection {i}: {e}"));
     }
     shared.conn_ended(i);
+}
+
+/// `--hold-reads`: keeps the socket out of the runtime's epoll until
+/// `go`, so what the gateway writes meanwhile only queues in the receive
+/// buffer. A registered socket would make every write wake this process's
+/// one epoll instance, whose lock the gateway's threads would then fight
+/// over (the kernel runs loopback receive processing on the sender's CPU):
+/// clients on other machines share nothing of the kind.
+async fn hold(shared: &Shared, stream: TcpStream) -> io::Result<TcpStream> {
+    let parked = stream.into_std()?;
+    let mut go = shared.go.clone();
+    while !*go.borrow_and_update() {
+        if go.changed().await.is_err() {
+            break;
+        }
+    }
+    TcpStream::from_std(parked)
 }
 
 /// Head facts the SSE loop needs.
@@ -378,6 +412,10 @@ struct Head {
 async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head)> {
     let args = &shared.args;
     let socket = TcpSocket::new_v4()?;
+    if args.hold_reads {
+        // Everything that arrives before `go` waits here.
+        socket.set_recv_buffer_size(1 << 20)?;
+    }
     if !args.src.is_empty() {
         let one: libc::c_int = 1;
         // SAFETY: valid fd and option buffer. Defers the port choice to

@@ -11,6 +11,7 @@
 //! - `http`: the orchestrator's blocking admin client.
 //! - `proc`: child processes, pinning, `/proc` CPU and RSS.
 //! - `report`: results, tables, JSON lines, medians, smoke checks.
+//! - `span`: the `fanout-span` scenario (fan-out span by worker count).
 
 mod client;
 mod floor;
@@ -18,6 +19,7 @@ mod http;
 mod proc;
 mod report;
 mod scenario;
+mod span;
 mod target;
 mod wire;
 
@@ -43,6 +45,10 @@ pub enum Scenario {
     Burst,
     /// Requests through the gateway's reverse proxy vs straight to the upstream.
     Proxy,
+    /// One message at a time to N idle WebSocket subscribers: the gateway's
+    /// fan-out span (pollbridge_fanout_seconds) and publish answer latency,
+    /// per --span-workers count. Not part of `all`.
+    FanoutSpan,
     /// Every scenario at a small size, with sanity checks (for CI).
     Smoke,
     /// ws-fanout sse-fanout lp-fanout burst idle held-polls proxy.
@@ -175,6 +181,10 @@ pub struct Opts {
     /// The redis-server binary for --redis.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
+    /// fanout-span: the gateway's --workers counts to compare, in one run
+    /// (0: start it without --workers).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub span_workers: Vec<usize>,
 }
 
 impl Opts {
@@ -273,6 +283,17 @@ fn main() -> ExitCode {
                 scenario.name(),
                 opts.repeat.max(1)
             );
+            if scenario == Scenario::FanoutSpan {
+                match span::run(&opts, run) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("pollbridge-bench: fanout-span run {run} failed: {e}");
+                        problems.push(format!("fanout-span: {e}"));
+                    }
+                }
+                continue;
+            }
             match scenario::run(&opts, scenario, run) {
                 Ok(outcome) => {
                     if !opts.json {

@@ -38,6 +38,7 @@ pub fn run(opts: &Opts, scenario: Scenario, run: usize) -> Result<Outcome> {
         Scenario::Idle => idle(opts, run),
         Scenario::Proxy => proxy(opts, run),
         Scenario::Smoke | Scenario::All => Err("smoke and all are expanded by main".into()),
+        Scenario::FanoutSpan => Err("fanout-span is run by span::run".into()),
     }
 }
 
@@ -49,7 +50,7 @@ fn floor_mode(kind: Kind) -> FloorMode {
     }
 }
 
-fn path(opts: &Opts, kind: Kind, channel: &str) -> String {
+pub(crate) fn path(opts: &Opts, kind: Kind, channel: &str) -> String {
     let prefix = opts.prefix.trim_end_matches('/');
     match kind {
         Kind::Ws => format!("{prefix}/ws/{channel}"),
@@ -271,14 +272,18 @@ fn account(
 /// Clock ticks (10 ms) needed before user and system time are shown apart.
 const MIN_TICKS: u64 = 5;
 
-fn connect_budget(opts: &Opts, n: usize) -> Duration {
+pub(crate) fn connect_budget(opts: &Opts, n: usize) -> Duration {
     Duration::from_secs_f64(n as f64 / opts.ramp.max(1.0) * 2.0 + 30.0)
 }
 
 /// Waits (bounded) until the servers count `want` subscribers of `kind`
 /// between them. Returns what each node counted last, and an error if the
 /// count fell short.
-fn wait_subscribed(servers: &mut Servers, kind: Kind, want: u64) -> (Vec<u64>, Option<String>) {
+pub(crate) fn wait_subscribed(
+    servers: &mut Servers,
+    kind: Kind,
+    want: u64,
+) -> (Vec<u64>, Option<String>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut per_node = vec![0; servers.nodes.len()];
     for _ in 0..10_000 {

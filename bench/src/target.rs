@@ -609,6 +609,19 @@ impl Clients {
         conns: usize,
         expect: u64,
     ) -> Result<Clients> {
+        Self::start_with(opts, kind, addrs, path, conns, expect, &[])
+    }
+
+    /// [`Clients::start`] with `extra` worker arguments.
+    pub fn start_with(
+        opts: &Opts,
+        kind: Kind,
+        addrs: &[SocketAddr],
+        path: &str,
+        conns: usize,
+        expect: u64,
+        extra: &[&str],
+    ) -> Result<Clients> {
         let addr_list = addrs
             .iter()
             .map(SocketAddr::to_string)
@@ -660,6 +673,7 @@ impl Clients {
             if addrs.iter().all(|a| a.ip().is_loopback()) && !sources.is_empty() {
                 args.extend(["--src".into(), sources.join(",")]);
             }
+            args.extend(extra.iter().map(|a| a.to_string()));
             let pin = opts.pin.then_some(CLIENT_CORE);
             started.push(Child::spawn(
                 &format!("client-{w}"),

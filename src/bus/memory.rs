@@ -43,6 +43,9 @@ impl Bus for MemoryBus {
             .bus_publish_duration
             .observe(started.elapsed().as_secs_f64());
         metrics.published.inc_by(msgs.len() as u64);
+        // Recorded: the answer need not wait for the writes to subscribers,
+        // only (under overload) for the fan-out backlog to shrink.
+        self.hub.fanout_room().await;
         Ok(msgs.iter().map(|m| Published { id: m.id }).collect())
     }
 

@@ -40,6 +40,7 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("redis-key-prefix", "redis.key_prefix", Kind::Text, "Prefix of every Redis key and pub/sub channel [default: pollbridge]"),
     ("redis-tls-ca-file", "redis.tls_ca_file", Kind::Text, "PEM CA certificate(s) trusted for rediss:// instead of the system store [default: none]"),
     ("log-level", "log_level", Kind::Text, "Log filter when RUST_LOG is unset [default: info]"),
+    ("workers", "workers", Kind::Integer, "Runtime worker threads, each a fan-out shard writing its share of every channel's subscribers [default: the number of cores]"),
     ("history-size", "history.size", Kind::Integer, "Messages kept per channel for resuming clients [default: 1000]"),
     ("history-max-age", "history.max_age", Kind::Text, "Drop history older than this [default: 1h]"),
     ("history-idle-channel-ttl", "history.idle_channel_ttl", Kind::Text, "Forget an empty, unwatched channel after this [default: 5m]"),

@@ -37,6 +37,7 @@ mod tls;
 mod transports;
 pub mod upstream;
 mod validate;
+mod workers;
 
 use std::net::SocketAddr;
 
@@ -84,6 +85,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Log filter when `RUST_LOG` is not set (`error`..`trace`). Default: `info`.
     pub log_level: String,
+    /// Worker threads of the runtime, each also a fan-out shard writing its
+    /// share of every channel's subscribers (1..=1024). Default: none (the
+    /// number of cores).
+    pub workers: Option<usize>,
     pub history: HistoryConfig,
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
@@ -117,6 +122,7 @@ impl Default for Config {
             bus: "memory".into(),
             redis: RedisConfig::default(),
             log_level: "info".into(),
+            workers: None,
             history: HistoryConfig::default(),
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),

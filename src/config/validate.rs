@@ -73,6 +73,9 @@ impl Config {
 /// Where the gateway listens, proxies and keeps its bus; the admin
 /// listener; logging.
 fn check_general(cfg: &Config, problems: &mut Problems) {
+    if let Some(problem) = super::workers::problem(cfg.workers) {
+        problems.bad("workers", problem);
+    }
     if let Some(upstream) = &cfg.upstream {
         if let Err(e) = parse_upstream(upstream) {
             problems.bad("upstream", e);

@@ -328,10 +328,14 @@ impl Subscriber {
                     Some(Value::BulkString(payload)) => payload.as_slice(),
                     _ => return Ok(()),
                 };
-                match channel {
+                let handled = match channel {
                     Some(channel) => self.on_message(channel, payload).await,
                     None => Ok(()),
-                }
+                };
+                // Reading on while the fan-out is far behind would only
+                // grow its backlog: Redis buffers meanwhile.
+                self.shared.hub.fanout_room().await;
+                handled
             }
             _ => Ok(()),
         }

@@ -239,7 +239,7 @@ fn session_for(
             let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let socket = Arc::new(WsSocket::new(stream, meter, gw.metrics.clone()));
+            let socket = Arc::new(WsSocket::new(stream, meter));
             let sink: Arc<dyn DirectSink> = socket.clone();
             let input = Input::Socket(socket.clone());
             let writer = SocketWriter(socket);

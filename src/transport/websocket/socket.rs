@@ -19,11 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::bus::DirectSink;
 
-use crate::metrics::record_delivery;
-use crate::metrics::Metrics;
 use crate::net::meter::ConnMeter;
 use crate::protocol::Message;
-use crate::protocol::Transport;
 
 /// Bytes read per readiness event; a client sends commands and control
 /// frames, rarely more.
@@ -32,16 +29,13 @@ const READ_CHUNK: usize = 4096;
 pub struct WsSocket {
     stream: TcpStream,
     meter: Arc<ConnMeter>,
-    metrics: Arc<Metrics>,
 }
 
 impl WsSocket {
-    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>, metrics: Arc<Metrics>) -> WsSocket {
-        WsSocket {
-            stream,
-            meter,
-            metrics,
-        }
+    /// Deliveries written through it are counted by the writer (the
+    /// fan-out shard's tally, or the session's own accounting).
+    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>) -> WsSocket {
+        WsSocket { stream, meter }
     }
 
     /// Once the client has sent something (or closed), appends it to `buf`
@@ -128,10 +122,6 @@ impl DirectSink for WsSocket {
         let n = n as usize;
         self.meter.on_write(n);
         Ok(n)
-    }
-
-    fn delivered(&self, msgs: &[Arc<Message>]) {
-        record_delivery(&self.metrics, Transport::WebSocket, msgs);
     }
 }
 

@@ -28,18 +28,21 @@
 //! way when the gateway-wide budget runs out. Messages written directly
 //! never count.
 
+mod direct;
+
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::ChannelMode;
+use crate::metrics::DeliveryTally;
 use crate::net::output::{OutputAccount, OutputBudget, Verdict};
+use crate::protocol::Message;
 use crate::protocol::Transport;
-use crate::protocol::{Epoch, Message};
+use direct::write_direct;
+pub use direct::{DirectReport, DirectSink};
 
 /// Why a queue stopped delivering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,30 +74,6 @@ pub enum Pushed {
     },
     /// The queue was already closed.
     Closed,
-}
-
-/// A connection the publisher may write to directly (see the module doc).
-pub trait DirectSink: Send + Sync {
-    /// This transport's encoding of `msg` (shared, pre-encoded).
-    fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes;
-    /// Writes what the socket takes now, without waiting.
-    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-    /// `msgs` went to the socket (metrics).
-    fn delivered(&self, msgs: &[Arc<Message>]);
-}
-
-/// What the connection must write before anything queued, and the last id
-/// written per channel, after direct mode ends.
-#[derive(Default)]
-pub struct DirectReport {
-    /// The unsent tail of a message the publisher wrote in part.
-    pub remainder: Option<Bytes>,
-    /// Last id delivered per channel, and the epoch it is in: the
-    /// connection's cursors, moved on by what publishers wrote. Publishers
-    /// write only messages of that epoch; one of another (the bus lost the
-    /// channel's data) ends direct mode, so that the connection tells its
-    /// client.
-    pub written: Vec<(crate::protocol::channel::ChannelName, Epoch, u64)>,
 }
 
 struct State {
@@ -206,23 +185,32 @@ impl SubscriberQueue {
         self.transport
     }
 
-    /// Adds a message. Never blocks beyond a short uncontended lock (and,
-    /// in direct mode, one non-blocking write).
+    /// Adds a message, counting direct writes nowhere (tests).
+    #[cfg(test)]
     pub fn push(self: &Arc<Self>, msg: &Arc<Message>, mode: ChannelMode) -> Pushed {
-        self.push_all(std::slice::from_ref(msg), mode)
+        let mut tally = crate::metrics::DeliveryTally::detached();
+        self.push_all(std::slice::from_ref(msg), mode, &mut tally)
     }
 
     /// Adds several messages of one channel in order: in direct mode they
-    /// go out in one vectored write. Returns the outcome of the last one
+    /// go out in one vectored write, and are counted in `tally` (the
+    /// caller's, flushed to the shared counters once per many writes).
+    /// Never blocks beyond a short uncontended lock (and, in direct mode,
+    /// one non-blocking write). Returns the outcome of the last one
     /// (`Conflated` if any was, `Overflowed` if it stopped).
-    pub fn push_all(self: &Arc<Self>, msgs: &[Arc<Message>], mode: ChannelMode) -> Pushed {
+    pub fn push_all(
+        self: &Arc<Self>,
+        msgs: &[Arc<Message>],
+        mode: ChannelMode,
+        tally: &mut DeliveryTally<'_>,
+    ) -> Pushed {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Pushed::Closed;
         }
         let mut rest = msgs;
         if state.direct.is_some() {
-            let written = write_direct(&mut state, msgs);
+            let written = write_direct(&mut state, msgs, self.transport, tally);
             if written == msgs.len() {
                 return Pushed::Written;
             }
@@ -412,85 +400,14 @@ impl SubscriberQueue {
     }
 }
 
-/// Writes `msgs` (one channel's, in id order) through the direct sink,
-/// several per system call, skipping those the connection already has;
-/// returns how many are done with (the last written perhaps in part: its
-/// unsent tail is kept in the report). Direct mode ends at the first write
-/// the socket does not take whole.
-fn write_direct(state: &mut State, msgs: &[Arc<Message>]) -> usize {
-    const CHUNK: usize = 16;
-    let Some(first) = msgs.first() else {
-        return 0;
-    };
-    let Some(sink) = state.direct.take() else {
-        return 0;
-    };
-    let cursor = match state
-        .report
-        .written
-        .iter()
-        .position(|(channel, _, _)| *channel == first.channel)
-    {
-        Some(pos) => pos,
-        None => {
-            let entry = (first.channel.clone(), first.epoch, 0);
-            state.report.written.push(entry);
-            state.report.written.len() - 1
-        }
-    };
-    if state.report.written[cursor].1 != first.epoch {
-        // A new sequence: the connection must say `truncated` first. Direct
-        // mode ends here (the sink is not put back).
-        return 0;
-    }
-    let known = state.report.written[cursor].2;
-    let skip = msgs.iter().take_while(|m| m.id <= known).count();
-    let mut out = skip;
-    let mut keep_direct = true;
-    for chunk in msgs[skip..].chunks(CHUNK) {
-        let mut slices = [IoSlice::new(&[]); CHUNK];
-        let mut total = 0;
-        for (slot, msg) in slices.iter_mut().zip(chunk) {
-            let frame = sink.encoded(msg);
-            total += frame.len();
-            *slot = IoSlice::new(frame);
-        }
-        // An error (peer gone) is the connection task's to find and report.
-        let n = sink.try_write_vectored(&slices[..chunk.len()]).unwrap_or(0);
-        let mut left = n;
-        let mut sent = 0;
-        for msg in chunk {
-            let len = sink.encoded(msg).len();
-            if left < len {
-                break;
-            }
-            left -= len;
-            sent += 1;
-        }
-        if left > 0 {
-            state.report.remainder = Some(sink.encoded(&chunk[sent]).slice(left..));
-            sent += 1;
-        }
-        if sent > 0 {
-            state.report.written[cursor].2 = chunk[sent - 1].id;
-            sink.delivered(&chunk[..sent]);
-        }
-        out += sent;
-        if n < total {
-            keep_direct = false;
-            break;
-        }
-    }
-    if keep_direct {
-        state.direct = Some(sink);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::protocol::channel::ChannelName;
+    use crate::protocol::Epoch;
+    use bytes::Bytes;
+    use std::io::{self, IoSlice};
     use std::time::Instant;
 
     fn epoch() -> Epoch {
@@ -547,7 +464,6 @@ mod tests {
     struct FakeSink {
         room: Mutex<usize>,
         wire: Mutex<Vec<u8>>,
-        delivered: Mutex<Vec<u64>>,
     }
 
     impl FakeSink {
@@ -555,7 +471,6 @@ mod tests {
             Arc::new(FakeSink {
                 room: Mutex::new(room),
                 wire: Mutex::new(Vec::new()),
-                delivered: Mutex::new(Vec::new()),
             })
         }
     }
@@ -578,13 +493,22 @@ mod tests {
             *room -= n;
             Ok(n)
         }
-        fn delivered(&self, msgs: &[Arc<Message>]) {
-            self.delivered.lock().extend(msgs.iter().map(|m| m.id));
-        }
+    }
+
+    /// Pushes one message, counting direct writes in `metrics`.
+    fn push_counted(q: &Arc<SubscriberQueue>, m: &Arc<Message>, metrics: &Metrics) -> Pushed {
+        let mut tally = DeliveryTally::new(metrics);
+        q.push_all(std::slice::from_ref(m), ChannelMode::Stream, &mut tally)
+    }
+
+    /// WebSocket deliveries counted so far.
+    fn delivered(metrics: &Metrics) -> u64 {
+        metrics.transport(Transport::WebSocket).delivered.get()
     }
 
     #[test]
     fn direct_mode_writes_until_the_socket_is_full_then_queues_in_order() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let frame_len = msg("a", 1).ws_frame().len();
         // Room for two frames and a half.
@@ -597,18 +521,21 @@ mod tests {
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 1));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
         assert!(fake.wire.lock().is_empty());
         q.leave_direct(&mut report);
         report.written.clear();
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 0));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(q.push(&msg("a", 2), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 2), &metrics), Pushed::Written);
         // Half of #3 fits: it counts as written, its tail is kept, direct
         // mode ends, and #4 is queued behind the tail.
-        assert_eq!(q.push(&msg("a", 3), ChannelMode::Stream), Pushed::Written);
-        assert_eq!(q.push(&msg("a", 4), ChannelMode::Stream), Pushed::Queued);
-        assert_eq!(*fake.delivered.lock(), vec![1, 2, 3]);
+        assert_eq!(push_counted(&q, &msg("a", 3), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 4), &metrics), Pushed::Queued);
+        assert_eq!(delivered(&metrics), 3, "1, 2 and the first part of 3");
         // Refused while something is pending.
         assert!(!q.enter_direct(&sink, &mut DirectReport::default()));
 
@@ -633,8 +560,33 @@ mod tests {
         assert!(q.enter_direct(&sink, &mut DirectReport::default()));
     }
 
+    /// The cursors a connection lends: `channel` at id 0 in `epoch()`.
+    fn subscribed_to(channel: &str) -> DirectReport {
+        let mut report = DirectReport::default();
+        report
+            .written
+            .push((ChannelName::new(channel).unwrap(), epoch(), 0));
+        report
+    }
+
+    #[test]
+    fn direct_mode_never_writes_a_channel_the_connection_left() {
+        let metrics = Metrics::new();
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
+        // "b" was left (its cursor not lent): a late fan-out of it is
+        // dropped, and direct mode goes on.
+        assert_eq!(push_counted(&q, &msg("b", 7), &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
+        assert_eq!(delivered(&metrics), 1);
+        assert_eq!(*fake.wire.lock(), msg("a", 1).ws_frame().to_vec());
+    }
+
     #[test]
     fn a_new_epoch_ends_direct_mode_and_is_queued_for_the_connection() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
@@ -643,20 +595,20 @@ mod tests {
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 5));
         assert!(q.enter_direct(&sink, &mut report));
-        assert_eq!(q.push(&msg("a", 6), ChannelMode::Stream), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 6), &metrics), Pushed::Written);
         // The bus lost the channel's data: ids start again in a new epoch.
         // The connection, not the publisher, must handle that (it tells the
         // client `truncated` first).
         let other = Epoch::parse(b"e2").unwrap();
         assert_eq!(
-            q.push(&msg_in(other, "a", 1), ChannelMode::Stream),
+            push_counted(&q, &msg_in(other, "a", 1), &metrics),
             Pushed::Queued
         );
         assert_eq!(
-            q.push(&msg_in(other, "a", 2), ChannelMode::Stream),
+            push_counted(&q, &msg_in(other, "a", 2), &metrics),
             Pushed::Queued
         );
-        assert_eq!(*fake.delivered.lock(), vec![6]);
+        assert_eq!(delivered(&metrics), 1, "only #6");
         let mut out = Vec::new();
         q.try_drain(&mut out, 10).unwrap();
         let got: Vec<_> = out.iter().map(|m| (m.epoch, m.id)).collect();
@@ -667,16 +619,24 @@ mod tests {
 
     #[test]
     fn a_batch_goes_out_in_one_write_and_close_ends_direct_mode() {
+        let metrics = Metrics::new();
         let q = SubscriberQueue::new(8, Transport::WebSocket);
         let fake = FakeSink::new(1 << 20);
         let sink: Arc<dyn DirectSink> = fake.clone();
-        assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+        assert!(q.enter_direct(&sink, &mut subscribed_to("a")));
         let batch: Vec<_> = (1..=10).map(|id| msg("a", id)).collect();
-        assert_eq!(q.push_all(&batch, ChannelMode::Stream), Pushed::Written);
-        assert_eq!(fake.delivered.lock().len(), 10);
+        assert_eq!(
+            q.push_all(
+                &batch,
+                ChannelMode::Stream,
+                &mut DeliveryTally::new(&metrics)
+            ),
+            Pushed::Written
+        );
+        assert_eq!(delivered(&metrics), 10);
         q.close(QueueClosed::Shutdown);
-        assert_eq!(q.push(&msg("a", 11), ChannelMode::Stream), Pushed::Closed);
-        assert_eq!(fake.delivered.lock().len(), 10);
+        assert_eq!(push_counted(&q, &msg("a", 11), &metrics), Pushed::Closed);
+        assert_eq!(delivered(&metrics), 10);
     }
 
     #[tokio::test]
