@@ -7,5 +7,6 @@ pub mod longpoll;
 pub mod params;
 pub mod replay;
 pub mod sse;
+mod sse_gzip;
 pub mod throttle;
 pub mod websocket;
