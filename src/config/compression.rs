@@ -65,6 +65,15 @@ pub struct Http2Config {
     /// Streams the gateway may reset for a client's protocol errors on one
     /// connection; past it the connection is closed. Default: 32.
     pub max_local_error_reset_streams: usize,
+    /// Bytes buffered per stream for a client that doesn't read; the
+    /// stream's body is polled again only when they have gone out.
+    /// Default: 65536.
+    pub max_send_buffer_bytes: usize,
+    /// A PING is sent after this long without frames from the client; no
+    /// answer within `limits.write_timeout` closes the connection.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: std::time::Duration,
 }
 
 impl Default for Http2Config {
@@ -75,6 +84,8 @@ impl Default for Http2Config {
             max_concurrent_streams: 100,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 32,
+            max_send_buffer_bytes: 64 * 1024,
+            ping_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +95,12 @@ impl Http2Config {
         let mut problems = Vec::new();
         if self.max_concurrent_streams == 0 {
             problems.push(("http2.max_concurrent_streams", "must be at least 1".into()));
+        }
+        if self.max_send_buffer_bytes == 0 {
+            problems.push(("http2.max_send_buffer_bytes", "must be at least 1".into()));
+        }
+        if self.ping_interval.is_zero() {
+            problems.push(("http2.ping_interval", "must be longer than 0s".into()));
         }
         problems
     }
