@@ -151,6 +151,39 @@ pub fn compressed_body(
     }
 }
 
+/// A body's compressed forms, each made on first demand and shared by
+/// every client that gets the same body (a bridged copy's version).
+#[derive(Debug, Default)]
+pub struct CompressOnce {
+    gzip: std::sync::OnceLock<Bytes>,
+    brotli: std::sync::OnceLock<Bytes>,
+}
+
+impl CompressOnce {
+    /// `plain` in `coding`: compressed on the first call, shared after.
+    pub fn get(&self, coding: Coding, plain: &[u8], levels: Levels) -> Bytes {
+        let cell = match coding {
+            Coding::Gzip => &self.gzip,
+            Coding::Brotli => &self.brotli,
+        };
+        cell.get_or_init(|| crate::protocol::compress::encode(coding, plain, levels))
+            .clone()
+    }
+}
+
+/// The ETag of a compressed representation: the plain body's, made weak
+/// (`W/"…"`), as a compressed body is not byte-for-byte the plain one. A
+/// client revalidating with it still matches (weak comparison).
+pub fn weak_etag(etag: &HeaderValue) -> HeaderValue {
+    if etag.as_bytes().starts_with(b"W/") {
+        return etag.clone();
+    }
+    let mut weak = Vec::with_capacity(etag.len() + 2);
+    weak.extend_from_slice(b"W/");
+    weak.extend_from_slice(etag.as_bytes());
+    HeaderValue::from_bytes(&weak).unwrap_or_else(|_| etag.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,41 @@ impl Coding {
             Coding::Brotli => "br",
         }
     }
+
+    /// The coding a `Content-Encoding` token names, if it is one of these.
+    pub fn from_token(token: &str) -> Option<Coding> {
+        let token = token.trim();
+        if token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip") {
+            Some(Coding::Gzip)
+        } else if token.eq_ignore_ascii_case("br") {
+            Some(Coding::Brotli)
+        } else {
+            None
+        }
+    }
+}
+
+/// `data` decoded from `coding`, at most `limit` bytes of it: more is an
+/// error (a decompression bomb costs `limit` bytes, never more), as is a
+/// body that isn't valid in its coding.
+pub fn decode(coding: Coding, data: &[u8], limit: usize) -> Result<Bytes, String> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match coding {
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Coding::Brotli => Box::new(brotli::Decompressor::new(data, 4096)),
+    };
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not valid {}: {e}", coding.token()))?;
+    if out.len() > limit {
+        return Err(format!(
+            "decodes to more than {limit} bytes ({} bomb?)",
+            coding.token()
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// How hard to compress (`compression.gzip_level`, `compression.brotli_quality`).
@@ -240,6 +275,18 @@ mod tests {
                 .decompress_vec(&out[10..*len], &mut plain, flate2::FlushDecompress::Sync)
                 .unwrap();
             assert_eq!(plain, events[..=i].concat());
+        }
+    }
+
+    #[test]
+    fn decoding_is_bounded() {
+        let data = vec![b'a'; 100_000];
+        for coding in [Coding::Gzip, Coding::Brotli] {
+            let packed = encode(coding, &data, Levels::default());
+            assert_eq!(decode(coding, &packed, 100_000).unwrap(), data);
+            let err = decode(coding, &packed, 99_999).unwrap_err();
+            assert!(err.contains("more than 99999"), "{err}");
+            assert!(decode(coding, b"not compressed at all", 1000).is_err());
         }
     }
 
