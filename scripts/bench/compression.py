@@ -128,7 +128,8 @@ async def publish(admin, channel, body):
 
 async def read_response(r):
     head = await r.readuntil(b"\r\n\r\n")
-    text = head.decode("latin-1").lower()
+    r.last_head = head.decode("latin-1")
+    text = r.last_head.lower()
     length = int(re.search(r"content-length: (\d+)", text).group(1)) if "content-length" in text else 0
     body = await r.readexactly(length)
     status = int(text.split()[1])
@@ -180,6 +181,8 @@ async def bridge_client(addr, accept, stop):
         await w.drain()
         status, text, _ = await read_response(r)
         m = re.search(r"etag: (\S+)", text)
+        # The ETag as sent (`text` is lower-cased; `W/` must stay upper).
+        m = m and re.search(r"(?i)etag: (\S+)", r.last_head)
         if m:
             etag = m.group(1)
         await asyncio.sleep(0.1)
