@@ -101,7 +101,7 @@ impl Gateway {
         if config.tls.cert_file.is_some() && config.tls.key_file.is_some() {
             check(
                 "tls.cert_file",
-                crate::net::tls::load(&config.tls).map(drop),
+                crate::net::tls::load(&config.tls, config.http2.enabled).map(drop),
             );
         }
         problems
@@ -126,7 +126,7 @@ impl Gateway {
         );
         let ip_limits = IpLimits::new(&config.limits);
         let admission = Admission::new(config.limits.new_sessions_per_second);
-        let tls = Tls::new(&config.tls)?;
+        let tls = Tls::new(&config.tls, config.http2.enabled)?;
         let admin_guard = crate::auth::admin::AdminGuard::new(&config.admin)?;
         let bridged_paths: Vec<String> = config.bridges.iter().map(|b| b.path.clone()).collect();
         let migration = Migration::new(

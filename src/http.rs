@@ -11,6 +11,8 @@ use http::StatusCode;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
+pub mod encoding;
+
 use crate::net::meter::ConnMeter;
 use crate::protocol::error::ApiError;
 

@@ -45,7 +45,7 @@ fn classify(line: &str) -> (bool, Line<'_>) {
     let name_chars = |s: &str| {
         !s.is_empty()
             && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
     };
     if let Some(inner) = rest
         .strip_prefix("[[")

@@ -1275,7 +1275,8 @@ async fn tls_wss_subscribe_and_https_long_poll() {
     let cert = TestCert::generate();
     let tg = tls_gateway(&cert).await;
     let gw = &tg.gw;
-    let connector = tls_connector(&[&cert.der], &[b"h2", b"http/1.1"]);
+    // What a browser offers for a WebSocket (HTTP/2 is in tests/http2.rs).
+    let connector = tls_connector(&[&cert.der], &[b"http/1.1"]);
 
     // wss://
     let tls = tls_connect(gw.public, &connector)

@@ -8,8 +8,13 @@ use http::StatusCode;
 use super::browser_cache;
 use super::route::Route;
 use crate::gateway::Gateway;
+use crate::http::encoding::{
+    compressed_body, set_content_encoding, vary_on_encoding, weak_etag, CompressOnce, Compression,
+    ANSWER_CODINGS,
+};
 use crate::http::{Body, Request, Response};
 use crate::protocol::channel::ChannelName;
+use crate::protocol::compress::Coding;
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 
@@ -69,23 +74,67 @@ pub(super) async fn pass_through(
     Ok(proxy.forward(req, peer, scheme, from_proxy).await)
 }
 
-/// A `200` a legacy client gets from the gateway's copy.
+/// The coding a legacy client's answer of `len` bytes goes out in.
+pub(super) fn coding_for(gw: &Gateway, request: &HeaderMap, len: usize) -> Option<Coding> {
+    let compression = Compression::new(&gw.config.compression);
+    compression.for_len(compression.accepted(request, &ANSWER_CODINGS), len)
+}
+
+/// The body of a `200` from the gateway's copy: `shared` holds the copy's
+/// compressed forms (made once per version), `None` to compress this
+/// answer alone.
+pub(super) struct CopyBody<'a> {
+    pub body: bytes::Bytes,
+    pub shared: Option<&'a CompressOnce>,
+    pub content_type: HeaderValue,
+    pub etag: HeaderValue,
+}
+
+/// A `200` a legacy client gets from the gateway's copy, compressed when
+/// its `Accept-Encoding` allows (then with a weak ETag).
 pub(super) fn answer_with_body(
     gw: &Gateway,
-    body: bytes::Bytes,
-    content_type: HeaderValue,
-    etag: HeaderValue,
+    request: &HeaderMap,
+    copy: CopyBody<'_>,
     held: bool,
 ) -> Response {
     let delivered = gw.metrics.transport(Transport::Bridge);
     delivered.delivered.inc();
-    delivered.payload_out.inc_by(body.len() as u64);
+    delivered.payload_out.inc_by(copy.body.len() as u64);
+    let coding = coding_for(gw, request, copy.body.len());
+    let levels = Compression::new(&gw.config.compression).levels;
+    let packed = coding.map(|c| match copy.shared {
+        Some(shared) => shared.get(c, &copy.body, levels),
+        None => crate::protocol::compress::encode(c, &copy.body, levels),
+    });
+    let body = compressed_body(&gw.metrics, Transport::Bridge, copy.body, packed);
     let mut resp = hyper::Response::new(Body::full(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, content_type);
-    h.insert(header::ETAG, etag);
+    h.insert(header::CONTENT_TYPE, copy.content_type);
+    representation_headers(gw, h, coding, &copy.etag);
     h.insert(header::CACHE_CONTROL, browser_cache::cache_control(held));
     resp
+}
+
+/// `ETag` (weak when compressed), `Content-Encoding` and `Vary`.
+fn representation_headers(
+    gw: &Gateway,
+    h: &mut HeaderMap,
+    coding: Option<Coding>,
+    etag: &HeaderValue,
+) {
+    match coding {
+        Some(coding) => {
+            h.insert(header::ETAG, weak_etag(etag));
+            set_content_encoding(h, coding);
+        }
+        None => {
+            h.insert(header::ETAG, etag.clone());
+        }
+    }
+    if gw.config.compression.enabled {
+        vary_on_encoding(h);
+    }
 }
 
 /// True when the request's `If-None-Match` names `etag`.
@@ -100,10 +149,21 @@ pub(super) fn client_has(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         })
 }
 
-pub(super) fn not_modified(route: &Route, etag: &HeaderValue) -> Response {
+/// `304` for a client that has the copy of `len` bytes tagged `etag`: the
+/// ETag as its `200` would carry it (weak when that would be compressed).
+pub(super) fn not_modified(
+    gw: &Gateway,
+    route: &Route,
+    request: &HeaderMap,
+    etag: &HeaderValue,
+    len: usize,
+) -> Response {
     let mut resp = hyper::Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    resp.headers_mut().insert(header::ETAG, etag.clone());
+    let coding = coding_for(gw, request, len);
+    let h = resp.headers_mut();
+    representation_headers(gw, h, coding, etag);
+    h.remove(header::CONTENT_ENCODING);
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         browser_cache::cache_control(route.config.hold.is_some()),

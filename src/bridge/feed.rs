@@ -19,6 +19,7 @@ use super::upstream::Fetched;
 use super::Route;
 use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
+use crate::http::encoding::CompressOnce;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::Transport;
 use crate::protocol::{Message, Payload};
@@ -33,6 +34,9 @@ pub struct Copy {
     pub body: Bytes,
     pub content_type: HeaderValue,
     pub etag: HeaderValue,
+    /// `body` gzip- and brotli-compressed, once per version, shared by
+    /// every client that gets it.
+    pub compressed: Arc<CompressOnce>,
 }
 
 /// An upstream answer passed through while there is no good copy.
@@ -468,6 +472,7 @@ fn copy_from_data(id: u64, data: &[u8], content_type: Option<HeaderValue>) -> Co
         body: served_body(data, Some(&content_type)),
         etag: etag_for(id, data),
         content_type,
+        compressed: Arc::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::answer::CopyBody;
 use super::identity::{client_cursor, ClientCursor, FeedIdentity};
 use super::incremental::Answer;
 use super::{
@@ -26,6 +27,8 @@ pub async fn handle(
     secure: bool,
 ) -> Result<Response, ApiError> {
     let route = &bridges.routes[index];
+    // Kept for the answer's coding (the request may go on to the backend).
+    let request_headers = req.headers().clone();
     let forwarded = forwarded_headers(route, req.headers());
     // Every poll keeps the feed alive (and starts it), even one the
     // backend answers: the page's next poll will carry a cursor.
@@ -50,11 +53,17 @@ pub async fn handle(
     };
     if !client_has(req.headers(), &answer.etag) {
         route.client_body.inc();
-        return Ok(respond(gw, route, answer));
+        return Ok(respond(gw, route, &request_headers, answer));
     }
     let Some(hold) = route.config.hold else {
         route.client_not_modified.inc();
-        return Ok(not_modified(route, &answer.etag));
+        return Ok(not_modified(
+            gw,
+            route,
+            &request_headers,
+            &answer.etag,
+            answer.body.len(),
+        ));
     };
     // The client has this answer: hold the poll until a new item comes.
     let seen = answer.last_bus_id;
@@ -63,19 +72,33 @@ pub async fn handle(
     drop(watch);
     if !changed {
         route.client_not_modified.inc();
-        return Ok(not_modified(route, &answer.etag));
+        return Ok(not_modified(
+            gw,
+            route,
+            &request_headers,
+            &answer.etag,
+            answer.body.len(),
+        ));
     }
     match feed.answer_after(&cursor) {
         Some(newer) => {
             route.client_held.inc();
-            Ok(respond(gw, route, newer))
+            Ok(respond(gw, route, &request_headers, newer))
         }
         // The cursor left the record while the poll was held.
         None => pass_through(gw, route, req, peer, secure).await,
     }
 }
 
-fn respond(gw: &Gateway, route: &Route, answer: Answer) -> Response {
+/// An incremental answer depends on the client's cursor: compressed per
+/// answer.
+fn respond(gw: &Gateway, route: &Route, request: &http::HeaderMap, answer: Answer) -> Response {
     let held = route.config.hold.is_some();
-    answer_with_body(gw, answer.body, answer.content_type, answer.etag, held)
+    let body = CopyBody {
+        body: answer.body,
+        shared: None,
+        content_type: answer.content_type,
+        etag: answer.etag,
+    };
+    answer_with_body(gw, request, body, held)
 }

@@ -79,6 +79,7 @@ impl Bridges {
                     authority,
                     &config.proxy,
                     config.limits.max_message_bytes,
+                    config.compression.enabled,
                 ))
             });
         if config.bridges.is_empty() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 
+use super::answer::CopyBody;
 use super::feed::{self, Answer, Feed};
 use super::{answer_with_body, client_has, held_until, not_modified, Route, FIRST_ANSWER_WAIT};
 use crate::gateway::Gateway;
@@ -50,7 +51,13 @@ pub(super) async fn answer(
     if current {
         let Some(hold) = route.config.hold else {
             route.client_not_modified.inc();
-            return Ok(not_modified(route, &copy.etag));
+            return Ok(not_modified(
+                gw,
+                route,
+                req.headers(),
+                &copy.etag,
+                copy.body.len(),
+            ));
         };
         // Hold the poll until the copy changes or the hold ends.
         let seen = copy.id;
@@ -61,22 +68,47 @@ pub(super) async fn answer(
         drop(watch);
         if !outcome {
             route.client_not_modified.inc();
-            return Ok(not_modified(route, &copy.etag));
+            return Ok(not_modified(
+                gw,
+                route,
+                req.headers(),
+                &copy.etag,
+                copy.body.len(),
+            ));
         }
         route.client_held.inc();
         let Some(Answer::Copy { copy, age }) = feed.answer() else {
-            return Ok(not_modified(route, &copy.etag));
+            return Ok(not_modified(
+                gw,
+                route,
+                req.headers(),
+                &copy.etag,
+                copy.body.len(),
+            ));
         };
-        return Ok(body(gw, route, copy, age));
+        return Ok(body(gw, route, req, copy, age));
     }
     route.client_body.inc();
-    Ok(body(gw, route, copy, age))
+    Ok(body(gw, route, req, copy, age))
 }
 
 /// The copy as a `200`, with its age when it is older than the last poll.
-fn body(gw: &Gateway, route: &Route, copy: feed::Copy, age: Option<Duration>) -> Response {
+/// Compressed once per version (the copy's shared forms).
+fn body(
+    gw: &Gateway,
+    route: &Route,
+    req: &Request,
+    copy: feed::Copy,
+    age: Option<Duration>,
+) -> Response {
     let held = route.config.hold.is_some();
-    let mut resp = answer_with_body(gw, copy.body, copy.content_type, copy.etag, held);
+    let body = CopyBody {
+        body: copy.body,
+        shared: Some(&copy.compressed),
+        content_type: copy.content_type,
+        etag: copy.etag,
+    };
+    let mut resp = answer_with_body(gw, req.headers(), body, held);
     if let Some(age) = age {
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from(age.as_secs()));

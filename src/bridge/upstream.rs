@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ProxyConfig;
+use crate::protocol::compress::{self, Coding};
 
 /// What one poll of the backend brought back.
 #[derive(Debug)]
@@ -41,10 +42,17 @@ pub struct UpstreamClient {
     authority: http::uri::Authority,
     timeout: Duration,
     max_body: usize,
+    /// Ask for gzip or brotli bodies (`compression.enabled`).
+    accept_compressed: bool,
 }
 
 impl UpstreamClient {
-    pub fn new(authority: http::uri::Authority, cfg: &ProxyConfig, max_body: usize) -> Self {
+    pub fn new(
+        authority: http::uri::Authority,
+        cfg: &ProxyConfig,
+        max_body: usize,
+        accept_compressed: bool,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -57,6 +65,7 @@ impl UpstreamClient {
             authority,
             timeout: cfg.timeout,
             max_body,
+            accept_compressed,
         }
     }
 
@@ -107,6 +116,13 @@ impl UpstreamClient {
             })?;
         let mut request = Request::get(uri).body(Empty::new()).expect("valid request");
         *request.headers_mut() = headers;
+        if self.accept_compressed {
+            // Fewer bytes from the backend too; the body is decoded below.
+            request.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, br"),
+            );
+        }
         request.headers_mut().insert(
             header::USER_AGENT,
             HeaderValue::from_static(concat!("pollbridge-bridge/", env!("CARGO_PKG_VERSION"))),
@@ -126,7 +142,8 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| (StatusCode::BAD_GATEWAY, format!("upstream body: {e}")))?
                 .to_bytes();
-            Ok::<_, (StatusCode, String)>((parts, body))
+            decoded(parts, body, self.max_body)
+                .map_err(|e| (StatusCode::BAD_GATEWAY, format!("upstream body: {e}")))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err((
@@ -139,4 +156,28 @@ impl UpstreamClient {
             Ok(answer) => answer,
         }
     }
+}
+
+/// The answer with its body decoded from its `Content-Encoding` (gzip or
+/// brotli), at most `limit` bytes: the copy the gateway keeps (and
+/// compresses again, once, for its own clients) is always the plain body.
+fn decoded(
+    mut parts: http::response::Parts,
+    body: Bytes,
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes), String> {
+    let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING) else {
+        return Ok((parts, body));
+    };
+    let token = encoding.to_str().unwrap_or("").trim().to_owned();
+    if token.is_empty() || token.eq_ignore_ascii_case("identity") {
+        parts.headers.remove(header::CONTENT_ENCODING);
+        return Ok((parts, body));
+    }
+    let coding = Coding::from_token(&token)
+        .ok_or_else(|| format!("unsupported Content-Encoding {token:?}"))?;
+    let plain = compress::decode(coding, &body, limit)?;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((parts, plain))
 }

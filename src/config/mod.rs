@@ -20,6 +20,7 @@ mod bridge;
 mod bridge_auth;
 pub mod cli;
 mod client_limits;
+mod compression;
 mod demo;
 mod flags;
 mod history;
@@ -48,6 +49,7 @@ pub use auth::AuthConfig;
 pub use bridge::{BridgeMode, BridgeRoute};
 pub use bridge_auth::BridgeAuthMode;
 pub use client_limits::WsClientLimits;
+pub use compression::{CompressionConfig, Http2Config};
 pub use demo::DemoConfig;
 pub use history::HistoryConfig;
 pub use limits::LimitsConfig;
@@ -94,6 +96,10 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub longpoll: LongPollConfig,
     pub sse: SseConfig,
+    /// gzip and brotli on HTTP answers.
+    pub compression: CompressionConfig,
+    /// HTTP/2 on the public listener.
+    pub http2: Http2Config,
     pub proxy: ProxyConfig,
     pub publish: PublishConfig,
     pub shutdown: ShutdownConfig,
@@ -128,6 +134,8 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             longpoll: LongPollConfig::default(),
             sse: SseConfig::default(),
+            compression: CompressionConfig::default(),
+            http2: Http2Config::default(),
             proxy: ProxyConfig::default(),
             publish: PublishConfig::default(),
             shutdown: ShutdownConfig::default(),

@@ -66,6 +66,8 @@ impl Config {
             check_bridge(self, i, route, &mut problems);
         }
         check_channels(self, &mut problems);
+        problems.extend(self.compression.problems());
+        problems.extend(self.http2.problems());
         problems.0
     }
 }

@@ -112,6 +112,37 @@ pub struct Report {
     pub longpoll_to_websocket: Savings,
     pub published: u64,
     pub window_seconds: f64,
+    /// Per transport (all of them, the bridge too): what compression did.
+    pub compression: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What compression did on one transport, all time.
+#[derive(Serialize)]
+pub struct CompressionStats {
+    /// Bytes of the answers, events and frames that went out compressed,
+    /// as encoded before compression.
+    pub bytes_before: u64,
+    /// The same, as sent.
+    pub bytes_after: u64,
+    /// `bytes_after ÷ bytes_before` (0.25: a quarter of the bytes); none
+    /// until something was compressed.
+    pub ratio: Option<f64>,
+}
+
+fn compression(metrics: &Metrics) -> serde_json::Map<String, serde_json::Value> {
+    Transport::ALL
+        .iter()
+        .map(|t| {
+            let (before, after) = metrics.compression.totals(*t);
+            let stats = CompressionStats {
+                bytes_before: before,
+                bytes_after: after,
+                ratio: ratio(after as f64, before),
+            };
+            let value = serde_json::to_value(stats).expect("stats serialise");
+            (t.as_str().to_string(), value)
+        })
+        .collect()
 }
 
 fn ratio(a: f64, b: u64) -> Option<f64> {
@@ -193,6 +224,7 @@ impl StatsSampler {
             longpoll_to_websocket: savings,
             published: self.metrics.published.get(),
             window_seconds: window,
+            compression: compression(&self.metrics),
         }
     }
 }

@@ -11,6 +11,21 @@ use crate::protocol::error::ApiError;
 
 pub use crate::config::host::{is_valid_host, split_port};
 
+/// An HTTP/2 request names its host in `:authority` (the URI), usually
+/// without a `Host` header (RFC 9113 §8.3.1): the authority becomes the
+/// `Host`, so [`check`] and everything after it (origin checks, the proxy,
+/// the bridge) see an HTTP/2 request as they see an HTTP/1.1 one. A `Host`
+/// the client sent as well is left as it is (and checked).
+pub fn authority_as_host<B>(req: &mut http::Request<B>) {
+    if req.version() != Version::HTTP_2 || req.headers().contains_key(header::HOST) {
+        return;
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_bytes(a).ok()) {
+        req.headers_mut().insert(header::HOST, value);
+    }
+}
+
 /// The request's one valid `Host`, if it has one (HTTP/1.0 may omit it).
 pub fn check(version: Version, headers: &HeaderMap) -> Result<Option<&HeaderValue>, ApiError> {
     let mut values = headers.get_all(header::HOST).iter();
@@ -57,6 +72,26 @@ mod tests {
         }
         let err = check(Version::HTTP_11, &headers(&["user@h"])).unwrap_err();
         assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn an_http2_authority_becomes_the_host() {
+        let request = |version| {
+            let mut req = http::Request::new(());
+            *req.uri_mut() = "https://app.test:8443/rt/poll/a".parse().unwrap();
+            *req.version_mut() = version;
+            authority_as_host(&mut req);
+            req
+        };
+        assert_eq!(
+            request(Version::HTTP_2).headers()[header::HOST],
+            "app.test:8443"
+        );
+        let req = request(Version::HTTP_11);
+        assert!(
+            req.headers().get(header::HOST).is_none(),
+            "HTTP/1.1 needs its own Host"
+        );
     }
 
     #[test]

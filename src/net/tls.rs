@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsConfig;
 
 /// Builds a rustls server configuration from the PEM files.
-pub fn load(config: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+pub fn load(config: &TlsConfig, http2: bool) -> Result<Arc<ServerConfig>, String> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
         return Err("TLS needs both tls.cert_file and tls.key_file".into());
     };
@@ -33,26 +33,34 @@ pub fn load(config: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| format!("certificate and key don't go together: {e}"))?;
-    // HTTP/1.1 only: the gateway's transports and its metering are per
-    // connection, and browsers speak WebSocket over HTTP/1.1.
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // `h2` first when enabled (long-poll, SSE, publishing and the proxy
+    // multiplex on one connection); browsers open WebSockets on an
+    // HTTP/1.1 connection of their own (no RFC 8441 here).
+    server.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(server))
 }
 
 /// The acceptor in use, replaceable while the gateway runs.
 pub struct Tls {
     config: TlsConfig,
+    /// Offer `h2` (`http2.enabled`).
+    http2: bool,
     current: RwLock<TlsAcceptor>,
 }
 
 impl Tls {
-    pub fn new(config: &TlsConfig) -> Result<Option<Tls>, String> {
+    pub fn new(config: &TlsConfig, http2: bool) -> Result<Option<Tls>, String> {
         if config.cert_file.is_none() && config.key_file.is_none() {
             return Ok(None);
         }
-        let server = load(config)?;
+        let server = load(config, http2)?;
         Ok(Some(Tls {
             config: config.clone(),
+            http2,
             current: RwLock::new(TlsAcceptor::from(server)),
         }))
     }
@@ -63,7 +71,7 @@ impl Tls {
 
     /// Re-reads the files; on error the old certificate stays in use.
     pub fn reload(&self) -> Result<(), String> {
-        let server = load(&self.config)?;
+        let server = load(&self.config, self.http2)?;
         *self.current.write() = TlsAcceptor::from(server);
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::compress::{Coding, DeflatePiece, Levels};
 use super::{ChannelName, Epoch};
 
 /// What a publisher sent, validated.
@@ -98,6 +99,18 @@ pub struct Message {
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
+    /// The compressed encodings, made on first demand (see [`compress`]).
+    ///
+    /// [`compress`]: super::compress
+    compressed: Compressed,
+}
+
+/// A message's compressed encodings, each made once and shared.
+#[derive(Debug, Default)]
+struct Compressed {
+    poll_gzip: OnceLock<Bytes>,
+    poll_brotli: OnceLock<Bytes>,
+    sse_deflate: OnceLock<DeflatePiece>,
 }
 
 impl Message {
@@ -130,6 +143,7 @@ impl Message {
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
             poll_answer: OnceLock::new(),
+            compressed: Compressed::default(),
         }
     }
 
@@ -158,6 +172,23 @@ impl Message {
                 false,
             )
         })
+    }
+
+    /// [`poll_answer`](Self::poll_answer) in `coding`, compressed once.
+    pub fn poll_answer_encoded(&self, coding: Coding, levels: Levels) -> &Bytes {
+        let cell = match coding {
+            Coding::Gzip => &self.compressed.poll_gzip,
+            Coding::Brotli => &self.compressed.poll_brotli,
+        };
+        cell.get_or_init(|| super::compress::encode(coding, self.poll_answer(), levels))
+    }
+
+    /// [`sse_event`](Self::sse_event) deflated on its own, once: the piece
+    /// every gzip-compressed SSE stream carries for this message.
+    pub fn sse_deflate(&self, level: u32) -> &DeflatePiece {
+        self.compressed
+            .sse_deflate
+            .get_or_init(|| DeflatePiece::new(self.sse_event(), level))
     }
 
     /// The envelope as one SSE event: `id: N-E\ndata: <envelope>\n\n` (the

@@ -5,6 +5,7 @@
 //! imports any other module of the crate.
 
 pub mod channel;
+pub mod compress;
 pub mod cursor;
 pub mod epoch;
 pub mod error;

@@ -86,6 +86,7 @@ pub fn route(
         let route = pick_route(&app, &req);
         meter.begin_request(route.transport());
         // Before anything reads or forwards it (RFC 9112 §3.2).
+        crate::net::host::authority_as_host(&mut req);
         let route = match crate::net::host::check(req.version(), req.headers()) {
             Ok(_) => route,
             Err(e) => Route::Refused(e),

@@ -28,7 +28,8 @@ pub fn cors(gw: &Gateway, request: &HeaderMap, response: &mut HeaderMap) {
 
 pub(crate) fn cors_headers(origin: HeaderValue, response: &mut HeaderMap) {
     response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    response.insert(header::VARY, HeaderValue::from_static("Origin"));
+    // Appended: the answer may already vary on Accept-Encoding.
+    response.append(header::VARY, HeaderValue::from_static("Origin"));
     response.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Retry-After"),

@@ -34,12 +34,16 @@ use http::{Method, StatusCode};
 
 use crate::bus::{Bus, SubscriberQueue};
 use crate::gateway::Gateway;
+use crate::http::encoding::{
+    compressed_body, set_content_encoding, vary_on_encoding, Compression, ANSWER_CODINGS,
+};
 use crate::http::{json, Body, Request, Response};
 use crate::metrics::PollResult;
 use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::migration;
 use crate::net::output::standalone_account;
 use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::compress::{self, Coding};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::protocol::{Epoch, Message};
@@ -134,6 +138,8 @@ struct AdmittedPoll {
     timeout: Duration,
     /// The request's origin when it is allowed, echoed in the CORS headers.
     origin: Option<HeaderValue>,
+    /// The coding the client's `Accept-Encoding` prefers, if compression is on.
+    accepted: Option<Coding>,
     _in_flight: ConnectionGuard,
 }
 
@@ -184,6 +190,7 @@ async fn admit(
         since: query.since,
         timeout: query.timeout,
         origin,
+        accepted: Compression::new(&gw.config.compression).accepted(req.headers(), &ANSWER_CODINGS),
         _in_flight: in_flight,
     }))
 }
@@ -206,12 +213,14 @@ impl AdmittedPoll {
                 Cursor::new(read.last_id, read.epoch),
                 read.truncated,
                 read.conflated,
+                self.accepted,
             )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false)?
+            let at = Cursor::new(cursor.id, read.epoch);
+            respond(gw, &[], at, false, false, self.accepted)?
         } else {
             drop(read);
-            wait(gw, &self.channel, cursor, self.timeout).await?
+            wait(gw, &self.channel, cursor, self.timeout, self.accepted).await?
         };
         if let Some(origin) = &self.origin {
             cors_headers(origin.clone(), resp.headers_mut());
@@ -231,6 +240,7 @@ async fn wait(
     channel: &ChannelName,
     cursor: Since,
     timeout: Duration,
+    accepted: Option<Coding>,
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
@@ -242,6 +252,7 @@ async fn wait(
             Cursor::new(read.last_id, read.epoch),
             read.truncated,
             read.conflated,
+            accepted,
         );
     }
     let cursor = Cursor::new(cursor.id, read.epoch);
@@ -272,7 +283,7 @@ async fn wait(
                     kept += 1;
                 }
                 drained.truncate(kept);
-                respond(gw, drained, seen, truncated, false)
+                respond(gw, drained, seen, truncated, false, accepted)
             });
             drained.clear();
             resp
@@ -281,7 +292,7 @@ async fn wait(
             return Poll::Ready(resp);
         }
         if shutdown.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(respond(gw, &[], cursor, false, false));
+            return Poll::Ready(respond(gw, &[], cursor, false, false, accepted));
         }
         Poll::Pending
     })
@@ -306,13 +317,20 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
 /// "cursor":"N-E"}`, at most one page of `messages`; `position` is where the
 /// client is when no message is returned. A large answer is streamed; `503`
 /// when the output budget has no room for it.
+///
+/// Compressed in the `accepted` coding when it is at least
+/// `compression.min_bytes`: a single message's answer once per message and
+/// coding (shared like its plain form), any other answer on its own. A
+/// streamed answer goes out uncompressed.
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
     position: Cursor,
     truncated: bool,
     conflated: bool,
+    accepted: Option<Coding>,
 ) -> Result<Response, ApiError> {
+    let compression = Compression::new(&gw.config.compression);
     let messages = page(messages, gw.config.longpoll.max_answer_bytes);
     let (last_id, epoch) = messages
         .last()
@@ -322,19 +340,38 @@ fn respond(
         // encoded once per message. (A larger one is streamed from its
         // shared envelope instead of cached as a second copy.)
         [only] if !truncated && !conflated && only.envelope.len() < replay::CHUNK => {
-            only.poll_answer().clone()
+            let plain = only.poll_answer();
+            let coding = compression.for_len(accepted, plain.len());
+            let packed = coding.map(|c| only.poll_answer_encoded(c, compression.levels).clone());
+            (plain.clone(), coding, packed)
         }
         _ => {
             let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
             if size > replay::CHUNK {
-                return streamed(gw, messages, last_id, epoch, truncated, conflated);
+                let mut resp = streamed(gw, messages, last_id, epoch, truncated, conflated)?;
+                if compression.enabled {
+                    vary_on_encoding(resp.headers_mut());
+                }
+                return Ok(resp);
             }
             let envelopes = messages.iter().map(|m| &m.envelope);
-            encode_answer(envelopes, last_id, epoch, truncated, conflated)
+            let plain = encode_answer(envelopes, last_id, epoch, truncated, conflated);
+            let coding = compression.for_len(accepted, plain.len());
+            let packed = coding.map(|c| compress::encode(c, &plain, compression.levels));
+            (plain, coding, packed)
         }
     };
+    let (plain, coding, packed) = body;
     count_answer(gw, messages, truncated);
-    Ok(json(StatusCode::OK, body))
+    let body = compressed_body(&gw.metrics, Transport::LongPoll, plain, packed);
+    let mut resp = json(StatusCode::OK, body);
+    if compression.enabled {
+        vary_on_encoding(resp.headers_mut());
+    }
+    if let Some(coding) = coding {
+        set_content_encoding(resp.headers_mut(), coding);
+    }
+    Ok(resp)
 }
 
 /// A large answer, produced as the socket drains and counted as pending

@@ -8,6 +8,7 @@ pub mod longpoll;
 pub mod params;
 pub mod replay;
 pub mod sse;
+mod sse_gzip;
 pub mod throttle;
 pub mod websocket;
 

@@ -26,15 +26,18 @@ use crate::bus::{HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 
 use crate::config::ChannelRules;
 use crate::gateway::Gateway;
+use crate::http::encoding::{set_content_encoding, vary_on_encoding, Compression};
 use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
 use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::net::meter::ConnMeter;
 use crate::protocol::channel::{ChannelName, Since};
+use crate::protocol::compress::Coding;
 use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
+use crate::transport::sse_gzip::{wire, SseGzip};
 use crate::transport::throttle::Throttle;
 
 /// Most messages written in one chunk.
@@ -71,7 +74,10 @@ pub async fn handle(
     let (subscription, history) = gw
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
+    let compression = Compression::new(&gw.config.compression);
+    let gzip = compression.accepted(req.headers(), &[Coding::Gzip]);
     let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
+    body.gzip = gzip.map(|_| SseGzip::new(compression, gw.metrics.clone()));
     if let Some(expires) = grant.expires {
         // The stream ends when the subscriber token does.
         let left = expires
@@ -89,6 +95,12 @@ pub async fn handle(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if compression.enabled {
+        vary_on_encoding(h);
+    }
+    if let Some(coding) = gzip {
+        set_content_encoding(h, coding);
+    }
     super::cors::cors(gw, req.headers(), resp.headers_mut());
     Ok(resp)
 }
@@ -127,6 +139,8 @@ pub struct SseBody {
     throttle: Throttle,
     throttle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     rules: ChannelRules,
+    /// Set when the stream is gzip-compressed ([`SseGzip`]).
+    gzip: Option<SseGzip>,
 }
 
 impl SseBody {
@@ -177,6 +191,7 @@ impl SseBody {
             throttle: Throttle::new(&gw.rules),
             throttle_timer: None,
             rules: gw.rules.clone(),
+            gzip: None,
         }
     }
 
@@ -262,6 +277,7 @@ impl SseBody {
         }
         let chunk = match fresh.as_slice() {
             [] => None,
+            many if self.gzip.is_some() => self.gzip.as_mut().map(|g| g.events(&notices, many)),
             // The common case: one event, its shared encoding, no copy.
             [only] if notices.is_empty() => Some(only.sse_event().clone()),
             many => {
@@ -338,11 +354,33 @@ impl HttpBody for SseBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    /// The stream's chunks; a compressed stream's trailer after the last.
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        match this.poll_chunk(cx) {
+            Poll::Ready(None) => {
+                this.ended = true;
+                let tail = this.gzip.as_mut().and_then(SseGzip::finish);
+                Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
+            }
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.gzip.as_ref().is_none_or(SseGzip::is_finished)
+    }
+}
+
+impl SseBody {
+    /// The stream's next chunk (compressed when the stream is), `None` at
+    /// its end.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self;
         if this.ended {
             return Poll::Ready(None);
         }
@@ -354,7 +392,7 @@ impl HttpBody for SseBody {
             match replay.next_chunk() {
                 Some(chunk) => {
                     this.note_sent();
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    return Poll::Ready(Some(wire(&mut this.gzip, chunk)));
                 }
                 None => this.replay = None,
             }
@@ -373,7 +411,7 @@ impl HttpBody for SseBody {
             // spread over the reconnect window, so they don't all come at once.
             this.ended = true;
             let retry = format!("retry: {}\n\n", this.farewell_retry.as_millis().max(1));
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(retry)))));
+            return Poll::Ready(Some(wire(&mut this.gzip, Bytes::from(retry))));
         }
         loop {
             let queue = this.queue.clone();
@@ -385,7 +423,7 @@ impl HttpBody for SseBody {
                     this.batch.clear();
                     if let Some(chunk) = chunk {
                         this.note_sent();
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                        return Poll::Ready(Some(chunk));
                     }
                 }
                 Poll::Ready(Err(reason)) => {
@@ -405,18 +443,15 @@ impl HttpBody for SseBody {
         }
         if let Some(chunk) = this.poll_throttled(cx) {
             this.note_sent();
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            return Poll::Ready(Some(chunk));
         }
         if this.poll_keepalive_due(cx) {
             this.note_sent();
             let next = this.last_sent + this.keepalive_every;
             this.keepalive.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b":\n\n")))));
+            let keepalive = Bytes::from_static(b":\n\n");
+            return Poll::Ready(Some(wire(&mut this.gzip, keepalive)));
         }
         Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended
     }
 }
