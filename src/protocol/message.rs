@@ -98,6 +98,9 @@ pub struct Message {
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
+    /// On `state` channels: the base this message may be a delta against,
+    /// and its delta encodings ([`super::delta`]).
+    pub(super) delta: super::delta::DeltaSlot,
 }
 
 impl Message {
@@ -130,6 +133,7 @@ impl Message {
             ws_frame: OnceLock::new(),
             sse_event: OnceLock::new(),
             poll_answer: OnceLock::new(),
+            delta: Default::default(),
         }
     }
 

@@ -1,0 +1,288 @@
+//! Delta updates on `state` channels: a message carries, instead of its
+//! whole `data`, a JSON Merge Patch (RFC 7386) against the message before
+//! it — computed once per message and shared by every subscriber whose
+//! cursor is at that predecessor (the same base for all of them).
+//!
+//! The hub links each message of a `state` channel to its predecessor's
+//! `data` when it records it ([`Message::link_base`]); nothing else is kept.
+//! The patch is made lazily, the first time a transport asks for it, and
+//! checked on the server: applying it to the base must give exactly the
+//! new value, and it must be smaller than that value — else there is no
+//! delta and every client gets the whole value. (Merge Patch cannot set a
+//! member to `null`, since `null` deletes, and replaces arrays whole; the
+//! check turns those cases into whole values rather than wrong ones.)
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use super::{Epoch, Message};
+
+/// A message's delta state: the predecessor's value it may be a delta
+/// against, and its delta encodings once made.
+#[derive(Debug, Default)]
+pub struct DeltaSlot {
+    base: OnceLock<Base>,
+    encoded: OnceLock<Option<DeltaEncoded>>,
+}
+
+/// The previous message's id and `data` (a slice of its envelope: no copy,
+/// and it keeps no older message alive).
+#[derive(Debug)]
+struct Base {
+    id: u64,
+    data: Bytes,
+}
+
+/// A message's delta encodings, made once and shared.
+#[derive(Debug)]
+pub struct DeltaEncoded {
+    /// The id the patch applies to.
+    pub base: u64,
+    /// `{"channel":"…","id":N,"base":M,"delta":<patch>}`.
+    pub envelope: Bytes,
+    /// Bytes of the patch (the `delta` member).
+    pub patch_len: usize,
+    ws_frame: OnceLock<Bytes>,
+    sse_event: OnceLock<Bytes>,
+}
+
+impl DeltaEncoded {
+    /// The delta envelope as one WebSocket text frame.
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws_frame
+            .get_or_init(|| super::ws_frame::encode_text(&self.envelope))
+    }
+
+    /// The delta envelope as one SSE event, with the message's cursor as id.
+    pub fn sse_event(&self, msg: &Message) -> &Bytes {
+        self.sse_event.get_or_init(|| {
+            let mut out = BytesMut::with_capacity(
+                super::message::sse_head_len(msg) + self.envelope.len() + 2,
+            );
+            super::message::put_sse_head(&mut out, msg);
+            out.put_slice(&self.envelope);
+            out.put_slice(b"\n\n");
+            out.freeze()
+        })
+    }
+}
+
+impl Message {
+    /// Records `prev` as the value this message may be a delta against:
+    /// only the channel's message just before it, in the same epoch.
+    pub fn link_base(&self, prev: &Message) {
+        if prev.channel == self.channel && prev.epoch == self.epoch && prev.id + 1 == self.id {
+            let data = prev.envelope.slice_ref(prev.data());
+            let _ = self.delta.base.set(Base { id: prev.id, data });
+        }
+    }
+
+    /// The id of the message this one may be a delta against, if linked.
+    pub fn base_id(&self) -> Option<u64> {
+        self.delta.base.get().map(|b| b.id)
+    }
+
+    /// This message as a delta for a client whose last value on the
+    /// channel is `(last_id, epoch)`: None when that is not this message's
+    /// base, or when no delta reproduces the value in fewer bytes (the
+    /// client then gets the whole value).
+    pub fn delta_after(&self, last_id: u64, epoch: Epoch) -> Option<&DeltaEncoded> {
+        let base = self.delta.base.get()?;
+        if base.id != last_id || epoch != self.epoch {
+            return None;
+        }
+        self.delta
+            .encoded
+            .get_or_init(|| encode(self, base))
+            .as_ref()
+    }
+}
+
+/// Links each of `msgs` (one channel's, in id order, just recorded) to the
+/// message before it: the channel's previous latest `prev`, then each other.
+pub fn link_chain(prev: Option<&Message>, msgs: &[std::sync::Arc<Message>]) {
+    let mut prev = prev;
+    for msg in msgs {
+        if let Some(p) = prev {
+            msg.link_base(p);
+        }
+        prev = Some(msg);
+    }
+}
+
+/// The delta envelope of `msg` against `base`, if a patch is exact and
+/// smaller than the value.
+fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
+    let patch = merge_patch_for(&base.data, msg.data())?;
+    if patch.len() >= msg.payload_len {
+        return None;
+    }
+    let mut id_buf = itoa::Buffer::new();
+    let mut base_buf = itoa::Buffer::new();
+    let mut env = BytesMut::with_capacity(48 + msg.channel.as_str().len() + patch.len());
+    env.put_slice(b"{\"channel\":\"");
+    env.put_slice(msg.channel.as_str().as_bytes());
+    env.put_slice(b"\",\"id\":");
+    env.put_slice(id_buf.format(msg.id).as_bytes());
+    env.put_slice(b",\"base\":");
+    env.put_slice(base_buf.format(base.id).as_bytes());
+    env.put_slice(b",\"delta\":");
+    env.put_slice(&patch);
+    env.put_u8(b'}');
+    Some(DeltaEncoded {
+        base: base.id,
+        envelope: env.freeze(),
+        patch_len: patch.len(),
+        ws_frame: OnceLock::new(),
+        sse_event: OnceLock::new(),
+    })
+}
+
+/// A merge patch turning JSON text `prev` into `next`, serialised, or None
+/// when there is none that reproduces `next` exactly (checked by applying
+/// it).
+pub fn merge_patch_for(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+    let prev: Value = serde_json::from_slice(prev).ok()?;
+    let next: Value = serde_json::from_slice(next).ok()?;
+    let patch = diff(&prev, &next);
+    if apply_merge_patch(&prev, &patch) != next {
+        return None;
+    }
+    serde_json::to_vec(&patch).ok()
+}
+
+/// The RFC 7386 patch from `a` to `b`: unchanged members left out, removed
+/// ones `null`, changed objects patched member by member, anything else
+/// (arrays, scalars) replaced whole. Not exact when `b` holds `null`
+/// members; [`merge_patch_for`] checks.
+pub fn diff(a: &Value, b: &Value) -> Value {
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return b.clone();
+    };
+    let mut patch = Map::new();
+    for (key, new) in b {
+        match a.get(key) {
+            Some(old) if old == new => {}
+            Some(old) => {
+                patch.insert(key.clone(), diff(old, new));
+            }
+            None => {
+                patch.insert(key.clone(), new.clone());
+            }
+        }
+    }
+    for key in a.keys() {
+        if !b.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    Value::Object(patch)
+}
+
+/// Applies an RFC 7386 merge patch (§2's MergePatch function).
+pub fn apply_merge_patch(target: &Value, patch: &Value) -> Value {
+    let Value::Object(patch) = patch else {
+        return patch.clone();
+    };
+    let mut out = match target {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            out.remove(key);
+        } else {
+            let merged = apply_merge_patch(out.get(key).unwrap_or(&Value::Null), value);
+            out.insert(key.clone(), merged);
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ChannelName;
+    use serde_json::json;
+    use std::time::Instant;
+
+    fn roundtrip(a: Value, b: Value) -> Option<Value> {
+        let patch = merge_patch_for(a.to_string().as_bytes(), b.to_string().as_bytes())?;
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        assert_eq!(apply_merge_patch(&a, &patch), b, "patch {patch}");
+        Some(patch)
+    }
+
+    #[test]
+    fn patches_reproduce_many_shapes() {
+        let cases = [
+            (json!({"a": 1, "b": 2}), json!({"a": 1, "b": 3})),
+            (json!({"a": {"x": [1, 2]}, "z": "é"}), json!({"a": {"x": [1, 2, 3]}, "z": "é"})),
+            (json!({"a": 1, "gone": true}), json!({"a": 1})),
+            (json!({"n": {"deep": {"er": {"x": 1}}}}), json!({"n": {"deep": {"er": {"x": 2, "y": "日本"}}}})),
+            (json!({"a": [1, {"b": 2}]}), json!({"a": [1, {"b": 3}]})),
+            (json!([1, 2]), json!({"a": 1})),
+            (json!({"a": 1}), json!({"a": 1})),
+            (json!({"s": "\u{1F600} \"q\" \\"}), json!({"s": "\u{1F601}"})),
+            (json!({"f": 1.5, "i": -3}), json!({"f": 2.25e-10, "i": 18446744073709551615u64})),
+        ];
+        for (a, b) in cases {
+            roundtrip(a, b);
+        }
+        assert_eq!(roundtrip(json!({"a": 1, "b": 2}), json!({"a": 1})), Some(json!({"b": null})));
+    }
+
+    #[test]
+    fn what_merge_patch_cannot_say_is_refused_not_wrong() {
+        // Setting a member to null: null deletes.
+        assert_eq!(roundtrip(json!({"a": 1}), json!({"a": null})), None);
+        assert_eq!(roundtrip(json!({"a": {"b": 1}}), json!({"a": {"b": null}})), None);
+        // A new object value holding a null.
+        assert_eq!(roundtrip(json!({}), json!({"a": {"b": null}})), None);
+        // Non-object values are whole values: a "patch" that is the value.
+        assert_eq!(roundtrip(json!(null), json!(null)), Some(json!(null)));
+        assert_eq!(roundtrip(json!(1), json!([1, 2])), Some(json!([1, 2])));
+    }
+
+    fn msg(epoch: Epoch, id: u64, data: &str) -> Message {
+        let ch = ChannelName::new("score").unwrap();
+        Message::new(ch, epoch, id, data.as_bytes(), Instant::now())
+    }
+
+    #[test]
+    fn a_delta_is_made_once_for_its_base_only() {
+        let e = Epoch::parse(b"e1").unwrap();
+        let big = "x".repeat(200);
+        let first = msg(e, 4, &format!(r#"{{"a":1,"big":"{big}"}}"#));
+        let second = msg(e, 5, &format!(r#"{{"a":2,"big":"{big}"}}"#));
+        assert!(second.delta_after(4, e).is_none(), "not linked yet");
+        second.link_base(&first);
+        assert_eq!(second.base_id(), Some(4));
+        let d = second.delta_after(4, e).expect("a delta");
+        assert_eq!(
+            &d.envelope[..],
+            br#"{"channel":"score","id":5,"base":4,"delta":{"a":2}}"#
+        );
+        assert!(std::ptr::eq(d, second.delta_after(4, e).unwrap()));
+        assert!(second.delta_after(3, e).is_none());
+        assert!(second.delta_after(4, Epoch::parse(b"e2").unwrap()).is_none());
+        assert!(std::str::from_utf8(d.sse_event(&second))
+            .unwrap()
+            .starts_with("id: 5-e1\ndata: {\"channel\":\"score\",\"id\":5,\"base\":4,"));
+        // Only the message just before, in the same epoch, is a base.
+        let third = msg(e, 7, "{}");
+        third.link_base(&second);
+        assert_eq!(third.base_id(), None);
+    }
+
+    #[test]
+    fn no_delta_when_it_is_not_smaller() {
+        let e = Epoch::parse(b"e1").unwrap();
+        let first = msg(e, 1, r#"{"a":1}"#);
+        let second = msg(e, 2, r#"{"b":2}"#);
+        second.link_base(&first);
+        assert!(second.delta_after(1, e).is_none());
+    }
+}
