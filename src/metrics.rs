@@ -8,6 +8,7 @@
 mod bridge;
 mod bus;
 mod compression;
+mod delta;
 mod delivery;
 mod edge;
 mod floods;
@@ -18,6 +19,7 @@ pub use delivery::{record_delivery, ConnectionGuard};
 pub use slow_close::SlowClose;
 mod transports;
 pub use compression::CompressionMetrics;
+pub use delta::DeltaMetrics;
 pub use floods::FloodMetrics;
 pub use transports::TransportMetrics;
 
@@ -111,6 +113,8 @@ pub struct Metrics {
     pub floods: FloodMetrics,
     /// Bytes compressed and what they became, per transport.
     pub compression: CompressionMetrics,
+    /// Deliveries as deltas or whole values, and the bytes deltas saved.
+    pub delta: DeltaMetrics,
 }
 
 impl Metrics {
@@ -149,6 +153,7 @@ impl Metrics {
         } = EdgeSeries::register(&registry);
         let floods = FloodMetrics::new(&registry);
         let compression = CompressionMetrics::register(&registry);
+        let delta = DeltaMetrics::register(&registry);
         Metrics {
             registry,
             transports,
@@ -176,6 +181,7 @@ impl Metrics {
             output_budget_bytes,
             floods,
             compression,
+            delta,
         }
     }
 

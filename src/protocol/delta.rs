@@ -46,6 +46,7 @@ pub struct DeltaEncoded {
     pub patch_len: usize,
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
+    poll_answer: OnceLock<Bytes>,
 }
 
 impl DeltaEncoded {
@@ -53,6 +54,20 @@ impl DeltaEncoded {
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
             .get_or_init(|| super::ws_frame::encode_text(&self.envelope))
+    }
+
+    /// The long-poll answer carrying this delta alone (see
+    /// [`Message::poll_answer`]).
+    pub fn poll_answer(&self, msg: &Message) -> &Bytes {
+        self.poll_answer.get_or_init(|| {
+            super::poll_answer::encode_answer(
+                std::iter::once(&self.envelope),
+                msg.id,
+                msg.epoch,
+                false,
+                false,
+            )
+        })
     }
 
     /// The delta envelope as one SSE event, with the message's cursor as id.
@@ -137,6 +152,7 @@ fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
         patch_len: patch.len(),
         ws_frame: OnceLock::new(),
         sse_event: OnceLock::new(),
+        poll_answer: OnceLock::new(),
     })
 }
 

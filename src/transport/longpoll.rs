@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use super::delta::DeltaTrack;
 use crate::protocol::poll_answer::{encode_answer, put_closing};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -118,6 +119,9 @@ struct AdmittedPoll {
     timeout: Duration,
     /// The request's origin when it is allowed, echoed in the CORS headers.
     origin: Option<HeaderValue>,
+    /// `?delta=1` with a cursor naming its epoch: the client holds the
+    /// value at `since` and may get a delta against it.
+    delta: Option<DeltaTrack>,
     _in_flight: ConnectionGuard,
 }
 
@@ -168,6 +172,10 @@ async fn admit(
         since: query.since,
         timeout: query.timeout,
         origin,
+        delta: super::delta::wants_delta(req.uri().query())
+            .then_some(query.since)
+            .flatten()
+            .and_then(|s| Some(DeltaTrack::holding(Cursor::new(s.id, s.epoch?)))),
         _in_flight: in_flight,
     }))
 }
@@ -190,12 +198,13 @@ impl AdmittedPoll {
                 Cursor::new(read.last_id, read.epoch),
                 read.truncated,
                 read.conflated,
+                self.delta,
             )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false)?
+            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false, None)?
         } else {
             drop(read);
-            wait(gw, &self.channel, cursor, self.timeout).await?
+            wait(gw, &self.channel, cursor, self.timeout, self.delta).await?
         };
         if let Some(origin) = &self.origin {
             cors_headers(origin.clone(), resp.headers_mut());
@@ -215,6 +224,7 @@ async fn wait(
     channel: &ChannelName,
     cursor: Since,
     timeout: Duration,
+    delta: Option<DeltaTrack>,
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
@@ -226,6 +236,7 @@ async fn wait(
             Cursor::new(read.last_id, read.epoch),
             read.truncated,
             read.conflated,
+            delta,
         );
     }
     let cursor = Cursor::new(cursor.id, read.epoch);
@@ -256,7 +267,7 @@ async fn wait(
                     kept += 1;
                 }
                 drained.truncate(kept);
-                respond(gw, drained, seen, truncated, false)
+                respond(gw, drained, seen, truncated, false, delta)
             });
             drained.clear();
             resp
@@ -265,7 +276,7 @@ async fn wait(
             return Poll::Ready(resp);
         }
         if shutdown.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(respond(gw, &[], cursor, false, false));
+            return Poll::Ready(respond(gw, &[], cursor, false, false, None));
         }
         Poll::Pending
     })
@@ -296,11 +307,19 @@ fn respond(
     position: Cursor,
     truncated: bool,
     conflated: bool,
+    delta: Option<DeltaTrack>,
 ) -> Result<Response, ApiError> {
     let messages = page(messages, gw.config.longpoll.max_answer_bytes);
     let (last_id, epoch) = messages
         .last()
         .map_or((position.id, position.epoch), |m| (m.id, m.epoch));
+    let deltas = delta.filter(|_| !truncated && !messages.is_empty());
+    if let Some(body) = deltas.and_then(|track| {
+        super::delta::poll_answer(track, messages, (last_id, epoch), conflated, &gw.metrics.delta)
+    }) {
+        count_answer(gw, messages, truncated);
+        return Ok(json(StatusCode::OK, body));
+    }
     let body = match messages {
         // A fan-out's polls: one new message each, the same answer for all,
         // encoded once per message. (A larger one is streamed from its

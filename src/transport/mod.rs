@@ -3,6 +3,7 @@
 //! [`SubscriberQueue`](crate::bus::SubscriberQueue); the pieces they share
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
+pub mod delta;
 pub mod longpoll;
 pub mod params;
 pub mod replay;

@@ -18,6 +18,7 @@ use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::Payload;
 use crate::protocol::{Cursor, Transport};
+use crate::transport::delta::DeltaTrack;
 
 /// What an anonymous client presents.
 static NO_CREDENTIALS: Credentials = Credentials {
@@ -80,7 +81,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             return self.refused(refusal).await;
         }
         let result = match command::parse(text) {
-            Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
+            Ok(Command::Subscribe {
+                channel,
+                since,
+                delta,
+            }) => self.subscribe(channel, since, delta).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
             Ok(Command::Publish { channel, payload }) => self.publish(channel, payload).await,
             Err(e) => Err(e),
@@ -104,6 +109,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         &mut self,
         channel: ChannelName,
         since: Option<crate::protocol::channel::Since>,
+        delta: bool,
     ) -> Result<Result<(), End>, CommandError> {
         if let Some(existing) = self.subscriptions.get(&channel) {
             let ack = subscribed_ack(&channel, existing.cursor, false, false);
@@ -128,7 +134,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .map_err(|e| {
                 CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
             })?;
-        Ok(self.adopt(channel, subscription, history).await)
+        Ok(self.adopt(channel, subscription, history, delta).await)
     }
 
     /// Records a subscription and sends its ack and replayed history.
@@ -137,6 +143,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         channel: ChannelName,
         subscription: Subscription,
         history: HistoryRead,
+        delta: bool,
     ) -> Result<(), End> {
         let ack = subscribed_ack(
             &channel,
@@ -160,6 +167,8 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             Subscribed {
                 _subscription: subscription,
                 cursor,
+                // The first value after a (re)subscribe is whole.
+                delta: delta.then(DeltaTrack::default),
             },
         );
         self.write_messages(&history.messages).await
