@@ -8,8 +8,8 @@
 mod bridge;
 mod bus;
 mod compression;
-mod delta;
 mod delivery;
+mod delta;
 mod edge;
 mod floods;
 mod series;

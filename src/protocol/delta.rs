@@ -1,21 +1,22 @@
 //! Delta updates on `state` channels: a message carries, instead of its
-//! whole `data`, a JSON Merge Patch (RFC 7386) against the message before
-//! it — computed once per message and shared by every subscriber whose
-//! cursor is at that predecessor (the same base for all of them).
+//! whole `data`, a JSON Patch (RFC 6902, see [`json_patch`]) against the
+//! message before it — computed once per message and shared by every
+//! subscriber whose last value is that predecessor (the same base for all
+//! of them).
 //!
 //! The hub links each message of a `state` channel to its predecessor's
 //! `data` when it records it ([`Message::link_base`]); nothing else is kept.
 //! The patch is made lazily, the first time a transport asks for it, and
 //! checked on the server: applying it to the base must give exactly the
 //! new value, and it must be smaller than that value — else there is no
-//! delta and every client gets the whole value. (Merge Patch cannot set a
-//! member to `null`, since `null` deletes, and replaces arrays whole; the
-//! check turns those cases into whole values rather than wrong ones.)
+//! delta and every client gets the whole value.
 
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::json_patch;
 
 use super::{Epoch, Message};
 
@@ -130,7 +131,7 @@ pub fn link_chain(prev: Option<&Message>, msgs: &[std::sync::Arc<Message>]) {
 /// The delta envelope of `msg` against `base`, if a patch is exact and
 /// smaller than the value.
 fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
-    let patch = merge_patch_for(&base.data, msg.data())?;
+    let patch = patch_for(&base.data, msg.data())?;
     if patch.len() >= msg.payload_len {
         return None;
     }
@@ -156,65 +157,19 @@ fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
     })
 }
 
-/// A merge patch turning JSON text `prev` into `next`, serialised, or None
-/// when there is none that reproduces `next` exactly (checked by applying
-/// it).
-pub fn merge_patch_for(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
-    let prev: Value = serde_json::from_slice(prev).ok()?;
+/// A JSON Patch turning JSON text `prev` into `next`, serialised, or None
+/// when the texts don't parse or the patch doesn't reproduce `next`
+/// exactly (checked by applying it: cheap insurance for a diff that runs
+/// on every message).
+pub fn patch_for(prev: &[u8], next: &[u8]) -> Option<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(prev).ok()?;
     let next: Value = serde_json::from_slice(next).ok()?;
-    let patch = diff(&prev, &next);
-    if apply_merge_patch(&prev, &patch) != next {
+    let ops = json_patch::diff(&doc, &next);
+    json_patch::apply(&mut doc, &ops).ok()?;
+    if doc != next {
         return None;
     }
-    serde_json::to_vec(&patch).ok()
-}
-
-/// The RFC 7386 patch from `a` to `b`: unchanged members left out, removed
-/// ones `null`, changed objects patched member by member, anything else
-/// (arrays, scalars) replaced whole. Not exact when `b` holds `null`
-/// members; [`merge_patch_for`] checks.
-pub fn diff(a: &Value, b: &Value) -> Value {
-    let (Value::Object(a), Value::Object(b)) = (a, b) else {
-        return b.clone();
-    };
-    let mut patch = Map::new();
-    for (key, new) in b {
-        match a.get(key) {
-            Some(old) if old == new => {}
-            Some(old) => {
-                patch.insert(key.clone(), diff(old, new));
-            }
-            None => {
-                patch.insert(key.clone(), new.clone());
-            }
-        }
-    }
-    for key in a.keys() {
-        if !b.contains_key(key) {
-            patch.insert(key.clone(), Value::Null);
-        }
-    }
-    Value::Object(patch)
-}
-
-/// Applies an RFC 7386 merge patch (§2's MergePatch function).
-pub fn apply_merge_patch(target: &Value, patch: &Value) -> Value {
-    let Value::Object(patch) = patch else {
-        return patch.clone();
-    };
-    let mut out = match target {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
-    };
-    for (key, value) in patch {
-        if value.is_null() {
-            out.remove(key);
-        } else {
-            let merged = apply_merge_patch(out.get(key).unwrap_or(&Value::Null), value);
-            out.insert(key.clone(), merged);
-        }
-    }
-    Value::Object(out)
+    serde_json::to_vec(&ops).ok()
 }
 
 #[cfg(test)]
@@ -224,42 +179,15 @@ mod tests {
     use serde_json::json;
     use std::time::Instant;
 
-    fn roundtrip(a: Value, b: Value) -> Option<Value> {
-        let patch = merge_patch_for(a.to_string().as_bytes(), b.to_string().as_bytes())?;
-        let patch: Value = serde_json::from_slice(&patch).unwrap();
-        assert_eq!(apply_merge_patch(&a, &patch), b, "patch {patch}");
-        Some(patch)
-    }
-
     #[test]
-    fn patches_reproduce_many_shapes() {
-        let cases = [
-            (json!({"a": 1, "b": 2}), json!({"a": 1, "b": 3})),
-            (json!({"a": {"x": [1, 2]}, "z": "é"}), json!({"a": {"x": [1, 2, 3]}, "z": "é"})),
-            (json!({"a": 1, "gone": true}), json!({"a": 1})),
-            (json!({"n": {"deep": {"er": {"x": 1}}}}), json!({"n": {"deep": {"er": {"x": 2, "y": "日本"}}}})),
-            (json!({"a": [1, {"b": 2}]}), json!({"a": [1, {"b": 3}]})),
-            (json!([1, 2]), json!({"a": 1})),
-            (json!({"a": 1}), json!({"a": 1})),
-            (json!({"s": "\u{1F600} \"q\" \\"}), json!({"s": "\u{1F601}"})),
-            (json!({"f": 1.5, "i": -3}), json!({"f": 2.25e-10, "i": 18446744073709551615u64})),
-        ];
-        for (a, b) in cases {
-            roundtrip(a, b);
-        }
-        assert_eq!(roundtrip(json!({"a": 1, "b": 2}), json!({"a": 1})), Some(json!({"b": null})));
-    }
-
-    #[test]
-    fn what_merge_patch_cannot_say_is_refused_not_wrong() {
-        // Setting a member to null: null deletes.
-        assert_eq!(roundtrip(json!({"a": 1}), json!({"a": null})), None);
-        assert_eq!(roundtrip(json!({"a": {"b": 1}}), json!({"a": {"b": null}})), None);
-        // A new object value holding a null.
-        assert_eq!(roundtrip(json!({}), json!({"a": {"b": null}})), None);
-        // Non-object values are whole values: a "patch" that is the value.
-        assert_eq!(roundtrip(json!(null), json!(null)), Some(json!(null)));
-        assert_eq!(roundtrip(json!(1), json!([1, 2])), Some(json!([1, 2])));
+    fn patches_are_checked_and_serialised() {
+        let patch = patch_for(br#"{"a":1,"b":[1,2]}"#, br#"{"a":null,"b":[1]}"#).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&patch).unwrap(),
+            json!([{"op": "replace", "path": "/a", "value": null},
+                   {"op": "remove", "path": "/b/1"}])
+        );
+        assert_eq!(patch_for(b"{nope", b"{}"), None);
     }
 
     fn msg(epoch: Epoch, id: u64, data: &str) -> Message {
@@ -279,11 +207,13 @@ mod tests {
         let d = second.delta_after(4, e).expect("a delta");
         assert_eq!(
             &d.envelope[..],
-            br#"{"channel":"score","id":5,"base":4,"delta":{"a":2}}"#
+            br#"{"channel":"score","id":5,"base":4,"delta":[{"op":"replace","path":"/a","value":2}]}"#
         );
         assert!(std::ptr::eq(d, second.delta_after(4, e).unwrap()));
         assert!(second.delta_after(3, e).is_none());
-        assert!(second.delta_after(4, Epoch::parse(b"e2").unwrap()).is_none());
+        assert!(second
+            .delta_after(4, Epoch::parse(b"e2").unwrap())
+            .is_none());
         assert!(std::str::from_utf8(d.sse_event(&second))
             .unwrap()
             .starts_with("id: 5-e1\ndata: {\"channel\":\"score\",\"id\":5,\"base\":4,"));

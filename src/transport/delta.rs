@@ -11,8 +11,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::metrics::DeltaMetrics;
-use crate::protocol::poll_answer::encode_answer;
 use crate::protocol::delta::DeltaEncoded;
+use crate::protocol::poll_answer::encode_answer;
 use crate::protocol::{Cursor, Epoch, Message, Transport};
 
 /// `delta=1` (or `delta=true`) in a query: the client asks for deltas.

@@ -201,7 +201,14 @@ impl AdmittedPoll {
                 self.delta,
             )?
         } else if self.timeout.is_zero() {
-            respond(gw, &[], Cursor::new(cursor.id, read.epoch), false, false, None)?
+            respond(
+                gw,
+                &[],
+                Cursor::new(cursor.id, read.epoch),
+                false,
+                false,
+                None,
+            )?
         } else {
             drop(read);
             wait(gw, &self.channel, cursor, self.timeout, self.delta).await?
@@ -315,7 +322,13 @@ fn respond(
         .map_or((position.id, position.epoch), |m| (m.id, m.epoch));
     let deltas = delta.filter(|_| !truncated && !messages.is_empty());
     if let Some(body) = deltas.and_then(|track| {
-        super::delta::poll_answer(track, messages, (last_id, epoch), conflated, &gw.metrics.delta)
+        super::delta::poll_answer(
+            track,
+            messages,
+            (last_id, epoch),
+            conflated,
+            &gw.metrics.delta,
+        )
     }) {
         count_answer(gw, messages, truncated);
         return Ok(json(StatusCode::OK, body));

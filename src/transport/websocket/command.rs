@@ -135,8 +135,10 @@ pub fn parse(text: &str) -> Result<Command, CommandError> {
                 None | Some(serde_json::Value::Null) => false,
                 Some(serde_json::Value::Bool(b)) => b,
                 Some(_) => {
-                    return Err(CommandError::new("bad_command", "\"delta\" must be true or false")
-                        .on(channel.as_str()))
+                    return Err(
+                        CommandError::new("bad_command", "\"delta\" must be true or false")
+                            .on(channel.as_str()),
+                    )
                 }
             };
             Ok(Command::Subscribe {
