@@ -8,7 +8,7 @@
 //! `data` when it records it ([`Message::link_base`]); nothing else is kept.
 //! The patch is made lazily, the first time a transport asks for it, and
 //! checked on the server: applying it to the base must give exactly the
-//! new value, and it must be smaller than that value — else there is no
+//! new value, and its envelope must be smaller than the whole one — else there is no
 //! delta and every client gets the whole value.
 
 use std::sync::OnceLock;
@@ -129,12 +129,9 @@ pub fn link_chain(prev: Option<&Message>, msgs: &[std::sync::Arc<Message>]) {
 }
 
 /// The delta envelope of `msg` against `base`, if a patch is exact and
-/// smaller than the value.
+/// smaller than the whole envelope.
 fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
     let patch = patch_for(&base.data, msg.data())?;
-    if patch.len() >= msg.payload_len {
-        return None;
-    }
     let mut id_buf = itoa::Buffer::new();
     let mut base_buf = itoa::Buffer::new();
     let mut env = BytesMut::with_capacity(48 + msg.channel.as_str().len() + patch.len());
@@ -147,6 +144,10 @@ fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
     env.put_slice(b",\"delta\":");
     env.put_slice(&patch);
     env.put_u8(b'}');
+    // Smaller than the whole envelope, or not worth a delta.
+    if env.len() >= msg.envelope.len() {
+        return None;
+    }
     Some(DeltaEncoded {
         base: base.id,
         envelope: env.freeze(),
