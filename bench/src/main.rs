@@ -6,6 +6,7 @@
 //! - `target`: the servers under test (gateway, floors) and the client
 //!   worker processes.
 //! - `client`: the client worker (hidden `client-worker` subcommand).
+//! - `delta`: the `deltas` scenario (whole values vs deltas on a `state` channel).
 //! - `floor`: the floor servers (hidden `floor-server` subcommand).
 //! - `wire`: WebSocket/HTTP/SSE byte parsing and encoding.
 //! - `http`: the orchestrator's blocking admin client.
@@ -13,6 +14,7 @@
 //! - `report`: results, tables, JSON lines, medians, smoke checks.
 
 mod client;
+mod delta;
 mod floor;
 mod http;
 mod proc;
@@ -43,6 +45,9 @@ pub enum Scenario {
     Burst,
     /// Requests through the gateway's reverse proxy vs straight to the upstream.
     Proxy,
+    /// WebSocket subscribers of a `state` channel, order-book updates,
+    /// deltas off vs on (not part of `all`).
+    Deltas,
     /// Every scenario at a small size, with sanity checks (for CI).
     Smoke,
     /// ws-fanout sse-fanout lp-fanout burst idle held-polls proxy.
