@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::proc::cpu_delta;
@@ -59,12 +59,17 @@ impl OrderBook {
         self.seq += 1;
         for _ in 0..3 {
             let r = self.random();
-            let side = if r & 1 == 0 { &mut self.bids } else { &mut self.asks };
+            let side = if r & 1 == 0 {
+                &mut self.bids
+            } else {
+                &mut self.asks
+            };
             let i = (r >> 1) as usize % side.len();
             side[i].1 = ((r >> 8) % 40_000) as f64 / 10_000.0 + 0.0001;
         }
         let r = self.random();
-        let levels = |side: &[(f64, f64)]| side.iter().map(|(p, s)| json!([p, s])).collect::<Vec<_>>();
+        let levels =
+            |side: &[(f64, f64)]| side.iter().map(|(p, s)| json!([p, s])).collect::<Vec<_>>();
         json!({
             "symbol": "BTC-EUR",
             "venue": "bench-exchange",
@@ -83,7 +88,10 @@ const CONFIG: &str = "[[channels]]\npattern = \"book.*\"\nmode = \"state\"\n";
 
 /// Runs the scenario once: deltas off, then on.
 pub fn run(opts: &Opts, run: usize) -> Result<Outcome> {
-    let config = std::env::temp_dir().join(format!("pollbridge-bench-{}-deltas.toml", std::process::id()));
+    let config = std::env::temp_dir().join(format!(
+        "pollbridge-bench-{}-deltas.toml",
+        std::process::id()
+    ));
     std::fs::write(&config, CONFIG)?;
     let bytes = OrderBook::new().next().len();
     let params = json!({
@@ -110,7 +118,10 @@ struct Seen {
 fn phase(opts: &Opts, config: &PathBuf, deltas: bool, run: usize) -> Result<Phase> {
     let label = if deltas { "deltas on" } else { "deltas off" };
     let tag = format!("deltas-{}-{run}", if deltas { "on" } else { "off" });
-    let extra = ["--config".to_string(), config.to_string_lossy().into_owned()];
+    let extra = [
+        "--config".to_string(),
+        config.to_string_lossy().into_owned(),
+    ];
     let mut gw = Target::start_gateway_with(opts, None, &tag, label, &extra)?;
     gw.wait_ready(Instant::now() + Duration::from_secs(30))?;
     let (n, m) = (opts.subscribers as u64, opts.messages);
@@ -121,14 +132,18 @@ fn phase(opts: &Opts, config: &PathBuf, deltas: bool, run: usize) -> Result<Phas
         if deltas { "?delta=1" } else { "" }
     );
     let subscribed = Arc::new(AtomicU64::new(0));
-    let deadline = Duration::from_secs(60) + Duration::from_secs_f64(m as f64 / opts.rate.max(1) as f64);
+    let deadline = Duration::from_secs(60) + Duration::from_secs_f64(m as f64 / opts.rate.max(1.0));
     let clients = {
         let (addr, subscribed) = (gw.public, subscribed.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let tasks: Vec<_> = (0..n)
-                    .map(|_| tokio::spawn(client(addr, path.clone(), m, subscribed.clone(), deadline)))
+                    .map(|_| {
+                        tokio::spawn(client(addr, path.clone(), m, subscribed.clone(), deadline))
+                    })
                     .collect();
                 let mut seen = Vec::with_capacity(tasks.len());
                 for t in tasks {
@@ -158,11 +173,16 @@ fn phase(opts: &Opts, config: &PathBuf, deltas: bool, run: usize) -> Result<Phas
     for i in 0..m {
         let body = book.next();
         let admin = gw.admin().ok_or("no admin address")?;
-        let (status, answer) = admin.request("POST", &publish_path, Some("application/json"), body.as_bytes())?;
+        let (status, answer) = admin.request(
+            "POST",
+            &publish_path,
+            Some("application/json"),
+            body.as_bytes(),
+        )?;
         if status != 200 {
             return Err(format!("publish: {status} {}", String::from_utf8_lossy(&answer)).into());
         }
-        let due = start + Duration::from_secs_f64((i + 1) as f64 / opts.rate.max(1) as f64);
+        let due = start + Duration::from_secs_f64((i + 1) as f64 / opts.rate.max(1.0));
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
     let seen = clients.join().map_err(|_| "client thread panicked")??;
@@ -224,7 +244,8 @@ async fn client(
     deadline: Duration,
 ) -> Seen {
     let mut seen = Seen::default();
-    let result = tokio::time::timeout(deadline, read_all(addr, &path, m, &subscribed, &mut seen)).await;
+    let result =
+        tokio::time::timeout(deadline, read_all(addr, &path, m, &subscribed, &mut seen)).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => seen.error = Some(e.to_string()),
@@ -258,7 +279,9 @@ async fn read_all(
         seen.bytes_in += n as u64;
         buf.extend_from_slice(&chunk[..n]);
         if !head_done {
-            let Some(end) = wire::head_end(&buf) else { continue };
+            let Some(end) = wire::head_end(&buf) else {
+                continue;
+            };
             if !buf.starts_with(b"HTTP/1.1 101") {
                 return Err(std::io::Error::other("upgrade refused"));
             }
@@ -266,8 +289,8 @@ async fn read_all(
             head_done = true;
         }
         let mut used = 0;
-        while let Some((frame, len)) =
-            wire::next_frame(&buf[used..], 1 << 20).map_err(|e| std::io::Error::other(e.to_string()))?
+        while let Some((frame, len)) = wire::next_frame(&buf[used..], 1 << 20)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
         {
             used += len;
             if let wire::Frame::Text(body) = frame {
@@ -292,6 +315,7 @@ async fn read_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn order_book_snapshots_are_realistic_and_move_a_little() {
