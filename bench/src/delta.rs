@@ -1,5 +1,5 @@
 //! The `deltas` scenario: `-n` WebSocket subscribers of a `state` channel
-//! fed `-m` order-book snapshots (about 2 KB of JSON each, a few levels
+//! fed `-m` order-book snapshots (about 1.6 KB of JSON each, a few levels
 //! changing per update) at `-r` per second, once as whole values and once
 //! with deltas (`?delta=1` on the handshake), each against a fresh gateway
 //! in the same run. Reported as two phases, `deltas on` and `deltas off`,
@@ -27,8 +27,9 @@ use crate::{wire, Opts};
 /// sequence number change; prices stay (no level is inserted).
 pub struct OrderBook {
     seq: u64,
-    bids: Vec<(f64, f64)>,
-    asks: Vec<(f64, f64)>,
+    /// `(price, size, orders)` per level, best first.
+    bids: Vec<(f64, f64, u64)>,
+    asks: Vec<(f64, f64, u64)>,
     rng: u64,
 }
 
@@ -36,12 +37,16 @@ impl OrderBook {
     pub fn new() -> OrderBook {
         let level = |i: usize, side: f64| {
             let price = 43_250.0 + side * (0.5 + i as f64 * 2.5);
-            (price, 0.25 + (i % 7) as f64 * 0.375)
+            (
+                price,
+                0.25 + (i % 7) as f64 * 0.375,
+                1 + (i as u64 * 7) % 13,
+            )
         };
         OrderBook {
             seq: 0,
-            bids: (0..20).map(|i| level(i, -1.0)).collect(),
-            asks: (0..20).map(|i| level(i, 1.0)).collect(),
+            bids: (0..LEVELS).map(|i| level(i, -1.0)).collect(),
+            asks: (0..LEVELS).map(|i| level(i, 1.0)).collect(),
             rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
@@ -66,10 +71,14 @@ impl OrderBook {
             };
             let i = (r >> 1) as usize % side.len();
             side[i].1 = ((r >> 8) % 40_000) as f64 / 10_000.0 + 0.0001;
+            side[i].2 = 1 + (r >> 24) % 20;
         }
         let r = self.random();
-        let levels =
-            |side: &[(f64, f64)]| side.iter().map(|(p, s)| json!([p, s])).collect::<Vec<_>>();
+        let levels = |side: &[(f64, f64, u64)]| {
+            side.iter()
+                .map(|(p, s, o)| json!([p, s, o]))
+                .collect::<Vec<_>>()
+        };
         json!({
             "symbol": "BTC-EUR",
             "venue": "bench-exchange",
@@ -84,6 +93,9 @@ impl OrderBook {
     }
 }
 
+/// Price levels per side.
+const LEVELS: usize = 25;
+
 const CONFIG: &str = "[[channels]]\npattern = \"book.*\"\nmode = \"state\"\n";
 
 /// Runs the scenario once: deltas off, then on.
@@ -96,7 +108,7 @@ pub fn run(opts: &Opts, run: usize) -> Result<Outcome> {
     let bytes = OrderBook::new().next().len();
     let params = json!({
         "subscribers": opts.subscribers, "messages": opts.messages, "rate": opts.rate,
-        "payload_bytes": bytes, "payload": "order book, 20+20 levels, 3 change per update",
+        "payload_bytes": bytes, "payload": "order book, 25+25 levels, 3 change per update",
         "pinned": opts.pin,
     });
     let off = phase(opts, &config, false, run)?;
@@ -325,8 +337,8 @@ mod tests {
         let len = a.to_string().len();
         assert!((1000..=4096).contains(&len), "{len} bytes");
         assert_ne!(a, b);
-        assert_eq!(a["bids"].as_array().unwrap().len(), 20);
-        let changed = (0..20)
+        assert_eq!(a["bids"].as_array().unwrap().len(), LEVELS);
+        let changed = (0..LEVELS)
             .filter(|&i| a["bids"][i] != b["bids"][i] || a["asks"][i] != b["asks"][i])
             .count();
         assert!((1..=3).contains(&changed), "{changed} levels changed");
