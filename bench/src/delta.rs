@@ -1,5 +1,5 @@
 //! The `deltas` scenario: `-n` WebSocket subscribers of a `state` channel
-//! fed `-m` order-book snapshots (about 1.6 KB of JSON each, a few levels
+//! fed `-m` order-book snapshots (about 1.3 KB of JSON each, a few levels
 //! changing per update) at `-r` per second, once as whole values and once
 //! with deltas (`?delta=1` on the handshake), each against a fresh gateway
 //! in the same run. Reported as two phases, `deltas on` and `deltas off`,
@@ -105,7 +105,9 @@ pub fn run(opts: &Opts, run: usize) -> Result<Outcome> {
         std::process::id()
     ));
     std::fs::write(&config, CONFIG)?;
-    let bytes = OrderBook::new().next().len();
+    let mut book = OrderBook::new();
+    let bytes = (0..opts.messages).map(|_| book.next().len()).sum::<usize>()
+        / opts.messages.max(1) as usize;
     let params = json!({
         "subscribers": opts.subscribers, "messages": opts.messages, "rate": opts.rate,
         "payload_bytes": bytes, "payload": "order book, 25+25 levels, 3 change per update",
