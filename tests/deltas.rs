@@ -49,9 +49,9 @@ fn scoreboard(i: u64) -> Value {
         "home": {"score": i / 5, "players": players("home")},
         "away": {"score": i / 7, "players": players("away")},
         "events": (0..(i % 4)).map(|e| json!({"minute": e, "kind": "corner"})).collect::<Vec<_>>(),
-        "note": if i % 6 == 0 { Value::Null } else { json!(format!("update {i}")) },
+        "note": if i.is_multiple_of(6) { Value::Null } else { json!(format!("update {i}")) },
     });
-    if i % 5 != 0 {
+    if !i.is_multiple_of(5) {
         v["weather"] = json!({"temp": 11.5 + (i % 3) as f64, "wind": "NW"});
     }
     v

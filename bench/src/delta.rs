@@ -9,7 +9,7 @@
 //! runtime); the gateway's CPU is its own process's. Every client must get
 //! the last update; deliveries, deltas and bytes are counted per client.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,7 +129,7 @@ struct Seen {
     error: Option<String>,
 }
 
-fn phase(opts: &Opts, config: &PathBuf, deltas: bool, run: usize) -> Result<Phase> {
+fn phase(opts: &Opts, config: &Path, deltas: bool, run: usize) -> Result<Phase> {
     let label = if deltas { "deltas on" } else { "deltas off" };
     let tag = format!("deltas-{}-{run}", if deltas { "on" } else { "off" });
     let extra = [
