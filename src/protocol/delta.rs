@@ -20,11 +20,16 @@ use super::json_patch;
 
 use super::{Epoch, Message};
 
-/// A message's delta state: the predecessor's value it may be a delta
-/// against, and its delta encodings once made.
+/// A message's delta state, boxed and set only on `state` channels, so
+/// every other message pays one pointer-sized slot for it.
 #[derive(Debug, Default)]
-pub struct DeltaSlot {
-    base: OnceLock<Base>,
+pub struct DeltaSlot(OnceLock<Box<Linked>>);
+
+/// The predecessor's value a message may be a delta against, and the
+/// message's delta encodings once made.
+#[derive(Debug)]
+struct Linked {
+    base: Base,
     encoded: OnceLock<Option<DeltaEncoded>>,
 }
 
@@ -91,13 +96,17 @@ impl Message {
     pub fn link_base(&self, prev: &Message) {
         if prev.channel == self.channel && prev.epoch == self.epoch && prev.id + 1 == self.id {
             let data = prev.envelope.slice_ref(prev.data());
-            let _ = self.delta.base.set(Base { id: prev.id, data });
+            let base = Base { id: prev.id, data };
+            let _ = self.delta.0.set(Box::new(Linked {
+                base,
+                encoded: OnceLock::new(),
+            }));
         }
     }
 
     /// The id of the message this one may be a delta against, if linked.
     pub fn base_id(&self) -> Option<u64> {
-        self.delta.base.get().map(|b| b.id)
+        self.delta.0.get().map(|l| l.base.id)
     }
 
     /// This message as a delta for a client whose last value on the
@@ -105,13 +114,13 @@ impl Message {
     /// base, or when no delta reproduces the value in fewer bytes (the
     /// client then gets the whole value).
     pub fn delta_after(&self, last_id: u64, epoch: Epoch) -> Option<&DeltaEncoded> {
-        let base = self.delta.base.get()?;
-        if base.id != last_id || epoch != self.epoch {
+        let linked = self.delta.0.get()?;
+        if linked.base.id != last_id || epoch != self.epoch {
             return None;
         }
-        self.delta
+        linked
             .encoded
-            .get_or_init(|| encode(self, base))
+            .get_or_init(|| encode(self, &linked.base))
             .as_ref()
     }
 }
@@ -222,6 +231,11 @@ mod tests {
         let third = msg(e, 7, "{}");
         third.link_base(&second);
         assert_eq!(third.base_id(), None);
+    }
+
+    #[test]
+    fn messages_of_other_channels_pay_one_slot() {
+        assert!(std::mem::size_of::<DeltaSlot>() <= 16);
     }
 
     #[test]
