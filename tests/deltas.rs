@@ -450,3 +450,24 @@ async fn long_poll_answers_deltas_that_chain_from_the_cursor_else_whole() {
         .unwrap_or(0.0);
     assert!(saved > 500.0 * 29.0, "bytes saved {saved}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_channels_send_whole_values_to_delta_subscribers() {
+    let gw = gateway().await;
+    let mut published = HashMap::new();
+    let mut ws = ws_subscribe(&gw, "news", json!({})).await;
+    let mut sse = SseClient::open(gw.public, "/rt/sse/news?delta=1", &[]).await;
+    publish_range(&gw, "news", 1, 10, 1, &mut published).await;
+    let mut w = Reader::default();
+    ws_read_until(&mut ws, "ws", &mut w, 10, &published).await;
+    assert_eq!(
+        (w.wholes, w.deltas),
+        (10, 0),
+        "a stream channel has every value, whole"
+    );
+    let mut s = Reader::default();
+    for _ in 0..10 {
+        s.apply("sse", &sse.expect_event(T10).await.json(), &published);
+    }
+    assert_eq!((s.wholes, s.deltas), (10, 0));
+}

@@ -14,6 +14,7 @@ use super::subscriptions::Subscribed;
 use super::{End, Handler, SendProgress, Session};
 use crate::auth::Credentials;
 use crate::bus::{Bus, HistoryRead, Subscription};
+use crate::config::ChannelMode;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::Payload;
@@ -162,13 +163,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         );
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
+        let is_state = self.gw.rules.resolve(channel.as_str()).mode == ChannelMode::State;
         self.subscriptions.insert(
             channel,
             Subscribed {
                 _subscription: subscription,
                 cursor,
-                // The first value after a (re)subscribe is whole.
-                delta: delta.then(DeltaTrack::default),
+                // The first value after a (re)subscribe is whole. Only
+                // `state` channels have deltas: elsewhere the flag is moot
+                // (and would only cost this connection its direct mode).
+                delta: (delta && is_state).then(DeltaTrack::default),
             },
         );
         self.write_messages(&history.messages).await
