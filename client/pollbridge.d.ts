@@ -28,6 +28,13 @@ export interface ConnectOptions {
   pollTimeout?: number;
   /** ms close() waits for the WebSocket closing handshake. Default 1000. */
   closeTimeout?: number;
+  /**
+   * Ask for deltas on `state` channels: later values travel as JSON Patches
+   * against the previous one and handlers still get whole values. A delta
+   * whose base is not the value held is dropped and a whole value asked for
+   * (an `error` event with code `delta_base_mismatch`). Default false.
+   */
+  deltas?: boolean;
   // Injected dependencies (tests); default to the globals.
   WebSocket?: unknown;
   fetch?: (url: string, init?: unknown) => Promise<unknown>;
@@ -146,9 +153,12 @@ export const CLOSED: 3;
 export function connect(baseUrl: string, options?: ConnectOptions): Feed;
 /** `retry=MS` from a close reason such as "restarting; retry=2500", or null. */
 export function parseRetryHint(reason: string | null | undefined): number | null;
+/** Applies JSON Patch (RFC 6902) add/remove/replace operations; throws when one does not fit. */
+export function applyJsonPatch(doc: unknown, ops: unknown[]): unknown;
 
 declare const pollbridge: {
   connect: typeof connect;
+  applyJsonPatch: typeof applyJsonPatch;
   CONNECTING: 0;
   OPEN: 1;
   CLOSING: 2;

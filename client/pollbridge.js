@@ -61,6 +61,58 @@ export function parseRetryHint(reason) {
   return m ? Math.min(Number(m[1]), 3600000) : null;
 }
 
+const own = (obj, key) => Object.prototype.hasOwnProperty.call(obj, key);
+const isIndex = (token) => /^(0|[1-9][0-9]*)$/u.test(token);
+
+/** Sets a member without invoking setters (a `__proto__` key stays data). */
+function setMember(obj, key, value) {
+  Object.defineProperty(obj, key, {value, writable: true, enumerable: true, configurable: true});
+}
+
+/**
+ * Applies the JSON Patch (RFC 6902) operations the gateway sends as deltas
+ * (`add`, `remove`, `replace`) to `doc`, in place where it can; returns the
+ * result. Throws on an operation that does not fit `doc`: the caller then
+ * asks for a whole value.
+ */
+export function applyJsonPatch(doc, ops) {
+  if (!Array.isArray(ops)) throw new TypeError('pollbridge: a delta is a list of operations');
+  for (const op of ops) {
+    const path = op && op.path;
+    if (typeof path !== 'string' || (path !== '' && path[0] !== '/')) throw new TypeError('pollbridge: bad delta path');
+    if (path === '') {
+      if (op.op !== 'add' && op.op !== 'replace') throw new TypeError(`pollbridge: cannot ${op.op} the whole value`);
+      doc = op.value;
+      continue;
+    }
+    const tokens = path.slice(1).split('/').map((t) => t.replace(/~1/gu, '/').replace(/~0/gu, '~'));
+    const last = tokens.pop();
+    let parent = doc;
+    for (const t of tokens) {
+      const ok = parent !== null && typeof parent === 'object'
+        && (Array.isArray(parent) ? isIndex(t) && Number(t) < parent.length : own(parent, t));
+      if (!ok) throw new TypeError(`pollbridge: delta path ${path} not in the value`);
+      parent = parent[Array.isArray(parent) ? Number(t) : t];
+    }
+    if (Array.isArray(parent)) {
+      const i = last === '-' ? parent.length : (isIndex(last) ? Number(last) : -1);
+      if (op.op === 'add' && i >= 0 && i <= parent.length) parent.splice(i, 0, op.value);
+      else if (op.op === 'replace' && i >= 0 && i < parent.length) parent[i] = op.value;
+      else if (op.op === 'remove' && i >= 0 && i < parent.length) parent.splice(i, 1);
+      else throw new TypeError(`pollbridge: cannot ${op.op} ${path}`);
+    } else if (parent !== null && typeof parent === 'object') {
+      if (op.op === 'add' || (op.op === 'replace' && own(parent, last))) setMember(parent, last, op.value);
+      else if (op.op === 'remove' && own(parent, last)) delete parent[last];
+      else throw new TypeError(`pollbridge: cannot ${op.op} ${path}`);
+    } else {
+      throw new TypeError(`pollbridge: delta path ${path} not in the value`);
+    }
+  }
+  return doc;
+}
+
+const copyOf = (value) => (value === undefined ? value : JSON.parse(JSON.stringify(value)));
+
 function reportLater(err) {
   // A throwing handler must not break delivery to the others, yet must not
   // vanish either: rethrow it outside our call stack.
@@ -87,6 +139,12 @@ class Feed {
     this._connectTimeout = o.connectTimeout ?? DEFAULTS.connectTimeout;
     this._pollTimeout = o.pollTimeout ?? DEFAULTS.pollTimeout;
     this._closeTimeout = o.closeTimeout ?? DEFAULTS.closeTimeout;
+    // Deltas on `state` channels: later values come as patches against the
+    // previous one. channel -> {id, value}: the value held (a private copy,
+    // so handlers may modify what they get).
+    this._deltas = Boolean(o.deltas);
+    this._values = new Map();
+    this._resyncing = new Set(); // channels waiting for a whole value
 
     this._state = CONNECTING;
     this._transport = mode === 'auto' ? 'websocket' : mode;
@@ -260,7 +318,7 @@ class Feed {
   _activate(channel) {
     if (this._transport === 'websocket') {
       if (this._ws && this._ws.readyState === WS_OPEN && this._state === OPEN) {
-        this._wsCommand({type: 'subscribe', channel, since: this._since(channel)});
+        this._wsCommand(this._subscribeCommand(channel));
       } // else: every channel is subscribed when the socket opens
     } else {
       this._startLoop(channel);
@@ -276,6 +334,56 @@ class Feed {
       this._stopLoop(channel);
       this._updateLoopState();
     }
+  }
+
+  _subscribeCommand(channel) {
+    const command = {type: 'subscribe', channel, since: this._since(channel)};
+    if (this._deltas) command.delta = true;
+    return command;
+  }
+
+  /** Long-poll: ask for a delta only when we hold the value at the cursor. */
+  _pollDelta(channel) {
+    const held = this._values.get(channel);
+    return this._deltas && held && held.id === this._cursor.get(channel) ? 1 : undefined;
+  }
+
+  /**
+   * The value an envelope carries: `data`, or its `delta` applied to the
+   * value held — when that is the delta's `base`. Otherwise null: the
+   * envelope is dropped and a whole value asked for.
+   */
+  _valueOf(channel, envelope) {
+    if (!own(envelope, 'delta')) {
+      this._resyncing.delete(channel);
+      return {data: envelope.data};
+    }
+    const held = this._values.get(channel);
+    if (held && held.id === envelope.base) {
+      try {
+        return {data: applyJsonPatch(copyOf(held.value), envelope.delta)};
+      } catch (_) { /* a patch that doesn't fit: as a wrong base */ }
+    }
+    this._resync(channel, envelope);
+    return null;
+  }
+
+  /** A delta we can't apply: forget the value and get a whole one. */
+  _resync(channel, envelope) {
+    this._values.delete(channel);
+    // Deltas already in flight are dropped too, without asking again.
+    if (this._resyncing.has(channel)) return;
+    this._resyncing.add(channel);
+    this._emit('error', {transport: this._transport, channel, code: 'delta_base_mismatch',
+      message: `delta #${envelope.id} is against #${envelope.base}, which this client does not hold`});
+    if (this._transport === 'websocket') {
+      // A fresh subscription starts with a whole value.
+      this._wsCommand({type: 'unsubscribe', channel});
+      this._wsCommand(this._subscribeCommand(channel));
+    } else if (this._transport === 'sse' && this._loops.has(channel)) {
+      this._stopLoop(channel);
+      this._startLoop(channel);
+    } // long-poll: the next poll, without a held value, asks for no delta
   }
 
   /** The cursor to resume `channel` from: `N-E` once the epoch is known, else `N`. */
@@ -299,6 +407,14 @@ class Feed {
     if (!handlers || !Number.isSafeInteger(id)) return; // not ours (e.g. in flight after unsubscribe)
     const last = this._cursor.get(channel);
     if (last !== undefined && id <= last) return; // replayed after a resume: already delivered
+    if (this._deltas) {
+      const value = this._valueOf(channel, envelope);
+      if (!value) return;
+      this._values.set(channel, {id, value: copyOf(value.data)});
+      if (own(envelope, 'delta')) {
+        envelope = {channel, id, data: value.data};
+      }
+    }
     this._cursor.set(channel, id);
     for (const fn of [...handlers]) {
       try { fn(envelope.data, envelope); } catch (err) { reportLater(err); }
@@ -314,6 +430,7 @@ class Feed {
    */
   _truncated(channel, info) {
     this._cursor.set(channel, 0);
+    this._values.delete(channel);
     this._emit('truncated', {channel, ...info});
   }
 
@@ -375,7 +492,7 @@ class Feed {
     this._wsAttempt = 0;
     this._wsSent = [];
     for (const channel of this._channels.keys()) {
-      this._wsWrite({type: 'subscribe', channel, since: this._since(channel)}, {});
+      this._wsWrite(this._subscribeCommand(channel), {});
     }
     const queued = this._wsQueue;
     this._wsQueue = [];
@@ -573,7 +690,7 @@ class Feed {
     const fallback = this._fallback && !this._fallbackReported ? this._fallback : null;
     if (fallback) this._fallbackReported = true;
     const url = `${this._base.http}/poll/${esc(channel)}${query([
-      ['since', since], ['timeout', timeout], ['fallback', fallback], ['cid', this._cid], ['token', this._token],
+      ['since', since], ['delta', this._pollDelta(channel)], ['timeout', timeout], ['fallback', fallback], ['cid', this._cid], ['token', this._token],
     ])}`;
     const controller = typeof AbortController === 'function' ? new AbortController() : null;
     loop.abort = controller;
@@ -630,7 +747,9 @@ class Feed {
     const {channel} = loop;
     // We reconnect ourselves (not EventSource's own retry) so that the
     // cursor, backoff and events are the same as for the other transports.
-    const url = `${this._base.http}/sse/${esc(channel)}${query([['since', this._since(channel)], ['token', this._token]])}`;
+    const url = `${this._base.http}/sse/${esc(channel)}${query([
+      ['since', this._since(channel)], ['delta', this._deltas ? 1 : undefined], ['token', this._token],
+    ])}`;
     let es;
     try {
       es = new this._EventSource(url);
@@ -694,4 +813,4 @@ export function connect(baseUrl, options) {
   return new Feed(baseUrl, options);
 }
 
-export default {connect, CONNECTING, OPEN, CLOSING, CLOSED};
+export default {connect, applyJsonPatch, CONNECTING, OPEN, CLOSING, CLOSED};

@@ -5,7 +5,7 @@
 
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import pollbridge, {connect, parseRetryHint, CONNECTING, OPEN, CLOSING, CLOSED} from './pollbridge.js';
+import pollbridge, {connect, parseRetryHint, applyJsonPatch, CONNECTING, OPEN, CLOSING, CLOSED} from './pollbridge.js';
 
 const BASE = 'http://gw.test/rt';
 
@@ -727,4 +727,128 @@ test('epochs: cursors resume as N-E once known, and an in-band truncated restart
   await flush();
   assert.equal(s.fetch.calls[1].q.since, '7-c3');
   s.feed.close();
+});
+
+// ---- deltas on state channels (JSON Patch against the value held) ---------
+
+test('applyJsonPatch: add, remove, replace on objects, arrays, nulls, unicode; misfits throw', () => {
+  const doc = {a: 1, list: [1, 2, 3], deep: {x: {y: 'é'}}, 'sl/ash': {'ti~lde': 0}};
+  const out = applyJsonPatch(doc, [
+    {op: 'replace', path: '/a', value: null},
+    {op: 'remove', path: '/list/2'},
+    {op: 'add', path: '/list/2', value: {n: [0]}},
+    {op: 'add', path: '/list/-', value: '日本'},
+    {op: 'replace', path: '/deep/x/y', value: '😀'},
+    {op: 'replace', path: '/sl~1ash/ti~0lde', value: 1},
+    {op: 'add', path: '/__proto__', value: {polluted: true}},
+  ]);
+  assert.deepEqual(JSON.parse(JSON.stringify(out)), JSON.parse(
+    '{"a":null,"list":[1,2,{"n":[0]},"日本"],"deep":{"x":{"y":"😀"}},"sl/ash":{"ti~lde":1},"__proto__":{"polluted":true}}',
+  ));
+  assert.equal({}.polluted, undefined, 'a __proto__ member is data, not a prototype');
+  assert.deepEqual(applyJsonPatch({a: 1}, [{op: 'replace', path: '', value: [1]}]), [1]);
+  for (const bad of [
+    [{op: 'replace', path: '/missing', value: 1}],
+    [{op: 'remove', path: '/list/9'}],
+    [{op: 'add', path: '/nope/x', value: 1}],
+    [{op: 'add', path: '/list/x', value: 1}],
+    [{op: 'remove', path: ''}],
+    {not: 'a list'},
+  ]) {
+    assert.throws(() => applyJsonPatch({list: [1]}, bad), TypeError, JSON.stringify(bad));
+  }
+  assert.equal(pollbridge.applyJsonPatch, applyJsonPatch);
+});
+
+const delta = (channel, id, base, ops) => ({channel, id, base, delta: ops});
+
+test('deltas over WebSocket: asked per subscribe, rebuilt into whole values, handlers may mutate', async () => {
+  const {sockets, feed, events} = await setup({transport: 'websocket', deltas: true});
+  const got = [];
+  feed.subscribe('score', (data, envelope) => {
+    got.push([envelope.id, JSON.parse(JSON.stringify(data)), 'delta' in envelope]);
+    data.home = 'scribbled'; // a handler's copy: must not change what the next delta applies to
+  });
+  sockets[0].open();
+  assert.deepEqual(sockets[0].sent, [{type: 'subscribe', channel: 'score', delta: true}]);
+  sockets[0].receive({type: 'subscribed', channel: 'score', last_id: 0, truncated: false});
+  sockets[0].receive(env('score', 1, {home: 0, away: 0, events: []}));
+  sockets[0].receive(delta('score', 2, 1, [{op: 'replace', path: '/home', value: 1}, {op: 'add', path: '/events/0', value: 'goal'}]));
+  sockets[0].receive(delta('score', 3, 2, [{op: 'replace', path: '/away', value: null}]));
+  assert.deepEqual(got, [
+    [1, {home: 0, away: 0, events: []}, false],
+    [2, {home: 1, away: 0, events: ['goal']}, false],
+    [3, {home: 1, away: null, events: ['goal']}, false],
+  ]);
+  assert.deepEqual(events.of('message').map((e) => e.envelope), [
+    env('score', 1, {home: 'scribbled', away: 0, events: []}),
+    {channel: 'score', id: 2, data: {home: 'scribbled', away: 0, events: ['goal']}},
+    {channel: 'score', id: 3, data: {home: 'scribbled', away: null, events: ['goal']}},
+  ]);
+  feed.close();
+});
+
+test('deltas over WebSocket: a delta on another base is dropped and the channel resubscribed for a whole value', async () => {
+  const {sockets, feed, events} = await setup({transport: 'websocket', deltas: true, channels: ['s']});
+  sockets[0].open();
+  sockets[0].receive({type: 'subscribed', channel: 's', last_id: 0, truncated: false});
+  sockets[0].receive(env('s', 1, {v: 1}));
+  sockets[0].sent.length = 0;
+  sockets[0].receive(delta('s', 3, 2, [{op: 'replace', path: '/v', value: 3}])); // we hold #1, not #2
+  sockets[0].receive(delta('s', 4, 3, [{op: 'replace', path: '/v', value: 4}])); // in flight: dropped quietly
+  assert.deepEqual(feed.lastIds, {s: 1}, 'the cursor stays at the value held');
+  assert.deepEqual(sockets[0].sent, [
+    {type: 'unsubscribe', channel: 's'},
+    {type: 'subscribe', channel: 's', since: 1, delta: true},
+  ]);
+  const [err] = events.of('error');
+  assert.equal(err.code, 'delta_base_mismatch');
+  assert.equal(events.of('error').length, 1);
+  // The new subscription starts with a whole value, then deltas again.
+  sockets[0].receive(env('s', 4, {v: 4}));
+  sockets[0].receive(delta('s', 5, 4, [{op: 'replace', path: '/v', value: 5}]));
+  assert.deepEqual(events.of('message').map((e) => [e.id, e.data.v]), [[1, 1], [4, 4], [5, 5]]);
+  // A patch that does not fit the value held counts as a wrong base.
+  sockets[0].receive(delta('s', 6, 5, [{op: 'remove', path: '/nope'}]));
+  assert.equal(events.of('error').length, 2);
+  assert.deepEqual(feed.lastIds, {s: 5});
+  feed.close();
+});
+
+test('deltas over long-poll: delta=1 only while the value at the cursor is held', async () => {
+  const {fetch, feed} = await setup({transport: 'longpoll', deltas: true, channels: ['p']});
+  const got = [];
+  feed.subscribe('p', (data, e) => got.push([e.id, data.n]));
+  assert.deepEqual(fetch.calls[0].q, {timeout: '0'});
+  fetch.calls[0].respond(200, {messages: [env('p', 1, {n: 1, pad: 'x'})], last_id: 1, cursor: '1-e7'});
+  await flush();
+  assert.deepEqual(fetch.calls[1].q, {since: '1-e7', delta: '1', timeout: '25'});
+  fetch.calls[1].respond(200, {messages: [delta('p', 2, 1, [{op: 'replace', path: '/n', value: 2}])], last_id: 2, cursor: '2-e7'});
+  await flush();
+  // A delta on a base we don't hold: dropped; the next poll asks for a whole value.
+  fetch.calls[2].respond(200, {messages: [delta('p', 4, 3, [{op: 'replace', path: '/n', value: 4}])], last_id: 4, cursor: '4-e7'});
+  await flush();
+  assert.deepEqual(fetch.calls[3].q, {since: '2-e7', timeout: '25'});
+  fetch.calls[3].respond(200, {messages: [env('p', 4, {n: 4, pad: 'x'})], last_id: 4, cursor: '4-e7', conflated: true});
+  await flush();
+  assert.equal(fetch.calls[4].q.delta, '1');
+  assert.deepEqual(got, [[1, 1], [2, 2], [4, 4]]);
+  feed.close();
+});
+
+test('deltas over SSE: ?delta=1, and a wrong base reopens the stream from the cursor', async () => {
+  const {EventSource, feed, events} = await setup({transport: 'sse', deltas: true, channels: ['t']});
+  const [first] = EventSource.sources;
+  assert.equal(first.url, 'http://gw.test/rt/sse/t?delta=1');
+  first.open();
+  first.emit(env('t', 1, {n: 1}));
+  first.emit(delta('t', 2, 1, [{op: 'replace', path: '/n', value: 2}]));
+  first.emit(delta('t', 4, 3, [{op: 'replace', path: '/n', value: 4}]));
+  assert.ok(first.closed, 'the stream on the wrong base is closed');
+  const second = EventSource.sources[1];
+  assert.equal(second.url, 'http://gw.test/rt/sse/t?since=2&delta=1');
+  second.open();
+  second.emit(env('t', 4, {n: 4}));
+  assert.deepEqual(events.of('message').map((e) => [e.id, e.data.n]), [[1, 1], [2, 2], [4, 4]]);
+  feed.close();
 });

@@ -9,6 +9,7 @@ mod bridge;
 mod bus;
 mod compression;
 mod delivery;
+mod delta;
 mod edge;
 mod floods;
 mod series;
@@ -20,6 +21,7 @@ mod transports;
 pub use compression::CompressionMetrics;
 mod fanout;
 mod tally;
+pub use delta::DeltaMetrics;
 pub use fanout::FanoutMetrics;
 pub use floods::FloodMetrics;
 pub use tally::DeliveryTally;
@@ -117,6 +119,8 @@ pub struct Metrics {
     pub compression: CompressionMetrics,
     /// The fan-out shards' span per publish.
     pub fanout: FanoutMetrics,
+    /// Deliveries as deltas or whole values, and the bytes deltas saved.
+    pub delta: DeltaMetrics,
 }
 
 impl Metrics {
@@ -157,6 +161,7 @@ impl Metrics {
         let compression = CompressionMetrics::register(&registry);
         let fanout = FanoutMetrics::new(&registry);
 
+        let delta = DeltaMetrics::register(&registry);
         Metrics {
             registry,
             transports,
@@ -185,6 +190,7 @@ impl Metrics {
             floods,
             compression,
             fanout,
+            delta,
         }
     }
 

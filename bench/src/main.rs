@@ -6,6 +6,7 @@
 //! - `target`: the servers under test (gateway, floors) and the client
 //!   worker processes.
 //! - `client`: the client worker (hidden `client-worker` subcommand).
+//! - `delta`: the `deltas` scenario (whole values vs deltas on a `state` channel).
 //! - `floor`: the floor servers (hidden `floor-server` subcommand).
 //! - `wire`: WebSocket/HTTP/SSE byte parsing and encoding.
 //! - `http`: the orchestrator's blocking admin client.
@@ -14,6 +15,7 @@
 //! - `span`: the `fanout-span` scenario (fan-out span by worker count).
 
 mod client;
+mod delta;
 mod floor;
 mod http;
 mod proc;
@@ -49,6 +51,9 @@ pub enum Scenario {
     /// fan-out span (pollbridge_fanout_seconds) and publish answer latency,
     /// per --span-workers count. Not part of `all`.
     FanoutSpan,
+    /// WebSocket subscribers of a `state` channel, order-book updates,
+    /// deltas off vs on (not part of `all`).
+    Deltas,
     /// Every scenario at a small size, with sanity checks (for CI).
     Smoke,
     /// ws-fanout sse-fanout lp-fanout burst idle held-polls proxy.

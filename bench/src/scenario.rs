@@ -37,6 +37,7 @@ pub fn run(opts: &Opts, scenario: Scenario, run: usize) -> Result<Outcome> {
         Scenario::HeldPolls => fanout(opts, scenario, Kind::Lp, 1, 1, run),
         Scenario::Idle => idle(opts, run),
         Scenario::Proxy => proxy(opts, run),
+        Scenario::Deltas => crate::delta::run(opts, run),
         Scenario::Smoke | Scenario::All => Err("smoke and all are expanded by main".into()),
         Scenario::FanoutSpan => Err("fanout-span is run by span::run".into()),
     }

@@ -34,7 +34,8 @@ pub const COMMAND_ERROR_CODES: &[&str] = &[
 /// with the documented rules; compared with the real parser's answer.
 #[derive(Debug, PartialEq)]
 pub enum Expected {
-    Subscribe(String, Option<Since>),
+    /// Channel, cursor, and whether deltas were asked for.
+    Subscribe(String, Option<Since>, bool),
     Unsubscribe(String),
     Publish(String, Value),
     Refused(&'static str),
@@ -43,9 +44,11 @@ pub enum Expected {
 impl Expected {
     fn of(parsed: &Result<Command, command::CommandError>) -> Expected {
         match parsed {
-            Ok(Command::Subscribe { channel, since }) => {
-                Expected::Subscribe(channel.as_str().to_owned(), *since)
-            }
+            Ok(Command::Subscribe {
+                channel,
+                since,
+                delta,
+            }) => Expected::Subscribe(channel.as_str().to_owned(), *since, *delta),
             Ok(Command::Unsubscribe { channel }) => {
                 Expected::Unsubscribe(channel.as_str().to_owned())
             }
@@ -96,7 +99,13 @@ pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
                 },
                 Some(_) => return Expected::Refused("bad_cursor"),
             };
-            Expected::Subscribe(channel, since)
+            // `delta`: a boolean (or absent / null: false).
+            let delta = match object.get("delta") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Expected::Refused("bad_command"),
+            };
+            Expected::Subscribe(channel, since, delta)
         }
         "unsubscribe" => Expected::Unsubscribe(channel),
         // `"data":null` publishes `null`, like an HTTP publish of `null`;
@@ -109,7 +118,7 @@ pub fn reference_command(object: &serde_json::Map<String, Value>) -> Expected {
     }
 }
 
-/// True when a JSON object repeats one of the four keys the parser reads
+/// True when a JSON object repeats one of the five keys the parser reads
 /// (serde refuses that as `bad_json`; `Value` silently keeps the last).
 fn repeats_a_command_key(text: &str) -> bool {
     use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -124,7 +133,7 @@ fn repeats_a_command_key(text: &str) -> bool {
             let mut repeated = false;
             while let Some(key) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
-                if ["type", "channel", "since", "data"].contains(&key.as_str()) {
+                if ["type", "channel", "since", "data", "delta"].contains(&key.as_str()) {
                     repeated |= seen.contains(&key);
                     seen.push(key);
                 }
@@ -160,9 +169,13 @@ pub fn check_command(text: &str) {
         }
         Ok(cmd) => {
             let canonical = match cmd {
-                Command::Subscribe { channel, since } => {
+                Command::Subscribe {
+                    channel,
+                    since,
+                    delta,
+                } => {
                     let since = since.map(|s| s.to_string());
-                    serde_json::json!({"type": "subscribe", "channel": channel.as_str(), "since": since})
+                    serde_json::json!({"type": "subscribe", "channel": channel.as_str(), "since": since, "delta": delta})
                 }
                 Command::Unsubscribe { channel } => {
                     serde_json::json!({"type": "unsubscribe", "channel": channel.as_str()})

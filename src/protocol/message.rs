@@ -103,6 +103,9 @@ pub struct Message {
     ///
     /// [`compress`]: super::compress
     compressed: Compressed,
+    /// On `state` channels: the base this message may be a delta against,
+    /// and its delta encodings ([`super::delta`]).
+    pub(super) delta: super::delta::DeltaSlot,
 }
 
 /// A message's compressed encodings, each made once and shared.
@@ -144,6 +147,7 @@ impl Message {
             sse_event: OnceLock::new(),
             poll_answer: OnceLock::new(),
             compressed: Compressed::default(),
+            delta: Default::default(),
         }
     }
 

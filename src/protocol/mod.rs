@@ -7,9 +7,11 @@
 pub mod channel;
 pub mod compress;
 pub mod cursor;
+pub mod delta;
 pub mod epoch;
 pub mod error;
 pub mod json_check;
+pub mod json_patch;
 pub mod message;
 pub mod poll_answer;
 pub mod transport;

@@ -27,6 +27,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::cors::{allowed_origin, cors_headers, preflight};
+use super::delta::DeltaTrack;
 use crate::protocol::poll_answer::{encode_answer, put_closing};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -140,6 +141,9 @@ struct AdmittedPoll {
     origin: Option<HeaderValue>,
     /// The coding the client's `Accept-Encoding` prefers, if compression is on.
     accepted: Option<Coding>,
+    /// `?delta=1` with a cursor naming its epoch: the client holds the
+    /// value at `since` and may get a delta against it.
+    delta: Option<DeltaTrack>,
     _in_flight: ConnectionGuard,
 }
 
@@ -191,6 +195,10 @@ async fn admit(
         timeout: query.timeout,
         origin,
         accepted: Compression::new(&gw.config.compression).accepted(req.headers(), &ANSWER_CODINGS),
+        delta: super::delta::wants_delta(req.uri().query())
+            .then_some(query.since)
+            .flatten()
+            .and_then(|s| Some(DeltaTrack::holding(Cursor::new(s.id, s.epoch?)))),
         _in_flight: in_flight,
     }))
 }
@@ -214,13 +222,15 @@ impl AdmittedPoll {
                 read.truncated,
                 read.conflated,
                 self.accepted,
+                self.delta,
             )?
         } else if self.timeout.is_zero() {
             let at = Cursor::new(cursor.id, read.epoch);
-            respond(gw, &[], at, false, false, self.accepted)?
+            respond(gw, &[], at, false, false, self.accepted, None)?
         } else {
             drop(read);
-            wait(gw, &self.channel, cursor, self.timeout, self.accepted).await?
+            let wants = (self.accepted, self.delta);
+            wait(gw, &self.channel, cursor, self.timeout, wants).await?
         };
         if let Some(origin) = &self.origin {
             cors_headers(origin.clone(), resp.headers_mut());
@@ -240,7 +250,7 @@ async fn wait(
     channel: &ChannelName,
     cursor: Since,
     timeout: Duration,
-    accepted: Option<Coding>,
+    (accepted, delta): (Option<Coding>, Option<DeltaTrack>),
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
@@ -253,6 +263,7 @@ async fn wait(
             read.truncated,
             read.conflated,
             accepted,
+            delta,
         );
     }
     let cursor = Cursor::new(cursor.id, read.epoch);
@@ -283,7 +294,7 @@ async fn wait(
                     kept += 1;
                 }
                 drained.truncate(kept);
-                respond(gw, drained, seen, truncated, false, accepted)
+                respond(gw, drained, seen, truncated, false, accepted, delta)
             });
             drained.clear();
             resp
@@ -292,7 +303,7 @@ async fn wait(
             return Poll::Ready(resp);
         }
         if shutdown.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(respond(gw, &[], cursor, false, false, accepted));
+            return Poll::Ready(respond(gw, &[], cursor, false, false, accepted, None));
         }
         Poll::Pending
     })
@@ -329,12 +340,26 @@ fn respond(
     truncated: bool,
     conflated: bool,
     accepted: Option<Coding>,
+    delta: Option<DeltaTrack>,
 ) -> Result<Response, ApiError> {
     let compression = Compression::new(&gw.config.compression);
     let messages = page(messages, gw.config.longpoll.max_answer_bytes);
     let (last_id, epoch) = messages
         .last()
         .map_or((position.id, position.epoch), |m| (m.id, m.epoch));
+    let deltas = delta.filter(|_| !truncated && !messages.is_empty());
+    if let Some(body) = deltas.and_then(|track| {
+        super::delta::poll_answer(
+            track,
+            messages,
+            (last_id, epoch),
+            conflated,
+            &gw.metrics.delta,
+        )
+    }) {
+        count_answer(gw, messages, truncated);
+        return Ok(json(StatusCode::OK, body));
+    }
     let body = match messages {
         // A fan-out's polls: one new message each, the same answer for all,
         // encoded once per message. (A larger one is streamed from its

@@ -4,6 +4,7 @@
 //! (cursor parsing, delivery accounting, duplicate suppression) live here.
 
 pub mod cors;
+pub mod delta;
 pub mod longpoll;
 pub mod params;
 pub mod replay;

@@ -22,6 +22,7 @@ use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::delta::DeltaTrack;
 use crate::bus::{HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 
 use crate::config::ChannelRules;
@@ -78,6 +79,9 @@ pub async fn handle(
     let gzip = compression.accepted(req.headers(), &[Coding::Gzip]);
     let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
     body.gzip = gzip.map(|_| SseGzip::new(compression, gw.metrics.clone()));
+    if super::delta::wants_delta(req.uri().query()) {
+        body.delta = Some(DeltaTrack::default());
+    }
     if let Some(expires) = grant.expires {
         // The stream ends when the subscriber token does.
         let left = expires
@@ -125,6 +129,10 @@ pub struct SseBody {
     /// Scratch for the events of one chunk, kept so a delivery allocates
     /// nothing.
     fresh: Vec<Arc<Message>>,
+    /// Scratch for the events of `fresh` (whole or delta), same reason.
+    events: Vec<Bytes>,
+    /// Set when the client asked for deltas (`?delta=1`).
+    delta: Option<DeltaTrack>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The operator's "disconnect everyone" (admin `POST /disconnect`).
     kick: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -182,6 +190,8 @@ impl SseBody {
             keepalive: Box::pin(tokio::time::sleep(keepalive_every)),
             last_sent: tokio::time::Instant::now(),
             fresh: Vec::new(),
+            events: Vec::new(),
+            delta: None,
             shutdown: Box::pin(gw.shutdown.clone().cancelled_owned()),
             kick: Box::pin(gw.kick_token().cancelled_owned()),
             token_expiry: None,
@@ -221,6 +231,12 @@ impl SseBody {
         // read's epoch), so no message here is a restart.
         history.retain(|m| cursor.step(m) != Step::Duplicate);
         record_delivery(&self.metrics, Transport::Sse, &history);
+        if let Some(delta) = &mut self.delta {
+            // Replayed whole: the client's first value after a (re)connect.
+            for m in &history {
+                delta.sent_whole(m, Transport::Sse, &self.metrics.delta);
+            }
+        }
         Replay::new(Framing::SseEvents, head, history, Bytes::new())
     }
 
@@ -275,25 +291,41 @@ impl SseBody {
             }
             fresh.push(m.clone());
         }
-        let chunk = match fresh.as_slice() {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        for m in &fresh {
+            let delta = self
+                .delta
+                .as_mut()
+                .and_then(|d| d.pick(m, Transport::Sse, &self.metrics.delta));
+            events.push(match delta {
+                Some(delta) => delta.sse_event(m).clone(),
+                None => m.sse_event().clone(),
+            });
+        }
+        let chunk = match events.as_slice() {
             [] => None,
-            many if self.gzip.is_some() => self.gzip.as_mut().map(|g| g.events(&notices, many)),
+            many if self.gzip.is_some() => {
+                self.gzip.as_mut().map(|g| g.events(&notices, &fresh, many))
+            }
             // The common case: one event, its shared encoding, no copy.
-            [only] if notices.is_empty() => Some(only.sse_event().clone()),
+            [only] if notices.is_empty() => Some(only.clone()),
             many => {
-                let size = many.iter().map(|m| m.sse_event().len()).sum::<usize>()
+                let size = many.iter().map(Bytes::len).sum::<usize>()
                     + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
                 let mut out = BytesMut::with_capacity(size);
                 let mut notices = notices.iter().peekable();
-                for (i, m) in many.iter().enumerate() {
+                for (i, event) in many.iter().enumerate() {
                     if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
                         out.put_slice(notice);
                     }
-                    out.put_slice(m.sse_event());
+                    out.put_slice(event);
                 }
                 Some(out.freeze())
             }
         };
+        events.clear();
+        self.events = events;
         record_delivery(&self.metrics, Transport::Sse, &fresh);
         fresh.clear();
         self.fresh = fresh;

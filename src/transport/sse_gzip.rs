@@ -55,11 +55,16 @@ impl SseGzip {
     /// The events of `messages`, each from its shared piece, with the
     /// `notices` (index of the message they precede, their text) deflated
     /// on the spot.
-    pub fn events(&mut self, notices: &[(usize, Bytes)], messages: &[Arc<Message>]) -> Bytes {
+    pub fn events(
+        &mut self,
+        notices: &[(usize, Bytes)],
+        messages: &[Arc<Message>],
+        events: &[Bytes],
+    ) -> Bytes {
         let mut out = BytesMut::new();
         let mut plain = 0;
         let mut notices = notices.iter().peekable();
-        for (i, m) in messages.iter().enumerate() {
+        for (i, (m, event)) in messages.iter().zip(events).enumerate() {
             if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
                 plain += notice.len();
                 self.stream.push(
@@ -67,10 +72,15 @@ impl SseGzip {
                     &mut out,
                 );
             }
-            let event = m.sse_event();
             plain += event.len();
-            self.stream
-                .push(m.sse_deflate(self.level_for(event.len())), &mut out);
+            let level = self.level_for(event.len());
+            if event.as_ptr() == m.sse_event().as_ptr() {
+                // The whole value: its piece is deflated once and shared.
+                self.stream.push(m.sse_deflate(level), &mut out);
+            } else {
+                // A delta against this client's value: deflated here.
+                self.stream.push(&DeflatePiece::new(event, level), &mut out);
+            }
         }
         self.count(plain, out.len());
         out.freeze()

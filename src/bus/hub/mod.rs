@@ -267,6 +267,8 @@ impl Hub {
         inner.last_id = last.id;
         inner.last_activity = last.published_at;
         if inner.mode == ChannelMode::State {
+            // Each value may go out as a delta against the one before.
+            crate::protocol::delta::link_chain(inner.history.back().map(|m| &**m), msgs);
             // A state channel's history is its latest value.
             inner.history.clear(&self.budget);
             inner.history.push(last.clone(), &self.budget);

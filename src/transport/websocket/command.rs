@@ -12,6 +12,9 @@ pub enum Command {
     Subscribe {
         channel: ChannelName,
         since: Option<Since>,
+        /// `"delta":true`: later values of a `state` channel as merge
+        /// patches against the previous one (see `transport::delta`).
+        delta: bool,
     },
     Unsubscribe {
         channel: ChannelName,
@@ -76,6 +79,7 @@ struct Raw {
     kind: Option<String>,
     channel: Option<String>,
     since: Option<serde_json::Value>,
+    delta: Option<serde_json::Value>,
     /// `Some(Null)` for `"data":null` (a payload like any other, as in an
     /// HTTP publish of `null`); `None` only when the key is absent.
     /// Kept as the client's text, so the payload is checked by the same
@@ -127,7 +131,21 @@ pub fn parse(text: &str) -> Result<Command, CommandError> {
                 Some(serde_json::Value::String(s)) => Some(parse_cursor(s).ok_or_else(bad_cursor)?),
                 Some(_) => return Err(bad_cursor()),
             };
-            Ok(Command::Subscribe { channel, since })
+            let delta = match raw.delta {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => b,
+                Some(_) => {
+                    return Err(
+                        CommandError::new("bad_command", "\"delta\" must be true or false")
+                            .on(channel.as_str()),
+                    )
+                }
+            };
+            Ok(Command::Subscribe {
+                channel,
+                since,
+                delta,
+            })
         }
         "unsubscribe" => Ok(Command::Unsubscribe {
             channel: channel()?,
@@ -192,6 +210,18 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_may_ask_for_deltas() {
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","channel":"a","delta":true}"#),
+            Ok(Command::Subscribe { delta: true, .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","channel":"a"}"#),
+            Ok(Command::Subscribe { delta: false, .. })
+        ));
+    }
+
+    #[test]
     fn refuses_bad_commands_with_codes() {
         let code = |s: &str| parse(s).unwrap_err().code;
         assert_eq!(code("{not json"), "bad_json");
@@ -208,6 +238,10 @@ mod tests {
             "bad_cursor"
         );
         assert_eq!(code(r#"{"type":"publish","channel":"a"}"#), "bad_command");
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","delta":1}"#),
+            "bad_command"
+        );
         // Arrays are not commands, even when serde could read them as one.
         assert_eq!(code(r#"["subscribe","a"]"#), "bad_json");
         assert_eq!(code(r#"  ["publish","a",1]"#), "bad_json");

@@ -102,6 +102,7 @@ pub async fn handle(
         Transport::WebSocket,
         &gw.output,
     );
+    let delta = crate::transport::delta::wants_delta(req.uri().query());
     let mut initial = Vec::with_capacity(channels.len());
     for channel in channels {
         let (subscription, history) = gw
@@ -111,6 +112,7 @@ pub async fn handle(
             channel,
             subscription,
             history,
+            delta,
         });
     }
 

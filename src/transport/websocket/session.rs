@@ -166,6 +166,8 @@ pub struct InitialSubscription {
     pub channel: ChannelName,
     pub subscription: Subscription,
     pub history: HistoryRead,
+    /// The handshake asked for deltas (`?delta=1`).
+    pub delta: bool,
 }
 
 impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
@@ -285,7 +287,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
 
     async fn start(&mut self, initial: Vec<InitialSubscription>) -> Result<(), End> {
         for sub in initial {
-            self.adopt(sub.channel, sub.subscription, sub.history)
+            self.adopt(sub.channel, sub.subscription, sub.history, sub.delta)
                 .await?;
         }
         Ok(())

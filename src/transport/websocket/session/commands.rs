@@ -14,10 +14,12 @@ use super::subscriptions::Subscribed;
 use super::{End, Handler, SendProgress, Session};
 use crate::auth::Credentials;
 use crate::bus::{Bus, HistoryRead, Subscription};
+use crate::config::ChannelMode;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::Payload;
 use crate::protocol::{Cursor, Transport};
+use crate::transport::delta::DeltaTrack;
 
 /// What an anonymous client presents.
 static NO_CREDENTIALS: Credentials = Credentials {
@@ -80,7 +82,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             return self.refused(refusal).await;
         }
         let result = match command::parse(text) {
-            Ok(Command::Subscribe { channel, since }) => self.subscribe(channel, since).await,
+            Ok(Command::Subscribe {
+                channel,
+                since,
+                delta,
+            }) => self.subscribe(channel, since, delta).await,
             Ok(Command::Unsubscribe { channel }) => self.unsubscribe(channel).await,
             Ok(Command::Publish { channel, payload }) => self.publish(channel, payload).await,
             Err(e) => Err(e),
@@ -104,6 +110,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         &mut self,
         channel: ChannelName,
         since: Option<crate::protocol::channel::Since>,
+        delta: bool,
     ) -> Result<Result<(), End>, CommandError> {
         if let Some(existing) = self.subscriptions.get(&channel) {
             let ack = subscribed_ack(&channel, existing.cursor, false, false);
@@ -128,7 +135,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .map_err(|e| {
                 CommandError::new("bus_unavailable", e.to_string()).on(channel.as_str())
             })?;
-        Ok(self.adopt(channel, subscription, history).await)
+        Ok(self.adopt(channel, subscription, history, delta).await)
     }
 
     /// Records a subscription and sends its ack and replayed history.
@@ -137,6 +144,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         channel: ChannelName,
         subscription: Subscription,
         history: HistoryRead,
+        delta: bool,
     ) -> Result<(), End> {
         let ack = subscribed_ack(
             &channel,
@@ -155,11 +163,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         );
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
+        let is_state = self.gw.rules.resolve(channel.as_str()).mode == ChannelMode::State;
         self.subscriptions.insert(
             channel,
             Subscribed {
                 _subscription: subscription,
                 cursor,
+                // The first value after a (re)subscribe is whole. Only
+                // `state` channels have deltas: elsewhere the flag is moot
+                // (and would only cost this connection its direct mode).
+                delta: (delta && is_state).then(DeltaTrack::default),
             },
         );
         self.write_messages(&history.messages).await

@@ -28,7 +28,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// which only this task can do: no direct mode then.
     pub(super) fn lend_socket(&mut self) {
         let Some(sink) = &self.sink else { return };
-        if self.throttle.is_enabled() {
+        // Deltas are chosen per subscriber (by the value it holds), which
+        // only this task knows: no direct mode then either.
+        if self.throttle.is_enabled() || self.subscriptions.any_delta() {
             return;
         }
         let cursors = self
@@ -95,7 +97,15 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 Step::Next => {}
                 Step::Restarted => frames.push(truncated_notice(msg)),
             }
-            frames.push(msg.ws_frame().clone());
+            let metrics = &self.gw.metrics.delta;
+            let delta = sub
+                .delta
+                .as_mut()
+                .and_then(|d| d.pick(msg, Transport::WebSocket, metrics));
+            frames.push(match delta {
+                Some(delta) => delta.ws_frame().clone(),
+                None => msg.ws_frame().clone(),
+            });
             fresh.push(msg.clone());
         }
         let result = if frames.is_empty() {

@@ -39,6 +39,11 @@ impl Subscriptions {
         self.0.len()
     }
 
+    /// True when some subscription asked for deltas.
+    pub(super) fn any_delta(&self) -> bool {
+        self.0.iter().any(|(_, s)| s.delta.is_some())
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Subscribed)> {
         self.0.iter().map(|(c, s)| (c, s))
     }
@@ -48,4 +53,6 @@ impl Subscriptions {
 pub(super) struct Subscribed {
     pub(super) _subscription: Subscription,
     pub(super) cursor: Cursor,
+    /// Set when the client asked for deltas on this channel.
+    pub(super) delta: Option<crate::transport::delta::DeltaTrack>,
 }
