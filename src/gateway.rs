@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authorizer;
 use crate::bus::client_channels::ClientChannels;
 use crate::bus::{
-    memory::MemoryBus, AnyBus, Bus, BusError, HistoryRead, Hub, SubscriberQueue, Subscription,
+    AnyBus, Bus, BusError, HistoryRead, Hub, MemoryBus, SubscriberQueue, Subscription,
 };
 use crate::config::redis_url::{is_redis_url, redact};
 use crate::config::{ChannelRules, Config, ConfigProblem};

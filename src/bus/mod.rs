@@ -4,12 +4,12 @@
 //! Transports see only the [`Bus`] trait. Each implementation assigns ids
 //! and stores history its own way and delivers live messages through this
 //! node's [`Hub`], so the per-subscriber queues, fan-out and shared
-//! encodings are the same whichever bus is in use.
+//! encodings are the same whichever bus is in use: [`MemoryBus`] (here,
+//! the hub alone) for one process, [`redis`] for several nodes.
 
 pub mod client_channels;
 mod history;
 pub mod hub;
-pub mod memory;
 #[cfg(test)]
 mod output_limit_tests;
 pub mod queue;
@@ -134,7 +134,7 @@ pub trait Bus: Send + Sync + 'static {
 /// connection's request future) for the Redis case. The memory bus, the
 /// hot path, stays unboxed.
 pub enum AnyBus {
-    Memory(memory::MemoryBus),
+    Memory(MemoryBus),
     Redis(redis::RedisBus),
 }
 
@@ -210,5 +210,87 @@ impl Bus for AnyBus {
             AnyBus::Memory(bus) => bus.hub(),
             AnyBus::Redis(bus) => bus.hub(),
         }
+    }
+}
+
+/// The in-process bus: ids, history and fan-out all live in this node's
+/// [`Hub`]. One process only; use a shared bus for several nodes.
+pub struct MemoryBus {
+    hub: Hub,
+}
+
+impl MemoryBus {
+    pub fn new(hub: Hub) -> MemoryBus {
+        hub.metrics().bus_ready.set(1);
+        MemoryBus { hub }
+    }
+}
+
+impl Bus for MemoryBus {
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: &Payload,
+    ) -> Result<Published, BusError> {
+        let published = self
+            .publish_many(channel, std::slice::from_ref(payload))
+            .await?;
+        Ok(published[0])
+    }
+
+    async fn publish_many(
+        &self,
+        channel: &ChannelName,
+        payloads: &[Payload],
+    ) -> Result<Vec<Published>, BusError> {
+        let started = std::time::Instant::now();
+        let data: Vec<bytes::Bytes> = payloads.iter().map(Payload::to_json_bytes).collect();
+        let msgs = self.hub.publish_next_many(channel, &data);
+        let metrics = self.hub.metrics();
+        metrics
+            .bus_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.published.inc_by(msgs.len() as u64);
+        // Recorded: the answer need not wait for the writes to subscribers,
+        // only (under overload) for the fan-out backlog to shrink.
+        self.hub.fanout_room().await;
+        Ok(msgs.iter().map(|m| Published { id: m.id }).collect())
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        since: Option<Since>,
+        queue: &Arc<SubscriberQueue>,
+        limit: usize,
+    ) -> Result<(Subscription, HistoryRead), BusError> {
+        Ok(self.hub.subscribe(channel, since, queue, limit))
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<Since>,
+        limit: usize,
+    ) -> Result<HistoryRead, BusError> {
+        Ok(self.hub.read(channel, since, limit))
+    }
+
+    async fn lease(
+        &self,
+        _: &ChannelName,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<bool, BusError> {
+        // One process: it always holds every lease.
+        Ok(true)
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
     }
 }

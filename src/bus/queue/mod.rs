@@ -29,10 +29,12 @@
 //! never count.
 
 mod direct;
+mod drain;
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use parking_lot::Mutex;
 
@@ -41,7 +43,6 @@ use crate::metrics::DeliveryTally;
 use crate::net::output::{OutputAccount, OutputBudget, Verdict};
 use crate::protocol::Message;
 use crate::protocol::Transport;
-use direct::write_direct;
 pub use direct::{DirectReport, DirectSink};
 
 /// Why a queue stopped delivering.
@@ -272,132 +273,86 @@ impl SubscriberQueue {
         }
         outcome
     }
+}
 
-    /// Lends the queue the connection's socket: from now on publishers
-    /// write to it directly. `report.written` holds the last ids the
-    /// connection has delivered per channel: a shared bus may deliver a
-    /// message the connection already sent from history, and it must not
-    /// go out twice. The report moves into the queue (and comes back with
-    /// [`leave_direct`](Self::leave_direct)), so one allocation serves
-    /// both. Refused (false, nothing moved) while anything is queued or the
-    /// queue is closed: the connection drains first.
-    pub fn enter_direct(&self, sink: &Arc<dyn DirectSink>, report: &mut DirectReport) -> bool {
-        let mut state = self.state.lock();
-        if !state.items.is_empty() || state.closed.is_some() || state.report.remainder.is_some() {
-            return false;
-        }
-        std::mem::swap(&mut state.report, report);
-        state.report_lent = true;
-        state.direct = Some(sink.clone());
-        true
+/// Writes `msgs` (one channel's, in id order) through the direct sink,
+/// several per system call, skipping those the connection already has;
+/// returns how many are done with (the last written perhaps in part: its
+/// unsent tail is kept in the report). Direct mode ends at the first write
+/// the socket does not take whole.
+fn write_direct(
+    state: &mut State,
+    msgs: &[Arc<Message>],
+    transport: Transport,
+    tally: &mut DeliveryTally<'_>,
+) -> usize {
+    const CHUNK: usize = 16;
+    let Some(first) = msgs.first() else {
+        return 0;
+    };
+    let Some(sink) = state.direct.take() else {
+        return 0;
+    };
+    let Some(cursor) = state
+        .report
+        .written
+        .iter()
+        .position(|(channel, _, _)| *channel == first.channel)
+    else {
+        // The connection lent a cursor for every channel it is subscribed
+        // to: this one it left. A fan-out shard may still hold messages
+        // recorded before it left; they must not follow the
+        // `unsubscribed` answer.
+        state.direct = Some(sink);
+        return msgs.len();
+    };
+    if state.report.written[cursor].1 != first.epoch {
+        // A new sequence: the connection must say `truncated` first. Direct
+        // mode ends here (the sink is not put back).
+        return 0;
     }
-
-    /// Takes the socket back (the connection is about to write itself) and
-    /// reports what was written meanwhile and what is left of a partial
-    /// write, which must go out before anything queued.
-    pub fn leave_direct(&self, report: &mut DirectReport) {
-        let mut state = self.state.lock();
-        state.direct = None;
-        if std::mem::take(&mut state.report_lent) {
-            std::mem::swap(report, &mut state.report);
+    let known = state.report.written[cursor].2;
+    let skip = msgs.iter().take_while(|m| m.id <= known).count();
+    let mut out = skip;
+    let mut keep_direct = true;
+    for chunk in msgs[skip..].chunks(CHUNK) {
+        let mut slices = [IoSlice::new(&[]); CHUNK];
+        let mut total = 0;
+        for (slot, msg) in slices.iter_mut().zip(chunk) {
+            let frame = sink.encoded(msg);
+            total += frame.len();
+            *slot = IoSlice::new(frame);
         }
-    }
-
-    /// Closes the queue; the reader sees `reason` once the queue is empty…
-    /// except for overflow, which drops what is queued.
-    pub fn close(&self, reason: QueueClosed) {
-        let mut state = self.state.lock();
-        if state.closed.is_none() {
-            state.closed = Some(reason);
-        }
-        if reason == QueueClosed::OutputLimit {
-            // What it holds is what it is dropped for: let it go now.
-            state.dropped = state.items.len();
-            state.items = VecDeque::new();
-            Self::release_all(&mut state);
-        }
-        state.direct = None;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Moves up to `max` queued messages into `out`. Ready with `Ok` when at
-    /// least one was moved, with `Err` once the queue is closed and empty.
-    pub fn poll_drain(
-        &self,
-        cx: &mut Context<'_>,
-        out: &mut Vec<Arc<Message>>,
-        max: usize,
-    ) -> Poll<Result<(), QueueClosed>> {
-        let mut state = self.state.lock();
-        if !state.items.is_empty() || state.report.remainder.is_some() {
-            self.move_out(&mut state, out, max);
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(reason) = state.closed {
-            return Poll::Ready(Err(reason));
-        }
-        match &state.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    /// Moves up to `max` items into `out`, releasing their bytes.
-    fn move_out(&self, state: &mut State, out: &mut Vec<Arc<Message>>, max: usize) {
-        let n = state.items.len().min(max);
-        let start = out.len();
-        out.extend(state.items.drain(..n));
-        if state.output.is_some() {
-            let bytes = out[start..].iter().map(|m| cost(m)).sum();
-            Self::release(state, bytes);
-        }
-    }
-
-    /// Waits for messages; see [`poll_drain`](Self::poll_drain). Cancel-safe:
-    /// nothing is taken from the queue unless the future completes.
-    pub async fn drain(&self, out: &mut Vec<Arc<Message>>, max: usize) -> Result<(), QueueClosed> {
-        std::future::poll_fn(|cx| self.poll_drain(cx, out, max)).await
-    }
-
-    /// How many messages the overflow took from this subscriber. Whoever
-    /// gives up on the subscriber counts them as dropped; a reader that
-    /// catches up from history has lost nothing.
-    pub fn overflow_dropped(&self) -> usize {
-        self.state.lock().dropped
-    }
-
-    /// Completes once the queue has overflowed or was closed for its
-    /// output limit, with which. Lets a writer blocked on a client that
-    /// reads nothing give up at once instead of at its timeout.
-    pub async fn overflowed(&self) -> QueueClosed {
-        std::future::poll_fn(|cx| {
-            let mut state = self.state.lock();
-            if let Some(reason @ (QueueClosed::Overflow | QueueClosed::OutputLimit)) = state.closed
-            {
-                return Poll::Ready(reason);
+        // An error (peer gone) is the connection task's to find and report.
+        let n = sink.try_write_vectored(&slices[..chunk.len()]).unwrap_or(0);
+        let mut left = n;
+        let mut sent = 0;
+        for msg in chunk {
+            let len = sink.encoded(msg).len();
+            if left < len {
+                break;
             }
-            state.waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Takes whatever is queued without waiting.
-    pub fn try_drain(&self, out: &mut Vec<Arc<Message>>, max: usize) -> Result<(), QueueClosed> {
-        let mut state = self.state.lock();
-        if state.items.is_empty() {
-            if let Some(reason) = state.closed {
-                return Err(reason);
-            }
+            left -= len;
+            sent += 1;
         }
-        self.move_out(&mut state, out, max);
-        Ok(())
+        if left > 0 {
+            state.report.remainder = Some(sink.encoded(&chunk[sent]).slice(left..));
+            sent += 1;
+        }
+        if sent > 0 {
+            state.report.written[cursor].2 = chunk[sent - 1].id;
+            tally.record(transport, &chunk[..sent]);
+        }
+        out += sent;
+        if n < total {
+            keep_direct = false;
+            break;
+        }
     }
+    if keep_direct {
+        state.direct = Some(sink);
+    }
+    out
 }
 
 #[cfg(test)]
