@@ -750,6 +750,7 @@ mod tests {
             allow_client_publish: false,
             auth: Default::default(),
             conflate_interval: None,
+            compress: true,
         }];
         let hub = hub_with(100, rules);
         let ch = name("price.eur");

@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod cursor;
+pub mod deflate;
 pub mod epoch;
 pub mod error;
 pub mod json_check;

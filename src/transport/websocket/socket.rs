@@ -19,8 +19,9 @@ use tokio::net::TcpStream;
 
 use crate::bus::DirectSink;
 
+use super::deflate::{frame_for, record_compressed, Deflate};
+use crate::gateway::Gateway;
 use crate::metrics::record_delivery;
-use crate::metrics::Metrics;
 use crate::net::meter::ConnMeter;
 use crate::protocol::Message;
 use crate::protocol::Transport;
@@ -32,15 +33,24 @@ const READ_CHUNK: usize = 4096;
 pub struct WsSocket {
     stream: TcpStream,
     meter: Arc<ConnMeter>,
-    metrics: Arc<Metrics>,
+    gw: Arc<Gateway>,
+    /// permessage-deflate, if negotiated: publishers write the shared
+    /// compressed frames.
+    deflate: Option<Deflate>,
 }
 
 impl WsSocket {
-    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>, metrics: Arc<Metrics>) -> WsSocket {
+    pub fn new(
+        stream: TcpStream,
+        meter: Arc<ConnMeter>,
+        gw: Arc<Gateway>,
+        deflate: Option<Deflate>,
+    ) -> WsSocket {
         WsSocket {
             stream,
             meter,
-            metrics,
+            gw,
+            deflate,
         }
     }
 
@@ -100,7 +110,7 @@ impl WsSocket {
 
 impl DirectSink for WsSocket {
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
-        msg.ws_frame()
+        frame_for(&self.gw, self.deflate, msg)
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -131,7 +141,8 @@ impl DirectSink for WsSocket {
     }
 
     fn delivered(&self, msgs: &[Arc<Message>]) {
-        record_delivery(&self.metrics, Transport::WebSocket, msgs);
+        record_delivery(&self.gw.metrics, Transport::WebSocket, msgs);
+        record_compressed(&self.gw, self.deflate, msgs);
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
+use super::super::deflate::{frame_for, record_compressed};
 use super::subscriptions::Subscriptions;
 use super::vectored::write_all_vectored;
 use super::{End, SendProgress, Session};
@@ -95,7 +96,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 Step::Next => {}
                 Step::Restarted => frames.push(truncated_notice(msg)),
             }
-            frames.push(msg.ws_frame().clone());
+            frames.push(frame_for(&self.gw, self.deflate, msg).clone());
             fresh.push(msg.clone());
         }
         let result = if frames.is_empty() {
@@ -104,6 +105,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let written = self.write_frames(&frames).await;
             if written.is_ok() {
                 record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
+                record_compressed(&self.gw, self.deflate, &fresh);
             }
             written
         };
