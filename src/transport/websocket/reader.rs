@@ -268,8 +268,7 @@ impl Decoder {
         loop {
             match scan_frame(&self.buf[complete..], self.max_message) {
                 Scan::Complete(len) => {
-                    rsv1.push(self.buf[complete] & RSV1 != 0);
-                    self.buf[complete] &= !RSV1;
+                    rsv1.push(take_rsv1(&mut self.buf[complete]));
                     complete += len;
                     frames += 1;
                 }
@@ -290,13 +289,18 @@ impl Decoder {
             ws.set_auto_pong(false);
             // fastwebsockets refuses a frame whose length is >= this.
             ws.set_max_message_size(self.max_message.saturating_add(1));
-            for rsv1 in rsv1 {
+            for (rsv1, deflated_text) in rsv1 {
                 // Never waits: the whole frame is in the cursor.
                 let frame = ws
                     .read_frame(&mut |_| async { Ok::<(), std::convert::Infallible>(()) })
                     .await;
                 let event = |f: fastwebsockets::Frame<'_>| {
-                    frame_event(&mut self.assembler, f.opcode, f.fin, rsv1, &f.payload)
+                    let opcode = if deflated_text {
+                        OpCode::Text
+                    } else {
+                        f.opcode
+                    };
+                    frame_event(&mut self.assembler, opcode, f.fin, rsv1, &f.payload)
                 };
                 match frame.map(event) {
                     Ok(Ok(Some(event))) => {
@@ -340,6 +344,20 @@ impl Decoder {
         }
         self.ended
     }
+}
+
+/// Clears RSV1 in a frame's first byte; returns whether it was set, and
+/// whether the frame was a compressed text frame, which is then marked
+/// binary: fastwebsockets would check a whole text frame's (deflated)
+/// payload for UTF-8. Its text is checked once inflated.
+fn take_rsv1(first: &mut u8) -> (bool, bool) {
+    let rsv1 = *first & RSV1 != 0;
+    let text = *first & 0x0f == 0x1;
+    *first &= !RSV1;
+    if rsv1 && text {
+        *first = (*first & 0xf0) | 0x2;
+    }
+    (rsv1, rsv1 && text)
 }
 
 /// One frame's event (None: a fragment of a message still arriving).
