@@ -156,7 +156,7 @@ async fn the_handshake_answers_offers_and_declines_bad_ones() {
         answer_to(
             &gw,
             &[
-                "permessage-deflate; server_max_window_bits=8",
+                "permessage-deflate; server_max_window_bits=7",
                 "permessage-deflate; client_no_context_takeover"
             ]
         )

@@ -18,7 +18,10 @@ const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const LEVEL: u32 = 6;
 
 /// Smallest and largest LZ77 window (as a power of two) zlib can deflate
-/// with; a client asking for 8 is declined (zlib would silently use 9).
+/// with. A client may ask for 8 (RFC 7692 allows 8 … 15), which zlib
+/// can't produce: such a client gets compressed only messages of at most
+/// 256 bytes (no back-reference can reach further than that), the rest
+/// uncompressed, which the RFC allows at any time.
 pub const MIN_WINDOW_BITS: u8 = 9;
 pub const MAX_WINDOW_BITS: u8 = 15;
 
@@ -49,8 +52,19 @@ pub fn deflate_message(payload: &[u8], window_bits: u8) -> Vec<u8> {
 /// A complete, final, unmasked text frame with RSV1 set around `payload`
 /// deflated on its own.
 pub fn encode_text_deflated(payload: &[u8], window_bits: u8) -> Bytes {
+    encode_deflated(super::ws_frame::OP_TEXT, payload, window_bits)
+}
+
+/// A complete, final, unmasked data frame for a peer that accepts a
+/// `2^window_bits` window: RSV1 set around `payload` deflated on its own,
+/// or the plain frame when that window can't be honoured (8 bits, for
+/// more than 256 bytes).
+pub fn encode_deflated(opcode: u8, payload: &[u8], window_bits: u8) -> Bytes {
+    if window_bits < MIN_WINDOW_BITS && payload.len() > 1 << window_bits {
+        return super::ws_frame::encode(opcode, payload);
+    }
     let deflated = deflate_message(payload, window_bits);
-    super::ws_frame::encode_first(0x80 | RSV1 | super::ws_frame::OP_TEXT, &deflated)
+    super::ws_frame::encode_first(0x80 | RSV1 | opcode, &deflated)
 }
 
 /// Why a compressed client message was refused.

@@ -178,9 +178,13 @@ impl Message {
         });
         // Back-references never reach further than the message is long, so
         // the 15-bit frame also fits any window at least that large.
-        let bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
+        let bits = window_bits.min(MAX_WINDOW_BITS);
         if full[0] & RSV1 == 0 || bits == MAX_WINDOW_BITS || self.envelope.len() <= 1 << bits {
             return full;
+        }
+        if bits < MIN_WINDOW_BITS {
+            // A window zlib can't produce: uncompressed (see deflate.rs).
+            return self.ws_frame();
         }
         let table = self.ws_deflated_small.get_or_init(Default::default);
         table[(bits - MIN_WINDOW_BITS) as usize]
@@ -261,6 +265,33 @@ mod tests {
             &msg.sse_event()[..],
             &b"id: 42-e9\ndata: {\"channel\":\"news\",\"id\":42,\"data\":{\"a\":1}}\n\n"[..]
         );
+    }
+
+    #[test]
+    fn deflated_frames_are_made_once_and_fall_back_to_plain() {
+        let ch = ChannelName::new("board").unwrap();
+        let data = format!("[{}]", vec!["{\"team\":\"x\",\"score\":1}"; 100].join(","));
+        let msg = Message::new(ch.clone(), Epoch::NONE, 1, data.as_bytes(), Instant::now());
+        let mut asked = 0;
+        let a = msg.ws_frame_deflated(15, |_| {
+            asked += 1;
+            true
+        });
+        assert_eq!(a[0], 0xC1);
+        assert!(a.len() < msg.ws_frame().len() / 5);
+        // Cached: the same buffer, the policy asked once.
+        let b = msg.ws_frame_deflated(15, |_| unreachable!());
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(asked, 1);
+        // A smaller window than the message: its own (cached) variant.
+        let w9 = msg.ws_frame_deflated(9, |_| unreachable!());
+        assert_eq!(w9[0], 0xC1);
+        assert_eq!(w9.as_ptr(), msg.ws_frame_deflated(9, |_| true).as_ptr());
+        // 8 bits can't be produced for a message this long: plain.
+        assert_eq!(msg.ws_frame_deflated(8, |_| true), msg.ws_frame());
+        // The policy said no: plain for everyone.
+        let no = Message::new(ch, Epoch::NONE, 2, data.as_bytes(), Instant::now());
+        assert_eq!(no.ws_frame_deflated(15, |_| false), no.ws_frame());
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! The gateway compresses each message once and shares the frame, so it
 //! always answers `server_no_context_takeover` (a server may add it on its
 //! own, §7.1.1.1). An offer it can't honour (unknown or repeated
-//! parameter, bad value, `server_max_window_bits=8`, which zlib can't
-//! produce) is declined and the next one tried; a header that doesn't
+//! parameter, bad value) is declined and the next one tried; a header that doesn't
 //! parse at all just means no compression: the upgrade never fails over
 //! an extension.
 
@@ -19,7 +18,7 @@ use crate::gateway::Gateway;
 use crate::protocol::deflate::RSV1;
 use crate::protocol::{Message, Transport};
 
-use crate::protocol::deflate::{InflateError, Inflater, MAX_WINDOW_BITS, MIN_WINDOW_BITS};
+use crate::protocol::deflate::{InflateError, Inflater, MAX_WINDOW_BITS};
 
 /// What a connection agreed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +99,7 @@ fn accept(offer: &str) -> Option<(Deflate, HeaderValue)> {
             ("server_no_context_takeover", None) => {}
             ("client_no_context_takeover", None) => deflate.client_no_context_takeover = true,
             ("server_max_window_bits", Some(v)) => {
-                let bits = window_bits(&v)?;
-                if bits < MIN_WINDOW_BITS {
-                    return None;
-                }
-                deflate.server_window_bits = bits;
+                deflate.server_window_bits = window_bits(&v)?;
                 server_bits_offered = true;
             }
             // The client may use a smaller window than ours; we inflate
@@ -300,7 +295,7 @@ mod tests {
     fn bad_offers_are_declined_and_the_next_one_tried() {
         for bad in [
             "permessage-deflate; server_max_window_bits",
-            "permessage-deflate; server_max_window_bits=8",
+            "permessage-deflate; server_max_window_bits=7",
             "permessage-deflate; server_max_window_bits=16",
             "permessage-deflate; server_max_window_bits=010",
             "permessage-deflate; client_max_window_bits=7",
@@ -317,7 +312,7 @@ mod tests {
         }
         // Several offers in one header, first acceptable wins.
         let (d, _) = offer(&[
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=9, permessage-deflate",
+            "permessage-deflate; server_max_window_bits=x, permessage-deflate; server_max_window_bits=9, permessage-deflate",
         ])
         .unwrap();
         assert_eq!(d.server_window_bits, 9);

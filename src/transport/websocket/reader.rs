@@ -572,4 +572,57 @@ mod tests {
         long.extend(std::iter::repeat_n(b'a', 124));
         assert!(matches!(check_close(&long), Inbound::Violation(1002, _)));
     }
+
+    async fn deflate_events(bytes: Vec<u8>, negotiated: bool) -> Vec<Inbound> {
+        let inflate = negotiated.then(|| {
+            ClientInflate::new(super::super::deflate::Deflate {
+                server_window_bits: 15,
+                client_no_context_takeover: true,
+            })
+        });
+        let mut decoder = Decoder::new(1000, bytes, inflate);
+        let mut out = Vec::new();
+        decoder.decode(&mut out).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_frames_inflate_only_when_negotiated() {
+        let text = r#"{"type":"subscribe","channel":"abc"}"#;
+        let deflated = crate::protocol::deflate::deflate_message(text.as_bytes(), 15);
+        // Whole, and in two fragments (RSV1 on the first only).
+        let mut bytes = client_frame(0xC1, &deflated);
+        let (a, b) = deflated.split_at(5);
+        bytes.extend(client_frame(0x41, a));
+        bytes.extend(client_frame(0x80, b));
+        let got = deflate_events(bytes.clone(), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Text(x), Inbound::Text(y)] if x == text && y == text),
+            "{got:?}"
+        );
+        let got = deflate_events(bytes, false).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+            "{got:?}"
+        );
+        // RSV1 on a ping, or inflating to invalid UTF-8.
+        let got = deflate_events(client_frame(0xC9, b""), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+            "{got:?}"
+        );
+        let bad = crate::protocol::deflate::deflate_message(&[0xff, 0xfe], 15);
+        let got = deflate_events(client_frame(0xC1, &bad), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1007, _)]),
+            "{got:?}"
+        );
+        // Past the 1,000-byte limit once inflated.
+        let big = crate::protocol::deflate::deflate_message(&[b' '; 5000], 15);
+        let got = deflate_events(client_frame(0xC2, &big), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1009, _)]),
+            "{got:?}"
+        );
+    }
 }

@@ -63,6 +63,18 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         }
     }
 
+    /// The conformance echo: compressed (on its own) when the client
+    /// negotiated permessage-deflate.
+    pub(super) async fn echo(&mut self, opcode: u8, data: &[u8]) -> Result<(), End> {
+        let frame = match self.deflate {
+            Some(d) => {
+                crate::protocol::deflate::encode_deflated(opcode, data, d.server_window_bits)
+            }
+            None => frame::encode(opcode, data),
+        };
+        self.write_frames(&[frame]).await
+    }
+
     pub(super) async fn send_text(&mut self, json: &[u8]) -> Result<(), End> {
         self.write_frames(&[frame::encode_text(json)]).await
     }
