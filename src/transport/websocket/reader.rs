@@ -251,6 +251,25 @@ impl Decoder {
         &mut self.buf
     }
 
+    /// How many bytes of whole frames are here, each frame's RSV1 bits
+    /// (see [`take_rsv1`]; cleared before fastwebsockets, which refuses any
+    /// RSV bit, sees the frame), and whether the next frame is already
+    /// refused by its header.
+    fn scan(&mut self) -> (usize, Vec<(bool, bool)>, Option<Inbound>) {
+        let mut complete = 0;
+        let mut rsv1 = Vec::new();
+        loop {
+            match scan_frame(&self.buf[complete..], self.max_message) {
+                Scan::Complete(len) => {
+                    rsv1.push(take_rsv1(&mut self.buf[complete]));
+                    complete += len;
+                }
+                Scan::Partial => return (complete, rsv1, None),
+                Scan::Refused(violation) => return (complete, rsv1, Some(violation)),
+            }
+        }
+    }
+
     /// Decodes every complete frame read so far into `out`. After a close
     /// frame or a protocol violation (both end up in `out`) it stops for
     /// good and returns true.
@@ -259,27 +278,8 @@ impl Decoder {
             self.buf = Vec::new();
             return true;
         }
-        // How many whole frames are here, and whether the next one is
-        // already refused by its header.
-        let (mut complete, mut frames, mut refused) = (0, 0, None);
-        // Each frame's RSV1 bit, cleared before fastwebsockets (which
-        // refuses any RSV bit) sees the frame.
-        let mut rsv1 = Vec::new();
-        loop {
-            match scan_frame(&self.buf[complete..], self.max_message) {
-                Scan::Complete(len) => {
-                    rsv1.push(take_rsv1(&mut self.buf[complete]));
-                    complete += len;
-                    frames += 1;
-                }
-                Scan::Partial => break,
-                Scan::Refused(violation) => {
-                    refused = Some(violation);
-                    break;
-                }
-            }
-        }
-        if frames > 0 {
+        let (complete, rsv1, refused) = self.scan();
+        if !rsv1.is_empty() {
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
