@@ -348,3 +348,53 @@ async fn rsv1_without_negotiation_is_a_protocol_error() {
     ws.conn.write_all(&client_frame(0xC0, b"x")).await.unwrap();
     assert_eq!(ws.expect_close(T5).await, Some(1002));
 }
+
+/// A Python 3 that has the `websockets` library (scripts/setup.sh installs
+/// Debian's python3-websockets; a pyenv `python3` may shadow it).
+fn python_with_websockets() -> String {
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import websockets"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return python.to_string();
+        }
+    }
+    panic!("no python3 with the websockets library: run scripts/setup.sh");
+}
+
+#[tokio::test]
+async fn python_websockets_interoperates_with_compression() {
+    let gw = Gateway::start_with_config(
+        "[[channels]]\npattern = \"py.*\"\nallow_client_publish = true\n",
+        &[],
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ws_deflate_interop.py");
+    let run = tokio::process::Command::new(python_with_websockets())
+        .arg(script)
+        .arg(gw.ws_url("/rt/ws/py.board"))
+        .arg(gw.admin_url(""))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("interop script timed out")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("interop: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The gateway compressed what it sent the Python client.
+    let after = gw
+        .metric(
+            "pollbridge_compression_bytes_total",
+            &[("transport", "websocket"), ("stage", "after")],
+        )
+        .await
+        .unwrap();
+    assert!(after > 0.0);
+}
