@@ -73,6 +73,9 @@ pub struct WorkerArgs {
     /// gateway fans out (`fanout-span`).
     #[arg(long)]
     pub hold_reads: bool,
+    /// WebSocket: offer permessage-deflate and inflate compressed frames.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// Largest frame or response accepted.
@@ -119,6 +122,9 @@ struct Shared {
     go: watch::Receiver<bool>,
     /// Requests not yet claimed by an http connection.
     unclaimed: Cell<u64>,
+    /// One inflater for the worker's compressed frames (no context
+    /// takeover from the gateway: reset after each message).
+    inflater: RefCell<flate2::Decompress>,
 }
 
 impl Shared {
@@ -280,6 +286,7 @@ async fn run(args: WorkerArgs, mut commands: mpsc::UnboundedReceiver<String>) ->
         attempts_over: Notify::new(),
         all_done: Notify::new(),
         go,
+        inflater: RefCell::new(flate2::Decompress::new(false)),
         unclaimed: Cell::new(if args.kind == Kind::Http {
             args.expect
         } else {
@@ -439,8 +446,14 @@ async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head
     let request = match args.kind {
         Kind::Ws => format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            args.path, addr
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            args.path,
+            addr,
+            if args.deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            }
         ),
         Kind::Sse => format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
@@ -526,9 +539,17 @@ async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) 
         let mut pos = 0;
         pong.clear();
         loop {
+            // RSV1: a permessage-deflate message (only if negotiated).
+            let deflated = buf.len() > pos && buf[pos] & 0x40 != 0;
             match wire::next_frame(&buf[pos..], MAX_MESSAGE) {
                 Ok(Some((frame, used))) => {
                     match frame {
+                        Frame::Text(env) if deflated => {
+                            let env = wire::inflate(env, &mut shared.inflater.borrow_mut())?;
+                            if let Some(stamp) = wire::envelope_stamp(&env) {
+                                shared.on_stamp(i, &mut last_id, stamp, now);
+                            }
+                        }
                         Frame::Text(env) => {
                             if let Some(stamp) = wire::envelope_stamp(env) {
                                 shared.on_stamp(i, &mut last_id, stamp, now);

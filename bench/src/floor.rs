@@ -58,6 +58,9 @@ pub struct FloorArgs {
     pub channel: String,
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// The ~2 KB state value instead of padding (`wire::data`).
+    #[arg(long)]
+    pub state_payload: bool,
     /// Messages per write (the burst floor uses 10).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -455,7 +458,12 @@ async fn publish(floor: &Floor, m: u64, rate: f64) {
                 c.published
             };
             data.clear();
-            wire::payload(t, floor.args.payload_bytes, &mut data);
+            wire::data(
+                t,
+                floor.args.payload_bytes,
+                floor.args.state_payload,
+                &mut data,
+            );
             env.clear();
             wire::envelope(&floor.args.channel, id, &data, &mut env);
             match floor.args.mode {

@@ -135,6 +135,14 @@ pub struct Opts {
     /// Size of each message's data, bytes.
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// Each message's data is a realistic ~2 KB JSON state value (a league
+    /// table snapshot) instead of `--payload-bytes` of padding.
+    #[arg(long)]
+    pub state_payload: bool,
+    /// WebSocket clients offer permessage-deflate and inflate what comes
+    /// compressed (the gateway compresses once per message).
+    #[arg(long)]
+    pub ws_deflate: bool,
 
     /// Client worker processes (default: one per --conns-per-worker).
     #[arg(long)]

@@ -383,7 +383,8 @@ fn publish(opts: &Opts, servers: &mut Servers, channel: &str, m: u64, batch: usi
         return Ok(());
     }
     let admin = target.admin().ok_or("no admin address")?;
-    publish_gateway(admin, channel, m, opts.rate, batch, opts.payload_bytes)
+    let shape = (opts.payload_bytes, opts.state_payload);
+    publish_gateway(admin, channel, m, opts.rate, batch, shape)
 }
 
 fn publish_gateway(
@@ -392,7 +393,7 @@ fn publish_gateway(
     m: u64,
     rate: f64,
     batch: usize,
-    payload_bytes: usize,
+    (payload_bytes, state): (usize, bool),
 ) -> Result<()> {
     let batch = batch.max(1) as u64;
     let every = Duration::from_secs_f64(batch as f64 / rate.max(0.001));
@@ -408,7 +409,7 @@ fn publish_gateway(
         body.clear();
         let t = now_us();
         let path = if batch == 1 {
-            wire::payload(t, payload_bytes, &mut body);
+            wire::data(t, payload_bytes, state, &mut body);
             single.as_str()
         } else {
             body.push(b'[');
@@ -419,7 +420,7 @@ fn publish_gateway(
                 body.extend_from_slice(b"{\"channel\":\"");
                 body.extend_from_slice(channel.as_bytes());
                 body.extend_from_slice(b"\",\"data\":");
-                wire::payload(t, payload_bytes, &mut body);
+                wire::data(t, payload_bytes, state, &mut body);
                 body.push(b'}');
             }
             body.push(b']');

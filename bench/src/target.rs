@@ -228,6 +228,9 @@ impl Target {
             "--deadline-secs".into(),
             opts.phase_deadline().as_secs().to_string(),
         ];
+        if opts.state_payload {
+            args.push("--state-payload".into());
+        }
         if let Some(upstream) = upstream {
             args.extend(["--upstream".into(), upstream.to_string()]);
         }
@@ -670,6 +673,9 @@ impl Clients {
                 "--poll-timeout".into(),
                 opts.poll_timeout.to_string(),
             ];
+            if opts.ws_deflate && kind == Kind::Ws {
+                args.push("--deflate".into());
+            }
             if addrs.iter().all(|a| a.ip().is_loopback()) && !sources.is_empty() {
                 args.extend(["--src".into(), sources.join(",")]);
             }

@@ -95,6 +95,65 @@ pub fn payload(t_us: u64, size: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\"}");
 }
 
+/// A message's `data`: `payload` padding, or with `state` a ~2 KB league
+/// table snapshot that changes a little with every message (what a state
+/// channel carries), its publish time first.
+pub fn data(t_us: u64, size: usize, state: bool, out: &mut Vec<u8>) {
+    if !state {
+        return payload(t_us, size, out);
+    }
+    out.extend_from_slice(b"{\"t\":");
+    push_u64(out, t_us);
+    out.extend_from_slice(b",\"league\":\"premier\",\"table\":[");
+    let round = (t_us / 1000) % 38;
+    for i in 0..20u64 {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"pos\":");
+        push_u64(out, i + 1);
+        out.extend_from_slice(b",\"team\":\"");
+        out.extend_from_slice(TEAMS[i as usize].as_bytes());
+        out.extend_from_slice(b"\",\"played\":");
+        push_u64(out, round);
+        out.extend_from_slice(b",\"won\":");
+        push_u64(out, (i * 7 + round) % 19);
+        out.extend_from_slice(b",\"drawn\":");
+        push_u64(out, (i * 3 + round) % 7);
+        out.extend_from_slice(b",\"lost\":");
+        push_u64(out, (i * 5 + round) % 13);
+        out.extend_from_slice(b",\"goals\":");
+        push_u64(out, (i * 11 + t_us) % 71);
+        out.extend_from_slice(b",\"points\":");
+        push_u64(out, 90 - i * 4 - round % 3);
+        out.extend_from_slice(b",\"form\":\"WDLWW\"}");
+    }
+    out.extend_from_slice(b"]}");
+}
+
+const TEAMS: [&str; 20] = [
+    "Arsenal",
+    "Aston Villa",
+    "Bournemouth",
+    "Brentford",
+    "Brighton",
+    "Burnley",
+    "Chelsea",
+    "Crystal Palace",
+    "Everton",
+    "Fulham",
+    "Leeds United",
+    "Liverpool",
+    "Manchester City",
+    "Manchester United",
+    "Newcastle United",
+    "Nottingham Forest",
+    "Sunderland",
+    "Tottenham",
+    "West Ham",
+    "Wolverhampton",
+];
+
 /// `{"channel":"c","id":N,"data":<payload>}`, as the gateway encodes it.
 pub fn envelope(channel: &str, id: u64, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"channel\":\"");
@@ -216,6 +275,29 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(Frame<'_>, usize)>, 
         op => return Err(FrameError::BadOpcode(op)),
     };
     Ok(Some((frame, total)))
+}
+
+/// A permessage-deflate message's payload inflated (the gateway deflates
+/// each message on its own, so `d` is reset afterwards).
+pub fn inflate(deflated: &[u8], d: &mut flate2::Decompress) -> std::io::Result<Vec<u8>> {
+    let mut input = Vec::with_capacity(deflated.len() + 4);
+    input.extend_from_slice(deflated);
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(deflated.len() * 8 + 64);
+    loop {
+        let used = d.total_in() as usize;
+        d.decompress_vec(&input[used..], &mut out, flate2::FlushDecompress::Sync)
+            .map_err(std::io::Error::other)?;
+        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+            break;
+        }
+        if out.len() > 16 << 20 {
+            return Err(std::io::Error::other("inflated message over 16 MiB"));
+        }
+        out.reserve(out.capacity());
+    }
+    d.reset(false);
+    Ok(out)
 }
 
 /// An unmasked, final server frame (what the floor sends).

@@ -18,6 +18,10 @@
 //              and resumes with no gap and no duplicate
 //   fallback   WebSocket upgrades refused: transport 'auto' falls back to
 //              long-poll (fallback= on its poll URLs) and still gets everything
+//   deflate    Chromium negotiates permessage-deflate with the gateway (the
+//              101's Sec-WebSocket-Extensions as CDP saw it) and the client
+//              library receives 2 KB scoreboards intact while the gateway
+//              counts them compressed (pollbridge_compression_bytes_total)
 //   tabs       the toy backend's legacy page, bridged with hold, in 4 tabs of
 //              one browser for each legacy style (setInterval + fetch, jQuery
 //              $.ajax cache:false, plain XMLHttpRequest, XMLHttpRequest sending
@@ -371,6 +375,50 @@ const PAGE_INTERVAL_MS = 1000;
 const BRIDGE_INTERVAL_MS = 200;
 const TABS = 4;
 
+/** The sum of a metric's samples whose labels include every `labels` pair. */
+async function metricSum(admin, name, labels) {
+  const text = await (await fetch(`http://${admin}/metrics`)).text();
+  return text.split('\n')
+    .filter((l) => l.startsWith(name + '{') && labels.every((p) => l.includes(p)))
+    .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+}
+
+const scoreboard = (round) => ({round, table: range(1, 24).map((i) => ({team: `Team ${i}`, points: (i * 13 + round) % 97, form: 'WWLDW'}))});
+
+async function scenarioDeflate(context) {
+  const channel = `e2e-deflate-${RUN}`;
+  const page = await context.newPage();
+  ctx.current = page;
+  const w = watch(page);
+  // The handshake answer as the browser's network stack saw it.
+  const cdp = await context.newCDPSession(page);
+  const answers = [];
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => answers.push(e.response));
+  await cdp.send('Network.enable');
+  const res = await page.goto(`http://${GW.public}/rt/demo?transport=websocket&channel=${channel}`);
+  assert.equal(res.status(), 200, 'GET /rt/demo');
+  await until(page, 'both panels ready', () => window.__demo && window.__demo.ready);
+  assert.equal(answers.length, 1, 'one WebSocket handshake');
+  const headers = Object.fromEntries(Object.entries(answers[0].headers).map(([k, v]) => [k.toLowerCase(), v]));
+  const ext = headers['sec-websocket-extensions'] || '';
+  assert.match(ext, /^permessage-deflate; server_no_context_takeover/, `Sec-WebSocket-Extensions: ${ext}`);
+
+  const labels = ['transport="websocket"', 'stage="after"'];
+  const before = await metricSum(GW.admin, 'pollbridge_compression_bytes_total', labels);
+  const N = 5;
+  for (let i = 1; i <= N; i += 1) await publish(GW.admin, channel, scoreboard(i));
+  await waitPanels(page, N, `both panels to have ${N} scoreboards`);
+  const {ws} = await page.evaluate(() => window.__demo);
+  assert.deepEqual(ws.map((e) => e.data), range(1, N).map(scoreboard), 'client library got the scoreboards intact');
+  const compressed = await metricSum(GW.admin, 'pollbridge_compression_bytes_total', labels) - before;
+  const plain = JSON.stringify({channel, id: 1, data: scoreboard(1)}).length;
+  assert.ok(compressed > 0 && compressed < N * plain / 2,
+    `compressed bytes sent: ${compressed} for ${N} messages of ~${plain} bytes`);
+  await hygiene(page, w);
+  await page.close();
+  return `negotiated "${ext}"; ${N} scoreboards of ~${plain} B went out as ${compressed} B compressed`;
+}
+
 async function setScores(scores) {
   const res = await fetch(`http://${BRIDGE.toy}/api/scores`, {method: 'POST', body: JSON.stringify(scores)});
   assert.equal(res.status, 200, `POST /api/scores to the toy backend: ${res.status}`);
@@ -472,7 +520,7 @@ async function main() {
     });
     const scenarios = [
       ['order', scenarioOrder], ['screenshot', scenarioScreenshot], ['resume', scenarioResume], ['fallback', scenarioFallback],
-      ['tabs', scenarioTabs],
+      ['deflate', scenarioDeflate], ['tabs', scenarioTabs],
     ];
     for (const [name, fn] of scenarios) {
       const t0 = Date.now();

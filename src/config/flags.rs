@@ -74,6 +74,8 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("ws-ping-interval", "websocket.ping_interval", Kind::Text, "Ping a WebSocket client silent for this long [default: 30s]"),
     ("ws-idle-timeout", "websocket.idle_timeout", Kind::Text, "Drop a WebSocket client silent for this long [default: 75s]"),
     ("ws-write-timeout", "websocket.write_timeout", Kind::Text, "Drop a WebSocket client whose socket accepts nothing for this long [default: 30s]"),
+    ("ws-compression", "websocket.compression", Kind::Text, "permessage-deflate for WebSocket clients that offer it: off, or shared (each message compressed once for all) [default: shared]"),
+    ("ws-compression-min-bytes", "websocket.compression_min_bytes", Kind::Integer, "WebSocket messages shorter than this go uncompressed [default: 256]"),
     ("longpoll-timeout", "longpoll.default_timeout", Kind::Text, "Hold time of a long-poll without ?timeout= [default: 25s]"),
     ("longpoll-max-timeout", "longpoll.max_timeout", Kind::Text, "Upper bound on a long-poll's ?timeout= [default: 120s]"),
     ("longpoll-max-messages", "longpoll.max_messages", Kind::Integer, "Most messages in one long-poll answer [default: 1000]"),

@@ -60,7 +60,7 @@ pub use redis::{PubSubMode, RedisConfig};
 pub use rules::{glob_match, ChannelAuth, ChannelMode, ChannelRule, ChannelRules, ResolvedRule};
 pub use shutdown::ShutdownConfig;
 pub use tls::TlsConfig;
-pub use transports::{LongPollConfig, SseConfig, WebSocketConfig};
+pub use transports::{LongPollConfig, SseConfig, WebSocketConfig, WsCompression};
 pub use validate::ConfigProblem;
 
 /// The whole configuration. Every field has a default, so an empty file (or

@@ -47,6 +47,16 @@ pub struct ChannelRule {
     /// this interval — the newest value at each tick. Default: none.
     #[serde(default, with = "humantime_serde")]
     pub conflate_interval: Option<std::time::Duration>,
+    /// WebSocket clients that negotiated permessage-deflate get matching
+    /// channels' messages compressed (see `websocket.compression`); false
+    /// sends them uncompressed, e.g. for payloads that are already
+    /// compressed or encrypted. Default: true.
+    #[serde(default = "yes")]
+    pub compress: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The settings that apply to one channel.
@@ -57,6 +67,8 @@ pub struct ResolvedRule {
     pub auth: ChannelAuth,
     /// Only ever set on `state` channels.
     pub conflate_interval: Option<std::time::Duration>,
+    /// A rule turned WebSocket compression off (`compress = false`).
+    pub uncompressed: bool,
 }
 
 /// The rule list, ready to match names.
@@ -103,6 +115,7 @@ impl ChannelRules {
                 conflate_interval: rule
                     .conflate_interval
                     .filter(|i| rule.mode == ChannelMode::State && !i.is_zero()),
+                uncompressed: !rule.compress,
             },
             None => {
                 let bridged = self.state_by_default.iter().any(|base| {
@@ -186,6 +199,7 @@ mod tests {
                 allow_client_publish: true,
                 auth: ChannelAuth::Public,
                 conflate_interval: None,
+                compress: true,
             },
             ChannelRule {
                 pattern: "*".into(),
@@ -193,6 +207,7 @@ mod tests {
                 allow_client_publish: false,
                 auth: ChannelAuth::Public,
                 conflate_interval: None,
+                compress: true,
             },
         ]);
         assert!(rules.resolve("chat.lobby").allow_client_publish);

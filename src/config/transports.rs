@@ -23,6 +23,25 @@ pub struct WebSocketConfig {
     /// Default: 30s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// permessage-deflate (RFC 7692) for clients that offer it. Default:
+    /// `shared`.
+    pub compression: WsCompression,
+    /// Messages whose envelope is shorter than this go uncompressed (the
+    /// deflate header costs more than it saves). Default: 256.
+    pub compression_min_bytes: usize,
+}
+
+/// `websocket.compression`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WsCompression {
+    /// Never negotiate permessage-deflate.
+    Off,
+    /// Negotiate it with `server_no_context_takeover`: each message is
+    /// deflated once and the same frame goes to every client that
+    /// negotiated it (no compressor memory per connection).
+    #[default]
+    Shared,
 }
 
 impl Default for WebSocketConfig {
@@ -32,6 +51,8 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(30),
+            compression: WsCompression::Shared,
+            compression_min_bytes: 256,
         }
     }
 }

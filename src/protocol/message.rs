@@ -97,6 +97,10 @@ pub struct Message {
     /// `{"channel":"…","id":N,"data":…}`, encoded once.
     pub envelope: Bytes,
     ws_frame: OnceLock<Bytes>,
+    /// The frame for connections that negotiated permessage-deflate.
+    ws_deflated: OnceLock<Bytes>,
+    /// Its variants for smaller windows, made only if a client asks.
+    ws_deflated_small: OnceLock<Box<SmallWindowFrames>>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
     /// The compressed encodings, made on first demand (see [`compress`]).
@@ -144,6 +148,8 @@ impl Message {
             published_at,
             envelope: env.freeze(),
             ws_frame: OnceLock::new(),
+            ws_deflated: OnceLock::new(),
+            ws_deflated_small: OnceLock::new(),
             sse_event: OnceLock::new(),
             poll_answer: OnceLock::new(),
             compressed: Compressed::default(),
@@ -162,6 +168,45 @@ impl Message {
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
             .get_or_init(|| super::ws_frame::encode_text(&self.envelope))
+    }
+
+    /// The frame for a connection that negotiated permessage-deflate with
+    /// a `2^window_bits` window: the envelope deflated once (no context
+    /// takeover, RSV1 set) and shared by every such connection. The first
+    /// caller decides with `compress` whether this message is compressed
+    /// at all (size, channel rule); if not, or if deflating does not make
+    /// it smaller, this is the plain [`ws_frame`](Self::ws_frame).
+    pub fn ws_frame_deflated(
+        &self,
+        window_bits: u8,
+        compress: impl FnOnce(&Message) -> bool,
+    ) -> &Bytes {
+        use super::deflate::{encode_text_deflated, MAX_WINDOW_BITS, MIN_WINDOW_BITS, RSV1};
+        let full = self.ws_deflated.get_or_init(|| {
+            let plain = self.ws_frame();
+            if !compress(self) {
+                return plain.clone();
+            }
+            let deflated = encode_text_deflated(&self.envelope, MAX_WINDOW_BITS);
+            if deflated.len() < plain.len() {
+                deflated
+            } else {
+                plain.clone()
+            }
+        });
+        // Back-references never reach further than the message is long, so
+        // the 15-bit frame also fits any window at least that large.
+        let bits = window_bits.min(MAX_WINDOW_BITS);
+        if full[0] & RSV1 == 0 || bits == MAX_WINDOW_BITS || self.envelope.len() <= 1 << bits {
+            return full;
+        }
+        if bits < MIN_WINDOW_BITS {
+            // A window zlib can't produce: uncompressed (see deflate.rs).
+            return self.ws_frame();
+        }
+        let table = self.ws_deflated_small.get_or_init(Default::default);
+        table[(bits - MIN_WINDOW_BITS) as usize]
+            .get_or_init(|| encode_text_deflated(&self.envelope, bits))
     }
 
     /// The long-poll answer carrying this message alone:
@@ -208,6 +253,9 @@ impl Message {
     }
 }
 
+/// Deflated frames for windows of 2^9 … 2^14 bytes.
+type SmallWindowFrames = [OnceLock<Bytes>; 6];
+
 /// What precedes a message's envelope in its SSE event: `id: N-E\ndata: `
 /// (`id: N` while the channel has no epoch). One encoding for the cached
 /// event and the streamed replay.
@@ -252,6 +300,33 @@ mod tests {
             &msg.sse_event()[..],
             &b"id: 42-e9\ndata: {\"channel\":\"news\",\"id\":42,\"data\":{\"a\":1}}\n\n"[..]
         );
+    }
+
+    #[test]
+    fn deflated_frames_are_made_once_and_fall_back_to_plain() {
+        let ch = ChannelName::new("board").unwrap();
+        let data = format!("[{}]", vec!["{\"team\":\"x\",\"score\":1}"; 100].join(","));
+        let msg = Message::new(ch.clone(), Epoch::NONE, 1, data.as_bytes(), Instant::now());
+        let mut asked = 0;
+        let a = msg.ws_frame_deflated(15, |_| {
+            asked += 1;
+            true
+        });
+        assert_eq!(a[0], 0xC1);
+        assert!(a.len() < msg.ws_frame().len() / 5);
+        // Cached: the same buffer, the policy asked once.
+        let b = msg.ws_frame_deflated(15, |_| unreachable!());
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(asked, 1);
+        // A smaller window than the message: its own (cached) variant.
+        let w9 = msg.ws_frame_deflated(9, |_| unreachable!());
+        assert_eq!(w9[0], 0xC1);
+        assert_eq!(w9.as_ptr(), msg.ws_frame_deflated(9, |_| true).as_ptr());
+        // 8 bits can't be produced for a message this long: plain.
+        assert_eq!(msg.ws_frame_deflated(8, |_| true), msg.ws_frame());
+        // The policy said no: plain for everyone.
+        let no = Message::new(ch, Epoch::NONE, 2, data.as_bytes(), Instant::now());
+        assert_eq!(no.ws_frame_deflated(15, |_| false), no.ws_frame());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod compress;
 pub mod cursor;
+pub mod deflate;
 pub mod delta;
 pub mod epoch;
 pub mod error;

@@ -17,9 +17,14 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// One complete, final frame.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+    encode_first(0x80 | opcode, payload)
+}
+
+/// One frame whose first byte (FIN, RSV bits, opcode) is `first`.
+pub fn encode_first(first: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(0x80 | opcode);
+    out.put_u8(first);
     if len < 126 {
         out.put_u8(len as u8);
     } else if len <= u16::MAX as usize {

@@ -121,6 +121,7 @@ mod tests {
             allow_client_publish: false,
             auth: Default::default(),
             conflate_interval: Some(Duration::from_millis(100)),
+            compress: true,
         }]);
         let metrics = Metrics::new();
         let m = metrics.transport(Transport::WebSocket);

@@ -110,6 +110,7 @@ fn state_channel_keeps_latest_and_flags_conflation() {
         allow_client_publish: false,
         auth: Default::default(),
         conflate_interval: None,
+        compress: true,
     }];
     let hub = hub_with(100, rules);
     let ch = name("price.eur");

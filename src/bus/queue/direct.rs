@@ -15,6 +15,9 @@ pub trait DirectSink: Send + Sync {
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes;
     /// Writes what the socket takes now, without waiting.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// `msgs` were written whole (deliveries themselves are counted by
+    /// the writer's tally).
+    fn delivered(&self, _msgs: &[std::sync::Arc<Message>]) {}
 }
 
 /// What the connection must write before anything queued, and the last id

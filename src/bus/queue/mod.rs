@@ -342,6 +342,7 @@ fn write_direct(
         if sent > 0 {
             state.report.written[cursor].2 = chunk[sent - 1].id;
             tally.record(transport, &chunk[..sent]);
+            sink.delivered(&chunk[..sent]);
         }
         out += sent;
         if n < total {

@@ -10,6 +10,7 @@
 //! it directly while the session is idle.
 
 pub mod command;
+mod deflate;
 mod guard;
 mod reader;
 mod session;
@@ -26,6 +27,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::bus::{DirectSink, SubscriberQueue};
+use crate::config::WsCompression;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
 use crate::metrics::ConnectionGuard;
@@ -35,6 +37,7 @@ use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use crate::transport::params::WsParams;
+use deflate::Deflate;
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
 
@@ -232,6 +235,7 @@ fn session_for(
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
+    deflate: Option<Deflate>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
@@ -241,11 +245,11 @@ fn session_for(
             let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let socket = Arc::new(WsSocket::new(stream, meter));
+            let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
             let sink: Arc<dyn DirectSink> = socket.clone();
             let input = Input::Socket(socket.clone());
             let writer = SocketWriter(socket);
-            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead);
+            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead, deflate);
             Box::pin(session.run(start))
         }
         Err(upgraded) => {
@@ -253,7 +257,7 @@ fn session_for(
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(gw, input, write, None, queue, Vec::new());
+            let session = Session::new(gw, input, write, None, queue, Vec::new(), deflate);
             Box::pin(session.run(start))
         }
     }
@@ -274,6 +278,11 @@ fn upgrade(
         .expect("checked by check_handshake");
     let protocol_offered =
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+    let negotiated = match gw.config.websocket.compression {
+        WsCompression::Off => None,
+        WsCompression::Shared => deflate::negotiate(req.headers()),
+    };
+    let deflate = negotiated.as_ref().map(|(d, _)| *d);
     let on_upgrade = hyper::upgrade::on(&mut *req);
     // Put there by the router, so the handshake's bytes can be told apart.
     let meter = req.extensions_mut().remove::<Arc<ConnMeter>>();
@@ -293,7 +302,7 @@ fn upgrade(
         tracing::debug!("websocket open");
         // Boxed and built by a plain function: this task then holds only
         // the session, not every local of the upgrade as well.
-        session_for(session_gw, upgraded, queue, start).await;
+        session_for(session_gw, upgraded, queue, start, deflate).await;
     };
     gw.tasks.spawn(task);
 
@@ -311,6 +320,9 @@ fn upgrade(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(SUBPROTOCOL),
         );
+    }
+    if let Some((_, answer)) = negotiated {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     resp
 }

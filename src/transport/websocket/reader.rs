@@ -13,6 +13,8 @@
 
 use fastwebsockets::{OpCode, WebSocketError};
 
+use super::deflate::ClientInflate;
+use crate::protocol::deflate::{InflateError, RSV1};
 use crate::protocol::ws_frame::MAX_CONTROL_PAYLOAD;
 
 /// What the reader tells the session.
@@ -40,6 +42,10 @@ struct Assembler {
     opcode: Option<OpCode>,
     /// How far `buf` is known to be valid UTF-8, for text messages.
     checked: usize,
+    /// The message being assembled came with RSV1: `buf` is deflated.
+    compressed: bool,
+    /// permessage-deflate was negotiated: how client messages inflate.
+    inflate: Option<ClientInflate>,
 }
 
 impl Assembler {
@@ -49,16 +55,56 @@ impl Assembler {
             buf: Vec::new(),
             opcode: None,
             checked: 0,
+            compressed: false,
+            inflate: None,
         }
     }
 
-    /// Feeds one data frame; returns a complete message when `fin`.
-    fn push(
+    /// Feeds one data frame that may carry RSV1 (RFC 7692 §6: set on the
+    /// first frame of a compressed message only, and only when
+    /// permessage-deflate was negotiated).
+    fn push_frame(
         &mut self,
         opcode: OpCode,
         fin: bool,
+        rsv1: bool,
         payload: &[u8],
     ) -> Result<Option<Inbound>, Inbound> {
+        if rsv1 && (self.inflate.is_none() || opcode == OpCode::Continuation) {
+            return Err(Inbound::Violation(1002, "unexpected RSV1 bit"));
+        }
+        if opcode != OpCode::Continuation && self.opcode.is_none() {
+            self.compressed = rsv1;
+        }
+        if !self.compressed {
+            return self.push(opcode, fin, payload);
+        }
+        // Deflated: collected as is (bounded like any message), inflated
+        // and checked once whole.
+        self.push_raw(opcode, payload)?;
+        if !fin {
+            return Ok(None);
+        }
+        let compressed = std::mem::take(&mut self.buf);
+        let opcode = self.opcode.take();
+        self.compressed = false;
+        let inflate = self.inflate.as_mut().expect("checked above");
+        let data = inflate
+            .inflate(&compressed, self.max)
+            .map_err(|e| match e {
+                InflateError::TooBig => Inbound::Violation(1009, "message too big once inflated"),
+                InflateError::Corrupt => Inbound::Violation(1007, "invalid compressed data"),
+            })?;
+        if opcode == Some(OpCode::Binary) {
+            return Ok(Some(Inbound::Binary(data)));
+        }
+        String::from_utf8(data)
+            .map(|text| Some(Inbound::Text(text)))
+            .map_err(|_| Inbound::Violation(1007, "invalid UTF-8 in a text message"))
+    }
+
+    /// Sequence and size checks of one data frame, its payload appended.
+    fn push_raw(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Inbound> {
         match (opcode, self.opcode) {
             (OpCode::Continuation, None) => {
                 return Err(Inbound::Violation(
@@ -79,6 +125,17 @@ impl Assembler {
             return Err(Inbound::Violation(1009, "message too big"));
         }
         self.buf.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Feeds one data frame; returns a complete message when `fin`.
+    fn push(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: &[u8],
+    ) -> Result<Option<Inbound>, Inbound> {
+        self.push_raw(opcode, payload)?;
         let is_text = self.opcode == Some(OpCode::Text);
         if is_text {
             // Check as we go so invalid text fails fast; an incomplete
@@ -170,11 +227,14 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// `read_ahead`: bytes that arrived with the handshake.
-    pub fn new(max_message: usize, read_ahead: Vec<u8>) -> Decoder {
+    /// `read_ahead`: bytes that arrived with the handshake; `inflate`:
+    /// set when permessage-deflate was negotiated.
+    pub fn new(max_message: usize, read_ahead: Vec<u8>, inflate: Option<ClientInflate>) -> Decoder {
+        let mut assembler = Assembler::new(max_message);
+        assembler.inflate = inflate;
         Decoder {
             buf: read_ahead,
-            assembler: Assembler::new(max_message),
+            assembler,
             max_message,
             ended: false,
         }
@@ -191,6 +251,25 @@ impl Decoder {
         &mut self.buf
     }
 
+    /// How many bytes of whole frames are here, each frame's RSV1 bits
+    /// (see [`take_rsv1`]; cleared before fastwebsockets, which refuses any
+    /// RSV bit, sees the frame), and whether the next frame is already
+    /// refused by its header.
+    fn scan(&mut self) -> (usize, Vec<(bool, bool)>, Option<Inbound>) {
+        let mut complete = 0;
+        let mut rsv1 = Vec::new();
+        loop {
+            match scan_frame(&self.buf[complete..], self.max_message) {
+                Scan::Complete(len) => {
+                    rsv1.push(take_rsv1(&mut self.buf[complete]));
+                    complete += len;
+                }
+                Scan::Partial => return (complete, rsv1, None),
+                Scan::Refused(violation) => return (complete, rsv1, Some(violation)),
+            }
+        }
+    }
+
     /// Decodes every complete frame read so far into `out`. After a close
     /// frame or a protocol violation (both end up in `out`) it stops for
     /// good and returns true.
@@ -199,23 +278,8 @@ impl Decoder {
             self.buf = Vec::new();
             return true;
         }
-        // How many whole frames are here, and whether the next one is
-        // already refused by its header.
-        let (mut complete, mut frames, mut refused) = (0, 0, None);
-        loop {
-            match scan_frame(&self.buf[complete..], self.max_message) {
-                Scan::Complete(len) => {
-                    complete += len;
-                    frames += 1;
-                }
-                Scan::Partial => break,
-                Scan::Refused(violation) => {
-                    refused = Some(violation);
-                    break;
-                }
-            }
-        }
-        if frames > 0 {
+        let (complete, rsv1, refused) = self.scan();
+        if !rsv1.is_empty() {
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
@@ -225,12 +289,20 @@ impl Decoder {
             ws.set_auto_pong(false);
             // fastwebsockets refuses a frame whose length is >= this.
             ws.set_max_message_size(self.max_message.saturating_add(1));
-            for _ in 0..frames {
+            for (rsv1, deflated_text) in rsv1 {
                 // Never waits: the whole frame is in the cursor.
                 let frame = ws
                     .read_frame(&mut |_| async { Ok::<(), std::convert::Infallible>(()) })
                     .await;
-                match frame.map(|f| frame_event(&mut self.assembler, f.opcode, f.fin, &f.payload)) {
+                let event = |f: fastwebsockets::Frame<'_>| {
+                    let opcode = if deflated_text {
+                        OpCode::Text
+                    } else {
+                        f.opcode
+                    };
+                    frame_event(&mut self.assembler, opcode, f.fin, rsv1, &f.payload)
+                };
+                match frame.map(event) {
                     Ok(Ok(Some(event))) => {
                         let last = matches!(event, Inbound::Close(_) | Inbound::Violation(..));
                         out.push(event);
@@ -274,17 +346,33 @@ impl Decoder {
     }
 }
 
+/// Clears RSV1 in a frame's first byte; returns whether it was set, and
+/// whether the frame was a compressed text frame, which is then marked
+/// binary: fastwebsockets would check a whole text frame's (deflated)
+/// payload for UTF-8. Its text is checked once inflated.
+fn take_rsv1(first: &mut u8) -> (bool, bool) {
+    let rsv1 = *first & RSV1 != 0;
+    let text = *first & 0x0f == 0x1;
+    *first &= !RSV1;
+    if rsv1 && text {
+        *first = (*first & 0xf0) | 0x2;
+    }
+    (rsv1, rsv1 && text)
+}
+
 /// One frame's event (None: a fragment of a message still arriving).
 fn frame_event(
     assembler: &mut Assembler,
     opcode: OpCode,
     fin: bool,
+    rsv1: bool,
     payload: &[u8],
 ) -> Result<Option<Inbound>, Inbound> {
     Ok(Some(match opcode {
         OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-            return assembler.push(opcode, fin, payload)
+            return assembler.push_frame(opcode, fin, rsv1, payload)
         }
+        _ if rsv1 => return Err(Inbound::Violation(1002, "RSV1 on a control frame")),
         OpCode::Ping => Inbound::Ping(payload.to_vec()),
         // fastwebsockets refuses an over-long ping but lets an
         // over-long pong through; every control frame must fit 125
@@ -386,7 +474,7 @@ mod tests {
 
     /// Feeds `bytes` to a decoder in one go and collects the events.
     async fn events(bytes: Vec<u8>) -> Vec<Inbound> {
-        let mut decoder = Decoder::new(1000, bytes);
+        let mut decoder = Decoder::new(1000, bytes, None);
         let mut out = Vec::new();
         decoder.decode(&mut out).await;
         out
@@ -400,7 +488,7 @@ mod tests {
         bytes.extend(client_frame(0x89, b"ping"));
         bytes.extend(client_frame(0x80, &[b'x'; 300]));
         let whole = events(bytes.clone()).await;
-        let mut decoder = Decoder::new(1000, Vec::new());
+        let mut decoder = Decoder::new(1000, Vec::new(), None);
         let mut out = Vec::new();
         for b in &bytes {
             decoder.buffer().push(*b);
@@ -483,5 +571,58 @@ mod tests {
         let mut long = vec![3, 232];
         long.extend(std::iter::repeat_n(b'a', 124));
         assert!(matches!(check_close(&long), Inbound::Violation(1002, _)));
+    }
+
+    async fn deflate_events(bytes: Vec<u8>, negotiated: bool) -> Vec<Inbound> {
+        let inflate = negotiated.then(|| {
+            ClientInflate::new(super::super::deflate::Deflate {
+                server_window_bits: 15,
+                client_no_context_takeover: true,
+            })
+        });
+        let mut decoder = Decoder::new(1000, bytes, inflate);
+        let mut out = Vec::new();
+        decoder.decode(&mut out).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_frames_inflate_only_when_negotiated() {
+        let text = r#"{"type":"subscribe","channel":"abc"}"#;
+        let deflated = crate::protocol::deflate::deflate_message(text.as_bytes(), 15);
+        // Whole, and in two fragments (RSV1 on the first only).
+        let mut bytes = client_frame(0xC1, &deflated);
+        let (a, b) = deflated.split_at(5);
+        bytes.extend(client_frame(0x41, a));
+        bytes.extend(client_frame(0x80, b));
+        let got = deflate_events(bytes.clone(), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Text(x), Inbound::Text(y)] if x == text && y == text),
+            "{got:?}"
+        );
+        let got = deflate_events(bytes, false).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+            "{got:?}"
+        );
+        // RSV1 on a ping, or inflating to invalid UTF-8.
+        let got = deflate_events(client_frame(0xC9, b""), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1002, _)]),
+            "{got:?}"
+        );
+        let bad = crate::protocol::deflate::deflate_message(&[0xff, 0xfe], 15);
+        let got = deflate_events(client_frame(0xC1, &bad), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1007, _)]),
+            "{got:?}"
+        );
+        // Past the 1,000-byte limit once inflated.
+        let big = crate::protocol::deflate::deflate_message(&[b' '; 5000], 15);
+        let got = deflate_events(client_frame(0xC2, &big), true).await;
+        assert!(
+            matches!(got.as_slice(), [Inbound::Violation(1009, _)]),
+            "{got:?}"
+        );
     }
 }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::deflate::{ClientInflate, Deflate};
 use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
@@ -159,6 +160,8 @@ pub struct Session<W> {
     subscriptions: Subscriptions,
     last_heard: Instant,
     ping_sent: bool,
+    /// permessage-deflate, if negotiated.
+    deflate: Option<Deflate>,
 }
 
 /// A subscription taken before the handshake answer, with its history.
@@ -178,10 +181,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         sink: Option<Arc<dyn DirectSink>>,
         queue: Arc<SubscriberQueue>,
         read_ahead: Vec<u8>,
+        deflate: Option<Deflate>,
     ) -> Self {
+        let inflate = deflate.map(ClientInflate::new);
         Session {
             input,
-            decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead),
+            decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
+            deflate,
             sink,
             report: DirectReport::default(),
             throttle: Throttle::new(&gw.rules),

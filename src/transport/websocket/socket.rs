@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::bus::DirectSink;
 
+use super::deflate::{frame_for, record_compressed, Deflate};
+use crate::gateway::Gateway;
 use crate::net::meter::ConnMeter;
 use crate::protocol::Message;
 
@@ -29,13 +31,27 @@ const READ_CHUNK: usize = 4096;
 pub struct WsSocket {
     stream: TcpStream,
     meter: Arc<ConnMeter>,
+    gw: Arc<Gateway>,
+    /// permessage-deflate, if negotiated: publishers write the shared
+    /// compressed frames.
+    deflate: Option<Deflate>,
 }
 
 impl WsSocket {
     /// Deliveries written through it are counted by the writer (the
     /// fan-out shard's tally, or the session's own accounting).
-    pub fn new(stream: TcpStream, meter: Arc<ConnMeter>) -> WsSocket {
-        WsSocket { stream, meter }
+    pub fn new(
+        stream: TcpStream,
+        meter: Arc<ConnMeter>,
+        gw: Arc<Gateway>,
+        deflate: Option<Deflate>,
+    ) -> WsSocket {
+        WsSocket {
+            stream,
+            meter,
+            gw,
+            deflate,
+        }
     }
 
     /// Once the client has sent something (or closed), appends it to `buf`
@@ -94,7 +110,7 @@ impl WsSocket {
 
 impl DirectSink for WsSocket {
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
-        msg.ws_frame()
+        frame_for(&self.gw, self.deflate, msg)
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -122,6 +138,12 @@ impl DirectSink for WsSocket {
         let n = n as usize;
         self.meter.on_write(n);
         Ok(n)
+    }
+
+    fn delivered(&self, msgs: &[Arc<Message>]) {
+        // Deliveries are counted by the writer's tally; what compression
+        // saved is this connection's to say.
+        record_compressed(&self.gw, self.deflate, msgs);
     }
 }
 

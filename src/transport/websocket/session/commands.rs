@@ -43,7 +43,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         match event {
             Inbound::Text(text) => match self.handler {
                 Handler::Commands => self.on_command(&text).await,
-                Handler::Echo => self.send_text(text.as_bytes()).await,
+                Handler::Echo => self.echo(frame::OP_TEXT, text.as_bytes()).await,
             },
             Inbound::Binary(data) => match self.handler {
                 Handler::Commands => {
@@ -53,10 +53,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                     );
                     self.send_text(&err.to_json()).await
                 }
-                Handler::Echo => {
-                    self.write_frames(&[frame::encode(frame::OP_BINARY, &data)])
-                        .await
-                }
+                Handler::Echo => self.echo(frame::OP_BINARY, &data).await,
             },
             Inbound::Ping(payload) => {
                 self.write_frames(&[frame::encode(frame::OP_PONG, &payload)])

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
+use super::super::deflate::{frame_for, record_compressed};
 use super::subscriptions::Subscriptions;
 use super::vectored::write_all_vectored;
 use super::{End, SendProgress, Session};
@@ -64,6 +65,18 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         }
     }
 
+    /// The conformance echo: compressed (on its own) when the client
+    /// negotiated permessage-deflate.
+    pub(super) async fn echo(&mut self, opcode: u8, data: &[u8]) -> Result<(), End> {
+        let frame = match self.deflate {
+            Some(d) => {
+                crate::protocol::deflate::encode_deflated(opcode, data, d.server_window_bits)
+            }
+            None => frame::encode(opcode, data),
+        };
+        self.write_frames(&[frame]).await
+    }
+
     pub(super) async fn send_text(&mut self, json: &[u8]) -> Result<(), End> {
         self.write_frames(&[frame::encode_text(json)]).await
     }
@@ -104,7 +117,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .and_then(|d| d.pick(msg, Transport::WebSocket, metrics));
             frames.push(match delta {
                 Some(delta) => delta.ws_frame().clone(),
-                None => msg.ws_frame().clone(),
+                None => frame_for(&self.gw, self.deflate, msg).clone(),
             });
             fresh.push(msg.clone());
         }
@@ -114,6 +127,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let written = self.write_frames(&frames).await;
             if written.is_ok() {
                 record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
+                record_compressed(&self.gw, self.deflate, &fresh);
             }
             written
         };

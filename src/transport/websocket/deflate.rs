@@ -1,0 +1,324 @@
+//! permessage-deflate negotiation (RFC 7692 §5, §7.1): the client's
+//! `Sec-WebSocket-Extensions` offers in, the accepted parameters and the
+//! answer header out.
+//!
+//! The gateway compresses each message once and shares the frame, so it
+//! always answers `server_no_context_takeover` (a server may add it on its
+//! own, §7.1.1.1). An offer it can't honour (unknown or repeated
+//! parameter, bad value) is declined and the next one tried; a header that doesn't
+//! parse at all just means no compression: the upgrade never fails over
+//! an extension.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::gateway::Gateway;
+use crate::protocol::deflate::RSV1;
+use crate::protocol::{Message, Transport};
+
+use crate::protocol::deflate::{InflateError, Inflater, MAX_WINDOW_BITS};
+
+/// What a connection agreed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflate {
+    /// The window the gateway's frames may use (`server_max_window_bits`).
+    pub server_window_bits: u8,
+    /// The client resets its compressor after every message, so no
+    /// inflater needs to be kept between messages.
+    pub client_no_context_takeover: bool,
+}
+
+const NAME: &str = "permessage-deflate";
+
+/// How a connection inflates its client's compressed messages. The
+/// inflater (~40 KiB: a 32 KiB window and zlib's state) is made on the
+/// first compressed message; it is kept between messages only for a
+/// client that uses context takeover, else dropped after each message, so
+/// a connection that is idle (or sends nothing compressed) holds none.
+pub struct ClientInflate {
+    keep_context: bool,
+    inflater: Option<Box<Inflater>>,
+}
+
+impl ClientInflate {
+    pub fn new(deflate: Deflate) -> ClientInflate {
+        ClientInflate {
+            keep_context: !deflate.client_no_context_takeover,
+            inflater: None,
+        }
+    }
+
+    /// One whole compressed message, inflated to at most `max` bytes.
+    pub fn inflate(&mut self, compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
+        let inflater = self
+            .inflater
+            .get_or_insert_with(|| Box::new(Inflater::new(self.keep_context)));
+        let result = inflater.inflate(compressed, max);
+        if !self.keep_context {
+            self.inflater = None;
+        }
+        result
+    }
+}
+
+/// The first acceptable permessage-deflate offer among the request's
+/// extension headers, and the `Sec-WebSocket-Extensions` answer for it.
+pub fn negotiate(headers: &HeaderMap) -> Option<(Deflate, HeaderValue)> {
+    let mut all = String::new();
+    for value in headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+        let text = value.to_str().ok()?;
+        if !all.is_empty() {
+            all.push(',');
+        }
+        all.push_str(text);
+    }
+    let offers = split_quoted(&all, ',')?;
+    offers.into_iter().find_map(|offer| accept(&offer))
+}
+
+/// One offer, accepted or declined (None).
+fn accept(offer: &str) -> Option<(Deflate, HeaderValue)> {
+    let mut parts = split_quoted(offer, ';')?.into_iter();
+    if !parts.next()?.trim().eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let mut deflate = Deflate {
+        server_window_bits: MAX_WINDOW_BITS,
+        client_no_context_takeover: false,
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut server_bits_offered = false;
+    for param in parts {
+        let (name, value) = parse_param(&param)?;
+        if seen.contains(&name) {
+            return None; // §7.1: a parameter may appear once
+        }
+        match (name.as_str(), value) {
+            ("server_no_context_takeover", None) => {}
+            ("client_no_context_takeover", None) => deflate.client_no_context_takeover = true,
+            ("server_max_window_bits", Some(v)) => {
+                deflate.server_window_bits = window_bits(&v)?;
+                server_bits_offered = true;
+            }
+            // The client may use a smaller window than ours; we inflate
+            // with a full one either way, so nothing to answer.
+            ("client_max_window_bits", None) => {}
+            ("client_max_window_bits", Some(v)) => {
+                window_bits(&v)?;
+            }
+            _ => return None,
+        }
+        seen.push(name);
+    }
+    let mut answer = format!("{NAME}; server_no_context_takeover");
+    if deflate.client_no_context_takeover {
+        answer.push_str("; client_no_context_takeover");
+    }
+    if server_bits_offered {
+        answer.push_str(&format!(
+            "; server_max_window_bits={}",
+            deflate.server_window_bits
+        ));
+    }
+    Some((deflate, HeaderValue::from_str(&answer).ok()?))
+}
+
+/// The frame `msg` goes out as on a connection that negotiated `deflate`
+/// (None: plain): the shared compressed frame, unless the message is
+/// shorter than `websocket.compression_min_bytes` or its channel's rule
+/// says `compress = false`. Decided once per message, by the first
+/// connection that asks.
+pub fn frame_for<'m>(gw: &Gateway, deflate: Option<Deflate>, msg: &'m Message) -> &'m Bytes {
+    match deflate {
+        None => msg.ws_frame(),
+        Some(d) => msg.ws_frame_deflated(d.server_window_bits, |m| {
+            m.envelope.len() >= gw.config.websocket.compression_min_bytes
+                && !gw.rules.resolve(m.channel.as_str()).uncompressed
+        }),
+    }
+}
+
+/// Counts the deliveries among `msgs` that went out compressed: the plain
+/// frame's bytes before, the compressed frame's after (per delivery, as
+/// sent).
+pub fn record_compressed(gw: &Gateway, deflate: Option<Deflate>, msgs: &[Arc<Message>]) {
+    if deflate.is_none() {
+        return;
+    }
+    for msg in msgs {
+        let frame = frame_for(gw, deflate, msg);
+        if frame[0] & RSV1 != 0 {
+            gw.metrics
+                .compression
+                .record(Transport::WebSocket, msg.ws_frame().len(), frame.len());
+        }
+    }
+}
+
+/// A window size value: 8 … 15, written as `1*DIGIT` with no leading zero
+/// (§7.1.2.1), possibly quoted.
+fn window_bits(value: &str) -> Option<u8> {
+    let ok = !value.is_empty()
+        && value.len() <= 2
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && !value.starts_with('0');
+    let bits: u8 = value.parse().ok().filter(|_| ok)?;
+    (8..=MAX_WINDOW_BITS).contains(&bits).then_some(bits)
+}
+
+/// `name` or `name=value` (token or quoted-string), name lowercased.
+fn parse_param(param: &str) -> Option<(String, Option<String>)> {
+    let (name, value) = match param.split_once('=') {
+        Some((n, v)) => (n.trim(), Some(v.trim())),
+        None => (param.trim(), None),
+    };
+    if !is_token(name) {
+        return None;
+    }
+    let value = match value {
+        None => None,
+        Some(v) if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => {
+            let inner = unescape(&v[1..v.len() - 1])?;
+            is_token(&inner).then_some(inner)?.into()
+        }
+        Some(v) if is_token(v) => Some(v.to_string()),
+        Some(_) => return None,
+    };
+    Some((name.to_ascii_lowercase(), value))
+}
+
+fn unescape(quoted: &str) -> Option<String> {
+    let mut out = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// RFC 7230 token characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Splits on `sep` outside quoted strings; None for an unterminated quote.
+fn split_quoted(text: &str, sep: char) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                quoted = false;
+            }
+        } else if c == '"' {
+            quoted = true;
+        } else if c == sep {
+            parts.push(String::new());
+            continue;
+        }
+        parts.last_mut().expect("never empty").push(c);
+    }
+    if quoted {
+        return None;
+    }
+    // Empty list elements (`a, , b`) are allowed and skipped (RFC 7230 §7).
+    Some(parts.into_iter().filter(|p| !p.trim().is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(values: &[&str]) -> Option<(Deflate, String)> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        negotiate(&h).map(|(d, v)| (d, v.to_str().unwrap().to_string()))
+    }
+
+    fn answer(values: &[&str]) -> Option<String> {
+        offer(values).map(|(_, a)| a)
+    }
+
+    #[test]
+    fn plain_offers_get_server_no_context_takeover() {
+        assert_eq!(
+            answer(&["permessage-deflate"]).unwrap(),
+            "permessage-deflate; server_no_context_takeover"
+        );
+        // Chromium's and Firefox's offer.
+        let (d, a) = offer(&["permessage-deflate; client_max_window_bits"]).unwrap();
+        assert_eq!(a, "permessage-deflate; server_no_context_takeover");
+        assert_eq!(d.server_window_bits, 15);
+        assert!(!d.client_no_context_takeover);
+        assert!(answer(&[]).is_none());
+        assert!(answer(&["x-webkit-deflate-frame"]).is_none());
+    }
+
+    #[test]
+    fn parameters_are_answered() {
+        // Python websockets' default offer.
+        let (d, a) =
+            offer(&["permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"])
+                .unwrap();
+        assert_eq!(
+            a,
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
+        );
+        assert_eq!(d.server_window_bits, 12);
+        let (d, a) = offer(&[
+            "Permessage-Deflate; client_no_context_takeover; server_no_context_takeover; server_max_window_bits=\"10\"",
+        ])
+        .unwrap();
+        assert!(d.client_no_context_takeover);
+        assert_eq!(d.server_window_bits, 10);
+        assert_eq!(a, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10");
+    }
+
+    #[test]
+    fn bad_offers_are_declined_and_the_next_one_tried() {
+        for bad in [
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=010",
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; unknown_param",
+            "permessage-deflate; server_max_window_bits=\"1 2\"",
+            "permessage-deflate; =x",
+        ] {
+            assert!(answer(&[bad]).is_none(), "{bad}");
+            let (d, _) = offer(&[bad, "permessage-deflate; client_no_context_takeover"])
+                .unwrap_or_else(|| panic!("fallback after {bad}"));
+            assert!(d.client_no_context_takeover);
+        }
+        // Several offers in one header, first acceptable wins.
+        let (d, _) = offer(&[
+            "permessage-deflate; server_max_window_bits=x, permessage-deflate; server_max_window_bits=9, permessage-deflate",
+        ])
+        .unwrap();
+        assert_eq!(d.server_window_bits, 9);
+        // Garbage never fails, it just means no compression.
+        assert!(answer(&["permessage-deflate; x=\"unterminated"]).is_none());
+        assert!(answer(&[";;;,,,"]).is_none());
+        assert!(answer(&[" , permessage-deflate"]).is_some());
+    }
+}
