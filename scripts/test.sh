@@ -43,7 +43,7 @@ suite "cargo test" cargo test --workspace --all-targets
 suite "client unit tests" node --test client/
 suite "prometheus files" scripts/prometheus/check-files.sh
 suite "prometheus live" scripts/prometheus/check-gateway.sh "$POLLBRIDGE_BIN"
-suite "autobahn" scripts/autobahn.sh
+suite "autobahn" scripts/autobahn.sh --ci
 suite "soak (short)" scripts/soak.sh 30
 suite "browser e2e" scripts/browser/run.sh
 suite "deploy files" scripts/deploy/check.sh
