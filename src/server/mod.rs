@@ -223,9 +223,12 @@ async fn serve_public<I>(
             let conn = builder.h1.serve_connection(io, service).with_upgrades();
             until_shutdown(app, conn, |c| c.graceful_shutdown()).await
         }
+        // Boxed: an HTTP/2 connection's state is kilobytes larger than an
+        // HTTP/1.1 one's, and unboxed it would size every connection's task
+        // (every held poll, every SSE stream) for it.
         Version::Http2 => {
             let conn = builder.h2.serve_connection(io, service);
-            until_shutdown(app, conn, |c| c.graceful_shutdown()).await
+            Box::pin(until_shutdown(app, conn, |c| c.graceful_shutdown())).await
         }
     };
     match result {
