@@ -33,6 +33,8 @@ enum Answer {
 struct RawUpstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections the gateway closed (EOF seen while waiting for a head).
+    closed: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,12 +50,13 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (a, h) = (accepted.clone(), heads.clone());
+        let (a, c, h) = (accepted.clone(), closed.clone(), heads.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                let h = h.clone();
+                let (c, h) = (c.clone(), h.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for _ in 0..1000 {
@@ -63,7 +66,10 @@ impl RawUpstream {
                             }
                             let mut chunk = [0u8; 4096];
                             match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    c.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         };
@@ -96,6 +102,7 @@ impl RawUpstream {
         RawUpstream {
             addr,
             accepted,
+            closed,
             heads,
             task,
         }
@@ -107,6 +114,10 @@ impl RawUpstream {
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 
     fn heads(&self) -> Vec<String> {
@@ -139,6 +150,38 @@ async fn bodiless_answers_keep_the_connection() {
     let gw = Gateway::start(&["--upstream", &up.url()]).await;
     sequential(&gw, "GET", 10, 204).await;
     assert_eq!(up.accepted(), 1, "upstream connections for 10 answers 204");
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = RawUpstream::start(Answer::Ok).await;
+    let gw = Gateway::start(&[
+        "--upstream",
+        &up.url(),
+        "--proxy-pool-idle-timeout",
+        "300ms",
+    ])
+    .await;
+    sequential(&gw, "GET", 2, 200).await;
+    assert_eq!(up.accepted(), 1);
+    assert_eq!(up.closed(), 0, "closed while still fresh");
+    eventually(
+        Duration::from_secs(5),
+        "idle upstream connection closed",
+        || async { (up.closed() == 1).then_some(()) },
+    )
+    .await;
+    // The next request opens a new one.
+    sequential(&gw, "GET", 1, 200).await;
+    assert_eq!(up.accepted(), 2);
+}
+
+#[tokio::test]
+async fn no_idle_connections_kept_with_pool_max_idle_0() {
+    let up = RawUpstream::start(Answer::Ok).await;
+    let gw = Gateway::start(&["--upstream", &up.url(), "--proxy-pool-max-idle", "0"]).await;
+    sequential(&gw, "GET", 3, 200).await;
+    assert_eq!(up.accepted(), 3);
 }
 
 #[tokio::test]
