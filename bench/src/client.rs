@@ -34,6 +34,9 @@ pub enum Kind {
     Sse,
     /// Long-poll loop (`since=` the last id seen).
     Lp,
+    /// Nchan's long-poll loop (`If-Modified-Since` / `If-None-Match` from
+    /// the last answer's `Last-Modified` / `Etag`; one message per answer).
+    NchanLp,
     /// Keep-alive GET requests, one at a time per connection.
     Http,
 }
@@ -383,6 +386,7 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         Kind::Ws => ws_loop(&shared, i, stream, buf).await,
         Kind::Sse => sse_loop(&shared, i, stream, buf, head).await,
         Kind::Lp => lp_loop(&shared, i, stream, buf).await,
+        Kind::NchanLp => nchan_loop(&shared, i, stream, buf).await,
         Kind::Http => http_loop(&shared, stream, buf).await,
     };
     if let Err(e) = outcome {
@@ -459,7 +463,7 @@ async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
             args.path, addr
         ),
-        Kind::Lp | Kind::Http => return Ok((stream, buf, Head::default())),
+        Kind::Lp | Kind::NchanLp | Kind::Http => return Ok((stream, buf, Head::default())),
     };
     stream.write_all(request.as_bytes()).await?;
     let end = read_head(&mut stream, &mut buf).await?;
@@ -673,6 +677,99 @@ async fn lp_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) 
     Err(io::Error::other("poll limit reached"))
 }
 
+/// Nchan's long-poll: one message per answer, the cursor in the answer's
+/// `Last-Modified` and `Etag`, sent back as `If-Modified-Since` and
+/// `If-None-Match` (Nchan's protocol; the body is the envelope the bench
+/// published). Stays connected (idle) once everything expected arrived.
+async fn nchan_loop(
+    shared: &Shared,
+    i: usize,
+    mut s: TcpStream,
+    mut buf: Vec<u8>,
+) -> io::Result<()> {
+    let args = &shared.args;
+    let mut request = Vec::with_capacity(256);
+    let mut cursor = NchanCursor::default();
+    let mut last_id = 0;
+    let max_polls = args.expect * 4 + 1000;
+    for _ in 0..max_polls {
+        if shared.per_conn.borrow()[i] >= args.expect {
+            return std::future::pending().await;
+        }
+        request.clear();
+        request.extend_from_slice(b"GET ");
+        request.extend_from_slice(args.path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: bench\r\n");
+        cursor.write_headers(&mut request);
+        request.extend_from_slice(b"\r\n");
+        s.write_all(&request).await?;
+        shared.bytes(0, request.len());
+        let (status, head, length) = read_response(shared, &mut s, &mut buf).await?;
+        let now = now_us();
+        let mut got = 0;
+        match status {
+            200 => {
+                cursor.update(&buf[..head]);
+                if let Some(stamp) = wire::envelope_stamp(&buf[head..head + length]) {
+                    got += 1;
+                    shared.on_stamp(i, &mut last_id, stamp, now);
+                }
+            }
+            // Nothing new before Nchan's subscriber timeout.
+            304 | 408 => {}
+            other => return Err(io::Error::other(format!("nchan poll answered {other}"))),
+        }
+        {
+            let mut c = shared.counts.borrow_mut();
+            c.polls += 1;
+            if got == 0 {
+                c.empty_polls += 1;
+            }
+        }
+        buf.drain(..head + length);
+    }
+    Err(io::Error::other("poll limit reached"))
+}
+
+/// Where an Nchan long-poller is: the last answer's `Last-Modified` and
+/// `Etag` (none before the first message).
+#[derive(Default)]
+struct NchanCursor {
+    last_modified: Vec<u8>,
+    etag: Vec<u8>,
+}
+
+impl NchanCursor {
+    fn write_headers(&self, out: &mut Vec<u8>) {
+        if self.last_modified.is_empty() {
+            return;
+        }
+        out.extend_from_slice(b"If-Modified-Since: ");
+        out.extend_from_slice(&self.last_modified);
+        out.extend_from_slice(b"\r\nIf-None-Match: ");
+        out.extend_from_slice(&self.etag);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Takes the cursor from a complete response head.
+    fn update(&mut self, head: &[u8]) {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        if response.parse(head).is_err() {
+            return;
+        }
+        for h in response.headers.iter() {
+            if h.name.eq_ignore_ascii_case("last-modified") {
+                self.last_modified.clear();
+                self.last_modified.extend_from_slice(h.value);
+            } else if h.name.eq_ignore_ascii_case("etag") {
+                self.etag.clear();
+                self.etag.extend_from_slice(h.value);
+            }
+        }
+    }
+}
+
 /// Keep-alive GETs, one at a time, until the shared request budget is
 /// spent; latency is request written → response complete.
 async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
@@ -707,4 +804,25 @@ async fn http_loop(shared: &Shared, mut s: TcpStream, mut buf: Vec<u8>) -> io::R
         shared.check_done(&c);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nchan_cursor_comes_from_the_last_answer() {
+        let mut cursor = NchanCursor::default();
+        let mut out = Vec::new();
+        cursor.write_headers(&mut out);
+        assert!(out.is_empty(), "no cursor before the first message");
+        cursor.update(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nLast-Modified: Mon, 07 Dec 2026 10:52:49 GMT\r\nEtag: 3\r\n\r\n",
+        );
+        cursor.write_headers(&mut out);
+        assert_eq!(
+            out,
+            b"If-Modified-Since: Mon, 07 Dec 2026 10:52:49 GMT\r\nIf-None-Match: 3\r\n"
+        );
+    }
 }

@@ -10,6 +10,7 @@
 //! - `floor`: the floor servers (hidden `floor-server` subcommand).
 //! - `wire`: WebSocket/HTTP/SSE byte parsing and encoding.
 //! - `http`: the orchestrator's blocking admin client.
+//! - `peers`: nginx and Nchan, started as peers beside the gateway.
 //! - `proc`: child processes, pinning, `/proc` CPU and RSS.
 //! - `report`: results, tables, JSON lines, medians, smoke checks.
 //! - `span`: the `fanout-span` scenario (fan-out span by worker count).
@@ -18,6 +19,7 @@ mod client;
 mod delta;
 mod floor;
 mod http;
+mod peers;
 mod proc;
 mod report;
 mod scenario;
@@ -165,6 +167,9 @@ pub struct Opts {
     /// Skip the floors.
     #[arg(long)]
     pub no_floor: bool,
+    /// Skip the peers (nginx for proxy, Nchan for lp-fanout and held-polls).
+    #[arg(long)]
+    pub no_peers: bool,
     /// Run each scenario this many times and print medians.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,

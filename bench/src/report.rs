@@ -134,6 +134,10 @@ pub struct Outcome {
     /// minimal forwarding proxy in the gateway's place).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direct: Option<Phase>,
+    /// A peer server doing the gateway's job in the same run (`nginx` for
+    /// `proxy`, `nchan` for `lp-fanout` and `held-polls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Phase>,
     /// gateway ÷ floor, for every figure both have.
     pub ratio: BTreeMap<String, f64>,
     /// gateway ÷ direct (proxy): what going through the gateway costs.
@@ -142,6 +146,12 @@ pub struct Outcome {
     /// floor ÷ direct (proxy): what going through any proxy costs.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub floor_vs_direct: BTreeMap<String, f64>,
+    /// gateway ÷ peer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ratio_peer: BTreeMap<String, f64>,
+    /// floor ÷ peer.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub floor_vs_peer: BTreeMap<String, f64>,
     /// redis_bus ÷ floor (the same single-process floor).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub ratio_redis_bus: BTreeMap<String, f64>,
@@ -200,8 +210,11 @@ impl Outcome {
             redis_bus: None,
             floor,
             direct: None,
+            peer: None,
             ratio_direct: BTreeMap::new(),
             floor_vs_direct: BTreeMap::new(),
+            ratio_peer: BTreeMap::new(),
+            floor_vs_peer: BTreeMap::new(),
             ratio_redis_bus: BTreeMap::new(),
             redis_bus_vs_gateway: BTreeMap::new(),
         }
@@ -219,11 +232,24 @@ impl Outcome {
         self
     }
 
+    /// Adds the peer's phase (nginx, Nchan) and its ratios.
+    pub fn with_peer(mut self, phase: Option<Phase>) -> Self {
+        if let Some(p) = &phase {
+            self.ratio_peer = ratios(&self.gateway, Some(p));
+            if let Some(f) = &self.floor {
+                self.floor_vs_peer = ratios(f, Some(p));
+            }
+        }
+        self.peer = phase;
+        self
+    }
+
     /// Every phase measured, in table order.
     fn phases(&self) -> impl Iterator<Item = &Phase> {
         std::iter::once(&self.gateway)
             .chain(self.redis_bus.iter())
             .chain(self.floor.iter())
+            .chain(self.peer.iter())
             .chain(self.direct.iter())
     }
 
@@ -263,6 +289,9 @@ impl Outcome {
         if with_redis && self.floor.is_some() {
             out.push_str(&format!("{:>12}", "bus ratio"));
         }
+        if let Some(peer) = &self.peer {
+            out.push_str(&format!("{:>12}", format!("vs {}", peer.target)));
+        }
         if with_direct {
             out.push_str(&format!("{:>12}", "vs direct"));
         }
@@ -284,6 +313,9 @@ impl Outcome {
                 out.push_str(&format!("{:>10}", r(&self.ratio)));
                 if with_redis && self.floor.is_some() {
                     out.push_str(&format!("{:>12}", r(&self.ratio_redis_bus)));
+                }
+                if self.peer.is_some() {
+                    out.push_str(&format!("{:>12}", r(&self.ratio_peer)));
                 }
                 if with_direct {
                     out.push_str(&format!("{:>12}", r(&self.ratio_direct)));
@@ -559,6 +591,18 @@ pub fn summary(runs: &[Outcome]) -> (String, String) {
         "direct.deliveries_per_s",
         "ratio_direct.deliveries_per_s",
         "floor_vs_direct.deliveries_per_s",
+        "peer.cpu_us_per_delivery",
+        "ratio_peer.cpu_us_per_delivery",
+        "floor_vs_peer.cpu_us_per_delivery",
+        "peer.latency_ms.p50",
+        "peer.latency_ms.p99",
+        "ratio_peer.latency_p50",
+        "peer.deliveries_per_s",
+        "ratio_peer.deliveries_per_s",
+        "peer.rss_kib_per_conn",
+        "ratio_peer.rss_kib_per_conn",
+        "peer.upstream_cpu_us_per_request",
+        "peer.losses",
         "gateway.losses",
         "floor.losses",
         "redis_bus.cpu_us_per_delivery",

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::client::{now_us, Kind};
 use crate::floor::FloorMode;
 use crate::http::Http;
+use crate::peers::{self, Peer};
 use crate::proc::{cpu_delta, Cpu};
 use crate::report::{merge_results, Outcome, Phase};
 use crate::target::{Clients, Result, Servers, Target};
@@ -47,7 +48,7 @@ fn floor_mode(kind: Kind) -> FloorMode {
     match kind {
         Kind::Ws | Kind::Http => FloorMode::Ws,
         Kind::Sse => FloorMode::Sse,
-        Kind::Lp => FloorMode::Lp,
+        Kind::Lp | Kind::NchanLp => FloorMode::Lp,
     }
 }
 
@@ -57,6 +58,7 @@ pub(crate) fn path(opts: &Opts, kind: Kind, channel: &str) -> String {
         Kind::Ws => format!("{prefix}/ws/{channel}"),
         Kind::Sse => format!("{prefix}/sse/{channel}"),
         Kind::Lp => format!("{prefix}/poll/{channel}"),
+        Kind::NchanLp => format!("/sub/{channel}"),
         Kind::Http => opts.proxy_path.clone(),
     }
 }
@@ -66,7 +68,7 @@ fn stats_key(kind: Kind) -> &'static str {
     match kind {
         Kind::Ws => "websocket",
         Kind::Sse => "sse",
-        Kind::Lp => "longpoll",
+        Kind::Lp | Kind::NchanLp => "longpoll",
         Kind::Http => "proxy",
     }
 }
@@ -130,7 +132,39 @@ fn fanout(
             batch,
         )?)
     };
-    Ok(Outcome::new(name, run, params, gateway, floor).with_redis_bus(redis_bus))
+    let nchan = if kind == Kind::Lp {
+        peer_phase(opts, &Peer::Nchan, name, |servers| {
+            fanout_phase(opts, servers, Kind::NchanLp, &channel, n, m, batch)
+        })?
+    } else {
+        None
+    };
+    Ok(Outcome::new(name, run, params, gateway, floor)
+        .with_redis_bus(redis_bus)
+        .with_peer(nchan))
+}
+
+/// Runs `phase` against `peer` if it can run here (`--no-peers` not
+/// given, nginx and the module installed); says why on stderr if not.
+fn peer_phase(
+    opts: &Opts,
+    peer: &Peer,
+    scenario: &str,
+    phase: impl FnOnce(&mut Servers) -> Result<Phase>,
+) -> Result<Option<Phase>> {
+    if opts.no_peers {
+        return Ok(None);
+    }
+    if let Some(why) = peers::unavailable(peer) {
+        eprintln!(
+            "pollbridge-bench: {scenario}: no {} phase: {why}",
+            peers::label(peer)
+        );
+        return Ok(None);
+    }
+    let mut servers = Servers::one(peers::start(opts, peer, scenario)?);
+    let result = phase(&mut servers).map_err(|e| servers.with_logs(e));
+    result.map(Some)
 }
 
 /// Marks the single gateway's phase: one node, in-process bus (when the
@@ -172,7 +206,9 @@ impl Snapshot {
             let mut bytes = Some(0.0);
             let mut drops = Some(0.0);
             for target in &mut servers.nodes {
-                let (b, d) = if target.is_gateway() {
+                let (b, d) = if target.is_peer() {
+                    (None, None)
+                } else if target.is_gateway() {
                     let b = target.gateway_stats().and_then(|s| {
                         let t = &s["transports"][stats_key(kind)];
                         Some(t["wire_bytes_in"].as_f64()? + t["wire_bytes_out"].as_f64()?)
@@ -289,7 +325,12 @@ pub(crate) fn wait_subscribed(
     let mut per_node = vec![0; servers.nodes.len()];
     for _ in 0..10_000 {
         for (k, target) in servers.nodes.iter_mut().enumerate() {
-            per_node[k] = if target.is_gateway() {
+            per_node[k] = if target.is_peer() {
+                match target.peer_subscribers() {
+                    Some(n) => n,
+                    None => return (Vec::new(), None),
+                }
+            } else if target.is_gateway() {
                 match target.gateway_stats() {
                     Some(s) => s["transports"][stats_key(kind)]["connections"]
                         .as_u64()
@@ -377,6 +418,11 @@ fn fanout_phase(
 /// first node.
 fn publish(opts: &Opts, servers: &mut Servers, channel: &str, m: u64, batch: usize) -> Result<()> {
     let target = servers.nodes.first_mut().ok_or("no server")?;
+    if target.is_peer() {
+        let publisher = target.admin().ok_or("no publisher address")?;
+        let shape = (opts.payload_bytes, opts.state_payload);
+        return publish_nchan(publisher, channel, m, opts.rate, shape);
+    }
     if !target.is_gateway() {
         let wait = Duration::from_secs_f64(m as f64 / opts.rate.max(0.001) + 60.0);
         target.floor_command(&format!("publish {m} {}", opts.rate), "published ", wait)?;
@@ -430,6 +476,42 @@ fn publish_gateway(
         if status != 200 {
             return Err(format!(
                 "publish answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `m` envelopes to an Nchan peer at `rate`, one per
+/// `POST /pub/{channel}`: the envelope the gateway would send (ids from 1),
+/// which Nchan passes on as it is.
+fn publish_nchan(
+    publisher: &mut Http,
+    channel: &str,
+    m: u64,
+    rate: f64,
+    (payload_bytes, state): (usize, bool),
+) -> Result<()> {
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let path = format!("/pub/{channel}");
+    let mut data = Vec::with_capacity(256);
+    let mut env = Vec::with_capacity(256);
+    let start = Instant::now();
+    for id in 1..=m {
+        let slot = start + every * (id - 1) as u32;
+        if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        data.clear();
+        env.clear();
+        wire::data(now_us(), payload_bytes, state, &mut data);
+        wire::envelope(channel, id, &data, &mut env);
+        let (status, answer) = publisher.request("POST", &path, Some("application/json"), &env)?;
+        if !(200..300).contains(&status) {
+            return Err(format!(
+                "nchan publish answered {status}: {}",
                 String::from_utf8_lossy(&answer)
             )
             .into());
@@ -581,12 +663,26 @@ fn proxy(opts: &Opts, run: usize) -> Result<Outcome> {
         )?;
         (Some(direct), Some(floor))
     };
+    // nginx `proxy_pass` with upstream keepalive, where the gateway runs.
+    let nginx = peer_phase(
+        opts,
+        &Peer::Proxy {
+            upstream: upstream_addr,
+        },
+        "proxy",
+        |nginx| {
+            let addr = nginx.publics()[0];
+            proxy_phase(opts, Some(nginx), upstream.as_mut(), addr, "nginx")
+        },
+    )?;
     let mut gateway = Servers::one(Target::start_gateway(opts, Some(upstream_addr), "proxy")?);
     let addr = gateway.publics()[0];
     let mut via = proxy_phase(opts, Some(&mut gateway), upstream.as_mut(), addr, "gateway")
         .map_err(|e| gateway.with_logs(e))?;
     label_gateway(opts, &mut via);
-    Ok(Outcome::new("proxy", run, params, via, floor).with_direct(direct))
+    Ok(Outcome::new("proxy", run, params, via, floor)
+        .with_direct(direct)
+        .with_peer(nginx))
 }
 
 fn proxy_phase(

@@ -49,6 +49,8 @@ fn gateway_has_flag(bin: &std::path::Path, flag: &str) -> bool {
 pub enum TargetKind {
     Gateway,
     Floor,
+    /// nginx or Nchan (`peers`): no command channel, no byte counters.
+    Peer,
 }
 
 /// A server under test.
@@ -60,6 +62,8 @@ pub struct Target {
     pub public: SocketAddr,
     admin: Option<Http>,
     pub log: Option<PathBuf>,
+    /// A directory of the target's own, removed when it stops (peers).
+    dir: Option<PathBuf>,
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -103,6 +107,7 @@ impl Target {
                 public: resolve(url)?,
                 admin: Some(Http::new(resolve(admin)?)),
                 log: None,
+                dir: None,
             });
         }
         let bin = &opts.gateway_bin;
@@ -185,6 +190,7 @@ impl Target {
             public,
             admin: Some(Http::new(admin)),
             log: Some(log),
+            dir: None,
         })
     }
 
@@ -255,7 +261,40 @@ impl Target {
             public: ready.parse()?,
             admin: None,
             log: None,
+            dir: None,
         })
+    }
+
+    /// A peer started by `peers`, serving at `public`; `dir` is removed
+    /// when it stops.
+    pub fn peer(
+        label: &str,
+        child: Child,
+        public: SocketAddr,
+        log: PathBuf,
+        dir: PathBuf,
+    ) -> Target {
+        Target {
+            label: label.into(),
+            kind: TargetKind::Peer,
+            pid: Some(child.pid()),
+            child: Some(child),
+            public,
+            // Nchan's status page and publisher are on its public port.
+            admin: Some(Http::new(public)),
+            log: Some(log),
+            dir: Some(dir),
+        }
+    }
+
+    pub fn is_peer(&self) -> bool {
+        matches!(self.kind, TargetKind::Peer)
+    }
+
+    /// Subscribers an Nchan peer counts (its `nchan_stub_status`).
+    pub fn peer_subscribers(&mut self) -> Option<u64> {
+        let status = self.admin.as_mut()?.get(crate::peers::NCHAN_STATUS).ok()?;
+        crate::peers::nchan_subscribers(&status)
     }
 
     pub fn cpu(&self) -> Option<Cpu> {
@@ -327,6 +366,9 @@ impl Target {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.stop(Duration::from_secs(5));
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -437,7 +479,7 @@ const REDIS_START: Duration = Duration::from_secs(15);
 
 impl Redis {
     pub fn start(opts: &Opts, tag: &str) -> Result<Redis> {
-        remove_stale_redis_dirs();
+        remove_stale_dirs();
         let mut last = String::new();
         for attempt in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -546,10 +588,11 @@ impl Drop for Redis {
     }
 }
 
-/// Removes the Redis directories of earlier bench runs that were killed
-/// (by a signal, so no `Drop` ran): `pollbridge-bench-PID-redis-*` in the
-/// temp directory whose PID is gone. At most 1000 entries looked at.
-fn remove_stale_redis_dirs() {
+/// Removes the Redis and nginx directories of earlier bench runs that were
+/// killed (by a signal, so no `Drop` ran): `pollbridge-bench-PID-redis-*`
+/// and `…-nginx-*` in the temp directory whose PID is gone. At most 1000
+/// entries looked at.
+pub fn remove_stale_dirs() {
     let tmp = std::env::temp_dir();
     let Ok(entries) = std::fs::read_dir(&tmp) else {
         return;
@@ -568,7 +611,8 @@ fn remove_stale_redis_dirs() {
         let gone = pid
             .parse::<u32>()
             .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
-        if gone && tail.starts_with("redis-") && entry.path().is_dir() {
+        let ours = tail.starts_with("redis-") || tail.starts_with("nginx-");
+        if gone && ours && entry.path().is_dir() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -644,6 +688,7 @@ impl Clients {
             Kind::Ws => "ws",
             Kind::Sse => "sse",
             Kind::Lp => "lp",
+            Kind::NchanLp => "nchan-lp",
             Kind::Http => "http",
         };
         let mut started = Vec::with_capacity(workers);

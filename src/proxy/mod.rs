@@ -1,18 +1,25 @@
 //! Reverse proxy: every path outside the gateway's prefix goes to the
 //! upstream unchanged, bodies streamed both ways, upgrades tunnelled.
+//!
+//! Per request: the client's request is forwarded in place (its head,
+//! `HeaderMap` and body handed on, not copied; hop-by-hop headers stripped,
+//! forwarding headers added), on a pooled keep-alive HTTP/1.1 connection
+//! that the request's own task drives ([`upstream`]), and the answer's
+//! body relays back the same way ([`relay`]).
 
 mod body;
 mod headers;
+mod pool;
+mod relay;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::{Authority, Scheme};
-use http::{StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::uri::Authority;
+use http::{HeaderValue, Method, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
 
 use crate::config::ProxyConfig;
 use crate::http::{Body, Request, Response};
@@ -21,36 +28,54 @@ use crate::metrics::Metrics;
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
+use pool::Pool;
+use relay::Relay;
+use upstream::{Target, Upstream, UpstreamRequest};
 
 pub use crate::config::upstream::parse_upstream;
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
 
-/// The pooled client and where it sends requests.
+/// The upstream, its pooled connections and the proxy's limits.
 pub struct Proxy {
-    client: Client<HttpConnector, GuardedBody>,
+    pool: Arc<Pool>,
+    target: Target,
     upstream: Authority,
+    /// `Host` for a request that came without one (an HTTP/1.0 client):
+    /// the upstream's authority, built once.
+    default_host: HeaderValue,
     timeout: std::time::Duration,
     /// How fast request bodies must arrive.
     pace: Pace,
     metrics: Arc<Metrics>,
 }
 
+/// Why no answer came from the upstream.
+enum Failure {
+    /// No connection could be opened.
+    Connect(std::io::Error),
+    /// The connection failed before the answer's head.
+    Request(hyper::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::Request(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl Proxy {
     pub fn new(url: &str, cfg: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Proxy, String> {
         let upstream = parse_upstream(url)?;
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            // Without a timer no task evicts idle pooled sockets.
-            .pool_timer(TokioTimer::new())
-            .build(http);
+        let default_host = HeaderValue::from_str(upstream.as_str())
+            .map_err(|e| format!("upstream {url:?}: {e}"))?;
         Ok(Proxy {
-            client,
+            pool: Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout),
+            target: Target::new(&upstream, cfg.connect_timeout),
             upstream,
+            default_host,
             timeout: cfg.timeout,
             pace: Pace {
                 grace: cfg.body_timeout,
@@ -90,52 +115,95 @@ impl Proxy {
             client_version,
             from_trusted_proxy,
         );
+        if !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut()
+                .insert(http::header::HOST, self.default_host.clone());
+        }
         let downstream_upgrade = upgrade.map(|proto| {
             req.headers_mut().insert(http::header::UPGRADE, proto);
             req.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("upgrade"),
             );
-            // Taken before `req` moves into the client.
+            // Taken before `req` moves upstream.
             hyper::upgrade::on(&mut req)
         });
 
-        let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(self.timeout, self.send(req)).await;
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
         // What went wrong is logged with the upstream's address; the
         // client is told only what kind of failure it was.
-        let mut resp = match result {
+        let (mut resp, upstream) = match result {
             Err(_) => return self.timed_out(),
             Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(answer)) => answer,
         };
         self.metrics.proxy_answered(resp.status().as_u16());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
                 self.tunnel(downstream, &mut resp);
+                upstream.finish_upgrade();
                 // Keep the upstream's Upgrade / Connection / Sec-WebSocket-Accept.
                 return resp.map(Body::upstream);
             }
         }
         remove_hop_by_hop(resp.headers_mut());
-        resp.map(Body::upstream)
+        let pool = self.pool.clone();
+        resp.map(|incoming| Body::stream(Relay::new(incoming, upstream, pool)))
     }
 
-    /// Points the request at the upstream: same path and query, HTTP/1.1.
+    /// Sends the request on a pooled connection, or a new one. A pooled
+    /// connection the upstream closed before the request went out is
+    /// retried once on a new connection (a request it began to send is
+    /// not: it may not be idempotent).
+    async fn send(
+        &self,
+        mut req: UpstreamRequest,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Upstream), Failure> {
+        let mut pooled = true;
+        loop {
+            let mut upstream = match pooled.then(|| self.pool.take()).flatten() {
+                Some(upstream) => upstream,
+                // Boxed: connecting is rare, and its future (address
+                // lookup, connect, handshake) would otherwise size every
+                // request's.
+                None => Box::pin(self.target.connect())
+                    .await
+                    .map_err(Failure::Connect)?,
+            };
+            match upstream.exchange(req).await {
+                Ok(resp) => return Ok((resp, upstream)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if upstream.reused => {
+                        tracing::debug!(error = %e.error(), "proxy: pooled upstream connection was closed; retrying on a new one");
+                        req = unsent;
+                        pooled = false;
+                    }
+                    _ => return Err(Failure::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Points the request at the upstream: same path and query, in origin
+    /// form, HTTP/1.1. An HTTP/1.1 request is in origin form already (not
+    /// rebuilt); an HTTP/2 or absolute-form one is cut down to its path.
     fn retarget<B>(&self, req: &mut http::Request<B>) {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.upstream.clone());
-        parts.path_and_query = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .or_else(|| Some("/".parse().expect("valid")));
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
-        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke.
+        if req.method() == Method::CONNECT {
+            // Authority form, naming the upstream.
+            *req.uri_mut() = Uri::from(self.upstream.clone());
+        } else if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
+        // The upstream connection speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
     }
 
@@ -150,19 +218,15 @@ impl Proxy {
 
     /// The request failed: 400/408 when the client's own body failed
     /// first (its fault, not the upstream's), 502 otherwise.
-    fn failed(
-        &self,
-        e: &hyper_util::client::legacy::Error,
-        fault: Option<&body::FaultSlot>,
-        peer: SocketAddr,
-    ) -> Response {
+    fn failed(&self, e: &Failure, fault: Option<&body::FaultSlot>, peer: SocketAddr) -> Response {
         if let Some(fault) = fault.and_then(|slot| slot.get()) {
             let err = fault.to_error();
             tracing::debug!(%peer, error = %err, "proxy: client request body failed");
             return self.fail(err);
         }
-        tracing::warn!(upstream = %self.upstream, error = %e, connect = e.is_connect(), "proxy: upstream request failed");
-        self.fail(ApiError::UpstreamUnreachable(if e.is_connect() {
+        let connect = matches!(e, Failure::Connect(_));
+        tracing::warn!(upstream = %self.upstream, error = %e, connect, "proxy: upstream request failed");
+        self.fail(ApiError::UpstreamUnreachable(if connect {
             "the upstream is unreachable".into()
         } else {
             "the upstream failed to answer".into()
