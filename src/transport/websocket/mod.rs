@@ -15,6 +15,7 @@ mod guard;
 mod reader;
 mod session;
 mod socket;
+mod ticks;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,7 +31,6 @@ use crate::bus::{DirectSink, SubscriberQueue};
 use crate::config::WsCompression;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
-use crate::metrics::ConnectionGuard;
 use crate::metrics::UpgradeFailure;
 use crate::net::auto_errors::JsonAutoErrors;
 use crate::net::meter::{ConnMeter, MeteredStream};
@@ -229,14 +229,17 @@ fn check_handshake(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The session for an upgraded connection, ready to run.
-fn session_for(
+/// Starts the session for an upgraded connection, on a task of its own:
+/// that task then holds only the session's future (the upgrade's task ends
+/// here, and nothing of it stays allocated), and nothing boxes the session.
+fn spawn_session(
     gw: Arc<Gateway>,
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
     deflate: Option<Deflate>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+) {
+    let tasks = gw.tasks.clone();
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             // The raw socket is back. Copy the (usually empty) read-ahead:
@@ -250,7 +253,7 @@ fn session_for(
             let input = Input::Socket(socket.clone());
             let writer = SocketWriter(socket);
             let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead, deflate);
-            Box::pin(session.run(start))
+            tasks.spawn(session.run(start));
         }
         Err(upgraded) => {
             // TLS: not shareable with publishers; served through a
@@ -258,7 +261,7 @@ fn session_for(
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
             let session = Session::new(gw, input, write, None, queue, Vec::new(), deflate);
-            Box::pin(session.run(start))
+            tasks.spawn(session.run(start));
         }
     }
 }
@@ -298,11 +301,8 @@ fn upgrade(
         if let Some(meter) = meter {
             meter.handshake_done();
         }
-        let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
         tracing::debug!("websocket open");
-        // Boxed and built by a plain function: this task then holds only
-        // the session, not every local of the upgrade as well.
-        session_for(session_gw, upgraded, queue, start, deflate).await;
+        spawn_session(session_gw, upgraded, queue, start, deflate);
     };
     gw.tasks.spawn(task);
 
