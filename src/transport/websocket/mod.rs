@@ -239,31 +239,55 @@ fn spawn_session(
     start: Box<Start>,
     deflate: Option<Deflate>,
 ) {
-    let tasks = gw.tasks.clone();
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             // The raw socket is back. Copy the (usually empty) read-ahead:
             // keeping hyper's slice would keep its whole 8 KiB read buffer
             // alive for the connection's life.
-            let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
+            let stream = parts.io.into_inner().into_inner();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
-            let sink: Arc<dyn DirectSink> = socket.clone();
-            let input = Input::Socket(socket.clone());
-            let writer = SocketWriter(socket);
-            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead, deflate);
-            tasks.spawn(session.run(start));
+            spawn_on_socket(gw, stream, read_ahead, queue, start, deflate);
         }
         Err(upgraded) => {
             // TLS: not shareable with publishers; served through a
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(gw, input, write, None, queue, Vec::new(), deflate);
-            tasks.spawn(session.run(start));
+            let session = Session::new(gw.clone(), input, write, None, queue, Vec::new(), deflate);
+            gw.tasks.spawn(session.run(start));
         }
     }
+}
+
+/// Starts the session of a plain TCP connection whose 101 has been
+/// written: `read_ahead` is whatever the client sent after its handshake
+/// that was already read. Nothing of the HTTP layer that answered the
+/// handshake is needed (or kept), so a connection driver other than hyper
+/// can hand its sockets over here.
+pub(crate) fn spawn_on_socket(
+    gw: Arc<Gateway>,
+    stream: MeteredStream<TcpStream>,
+    read_ahead: Vec<u8>,
+    queue: Arc<SubscriberQueue>,
+    start: Box<Start>,
+    deflate: Option<Deflate>,
+) {
+    let (stream, meter) = stream.into_parts();
+    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
+    let sink: Arc<dyn DirectSink> = socket.clone();
+    let input = Input::Socket(socket.clone());
+    let writer = SocketWriter(socket);
+    let session = Session::new(
+        gw.clone(),
+        input,
+        writer,
+        Some(sink),
+        queue,
+        read_ahead,
+        deflate,
+    );
+    gw.tasks.spawn(session.run(start));
 }
 
 /// Answers 101 and hands the connection to a session once hyper lets go

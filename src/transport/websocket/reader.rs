@@ -274,6 +274,18 @@ impl Decoder {
         }
     }
 
+    /// Lets the assembler's box go unless a message is half-assembled (the
+    /// inflater, if any, is kept).
+    fn release_assembler(&mut self) {
+        if self
+            .assembler
+            .as_ref()
+            .is_some_and(|a| a.opcode.is_none() && a.buf.is_empty())
+        {
+            self.inflate = self.assembler.take().and_then(|mut a| a.inflate.take());
+        }
+    }
+
     /// Decodes every complete frame read so far into `out`. After a close
     /// frame or a protocol violation (both end up in `out`) it stops for
     /// good and returns true.
@@ -284,11 +296,8 @@ impl Decoder {
         }
         let (complete, rsv1, refused) = self.scan();
         if !rsv1.is_empty() {
-            let assembler = self.assembler.get_or_insert_with(|| {
-                let mut assembler = Assembler::new(self.max_message);
-                assembler.inflate = self.inflate.take();
-                Box::new(assembler)
-            });
+            let assembler =
+                make_assembler(&mut self.assembler, &mut self.inflate, self.max_message);
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
@@ -345,14 +354,7 @@ impl Decoder {
                 self.ended = true;
             }
         }
-        if self
-            .assembler
-            .as_ref()
-            .is_some_and(|a| a.opcode.is_none() && a.buf.is_empty())
-        {
-            // No message half-assembled: let the box go, keep the inflater.
-            self.inflate = self.assembler.take().and_then(|mut a| a.inflate.take());
-        }
+        self.release_assembler();
         if self.ended || complete == self.buf.len() {
             // Nothing pending: hold no buffer while idle.
             self.buf = Vec::new();
@@ -361,6 +363,19 @@ impl Decoder {
         }
         self.ended
     }
+}
+
+/// The decoder's assembler, made (with the inflater, if any) on first use.
+fn make_assembler<'a>(
+    slot: &'a mut Option<Box<Assembler>>,
+    inflate: &mut Option<ClientInflate>,
+    max_message: usize,
+) -> &'a mut Assembler {
+    slot.get_or_insert_with(|| {
+        let mut assembler = Assembler::new(max_message);
+        assembler.inflate = inflate.take();
+        Box::new(assembler)
+    })
 }
 
 /// Clears RSV1 in a frame's first byte; returns whether it was set, and

@@ -118,23 +118,21 @@ impl Tick {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             % SHARDS;
         let mut shard = clock.shards[shard_index].lock();
+        let local = match shard.free.last() {
+            Some(&free) => free as usize,
+            None => shard.slots.len(),
+        };
+        let index = u32::try_from(local * SHARDS + shard_index)
+            .map_err(|_| io::Error::other("too many WebSocket sessions for the clock"))?;
         let slot = Slot {
             used: true,
             ticked: false,
             waker: None,
         };
-        let local = match shard.free.pop() {
-            Some(free) => {
-                shard.slots[free as usize] = slot;
-                free as usize
-            }
-            None => {
-                shard.slots.push(slot);
-                shard.slots.len() - 1
-            }
-        };
-        let index = u32::try_from(local * SHARDS + shard_index)
-            .map_err(|_| io::Error::other("too many WebSocket sessions for the clock"))?;
+        match shard.free.pop() {
+            Some(_) => shard.slots[local] = slot,
+            None => shard.slots.push(slot),
+        }
         Ok(Tick { clock, index })
     }
 
