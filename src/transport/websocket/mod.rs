@@ -15,6 +15,7 @@ mod guard;
 mod reader;
 mod session;
 mod socket;
+mod ticks;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,7 +31,6 @@ use crate::bus::{DirectSink, SubscriberQueue};
 use crate::config::WsCompression;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
-use crate::metrics::ConnectionGuard;
 use crate::metrics::UpgradeFailure;
 use crate::net::auto_errors::JsonAutoErrors;
 use crate::net::meter::{ConnMeter, MeteredStream};
@@ -229,38 +229,65 @@ fn check_handshake(gw: &Gateway, req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The session for an upgraded connection, ready to run.
-fn session_for(
+/// Starts the session for an upgraded connection, on a task of its own:
+/// that task then holds only the session's future (the upgrade's task ends
+/// here, and nothing of it stays allocated), and nothing boxes the session.
+fn spawn_session(
     gw: Arc<Gateway>,
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
     deflate: Option<Deflate>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+) {
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             // The raw socket is back. Copy the (usually empty) read-ahead:
             // keeping hyper's slice would keep its whole 8 KiB read buffer
             // alive for the connection's life.
-            let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
+            let stream = parts.io.into_inner().into_inner();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
-            let sink: Arc<dyn DirectSink> = socket.clone();
-            let input = Input::Socket(socket.clone());
-            let writer = SocketWriter(socket);
-            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead, deflate);
-            Box::pin(session.run(start))
+            spawn_on_socket(gw, stream, read_ahead, queue, start, deflate);
         }
         Err(upgraded) => {
             // TLS: not shareable with publishers; served through a
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(gw, input, write, None, queue, Vec::new(), deflate);
-            Box::pin(session.run(start))
+            let session = Session::new(gw.clone(), input, write, None, queue, Vec::new(), deflate);
+            gw.tasks.spawn(session.run(start));
         }
     }
+}
+
+/// Starts the session of a plain TCP connection whose 101 has been
+/// written: `read_ahead` is whatever the client sent after its handshake
+/// that was already read. Nothing of the HTTP layer that answered the
+/// handshake is needed (or kept), so a connection driver other than hyper
+/// can hand its sockets over here.
+pub(crate) fn spawn_on_socket(
+    gw: Arc<Gateway>,
+    stream: MeteredStream<TcpStream>,
+    read_ahead: Vec<u8>,
+    queue: Arc<SubscriberQueue>,
+    start: Box<Start>,
+    deflate: Option<Deflate>,
+) {
+    let (stream, meter) = stream.into_parts();
+    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
+    let sink: Arc<dyn DirectSink> = socket.clone();
+    let input = Input::Socket(socket.clone());
+    let writer = SocketWriter(socket);
+    let session = Session::new(
+        gw.clone(),
+        input,
+        writer,
+        Some(sink),
+        queue,
+        read_ahead,
+        deflate,
+    );
+    gw.tasks.spawn(session.run(start));
 }
 
 /// Answers 101 and hands the connection to a session once hyper lets go
@@ -298,11 +325,8 @@ fn upgrade(
         if let Some(meter) = meter {
             meter.handshake_done();
         }
-        let _connection = ConnectionGuard::new(&session_gw.metrics, Transport::WebSocket);
         tracing::debug!("websocket open");
-        // Boxed and built by a plain function: this task then holds only
-        // the session, not every local of the upgrade as well.
-        session_for(session_gw, upgraded, queue, start, deflate).await;
+        spawn_session(session_gw, upgraded, queue, start, deflate);
     };
     gw.tasks.spawn(task);
 

@@ -220,7 +220,12 @@ fn scan_frame(buf: &[u8], max_message: usize) -> Scan {
 pub struct Decoder {
     /// Bytes read and not yet decoded: empty (no allocation) while idle.
     buf: Vec<u8>,
-    assembler: Assembler,
+    /// Boxed, and only while frames are decoded or a fragmented message is
+    /// incomplete: an idle connection holds the empty pointer (it was 64
+    /// bytes inline in every session).
+    assembler: Option<Box<Assembler>>,
+    /// The inflater, kept here while no assembler is.
+    inflate: Option<ClientInflate>,
     max_message: usize,
     /// A close or a violation was reported: nothing more is decoded.
     ended: bool,
@@ -230,11 +235,10 @@ impl Decoder {
     /// `read_ahead`: bytes that arrived with the handshake; `inflate`:
     /// set when permessage-deflate was negotiated.
     pub fn new(max_message: usize, read_ahead: Vec<u8>, inflate: Option<ClientInflate>) -> Decoder {
-        let mut assembler = Assembler::new(max_message);
-        assembler.inflate = inflate;
         Decoder {
             buf: read_ahead,
-            assembler,
+            assembler: None,
+            inflate,
             max_message,
             ended: false,
         }
@@ -270,6 +274,18 @@ impl Decoder {
         }
     }
 
+    /// Lets the assembler's box go unless a message is half-assembled (the
+    /// inflater, if any, is kept).
+    fn release_assembler(&mut self) {
+        if self
+            .assembler
+            .as_ref()
+            .is_some_and(|a| a.opcode.is_none() && a.buf.is_empty())
+        {
+            self.inflate = self.assembler.take().and_then(|mut a| a.inflate.take());
+        }
+    }
+
     /// Decodes every complete frame read so far into `out`. After a close
     /// frame or a protocol violation (both end up in `out`) it stops for
     /// good and returns true.
@@ -280,6 +296,8 @@ impl Decoder {
         }
         let (complete, rsv1, refused) = self.scan();
         if !rsv1.is_empty() {
+            let assembler =
+                make_assembler(&mut self.assembler, &mut self.inflate, self.max_message);
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
@@ -300,7 +318,7 @@ impl Decoder {
                     } else {
                         f.opcode
                     };
-                    frame_event(&mut self.assembler, opcode, f.fin, rsv1, &f.payload)
+                    frame_event(assembler, opcode, f.fin, rsv1, &f.payload)
                 };
                 match frame.map(event) {
                     Ok(Ok(Some(event))) => {
@@ -336,6 +354,7 @@ impl Decoder {
                 self.ended = true;
             }
         }
+        self.release_assembler();
         if self.ended || complete == self.buf.len() {
             // Nothing pending: hold no buffer while idle.
             self.buf = Vec::new();
@@ -344,6 +363,19 @@ impl Decoder {
         }
         self.ended
     }
+}
+
+/// The decoder's assembler, made (with the inflater, if any) on first use.
+fn make_assembler<'a>(
+    slot: &'a mut Option<Box<Assembler>>,
+    inflate: &mut Option<ClientInflate>,
+    max_message: usize,
+) -> &'a mut Assembler {
+    slot.get_or_insert_with(|| {
+        let mut assembler = Assembler::new(max_message);
+        assembler.inflate = inflate.take();
+        Box::new(assembler)
+    })
 }
 
 /// Clears RSV1 in a frame's first byte; returns whether it was set, and

@@ -15,12 +15,16 @@
 //! it, in [`delivery`] (and [`vectored`], the socket writes).
 //!
 //! Every idle connection holds the session's future, so its size matters
-//! (BENCHMARKS.md, "the session future"): [`Session::run`] returns an
-//! `async move` block, the wait polls poll functions rather than futures,
-//! and all handling after a wake-up is boxed.
+//! (BENCHMARKS.md, "Idle WebSocket memory"; `sizes` pins it): the future
+//! is the session's task itself (not boxed inside another), [`Session::run`]
+//! returns an `async move` block, the wait is one poll function, pings and
+//! idle checks ride a shared clock ([`super::ticks`]) instead of a timer per
+//! connection, and all handling after a wake-up is boxed.
 
 mod commands;
 mod delivery;
+#[cfg(test)]
+mod sizes;
 mod subscriptions;
 mod vectored;
 
@@ -33,11 +37,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::deflate::{ClientInflate, Deflate};
 use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
+use super::ticks::Tick;
 use crate::auth::Credentials;
 use crate::bus::{
     DirectReport, DirectSink, HistoryRead, QueueClosed, SubscriberQueue, Subscription,
@@ -45,7 +51,7 @@ use crate::bus::{
 use crate::gateway::Gateway;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
-use crate::protocol::Message;
+use crate::protocol::{Message, Transport};
 use crate::transport::throttle::Throttle;
 use subscriptions::Subscriptions;
 pub use vectored::SendProgress;
@@ -123,7 +129,8 @@ enum Wake {
     Shutdown,
     Kick,
     Read(io::Result<usize>),
-    Drained(Result<(), QueueClosed>),
+    /// What was queued (up to [`BATCH`] messages), or why the queue closed.
+    Drained(Result<Vec<Arc<Message>>, QueueClosed>),
     Tick,
     Throttled,
     /// The subscriber token expired.
@@ -164,6 +171,16 @@ pub struct Session<W> {
     deflate: Option<Deflate>,
 }
 
+impl<W> Drop for Session<W> {
+    fn drop(&mut self) {
+        self.gw
+            .metrics
+            .transport(Transport::WebSocket)
+            .connections
+            .dec();
+    }
+}
+
 /// A subscription taken before the handshake answer, with its history.
 pub struct InitialSubscription {
     pub channel: ChannelName,
@@ -184,6 +201,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         deflate: Option<Deflate>,
     ) -> Self {
         let inflate = deflate.map(ClientInflate::new);
+        // Counted down by `Drop`: a guard kept as a field would be 16 more
+        // bytes in every idle connection's future.
+        gw.metrics.transport(Transport::WebSocket).connections.inc();
         Session {
             input,
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
@@ -213,7 +233,10 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// parameters *and* a moved copy of `self` (328 bytes twice), and a
     /// destructured `Start` left its credentials (104 bytes) alive across
     /// every await. 1,288 → 592 bytes with the changes around it
-    /// (`-Zprint-type-sizes`), i.e. jemalloc's 1,536-byte class → 640.
+    /// (`-Zprint-type-sizes`), i.e. jemalloc's 1,536-byte class → 640; then
+    /// 632 → 488 (debug build) with the shared clock, the single poll
+    /// function and the lazily boxed frame assembler, which lets the whole
+    /// task fit where the future alone was.
     #[allow(clippy::manual_async_fn)] // on purpose, see above
     pub fn run(mut self, start: Box<Start>) -> impl Future<Output = ()> + Send
     where
@@ -300,56 +323,95 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     }
 
     async fn serve(&mut self) -> End {
-        let cfg = &self.gw.config.websocket;
-        let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
         // Registered once for the session, not on every wake-up; cancelled
         // by shutdown too (a child of the shutdown token).
         let kick_token = self.gw.kick_token();
         let kick = kick_token.cancelled();
         tokio::pin!(kick);
-        let mut ticker = tokio::time::interval(
-            ping_interval
-                .min(idle_timeout / 2)
-                .max(Duration::from_millis(100)),
-        );
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Grows on first use: an idle connection holds no batch buffer.
-        let mut batch: Vec<Arc<Message>> = Vec::new();
+        // The shared clock, not a timer of its own (see `ticks`).
+        let mut tick = match Tick::register(self.tick_period()) {
+            Ok(tick) => tick,
+            Err(e) => {
+                tracing::error!(error = %e, "websocket ping clock unavailable");
+                return End::Close(1013, "server overloaded; try again later".into());
+            }
+        };
         loop {
             self.lend_socket();
-            let queue = self.queue.clone();
             // Boxed, and only while something is held back: a timer inline
             // here would be part of every idle connection's memory.
             let mut throttled = self
                 .throttle
                 .deadline()
                 .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
-            let wake = tokio::select! {
-                biased;
-                _ = &mut kick => match self.gw.shutdown.is_cancelled() {
-                    true => Wake::Shutdown,
-                    false => Wake::Kick,
-                },
-                // Poll functions, not futures: their state would be part of
-                // every idle connection's memory (136 bytes more).
-                read = poll_fn(|cx| self.input.poll_read_into(cx, self.decoder.buffer())) => Wake::Read(read),
-                drained = poll_fn(|cx| queue.poll_drain(cx, &mut batch, BATCH)) => Wake::Drained(drained),
-                _ = poll_fn(|cx| ticker.poll_tick(cx)) => Wake::Tick,
-                _ = poll_fn(|cx| throttled.as_mut().expect("guarded").as_mut().poll(cx)), if throttled.is_some() => Wake::Throttled,
-                _ = poll_fn(|cx| self.expiry.as_mut().expect("guarded").as_mut().poll(cx)), if self.expiry.is_some() => Wake::TokenExpired,
-            };
+            let wake =
+                poll_fn(|cx| self.poll_wake(cx, kick.as_mut(), &mut tick, &mut throttled)).await;
             // Everything after a wake-up is boxed: the session future's
             // size is what each idle connection holds, and wake-ups are rare
             // while publishers write directly.
-            let step = Box::pin(self.on_wake(wake, &mut batch)).await;
+            let step = Box::pin(self.on_wake(wake)).await;
             if let Err(end) = step {
                 return end;
             }
         }
     }
 
+    /// What woke the session, first one first (shutdown and kicks before
+    /// anything the client sent, that before deliveries, then timers).
+    ///
+    /// One poll function over the sources rather than a `select!` of
+    /// futures: the wait is what every idle connection holds, and each
+    /// future (or closure capturing its own references) would add its
+    /// state to it.
+    fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        kick: Pin<&mut WaitForCancellationFuture<'_>>,
+        tick: &mut Tick,
+        throttled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    ) -> Poll<Wake> {
+        if kick.poll(cx).is_ready() {
+            return Poll::Ready(match self.gw.shutdown.is_cancelled() {
+                true => Wake::Shutdown,
+                false => Wake::Kick,
+            });
+        }
+        if let Poll::Ready(read) = self.input.poll_read_into(cx, self.decoder.buffer()) {
+            return Poll::Ready(Wake::Read(read));
+        }
+        // Grows only once something is queued: an idle connection holds no
+        // batch buffer.
+        let mut batch = Vec::new();
+        if let Poll::Ready(drained) = self.queue.poll_drain(cx, &mut batch, BATCH) {
+            return Poll::Ready(Wake::Drained(drained.map(|()| batch)));
+        }
+        if tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::Tick);
+        }
+        if let Some(sleep) = throttled {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Throttled);
+            }
+        }
+        if let Some(expiry) = &mut self.expiry {
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::TokenExpired);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// How often the session checks for silence: often enough to ping on
+    /// time and to drop a silent client within half its idle timeout.
+    fn tick_period(&self) -> Duration {
+        let cfg = &self.gw.config.websocket;
+        cfg.ping_interval
+            .min(cfg.idle_timeout / 2)
+            .max(Duration::from_millis(100))
+    }
+
     /// Handles one wake-up of [`serve`](Self::serve); `Err` ends the session.
-    async fn on_wake(&mut self, wake: Wake, batch: &mut Vec<Arc<Message>>) -> Result<(), End> {
+    async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
         self.take_back_socket().await?;
         match wake {
             Wake::Shutdown => Err(self.going_away(1001, "server shutting down")),
@@ -363,11 +425,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 // allocated on every wake-up.
                 Box::pin(self.on_bytes()).await
             }
-            Wake::Drained(Ok(())) => {
-                let result = self.write_messages(batch).await;
-                batch.clear();
-                result
-            }
+            Wake::Drained(Ok(batch)) => self.write_messages(&batch).await,
             Wake::Drained(Err(QueueClosed::Overflow)) => Box::pin(self.catch_up()).await,
             Wake::Drained(Err(QueueClosed::Shutdown)) => {
                 Err(self.going_away(1001, "server shutting down"))

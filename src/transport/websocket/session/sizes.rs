@@ -1,0 +1,61 @@
+//! What an idle WebSocket connection holds, pinned by size: every idle
+//! connection keeps these for its whole life, so a field or a local that
+//! grows them is paid once per connection (BENCHMARKS.md, "Idle WebSocket
+//! memory"). Upper bounds, measured on the debug build the tests run
+//! (the release build's futures are a little smaller); a failure means
+//! something new is kept across the session's wait.
+//!
+//! The bound that matters most is the session's future: it *is* the
+//! connection's tokio task (spawned unboxed), whose allocation is about
+//! 110 bytes of tokio's header and trailer plus the future, rounded up to
+//! a multiple of 128 bytes. Under 530 bytes the task is 640 bytes; it was
+//! a 256-byte task plus a 640-byte boxed future before.
+
+use std::mem::size_of;
+
+use super::{Session, Start};
+use crate::transport::websocket::reader::Decoder;
+use crate::transport::websocket::socket::{SocketWriter, WsSocket};
+
+/// The size of what `f` returns (for futures, which have no name).
+fn returned_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+    size_of::<R>()
+}
+
+fn returned_size1<A, R>(_: impl FnOnce(A) -> R) -> usize {
+    size_of::<R>()
+}
+
+#[test]
+fn the_session_future_stays_small() {
+    let run = returned_size::<Session<SocketWriter>, Box<Start>, _>(Session::run);
+    let serve = returned_size1::<&mut Session<SocketWriter>, _>(Session::serve);
+    let session = size_of::<Session<SocketWriter>>();
+    eprintln!("Session::run future {run}, serve future {serve}, Session {session}");
+    // 632 / 256 / 312 before the shared clock, the single poll function
+    // and the boxed assembler.
+    assert!(run <= 500, "Session::run's future grew to {run} bytes");
+    assert!(
+        serve <= 176,
+        "Session::serve's future grew to {serve} bytes"
+    );
+    assert!(session <= 280, "Session grew to {session} bytes");
+}
+
+#[test]
+fn per_connection_structs_stay_small() {
+    let sizes = [
+        ("Decoder", size_of::<Decoder>(), 64),
+        ("WsSocket", size_of::<WsSocket>(), 64),
+        (
+            "SubscriberQueue",
+            size_of::<crate::bus::SubscriberQueue>(),
+            176,
+        ),
+        ("ConnMeter", size_of::<crate::net::meter::ConnMeter>(), 64),
+    ];
+    for (name, size, bound) in sizes {
+        eprintln!("{name}: {size} bytes");
+        assert!(size <= bound, "{name} grew to {size} bytes (bound {bound})");
+    }
+}
