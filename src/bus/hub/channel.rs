@@ -159,7 +159,7 @@ impl Drop for Subscription {
                     slot: self.slot.clone(),
                     key: self.key,
                 };
-                self.shards.post(lane, job, &mut wakeups);
+                self.shards.post(lane, job, 0, &mut wakeups);
             }
             inner.is_unused() && !inner.removed
         };

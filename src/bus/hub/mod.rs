@@ -326,7 +326,7 @@ impl Hub {
                     key,
                     queue: queue.clone(),
                 };
-                self.shards.post(lane, job, wakeups);
+                self.shards.post(lane, job, 0, wakeups);
             }
             let subscription = Subscription {
                 slot: slot.clone(),
