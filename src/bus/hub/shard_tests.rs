@@ -105,7 +105,7 @@ fn a_channels_subscribers_are_spread_evenly_over_the_shards() {
     }
     settle(&hub);
     let slot = hub.channels.get(&ch).unwrap().value().clone();
-    let sizes: Vec<usize> = slot.lanes.iter().map(|l| l.lock().len()).collect();
+    let sizes: Vec<usize> = slot.lanes.iter().map(|l| l.len()).collect();
     assert_eq!(sizes, vec![25; 4], "lanes as the shards hold them");
     assert_eq!(&*slot.inner.lock().lane_sizes, &[25; 4][..]);
     // One message reaches all of them, each once.
@@ -130,7 +130,7 @@ fn a_subscriber_that_overflows_leaves_its_lane_and_the_counts() {
     settle(&hub);
     assert_eq!(hub.subscriber_counts(&ch).websocket, 0);
     let slot = hub.channels.get(&ch).unwrap().value().clone();
-    assert!(slot.lanes.iter().all(|l| l.lock().len() == 0));
+    assert!(slot.lanes.iter().all(|l| l.len() == 0));
 }
 
 /// One subscriber that came and went: its history read, and what was
