@@ -18,6 +18,7 @@
 //! last subscriber leaves, so subscribe/unsubscribe churn leaves nothing.
 
 mod channel;
+mod lane;
 mod read;
 mod shard;
 mod stats;

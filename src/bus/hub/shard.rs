@@ -40,20 +40,21 @@
 //! undelivered batches before publishers wait for it
 //! ([`Shards::room`]): the backlog is memory a publisher causes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::channel::ChannelSlot;
-use crate::bus::queue::{Pushed, SubscriberQueue};
+use super::lane::Delivery;
+pub(super) use super::lane::{Batch, LaneCell};
+use crate::bus::queue::SubscriberQueue;
 use crate::config::ChannelMode;
-use crate::metrics::{DeliveryTally, Metrics};
+use crate::metrics::Metrics;
 use crate::protocol::Message;
 
 /// Writes a shard task makes before it yields to the other tasks of its
@@ -73,92 +74,6 @@ pub(super) const BACKLOG: usize = 2;
 /// (about 6 µs a write), and past a few writes the other workers writing
 /// in parallel are worth their wake-up.
 pub(super) const INLINE_WRITES: usize = 32;
-
-/// One shard's subscribers of one channel, in delivery order, with each
-/// key's position for O(1) removal.
-#[derive(Default)]
-pub(super) struct Lane {
-    subscribers: Vec<(u64, Arc<SubscriberQueue>)>,
-    position: HashMap<u64, usize>,
-}
-
-impl Lane {
-    fn add(&mut self, key: u64, queue: Arc<SubscriberQueue>) {
-        self.position.insert(key, self.subscribers.len());
-        self.subscribers.push((key, queue));
-    }
-
-    fn remove(&mut self, key: u64) {
-        if let Some(pos) = self.position.remove(&key) {
-            self.remove_at(pos);
-        }
-    }
-
-    fn remove_at(&mut self, pos: usize) {
-        let (key, _) = self.subscribers.swap_remove(pos);
-        self.position.remove(&key);
-        if let Some((moved, _)) = self.subscribers.get(pos) {
-            self.position.insert(*moved, pos);
-        }
-    }
-}
-
-/// A channel's lane on one shard: made when the shard gets its first
-/// subscriber of the channel, freed when it has none left, so a channel
-/// costs each shard it does not use a lock and a pointer (16 bytes), not
-/// an empty lane (80).
-#[derive(Default)]
-pub(super) struct LaneCell(Mutex<Option<Box<Lane>>>);
-
-impl LaneCell {
-    fn add(&self, key: u64, queue: Arc<SubscriberQueue>) {
-        self.0
-            .lock()
-            .get_or_insert_with(Box::default)
-            .add(key, queue);
-    }
-
-    fn remove(&self, key: u64) {
-        let mut cell = self.0.lock();
-        if let Some(lane) = cell.as_mut() {
-            lane.remove(key);
-            if lane.subscribers.is_empty() {
-                *cell = None;
-            }
-        }
-    }
-
-    /// Subscribers in the lane (as the shard holds them).
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.0
-            .lock()
-            .as_ref()
-            .map_or(0, |lane| lane.subscribers.len())
-    }
-}
-
-/// Messages recorded together, handed to every shard with subscribers of
-/// the channel.
-pub(super) struct Batch {
-    pub(super) msgs: Box<[Arc<Message>]>,
-    pub(super) mode: ChannelMode,
-    /// When the batch was recorded: the start of the fan-out span.
-    pub(super) recorded_at: Instant,
-    /// Shards still writing it; the last one measures the span.
-    parts_left: AtomicUsize,
-}
-
-impl Batch {
-    pub(super) fn new(msgs: &[Arc<Message>], mode: ChannelMode, parts: usize) -> Arc<Batch> {
-        Arc::new(Batch {
-            msgs: msgs.into(),
-            mode,
-            recorded_at: Instant::now(),
-            parts_left: AtomicUsize::new(parts),
-        })
-    }
-}
 
 /// What a shard is told, in the channel lock's order.
 pub(super) enum Job {
@@ -508,9 +423,7 @@ impl Shard {
     }
 
     /// Writes `delivery` to up to `max` subscribers of this shard's lane
-    /// from position `from`; returns where to go on, or None when the lane
-    /// is done. Subscribers whose queue overflowed or closed leave the lane
-    /// (their keys go to `dead`); their readers learn of it from the queue.
+    /// from position `from`; see [`LaneCell::write`].
     fn deliver_chunk(
         &self,
         delivery: &Delivery,
@@ -518,39 +431,8 @@ impl Shard {
         max: usize,
         dead: &mut Vec<u64>,
     ) -> Option<usize> {
-        let (msgs, mode) = (delivery.msgs(), delivery.first.mode);
-        // Only this shard's runner locks its lane: never contended.
-        let mut cell = delivery.slot.lanes[self.index].0.lock();
-        let lane = cell.as_mut()?;
-        // Flushed to the shared counters once, when this chunk is done.
-        let mut tally = DeliveryTally::new(&self.metrics);
-        let mut i = from;
-        let mut done = 0;
-        while i < lane.subscribers.len() {
-            if done == max {
-                return Some(i);
-            }
-            done += 1;
-            let (key, queue) = &lane.subscribers[i];
-            match queue.push_all(msgs, mode, &mut tally) {
-                Pushed::Queued | Pushed::Written => i += 1,
-                Pushed::Conflated { count } => {
-                    self.metrics
-                        .transport(queue.transport())
-                        .conflated
-                        .inc_by(count as u64);
-                    i += 1;
-                }
-                Pushed::Overflowed { .. } | Pushed::Closed => {
-                    dead.push(*key);
-                    lane.remove_at(i);
-                }
-            }
-        }
-        if lane.subscribers.is_empty() {
-            *cell = None;
-        }
-        None
+        // Only this shard's runner writes its lane: never contended.
+        delivery.slot.lanes[self.index].write(delivery, from, max, dead, &self.metrics)
     }
 
     /// This shard's part of the delivery's batches is written: forgets the
@@ -568,28 +450,6 @@ impl Shard {
             if self.backlog.fetch_sub(1, Ordering::AcqRel) == BACKLOG + 1 {
                 self.room.notify_waiters();
             }
-        }
-    }
-}
-
-/// Deliveries of one channel that were queued next to each other on a
-/// shard, written to each subscriber in one go (in id order: the order
-/// they were posted in).
-struct Delivery {
-    slot: Arc<ChannelSlot>,
-    first: Arc<Batch>,
-    /// The batches queued right behind `first` (usually none).
-    more: Vec<Arc<Batch>>,
-    /// Every batch's messages in order, when there is more than one.
-    joined: Vec<Arc<Message>>,
-}
-
-impl Delivery {
-    fn msgs(&self) -> &[Arc<Message>] {
-        if self.more.is_empty() {
-            &self.first.msgs
-        } else {
-            &self.joined
         }
     }
 }
