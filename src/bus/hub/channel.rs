@@ -9,7 +9,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::shard::{Job, Lane, Shards, Wakeups};
+use super::shard::{Job, LaneCell, Shards, Wakeups};
 use crate::bus::history::{Budget, Evictable, History};
 use crate::bus::queue::SubscriberQueue;
 use crate::config::ChannelMode;
@@ -126,7 +126,7 @@ pub(super) struct ChannelSlot {
     pub(super) name: ChannelName,
     pub(super) inner: Mutex<ChannelInner>,
     /// The subscribers each shard writes; lane `i` is shard `i`'s alone.
-    pub(super) lanes: Box<[Mutex<Lane>]>,
+    pub(super) lanes: Box<[LaneCell]>,
 }
 
 impl ChannelSlot {
@@ -159,7 +159,7 @@ impl Drop for Subscription {
                     slot: self.slot.clone(),
                     key: self.key,
                 };
-                self.shards.post(lane, job, &mut wakeups);
+                self.shards.post(lane, job, 0, &mut wakeups);
             }
             inner.is_unused() && !inner.removed
         };

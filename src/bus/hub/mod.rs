@@ -7,8 +7,10 @@
 //! subscribers see one order and a subscription taken under the same lock
 //! gets history and live messages with no gap and no overlap. The writes
 //! to subscribers happen after the lock is released, on the shards' own
-//! tasks: a publish is answered once it is recorded. (The gateway's own
-//! bridge feeds are the exception: queues, written under the lock.)
+//! tasks (a handful of writes by the publisher itself, which is cheaper
+//! than waking a task): a publish is answered once it is recorded. (The
+//! gateway's own bridge feeds are the exception: queues, written under the
+//! lock.)
 //!
 //! History is bounded per channel by count, age and bytes, and over the
 //! node by bytes ([`history`](super::history)). A channel nobody
@@ -16,6 +18,7 @@
 //! last subscriber leaves, so subscribe/unsubscribe churn leaves nothing.
 
 mod channel;
+mod lane;
 mod read;
 mod shard;
 mod stats;
@@ -326,7 +329,7 @@ impl Hub {
                     key,
                     queue: queue.clone(),
                 };
-                self.shards.post(lane, job, wakeups);
+                self.shards.post(lane, job, 0, wakeups);
             }
             let subscription = Subscription {
                 slot: slot.clone(),

@@ -19,28 +19,42 @@
 //! **Where jobs run.** With a runtime, each shard is a task
 //! ([`Shards::start`]); the scheduler spreads the woken shard tasks over
 //! the worker threads. A shard yields every [`CHUNK`] writes so a huge
-//! channel cannot hold a worker for the whole fan-out. Without a runtime
-//! (unit tests, [`Shards::inline`]) there is one shard and whoever posted
-//! a job runs the inbox right after releasing the channel lock.
+//! channel cannot hold a worker for the whole fan-out. Handing work to a
+//! task costs a wake-up (a futex call when its worker sleeps) and a poll
+//! on the other side, as much as a few writes: so when a shard is idle and
+//! what is queued for it is at most [`INLINE_WRITES`] writes (a channel
+//! with a handful of subscribers, a subscriber joining or leaving), the
+//! poster runs it itself right after releasing the channel lock ([`Shards::kick`]).
+//! Whoever runs a shard's jobs — its task or a poster — holds the shard
+//! ([`Runner`]) until the inbox is empty, so jobs never run on two threads
+//! at once and keep their order; a poster that finds more queued when it
+//! is done hands it to the task. Without a runtime (unit tests,
+//! [`Shards::inline`]) there is one shard and posters run every job.
+//!
+//! **Several batches, one write.** A shard that is behind finds several
+//! deliveries of one channel next to each other in its inbox: it writes
+//! them to each subscriber together ([`Delivery`]), one write per
+//! subscriber instead of one per batch, in id order as posted.
 //!
 //! **Bounded.** A shard that falls behind holds at most [`BACKLOG`]
 //! undelivered batches before publishers wait for it
 //! ([`Shards::room`]): the backlog is memory a publisher causes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::channel::ChannelSlot;
-use crate::bus::queue::{Pushed, SubscriberQueue};
+use super::lane::Delivery;
+pub(super) use super::lane::{Batch, LaneCell};
+use crate::bus::queue::SubscriberQueue;
 use crate::config::ChannelMode;
-use crate::metrics::{DeliveryTally, Metrics};
+use crate::metrics::Metrics;
 use crate::protocol::Message;
 
 /// Writes a shard task makes before it yields to the other tasks of its
@@ -55,61 +69,11 @@ pub(super) const CHUNK: usize = 256;
 /// publish on another channel then waited for any fan-out in progress.
 pub(super) const BACKLOG: usize = 2;
 
-/// One shard's subscribers of one channel, in delivery order, with each
-/// key's position for O(1) removal.
-#[derive(Default)]
-pub(super) struct Lane {
-    subscribers: Vec<(u64, Arc<SubscriberQueue>)>,
-    position: HashMap<u64, usize>,
-}
-
-impl Lane {
-    fn add(&mut self, key: u64, queue: Arc<SubscriberQueue>) {
-        self.position.insert(key, self.subscribers.len());
-        self.subscribers.push((key, queue));
-    }
-
-    fn remove(&mut self, key: u64) {
-        if let Some(pos) = self.position.remove(&key) {
-            self.remove_at(pos);
-        }
-    }
-
-    fn remove_at(&mut self, pos: usize) {
-        let (key, _) = self.subscribers.swap_remove(pos);
-        self.position.remove(&key);
-        if let Some((moved, _)) = self.subscribers.get(pos) {
-            self.position.insert(*moved, pos);
-        }
-    }
-
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.subscribers.len()
-    }
-}
-
-/// Messages recorded together, handed to every shard with subscribers of
-/// the channel.
-pub(super) struct Batch {
-    pub(super) msgs: Box<[Arc<Message>]>,
-    pub(super) mode: ChannelMode,
-    /// When the batch was recorded: the start of the fan-out span.
-    pub(super) recorded_at: Instant,
-    /// Shards still writing it; the last one measures the span.
-    parts_left: AtomicUsize,
-}
-
-impl Batch {
-    pub(super) fn new(msgs: &[Arc<Message>], mode: ChannelMode, parts: usize) -> Arc<Batch> {
-        Arc::new(Batch {
-            msgs: msgs.into(),
-            mode,
-            recorded_at: Instant::now(),
-            parts_left: AtomicUsize::new(parts),
-        })
-    }
-}
+/// Queued writes a poster runs itself instead of waking the shard's task
+/// (see the module doc). Small: it is what a publish answer may wait for
+/// (about 6 µs a write), and past a few writes the other workers writing
+/// in parallel are worth their wake-up.
+pub(super) const INLINE_WRITES: usize = 32;
 
 /// What a shard is told, in the channel lock's order.
 pub(super) enum Job {
@@ -128,20 +92,45 @@ pub(super) enum Job {
     },
 }
 
+/// Who holds a shard: runs the jobs taken from its inbox, the only one
+/// to touch its lanes until the inbox is empty.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum Runner {
+    #[default]
+    Nobody,
+    /// The shard's task.
+    Task,
+    /// A poster, inline ([`Shards::kick`]).
+    Poster,
+}
+
 #[derive(Default)]
 struct Inbox {
     jobs: VecDeque<Job>,
-    /// The shard task, parked on an empty inbox.
+    /// Writes the queued deliveries will make (their lanes' sizes when
+    /// posted): what decides whether a poster may run them itself.
+    writes: usize,
+    /// The shard task, parked on an empty inbox (or while a poster holds
+    /// the shard).
     waker: Option<Waker>,
-    /// Someone is running jobs taken from here (inline mode: one runner
-    /// at a time).
-    running: bool,
+    runner: Runner,
     closed: bool,
+}
+
+impl Inbox {
+    /// Takes every queued job for `runner`, who now holds the shard.
+    fn take(&mut self, runner: Runner, out: &mut VecDeque<Job>) {
+        self.runner = runner;
+        self.writes = 0;
+        std::mem::swap(&mut self.jobs, out);
+    }
 }
 
 struct Shard {
     index: usize,
     inbox: Mutex<Inbox>,
+    /// No task: whoever posts runs every job (see [`Shards::inline`]).
+    inline: bool,
     /// Batches posted and not yet written.
     backlog: AtomicUsize,
     /// Publishers waiting for the backlog to shrink.
@@ -149,11 +138,11 @@ struct Shard {
     metrics: Arc<Metrics>,
 }
 
-/// Task wake-ups owed after posting jobs; given back to
-/// [`Shards::kick`] once the channel lock is released.
+/// The shards jobs were posted to under a channel lock; given to
+/// [`Shards::kick`] once the lock is released, which runs or wakes them.
 #[must_use = "hand to Shards::kick after releasing the channel lock"]
 #[derive(Default)]
-pub(super) struct Wakeups(Vec<Waker>);
+pub(super) struct Wakeups(Vec<usize>);
 
 /// Every shard of a hub.
 pub(super) struct Shards {
@@ -169,6 +158,7 @@ impl Shards {
                 Arc::new(Shard {
                     index,
                     inbox: Mutex::new(Inbox::default()),
+                    inline,
                     backlog: AtomicUsize::new(0),
                     room: Notify::new(),
                     metrics: metrics.clone(),
@@ -200,22 +190,25 @@ impl Shards {
         self.shards.len()
     }
 
-    /// One empty lane per shard, for a new channel.
-    pub(super) fn lanes(&self) -> Box<[Mutex<Lane>]> {
-        self.shards.iter().map(|_| Mutex::default()).collect()
+    /// One (not yet made) lane per shard, for a new channel.
+    pub(super) fn lanes(&self) -> Box<[LaneCell]> {
+        self.shards.iter().map(|_| LaneCell::default()).collect()
     }
 
     /// Queues `job` on shard `lane`. Called under the channel's lock: that
-    /// is what orders the jobs of a channel.
-    pub(super) fn post(&self, lane: usize, job: Job, wakeups: &mut Wakeups) {
+    /// is what orders the jobs of a channel. `writes`: how many
+    /// subscribers a delivery goes to (0 for the others).
+    pub(super) fn post(&self, lane: usize, job: Job, writes: usize, wakeups: &mut Wakeups) {
         let shard = &self.shards[lane];
         if matches!(job, Job::Deliver { .. }) {
             shard.backlog.fetch_add(1, Ordering::Relaxed);
         }
         let mut inbox = shard.inbox.lock();
         inbox.jobs.push_back(job);
-        if let Some(waker) = inbox.waker.take() {
-            wakeups.0.push(waker);
+        inbox.writes += writes;
+        drop(inbox);
+        if !wakeups.0.contains(&lane) {
+            wakeups.0.push(lane);
         }
     }
 
@@ -234,25 +227,45 @@ impl Shards {
             return;
         }
         let batch = Batch::new(msgs, mode, parts);
-        for (lane, _) in lane_sizes.iter().enumerate().filter(|(_, &n)| n > 0) {
+        for (lane, &writes) in lane_sizes.iter().enumerate().filter(|(_, &n)| n > 0) {
             let job = Job::Deliver {
                 slot: slot.clone(),
                 batch: batch.clone(),
             };
-            self.post(lane, job, wakeups);
+            self.post(lane, job, writes, wakeups);
         }
     }
 
-    /// Wakes the shard tasks jobs were posted to (inline: runs the jobs).
-    /// Called after releasing the channel lock.
+    /// Gets the jobs just posted going: runs those of idle shards with at
+    /// most [`INLINE_WRITES`] writes queued (all of them, without a
+    /// runtime) on this thread, and wakes the other shards' tasks first so
+    /// they write in parallel. Called after releasing the channel lock.
     pub(super) fn kick(&self, wakeups: Wakeups) {
-        for waker in wakeups.0 {
-            waker.wake();
-        }
-        if self.inline {
-            for shard in self.shards.iter() {
-                shard.run_inline();
+        let mut budget = if self.inline {
+            usize::MAX
+        } else {
+            INLINE_WRITES
+        };
+        let mut here: Vec<(&Shard, VecDeque<Job>)> = Vec::new();
+        for lane in wakeups.0 {
+            let shard = &*self.shards[lane];
+            let mut inbox = shard.inbox.lock();
+            // A runner looks at the inbox again before it lets go.
+            if inbox.runner != Runner::Nobody || inbox.jobs.is_empty() || inbox.closed {
+                continue;
             }
+            if inbox.writes <= budget {
+                budget -= inbox.writes;
+                let mut jobs = VecDeque::new();
+                inbox.take(Runner::Poster, &mut jobs);
+                here.push((shard, jobs));
+            } else if let Some(waker) = inbox.waker.take() {
+                drop(inbox);
+                waker.wake();
+            }
+        }
+        for (shard, jobs) in here {
+            shard.run_here(jobs);
         }
     }
 
@@ -261,7 +274,9 @@ impl Shards {
     pub(super) fn settled(&self) -> bool {
         self.shards.iter().all(|shard| {
             let inbox = shard.inbox.lock();
-            inbox.jobs.is_empty() && !inbox.running && shard.backlog.load(Ordering::Acquire) == 0
+            inbox.jobs.is_empty()
+                && inbox.runner == Runner::Nobody
+                && shard.backlog.load(Ordering::Acquire) == 0
         })
     }
 
@@ -301,133 +316,140 @@ impl Shard {
         let mut jobs = VecDeque::new();
         while poll_fn(|cx| self.poll_jobs(cx, &mut jobs)).await {
             while let Some(job) = jobs.pop_front() {
-                let Job::Deliver { slot, batch } = job else {
-                    self.apply(job);
+                let Some(delivery) = self.next_delivery(job, &mut jobs) else {
                     continue;
                 };
                 let mut dead = Vec::new();
                 let mut from = 0;
-                while let Some(next) = self.deliver_chunk(&slot, &batch, from, CHUNK, &mut dead) {
+                while let Some(next) = self.deliver_chunk(&delivery, from, CHUNK, &mut dead) {
                     from = next;
                     tokio::task::yield_now().await;
                 }
-                self.delivered(&slot, &batch, &dead);
+                self.delivered(&delivery, &dead);
             }
         }
     }
 
-    /// Takes every job queued; false once the hub is gone.
+    /// Takes every job queued; false once the hub is gone. Waits while a
+    /// poster holds the shard (it wakes the task if it leaves jobs).
     fn poll_jobs(&self, cx: &mut Context<'_>, out: &mut VecDeque<Job>) -> Poll<bool> {
         let mut inbox = self.inbox.lock();
         if inbox.closed {
             return Poll::Ready(false);
         }
-        if inbox.jobs.is_empty() {
-            inbox.running = false;
+        if inbox.runner == Runner::Poster || inbox.jobs.is_empty() {
+            if inbox.runner == Runner::Task {
+                inbox.runner = Runner::Nobody;
+            }
             match &inbox.waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => inbox.waker = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
-        inbox.running = true;
-        std::mem::swap(&mut inbox.jobs, out);
+        inbox.take(Runner::Task, out);
         Poll::Ready(true)
     }
 
-    /// Runs the inbox on this thread unless someone already is (who then
-    /// also runs what was just posted: it looks again before it stops).
-    fn run_inline(&self) {
-        let mut jobs = {
-            let mut inbox = self.inbox.lock();
-            if inbox.running || inbox.jobs.is_empty() {
-                return;
-            }
-            inbox.running = true;
-            std::mem::take(&mut inbox.jobs)
-        };
+    /// Runs `jobs`, taken by a poster that now holds the shard, on this
+    /// thread; then lets go, handing whatever was posted meanwhile to the
+    /// task (without a runtime: running it too).
+    fn run_here(&self, mut jobs: VecDeque<Job>) {
         loop {
             while let Some(job) = jobs.pop_front() {
-                let Job::Deliver { slot, batch } = job else {
-                    self.apply(job);
+                let Some(delivery) = self.next_delivery(job, &mut jobs) else {
                     continue;
                 };
                 let mut dead = Vec::new();
-                self.deliver_chunk(&slot, &batch, 0, usize::MAX, &mut dead);
-                self.delivered(&slot, &batch, &dead);
+                self.deliver_chunk(&delivery, 0, usize::MAX, &mut dead);
+                self.delivered(&delivery, &dead);
             }
             let mut inbox = self.inbox.lock();
-            if inbox.jobs.is_empty() {
-                inbox.running = false;
+            if inbox.jobs.is_empty() || inbox.closed {
+                inbox.runner = Runner::Nobody;
                 return;
             }
-            std::mem::swap(&mut inbox.jobs, &mut jobs);
+            if self.inline {
+                inbox.take(Runner::Poster, &mut jobs);
+                continue;
+            }
+            inbox.runner = Runner::Nobody;
+            let waker = inbox.waker.take();
+            drop(inbox);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return;
         }
     }
 
-    fn apply(&self, job: Job) {
+    /// Applies `job` if it is a join or a leave; a delivery is returned
+    /// with the deliveries of the same channel queued right behind it
+    /// (taken from `rest`), to be written together.
+    fn next_delivery(&self, job: Job, rest: &mut VecDeque<Job>) -> Option<Delivery> {
         match job {
-            Job::Join { slot, key, queue } => slot.lanes[self.index].lock().add(key, queue),
-            Job::Leave { slot, key } => slot.lanes[self.index].lock().remove(key),
-            Job::Deliver { .. } => unreachable!("deliveries are run by the caller"),
+            Job::Join { slot, key, queue } => {
+                slot.lanes[self.index].add(key, queue);
+                None
+            }
+            Job::Leave { slot, key } => {
+                slot.lanes[self.index].remove(key);
+                None
+            }
+            Job::Deliver { slot, batch } => {
+                let mut delivery = Delivery {
+                    slot,
+                    first: batch,
+                    more: Vec::new(),
+                    joined: Vec::new(),
+                };
+                while let Some(Job::Deliver { slot, batch }) = rest.front() {
+                    if !Arc::ptr_eq(slot, &delivery.slot) || batch.mode != delivery.first.mode {
+                        break;
+                    }
+                    if let Some(Job::Deliver { batch, .. }) = rest.pop_front() {
+                        delivery.more.push(batch);
+                    }
+                }
+                if !delivery.more.is_empty() {
+                    delivery.joined = std::iter::once(&delivery.first)
+                        .chain(&delivery.more)
+                        .flat_map(|b| b.msgs.iter().cloned())
+                        .collect();
+                }
+                Some(delivery)
+            }
         }
     }
 
-    /// Writes `batch` to up to `max` subscribers of this shard's lane from
-    /// position `from`; returns where to go on, or None when the lane is
-    /// done. Subscribers whose queue overflowed or closed leave the lane
-    /// (their keys go to `dead`); their readers learn of it from the queue.
+    /// Writes `delivery` to up to `max` subscribers of this shard's lane
+    /// from position `from`; see [`LaneCell::write`].
     fn deliver_chunk(
         &self,
-        slot: &ChannelSlot,
-        batch: &Batch,
+        delivery: &Delivery,
         from: usize,
         max: usize,
         dead: &mut Vec<u64>,
     ) -> Option<usize> {
-        // Only this shard locks its lane: the lock is never contended.
-        let mut lane = slot.lanes[self.index].lock();
-        // Flushed to the shared counters once, when this chunk is done.
-        let mut tally = DeliveryTally::new(&self.metrics);
-        let mut i = from;
-        let mut done = 0;
-        while i < lane.subscribers.len() {
-            if done == max {
-                return Some(i);
-            }
-            done += 1;
-            let (key, queue) = &lane.subscribers[i];
-            match queue.push_all(&batch.msgs, batch.mode, &mut tally) {
-                Pushed::Queued | Pushed::Written => i += 1,
-                Pushed::Conflated { count } => {
-                    self.metrics
-                        .transport(queue.transport())
-                        .conflated
-                        .inc_by(count as u64);
-                    i += 1;
-                }
-                Pushed::Overflowed { .. } | Pushed::Closed => {
-                    dead.push(*key);
-                    lane.remove_at(i);
-                }
-            }
-        }
-        None
+        // Only this shard's runner writes its lane: never contended.
+        delivery.slot.lanes[self.index].write(delivery, from, max, dead, &self.metrics)
     }
 
-    /// This shard's part of `batch` is written: forgets the dead
-    /// subscribers, ends the span if it was the last part, and lets
-    /// waiting publishers go.
-    fn delivered(&self, slot: &ChannelSlot, batch: &Batch, dead: &[u64]) {
+    /// This shard's part of the delivery's batches is written: forgets the
+    /// dead subscribers, ends each batch's span if this was its last part,
+    /// and lets waiting publishers go.
+    fn delivered(&self, delivery: &Delivery, dead: &[u64]) {
         if !dead.is_empty() {
-            slot.drop_members(dead);
+            delivery.slot.drop_members(dead);
         }
-        if batch.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let span = batch.recorded_at.elapsed().as_secs_f64();
-            self.metrics.fanout.seconds.observe(span);
-        }
-        if self.backlog.fetch_sub(1, Ordering::AcqRel) == BACKLOG + 1 {
-            self.room.notify_waiters();
+        for batch in std::iter::once(&delivery.first).chain(&delivery.more) {
+            if batch.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                let span = batch.recorded_at.elapsed().as_secs_f64();
+                self.metrics.fanout.seconds.observe(span);
+            }
+            if self.backlog.fetch_sub(1, Ordering::AcqRel) == BACKLOG + 1 {
+                self.room.notify_waiters();
+            }
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Unit tests of the fan-out shards: lanes stay balanced, and racing
-//! publishers, subscribers and leavers on one channel never see a gap, a
-//! duplicate or a message out of order, queued or written directly.
+//! Unit tests of the fan-out shards: lanes stay balanced, small fan-outs
+//! are written by the publisher, deliveries queued behind each other go out
+//! in one write, and racing publishers, subscribers and leavers on one
+//! channel never see a gap, a duplicate or a message out of order, queued
+//! or written directly, on the shard tasks or inline.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::{Runner, INLINE_WRITES};
 use crate::bus::hub::Hub;
 use crate::bus::queue::{DirectReport, DirectSink, SubscriberQueue};
 use crate::config::{ChannelRules, HistoryConfig};
@@ -51,10 +55,12 @@ fn drain_ids(queue: &SubscriberQueue) -> Vec<u64> {
 }
 
 /// A socket that takes everything, recording the ids of the frames
-/// written (one whole frame per buffer: it never writes in part).
+/// written (one whole frame per buffer: it never writes in part), and
+/// which went out in one write.
 #[derive(Default)]
 struct RecordingSink {
     ids: Mutex<Vec<u64>>,
+    writes: Mutex<Vec<Vec<u64>>>,
 }
 
 /// The envelope id in a WebSocket frame of one.
@@ -73,7 +79,9 @@ impl DirectSink for RecordingSink {
         msg.ws_frame()
     }
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.ids.lock().extend(bufs.iter().map(|b| frame_id(b)));
+        let ids: Vec<u64> = bufs.iter().map(|b| frame_id(b)).collect();
+        self.ids.lock().extend(&ids);
+        self.writes.lock().push(ids);
         Ok(bufs.iter().map(|b| b.len()).sum())
     }
 }
@@ -97,7 +105,7 @@ fn a_channels_subscribers_are_spread_evenly_over_the_shards() {
     }
     settle(&hub);
     let slot = hub.channels.get(&ch).unwrap().value().clone();
-    let sizes: Vec<usize> = slot.lanes.iter().map(|l| l.lock().len()).collect();
+    let sizes: Vec<usize> = slot.lanes.iter().map(|l| l.len()).collect();
     assert_eq!(sizes, vec![25; 4], "lanes as the shards hold them");
     assert_eq!(&*slot.inner.lock().lane_sizes, &[25; 4][..]);
     // One message reaches all of them, each once.
@@ -122,7 +130,7 @@ fn a_subscriber_that_overflows_leaves_its_lane_and_the_counts() {
     settle(&hub);
     assert_eq!(hub.subscriber_counts(&ch).websocket, 0);
     let slot = hub.channels.get(&ch).unwrap().value().clone();
-    assert!(slot.lanes.iter().all(|l| l.lock().len() == 0));
+    assert!(slot.lanes.iter().all(|l| l.len() == 0));
 }
 
 /// One subscriber that came and went: its history read, and what was
@@ -198,12 +206,21 @@ fn check(seen: &Seen) {
     );
 }
 
-#[test]
-fn racing_publishers_joiners_and_leavers_see_every_message_once_in_order() {
+/// Publishers, joiners and leavers racing on one channel that also has
+/// `stayers` subscribers all along; every subscriber must see every
+/// message of its time on the channel, once, in order.
+fn race(stayers: usize) {
     const ROUNDS: u64 = 40;
     let rt = runtime(4);
     let hub = sharded_hub(4, &rt);
     let ch = ChannelName::new("race").unwrap();
+    let staying: Vec<_> = (0..stayers)
+        .map(|_| {
+            let queue = SubscriberQueue::new(1 << 20, Transport::WebSocket);
+            let (sub, read) = hub.subscribe(&ch, None, &queue, 0);
+            (sub, queue, read.last_id)
+        })
+        .collect();
     let subscribing = AtomicBool::new(true);
     let seen = Mutex::new(Vec::new());
     let published: u64 = std::thread::scope(|s| {
@@ -260,4 +277,135 @@ fn racing_publishers_joiners_and_leavers_see_every_message_once_in_order() {
     assert_eq!(hub.last_id(&ch), published);
     // Some subscriptions overlapped live publishing (the race is real).
     assert!(seen.iter().any(|s| s.left_between.0 > s.since));
+    for (_sub, queue, since) in &staying {
+        let want: Vec<u64> = (since + 1..=published).collect();
+        assert_eq!(drain_ids(queue), want, "a subscriber that stayed");
+    }
+}
+
+#[test]
+fn racing_publishers_joiners_and_leavers_see_every_message_once_in_order() {
+    // A few subscribers at a time: the publishers write them inline.
+    race(0);
+}
+
+#[test]
+fn racing_on_a_channel_the_shard_tasks_write_loses_nothing() {
+    // 200 more, 50 per shard: past INLINE_WRITES, so the shard tasks
+    // write, and posters find them busy.
+    const { assert!(200 / 4 > INLINE_WRITES) };
+    race(200);
+}
+
+#[test]
+fn a_small_fan_out_is_written_before_the_publish_returns() {
+    let rt = runtime(2);
+    let hub = sharded_hub(2, &rt);
+    let ch = ChannelName::new("few").unwrap();
+    let queues: Vec<_> = (0..3)
+        .map(|_| SubscriberQueue::new(16, Transport::WebSocket))
+        .collect();
+    let _subs: Vec<_> = queues
+        .iter()
+        .map(|q| hub.subscribe(&ch, None, q, 0).0)
+        .collect();
+    settle(&hub);
+    for id in 1..=3 {
+        hub.publish_next(&ch, &Bytes::from("1"));
+        // No task hop: the shards were idle and had three writes to make.
+        for q in &queues {
+            assert_eq!(drain_ids(q), vec![id]);
+        }
+    }
+    assert!(hub.shards.settled());
+    assert_eq!(hub.metrics().fanout.seconds.get_sample_count(), 3);
+}
+
+/// A subscriber in direct mode on `ch` from id 0.
+fn direct_subscriber(
+    hub: &Hub,
+    ch: &ChannelName,
+) -> (
+    super::super::Subscription,
+    Arc<SubscriberQueue>,
+    Arc<RecordingSink>,
+) {
+    let queue = SubscriberQueue::new(64, Transport::WebSocket);
+    let sink = Arc::new(RecordingSink::default());
+    let (sub, read) = hub.subscribe(ch, None, &queue, 0);
+    let mut report = DirectReport::default();
+    report.written.push((ch.clone(), read.epoch, read.last_id));
+    let dyn_sink: Arc<dyn DirectSink> = sink.clone();
+    assert!(queue.enter_direct(&dyn_sink, &mut report));
+    (sub, queue, sink)
+}
+
+#[test]
+fn deliveries_queued_behind_each_other_go_out_in_one_write_around_joins_and_leaves() {
+    // No runtime: one shard, run by whoever posts. Held here as if a
+    // poster were busy on it, so what follows queues up in its inbox.
+    let hub = Hub::new(
+        ChannelRules::default(),
+        HistoryConfig::default(),
+        Arc::new(Metrics::new()),
+    );
+    let ch = ChannelName::new("behind").unwrap();
+    let (_stays, _q1, stays) = direct_subscriber(&hub, &ch);
+    let (leaves, _q2, leaver) = direct_subscriber(&hub, &ch);
+    let shard = &hub.shards.shards[0];
+    shard.inbox.lock().runner = Runner::Poster;
+
+    hub.publish_next(&ch, &Bytes::from("1"));
+    hub.publish_next(&ch, &Bytes::from("2"));
+    drop(leaves);
+    hub.publish_next(&ch, &Bytes::from("3"));
+    let joiner = SubscriberQueue::new(64, Transport::WebSocket);
+    let (_joined, read) = hub.subscribe(&ch, Some(Since::plain(0)), &joiner, usize::MAX);
+    hub.publish_next(&ch, &Bytes::from("4"));
+    hub.publish_next(&ch, &Bytes::from("5"));
+    assert!(stays.ids.lock().is_empty(), "all queued behind the holder");
+
+    let mut jobs = VecDeque::new();
+    shard.inbox.lock().take(Runner::Poster, &mut jobs);
+    shard.run_here(jobs);
+
+    // Batches next to each other: one write; a leave or a join between
+    // them splits the run there.
+    assert_eq!(*stays.writes.lock(), vec![vec![1, 2], vec![3], vec![4, 5]]);
+    assert_eq!(
+        *leaver.writes.lock(),
+        vec![vec![1, 2]],
+        "nothing after it left"
+    );
+    let history: Vec<u64> = read.messages.iter().map(|m| m.id).collect();
+    assert_eq!(history, vec![1, 2, 3]);
+    assert_eq!(
+        drain_ids(&joiner),
+        vec![4, 5],
+        "live from where history ended"
+    );
+    assert!(hub.shards.settled());
+    assert_eq!(hub.metrics().fanout.seconds.get_sample_count(), 5);
+}
+
+#[test]
+fn a_poster_that_finds_the_shard_held_leaves_its_jobs_to_the_holder() {
+    let rt = runtime(2);
+    let hub = sharded_hub(1, &rt);
+    let ch = ChannelName::new("held").unwrap();
+    let queue = SubscriberQueue::new(64, Transport::WebSocket);
+    let (_sub, _) = hub.subscribe(&ch, None, &queue, 0);
+    settle(&hub);
+    let shard = &hub.shards.shards[0];
+    // A poster holds the shard: the task must not run what is posted now.
+    shard.inbox.lock().runner = Runner::Poster;
+    hub.publish_next(&ch, &Bytes::from("1"));
+    hub.publish_next(&ch, &Bytes::from("2"));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(drain_ids(&queue).is_empty(), "run by nobody but the holder");
+    // The holder runs what it took, finds the rest and hands it to the
+    // task.
+    shard.run_here(VecDeque::new());
+    settle(&hub);
+    assert_eq!(drain_ids(&queue), vec![1, 2]);
 }
