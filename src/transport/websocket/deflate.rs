@@ -4,7 +4,11 @@
 //!
 //! The gateway compresses each message once and shares the frame, so it
 //! always answers `server_no_context_takeover` (a server may add it on its
-//! own, §7.1.1.1). An offer it can't honour (unknown or repeated
+//! own, §7.1.1.1). It also always answers `client_no_context_takeover`
+//! (§7.1.1.2 lets a server add it too): the client then resets its
+//! compressor after every message, so the gateway inflates each message on
+//! its own and keeps no inflater (~40 KiB) per connection between
+//! messages, a memory no limit would otherwise bound. An offer it can't honour (unknown or repeated
 //! parameter, bad value) is declined and the next one tried; a header that doesn't
 //! parse at all just means no compression: the upgrade never fails over
 //! an extension.
@@ -61,6 +65,13 @@ impl ClientInflate {
         }
         result
     }
+
+    /// True while an inflater is kept (between messages: only for a
+    /// client that uses context takeover).
+    #[cfg(test)]
+    pub fn holds_inflater(&self) -> bool {
+        self.inflater.is_some()
+    }
 }
 
 /// The first acceptable permessage-deflate offer among the request's
@@ -112,6 +123,8 @@ fn accept(offer: &str) -> Option<(Deflate, HeaderValue)> {
         }
         seen.push(name);
     }
+    // Asked for or not: no inflater has to outlive a message.
+    deflate.client_no_context_takeover = true;
     let mut answer = format!("{NAME}; server_no_context_takeover");
     if deflate.client_no_context_takeover {
         answer.push_str("; client_no_context_takeover");
@@ -256,17 +269,18 @@ mod tests {
         offer(values).map(|(_, a)| a)
     }
 
+    const NO_TAKEOVER: &str =
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
     #[test]
-    fn plain_offers_get_server_no_context_takeover() {
-        assert_eq!(
-            answer(&["permessage-deflate"]).unwrap(),
-            "permessage-deflate; server_no_context_takeover"
-        );
-        // Chromium's and Firefox's offer.
+    fn plain_offers_get_no_context_takeover_both_ways() {
+        assert_eq!(answer(&["permessage-deflate"]).unwrap(), NO_TAKEOVER);
+        // Chromium's and Firefox's offer: no client_no_context_takeover
+        // offered, answered all the same (RFC 7692 §7.1.1.2).
         let (d, a) = offer(&["permessage-deflate; client_max_window_bits"]).unwrap();
-        assert_eq!(a, "permessage-deflate; server_no_context_takeover");
+        assert_eq!(a, NO_TAKEOVER);
         assert_eq!(d.server_window_bits, 15);
-        assert!(!d.client_no_context_takeover);
+        assert!(d.client_no_context_takeover);
         assert!(answer(&[]).is_none());
         assert!(answer(&["x-webkit-deflate-frame"]).is_none());
     }
@@ -277,10 +291,7 @@ mod tests {
         let (d, a) =
             offer(&["permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"])
                 .unwrap();
-        assert_eq!(
-            a,
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"
-        );
+        assert_eq!(a, format!("{NO_TAKEOVER}; server_max_window_bits=12"));
         assert_eq!(d.server_window_bits, 12);
         let (d, a) = offer(&[
             "Permessage-Deflate; client_no_context_takeover; server_no_context_takeover; server_max_window_bits=\"10\"",
@@ -320,5 +331,40 @@ mod tests {
         assert!(answer(&["permessage-deflate; x=\"unterminated"]).is_none());
         assert!(answer(&[";;;,,,"]).is_none());
         assert!(answer(&[" , permessage-deflate"]).is_some());
+    }
+
+    /// A compressor that keeps its context between messages, as a client
+    /// that ignores `client_no_context_takeover` would.
+    fn takeover_client_messages(n: usize) -> Vec<Vec<u8>> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut client = Compress::new(Compression::new(6), false);
+        let text = br#"{"type":"subscribe","channel":"scores.premier-league"}"#;
+        (0..n)
+            .map(|_| {
+                let mut out = Vec::with_capacity(256);
+                client
+                    .compress_vec(text, &mut out, FlushCompress::Sync)
+                    .unwrap();
+                out.truncate(out.len() - 4);
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_inflater_outlives_a_message() {
+        // The browsers' offer, which leaves the client free to keep its
+        // context: the answer takes that freedom away, so nothing is kept.
+        let (d, _) = offer(&["permessage-deflate; client_max_window_bits"]).unwrap();
+        let mut inflate = ClientInflate::new(d);
+        let messages = takeover_client_messages(2);
+        let first = inflate.inflate(&messages[0], 1024).unwrap();
+        assert!(first.starts_with(b"{\"type\""));
+        assert!(!inflate.holds_inflater(), "kept after a message");
+        // A client that keeps its context anyway (RFC 7692 says it must
+        // not) refers back to a window the gateway no longer has: its
+        // message is refused (1007), and still nothing is kept.
+        assert!(inflate.inflate(&messages[1], 1024).is_err());
+        assert!(!inflate.holds_inflater());
     }
 }
