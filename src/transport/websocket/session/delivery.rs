@@ -27,11 +27,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// (refused, harmlessly, while something is queued), with the cursors
     /// they must continue from. Throttled channels hold messages back,
     /// which only this task can do: no direct mode then.
+    ///
+    /// A delta subscription goes direct too, as long as the client holds
+    /// the value of its cursor: publishers then write each message's shared
+    /// delta frame, and end direct mode at the first message that has none
+    /// against that value (see `bus::queue::direct`). A client that holds
+    /// another value (none yet, after a subscribe with no history) is
+    /// served by this task until it does.
     pub(super) fn lend_socket(&mut self) {
         let Some(sink) = &self.sink else { return };
-        // Deltas are chosen per subscriber (by the value it holds), which
-        // only this task knows: no direct mode then either.
-        if self.throttle.is_enabled() || self.subscriptions.any_delta() {
+        if self.throttle.is_enabled() || !self.subscriptions.deltas_hold_cursors() {
             return;
         }
         let cursors = self
@@ -40,6 +45,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
         self.report.written.clear();
         self.report.written.extend(cursors);
+        self.report.deltas.clear();
+        let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
+        self.report.deltas.extend(deltas.map(|(c, _)| c.clone()));
         self.queue.enter_direct(sink, &mut self.report);
     }
 
@@ -56,6 +64,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 // Publishers write only in the cursor's own epoch.
                 if sub.cursor.epoch == epoch && id > sub.cursor.id {
                     sub.cursor.id = id;
+                    // What they wrote on a delta channel were deltas
+                    // chained from the value the client held.
+                    if let Some(track) = sub.delta.as_mut() {
+                        track.wrote_up_to(sub.cursor);
+                    }
                 }
             }
         }
