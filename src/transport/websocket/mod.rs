@@ -37,7 +37,11 @@ use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use crate::transport::params::WsParams;
-use deflate::Deflate;
+use deflate::{Deflate, DeflateContext};
+
+/// What a connection negotiated for permessage-deflate, and its own
+/// compression state if it keeps one.
+type Compression = (Option<Deflate>, Option<Box<DeflateContext>>);
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
 
@@ -235,8 +239,9 @@ fn session_for(
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
-    deflate: Option<Deflate>,
+    compression: Compression,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let deflate = compression.0;
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             // The raw socket is back. Copy the (usually empty) read-ahead:
@@ -249,7 +254,15 @@ fn session_for(
             let sink: Arc<dyn DirectSink> = socket.clone();
             let input = Input::Socket(socket.clone());
             let writer = SocketWriter(socket);
-            let session = Session::new(gw, input, writer, Some(sink), queue, read_ahead, deflate);
+            let session = Session::new(
+                gw,
+                input,
+                writer,
+                Some(sink),
+                queue,
+                read_ahead,
+                compression,
+            );
             Box::pin(session.run(start))
         }
         Err(upgraded) => {
@@ -257,7 +270,7 @@ fn session_for(
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(gw, input, write, None, queue, Vec::new(), deflate);
+            let session = Session::new(gw, input, write, None, queue, Vec::new(), compression);
             Box::pin(session.run(start))
         }
     }
@@ -280,9 +293,18 @@ fn upgrade(
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
     let negotiated = match gw.config.websocket.compression {
         WsCompression::Off => None,
-        WsCompression::Shared => deflate::negotiate(req.headers()),
+        WsCompression::Shared => deflate::negotiate_for(gw, req.headers()),
     };
-    let deflate = negotiated.as_ref().map(|(d, _)| *d);
+    // A connection that keeps compression state holds its slot (and its
+    // compressor) for its life: boxed, so every other pays one pointer.
+    let (deflate, answer, context) = match negotiated {
+        Some((d, answer, slot)) => (
+            Some(d),
+            Some(answer),
+            slot.map(|slot| Box::new(DeflateContext::new(d, slot))),
+        ),
+        None => (None, None, None),
+    };
     let on_upgrade = hyper::upgrade::on(&mut *req);
     // Put there by the router, so the handshake's bytes can be told apart.
     let meter = req.extensions_mut().remove::<Arc<ConnMeter>>();
@@ -302,7 +324,7 @@ fn upgrade(
         tracing::debug!("websocket open");
         // Boxed and built by a plain function: this task then holds only
         // the session, not every local of the upgrade as well.
-        session_for(session_gw, upgraded, queue, start, deflate).await;
+        session_for(session_gw, upgraded, queue, start, (deflate, context)).await;
     };
     gw.tasks.spawn(task);
 
@@ -321,7 +343,7 @@ fn upgrade(
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
-    if let Some((_, answer)) = negotiated {
+    if let Some(answer) = answer {
         headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     resp

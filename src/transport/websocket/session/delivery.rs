@@ -39,6 +39,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         if self.throttle.is_enabled() || !self.subscriptions.deltas_hold_cursors() {
             return;
         }
+        // Its own compressor (context takeover): no shared frames to write.
+        if self
+            .deflate_context
+            .as_ref()
+            .is_some_and(|c| c.compresses())
+        {
+            return;
+        }
         let cursors = self
             .subscriptions
             .iter()
@@ -81,11 +89,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// The conformance echo: compressed (on its own) when the client
     /// negotiated permessage-deflate.
     pub(super) async fn echo(&mut self, opcode: u8, data: &[u8]) -> Result<(), End> {
-        let frame = match self.deflate {
-            Some(d) => {
+        let own = self.deflate_context.as_mut();
+        let frame = match (own.and_then(|c| c.echo_frame(opcode, data)), self.deflate) {
+            (Some(frame), _) => frame,
+            (None, Some(d)) => {
                 crate::protocol::deflate::encode_deflated(opcode, data, d.server_window_bits)
             }
-            None => frame::encode(opcode, data),
+            (None, None) => frame::encode(opcode, data),
         };
         self.write_frames(&[frame]).await
     }
@@ -128,9 +138,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .delta
                 .as_mut()
                 .and_then(|d| d.pick(msg, Transport::WebSocket, metrics));
-            frames.push(match delta {
-                Some(delta) => delta.ws_frame().clone(),
-                None => frame_for(&self.gw, self.deflate, msg).clone(),
+            // Through the connection's own compressor only when it is
+            // sent: the client's inflater follows its history.
+            let own = match delta {
+                Some(_) => None,
+                None => self.deflate_context.as_mut(),
+            };
+            frames.push(match (delta, own.and_then(|c| c.frame(&self.gw, msg))) {
+                (Some(delta), _) => delta.ws_frame().clone(),
+                (None, Some(frame)) => frame,
+                (None, None) => frame_for(&self.gw, self.deflate, msg).clone(),
             });
             fresh.push(msg.clone());
         }
@@ -140,7 +157,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let written = self.write_frames(&frames).await;
             if written.is_ok() {
                 record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
-                record_compressed(&self.gw, self.deflate, &fresh);
+                // Its own compressor counted what it compressed.
+                if !self
+                    .deflate_context
+                    .as_ref()
+                    .is_some_and(|c| c.compresses())
+                {
+                    record_compressed(&self.gw, self.deflate, &fresh);
+                }
             }
             written
         };
