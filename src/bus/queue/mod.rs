@@ -320,19 +320,8 @@ fn write_direct(
     let mut out = skip;
     let mut keep_direct = true;
     for chunk in msgs[skip..].chunks(CHUNK) {
-        let mut frames: [Option<&bytes::Bytes>; CHUNK] = [None; CHUNK];
-        let mut ready = 0;
-        for msg in chunk {
-            let frame = if deltas {
-                sink.encoded_delta(msg, holds)
-            } else {
-                Some(sink.encoded(msg))
-            };
-            let Some(frame) = frame else { break };
-            frames[ready] = Some(frame);
-            holds = msg.id;
-            ready += 1;
-        }
+        let mut frames = [None; CHUNK];
+        let ready = chunk_frames(&*sink, chunk, deltas.then_some(&mut holds), &mut frames);
         let frames = frames[..ready].iter().map(|f| f.expect("set above"));
         let mut slices = [IoSlice::new(&[]); CHUNK];
         let mut total = 0;
@@ -345,19 +334,7 @@ fn write_direct(
             0 => 0,
             _ => sink.try_write_vectored(&slices[..ready]).unwrap_or(0),
         };
-        let mut left = n;
-        let mut sent = 0;
-        let mut partial = None;
-        for frame in frames {
-            if left < frame.len() {
-                if left > 0 {
-                    partial = Some(frame.slice(left..));
-                }
-                break;
-            }
-            left -= frame.len();
-            sent += 1;
-        }
+        let (mut sent, partial) = taken(frames, n);
         if let Some(rest) = partial {
             state.report.remainder = Some(rest);
             sent += 1;
@@ -382,6 +359,47 @@ fn write_direct(
         state.direct = Some(sink);
     }
     out
+}
+
+/// Fills `frames` with `chunk`'s frames as the connection reads them:
+/// whole, or on a delta channel (`holds`: the id of the value it holds,
+/// moved on) each message's delta against the one before, stopping at the
+/// first message with none. Returns how many are ready.
+fn chunk_frames<'m>(
+    sink: &dyn DirectSink,
+    chunk: &'m [Arc<Message>],
+    mut holds: Option<&mut u64>,
+    frames: &mut [Option<&'m bytes::Bytes>],
+) -> usize {
+    let mut ready = 0;
+    for (msg, slot) in chunk.iter().zip(frames.iter_mut()) {
+        let frame = match holds.as_deref_mut() {
+            Some(held) => sink.encoded_delta(msg, *held).inspect(|_| *held = msg.id),
+            None => Some(sink.encoded(msg)),
+        };
+        let Some(frame) = frame else { break };
+        *slot = Some(frame);
+        ready += 1;
+    }
+    ready
+}
+
+/// How many of `frames` a write of `n` bytes took whole, and the unsent
+/// tail of the one it took in part.
+fn taken<'f>(
+    frames: impl Iterator<Item = &'f bytes::Bytes>,
+    n: usize,
+) -> (usize, Option<bytes::Bytes>) {
+    let mut left = n;
+    let mut sent = 0;
+    for frame in frames {
+        if left < frame.len() {
+            return (sent, (left > 0).then(|| frame.slice(left..)));
+        }
+        left -= frame.len();
+        sent += 1;
+    }
+    (sent, None)
 }
 
 #[cfg(test)]
