@@ -125,8 +125,12 @@ impl Drop for ContextSlot {
 /// The per-connection state of a connection that uses context takeover
 /// (boxed in the session, None for every other connection).
 pub struct DeflateContext {
-    /// The connection's own compressor, when the gateway keeps its context
-    /// (the client may keep only its own: then just the slot).
+    /// The window of the connection's own compressor, when the gateway
+    /// keeps its context (None: only the client keeps its own).
+    window_bits: Option<u8>,
+    /// That compressor, made on the first message it compresses: before
+    /// that it would hold nothing a fresh one doesn't, so an idle
+    /// connection holds none.
     deflater: Option<ContextDeflater>,
     _slot: ContextSlot,
 }
@@ -134,9 +138,10 @@ pub struct DeflateContext {
 impl DeflateContext {
     pub fn new(deflate: Deflate, slot: ContextSlot) -> DeflateContext {
         DeflateContext {
-            deflater: deflate
+            window_bits: deflate
                 .server_context_takeover
-                .then(|| ContextDeflater::new(deflate.server_window_bits)),
+                .then_some(deflate.server_window_bits),
+            deflater: None,
             _slot: slot,
         }
     }
@@ -144,20 +149,19 @@ impl DeflateContext {
     /// True when messages go through this connection's own compressor:
     /// it can't share frames, so it is written by its own task.
     pub fn compresses(&self) -> bool {
-        self.deflater.is_some()
+        self.window_bits.is_some()
     }
 
     /// `msg`'s frame through the connection's own compressor (None: it
     /// has none, or the message goes out plain: short, or its channel's
     /// rule). Counted as compressed.
     pub fn frame(&mut self, gw: &Gateway, msg: &Message) -> Option<Bytes> {
-        let deflater = self.deflater.as_mut()?;
-        if !worth_compressing(gw, msg) {
+        if !self.compresses() || !worth_compressing(gw, msg) {
             return None;
         }
         // Sent whatever its size: the client's inflater follows the
         // compressor's history, so what went in must go out.
-        let frame = deflater.frame(crate::protocol::ws_frame::OP_TEXT, &msg.envelope);
+        let frame = self.echo_frame(crate::protocol::ws_frame::OP_TEXT, &msg.envelope)?;
         gw.metrics
             .compression
             .record(Transport::WebSocket, msg.ws_frame().len(), frame.len());
@@ -166,7 +170,11 @@ impl DeflateContext {
 
     /// `data` (an echoed message) through the connection's own compressor.
     pub fn echo_frame(&mut self, opcode: u8, data: &[u8]) -> Option<Bytes> {
-        Some(self.deflater.as_mut()?.frame(opcode, data))
+        let bits = self.window_bits?;
+        let deflater = self
+            .deflater
+            .get_or_insert_with(|| ContextDeflater::new(bits));
+        Some(deflater.frame(opcode, data))
     }
 }
 
