@@ -31,8 +31,8 @@ pub struct WebSocketConfig {
     pub compression_min_bytes: usize,
     /// Let clients that offer it use context takeover (a better ratio on
     /// similar messages): such a connection gets its own compressor
-    /// (~256 KiB at a 15-bit window) and its own inflater (~40 KiB), and
-    /// is written by its own task. Default: false (every answer carries
+    /// (~315 KiB at a 15-bit window, from its first compressed message on)
+    /// and its own inflater (~40 KiB), and is written by its own task. Default: false (every answer carries
     /// `server_no_context_takeover; client_no_context_takeover`: no
     /// per-connection state).
     pub deflate_context_takeover: bool,

@@ -60,8 +60,8 @@ fn sync_flushed(c: &mut Compress, payload: &[u8]) -> Vec<u8> {
 /// One connection's own compressor, for a client that lets the server
 /// keep its context (`websocket.deflate_context_takeover`): each message
 /// may refer back into the ones before it, so similar messages compress
-/// better, at the price of this state (about 256 KiB at a 15-bit window)
-/// for the connection's life. Every message that goes through it must be
+/// better, at the price of this state (about 315 KiB at a 15-bit window,
+/// measured in BENCHMARKS.md) for the connection's life. Every message that goes through it must be
 /// sent: the client's inflater follows the same history.
 pub struct ContextDeflater {
     inner: Compress,
