@@ -471,3 +471,84 @@ async fn stream_channels_send_whole_values_to_delta_subscribers() {
     }
     assert_eq!((s.wholes, s.deltas), (10, 0));
 }
+
+/// A WebSocket delta subscriber keeps direct mode: once it holds a value,
+/// publishers write each message's shared delta frame to its socket
+/// themselves (`pollbridge_delta_direct_deliveries_total`), one at a time
+/// and in batches; a value with no delta (not smaller than itself) ends
+/// direct mode, goes out whole from the connection's task, and direct
+/// deltas resume after it. Every value is rebuilt and checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_deltas_keep_direct_mode_and_stay_exact() {
+    // No throttled channel: a throttling rule anywhere keeps every
+    // session out of direct mode.
+    let gw = Gateway::start_with_config(
+        "[[channels]]\npattern = \"score.*\"\nmode = \"state\"\n",
+        &[],
+    )
+    .await;
+    let channel = "score.direct";
+    let mut published = HashMap::new();
+    let mut ws = ws_subscribe(&gw, channel, json!({})).await;
+    let mut r = Reader::default();
+    let direct = || async {
+        gw.metric("pollbridge_delta_direct_deliveries_total", &[])
+            .await
+            .expect("the series exists from startup")
+    };
+    assert_eq!(direct().await, 0.0);
+
+    // One at a time, each read before the next is published: the
+    // connection is idle (its socket lent) whenever a value arrives.
+    for n in 1..=30 {
+        publish_range(&gw, channel, n, n, 1, &mut published).await;
+        ws_read_until(&mut ws, "one by one", &mut r, n, &published).await;
+    }
+    r.assert_delta_exactly_when_consecutive("one by one");
+    assert_eq!(r.deltas, 29);
+    // The first value went whole from the connection's task; the deltas
+    // after it from the publishers. (One may race the task's return to
+    // direct mode after a write of its own: it is then queued and sent
+    // by the task, still as a delta.)
+    let after_singles = direct().await;
+    assert!(after_singles >= 27.0, "direct deltas: {after_singles}");
+
+    // Batches: several deltas chained in one write.
+    publish_range(&gw, channel, 31, 60, 6, &mut published).await;
+    ws_read_until(&mut ws, "batches", &mut r, 60, &published).await;
+    r.assert_delta_exactly_when_consecutive("batches");
+
+    // A value with no smaller delta: whole, and deltas resume after it.
+    let reset = json!({"reset": true});
+    let ids = gw.publish_batch_ok(&[(channel, reset.clone())]).await;
+    published.insert(ids[0], reset);
+    ws_read_until(&mut ws, "reset", &mut r, ids[0], &published).await;
+    assert_eq!(r.forms.last(), Some(&(ids[0], false)), "whole");
+    let (wholes_before, before) = (r.wholes, direct().await);
+    let next = ids[0] + 1;
+    // The first value after the reset is whole too (its patch would be
+    // bigger than the scoreboard), the ones after it deltas again.
+    for n in 0..10 {
+        let ids = gw.publish_batch_ok(&[(channel, scoreboard(100 + n))]).await;
+        published.insert(ids[0], scoreboard(100 + n));
+        ws_read_until(&mut ws, "after reset", &mut r, ids[0], &published).await;
+    }
+    assert_eq!(
+        r.wholes,
+        wholes_before + 1,
+        "{:?}",
+        &r.forms[r.forms.len() - 11..]
+    );
+    assert!(r.forms.iter().any(|&(id, d)| id == next + 1 && d));
+    let resumed = direct().await - before;
+    assert!(resumed >= 7.0, "direct deltas after the reset: {resumed}");
+
+    let deltas = gw
+        .metric(
+            "pollbridge_delta_deliveries_total",
+            &[("transport", "websocket"), ("form", "delta")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(deltas as usize, r.deltas);
+}

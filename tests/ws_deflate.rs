@@ -1,9 +1,9 @@
 //! permessage-deflate (RFC 7692) over real sockets: what the handshake
 //! answers, that every subscriber that negotiated it gets the same
 //! compressed frame (direct and queued delivery), that it inflates to the
-//! envelope a plain client gets, compressed client commands (context
-//! takeover, fragments), the decompression bomb (1009) and RSV1 without
-//! negotiation (1002).
+//! envelope a plain client gets, compressed client commands (fragments;
+//! no context takeover, 1007 for a client that keeps its context anyway),
+//! the decompression bomb (1009) and RSV1 without negotiation (1002).
 
 mod common;
 
@@ -13,6 +13,10 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::{json, Value};
 
 const CHROMIUM_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// The gateway's answer to any plain offer.
+const NO_TAKEOVER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// A scoreboard snapshot of about 2 KB: what a state channel carries.
 fn scoreboard(round: u64) -> Value {
@@ -138,9 +142,11 @@ async fn answer_to(gw: &Gateway, offers: &[&str]) -> Option<String> {
 #[tokio::test]
 async fn the_handshake_answers_offers_and_declines_bad_ones() {
     let gw = Gateway::start(&[]).await;
+    // No context takeover either way, offered or not: the gateway keeps
+    // no compressor or inflater per connection.
     assert_eq!(
         answer_to(&gw, &[CHROMIUM_OFFER]).await.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover")
+        Some(NO_TAKEOVER)
     );
     assert_eq!(
         answer_to(
@@ -149,7 +155,7 @@ async fn the_handshake_answers_offers_and_declines_bad_ones() {
         )
         .await
         .as_deref(),
-        Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=12")
+        Some(&*format!("{NO_TAKEOVER}; server_max_window_bits=12"))
     );
     // A bad first offer is declined, the second (in another header) taken.
     assert_eq!(
@@ -162,7 +168,7 @@ async fn the_handshake_answers_offers_and_declines_bad_ones() {
         )
         .await
         .as_deref(),
-        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        Some(NO_TAKEOVER)
     );
     // Nothing acceptable, or garbage: upgraded all the same, uncompressed.
     assert_eq!(answer_to(&gw, &["permessage-deflate; bogus=1"]).await, None);
@@ -281,13 +287,14 @@ async fn compressed_client_commands_are_inflated() {
         &[],
     )
     .await;
-    // No client_no_context_takeover: the client keeps its context, so the
-    // gateway must keep its inflater between messages.
-    let (mut ws, _) = connect(&gw, "/rt/ws", Some(CHROMIUM_OFFER)).await;
-    let mut client = Compress::new(Compression::default(), false);
+    // The answer says client_no_context_takeover: the client starts each
+    // message with a fresh compressor.
+    let (mut ws, head) = connect(&gw, "/rt/ws", Some(CHROMIUM_OFFER)).await;
+    assert_eq!(head.header("sec-websocket-extensions"), Some(NO_TAKEOVER));
+    let fresh = || Compress::new(Compression::default(), false);
     for channel in ["chat.a", "chat.b"] {
         let cmd = json!({"type": "subscribe", "channel": channel}).to_string();
-        let data = deflate(&mut client, cmd.as_bytes());
+        let data = deflate(&mut fresh(), cmd.as_bytes());
         ws.conn.write_all(&client_frame(0xC1, &data)).await.unwrap();
         let ack = ws.next_json(T5).await;
         assert_eq!(ack["type"], "subscribed", "{ack}");
@@ -296,7 +303,7 @@ async fn compressed_client_commands_are_inflated() {
     // A fragmented compressed publish: RSV1 on the first frame only.
     let text = "x".repeat(3000);
     let cmd = json!({"type": "publish", "channel": "chat.a", "data": {"text": text}}).to_string();
-    let data = deflate(&mut client, cmd.as_bytes());
+    let data = deflate(&mut fresh(), cmd.as_bytes());
     let (first, rest) = data.split_at(data.len() / 2);
     ws.conn.write_all(&client_frame(0x41, first)).await.unwrap();
     ws.conn.write_all(&client_frame(0x80, rest)).await.unwrap();
@@ -315,6 +322,30 @@ async fn compressed_client_commands_are_inflated() {
     assert_eq!(published["channel"], "chat.a");
     let envelope = got.iter().find(|v| v.get("type").is_none()).expect("echo");
     assert_eq!(envelope["data"]["text"], text.as_str());
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_its_context_anyway_gets_1007() {
+    let gw = Gateway::start(&[]).await;
+    let (mut ws, head) = connect(&gw, "/rt/ws", Some(CHROMIUM_OFFER)).await;
+    assert_eq!(head.header("sec-websocket-extensions"), Some(NO_TAKEOVER));
+    // One compressor for both messages, against the answer: the second
+    // refers back into the first, which the gateway did not keep.
+    let mut client = Compress::new(Compression::default(), false);
+    let cmd = json!({"type": "subscribe", "channel": "news"}).to_string();
+    let first = deflate(&mut client, cmd.as_bytes());
+    ws.conn
+        .write_all(&client_frame(0xC1, &first))
+        .await
+        .unwrap();
+    assert_eq!(ws.next_json(T5).await["type"], "subscribed");
+    let second = deflate(&mut client, cmd.as_bytes());
+    ws.conn
+        .write_all(&client_frame(0xC1, &second))
+        .await
+        .unwrap();
+    assert_eq!(ws.expect_close(T5).await, Some(1007));
+    gw.assert_still_serving().await;
 }
 
 #[tokio::test]

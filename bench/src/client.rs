@@ -383,7 +383,7 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         stream
     };
     let outcome = match shared.args.kind {
-        Kind::Ws => ws_loop(&shared, i, stream, buf).await,
+        Kind::Ws => ws_loop(&shared, i, stream, buf, head.deflate_context).await,
         Kind::Sse => sse_loop(&shared, i, stream, buf, head).await,
         Kind::Lp => lp_loop(&shared, i, stream, buf).await,
         Kind::NchanLp => nchan_loop(&shared, i, stream, buf).await,
@@ -416,6 +416,10 @@ async fn hold(shared: &Shared, stream: TcpStream) -> io::Result<TcpStream> {
 #[derive(Default, Clone, Copy)]
 struct Head {
     chunked: bool,
+    /// WebSocket: the gateway keeps permessage-deflate context takeover
+    /// (its answer lacks `server_no_context_takeover`), so this connection
+    /// needs an inflater of its own, kept between messages.
+    deflate_context: bool,
 }
 
 /// Connects (from the next source address) and, for ws/sse, completes the
@@ -484,8 +488,20 @@ async fn open(shared: &Shared, i: usize) -> io::Result<(TcpStream, Vec<u8>, Head
         h.name.eq_ignore_ascii_case("transfer-encoding")
             && wire::find(&h.value.to_ascii_lowercase(), b"chunked").is_some()
     });
+    let deflate_context = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && wire::find(&h.value.to_ascii_lowercase(), b"permessage-deflate").is_some()
+            && wire::find(&h.value.to_ascii_lowercase(), b"server_no_context_takeover").is_none()
+    });
     buf.drain(..end);
-    Ok((stream, buf, Head { chunked }))
+    Ok((
+        stream,
+        buf,
+        Head {
+            chunked,
+            deflate_context,
+        },
+    ))
 }
 
 /// Reads until `buf` holds a complete HTTP head; returns its length.
@@ -534,7 +550,15 @@ async fn read_response(
 }
 
 /// WebSocket: parse frames, answer pings, stop on close or EOF.
-async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
+async fn ws_loop(
+    shared: &Shared,
+    i: usize,
+    mut s: TcpStream,
+    mut buf: Vec<u8>,
+    deflate_context: bool,
+) -> io::Result<()> {
+    // The connection's own inflater when the gateway keeps its context.
+    let mut own = deflate_context.then(|| flate2::Decompress::new(false));
     let mut last_id = 0;
     let mut pong = Vec::with_capacity(132);
     let mut closed = None;
@@ -549,7 +573,10 @@ async fn ws_loop(shared: &Shared, i: usize, mut s: TcpStream, mut buf: Vec<u8>) 
                 Ok(Some((frame, used))) => {
                     match frame {
                         Frame::Text(env) if deflated => {
-                            let env = wire::inflate(env, &mut shared.inflater.borrow_mut())?;
+                            let env = match own.as_mut() {
+                                Some(d) => wire::inflate_keeping(env, d)?,
+                                None => wire::inflate(env, &mut shared.inflater.borrow_mut())?,
+                            };
                             if let Some(stamp) = wire::envelope_stamp(&env) {
                                 shared.on_stamp(i, &mut last_id, stamp, now);
                             }

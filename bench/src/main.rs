@@ -142,7 +142,9 @@ pub struct Opts {
     #[arg(long)]
     pub state_payload: bool,
     /// WebSocket clients offer permessage-deflate and inflate what comes
-    /// compressed (the gateway compresses once per message).
+    /// compressed (the gateway compresses once per message; with
+    /// --gateway-arg=--ws-deflate-context-takeover each connection keeps
+    /// its own inflater, as the gateway keeps its own compressor).
     #[arg(long)]
     pub ws_deflate: bool,
 

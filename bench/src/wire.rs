@@ -280,15 +280,24 @@ pub fn next_frame(buf: &[u8], max: usize) -> Result<Option<(Frame<'_>, usize)>, 
 /// A permessage-deflate message's payload inflated (the gateway deflates
 /// each message on its own, so `d` is reset afterwards).
 pub fn inflate(deflated: &[u8], d: &mut flate2::Decompress) -> std::io::Result<Vec<u8>> {
+    let out = inflate_keeping(deflated, d)?;
+    d.reset(false);
+    Ok(out)
+}
+
+/// A permessage-deflate message's payload inflated with `d`, which keeps
+/// its context for the next (a gateway with context takeover).
+pub fn inflate_keeping(deflated: &[u8], d: &mut flate2::Decompress) -> std::io::Result<Vec<u8>> {
+    let start = d.total_in() as usize;
     let mut input = Vec::with_capacity(deflated.len() + 4);
     input.extend_from_slice(deflated);
     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut out = Vec::with_capacity(deflated.len() * 8 + 64);
     loop {
-        let used = d.total_in() as usize;
+        let used = d.total_in() as usize - start;
         d.decompress_vec(&input[used..], &mut out, flate2::FlushDecompress::Sync)
             .map_err(std::io::Error::other)?;
-        if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+        if d.total_in() as usize - start == input.len() && out.len() < out.capacity() {
             break;
         }
         if out.len() > 16 << 20 {
@@ -296,7 +305,6 @@ pub fn inflate(deflated: &[u8], d: &mut flate2::Decompress) -> std::io::Result<V
         }
         out.reserve(out.capacity());
     }
-    d.reset(false);
     Ok(out)
 }
 

@@ -76,6 +76,8 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("ws-write-timeout", "websocket.write_timeout", Kind::Text, "Drop a WebSocket client whose socket accepts nothing for this long [default: 30s]"),
     ("ws-compression", "websocket.compression", Kind::Text, "permessage-deflate for WebSocket clients that offer it: off, or shared (each message compressed once for all) [default: shared]"),
     ("ws-compression-min-bytes", "websocket.compression_min_bytes", Kind::Integer, "WebSocket messages shorter than this go uncompressed [default: 256]"),
+    ("ws-deflate-context-takeover", "websocket.deflate_context_takeover", Kind::Bool, "Let WebSocket clients that offer it use permessage-deflate context takeover (a compressor and inflater per connection) [default: false]"),
+    ("ws-max-deflate-contexts", "websocket.max_deflate_contexts", Kind::Integer, "Most WebSocket connections with their own compression state; past it, no context takeover [default: 1000]"),
     ("longpoll-timeout", "longpoll.default_timeout", Kind::Text, "Hold time of a long-poll without ?timeout= [default: 25s]"),
     ("longpoll-max-timeout", "longpoll.max_timeout", Kind::Text, "Upper bound on a long-poll's ?timeout= [default: 120s]"),
     ("longpoll-max-messages", "longpoll.max_messages", Kind::Integer, "Most messages in one long-poll answer [default: 1000]"),

@@ -29,6 +29,17 @@ pub struct WebSocketConfig {
     /// Messages whose envelope is shorter than this go uncompressed (the
     /// deflate header costs more than it saves). Default: 256.
     pub compression_min_bytes: usize,
+    /// Let clients that offer it use context takeover (a better ratio on
+    /// similar messages): such a connection gets its own compressor
+    /// (~315 KiB at a 15-bit window, from its first compressed message on)
+    /// and its own inflater (~40 KiB), and is written by its own task. Default: false (every answer carries
+    /// `server_no_context_takeover; client_no_context_takeover`: no
+    /// per-connection state).
+    pub deflate_context_takeover: bool,
+    /// Most connections holding per-connection compression state at once,
+    /// gateway-wide; past it a connection is negotiated without context
+    /// takeover (never refused). Default: 1000.
+    pub max_deflate_contexts: usize,
 }
 
 /// `websocket.compression`.
@@ -53,6 +64,8 @@ impl Default for WebSocketConfig {
             write_timeout: Duration::from_secs(30),
             compression: WsCompression::Shared,
             compression_min_bytes: 256,
+            deflate_context_takeover: false,
+            max_deflate_contexts: 1000,
         }
     }
 }

@@ -4,16 +4,22 @@
 //! payload bytes the uncompressed `data`, so compression shows there as a
 //! negative overhead; these two counters give the ratio itself
 //! (`after / before`, the compression ratio in `/stats` and the dashboard).
+//! `pollbridge_ws_deflate_contexts_connections` counts the WebSocket
+//! connections that hold their own compression state (context takeover,
+//! bounded by `websocket.max_deflate_contexts`).
 
-use prometheus::{IntCounter, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::series::counter_vec;
+use super::series::{counter_vec, gauge};
 use crate::protocol::Transport;
 
 /// Bytes compressed and what they compressed to, per transport.
 pub struct CompressionMetrics {
     /// `[before, after]`, indexed by [`Transport`].
     per_transport: Vec<[IntCounter; 2]>,
+    /// WebSocket connections holding a compressor or inflater of their
+    /// own (context takeover); also the count their cap is checked on.
+    pub ws_contexts: IntGauge,
 }
 
 impl CompressionMetrics {
@@ -24,7 +30,13 @@ impl CompressionMetrics {
             "Bytes of compressed output by transport: stage=\"before\" (as encoded) and stage=\"after\" (as sent)",
             &["transport", "stage"],
         );
+        let ws_contexts = gauge(
+            registry,
+            "ws_deflate_contexts_connections",
+            "WebSocket connections holding their own permessage-deflate state (context takeover: a compressor and/or an inflater kept between messages), at most websocket.max_deflate_contexts",
+        );
         CompressionMetrics {
+            ws_contexts,
             per_transport: Transport::ALL
                 .iter()
                 .map(|t| {

@@ -31,14 +31,22 @@ pub const MAX_WINDOW_BITS: u8 = 15;
 pub fn deflate_message(payload: &[u8], window_bits: u8) -> Vec<u8> {
     let bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
     let mut c = Compress::new_with_window_bits(Compression::new(LEVEL), false, bits);
+    sync_flushed(&mut c, payload)
+}
+
+/// `payload` through `c` (which may hold earlier messages' context), as
+/// permessage-deflate carries it: sync-flushed, the trailing
+/// `00 00 ff ff` removed.
+fn sync_flushed(c: &mut Compress, payload: &[u8]) -> Vec<u8> {
+    let start = c.total_in();
     let mut out = Vec::with_capacity(payload.len() / 2 + 64);
     loop {
-        let done = c.total_in() as usize;
+        let done = (c.total_in() - start) as usize;
         c.compress_vec(&payload[done..], &mut out, FlushCompress::Sync)
             .expect("deflating a complete in-memory buffer cannot fail");
         // Finished once all input is in and the flush did not fill the
         // buffer (a full buffer may hold a partial flush).
-        if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+        if (c.total_in() - start) as usize == payload.len() && out.len() < out.capacity() {
             break;
         }
         out.reserve(out.capacity().max(64));
@@ -47,6 +55,33 @@ pub fn deflate_message(payload: &[u8], window_bits: u8) -> Vec<u8> {
         out.truncate(out.len() - SYNC_TAIL.len());
     }
     out
+}
+
+/// One connection's own compressor, for a client that lets the server
+/// keep its context (`websocket.deflate_context_takeover`): each message
+/// may refer back into the ones before it, so similar messages compress
+/// better, at the price of this state (about 315 KiB at a 15-bit window,
+/// measured in BENCHMARKS.md) for the connection's life. Every message that goes through it must be
+/// sent: the client's inflater follows the same history.
+pub struct ContextDeflater {
+    inner: Compress,
+}
+
+impl ContextDeflater {
+    /// A compressor with a `2^window_bits` window (9 … 15).
+    pub fn new(window_bits: u8) -> ContextDeflater {
+        let bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
+        ContextDeflater {
+            inner: Compress::new_with_window_bits(Compression::new(LEVEL), false, bits),
+        }
+    }
+
+    /// A complete, final, unmasked data frame with RSV1 set around
+    /// `payload` deflated after the messages before it.
+    pub fn frame(&mut self, opcode: u8, payload: &[u8]) -> Bytes {
+        let deflated = sync_flushed(&mut self.inner, payload);
+        super::ws_frame::encode_first(0x80 | RSV1 | opcode, &deflated)
+    }
 }
 
 /// A complete, final, unmasked text frame with RSV1 set around `payload`
@@ -208,6 +243,39 @@ mod tests {
         assert_eq!(frame.len(), 4 + len);
         assert!(len < payload.len() / 3, "JSON compresses: {len}");
         assert_eq!(inflate_with_flate2(&frame[4..]), payload);
+    }
+
+    #[test]
+    fn a_context_deflater_refers_back_to_earlier_messages() {
+        let mut ours = ContextDeflater::new(15);
+        let mut client = Inflater::new(true);
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            let frame = ours.frame(super::super::ws_frame::OP_TEXT, &sample(2000));
+            assert_eq!(frame[0], 0xC1, "FIN, RSV1, text");
+            let body = frame_body(&frame);
+            assert_eq!(client.inflate(body, 10_000).unwrap(), sample(2000));
+            sizes.push(body.len());
+        }
+        // The second and third are back-references to the first: far
+        // smaller than a message deflated on its own.
+        let alone = deflate_message(&sample(2000), 15).len();
+        assert_eq!(sizes[0], alone);
+        assert!(sizes[1] * 5 < alone, "{sizes:?} vs {alone}");
+        // Without the context they can't be inflated.
+        let next = ours.frame(1, &sample(2000));
+        assert!(Inflater::new(false)
+            .inflate(frame_body(&next), 10_000)
+            .is_err());
+    }
+
+    /// A server frame's payload (no mask).
+    fn frame_body(frame: &[u8]) -> &[u8] {
+        match frame[1] & 0x7f {
+            126 => &frame[4..],
+            127 => &frame[10..],
+            _ => &frame[2..],
+        }
     }
 
     #[test]

@@ -62,6 +62,31 @@ impl DeltaTrack {
         self.holds = Some(Cursor::new(msg.id, msg.epoch));
         metrics.whole(transport);
     }
+
+    /// The value the client holds, if it has had one since it subscribed.
+    pub fn holds(&self) -> Option<Cursor> {
+        self.holds
+    }
+
+    /// Publishers wrote deltas up to `at` to this client (WebSocket direct
+    /// mode, counted by [`record_direct_deltas`]): it holds that value now.
+    pub fn wrote_up_to(&mut self, at: Cursor) {
+        self.holds = Some(at);
+    }
+}
+
+/// Counts `msgs`, written to a WebSocket client as their shared deltas by
+/// a publisher (direct mode), like [`DeltaTrack::pick`] counts the
+/// connection's own.
+pub fn record_direct_deltas(metrics: &DeltaMetrics, msgs: &[Arc<Message>]) {
+    for msg in msgs {
+        let delta = msg
+            .base_id()
+            .and_then(|base| msg.delta_after(base, msg.epoch));
+        if let Some(d) = delta {
+            metrics.direct_delta(msg.envelope.len(), d.envelope.len());
+        }
+    }
 }
 
 /// A long-poll answer for a client holding a value (`track`): each message

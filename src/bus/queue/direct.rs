@@ -2,6 +2,15 @@
 //! idle with nothing queued, the publisher writes the shared pre-encoded
 //! frames to its socket itself, under the queue's lock, and the first write
 //! the socket does not take whole ends it.
+//!
+//! A channel the connection reads as deltas goes out as each message's
+//! shared delta frame (made once per message, against the message before
+//! it): the connection lends such a channel only while it holds the value
+//! of its cursor, so each message whose base is the last one written can
+//! follow as a delta. Anything else — a base that is not the last message
+//! written, or no delta for a message (not smaller than the whole value,
+//! not linked) — ends direct mode there: the connection's task sends it
+//! whole, as it always does.
 
 use std::io::{self, IoSlice};
 
@@ -13,11 +22,19 @@ use crate::protocol::{Epoch, Message};
 pub trait DirectSink: Send + Sync {
     /// This transport's encoding of `msg` (shared, pre-encoded).
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes;
+    /// `msg` as a delta for a connection that holds the value of message
+    /// `base` of its channel: the shared delta frame, or None when there
+    /// is none for that base (direct mode then ends before `msg`).
+    fn encoded_delta<'m>(&self, _msg: &'m Message, _base: u64) -> Option<&'m Bytes> {
+        None
+    }
     /// Writes what the socket takes now, without waiting.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// `msgs` were written whole (deliveries themselves are counted by
     /// the writer's tally).
     fn delivered(&self, _msgs: &[std::sync::Arc<Message>]) {}
+    /// `msgs` were written whole as deltas ([`encoded_delta`](Self::encoded_delta)).
+    fn delivered_deltas(&self, _msgs: &[std::sync::Arc<Message>]) {}
 }
 
 /// What the connection must write before anything queued, and the last id
@@ -34,4 +51,7 @@ pub struct DirectReport {
     /// channel's data) ends direct mode, so that the connection tells its
     /// client.
     pub written: Vec<(crate::protocol::channel::ChannelName, Epoch, u64)>,
+    /// The channels of `written` the connection reads as deltas; it holds
+    /// the value of each one's cursor (see the module doc).
+    pub deltas: Vec<crate::protocol::channel::ChannelName>,
 }

@@ -279,7 +279,8 @@ impl SubscriberQueue {
 /// several per system call, skipping those the connection already has;
 /// returns how many are done with (the last written perhaps in part: its
 /// unsent tail is kept in the report). Direct mode ends at the first write
-/// the socket does not take whole.
+/// the socket does not take whole, and on a delta channel at the first
+/// message with no delta against the one before (see [`direct`]).
 fn write_direct(
     state: &mut State,
     msgs: &[Arc<Message>],
@@ -311,41 +312,45 @@ fn write_direct(
         // mode ends here (the sink is not put back).
         return 0;
     }
+    let deltas = !state.report.deltas.is_empty() && state.report.deltas.contains(&first.channel);
     let known = state.report.written[cursor].2;
     let skip = msgs.iter().take_while(|m| m.id <= known).count();
+    // The value the connection holds (delta channels): the last written.
+    let mut holds = known;
     let mut out = skip;
     let mut keep_direct = true;
     for chunk in msgs[skip..].chunks(CHUNK) {
+        let mut frames = [None; CHUNK];
+        let ready = chunk_frames(&*sink, chunk, deltas.then_some(&mut holds), &mut frames);
+        let frames = frames[..ready].iter().map(|f| f.expect("set above"));
         let mut slices = [IoSlice::new(&[]); CHUNK];
         let mut total = 0;
-        for (slot, msg) in slices.iter_mut().zip(chunk) {
-            let frame = sink.encoded(msg);
+        for (slot, frame) in slices.iter_mut().zip(frames.clone()) {
             total += frame.len();
             *slot = IoSlice::new(frame);
         }
         // An error (peer gone) is the connection task's to find and report.
-        let n = sink.try_write_vectored(&slices[..chunk.len()]).unwrap_or(0);
-        let mut left = n;
-        let mut sent = 0;
-        for msg in chunk {
-            let len = sink.encoded(msg).len();
-            if left < len {
-                break;
-            }
-            left -= len;
-            sent += 1;
-        }
-        if left > 0 {
-            state.report.remainder = Some(sink.encoded(&chunk[sent]).slice(left..));
+        let n = match ready {
+            0 => 0,
+            _ => sink.try_write_vectored(&slices[..ready]).unwrap_or(0),
+        };
+        let (mut sent, partial) = taken(frames, n);
+        if let Some(rest) = partial {
+            state.report.remainder = Some(rest);
             sent += 1;
         }
         if sent > 0 {
-            state.report.written[cursor].2 = chunk[sent - 1].id;
-            tally.record(transport, &chunk[..sent]);
-            sink.delivered(&chunk[..sent]);
+            let done = &chunk[..sent];
+            state.report.written[cursor].2 = done[sent - 1].id;
+            tally.record(transport, done);
+            if deltas {
+                sink.delivered_deltas(done);
+            } else {
+                sink.delivered(done);
+            }
         }
         out += sent;
-        if n < total {
+        if n < total || ready < chunk.len() {
             keep_direct = false;
             break;
         }
@@ -354,6 +359,47 @@ fn write_direct(
         state.direct = Some(sink);
     }
     out
+}
+
+/// Fills `frames` with `chunk`'s frames as the connection reads them:
+/// whole, or on a delta channel (`holds`: the id of the value it holds,
+/// moved on) each message's delta against the one before, stopping at the
+/// first message with none. Returns how many are ready.
+fn chunk_frames<'m>(
+    sink: &dyn DirectSink,
+    chunk: &'m [Arc<Message>],
+    mut holds: Option<&mut u64>,
+    frames: &mut [Option<&'m bytes::Bytes>],
+) -> usize {
+    let mut ready = 0;
+    for (msg, slot) in chunk.iter().zip(frames.iter_mut()) {
+        let frame = match holds.as_deref_mut() {
+            Some(held) => sink.encoded_delta(msg, *held).inspect(|_| *held = msg.id),
+            None => Some(sink.encoded(msg)),
+        };
+        let Some(frame) = frame else { break };
+        *slot = Some(frame);
+        ready += 1;
+    }
+    ready
+}
+
+/// How many of `frames` a write of `n` bytes took whole, and the unsent
+/// tail of the one it took in part.
+fn taken<'f>(
+    frames: impl Iterator<Item = &'f bytes::Bytes>,
+    n: usize,
+) -> (usize, Option<bytes::Bytes>) {
+    let mut left = n;
+    let mut sent = 0;
+    for frame in frames {
+        if left < frame.len() {
+            return (sent, (left > 0).then(|| frame.slice(left..)));
+        }
+        left -= frame.len();
+        sent += 1;
+    }
+    (sent, None)
 }
 
 #[cfg(test)]
@@ -434,6 +480,9 @@ mod tests {
     impl DirectSink for FakeSink {
         fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
             msg.ws_frame()
+        }
+        fn encoded_delta<'m>(&self, msg: &'m Message, base: u64) -> Option<&'m Bytes> {
+            msg.delta_after(base, msg.epoch).map(|d| d.ws_frame())
         }
         fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             let mut room = self.room.lock();
@@ -593,6 +642,88 @@ mod tests {
         q.close(QueueClosed::Shutdown);
         assert_eq!(push_counted(&q, &msg("a", 11), &metrics), Pushed::Closed);
         assert_eq!(delivered(&metrics), 10);
+    }
+
+    /// A `state` value of a few hundred bytes whose `n`-th version
+    /// differs from the one before in one field.
+    fn state_msg(id: u64, n: u64) -> Arc<Message> {
+        let data = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(300));
+        Arc::new(Message::new(
+            ChannelName::new("s").unwrap(),
+            epoch(),
+            id,
+            data.as_bytes(),
+            Instant::now(),
+        ))
+    }
+
+    #[test]
+    fn a_delta_channel_gets_the_shared_deltas_until_one_is_missing() {
+        let metrics = Metrics::new();
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        // Values 1..=4, each linked to the one before (as the hub does);
+        // #5 is not linked (no delta): the connection must send it whole.
+        let msgs: Vec<_> = (1..=5).map(|id| state_msg(id, id)).collect();
+        for pair in msgs[..4].windows(2) {
+            pair[1].link_base(&pair[0]);
+        }
+        // The connection holds value 1 and reads "s" as deltas; "a" whole.
+        let mut report = subscribed_to("s");
+        report.written[0].2 = 1;
+        report
+            .written
+            .push((ChannelName::new("a").unwrap(), epoch(), 0));
+        report.deltas.push(ChannelName::new("s").unwrap());
+        assert!(q.enter_direct(&sink, &mut report));
+        // Two at once (one write), then one, then a whole-value channel.
+        let batch = [msgs[1].clone(), msgs[2].clone()];
+        let mut tally = DeliveryTally::new(&metrics);
+        assert_eq!(
+            q.push_all(&batch, ChannelMode::State, &mut tally),
+            Pushed::Written
+        );
+        drop(tally);
+        assert_eq!(push_counted(&q, &msgs[3], &metrics), Pushed::Written);
+        assert_eq!(push_counted(&q, &msg("a", 1), &metrics), Pushed::Written);
+        let mut expected = Vec::new();
+        for m in &msgs[1..4] {
+            let delta = m.delta_after(m.id - 1, epoch()).expect("a delta");
+            expected.extend_from_slice(delta.ws_frame());
+        }
+        expected.extend_from_slice(msg("a", 1).ws_frame());
+        assert_eq!(*fake.wire.lock(), expected, "the shared delta frames");
+        // No delta for #5: direct mode ends before it, and it is queued.
+        assert_eq!(push_counted(&q, &msgs[4], &metrics), Pushed::Queued);
+        assert_eq!(delivered(&metrics), 4);
+        q.leave_direct(&mut report);
+        assert_eq!(report.written[0].2, 4, "deltas up to #4 written");
+        assert!(report.remainder.is_none());
+        let mut out = Vec::new();
+        q.try_drain(&mut out, 10).unwrap();
+        assert_eq!(out.iter().map(|m| m.id).collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn a_delta_against_another_base_ends_direct_mode() {
+        let metrics = Metrics::new();
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let fake = FakeSink::new(1 << 20);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        let (m1, m2, m3) = (state_msg(1, 1), state_msg(2, 2), state_msg(3, 3));
+        m2.link_base(&m1);
+        m3.link_base(&m2);
+        // The connection holds value 1, but #2 never reaches this queue
+        // (say, it was written by the connection itself and its cursor
+        // lent before): #3 is a delta against #2, not against 1.
+        let mut report = subscribed_to("s");
+        report.written[0].2 = 1;
+        report.deltas.push(ChannelName::new("s").unwrap());
+        assert!(q.enter_direct(&sink, &mut report));
+        assert_eq!(push_counted(&q, &m3, &metrics), Pushed::Queued);
+        assert!(fake.wire.lock().is_empty());
+        assert_eq!(delivered(&metrics), 0);
     }
 
     #[tokio::test]

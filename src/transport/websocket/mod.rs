@@ -37,9 +37,13 @@ use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use crate::transport::params::WsParams;
-use deflate::Deflate;
+use deflate::{Deflate, DeflateContext};
 use session::{Handler, InitialSubscription, Input, Session, Start};
 use socket::{SocketWriter, WsSocket};
+
+/// What a connection negotiated for permessage-deflate, and its own
+/// compression state if it keeps one.
+pub(crate) type Compression = (Option<Deflate>, Option<Box<DeflateContext>>);
 
 /// The subprotocol we speak, selected when a client offers it.
 pub const SUBPROTOCOL: &str = "pollbridge.v1";
@@ -237,7 +241,7 @@ fn spawn_session(
     upgraded: hyper::upgrade::Upgraded,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
-    deflate: Option<Deflate>,
+    compression: Compression,
 ) {
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
@@ -247,14 +251,22 @@ fn spawn_session(
             let stream = parts.io.into_inner().into_inner();
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            spawn_on_socket(gw, stream, read_ahead, queue, start, deflate);
+            spawn_on_socket(gw, stream, read_ahead, queue, start, compression);
         }
         Err(upgraded) => {
             // TLS: not shareable with publishers; served through a
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(gw.clone(), input, write, None, queue, Vec::new(), deflate);
+            let session = Session::new(
+                gw.clone(),
+                input,
+                write,
+                None,
+                queue,
+                Vec::new(),
+                compression,
+            );
             gw.tasks.spawn(session.run(start));
         }
     }
@@ -271,10 +283,10 @@ pub(crate) fn spawn_on_socket(
     read_ahead: Vec<u8>,
     queue: Arc<SubscriberQueue>,
     start: Box<Start>,
-    deflate: Option<Deflate>,
+    compression: Compression,
 ) {
     let (stream, meter) = stream.into_parts();
-    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
+    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), compression.0));
     let sink: Arc<dyn DirectSink> = socket.clone();
     let input = Input::Socket(socket.clone());
     let writer = SocketWriter(socket);
@@ -285,7 +297,7 @@ pub(crate) fn spawn_on_socket(
         Some(sink),
         queue,
         read_ahead,
-        deflate,
+        compression,
     );
     gw.tasks.spawn(session.run(start));
 }
@@ -307,9 +319,18 @@ fn upgrade(
         header_has_token(req.headers(), header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
     let negotiated = match gw.config.websocket.compression {
         WsCompression::Off => None,
-        WsCompression::Shared => deflate::negotiate(req.headers()),
+        WsCompression::Shared => deflate::negotiate_for(gw, req.headers()),
     };
-    let deflate = negotiated.as_ref().map(|(d, _)| *d);
+    // A connection that keeps compression state holds its slot (and its
+    // compressor) for its life: boxed, so every other pays one pointer.
+    let (deflate, answer, context) = match negotiated {
+        Some((d, answer, slot)) => (
+            Some(d),
+            Some(answer),
+            slot.map(|slot| Box::new(DeflateContext::new(d, slot))),
+        ),
+        None => (None, None, None),
+    };
     let on_upgrade = hyper::upgrade::on(&mut *req);
     // Put there by the router, so the handshake's bytes can be told apart.
     let meter = req.extensions_mut().remove::<Arc<ConnMeter>>();
@@ -326,7 +347,7 @@ fn upgrade(
             meter.handshake_done();
         }
         tracing::debug!("websocket open");
-        spawn_session(session_gw, upgraded, queue, start, deflate);
+        spawn_session(session_gw, upgraded, queue, start, (deflate, context));
     };
     gw.tasks.spawn(task);
 
@@ -345,7 +366,7 @@ fn upgrade(
             HeaderValue::from_static(SUBPROTOCOL),
         );
     }
-    if let Some((_, answer)) = negotiated {
+    if let Some(answer) = answer {
         headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     resp

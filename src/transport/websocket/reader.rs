@@ -610,6 +610,7 @@ mod tests {
             ClientInflate::new(super::super::deflate::Deflate {
                 server_window_bits: 15,
                 client_no_context_takeover: true,
+                server_context_takeover: false,
             })
         });
         let mut decoder = Decoder::new(1000, bytes, inflate);

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::deflate::{ClientInflate, Deflate};
+use super::deflate::{ClientInflate, Deflate, DeflateContext};
 use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
 use super::socket::WsSocket;
@@ -169,6 +169,10 @@ pub struct Session<W> {
     ping_sent: bool,
     /// permessage-deflate, if negotiated.
     deflate: Option<Deflate>,
+    /// The connection's own compression state, if it uses context
+    /// takeover (`websocket.deflate_context_takeover`): None for almost
+    /// every connection.
+    deflate_context: Option<Box<DeflateContext>>,
 }
 
 impl<W> Drop for Session<W> {
@@ -198,7 +202,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         sink: Option<Arc<dyn DirectSink>>,
         queue: Arc<SubscriberQueue>,
         read_ahead: Vec<u8>,
-        deflate: Option<Deflate>,
+        (deflate, deflate_context): (Option<Deflate>, Option<Box<DeflateContext>>),
     ) -> Self {
         let inflate = deflate.map(ClientInflate::new);
         // Counted down by `Drop`: a guard kept as a field would be 16 more
@@ -208,6 +212,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             input,
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
             deflate,
+            deflate_context,
             sink,
             report: DirectReport::default(),
             throttle: Throttle::new(&gw.rules),

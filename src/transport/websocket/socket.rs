@@ -140,10 +140,19 @@ impl DirectSink for WsSocket {
         Ok(n)
     }
 
+    fn encoded_delta<'m>(&self, msg: &'m Message, base: u64) -> Option<&'m Bytes> {
+        // Plain, as the session sends deltas (they are small).
+        msg.delta_after(base, msg.epoch).map(|d| d.ws_frame())
+    }
+
     fn delivered(&self, msgs: &[Arc<Message>]) {
         // Deliveries are counted by the writer's tally; what compression
         // saved is this connection's to say.
         record_compressed(&self.gw, self.deflate, msgs);
+    }
+
+    fn delivered_deltas(&self, msgs: &[Arc<Message>]) {
+        crate::transport::delta::record_direct_deltas(&self.gw.metrics.delta, msgs);
     }
 }
 

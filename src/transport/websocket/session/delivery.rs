@@ -27,11 +27,24 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// (refused, harmlessly, while something is queued), with the cursors
     /// they must continue from. Throttled channels hold messages back,
     /// which only this task can do: no direct mode then.
+    ///
+    /// A delta subscription goes direct too, as long as the client holds
+    /// the value of its cursor: publishers then write each message's shared
+    /// delta frame, and end direct mode at the first message that has none
+    /// against that value (see `bus::queue::direct`). A client that holds
+    /// another value (none yet, after a subscribe with no history) is
+    /// served by this task until it does.
     pub(super) fn lend_socket(&mut self) {
         let Some(sink) = &self.sink else { return };
-        // Deltas are chosen per subscriber (by the value it holds), which
-        // only this task knows: no direct mode then either.
-        if self.throttle.is_enabled() || self.subscriptions.any_delta() {
+        if self.throttle.is_enabled() || !self.subscriptions.deltas_hold_cursors() {
+            return;
+        }
+        // Its own compressor (context takeover): no shared frames to write.
+        if self
+            .deflate_context
+            .as_ref()
+            .is_some_and(|c| c.compresses())
+        {
             return;
         }
         let cursors = self
@@ -40,6 +53,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
         self.report.written.clear();
         self.report.written.extend(cursors);
+        self.report.deltas.clear();
+        let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
+        self.report.deltas.extend(deltas.map(|(c, _)| c.clone()));
         self.queue.enter_direct(sink, &mut self.report);
     }
 
@@ -56,6 +72,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 // Publishers write only in the cursor's own epoch.
                 if sub.cursor.epoch == epoch && id > sub.cursor.id {
                     sub.cursor.id = id;
+                    // What they wrote on a delta channel were deltas
+                    // chained from the value the client held.
+                    if let Some(track) = sub.delta.as_mut() {
+                        track.wrote_up_to(sub.cursor);
+                    }
                 }
             }
         }
@@ -68,11 +89,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// The conformance echo: compressed (on its own) when the client
     /// negotiated permessage-deflate.
     pub(super) async fn echo(&mut self, opcode: u8, data: &[u8]) -> Result<(), End> {
-        let frame = match self.deflate {
-            Some(d) => {
+        let own = self.deflate_context.as_mut();
+        let frame = match (own.and_then(|c| c.echo_frame(opcode, data)), self.deflate) {
+            (Some(frame), _) => frame,
+            (None, Some(d)) => {
                 crate::protocol::deflate::encode_deflated(opcode, data, d.server_window_bits)
             }
-            None => frame::encode(opcode, data),
+            (None, None) => frame::encode(opcode, data),
         };
         self.write_frames(&[frame]).await
     }
@@ -115,9 +138,16 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .delta
                 .as_mut()
                 .and_then(|d| d.pick(msg, Transport::WebSocket, metrics));
-            frames.push(match delta {
-                Some(delta) => delta.ws_frame().clone(),
-                None => frame_for(&self.gw, self.deflate, msg).clone(),
+            // Through the connection's own compressor only when it is
+            // sent: the client's inflater follows its history.
+            let own = match delta {
+                Some(_) => None,
+                None => self.deflate_context.as_mut(),
+            };
+            frames.push(match (delta, own.and_then(|c| c.frame(&self.gw, msg))) {
+                (Some(delta), _) => delta.ws_frame().clone(),
+                (None, Some(frame)) => frame,
+                (None, None) => frame_for(&self.gw, self.deflate, msg).clone(),
             });
             fresh.push(msg.clone());
         }
@@ -127,7 +157,14 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             let written = self.write_frames(&frames).await;
             if written.is_ok() {
                 record_delivery(&self.gw.metrics, Transport::WebSocket, &fresh);
-                record_compressed(&self.gw, self.deflate, &fresh);
+                // Its own compressor counted what it compressed.
+                if !self
+                    .deflate_context
+                    .as_ref()
+                    .is_some_and(|c| c.compresses())
+                {
+                    record_compressed(&self.gw, self.deflate, &fresh);
+                }
             }
             written
         };

@@ -39,9 +39,16 @@ impl Subscriptions {
         self.0.len()
     }
 
-    /// True when some subscription asked for deltas.
-    pub(super) fn any_delta(&self) -> bool {
-        self.0.iter().any(|(_, s)| s.delta.is_some())
+    /// True when every subscription that asked for deltas holds the value
+    /// of its cursor (the message it last delivered): publishers can then
+    /// chain deltas from it in direct mode.
+    pub(super) fn deltas_hold_cursors(&self) -> bool {
+        self.0.iter().all(|(_, s)| match &s.delta {
+            None => true,
+            Some(track) => track
+                .holds()
+                .is_some_and(|h| h.id == s.cursor.id && h.epoch == s.cursor.epoch),
+        })
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&ChannelName, &Subscribed)> {
