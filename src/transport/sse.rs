@@ -38,7 +38,7 @@ use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
-use crate::transport::sse_gzip::{wire, SseGzip};
+use crate::transport::sse_gzip::{wire, EventKind, SseEvent, SseGzip};
 use crate::transport::throttle::Throttle;
 
 /// Most messages written in one chunk.
@@ -130,7 +130,7 @@ pub struct SseBody {
     /// nothing.
     fresh: Vec<Arc<Message>>,
     /// Scratch for the events of `fresh` (whole or delta), same reason.
-    events: Vec<Bytes>,
+    events: Vec<SseEvent>,
     /// Set when the client asked for deltas (`?delta=1`).
     delta: Option<DeltaTrack>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -299,8 +299,14 @@ impl SseBody {
                 .as_mut()
                 .and_then(|d| d.pick(m, Transport::Sse, &self.metrics.delta));
             events.push(match delta {
-                Some(delta) => delta.sse_event(m).clone(),
-                None => m.sse_event().clone(),
+                Some(delta) => SseEvent {
+                    bytes: delta.sse_event(m).clone(),
+                    kind: EventKind::Delta { base: delta.base },
+                },
+                None => SseEvent {
+                    bytes: m.sse_event().clone(),
+                    kind: EventKind::Whole,
+                },
             });
         }
         let chunk = match events.as_slice() {
@@ -309,9 +315,9 @@ impl SseBody {
                 self.gzip.as_mut().map(|g| g.events(&notices, &fresh, many))
             }
             // The common case: one event, its shared encoding, no copy.
-            [only] if notices.is_empty() => Some(only.clone()),
+            [only] if notices.is_empty() => Some(only.bytes.clone()),
             many => {
-                let size = many.iter().map(Bytes::len).sum::<usize>()
+                let size = many.iter().map(|e| e.bytes.len()).sum::<usize>()
                     + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
                 let mut out = BytesMut::with_capacity(size);
                 let mut notices = notices.iter().peekable();
@@ -319,7 +325,7 @@ impl SseBody {
                     if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
                         out.put_slice(notice);
                     }
-                    out.put_slice(event);
+                    out.put_slice(&event.bytes);
                 }
                 Some(out.freeze())
             }

@@ -28,6 +28,23 @@ use crate::protocol::{Message, Transport};
 /// Deflate level 0: stored blocks.
 const STORED: u32 = 0;
 
+/// Which encoding of its message an SSE event is: what decides where its
+/// compressed piece comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The message's whole value ([`Message::sse_event`]).
+    Whole,
+    /// The message as a delta against the value of id `base`.
+    Delta { base: u64 },
+}
+
+/// One event of a chunk: its bytes and what they are.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub bytes: Bytes,
+    pub kind: EventKind,
+}
+
 /// One SSE connection's gzip stream.
 pub struct SseGzip {
     stream: GzipStream,
@@ -59,7 +76,7 @@ impl SseGzip {
         &mut self,
         notices: &[(usize, Bytes)],
         messages: &[Arc<Message>],
-        events: &[Bytes],
+        events: &[SseEvent],
     ) -> Bytes {
         let mut out = BytesMut::new();
         let mut plain = 0;
@@ -72,14 +89,15 @@ impl SseGzip {
                     &mut out,
                 );
             }
-            plain += event.len();
-            let level = self.level_for(event.len());
-            if event.as_ptr() == m.sse_event().as_ptr() {
+            plain += event.bytes.len();
+            let level = self.level_for(event.bytes.len());
+            match event.kind {
                 // The whole value: its piece is deflated once and shared.
-                self.stream.push(m.sse_deflate(level), &mut out);
-            } else {
+                EventKind::Whole => self.stream.push(m.sse_deflate(level), &mut out),
                 // A delta against this client's value: deflated here.
-                self.stream.push(&DeflatePiece::new(event, level), &mut out);
+                EventKind::Delta { .. } => self
+                    .stream
+                    .push(&DeflatePiece::new(&event.bytes, level), &mut out),
             }
         }
         self.count(plain, out.len());
@@ -124,5 +142,67 @@ pub fn wire(gzip: &mut Option<SseGzip>, chunk: Bytes) -> Bytes {
     match gzip {
         Some(gzip) => gzip.own(&chunk),
         None => chunk,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::compress::Levels;
+    use crate::protocol::{ChannelName, Epoch};
+    use std::io::Read;
+    use std::time::Instant;
+
+    fn gunzip(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .expect("valid gzip");
+        out
+    }
+
+    fn score(id: u64, n: u64) -> Arc<Message> {
+        let ch = ChannelName::new("score").unwrap();
+        let data = format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(300));
+        let epoch = Epoch::parse(b"e1").unwrap();
+        Arc::new(Message::new(ch, epoch, id, data.as_bytes(), Instant::now()))
+    }
+
+    #[test]
+    fn whole_and_delta_events_make_one_stream_with_the_whole_values_shared_piece() {
+        let (a, b) = (score(1, 1), score(2, 2));
+        b.link_base(&a);
+        let delta = b.delta_after(1, b.epoch).expect("a delta");
+        let events = [
+            SseEvent {
+                // A copy, not the cached event: the kind decides, not where
+                // the bytes live.
+                bytes: Bytes::copy_from_slice(a.sse_event()),
+                kind: EventKind::Whole,
+            },
+            SseEvent {
+                bytes: delta.sse_event(&b).clone(),
+                kind: EventKind::Delta { base: 1 },
+            },
+        ];
+        let compression = Compression {
+            enabled: true,
+            min_bytes: 100,
+            levels: Levels::default(),
+        };
+        let mut gzip = SseGzip::new(compression, Arc::new(Metrics::new()));
+        let notice = Bytes::from_static(b"event: truncated\ndata: {}\n\n");
+        let mut out = gzip
+            .events(&[(1, notice.clone())], &[a.clone(), b.clone()], &events)
+            .to_vec();
+        out.extend_from_slice(&gzip.finish().expect("a trailer"));
+        let plain = [&a.sse_event()[..], &notice, delta.sse_event(&b)].concat();
+        assert_eq!(gunzip(&out), plain);
+        let shared = &a.sse_deflate(compression.levels.gzip).bytes;
+        assert!(
+            out.windows(shared.len()).any(|w| w == &shared[..]),
+            "the whole value went out as its shared piece"
+        );
+        assert!(gzip.finish().is_none(), "one trailer");
     }
 }
