@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
+use super::compress::DeflatePiece;
 use super::json_patch;
 
 use super::{Epoch, Message};
@@ -53,9 +54,19 @@ pub struct DeltaEncoded {
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
+    /// The SSE event deflated on its own, for gzip streams: shared by every
+    /// subscriber at this base, like the event.
+    sse_deflate: OnceLock<DeflatePiece>,
 }
 
 impl DeltaEncoded {
+    /// [`sse_event`](Self::sse_event) deflated once at `level` (the first
+    /// caller's): the piece every gzip SSE stream at this base carries.
+    pub fn sse_deflate(&self, msg: &Message, level: u32) -> &DeflatePiece {
+        self.sse_deflate
+            .get_or_init(|| DeflatePiece::new(self.sse_event(msg), level))
+    }
+
     /// The delta envelope as one WebSocket text frame.
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
@@ -164,6 +175,7 @@ fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
         ws_frame: OnceLock::new(),
         sse_event: OnceLock::new(),
         poll_answer: OnceLock::new(),
+        sse_deflate: OnceLock::new(),
     })
 }
 

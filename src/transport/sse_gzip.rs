@@ -6,7 +6,9 @@
 //! (its SSE event deflated on its own with a fresh compressor and a sync
 //! flush, no final block — made once, on the first connection that sends
 //! it), and, when the stream ends, an empty final block and the trailer
-//! (CRC32 combined from the pieces', length). Because each piece ends with
+//! (CRC32 combined from the pieces', length). A delta event's piece is
+//! made once per message and base, next to the shared delta
+//! ([`DeltaEncoded::sse_deflate`]). Because each piece ends with
 //! a sync flush, a client inflates every event as soon as it arrives
 //! (`curl --compressed -N`, browsers' `EventSource`).
 //!
@@ -23,6 +25,8 @@ use bytes::{Bytes, BytesMut};
 use crate::http::encoding::Compression;
 use crate::metrics::Metrics;
 use crate::protocol::compress::{DeflatePiece, GzipStream};
+#[cfg(doc)]
+use crate::protocol::delta::DeltaEncoded;
 use crate::protocol::{Message, Transport};
 
 /// Deflate level 0: stored blocks.
@@ -91,13 +95,18 @@ impl SseGzip {
             }
             plain += event.bytes.len();
             let level = self.level_for(event.bytes.len());
+            // Each event's piece is deflated once and shared: the whole
+            // value's by every subscriber, a delta's by every subscriber at
+            // its base.
             match event.kind {
-                // The whole value: its piece is deflated once and shared.
                 EventKind::Whole => self.stream.push(m.sse_deflate(level), &mut out),
-                // A delta against this client's value: deflated here.
-                EventKind::Delta { .. } => self
-                    .stream
-                    .push(&DeflatePiece::new(&event.bytes, level), &mut out),
+                EventKind::Delta { base } => match m.delta_after(base, m.epoch) {
+                    Some(delta) => self.stream.push(delta.sse_deflate(m, level), &mut out),
+                    // Not reached: the event was made from this delta.
+                    None => self
+                        .stream
+                        .push(&DeflatePiece::new(&event.bytes, level), &mut out),
+                },
             }
         }
         self.count(plain, out.len());
@@ -198,10 +207,19 @@ mod tests {
         out.extend_from_slice(&gzip.finish().expect("a trailer"));
         let plain = [&a.sse_event()[..], &notice, delta.sse_event(&b)].concat();
         assert_eq!(gunzip(&out), plain);
-        let shared = &a.sse_deflate(compression.levels.gzip).bytes;
+        // Asked again for a stored piece, each message hands back the piece
+        // it made (compressed) for the stream: made once, then shared.
+        let shared = &a.sse_deflate(STORED).bytes;
         assert!(
             out.windows(shared.len()).any(|w| w == &shared[..]),
             "the whole value went out as its shared piece"
+        );
+        let delta_piece = &delta.sse_deflate(&b, STORED).bytes;
+        assert!(delta_piece.len() < delta.sse_event(&b).len(), "compressed");
+        assert!(
+            out.windows(delta_piece.len())
+                .any(|w| w == &delta_piece[..]),
+            "the delta went out as its shared piece"
         );
         assert!(gzip.finish().is_none(), "one trailer");
     }
