@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::Duration;
 
-use common::http::RawHttpConn;
+use common::http::{http, RawHttpConn, Response};
 use common::*;
 use serde_json::{json, Value};
 
@@ -206,4 +206,76 @@ async fn gzip_sse_delta_subscribers_get_identical_correct_values() {
         let whole = String::from_utf8(decode_all("gzip", &client.raw)).unwrap();
         assert!(whole.starts_with("retry: "), "{whole}");
     }
+}
+
+fn varies_on_encoding(r: &Response) -> bool {
+    r.head
+        .header_all("vary")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+}
+
+async fn longpoll_bytes(gw: &Gateway, stage: &str) -> f64 {
+    gw.metric(
+        "pollbridge_compression_bytes_total",
+        &[("transport", "longpoll"), ("stage", stage)],
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_large_long_poll_answer_is_stitched_and_decodes_to_exactly_the_plain_answer() {
+    let gw = Gateway::start(&[]).await;
+    for seq in 1..=40 {
+        gw.publish_json("big", &order_book(seq)).await;
+    }
+    let url = gw.public_url("/rt/poll/big?since=0&timeout=0");
+    let plain = http("GET", &url, &[], None).await;
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.json()["messages"].as_array().unwrap().len(), 40);
+    assert!(
+        plain.body.len() > 16 * 1024,
+        "more than one chunk: streamed ({} bytes)",
+        plain.body.len()
+    );
+    assert_eq!(plain.header("content-encoding"), None);
+    assert!(varies_on_encoding(&plain));
+
+    let gz = http("GET", &url, &[("Accept-Encoding", "gzip")], None).await;
+    assert_eq!(gz.status(), 200);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"), "{:?}", gz.head);
+    assert!(varies_on_encoding(&gz));
+    assert_eq!(
+        decode_all("gzip", &gz.body),
+        plain.body,
+        "decodes to exactly the plain answer"
+    );
+    assert!(
+        gz.body.len() * 2 < plain.body.len(),
+        "{} of {} bytes",
+        gz.body.len(),
+        plain.body.len()
+    );
+    // Counted as compressed long-poll output: all of the answer, before
+    // and after.
+    assert_eq!(longpoll_bytes(&gw, "before").await, plain.body.len() as f64);
+    assert_eq!(longpoll_bytes(&gw, "after").await, gz.body.len() as f64);
+
+    // Counted as pending output while unsent, by its plain bytes, and
+    // all of it released once sent.
+    let pending = gw
+        .metric("pollbridge_output_pending_bytes", &[])
+        .await
+        .unwrap_or(-1.0);
+    assert_eq!(pending, 0.0, "the answers' output accounts are settled");
+
+    // The pieces are shared: a second client gets the same bytes.
+    let again = http("GET", &url, &[("Accept-Encoding", "gzip")], None).await;
+    assert_eq!(again.body, gz.body);
+    // A page of the answer (a cursor in the middle) too.
+    let page = gw.public_url("/rt/poll/big?since=3&timeout=0");
+    let plain_page = http("GET", &page, &[], None).await;
+    let gz_page = http("GET", &page, &[("Accept-Encoding", "gzip")], None).await;
+    assert_eq!(decode_all("gzip", &gz_page.body), plain_page.body);
 }

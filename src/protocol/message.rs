@@ -117,7 +117,17 @@ pub struct Message {
 struct Compressed {
     poll_gzip: OnceLock<Bytes>,
     poll_brotli: OnceLock<Bytes>,
+    /// Boxed: only messages that go out on a stitched stream (a compressed
+    /// SSE stream, a large compressed long-poll answer) have pieces.
+    pieces: OnceLock<Box<Pieces>>,
+}
+
+/// A message's pieces for stitched compressed streams
+/// ([`crate::transport::stitch`]), each made once and shared.
+#[derive(Debug, Default)]
+struct Pieces {
     sse_deflate: OnceLock<DeflatePiece>,
+    envelope_deflate: OnceLock<DeflatePiece>,
 }
 
 impl Message {
@@ -235,9 +245,21 @@ impl Message {
     /// [`sse_event`](Self::sse_event) deflated on its own, once: the piece
     /// every gzip-compressed SSE stream carries for this message.
     pub fn sse_deflate(&self, level: u32) -> &DeflatePiece {
-        self.compressed
+        self.pieces()
             .sse_deflate
             .get_or_init(|| DeflatePiece::new(self.sse_event(), level))
+    }
+
+    /// The envelope deflated on its own, once: the piece every large
+    /// compressed long-poll answer carries for this message.
+    pub fn envelope_deflate(&self, level: u32) -> &DeflatePiece {
+        self.pieces()
+            .envelope_deflate
+            .get_or_init(|| DeflatePiece::new(&self.envelope, level))
+    }
+
+    fn pieces(&self) -> &Pieces {
+        self.compressed.pieces.get_or_init(Default::default)
     }
 
     /// The envelope as one SSE event: `id: N-E\ndata: <envelope>\n\n` (the

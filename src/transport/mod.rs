@@ -10,6 +10,7 @@ pub mod params;
 pub mod replay;
 pub mod sse;
 mod sse_gzip;
+pub mod stitch;
 pub mod throttle;
 pub mod websocket;
 

@@ -38,7 +38,8 @@ use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
-use crate::transport::sse_gzip::{wire, EventKind, SseEvent, SseGzip};
+use crate::transport::sse_gzip::{self, wire, EventKind, SseEvent};
+use crate::transport::stitch::Stitcher;
 use crate::transport::throttle::Throttle;
 
 /// Most messages written in one chunk.
@@ -78,7 +79,7 @@ pub async fn handle(
     let compression = Compression::new(&gw.config.compression);
     let gzip = compression.accepted(req.headers(), &[Coding::Gzip]);
     let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
-    body.gzip = gzip.map(|_| SseGzip::new(compression, gw.metrics.clone()));
+    body.gzip = gzip.map(|_| Stitcher::new(compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
     }
@@ -147,8 +148,8 @@ pub struct SseBody {
     throttle: Throttle,
     throttle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     rules: ChannelRules,
-    /// Set when the stream is gzip-compressed ([`SseGzip`]).
-    gzip: Option<SseGzip>,
+    /// Set when the stream is gzip-compressed ([`Stitcher`]).
+    gzip: Option<Stitcher>,
 }
 
 impl SseBody {
@@ -311,9 +312,10 @@ impl SseBody {
         }
         let chunk = match events.as_slice() {
             [] => None,
-            many if self.gzip.is_some() => {
-                self.gzip.as_mut().map(|g| g.events(&notices, &fresh, many))
-            }
+            many if self.gzip.is_some() => self
+                .gzip
+                .as_mut()
+                .map(|g| sse_gzip::events(g, &notices, &fresh, many)),
             // The common case: one event, its shared encoding, no copy.
             [only] if notices.is_empty() => Some(only.bytes.clone()),
             many => {
@@ -401,7 +403,7 @@ impl HttpBody for SseBody {
         match this.poll_chunk(cx) {
             Poll::Ready(None) => {
                 this.ended = true;
-                let tail = this.gzip.as_mut().and_then(SseGzip::finish);
+                let tail = this.gzip.as_mut().and_then(Stitcher::finish);
                 Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
             }
             Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
@@ -410,7 +412,7 @@ impl HttpBody for SseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.gzip.as_ref().is_none_or(SseGzip::is_finished)
+        self.ended && self.gzip.as_ref().is_none_or(Stitcher::is_finished)
     }
 }
 
@@ -425,12 +427,17 @@ impl SseBody {
         if let Some((head, history)) = this.prelude.take() {
             this.replay = Some(Box::new(this.start_replay(head, history)));
         }
-        // The replay goes first, as the socket takes it.
+        // The replay goes first, as the socket takes it (compressed from
+        // the messages' shared pieces on a compressed stream).
         if let Some(replay) = this.replay.as_mut() {
-            match replay.next_chunk() {
+            let chunk = match this.gzip.as_mut() {
+                Some(stitcher) => replay.next_coded(stitcher),
+                None => replay.next_chunk(),
+            };
+            match chunk {
                 Some(chunk) => {
                     this.note_sent();
-                    return Poll::Ready(Some(wire(&mut this.gzip, chunk)));
+                    return Poll::Ready(Some(chunk));
                 }
                 None => this.replay = None,
             }

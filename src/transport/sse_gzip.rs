@@ -1,8 +1,8 @@
 //! A gzip-compressed SSE stream whose events are compressed once per
 //! message and shared by every connection.
 //!
-//! One gzip member per connection ([`GzipStream`]): its header before the
-//! first bytes, then, per message, the message's cached [`DeflatePiece`]
+//! One gzip member per connection: its header before the
+//! first bytes, then, per message, the message's cached piece
 //! (its SSE event deflated on its own with a fresh compressor and a sync
 //! flush, no final block — made once, on the first connection that sends
 //! it), and, when the stream ends, an empty final block and the trailer
@@ -12,25 +12,20 @@
 //! a sync flush, a client inflates every event as soon as it arrives
 //! (`curl --compressed -N`, browsers' `EventSource`).
 //!
-//! What is per connection (the `retry:` head, truncation notices, the
-//! replayed history's chunks, keep-alives, the farewell `retry:`) is
-//! deflated on the spot, as a piece of its own. Events (and other pieces)
-//! shorter than `compression.min_bytes` are carried as stored deflate
-//! blocks: a few bytes of framing, no compression work.
+//! The replayed history is stitched from the same shared pieces
+//! ([`Replay::next_coded`](super::replay::Replay::next_coded)). What is per
+//! connection (the `retry:` head, truncation notices, keep-alives, the
+//! farewell `retry:`) is deflated on the spot, as a piece of its own; the
+//! stream itself is a [`Stitcher`], the machinery long-poll answers share.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::http::encoding::Compression;
-use crate::metrics::Metrics;
-use crate::protocol::compress::{DeflatePiece, GzipStream};
+use super::stitch::Stitcher;
 #[cfg(doc)]
 use crate::protocol::delta::DeltaEncoded;
-use crate::protocol::{Message, Transport};
-
-/// Deflate level 0: stored blocks.
-const STORED: u32 = 0;
+use crate::protocol::Message;
 
 /// Which encoding of its message an SSE event is: what decides where its
 /// compressed piece comes from.
@@ -49,105 +44,39 @@ pub struct SseEvent {
     pub kind: EventKind,
 }
 
-/// One SSE connection's gzip stream.
-pub struct SseGzip {
-    stream: GzipStream,
-    compression: Compression,
-    metrics: Arc<Metrics>,
-}
-
-impl SseGzip {
-    pub fn new(compression: Compression, metrics: Arc<Metrics>) -> SseGzip {
-        SseGzip {
-            stream: GzipStream::new(),
-            compression,
-            metrics,
+/// The events of `messages` on the compressed stream `stitcher`, each from
+/// its shared piece, with the `notices` (index of the message they
+/// precede, their text) compressed on the spot.
+pub fn events(
+    stitcher: &mut Stitcher,
+    notices: &[(usize, Bytes)],
+    messages: &[Arc<Message>],
+    events: &[SseEvent],
+) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut notices = notices.iter().peekable();
+    for (i, (m, event)) in messages.iter().zip(events).enumerate() {
+        if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
+            stitcher.push_own(notice, &mut out);
+        }
+        let level = stitcher.level_for(event.bytes.len());
+        // Each event's piece is deflated once and shared: the whole
+        // value's by every subscriber, a delta's by every subscriber at
+        // its base.
+        match event.kind {
+            EventKind::Whole => stitcher.push(m.sse_deflate(level), &mut out),
+            EventKind::Delta { base } => match m.delta_after(base, m.epoch) {
+                Some(delta) => stitcher.push(delta.sse_deflate(m, level), &mut out),
+                // Not reached: the event was made from this delta.
+                None => stitcher.push_own(&event.bytes, &mut out),
+            },
         }
     }
-
-    fn level_for(&self, len: usize) -> u32 {
-        if len >= self.compression.min_bytes {
-            self.compression.levels.gzip
-        } else {
-            STORED
-        }
-    }
-
-    /// The events of `messages`, each from its shared piece, with the
-    /// `notices` (index of the message they precede, their text) deflated
-    /// on the spot.
-    pub fn events(
-        &mut self,
-        notices: &[(usize, Bytes)],
-        messages: &[Arc<Message>],
-        events: &[SseEvent],
-    ) -> Bytes {
-        let mut out = BytesMut::new();
-        let mut plain = 0;
-        let mut notices = notices.iter().peekable();
-        for (i, (m, event)) in messages.iter().zip(events).enumerate() {
-            if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
-                plain += notice.len();
-                self.stream.push(
-                    &DeflatePiece::new(notice, self.level_for(notice.len())),
-                    &mut out,
-                );
-            }
-            plain += event.bytes.len();
-            let level = self.level_for(event.bytes.len());
-            // Each event's piece is deflated once and shared: the whole
-            // value's by every subscriber, a delta's by every subscriber at
-            // its base.
-            match event.kind {
-                EventKind::Whole => self.stream.push(m.sse_deflate(level), &mut out),
-                EventKind::Delta { base } => match m.delta_after(base, m.epoch) {
-                    Some(delta) => self.stream.push(delta.sse_deflate(m, level), &mut out),
-                    // Not reached: the event was made from this delta.
-                    None => self
-                        .stream
-                        .push(&DeflatePiece::new(&event.bytes, level), &mut out),
-                },
-            }
-        }
-        self.count(plain, out.len());
-        out.freeze()
-    }
-
-    /// Bytes of this connection alone, deflated now.
-    pub fn own(&mut self, chunk: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(chunk.len() / 2 + 32);
-        self.stream.push(
-            &DeflatePiece::new(chunk, self.level_for(chunk.len())),
-            &mut out,
-        );
-        self.count(chunk.len(), out.len());
-        out.freeze()
-    }
-
-    /// The end of the stream, once.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        if self.stream.is_finished() {
-            return None;
-        }
-        let mut out = BytesMut::with_capacity(20);
-        self.stream.finish(&mut out);
-        self.count(0, out.len());
-        Some(out.freeze())
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.stream.is_finished()
-    }
-
-    fn count(&self, before: usize, after: usize) {
-        self.metrics
-            .compression
-            .record(Transport::Sse, before, after);
-    }
+    out.freeze()
 }
 
 /// Where an uncompressed chunk goes on a stream that may be compressed.
-pub fn wire(gzip: &mut Option<SseGzip>, chunk: Bytes) -> Bytes {
+pub fn wire(gzip: &mut Option<Stitcher>, chunk: Bytes) -> Bytes {
     match gzip {
         Some(gzip) => gzip.own(&chunk),
         None => chunk,
@@ -157,8 +86,12 @@ pub fn wire(gzip: &mut Option<SseGzip>, chunk: Bytes) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::encoding::Compression;
+    use crate::metrics::Metrics;
     use crate::protocol::compress::Levels;
+    use crate::protocol::Transport;
     use crate::protocol::{ChannelName, Epoch};
+    use crate::transport::stitch::STORED;
     use std::io::Read;
     use std::time::Instant;
 
@@ -199,11 +132,16 @@ mod tests {
             min_bytes: 100,
             levels: Levels::default(),
         };
-        let mut gzip = SseGzip::new(compression, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let mut gzip = Stitcher::new(compression, metrics, Transport::Sse);
         let notice = Bytes::from_static(b"event: truncated\ndata: {}\n\n");
-        let mut out = gzip
-            .events(&[(1, notice.clone())], &[a.clone(), b.clone()], &events)
-            .to_vec();
+        let mut out = super::events(
+            &mut gzip,
+            &[(1, notice.clone())],
+            &[a.clone(), b.clone()],
+            &events,
+        )
+        .to_vec();
         out.extend_from_slice(&gzip.finish().expect("a trailer"));
         let plain = [&a.sse_event()[..], &notice, delta.sse_event(&b)].concat();
         assert_eq!(gunzip(&out), plain);
