@@ -1,6 +1,7 @@
 //! Compressed HTTP streams stitched from pieces compressed once and shared
-//! (docs/http.md, "Compression"): gzip SSE streams carrying deltas, and
-//! large long-poll answers, over real sockets against the real binary. Each
+//! (docs/http.md, "Stitched streams"): gzip and brotli SSE streams carrying
+//! deltas, and large long-poll answers, over real sockets against the real
+//! binary. Each
 //! stream is decoded as a client would and checked against what was
 //! published.
 
@@ -175,10 +176,22 @@ fn check_values(who: &str, envelopes: &[Value], published: &HashMap<u64, Value>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_sse_delta_subscribers_get_identical_correct_values() {
+    sse_delta_subscribers_get_identical_correct_values("gzip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brotli_sse_delta_subscribers_get_identical_correct_values() {
+    sse_delta_subscribers_get_identical_correct_values("br").await;
+}
+
+/// Two delta subscribers of one state channel on `coding` streams, a
+/// publish at a time: each event decodes as it arrives, every value is
+/// rebuilt exactly, both streams are the same bytes, and each ends valid.
+async fn sse_delta_subscribers_get_identical_correct_values(coding: &'static str) {
     let gw = Gateway::start_with_config(STATE, &[]).await;
     let path = "/rt/sse/score.g?delta=1";
-    let mut a = CodedSse::open(&gw, path, "gzip").await;
-    let mut b = CodedSse::open(&gw, path, "gzip").await;
+    let mut a = CodedSse::open(&gw, path, coding).await;
+    let mut b = CodedSse::open(&gw, path, coding).await;
     a.until("retry:").await;
     b.until("retry:").await;
     let mut published = HashMap::new();
@@ -203,7 +216,7 @@ async fn gzip_sse_delta_subscribers_get_identical_correct_values() {
         while let Some(chunk) = client.conn.read_chunk().await.expect("a clean end") {
             client.raw.extend_from_slice(&chunk);
         }
-        let whole = String::from_utf8(decode_all("gzip", &client.raw)).unwrap();
+        let whole = String::from_utf8(decode_all(coding, &client.raw)).unwrap();
         assert!(whole.starts_with("retry: "), "{whole}");
     }
 }
@@ -242,6 +255,17 @@ async fn a_large_long_poll_answer_is_stitched_and_decodes_to_exactly_the_plain_a
     assert_eq!(plain.header("content-encoding"), None);
     assert!(varies_on_encoding(&plain));
 
+    let br = http(
+        "GET",
+        &url,
+        &[("Accept-Encoding", "gzip, deflate, br")],
+        None,
+    )
+    .await;
+    assert_eq!(br.header("content-encoding"), Some("br"), "{:?}", br.head);
+    assert_eq!(decode_all("br", &br.body), plain.body, "br decodes too");
+    assert!(br.body.len() * 2 < plain.body.len());
+
     let gz = http("GET", &url, &[("Accept-Encoding", "gzip")], None).await;
     assert_eq!(gz.status(), 200);
     assert_eq!(gz.header("content-encoding"), Some("gzip"), "{:?}", gz.head);
@@ -257,10 +281,16 @@ async fn a_large_long_poll_answer_is_stitched_and_decodes_to_exactly_the_plain_a
         gz.body.len(),
         plain.body.len()
     );
-    // Counted as compressed long-poll output: all of the answer, before
+    // Counted as compressed long-poll output: all of both answers, before
     // and after.
-    assert_eq!(longpoll_bytes(&gw, "before").await, plain.body.len() as f64);
-    assert_eq!(longpoll_bytes(&gw, "after").await, gz.body.len() as f64);
+    assert_eq!(
+        longpoll_bytes(&gw, "before").await,
+        2.0 * plain.body.len() as f64
+    );
+    assert_eq!(
+        longpoll_bytes(&gw, "after").await,
+        (br.body.len() + gz.body.len()) as f64
+    );
 
     // Counted as pending output while unsent, by its plain bytes, and
     // all of it released once sent.

@@ -334,7 +334,7 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
 /// `compression.min_bytes`: a single message's answer once per message and
 /// coding (shared like its plain form), any other small answer on its own,
 /// a streamed one stitched from the messages' pieces compressed once
-/// ([`crate::transport::stitch`]; gzip only, other clients get it plain).
+/// ([`crate::transport::stitch`]).
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
@@ -375,11 +375,10 @@ fn respond(
         _ => {
             let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
             if size > replay::CHUNK {
-                let coding = compression
-                    .for_len(accepted, size)
-                    .filter(|c| *c == Coding::Gzip);
-                let stitcher = coding
-                    .map(|_| Stitcher::new(compression, gw.metrics.clone(), Transport::LongPoll));
+                let coding = compression.for_len(accepted, size);
+                let stitcher = coding.map(|c| {
+                    Stitcher::new(c, compression, gw.metrics.clone(), Transport::LongPoll)
+                });
                 let answer = (last_id, epoch, truncated, conflated);
                 let mut resp = streamed(gw, messages, answer, stitcher)?;
                 if compression.enabled {

@@ -25,7 +25,7 @@ use http_body::Frame;
 use super::stitch::{Stitcher, STORED};
 use crate::http::BoxError;
 use crate::net::output::OutputAccount;
-use crate::protocol::compress::DeflatePiece;
+use crate::protocol::compress::{Coding, Piece};
 use crate::protocol::Message;
 
 /// Target size of a chunk of copied small messages.
@@ -60,10 +60,21 @@ pub struct Replay {
     remaining: usize,
 }
 
-/// The comma between two envelopes of a long-poll answer, as a piece: the
-/// same for every answer.
-static SEPARATOR: std::sync::LazyLock<DeflatePiece> =
-    std::sync::LazyLock::new(|| DeflatePiece::new(b",", STORED));
+/// The comma between two envelopes of a long-poll answer, as a stored
+/// piece per coding: the same for every answer.
+static SEPARATOR: std::sync::LazyLock<[Piece; 2]> = std::sync::LazyLock::new(|| {
+    [
+        Piece::new(Coding::Gzip, b",", STORED),
+        Piece::new(Coding::Brotli, b",", STORED),
+    ]
+});
+
+fn separator(coding: Coding) -> &'static Piece {
+    match coding {
+        Coding::Gzip => &SEPARATOR[0],
+        Coding::Brotli => &SEPARATOR[1],
+    }
+}
 
 impl Replay {
     pub fn new(
@@ -175,14 +186,16 @@ impl Replay {
             match self.framing {
                 Framing::PollList => {
                     if !self.first {
-                        stitcher.push(&SEPARATOR, &mut out);
+                        stitcher.push(separator(stitcher.coding()), &mut out);
                     }
                     let level = stitcher.level_for(msg.envelope.len());
-                    stitcher.push(msg.envelope_deflate(level), &mut out);
+                    let piece = msg.envelope_piece(stitcher.coding(), level);
+                    stitcher.push(piece, &mut out);
                 }
                 Framing::SseEvents => {
                     let level = stitcher.level_for(msg.sse_event().len());
-                    stitcher.push(msg.sse_deflate(level), &mut out);
+                    let piece = msg.sse_piece(stitcher.coding(), level);
+                    stitcher.push(piece, &mut out);
                 }
             }
             self.first = false;
@@ -375,7 +388,12 @@ mod tests {
             levels: Levels::default(),
         };
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        for framing in [Framing::PollList, Framing::SseEvents] {
+        for (framing, coding) in [
+            (Framing::PollList, Coding::Gzip),
+            (Framing::SseEvents, Coding::Gzip),
+            (Framing::PollList, Coding::Brotli),
+            (Framing::SseEvents, Coding::Brotli),
+        ] {
             for sizes in [
                 &[][..],
                 &[10][..],
@@ -394,6 +412,7 @@ mod tests {
                 let (plain, _) = drain(replay(messages.clone()));
                 let mut coded = replay(messages);
                 let mut stitcher = Stitcher::new(
+                    coding,
                     compression,
                     metrics.clone(),
                     crate::protocol::Transport::LongPoll,
@@ -406,10 +425,16 @@ mod tests {
                 assert_eq!(coded.remaining(), 0, "{sizes:?}");
                 out.extend_from_slice(&stitcher.finish().unwrap());
                 let mut decoded = Vec::new();
-                flate2::read::GzDecoder::new(&out[..])
-                    .read_to_end(&mut decoded)
-                    .unwrap();
-                assert_eq!(decoded, plain, "{framing:?} {sizes:?}");
+                match coding {
+                    Coding::Gzip => {
+                        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut decoded)
+                    }
+                    Coding::Brotli => {
+                        brotli::Decompressor::new(&out[..], 4096).read_to_end(&mut decoded)
+                    }
+                }
+                .unwrap();
+                assert_eq!(decoded, plain, "{framing:?} {coding:?} {sizes:?}");
             }
         }
     }

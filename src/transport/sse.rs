@@ -27,18 +27,17 @@ use crate::bus::{HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 
 use crate::config::ChannelRules;
 use crate::gateway::Gateway;
-use crate::http::encoding::{set_content_encoding, vary_on_encoding, Compression};
+use crate::http::encoding::{set_content_encoding, vary_on_encoding, Compression, ANSWER_CODINGS};
 use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
 use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::net::meter::ConnMeter;
 use crate::protocol::channel::{ChannelName, Since};
-use crate::protocol::compress::Coding;
 use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
-use crate::transport::sse_gzip::{self, wire, EventKind, SseEvent};
+use crate::transport::sse_compressed::{self, wire, EventKind, SseEvent};
 use crate::transport::stitch::Stitcher;
 use crate::transport::throttle::Throttle;
 
@@ -77,9 +76,9 @@ pub async fn handle(
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
     let compression = Compression::new(&gw.config.compression);
-    let gzip = compression.accepted(req.headers(), &[Coding::Gzip]);
+    let coding = compression.accepted(req.headers(), &ANSWER_CODINGS);
     let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
-    body.gzip = gzip.map(|_| Stitcher::new(compression, gw.metrics.clone(), Transport::Sse));
+    body.gzip = coding.map(|c| Stitcher::new(c, compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
     }
@@ -103,7 +102,7 @@ pub async fn handle(
     if compression.enabled {
         vary_on_encoding(h);
     }
-    if let Some(coding) = gzip {
+    if let Some(coding) = coding {
         set_content_encoding(h, coding);
     }
     super::cors::cors(gw, req.headers(), resp.headers_mut());
@@ -148,7 +147,7 @@ pub struct SseBody {
     throttle: Throttle,
     throttle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     rules: ChannelRules,
-    /// Set when the stream is gzip-compressed ([`Stitcher`]).
+    /// Set when the stream is compressed, gzip or brotli ([`Stitcher`]).
     gzip: Option<Stitcher>,
 }
 
@@ -315,7 +314,7 @@ impl SseBody {
             many if self.gzip.is_some() => self
                 .gzip
                 .as_mut()
-                .map(|g| sse_gzip::events(g, &notices, &fresh, many)),
+                .map(|g| sse_compressed::events(g, &notices, &fresh, many)),
             // The common case: one event, its shared encoding, no copy.
             [only] if notices.is_empty() => Some(only.bytes.clone()),
             many => {

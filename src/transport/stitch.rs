@@ -1,5 +1,7 @@
-//! One compressed response stream stitched from pieces: what a gzip SSE
-//! connection and a large compressed long-poll answer are both made of.
+//! One compressed response stream stitched from pieces: what a compressed
+//! SSE connection and a large compressed long-poll answer (gzip or brotli)
+//! are both made of (see [`crate::protocol::compress`] for why pieces
+//! concatenate).
 //!
 //! A [`Stitcher`] is one stream's few bytes of state (its header written
 //! or not, the running CRC32 and length for the trailer). Whatever many
@@ -8,7 +10,8 @@
 //! message); only what is this stream's alone (an SSE `retry:` head, a
 //! long-poll answer's opening and closing, keep-alives) is compressed here,
 //! as a piece of its own. Pieces shorter than `compression.min_bytes` are
-//! carried as stored blocks: a few bytes of framing, no compression work.
+//! carried stored (deflate stored blocks, uncompressed brotli meta-blocks):
+//! a few bytes of framing, no compression work.
 //! Every piece counts in `pollbridge_compression_bytes_total` for the
 //! stream's transport.
 
@@ -18,42 +21,53 @@ use bytes::{Bytes, BytesMut};
 
 use crate::http::encoding::Compression;
 use crate::metrics::Metrics;
-use crate::protocol::compress::{DeflatePiece, GzipStream};
+pub use crate::protocol::compress::STORED;
+use crate::protocol::compress::{Coding, Piece, StitchedStream};
 use crate::protocol::Transport;
-
-/// Deflate level 0: stored blocks.
-pub const STORED: u32 = 0;
 
 /// One compressed stream's state.
 pub struct Stitcher {
-    stream: GzipStream,
+    stream: StitchedStream,
     compression: Compression,
     metrics: Arc<Metrics>,
     transport: Transport,
 }
 
 impl Stitcher {
-    pub fn new(compression: Compression, metrics: Arc<Metrics>, transport: Transport) -> Stitcher {
+    pub fn new(
+        coding: Coding,
+        compression: Compression,
+        metrics: Arc<Metrics>,
+        transport: Transport,
+    ) -> Stitcher {
         Stitcher {
-            stream: GzipStream::new(),
+            stream: StitchedStream::new(coding),
             compression,
             metrics,
             transport,
         }
     }
 
+    /// The coding of this stream: the one its pieces must be in.
+    pub fn coding(&self) -> Coding {
+        self.stream.coding()
+    }
+
     /// The level a piece of `len` plain bytes is compressed at: stored
     /// below `compression.min_bytes`.
     pub fn level_for(&self, len: usize) -> u32 {
-        if len >= self.compression.min_bytes {
-            self.compression.levels.gzip
-        } else {
-            STORED
+        if len < self.compression.min_bytes {
+            return STORED;
+        }
+        match self.coding() {
+            Coding::Gzip => self.compression.levels.gzip.max(1),
+            // Qualities 0 and 1 can't make pieces (see compress.rs).
+            Coding::Brotli => self.compression.levels.brotli.max(2),
         }
     }
 
     /// Appends a piece (shared, or made by [`own`](Self::own)) to `out`.
-    pub fn push(&mut self, piece: &DeflatePiece, out: &mut BytesMut) {
+    pub fn push(&mut self, piece: &Piece, out: &mut BytesMut) {
         let before = out.len();
         self.stream.push(piece, out);
         self.count(piece.plain_len, out.len() - before);
@@ -61,7 +75,7 @@ impl Stitcher {
 
     /// Appends bytes of this stream alone, compressed now, to `out`.
     pub fn push_own(&mut self, chunk: &[u8], out: &mut BytesMut) {
-        let piece = DeflatePiece::new(chunk, self.level_for(chunk.len()));
+        let piece = Piece::new(self.coding(), chunk, self.level_for(chunk.len()));
         self.push(&piece, out);
     }
 
