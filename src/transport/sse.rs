@@ -309,28 +309,7 @@ impl SseBody {
                 },
             });
         }
-        let chunk = match events.as_slice() {
-            [] => None,
-            many if self.gzip.is_some() => self
-                .gzip
-                .as_mut()
-                .map(|g| sse_compressed::events(g, &notices, &fresh, many)),
-            // The common case: one event, its shared encoding, no copy.
-            [only] if notices.is_empty() => Some(only.bytes.clone()),
-            many => {
-                let size = many.iter().map(|e| e.bytes.len()).sum::<usize>()
-                    + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
-                let mut out = BytesMut::with_capacity(size);
-                let mut notices = notices.iter().peekable();
-                for (i, event) in many.iter().enumerate() {
-                    if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
-                        out.put_slice(notice);
-                    }
-                    out.put_slice(&event.bytes);
-                }
-                Some(out.freeze())
-            }
-        };
+        let chunk = sse_compressed::chunk(self.gzip.as_mut(), &notices, &fresh, &events);
         events.clear();
         self.events = events;
         record_delivery(&self.metrics, Transport::Sse, &fresh);

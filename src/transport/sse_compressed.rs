@@ -16,10 +16,11 @@
 //! ([`Replay::next_coded`](super::replay::Replay::next_coded)). What is per
 //! connection (the `retry:` head, truncation notices, keep-alives, the
 //! farewell `retry:`) is compressed on the spot, as a piece of its own.
+//! [`chunk`] puts a delivery's events together, compressed or not.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::stitch::Stitcher;
 #[cfg(doc)]
@@ -41,6 +42,37 @@ pub enum EventKind {
 pub struct SseEvent {
     pub bytes: Bytes,
     pub kind: EventKind,
+}
+
+/// One chunk of `events` (of `messages`), with the `notices` (index of the
+/// message they precede, their text): stitched from the shared pieces on a
+/// compressed stream, else the events' shared encodings (a single event is
+/// sent as it is, no copy). `None` without events.
+pub fn chunk(
+    stitcher: Option<&mut Stitcher>,
+    notices: &[(usize, Bytes)],
+    messages: &[Arc<Message>],
+    events: &[SseEvent],
+) -> Option<Bytes> {
+    match (events, stitcher) {
+        ([], _) => None,
+        (many, Some(stitcher)) => Some(self::events(stitcher, notices, messages, many)),
+        // The common case: one event, its shared encoding, no copy.
+        ([only], None) if notices.is_empty() => Some(only.bytes.clone()),
+        (many, None) => {
+            let size = many.iter().map(|e| e.bytes.len()).sum::<usize>()
+                + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
+            let mut out = BytesMut::with_capacity(size);
+            let mut notices = notices.iter().peekable();
+            for (i, event) in many.iter().enumerate() {
+                if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
+                    out.put_slice(notice);
+                }
+                out.put_slice(&event.bytes);
+            }
+            Some(out.freeze())
+        }
+    }
 }
 
 /// The events of `messages` on the compressed stream `stitcher`, each from
