@@ -15,14 +15,21 @@ message, and reads from the gateway itself:
                            phase (/proc/PID/stat) ÷ deliveries
   compression ratio        pollbridge_compression_bytes_total after ÷ before
 
-Phases: sse × {identity, gzip}, longpoll × {identity, gzip, br}, bridge ×
+Phases: sse × {identity, gzip, br}, longpoll × {identity, gzip, br},
+longpoll-catchup × {identity, gzip, br} (the messages are published first;
+each client then polls the whole history from since=0 --catchup-rounds
+times: every answer holds all of them, far over 16 KiB, so it is streamed,
+and compressed it is stitched from the messages' shared pieces), bridge ×
 {identity, gzip, br} (legacy pollers revalidating a bridged URL with their
 ETag every 100 ms against a backend whose book changes every 250 ms; the
 bridge's wire bytes include the 304s, which is what those pollers cost).
-All phases in one run, so the ratios are same-run ratios.
+All phases in one run, so the ratios are same-run ratios; with --repeat N
+the phases run N times, interleaved, and each figure is the median (the
+CPU figure's spread, min–max, follows it).
 
 Usage: scripts/bench/compression.py [--bin target/release/pollbridge]
-       [--clients 200] [--messages 100] [--rate 20]
+       [--clients 200] [--messages 100] [--rate 20] [--repeat 3]
+       [--catchup-rounds 5] [--only sse,longpoll-catchup]
 Only the Python standard library; everything on 127.0.0.1.
 """
 import argparse
@@ -130,8 +137,17 @@ async def read_response(r):
     head = await r.readuntil(b"\r\n\r\n")
     r.last_head = head.decode("latin-1")
     text = r.last_head.lower()
-    length = int(re.search(r"content-length: (\d+)", text).group(1)) if "content-length" in text else 0
-    body = await r.readexactly(length)
+    if "transfer-encoding: chunked" in text:
+        body = b""
+        while True:
+            size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
+            body += await r.readexactly(size)
+            await r.readexactly(2)
+            if size == 0:
+                break
+    else:
+        length = int(re.search(r"content-length: (\d+)", text).group(1)) if "content-length" in text else 0
+        body = await r.readexactly(length)
     status = int(text.split()[1])
     return status, text, body
 
@@ -168,6 +184,23 @@ async def poll_client(addr, accept, stop):
             since += 1  # no brotli in the standard library: one message per poll
         else:
             since = json.loads(decode(text, body))["last_id"]
+    w.close()
+
+
+async def catchup_client(addr, accept, rounds, want_messages):
+    """Polls the whole history from since=0 `rounds` times."""
+    r, w = await asyncio.open_connection(*addr)
+    extra = f"Accept-Encoding: {accept}\r\n" if accept else ""
+    for _ in range(rounds):
+        w.write(f"GET /rt/poll/book?since=0&timeout=0 HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        await w.drain()
+        status, text, body = await read_response(r)
+        if status != 200:
+            raise SystemExit(f"catch-up poll: {status}")
+        if "content-encoding: br" not in text:
+            got = len(json.loads(decode(text, body))["messages"])
+            if got != want_messages:
+                raise SystemExit(f"catch-up answer had {got} of {want_messages} messages")
     w.close()
 
 
@@ -222,6 +255,15 @@ async def phase(args, transport, accept, books):
                   '[[bridge]]\npath = "/api/book"\nchannel = "book"\ninterval = "250ms"\n')
     gw = Gateway(args.bin, config)
     stop = asyncio.Event()
+    if transport == "longpoll-catchup":
+        for body in books:
+            await publish(gw.admin, "book", body)
+        before, cpu0, t0 = metrics(gw.admin), cpu_seconds(gw.proc.pid), time.time()
+        await asyncio.gather(*[catchup_client(gw.public, accept, args.catchup_rounds, len(books))
+                               for _ in range(args.clients)])
+        after, cpu1, t1 = metrics(gw.admin), cpu_seconds(gw.proc.pid), time.time()
+        gw.stop()
+        return summary("longpoll", transport, accept, before, after, cpu1 - cpu0, t1 - t0)
     client = {"sse": sse_client, "longpoll": poll_client, "bridge": bridge_client}[transport]
     tasks = [asyncio.create_task(client(gw.public, accept, stop)) for _ in range(args.clients)]
     await asyncio.sleep(1.0)
@@ -246,19 +288,23 @@ async def phase(args, transport, accept, books):
     gw.stop()
     if backend:
         backend.shutdown()
+    return summary(transport, transport, accept, before, after, cpu1 - cpu0, t1 - t0)
 
-    def delta(name, d=None):
-        key = (name, transport, d)
+
+def summary(label, name, accept, before, after, cpu, seconds):
+    """A phase's figures from the counters of transport `label`."""
+    def delta(metric, d=None):
+        key = (metric, label, d)
         return after.get(key, 0) - before.get(key, 0)
 
     delivered = delta("pollbridge_messages_delivered_total")
     wire = delta("pollbridge_wire_bytes_total", "in") + delta("pollbridge_wire_bytes_total", "out")
     cb, ca = delta("pollbridge_compression_bytes_total", "before"), delta("pollbridge_compression_bytes_total", "after")
     return {
-        "transport": transport, "accept": accept or "(none)", "deliveries": int(delivered),
+        "transport": name, "accept": accept or "(none)", "deliveries": int(delivered),
         "wire_per_delivery": wire / delivered if delivered else float("nan"),
-        "cpu_us_per_delivery": (cpu1 - cpu0) * 1e6 / delivered if delivered else float("nan"),
-        "ratio": ca / cb if cb else None, "seconds": t1 - t0,
+        "cpu_us_per_delivery": cpu * 1e6 / delivered if delivered else float("nan"),
+        "ratio": ca / cb if cb else None, "seconds": seconds,
     }
 
 
@@ -268,23 +314,37 @@ async def main():
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--messages", type=int, default=100)
     ap.add_argument("--rate", type=float, default=20)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--catchup-rounds", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated transports to run (default: all)")
     args = ap.parse_args()
     rng = random.Random(7)
     books = [json.dumps(order_book(i, rng), separators=(",", ":")).encode() for i in range(args.messages)]
     print(f"message: {sum(map(len, books)) / len(books):.0f} bytes of JSON on average; "
           f"{args.clients} clients, {args.messages} messages at {args.rate}/s", file=sys.stderr)
-    rows = []
-    for transport, codings in [("sse", [None, "gzip"]), ("longpoll", [None, "gzip", "br"]),
-                               ("bridge", [None, "gzip", "br"])]:
-        for accept in codings:
+    plan = [(t, a) for t, codings in [("sse", [None, "gzip", "br"]), ("longpoll", [None, "gzip", "br"]),
+                                      ("longpoll-catchup", [None, "gzip", "br"]),
+                                      ("bridge", [None, "gzip", "br"])]
+            for a in codings if not args.only or t in args.only.split(",")]
+    runs = {key: [] for key in plan}
+    for _ in range(args.repeat):
+        for transport, accept in plan:
             row = await phase(args, transport, accept, books)
-            rows.append(row)
+            runs[(transport, accept)].append(row)
             print(json.dumps(row), file=sys.stderr)
-    print("| transport | Accept-Encoding | deliveries | wire bytes / delivery | compressed ÷ plain | gateway CPU µs / delivery |")
+
+    def median(rows, field):
+        values = sorted(r[field] for r in rows)
+        return values[len(values) // 2]
+
+    print("| transport | Accept-Encoding | deliveries | wire bytes / delivery | compressed ÷ plain | gateway CPU µs / delivery (min–max) |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "—"
-        print(f"| {r['transport']} | {r['accept']} | {r['deliveries']} | {r['wire_per_delivery']:.0f} | {ratio} | {r['cpu_us_per_delivery']:.1f} |")
+    for (transport, accept), rows in runs.items():
+        ratio = f"{median(rows, 'ratio'):.3f}" if rows[0]["ratio"] is not None else "—"
+        cpu = [r["cpu_us_per_delivery"] for r in rows]
+        print(f"| {transport} | {accept or '(none)'} | {median(rows, 'deliveries')} | "
+              f"{median(rows, 'wire_per_delivery'):.0f} | {ratio} | "
+              f"{median(rows, 'cpu_us_per_delivery'):.1f} ({min(cpu):.1f}–{max(cpu):.1f}) |")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,20 @@ pub(super) fn not_modified(
     resp
 }
 
+/// The `304` of a client whose copy is current, counted as such on the
+/// route (`client="not_modified"`): what snapshot and incremental routes
+/// answer when no newer body is coming.
+pub(super) fn counted_not_modified(
+    gw: &Gateway,
+    route: &Route,
+    request: &HeaderMap,
+    etag: &HeaderValue,
+    len: usize,
+) -> Response {
+    route.client_not_modified.inc();
+    not_modified(gw, route, request, etag, len)
+}
+
 /// Holds a poll until `changed` resolves (true), its `hold` ends or the
 /// gateway shuts down (false).
 pub(super) async fn held_until<E>(

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use super::answer::CopyBody;
+use super::answer::{counted_not_modified, CopyBody};
 use super::identity::{client_cursor, ClientCursor, FeedIdentity};
 use super::incremental::Answer;
 use super::{
-    answer_with_body, client_has, forwarded_headers, held_until, not_modified, pass_through,
-    record_poll, Bridges, Route, FIRST_ANSWER_WAIT,
+    answer_with_body, client_has, forwarded_headers, held_until, pass_through, record_poll,
+    Bridges, Route, FIRST_ANSWER_WAIT,
 };
 use crate::gateway::Gateway;
 use crate::http::{Request, Response};
@@ -56,8 +56,7 @@ pub async fn handle(
         return Ok(respond(gw, route, &request_headers, answer));
     }
     let Some(hold) = route.config.hold else {
-        route.client_not_modified.inc();
-        return Ok(not_modified(
+        return Ok(counted_not_modified(
             gw,
             route,
             &request_headers,
@@ -71,8 +70,7 @@ pub async fn handle(
     let changed = held_until(gw, hold, newer).await;
     drop(watch);
     if !changed {
-        route.client_not_modified.inc();
-        return Ok(not_modified(
+        return Ok(counted_not_modified(
             gw,
             route,
             &request_headers,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 
-use super::answer::CopyBody;
+use super::answer::{counted_not_modified, CopyBody};
 use super::feed::{self, Answer, Feed};
 use super::{answer_with_body, client_has, held_until, not_modified, Route, FIRST_ANSWER_WAIT};
 use crate::gateway::Gateway;
@@ -50,8 +50,7 @@ pub(super) async fn answer(
     let current = client_has(req.headers(), &copy.etag);
     if current {
         let Some(hold) = route.config.hold else {
-            route.client_not_modified.inc();
-            return Ok(not_modified(
+            return Ok(counted_not_modified(
                 gw,
                 route,
                 req.headers(),
@@ -67,8 +66,7 @@ pub(super) async fn answer(
         let outcome = held_until(gw, hold, changed).await;
         drop(watch);
         if !outcome {
-            route.client_not_modified.inc();
-            return Ok(not_modified(
+            return Ok(counted_not_modified(
                 gw,
                 route,
                 req.headers(),

@@ -215,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn sse_takes_gzip_only() {
+    fn only_offered_codings_are_picked() {
         let mut h = HeaderMap::new();
         h.insert(
             header::ACCEPT_ENCODING,

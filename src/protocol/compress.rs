@@ -1,18 +1,34 @@
 //! gzip and brotli encodings of the gateway's HTTP answers, and the pieces
-//! an SSE stream is compressed from.
+//! a stitched stream is made of.
 //!
 //! An answer shared by many clients (one message's long-poll answer, a
 //! bridged copy) is compressed once and the result shared, so these are
-//! plain functions of bytes. An SSE stream is one gzip member per
-//! connection, but its events are shared by every subscriber: each event
-//! is deflated on its own ([`DeflatePiece`]: a fresh compressor, a sync
-//! flush, no final block), and a connection's stream is its gzip header,
-//! the pieces of the events it gets, in order, and — when the stream ends —
-//! an empty final block and the trailer. Sync-flushed non-final deflate
-//! pieces concatenate into one valid deflate stream (each ends on a byte
-//! boundary and none refers back across its start), and the trailer's
-//! CRC32 is combined from the pieces' CRCs ([`GzipStream`]), so nothing is
-//! compressed per connection.
+//! plain functions of bytes. A stitched stream (an SSE connection, a large
+//! long-poll answer) is one compressed stream per client whose content is
+//! mostly shared: each shared part is compressed on its own into a
+//! [`Piece`], and a client's stream is a header, the pieces it gets, in
+//! order, and an end ([`StitchedStream`]). Nothing is compressed per client
+//! but what is its own.
+//!
+//! - **gzip**: a piece is raw deflate from a fresh compressor, sync-flushed,
+//!   without a final block. Such pieces concatenate into one valid deflate
+//!   stream (each ends on a byte boundary and none refers back across its
+//!   start); the end is an empty final block and the trailer, whose CRC32
+//!   is combined from the pieces' CRCs.
+//! - **brotli**: a piece is a *bare, catable, byte-aligned* brotli stream
+//!   (the `brotli` crate's `catable` / `bare_stream` / `byte_align`
+//!   parameters): no stream header and no last meta-block, its first two
+//!   bytes stored (so the literal context of the bytes before it does not
+//!   matter), no back-reference or distance-cache entry reaching before its
+//!   start and no static-dictionary reference (whose meaning depends on the
+//!   position in the stream), ending on a byte boundary. The stream header
+//!   is the window bits followed by an empty metadata block (padding to a
+//!   byte), the end a last, empty meta-block. Brotli qualities 0 and 1 use
+//!   encoders that ignore `catable`, so pieces are made at quality 2 or
+//!   more. Small pieces are stored: uncompressed meta-blocks, built here.
+//!
+//! Both kinds of piece end on a boundary the decoder flushes at, so a
+//! client decodes each SSE event as soon as its piece arrives.
 
 use std::io::Write;
 
@@ -102,7 +118,7 @@ pub fn encode(coding: Coding, data: &[u8], levels: Levels) -> Bytes {
 pub fn gzip(data: &[u8], level: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() / 3 + 32);
     out.put_slice(&GZIP_HEADER);
-    let piece = DeflatePiece::new(data, level);
+    let piece = Piece::deflate(data, level);
     out.put_slice(&piece.bytes);
     out.put_slice(&FINAL_EMPTY_BLOCK);
     out.put_u32_le(piece.crc.clone().finalize());
@@ -127,25 +143,49 @@ pub fn brotli(data: &[u8], quality: u32) -> Bytes {
 pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 /// An empty final deflate block (fixed Huffman codes, end of block at
-/// once): what ends a stream of sync-flushed pieces.
+/// once): what ends a gzip stream of sync-flushed pieces.
 pub const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 
-/// Some bytes deflated on their own, sync-flushed, without a final block,
-/// with their CRC32 and length: a piece any deflate stream can carry at a
-/// byte boundary.
+/// A brotli stream's header: window bits 18 (`0011`), then an empty
+/// metadata meta-block (not last, `MNIBBLES` = 0, no skip bytes) padding to
+/// a byte boundary, where pieces start.
+pub const BROTLI_HEADER: [u8; 2] = [0x63, 0x00];
+
+/// A brotli stream's end: a last, empty meta-block.
+pub const BROTLI_END: [u8; 1] = [0x03];
+
+/// The brotli window of stitched streams (the header's): pieces are made
+/// with at most this window.
+const STITCHED_BROTLI_WINDOW_BITS: u32 = 18;
+
+/// Level 0 for either coding: stored, not compressed.
+pub const STORED: u32 = 0;
+
+/// Some bytes compressed on their own into a piece any stitched stream of
+/// its coding can carry (see the module doc), with the CRC32 and length of
+/// the bytes (a gzip trailer needs them).
 #[derive(Debug, Clone)]
-pub struct DeflatePiece {
-    /// The raw deflate bytes (ending with the sync flush's `00 00 ff ff`).
+pub struct Piece {
+    /// The compressed bytes.
     pub bytes: Bytes,
-    /// The CRC32 of the uncompressed bytes.
+    /// The CRC32 of the uncompressed bytes (gzip pieces only).
     crc: crc32fast::Hasher,
     /// Length of the uncompressed bytes.
     pub plain_len: usize,
 }
 
-impl DeflatePiece {
-    /// `data` deflated at `level` (0: stored blocks, no compression).
-    pub fn new(data: &[u8], level: u32) -> DeflatePiece {
+impl Piece {
+    /// `data` as a piece of `coding` at `level` (gzip 1-9, brotli quality
+    /// 2-11; [`STORED`]: not compressed).
+    pub fn new(coding: Coding, data: &[u8], level: u32) -> Piece {
+        match coding {
+            Coding::Gzip => Piece::deflate(data, level),
+            Coding::Brotli => Piece::brotli(data, level),
+        }
+    }
+
+    /// `data` deflated at `level` (0: stored blocks), sync-flushed.
+    pub fn deflate(data: &[u8], level: u32) -> Piece {
         let mut compressor = Compress::new(Compression::new(level.min(9)), false);
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
         loop {
@@ -161,57 +201,128 @@ impl DeflatePiece {
         }
         let mut crc = crc32fast::Hasher::new();
         crc.update(data);
-        DeflatePiece {
+        Piece {
             bytes: Bytes::from(out),
             crc,
             plain_len: data.len(),
         }
     }
+
+    /// `data` as a bare, catable, byte-aligned brotli piece at `quality`
+    /// (at least 2), or stored meta-blocks for [`STORED`].
+    pub fn brotli(data: &[u8], quality: u32) -> Piece {
+        let bytes = if quality == STORED || data.is_empty() {
+            brotli_stored(data)
+        } else {
+            // A window no larger than the piece needs (less to allocate),
+            // never larger than the stream header's.
+            let needed = usize::BITS - (data.len() + 16).leading_zeros();
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: quality.clamp(2, 11) as i32,
+                lgwin: needed.clamp(10, STITCHED_BROTLI_WINDOW_BITS) as i32,
+                size_hint: data.len(),
+                catable: true,
+                appendable: true,
+                bare_stream: true,
+                byte_align: true,
+                use_dictionary: false,
+                ..Default::default()
+            };
+            let mut out = Vec::with_capacity(data.len() / 2 + 64);
+            let mut input = data;
+            brotli::BrotliCompress(&mut input, &mut out, &params)
+                .expect("brotli into a Vec cannot fail");
+            Bytes::from(out)
+        };
+        Piece {
+            bytes,
+            crc: crc32fast::Hasher::new(),
+            plain_len: data.len(),
+        }
+    }
 }
 
-/// One connection's gzip stream made of shared [`DeflatePiece`]s: writes
-/// the header before the first piece and keeps the running CRC32 and
-/// length for the trailer. A few bytes per connection.
-#[derive(Debug, Default)]
-pub struct GzipStream {
+/// `data` as uncompressed brotli meta-blocks of at most 64 KiB: each a
+/// three-byte header (not last, four nibbles of length, uncompressed,
+/// padding to the byte) and the bytes as they are.
+fn brotli_stored(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 3 * data.len().div_ceil(1 << 16));
+    for block in data.chunks(1 << 16) {
+        // Bit 0 ISLAST = 0, bits 1-2 MNIBBLES = 4 (code 0), bits 3-18
+        // MLEN - 1, bit 19 ISUNCOMPRESSED = 1.
+        let header = ((block.len() as u32 - 1) << 3) | (1 << 19);
+        out.put_slice(&header.to_le_bytes()[..3]);
+        out.put_slice(block);
+    }
+    out.freeze()
+}
+
+/// One client's stream made of [`Piece`]s: writes the header before the
+/// first piece and keeps, for gzip, the running CRC32 and length for the
+/// trailer. A few bytes per stream.
+#[derive(Debug)]
+pub struct StitchedStream {
+    coding: Coding,
     started: bool,
     finished: bool,
     crc: crc32fast::Hasher,
-    /// Uncompressed length so far (the trailer keeps it modulo 2^32).
+    /// Uncompressed length so far (gzip's trailer keeps it modulo 2^32).
     plain_len: u64,
 }
 
-impl GzipStream {
-    pub fn new() -> GzipStream {
-        GzipStream::default()
+impl StitchedStream {
+    pub fn new(coding: Coding) -> StitchedStream {
+        StitchedStream {
+            coding,
+            started: false,
+            finished: false,
+            crc: crc32fast::Hasher::new(),
+            plain_len: 0,
+        }
     }
 
-    /// Appends `piece` (after the header, if it is the first) to `out`.
-    pub fn push(&mut self, piece: &DeflatePiece, out: &mut BytesMut) {
-        debug_assert!(!self.finished, "a piece after the trailer");
+    pub fn coding(&self) -> Coding {
+        self.coding
+    }
+
+    fn start(&mut self, out: &mut BytesMut) {
         if !self.started {
             self.started = true;
-            out.put_slice(&GZIP_HEADER);
+            out.put_slice(match self.coding {
+                Coding::Gzip => &GZIP_HEADER[..],
+                Coding::Brotli => &BROTLI_HEADER[..],
+            });
         }
+    }
+
+    /// Appends `piece` (a piece of this stream's coding; after the header,
+    /// if it is the first) to `out`.
+    pub fn push(&mut self, piece: &Piece, out: &mut BytesMut) {
+        debug_assert!(!self.finished, "a piece after the end");
+        self.start(out);
         out.put_slice(&piece.bytes);
-        self.crc.combine(&piece.crc);
+        if self.coding == Coding::Gzip {
+            self.crc.combine(&piece.crc);
+        }
         self.plain_len += piece.plain_len as u64;
     }
 
-    /// Appends the end of the stream (header too if nothing was sent):
-    /// the empty final block and the trailer. Once.
+    /// Appends the end of the stream (header too if nothing was sent).
+    /// Once.
     pub fn finish(&mut self, out: &mut BytesMut) {
         if self.finished {
             return;
         }
-        if !self.started {
-            self.started = true;
-            out.put_slice(&GZIP_HEADER);
-        }
+        self.start(out);
         self.finished = true;
-        out.put_slice(&FINAL_EMPTY_BLOCK);
-        out.put_u32_le(self.crc.clone().finalize());
-        out.put_u32_le(self.plain_len as u32);
+        match self.coding {
+            Coding::Gzip => {
+                out.put_slice(&FINAL_EMPTY_BLOCK);
+                out.put_u32_le(self.crc.clone().finalize());
+                out.put_u32_le(self.plain_len as u32);
+            }
+            Coding::Brotli => out.put_slice(&BROTLI_END),
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -256,8 +367,8 @@ mod tests {
                 .into_bytes()
             })
             .collect();
-        let pieces: Vec<DeflatePiece> = events.iter().map(|e| DeflatePiece::new(e, 6)).collect();
-        let mut stream = GzipStream::new();
+        let pieces: Vec<Piece> = events.iter().map(|e| Piece::deflate(e, 6)).collect();
+        let mut stream = StitchedStream::new(Coding::Gzip);
         let mut out = BytesMut::new();
         let mut prefix_lens = Vec::new();
         for p in &pieces {
@@ -292,10 +403,87 @@ mod tests {
 
     #[test]
     fn an_empty_stream_is_valid() {
-        let mut stream = GzipStream::new();
+        let mut stream = StitchedStream::new(Coding::Gzip);
         let mut out = BytesMut::new();
         stream.finish(&mut out);
         stream.finish(&mut out);
         assert_eq!(gunzip(&out), b"");
+        let mut stream = StitchedStream::new(Coding::Brotli);
+        let mut out = BytesMut::new();
+        stream.finish(&mut out);
+        assert_eq!(unbrotli(&out), b"");
+    }
+
+    fn unbrotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        brotli::Decompressor::new(data, 4096)
+            .read_to_end(&mut out)
+            .expect("valid brotli");
+        out
+    }
+
+    /// What a brotli decoder gives for a stream cut after some pieces.
+    fn unbrotli_prefix(data: &[u8]) -> Vec<u8> {
+        let mut reader = brotli::Decompressor::new(data, 4096);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[test]
+    fn brotli_pieces_make_one_valid_stream_at_every_quality_and_stored() {
+        // Events alike enough that a piece could refer to its predecessor
+        // if it were allowed to, and unlike enough to matter.
+        let events: Vec<Vec<u8>> = (0..40u64)
+            .map(|i| {
+                let rows: Vec<String> = (0..(i * 7 % 40))
+                    .map(|j| format!("[{}.25,{},\"v{}\"]", 40000 - j, (j * 7 + i) % 90, j % 3))
+                    .collect();
+                format!(
+                    "id: {i}\ndata: {{\"n\":{i},\"rows\":[{}]}}\n\n",
+                    rows.join(",")
+                )
+                .into_bytes()
+            })
+            .collect();
+        for quality in [STORED, 1, 2, 5, 9, 11] {
+            let mut stream = StitchedStream::new(Coding::Brotli);
+            let mut out = BytesMut::new();
+            let mut prefix_lens = Vec::new();
+            for (i, event) in events.iter().enumerate() {
+                // Stored and compressed pieces mixed, as on a real stream.
+                let q = if i % 5 == 4 { STORED } else { quality };
+                stream.push(&Piece::brotli(event, q), &mut out);
+                prefix_lens.push(out.len());
+            }
+            stream.finish(&mut out);
+            assert_eq!(unbrotli(&out), events.concat(), "quality {quality}");
+            // Each prefix decodes to exactly the events so far.
+            for (i, len) in prefix_lens.iter().enumerate().step_by(3) {
+                assert_eq!(
+                    unbrotli_prefix(&out[..*len]),
+                    events[..=i].concat(),
+                    "quality {quality}, after event {i}"
+                );
+            }
+            if quality >= 2 {
+                let plain: usize = events.iter().map(Vec::len).sum();
+                assert!(
+                    out.len() * 4 < plain * 3,
+                    "compressed: {} of {plain}",
+                    out.len()
+                );
+            }
+        }
+        // A stored piece longer than one meta-block.
+        let big = vec![b'z'; 200_000];
+        let mut stream = StitchedStream::new(Coding::Brotli);
+        let mut out = BytesMut::new();
+        stream.push(&Piece::brotli(&big, STORED), &mut out);
+        stream.finish(&mut out);
+        assert_eq!(unbrotli(&out), big);
     }
 }

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
+use super::compress::{Coding, Piece};
 use super::json_patch;
 
 use super::{Epoch, Message};
@@ -53,9 +54,20 @@ pub struct DeltaEncoded {
     ws_frame: OnceLock<Bytes>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
+    /// The SSE event compressed on its own per coding, for compressed
+    /// streams: shared by every subscriber at this base, like the event.
+    sse_pieces: [OnceLock<Piece>; 2],
 }
 
 impl DeltaEncoded {
+    /// [`sse_event`](Self::sse_event) compressed in `coding` once, at
+    /// `level` (the first caller's): the piece every compressed SSE stream
+    /// of that coding at this base carries.
+    pub fn sse_piece(&self, msg: &Message, coding: Coding, level: u32) -> &Piece {
+        self.sse_pieces[super::message::coding_slot(coding)]
+            .get_or_init(|| Piece::new(coding, self.sse_event(msg), level))
+    }
+
     /// The delta envelope as one WebSocket text frame.
     pub fn ws_frame(&self) -> &Bytes {
         self.ws_frame
@@ -164,6 +176,7 @@ fn encode(msg: &Message, base: &Base) -> Option<DeltaEncoded> {
         ws_frame: OnceLock::new(),
         sse_event: OnceLock::new(),
         poll_answer: OnceLock::new(),
+        sse_pieces: Default::default(),
     })
 }
 

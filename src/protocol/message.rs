@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::compress::{Coding, DeflatePiece, Levels};
+use super::compress::{Coding, Levels, Piece};
 use super::{ChannelName, Epoch};
 
 /// What a publisher sent, validated.
@@ -117,7 +117,26 @@ pub struct Message {
 struct Compressed {
     poll_gzip: OnceLock<Bytes>,
     poll_brotli: OnceLock<Bytes>,
-    sse_deflate: OnceLock<DeflatePiece>,
+    /// Boxed: only messages that go out on a stitched stream (a compressed
+    /// SSE stream, a large compressed long-poll answer) have pieces.
+    pieces: OnceLock<Box<Pieces>>,
+}
+
+/// A message's pieces for stitched compressed streams
+/// ([`crate::transport::stitch`]), per coding (gzip, brotli), each made
+/// once and shared.
+#[derive(Debug, Default)]
+struct Pieces {
+    sse_event: [OnceLock<Piece>; 2],
+    envelope: [OnceLock<Piece>; 2],
+}
+
+/// The slot of `coding` in a per-coding pair.
+pub(super) fn coding_slot(coding: Coding) -> usize {
+    match coding {
+        Coding::Gzip => 0,
+        Coding::Brotli => 1,
+    }
 }
 
 impl Message {
@@ -232,12 +251,23 @@ impl Message {
         cell.get_or_init(|| super::compress::encode(coding, self.poll_answer(), levels))
     }
 
-    /// [`sse_event`](Self::sse_event) deflated on its own, once: the piece
-    /// every gzip-compressed SSE stream carries for this message.
-    pub fn sse_deflate(&self, level: u32) -> &DeflatePiece {
-        self.compressed
-            .sse_deflate
-            .get_or_init(|| DeflatePiece::new(self.sse_event(), level))
+    /// [`sse_event`](Self::sse_event) compressed on its own in `coding`,
+    /// once (at the first caller's `level`): the piece every compressed SSE
+    /// stream of that coding carries for this message.
+    pub fn sse_piece(&self, coding: Coding, level: u32) -> &Piece {
+        self.pieces().sse_event[coding_slot(coding)]
+            .get_or_init(|| Piece::new(coding, self.sse_event(), level))
+    }
+
+    /// The envelope compressed on its own in `coding`, once: the piece
+    /// every large compressed long-poll answer of that coding carries.
+    pub fn envelope_piece(&self, coding: Coding, level: u32) -> &Piece {
+        self.pieces().envelope[coding_slot(coding)]
+            .get_or_init(|| Piece::new(coding, &self.envelope, level))
+    }
+
+    fn pieces(&self) -> &Pieces {
+        self.compressed.pieces.get_or_init(Default::default)
     }
 
     /// The envelope as one SSE event: `id: N-E\ndata: <envelope>\n\n` (the

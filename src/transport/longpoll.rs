@@ -49,6 +49,7 @@ use crate::protocol::error::ApiError;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::protocol::{Epoch, Message};
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
+use crate::transport::stitch::Stitcher;
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
@@ -331,8 +332,9 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
 ///
 /// Compressed in the `accepted` coding when it is at least
 /// `compression.min_bytes`: a single message's answer once per message and
-/// coding (shared like its plain form), any other answer on its own. A
-/// streamed answer goes out uncompressed.
+/// coding (shared like its plain form), any other small answer on its own,
+/// a streamed one stitched from the messages' pieces compressed once
+/// ([`crate::transport::stitch`]).
 fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
@@ -373,9 +375,17 @@ fn respond(
         _ => {
             let size: usize = messages.iter().map(|m| m.envelope.len() + 1).sum();
             if size > replay::CHUNK {
-                let mut resp = streamed(gw, messages, last_id, epoch, truncated, conflated)?;
+                let coding = compression.for_len(accepted, size);
+                let stitcher = coding.map(|c| {
+                    Stitcher::new(c, compression, gw.metrics.clone(), Transport::LongPoll)
+                });
+                let answer = (last_id, epoch, truncated, conflated);
+                let mut resp = streamed(gw, messages, answer, stitcher)?;
                 if compression.enabled {
                     vary_on_encoding(resp.headers_mut());
+                }
+                if let Some(coding) = coding {
+                    set_content_encoding(resp.headers_mut(), coding);
                 }
                 return Ok(resp);
             }
@@ -399,15 +409,13 @@ fn respond(
     Ok(resp)
 }
 
-/// A large answer, produced as the socket drains and counted as pending
-/// output until it is.
+/// A large answer, produced as the socket drains (compressed on
+/// `stitcher`'s stream if given) and counted as pending output until it is.
 fn streamed(
     gw: &Gateway,
     messages: &[Arc<Message>],
-    last_id: u64,
-    epoch: Epoch,
-    truncated: bool,
-    conflated: bool,
+    (last_id, epoch, truncated, conflated): (u64, Epoch, bool, bool),
+    stitcher: Option<Stitcher>,
 ) -> Result<Response, ApiError> {
     let answer = streamed_answer(messages.to_vec(), last_id, epoch, truncated, conflated);
     let size = answer.remaining();
@@ -420,7 +428,11 @@ fn streamed(
     }
     let account = standalone_account(&gw.output, Transport::LongPoll, size);
     count_answer(gw, messages, truncated);
-    let mut resp = hyper::Response::new(Body::stream(ReplayBody::new(answer, account)));
+    let mut body = ReplayBody::new(answer, account);
+    if let Some(stitcher) = stitcher {
+        body = body.coded(stitcher);
+    }
+    let mut resp = hyper::Response::new(Body::stream(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -9,7 +9,8 @@ pub mod longpoll;
 pub mod params;
 pub mod replay;
 pub mod sse;
-mod sse_gzip;
+mod sse_compressed;
+pub mod stitch;
 pub mod throttle;
 pub mod websocket;
 

@@ -8,6 +8,12 @@
 //! count, no copy). hyper asks for the next chunk only once its write
 //! buffer has room, so a client that reads nothing holds one chunk and the
 //! messages still to come, which are history's own.
+//!
+//! On a compressed stream ([`Replay::next_coded`]) the same output is
+//! stitched from pieces: each message's piece compressed once and shared
+//! (its SSE event, or its envelope and the separator before it), the
+//! opening and closing compressed for this stream alone
+//! ([`crate::transport::stitch`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +22,10 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 
+use super::stitch::{Stitcher, STORED};
 use crate::http::BoxError;
 use crate::net::output::OutputAccount;
+use crate::protocol::compress::{Coding, Piece};
 use crate::protocol::Message;
 
 /// Target size of a chunk of copied small messages.
@@ -48,8 +56,24 @@ pub struct Replay {
     shared_next: Option<Bytes>,
     /// What follows that envelope (SSE's blank line).
     tail_next: &'static [u8],
-    /// Bytes not yet produced.
+    /// Bytes not yet produced (uncompressed).
     remaining: usize,
+}
+
+/// The comma between two envelopes of a long-poll answer, as a stored
+/// piece per coding: the same for every answer.
+static SEPARATOR: std::sync::LazyLock<[Piece; 2]> = std::sync::LazyLock::new(|| {
+    [
+        Piece::new(Coding::Gzip, b",", STORED),
+        Piece::new(Coding::Brotli, b",", STORED),
+    ]
+});
+
+fn separator(coding: Coding) -> &'static Piece {
+    match coding {
+        Coding::Gzip => &SEPARATOR[0],
+        Coding::Brotli => &SEPARATOR[1],
+    }
 }
 
 impl Replay {
@@ -77,7 +101,7 @@ impl Replay {
         }
     }
 
-    /// Bytes still to come: exact.
+    /// Bytes still to come, uncompressed: exact.
     pub fn remaining(&self) -> usize {
         self.remaining
     }
@@ -136,6 +160,50 @@ impl Replay {
     }
 }
 
+impl Replay {
+    /// The next chunk of the output compressed on `stitcher`'s stream,
+    /// about [`CHUNK`] compressed bytes of pieces; `None` once everything
+    /// was produced (the stream's end is the caller's: an SSE stream goes
+    /// on). Not to be mixed with [`next_chunk`](Self::next_chunk).
+    pub fn next_coded(&mut self, stitcher: &mut Stitcher) -> Option<Bytes> {
+        debug_assert!(self.shared_next.is_none() && self.tail_next.is_empty());
+        let mut out = BytesMut::new();
+        if let Some(opening) = self.opening.take() {
+            self.remaining -= opening.len();
+            stitcher.push_own(&opening, &mut out);
+        }
+        while out.len() < CHUNK {
+            let Some(msg) = self.messages.next() else {
+                if let Some(closing) = self.closing.take() {
+                    self.remaining -= closing.len();
+                    stitcher.push_own(&closing, &mut out);
+                }
+                break;
+            };
+            // The first list entry has no comma before it.
+            let no_comma = usize::from(self.framing == Framing::PollList && self.first);
+            self.remaining -= framing_len(self.framing, &msg) + msg.envelope.len() - no_comma;
+            match self.framing {
+                Framing::PollList => {
+                    if !self.first {
+                        stitcher.push(separator(stitcher.coding()), &mut out);
+                    }
+                    let level = stitcher.level_for(msg.envelope.len());
+                    let piece = msg.envelope_piece(stitcher.coding(), level);
+                    stitcher.push(piece, &mut out);
+                }
+                Framing::SseEvents => {
+                    let level = stitcher.level_for(msg.sse_event().len());
+                    let piece = msg.sse_piece(stitcher.coding(), level);
+                    stitcher.push(piece, &mut out);
+                }
+            }
+            self.first = false;
+        }
+        (!out.is_empty()).then(|| out.freeze())
+    }
+}
+
 /// The per-message framing bytes around an envelope.
 fn framing_len(framing: Framing, msg: &Message) -> usize {
     match framing {
@@ -145,25 +213,56 @@ fn framing_len(framing: Framing, msg: &Message) -> usize {
 }
 
 /// A response body that is a [`Replay`] counted against the client's
-/// output account: what is not produced yet is pending output.
+/// output account: what is not produced yet is pending output. A
+/// compressed one is stitched ([`Replay::next_coded`]) and counted by its
+/// uncompressed bytes: what it still holds of the messages.
 pub struct ReplayBody {
     replay: Replay,
     account: Arc<OutputAccount>,
+    coded: Option<Stitcher>,
 }
 
 impl ReplayBody {
     pub fn new(replay: Replay, account: Arc<OutputAccount>) -> ReplayBody {
-        ReplayBody { replay, account }
+        ReplayBody {
+            replay,
+            account,
+            coded: None,
+        }
     }
 
+    /// The same body compressed on `stitcher`'s stream.
+    pub fn coded(self, stitcher: Stitcher) -> ReplayBody {
+        ReplayBody {
+            coded: Some(stitcher),
+            ..self
+        }
+    }
+
+    /// Uncompressed bytes still to come.
     pub fn remaining(&self) -> usize {
         self.replay.remaining()
+    }
+
+    fn next(&mut self) -> Option<Bytes> {
+        match &mut self.coded {
+            None => self.replay.next_chunk(),
+            Some(stitcher) => self
+                .replay
+                .next_coded(stitcher)
+                .or_else(|| stitcher.finish()),
+        }
     }
 }
 
 impl crate::http::StreamBody for ReplayBody {
+    /// Exact for a plain body (it goes out with a Content-Length); a
+    /// compressed one's size is known only at its end (chunked).
     fn remaining(&self) -> Option<usize> {
-        Some(self.replay.remaining())
+        match &self.coded {
+            None => Some(self.replay.remaining()),
+            Some(_) => None,
+        }
     }
 
     fn attach_meter(&self, meter: &Arc<crate::net::meter::ConnMeter>) {
@@ -178,10 +277,10 @@ impl crate::http::StreamBody for ReplayBody {
         if this.account.is_killed() {
             return Poll::Ready(Some(Err("dropped: output limit".into())));
         }
-        Poll::Ready(this.replay.next_chunk().map(|chunk| {
-            this.account.sub(chunk.len());
-            Ok(Frame::data(chunk))
-        }))
+        let before = this.replay.remaining();
+        let chunk = this.next();
+        this.account.sub(before - this.replay.remaining());
+        Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
     }
 }
 
@@ -276,6 +375,68 @@ mod tests {
         assert!(shared, "the large envelope went out uncopied");
         assert_eq!(&body[..10], b"retry: 1\n\n");
         assert_eq!(body[10..], expected[..]);
+    }
+
+    #[test]
+    fn a_coded_replay_decodes_to_the_plain_output() {
+        use crate::http::encoding::Compression;
+        use crate::protocol::compress::Levels;
+        use std::io::Read;
+        let compression = Compression {
+            enabled: true,
+            min_bytes: 256,
+            levels: Levels::default(),
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        for (framing, coding) in [
+            (Framing::PollList, Coding::Gzip),
+            (Framing::SseEvents, Coding::Gzip),
+            (Framing::PollList, Coding::Brotli),
+            (Framing::SseEvents, Coding::Brotli),
+        ] {
+            for sizes in [
+                &[][..],
+                &[10][..],
+                &[5_000, 10, 70_000, 3][..],
+                &[900; 60][..],
+            ] {
+                let replay = |messages| {
+                    Replay::new(
+                        framing,
+                        Bytes::from_static(b"{\"messages\":["),
+                        messages,
+                        Bytes::from_static(b"],\"last_id\":9}"),
+                    )
+                };
+                let messages = msgs(sizes);
+                let (plain, _) = drain(replay(messages.clone()));
+                let mut coded = replay(messages);
+                let mut stitcher = Stitcher::new(
+                    coding,
+                    compression,
+                    metrics.clone(),
+                    crate::protocol::Transport::LongPoll,
+                );
+                let mut out = Vec::new();
+                while let Some(chunk) = coded.next_coded(&mut stitcher) {
+                    assert!(!chunk.is_empty());
+                    out.extend_from_slice(&chunk);
+                }
+                assert_eq!(coded.remaining(), 0, "{sizes:?}");
+                out.extend_from_slice(&stitcher.finish().unwrap());
+                let mut decoded = Vec::new();
+                match coding {
+                    Coding::Gzip => {
+                        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut decoded)
+                    }
+                    Coding::Brotli => {
+                        brotli::Decompressor::new(&out[..], 4096).read_to_end(&mut decoded)
+                    }
+                }
+                .unwrap();
+                assert_eq!(decoded, plain, "{framing:?} {coding:?} {sizes:?}");
+            }
+        }
     }
 
     #[test]

@@ -27,18 +27,18 @@ use crate::bus::{HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 
 use crate::config::ChannelRules;
 use crate::gateway::Gateway;
-use crate::http::encoding::{set_content_encoding, vary_on_encoding, Compression};
+use crate::http::encoding::{set_content_encoding, vary_on_encoding, Compression, ANSWER_CODINGS};
 use crate::http::{Body, BoxError, Request, Response};
 use crate::metrics::Metrics;
 use crate::metrics::{record_delivery, ConnectionGuard};
 use crate::net::meter::ConnMeter;
 use crate::protocol::channel::{ChannelName, Since};
-use crate::protocol::compress::Coding;
 use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
-use crate::transport::sse_gzip::{wire, SseGzip};
+use crate::transport::sse_compressed::{self, wire, EventKind, SseEvent};
+use crate::transport::stitch::Stitcher;
 use crate::transport::throttle::Throttle;
 
 /// Most messages written in one chunk.
@@ -76,9 +76,9 @@ pub async fn handle(
         .subscribe(&channel, since, &queue, gw.config.history.size)
         .await?;
     let compression = Compression::new(&gw.config.compression);
-    let gzip = compression.accepted(req.headers(), &[Coding::Gzip]);
+    let coding = compression.accepted(req.headers(), &ANSWER_CODINGS);
     let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
-    body.gzip = gzip.map(|_| SseGzip::new(compression, gw.metrics.clone()));
+    body.gzip = coding.map(|c| Stitcher::new(c, compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
     }
@@ -102,7 +102,7 @@ pub async fn handle(
     if compression.enabled {
         vary_on_encoding(h);
     }
-    if let Some(coding) = gzip {
+    if let Some(coding) = coding {
         set_content_encoding(h, coding);
     }
     super::cors::cors(gw, req.headers(), resp.headers_mut());
@@ -130,7 +130,7 @@ pub struct SseBody {
     /// nothing.
     fresh: Vec<Arc<Message>>,
     /// Scratch for the events of `fresh` (whole or delta), same reason.
-    events: Vec<Bytes>,
+    events: Vec<SseEvent>,
     /// Set when the client asked for deltas (`?delta=1`).
     delta: Option<DeltaTrack>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -147,8 +147,8 @@ pub struct SseBody {
     throttle: Throttle,
     throttle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     rules: ChannelRules,
-    /// Set when the stream is gzip-compressed ([`SseGzip`]).
-    gzip: Option<SseGzip>,
+    /// Set when the stream is compressed, gzip or brotli ([`Stitcher`]).
+    gzip: Option<Stitcher>,
 }
 
 impl SseBody {
@@ -299,31 +299,17 @@ impl SseBody {
                 .as_mut()
                 .and_then(|d| d.pick(m, Transport::Sse, &self.metrics.delta));
             events.push(match delta {
-                Some(delta) => delta.sse_event(m).clone(),
-                None => m.sse_event().clone(),
+                Some(delta) => SseEvent {
+                    bytes: delta.sse_event(m).clone(),
+                    kind: EventKind::Delta { base: delta.base },
+                },
+                None => SseEvent {
+                    bytes: m.sse_event().clone(),
+                    kind: EventKind::Whole,
+                },
             });
         }
-        let chunk = match events.as_slice() {
-            [] => None,
-            many if self.gzip.is_some() => {
-                self.gzip.as_mut().map(|g| g.events(&notices, &fresh, many))
-            }
-            // The common case: one event, its shared encoding, no copy.
-            [only] if notices.is_empty() => Some(only.clone()),
-            many => {
-                let size = many.iter().map(Bytes::len).sum::<usize>()
-                    + notices.iter().map(|(_, n)| n.len()).sum::<usize>();
-                let mut out = BytesMut::with_capacity(size);
-                let mut notices = notices.iter().peekable();
-                for (i, event) in many.iter().enumerate() {
-                    if let Some((_, notice)) = notices.next_if(|(at, _)| *at == i) {
-                        out.put_slice(notice);
-                    }
-                    out.put_slice(event);
-                }
-                Some(out.freeze())
-            }
-        };
+        let chunk = sse_compressed::chunk(self.gzip.as_mut(), &notices, &fresh, &events);
         events.clear();
         self.events = events;
         record_delivery(&self.metrics, Transport::Sse, &fresh);
@@ -395,7 +381,7 @@ impl HttpBody for SseBody {
         match this.poll_chunk(cx) {
             Poll::Ready(None) => {
                 this.ended = true;
-                let tail = this.gzip.as_mut().and_then(SseGzip::finish);
+                let tail = this.gzip.as_mut().and_then(Stitcher::finish);
                 Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
             }
             Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
@@ -404,7 +390,7 @@ impl HttpBody for SseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.gzip.as_ref().is_none_or(SseGzip::is_finished)
+        self.ended && self.gzip.as_ref().is_none_or(Stitcher::is_finished)
     }
 }
 
@@ -419,12 +405,17 @@ impl SseBody {
         if let Some((head, history)) = this.prelude.take() {
             this.replay = Some(Box::new(this.start_replay(head, history)));
         }
-        // The replay goes first, as the socket takes it.
+        // The replay goes first, as the socket takes it (compressed from
+        // the messages' shared pieces on a compressed stream).
         if let Some(replay) = this.replay.as_mut() {
-            match replay.next_chunk() {
+            let chunk = match this.gzip.as_mut() {
+                Some(stitcher) => replay.next_coded(stitcher),
+                None => replay.next_chunk(),
+            };
+            match chunk {
                 Some(chunk) => {
                     this.note_sent();
-                    return Poll::Ready(Some(wire(&mut this.gzip, chunk)));
+                    return Poll::Ready(Some(chunk));
                 }
                 None => this.replay = None,
             }
