@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::bus::Bus;
 use crate::gateway::Gateway;
+use crate::http as h;
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::net::{auto_errors, limits};
 pub use app::App;
@@ -214,6 +215,7 @@ async fn serve_public<I>(
     let service = service_fn(move |req| {
         let app = svc_app.clone();
         let meter = meter.clone();
+        let req = req.map(h::RequestBody::from);
         async move { Ok::<_, Infallible>(public::route(app, req, peer, meter, secure).await) }
     });
     tracing::debug!(%peer, secure, ?version, "connection open");
@@ -313,6 +315,7 @@ async fn accept_admin(app: Arc<App>, listener: TcpListener) {
         let svc_app = app.clone();
         let service = service_fn(move |req| {
             let app = svc_app.clone();
+            let req = req.map(h::RequestBody::from);
             async move { Ok::<_, Infallible>(admin::route(app, req).await) }
         });
         let io = auto_errors::JsonAutoErrors::new(TokioIo::new(stream));
