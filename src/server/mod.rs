@@ -10,6 +10,7 @@ pub mod admin;
 mod app;
 pub mod assets;
 pub mod channel_list;
+mod lean;
 mod protocols;
 pub mod public;
 
@@ -149,13 +150,8 @@ async fn accept_public(app: Arc<App>, listener: TcpListener) {
         let builder = builder.clone();
         app.tasks.spawn(async move {
             match &conn_app.tls {
-                None => {
-                    let Some(version) = builder.sniff_cleartext(stream.get_ref()).await else {
-                        return;
-                    };
-                    let io = TokioIo::new(stream);
-                    serve_public(&conn_app, &builder, version, io, peer, meter, false).await
-                }
+                // The lean HTTP/1.1 path; it hands anything else to hyper.
+                None => lean::serve(conn_app, builder, stream, peer, meter).await,
                 // Boxed: the TLS branch's future (handshake, TLS stream) is
                 // ~2.4 KB bigger than the plain one, and without the box
                 // every plain connection's task would be sized for it.
