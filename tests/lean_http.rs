@@ -213,7 +213,10 @@ async fn ten_polls_on_one_connection_then_two_in_one_write() {
     let id = gw.publish_json("ka", &serde_json::json!({"n": 1})).await;
     let mut stream = TcpStream::connect(gw.public).await.unwrap();
     let mut buf = Vec::new();
-    let request = format!("GET /rt/poll/ka?since={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n", id - 1);
+    let request = format!(
+        "GET /rt/poll/ka?since={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        id - 1
+    );
     for i in 0..10 {
         stream.write_all(request.as_bytes()).await.unwrap();
         let (head, body) = read_answer(&mut stream, &mut buf).await;
@@ -225,7 +228,10 @@ async fn ten_polls_on_one_connection_then_two_in_one_write() {
     stream.write_all(two.as_bytes()).await.unwrap();
     for i in 0..2 {
         let (head, body) = read_answer(&mut stream, &mut buf).await;
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "pipelined {i}: {head}");
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "pipelined {i}: {head}"
+        );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["messages"][0]["id"], id, "pipelined {i}: {v}");
     }
@@ -336,5 +342,9 @@ async fn a_huge_head_gets_431_and_a_slow_one_is_cut_off() {
         "{:?}",
         String::from_utf8_lossy(&got)
     );
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

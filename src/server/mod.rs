@@ -10,7 +10,7 @@ pub mod admin;
 mod app;
 pub mod assets;
 pub mod channel_list;
-mod lean;
+pub mod lean;
 mod protocols;
 pub mod public;
 

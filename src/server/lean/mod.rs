@@ -7,8 +7,8 @@
 //! serves the connection from then on (docs/http.md).
 
 mod conn;
-mod head;
+pub mod head;
 mod response;
 mod rewind;
 
-pub use conn::serve;
+pub(super) use conn::serve;
