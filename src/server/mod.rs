@@ -125,7 +125,9 @@ fn http1_builder(gw: &Gateway) -> http1::Builder {
 }
 
 async fn accept_public(app: Arc<App>, listener: TcpListener) {
-    let builder = Protocols::new(&app);
+    // Shared: a clone per connection would put both builders (hundreds of
+    // bytes) in every connection's task.
+    let builder = Arc::new(Protocols::new(&app));
     let max = app.config.limits.max_connections;
     while let Some((stream, peer)) = accept(&app, &listener).await {
         if app.open_connections.fetch_add(1, Ordering::Relaxed) >= max {

@@ -48,7 +48,7 @@ enum Next {
 /// Serves one accepted cleartext public connection.
 pub async fn serve(
     app: Arc<App>,
-    protocols: Protocols,
+    protocols: Arc<Protocols>,
     mut stream: Stream,
     peer: SocketAddr,
     meter: Arc<ConnMeter>,
