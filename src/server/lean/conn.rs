@@ -24,7 +24,6 @@ use tokio::time::Instant;
 
 use super::head::{self, Decision, Head};
 use super::response::{chunk_size_line, encode_head, write_parts, Framing};
-use super::rewind::Rewind;
 use crate::http::{RequestBody, Response};
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::server::protocols::{Protocols, Version, PREFACE};
@@ -59,7 +58,8 @@ pub async fn serve(
         let head = match read_head(&app, &protocols, &mut stream, &mut buf, first).await {
             Next::Lean(head) => head,
             Next::HandOver(version) => {
-                let io = TokioIo::new(Rewind::new(buf.freeze(), stream));
+                stream.rewind(buf.freeze());
+                let io = TokioIo::new(stream);
                 let serve =
                     super::super::serve_public(&app, &protocols, version, io, peer, meter, false);
                 // Boxed: hyper's connection state must not size the lean

@@ -242,8 +242,14 @@ fn session_for(
             // The raw socket is back. Copy the (usually empty) read-ahead:
             // keeping hyper's slice would keep its whole 8 KiB read buffer
             // alive for the connection's life.
-            let (stream, meter) = parts.io.into_inner().into_inner().into_parts();
-            let read_ahead = parts.read_buf.to_vec();
+            let mut metered = parts.io.into_inner().into_inner();
+            let mut read_ahead = parts.read_buf.to_vec();
+            // Handed over by the lean HTTP/1.1 path and not read by hyper
+            // yet: it comes after hyper's read-ahead.
+            if let Some(rest) = metered.take_rewound() {
+                read_ahead.extend_from_slice(&rest);
+            }
+            let (stream, meter) = metered.into_parts();
             drop(parts.read_buf);
             let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), deflate));
             let sink: Arc<dyn DirectSink> = socket.clone();
