@@ -220,8 +220,18 @@ async fn serve_public<I>(
     let result = match version {
         Version::Http1 => {
             let io = auto_errors::JsonAutoErrors::new(io);
-            let conn = builder.h1.serve_connection(io, service).with_upgrades();
-            until_shutdown(app, conn, |c| c.graceful_shutdown()).await
+            if app.shutdown.is_cancelled() {
+                // Handed over by the lean path during the drain with a
+                // request already read: answer it (`connection: close`),
+                // then close. A graceful shutdown before hyper has read
+                // anything would drop it unanswered.
+                let mut h1 = builder.h1.clone();
+                h1.keep_alive(false);
+                h1.serve_connection(io, service).with_upgrades().await
+            } else {
+                let conn = builder.h1.serve_connection(io, service).with_upgrades();
+                until_shutdown(app, conn, |c| c.graceful_shutdown()).await
+            }
         }
         // Boxed: an HTTP/2 connection's state is kilobytes larger than an
         // HTTP/1.1 one's, and unboxed it would size every connection's task
@@ -249,6 +259,9 @@ where
 {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: it reads bytes handed over by the lean
+        // path before a shutdown can ask it to stop.
+        biased;
         result = conn.as_mut() => result,
         _ = app.shutdown.cancelled() => {
             graceful(conn.as_mut());
