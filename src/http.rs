@@ -12,12 +12,15 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub mod encoding;
+mod request_body;
+
+pub use request_body::RequestBody;
 
 use crate::net::meter::ConnMeter;
 use crate::protocol::error::ApiError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Request = hyper::Request<Incoming>;
+pub type Request = hyper::Request<RequestBody>;
 pub type Response = hyper::Response<Body>;
 
 /// A body the gateway produces as the socket drains (an SSE stream, a
@@ -227,7 +230,7 @@ pub fn decode_segment(segment: &str) -> String {
 
 /// Reads a request body up to `limit` bytes within `timeout`.
 pub async fn read_body(
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {

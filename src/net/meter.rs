@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -227,6 +228,11 @@ pin_project_lite::pin_project! {
         meter: Arc<ConnMeter>,
         write_timeout: Duration,
         stall: Option<Box<Stall>>,
+        // Bytes already read (and counted) that reads yield again first:
+        // how the lean HTTP/1.1 path hands a connection to hyper. Kept in
+        // the stream itself, not a wrapper, so an upgraded WebSocket still
+        // finds its socket by type (direct mode). Boxed: rare.
+        rewound: Option<Box<Bytes>>,
     }
 }
 
@@ -237,7 +243,19 @@ impl<S> MeteredStream<S> {
             meter,
             write_timeout: Duration::ZERO,
             stall: None,
+            rewound: None,
         }
+    }
+
+    /// Makes the next reads yield `bytes` (already read and counted)
+    /// before anything new from the socket.
+    pub fn rewind(&mut self, bytes: Bytes) {
+        self.rewound = (!bytes.is_empty()).then(|| Box::new(bytes));
+    }
+
+    /// What is left of [`rewind`](Self::rewind)'s bytes.
+    pub fn take_rewound(&mut self) -> Option<Bytes> {
+        self.rewound.take().map(|b| *b)
     }
 
     /// Fails a write the socket takes nothing of for `timeout`.
@@ -266,6 +284,15 @@ impl<S: AsyncRead> AsyncRead for MeteredStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if let Some(rewound) = this.rewound {
+            let n = rewound.len().min(buf.remaining());
+            buf.put_slice(&rewound[..n]);
+            bytes::Buf::advance(&mut **rewound, n);
+            if rewound.is_empty() {
+                *this.rewound = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -424,6 +451,23 @@ mod tests {
             metrics.slow_closed_count(Transport::Sse, SlowClose::WriteTimeout),
             1
         );
+    }
+
+    /// Rewound bytes come first and are not counted twice.
+    #[tokio::test]
+    async fn rewound_bytes_are_read_first_and_counted_once() {
+        let metrics = Arc::new(Metrics::new());
+        let meter = ConnMeter::new(metrics, Arc::new(AtomicUsize::new(1)), None);
+        let (server, mut client) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut server = MeteredStream::new(server, meter);
+        server.rewind(Bytes::from_static(b"hello"));
+        let mut got = String::new();
+        server.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world");
+        assert!(server.take_rewound().is_none());
+        assert_eq!(server.meter().pending_in.load(Ordering::Relaxed), 6);
     }
 
     #[tokio::test]

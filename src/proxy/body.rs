@@ -22,10 +22,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::http::BoxError;
+use crate::http::{BoxError, RequestBody};
 use crate::protocol::error::ApiError;
 
 /// How fast a proxied request body must arrive.
@@ -95,14 +94,14 @@ struct Guard {
 
 /// The request body as sent upstream.
 pub struct GuardedBody {
-    inner: Incoming,
+    inner: RequestBody,
     /// None for a body that is empty from the start.
     guard: Option<Box<Guard>>,
 }
 
 impl GuardedBody {
     /// Wraps a client's body; the returned slot is filled if it fails.
-    pub fn new(inner: Incoming, pace: Pace) -> (GuardedBody, Option<FaultSlot>) {
+    pub fn new(inner: RequestBody, pace: Pace) -> (GuardedBody, Option<FaultSlot>) {
         if inner.is_end_stream() {
             return (GuardedBody { inner, guard: None }, None);
         }

@@ -10,6 +10,7 @@ pub mod admin;
 mod app;
 pub mod assets;
 pub mod channel_list;
+pub mod lean;
 mod protocols;
 pub mod public;
 
@@ -28,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::bus::Bus;
 use crate::gateway::Gateway;
+use crate::http as h;
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::net::{auto_errors, limits};
 pub use app::App;
@@ -123,7 +125,9 @@ fn http1_builder(gw: &Gateway) -> http1::Builder {
 }
 
 async fn accept_public(app: Arc<App>, listener: TcpListener) {
-    let builder = Protocols::new(&app);
+    // Shared: a clone per connection would put both builders (hundreds of
+    // bytes) in every connection's task.
+    let builder = Arc::new(Protocols::new(&app));
     let max = app.config.limits.max_connections;
     while let Some((stream, peer)) = accept(&app, &listener).await {
         if app.open_connections.fetch_add(1, Ordering::Relaxed) >= max {
@@ -148,13 +152,8 @@ async fn accept_public(app: Arc<App>, listener: TcpListener) {
         let builder = builder.clone();
         app.tasks.spawn(async move {
             match &conn_app.tls {
-                None => {
-                    let Some(version) = builder.sniff_cleartext(stream.get_ref()).await else {
-                        return;
-                    };
-                    let io = TokioIo::new(stream);
-                    serve_public(&conn_app, &builder, version, io, peer, meter, false).await
-                }
+                // The lean HTTP/1.1 path; it hands anything else to hyper.
+                None => lean::serve(conn_app, builder, stream, peer, meter).await,
                 // Boxed: the TLS branch's future (handshake, TLS stream) is
                 // ~2.4 KB bigger than the plain one, and without the box
                 // every plain connection's task would be sized for it.
@@ -214,14 +213,25 @@ async fn serve_public<I>(
     let service = service_fn(move |req| {
         let app = svc_app.clone();
         let meter = meter.clone();
+        let req = req.map(h::RequestBody::from);
         async move { Ok::<_, Infallible>(public::route(app, req, peer, meter, secure).await) }
     });
     tracing::debug!(%peer, secure, ?version, "connection open");
     let result = match version {
         Version::Http1 => {
             let io = auto_errors::JsonAutoErrors::new(io);
-            let conn = builder.h1.serve_connection(io, service).with_upgrades();
-            until_shutdown(app, conn, |c| c.graceful_shutdown()).await
+            if app.shutdown.is_cancelled() {
+                // Handed over by the lean path during the drain with a
+                // request already read: answer it (`connection: close`),
+                // then close. A graceful shutdown before hyper has read
+                // anything would drop it unanswered.
+                let mut h1 = builder.h1.clone();
+                h1.keep_alive(false);
+                h1.serve_connection(io, service).with_upgrades().await
+            } else {
+                let conn = builder.h1.serve_connection(io, service).with_upgrades();
+                until_shutdown(app, conn, |c| c.graceful_shutdown()).await
+            }
         }
         // Boxed: an HTTP/2 connection's state is kilobytes larger than an
         // HTTP/1.1 one's, and unboxed it would size every connection's task
@@ -249,6 +259,9 @@ where
 {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: it reads bytes handed over by the lean
+        // path before a shutdown can ask it to stop.
+        biased;
         result = conn.as_mut() => result,
         _ = app.shutdown.cancelled() => {
             graceful(conn.as_mut());
@@ -313,6 +326,7 @@ async fn accept_admin(app: Arc<App>, listener: TcpListener) {
         let svc_app = app.clone();
         let service = service_fn(move |req| {
             let app = svc_app.clone();
+            let req = req.map(h::RequestBody::from);
             async move { Ok::<_, Infallible>(admin::route(app, req).await) }
         });
         let io = auto_errors::JsonAutoErrors::new(TokioIo::new(stream));

@@ -15,16 +15,13 @@
 //! output bounded by `http2.max_send_buffer_bytes`, dead peers found by
 //! PINGs every `http2.ping_interval`.
 
-use std::time::Duration;
-
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::gateway::Gateway;
 
 /// The HTTP/2 connection preface.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +37,6 @@ pub struct Protocols {
     pub h2: http2::Builder<TokioExecutor>,
     /// `http2.cleartext`: look for the preface on plain connections.
     cleartext_h2: bool,
-    header_read_timeout: Duration,
 }
 
 impl Protocols {
@@ -61,38 +57,13 @@ impl Protocols {
             h1: super::http1_builder(gw),
             h2,
             cleartext_h2: cfg.http2.enabled && cfg.http2.cleartext,
-            header_read_timeout: cfg.limits.header_read_timeout,
         }
     }
 
-    /// The version of a cleartext connection: HTTP/2 when enabled and the
-    /// client opens with the preface. `None` when the client sent nothing
-    /// in time (or closed).
-    pub async fn sniff_cleartext(&self, stream: &TcpStream) -> Option<Version> {
-        if !self.cleartext_h2 {
-            return Some(Version::Http1);
-        }
-        let sniff = async {
-            let mut buf = [0u8; PREFACE.len()];
-            loop {
-                let n = stream.peek(&mut buf).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                if buf[..n] != PREFACE[..n] {
-                    return Some(Version::Http1);
-                }
-                if n == PREFACE.len() {
-                    return Some(Version::Http2);
-                }
-                // A prefix of the preface so far: wait for more.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(self.header_read_timeout, sniff)
-            .await
-            .ok()
-            .flatten()
+    /// `http2.cleartext`: a plain connection opening with the HTTP/2
+    /// preface speaks HTTP/2 (the lean path's head reading looks).
+    pub(super) fn cleartext_h2(&self) -> bool {
+        self.cleartext_h2
     }
 }
 

@@ -285,6 +285,13 @@ pub(crate) fn spawn_on_socket(
     start: Box<Start>,
     compression: Compression,
 ) {
+    let mut stream = stream;
+    let mut read_ahead = read_ahead;
+    // Handed over by the lean HTTP/1.1 path and not read by hyper yet: it
+    // comes after hyper's read-ahead.
+    if let Some(rest) = stream.take_rewound() {
+        read_ahead.extend_from_slice(&rest);
+    }
     let (stream, meter) = stream.into_parts();
     let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), compression.0));
     let sink: Arc<dyn DirectSink> = socket.clone();
