@@ -33,13 +33,17 @@ fn the_session_future_stays_small() {
     let session = size_of::<Session<SocketWriter>>();
     eprintln!("Session::run future {run}, serve future {serve}, Session {session}");
     // 632 / 256 / 312 before the shared clock, the single poll function
-    // and the boxed assembler.
-    assert!(run <= 500, "Session::run's future grew to {run} bytes");
+    // and the boxed assembler; 488 after them, 520 once sessions carried
+    // their opt-in compression context. The task is rounded up to 128
+    // bytes with tokio's header (~110): up to ~530 it stays at 640.
+    assert!(run <= 528, "Session::run's future grew to {run} bytes");
     assert!(
         serve <= 176,
         "Session::serve's future grew to {serve} bytes"
     );
-    assert!(session <= 280, "Session grew to {session} bytes");
+    // 272 before sessions carried their opt-in compression context (8)
+    // and the delta channels of their direct-mode report (24).
+    assert!(session <= 304, "Session grew to {session} bytes");
 }
 
 #[test]
@@ -50,7 +54,9 @@ fn per_connection_structs_stay_small() {
         (
             "SubscriberQueue",
             size_of::<crate::bus::SubscriberQueue>(),
-            176,
+            // 176, plus the delta channels of its direct-mode report
+            // (deltas keep direct mode) — 24.
+            200,
         ),
         ("ConnMeter", size_of::<crate::net::meter::ConnMeter>(), 64),
     ];
