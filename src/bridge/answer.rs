@@ -186,12 +186,14 @@ pub(super) fn counted_not_modified(
 }
 
 /// Holds a poll until `changed` resolves (true), its `hold` ends or the
-/// gateway shuts down (false).
+/// gateway shuts down (false). A route without `hold` answers at once
+/// (false): the client's copy is current.
 pub(super) async fn held_until<E>(
     gw: &Gateway,
-    hold: std::time::Duration,
+    hold: Option<std::time::Duration>,
     changed: impl std::future::Future<Output = Result<impl Sized, E>>,
 ) -> bool {
+    let Some(hold) = hold else { return false };
     tokio::select! {
         changed = tokio::time::timeout(hold, changed) => changed.is_ok_and(|r| r.is_ok()),
         _ = gw.shutdown.cancelled() => false,

@@ -55,19 +55,11 @@ pub async fn handle(
         route.client_body.inc();
         return Ok(respond(gw, route, &request_headers, answer));
     }
-    let Some(hold) = route.config.hold else {
-        return Ok(counted_not_modified(
-            gw,
-            route,
-            &request_headers,
-            &answer.etag,
-            answer.body.len(),
-        ));
-    };
-    // The client has this answer: hold the poll until a new item comes.
+    // The client has this answer: hold the poll (if the route holds) until
+    // a new item comes.
     let seen = answer.last_bus_id;
     let newer = watch.wait_for(|_| feed.last_bus_id() != seen);
-    let changed = held_until(gw, hold, newer).await;
+    let changed = held_until(gw, route.config.hold, newer).await;
     drop(watch);
     if !changed {
         return Ok(counted_not_modified(

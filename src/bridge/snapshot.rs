@@ -49,21 +49,13 @@ pub(super) async fn answer(
 
     let current = client_has(req.headers(), &copy.etag);
     if current {
-        let Some(hold) = route.config.hold else {
-            return Ok(counted_not_modified(
-                gw,
-                route,
-                req.headers(),
-                &copy.etag,
-                copy.body.len(),
-            ));
-        };
-        // Hold the poll until the copy changes or the hold ends.
+        // Hold the poll (if the route holds) until the copy changes or the
+        // hold ends.
         let seen = copy.id;
         let changed = watch.wait_for(
             |_| matches!(feed.answer(), Some(Answer::Copy { copy, .. }) if copy.id != seen),
         );
-        let outcome = held_until(gw, hold, changed).await;
+        let outcome = held_until(gw, route.config.hold, changed).await;
         drop(watch);
         if !outcome {
             return Ok(counted_not_modified(
