@@ -153,15 +153,7 @@ pub fn start(opts: &Opts, peer: &Peer, tag: &str) -> Result<Target> {
     let bin = nginx_bin()?;
     let mut last = String::new();
     for attempt in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "pollbridge-bench-{}-nginx-{tag}-{attempt}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let (port, dir) = crate::target::fresh_port_and_dir("nginx", tag, attempt)?;
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, config(opts, peer, &dir, port))?;
         let log = dir.join("error.log");

@@ -474,6 +474,26 @@ pub struct Redis {
     dir: PathBuf,
 }
 
+/// A free loopback port and an empty scratch directory for one attempt at
+/// starting a helper server (`kind`: redis, nginx), removed by
+/// [`remove_stale_dirs`] if the bench dies before it does.
+pub fn fresh_port_and_dir(
+    kind: &str,
+    tag: &str,
+    attempt: usize,
+) -> Result<(u16, std::path::PathBuf)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!(
+        "pollbridge-bench-{}-{kind}-{tag}-{attempt}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok((port, dir))
+}
+
 /// How long a fresh `redis-server` gets to answer `PING`.
 const REDIS_START: Duration = Duration::from_secs(15);
 
@@ -482,15 +502,7 @@ impl Redis {
         remove_stale_dirs();
         let mut last = String::new();
         for attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let dir = std::env::temp_dir().join(format!(
-                "pollbridge-bench-{}-redis-{tag}-{attempt}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir)?;
+            let (port, dir) = fresh_port_and_dir("redis", tag, attempt)?;
             let d = dir.display().to_string();
             let args: Vec<String> = [
                 "--port",
