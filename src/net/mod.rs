@@ -8,4 +8,5 @@ pub mod host;
 pub mod limits;
 pub mod meter;
 pub mod output;
+pub mod socket;
 pub mod tls;
