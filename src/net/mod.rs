@@ -4,6 +4,7 @@
 
 pub mod auto_errors;
 pub mod bucket;
+pub mod deadlines;
 pub mod host;
 pub mod limits;
 pub mod meter;

@@ -22,8 +22,6 @@
 //! socket took only in part. Then it takes direct mode back
 //! ([`Parked::finish`]) and answers as the task path does.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,6 +38,7 @@ use crate::http::encoding::vary_on_encoding;
 use crate::http::h1::{encode_head, Framing};
 use crate::http::{json, Response};
 use crate::metrics::{ConnectionGuard, PollResult};
+use crate::net::deadlines::Deadline;
 use crate::net::meter::ConnMeter;
 use crate::net::socket::DirectSend;
 use crate::protocol::channel::ChannelName;
@@ -154,7 +153,8 @@ pub struct Parked {
     cursor: Cursor,
     report: DirectReport,
     drained: Vec<Arc<Message>>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The poll's timeout, on the shared wheel (`net::deadlines`).
+    deadline: Deadline,
 }
 
 /// How the connection finishes a parked poll.
@@ -204,7 +204,7 @@ pub(super) fn park(gw: &Arc<Gateway>, offer: &ParkOffer, poll: ToPark) {
         cursor: poll.cursor,
         report,
         drained: Vec::new(),
-        deadline: Box::pin(tokio::time::sleep(poll.timeout)),
+        deadline: Deadline::after(poll.timeout),
     };
     *offer.0.parked.lock() = Some(parked);
 }
@@ -222,7 +222,7 @@ impl Parked {
         if self.queue.poll_drain(cx, &mut self.drained, max).is_ready() {
             return Poll::Ready(());
         }
-        self.deadline.as_mut().poll(cx)
+        self.deadline.poll_due(cx)
     }
 
     /// The publisher wrote (some of) the answer.
