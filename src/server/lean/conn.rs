@@ -151,7 +151,10 @@ async fn answer(
         req.extensions_mut().insert(offer.clone());
     }
     let limit = app.config.limits.max_header_bytes;
-    let route = public::route(app.clone(), req, peer, meter.clone(), false);
+    // Boxed: the router's future is large and lives only until the answer
+    // is decided; inline it would size the connection's task (so every
+    // parked poll and open stream) for the rest of its life.
+    let route = Box::pin(public::route(app.clone(), req, peer, meter.clone(), false));
     let Some(resp) = watching(stream, buf, limit, route).await else {
         return false;
     };
