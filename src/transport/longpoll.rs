@@ -46,7 +46,7 @@ use crate::net::output::standalone_account;
 use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::compress::{self, Coding};
 use crate::protocol::error::ApiError;
-use crate::protocol::{Cursor, Step, Transport};
+use crate::protocol::{Cursor, Transport};
 use crate::protocol::{Epoch, Message};
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 use crate::transport::stitch::Stitcher;
@@ -308,7 +308,9 @@ async fn wait(
             let drained = &mut scratch.drained;
             drained.clear();
             let ready = queue.poll_drain(cx, drained, max).is_ready();
-            let resp = ready.then(|| answer_drained(gw, drained, cursor, (accepted, delta)));
+            let resp = ready.then(|| {
+                super::longpoll_park::answer_drained(gw, drained, cursor, (accepted, delta))
+            });
             drained.clear();
             resp
         });
@@ -321,33 +323,6 @@ async fn wait(
         Poll::Pending
     })
     .await
-}
-
-/// The answer to a held poll from what its queue held (`drained`, left
-/// filtered): a shared bus may hand it live copies of what history
-/// already had, and a message of another epoch starts a new sequence (the
-/// answer says `truncated`). No message: the answer at `cursor`.
-pub(super) fn answer_drained(
-    gw: &Gateway,
-    drained: &mut Vec<Arc<Message>>,
-    cursor: Cursor,
-    (accepted, delta): (Option<Coding>, Option<DeltaTrack>),
-) -> Result<Response, ApiError> {
-    let mut seen = cursor;
-    let mut truncated = false;
-    let mut kept = 0;
-    for i in 0..drained.len() {
-        match seen.step(&drained[i]) {
-            Step::Duplicate => continue,
-            Step::Next => {}
-            // What came before belongs to the lost sequence.
-            Step::Restarted => (truncated, kept) = (true, 0),
-        }
-        drained.swap(kept, i);
-        kept += 1;
-    }
-    drained.truncate(kept);
-    respond(gw, drained, seen, truncated, false, accepted, delta)
 }
 
 /// The first messages that fit in `max_bytes` (envelopes and separators),
@@ -374,7 +349,7 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
 /// coding (shared like its plain form), any other small answer on its own,
 /// a streamed one stitched from the messages' pieces compressed once
 /// ([`crate::transport::stitch`]).
-fn respond(
+pub(super) fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
     position: Cursor,

@@ -42,7 +42,10 @@ use crate::net::deadlines::Deadline;
 use crate::net::meter::ConnMeter;
 use crate::net::socket::DirectSend;
 use crate::protocol::channel::ChannelName;
-use crate::protocol::{Cursor, Message};
+use crate::protocol::compress::Coding;
+use crate::protocol::error::ApiError;
+use crate::protocol::{Cursor, Message, Step};
+use crate::transport::delta::DeltaTrack;
 
 /// What a connection that can hold polls itself offers the poll handler,
 /// and where the handler leaves the poll it parked. One per connection.
@@ -241,8 +244,7 @@ impl Parked {
         let max = self.gw.config.longpoll.max_messages;
         let _ = self.queue.try_drain(&mut self.drained, max);
         let in_flight = self.sink.in_flight.lock().take();
-        let answer =
-            super::longpoll::answer_drained(&self.gw, &mut self.drained, self.cursor, (None, None));
+        let answer = answer_drained(&self.gw, &mut self.drained, self.cursor, (None, None));
         drop(in_flight);
         Finished::Respond(answer.unwrap_or_else(|e| crate::http::logged_error(&e)))
     }
@@ -254,4 +256,31 @@ impl Drop for Parked {
         // close it.
         self.queue.leave_direct(&mut self.report);
     }
+}
+
+/// The answer to a held poll from what its queue held (`drained`, left
+/// filtered): a shared bus may hand it live copies of what history
+/// already had, and a message of another epoch starts a new sequence (the
+/// answer says `truncated`). No message: the answer at `cursor`.
+pub(super) fn answer_drained(
+    gw: &Gateway,
+    drained: &mut Vec<Arc<Message>>,
+    cursor: Cursor,
+    (accepted, delta): (Option<Coding>, Option<DeltaTrack>),
+) -> Result<Response, ApiError> {
+    let mut seen = cursor;
+    let mut truncated = false;
+    let mut kept = 0;
+    for i in 0..drained.len() {
+        match seen.step(&drained[i]) {
+            Step::Duplicate => continue,
+            Step::Next => {}
+            // What came before belongs to the lost sequence.
+            Step::Restarted => (truncated, kept) = (true, 0),
+        }
+        drained.swap(kept, i);
+        kept += 1;
+    }
+    drained.truncate(kept);
+    super::longpoll::respond(gw, drained, seen, truncated, false, accepted, delta)
 }
