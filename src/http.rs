@@ -12,6 +12,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub mod encoding;
+pub mod h1;
 mod request_body;
 
 pub use request_body::RequestBody;

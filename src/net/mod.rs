@@ -4,8 +4,10 @@
 
 pub mod auto_errors;
 pub mod bucket;
+pub mod deadlines;
 pub mod host;
 pub mod limits;
 pub mod meter;
 pub mod output;
+pub mod socket;
 pub mod tls;

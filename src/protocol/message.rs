@@ -103,6 +103,9 @@ pub struct Message {
     ws_deflated_small: OnceLock<Box<SmallWindowFrames>>,
     sse_event: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
+    /// The whole HTTP/1.1 answer (head and body) a parked long-poll gets,
+    /// per head variant; boxed, made only on the lean path.
+    poll_http: OnceLock<Box<[OnceLock<Bytes>; 2]>>,
     /// The compressed encodings, made on first demand (see [`compress`]).
     ///
     /// [`compress`]: super::compress
@@ -171,6 +174,7 @@ impl Message {
             ws_deflated_small: OnceLock::new(),
             sse_event: OnceLock::new(),
             poll_answer: OnceLock::new(),
+            poll_http: OnceLock::new(),
             compressed: Compressed::default(),
             delta: Default::default(),
         }
@@ -239,6 +243,23 @@ impl Message {
                 false,
                 false,
             )
+        })
+    }
+
+    /// The whole HTTP/1.1 answer of a poll carrying this message alone:
+    /// the head `head` makes for a body of that length (one of two head
+    /// variants, `variant` 0 or 1), then [`poll_answer`](Self::poll_answer).
+    /// Made once per message and variant and shared by every parked poll
+    /// the publisher answers (`transport::longpoll_park`).
+    pub fn poll_http_answer(&self, variant: usize, head: impl FnOnce(usize) -> Bytes) -> &Bytes {
+        let slots = self.poll_http.get_or_init(Default::default);
+        slots[variant.min(1)].get_or_init(|| {
+            let body = self.poll_answer();
+            let head = head(body.len());
+            let mut out = BytesMut::with_capacity(head.len() + body.len());
+            out.put_slice(&head);
+            out.put_slice(body);
+            out.freeze()
         })
     }
 

@@ -46,10 +46,12 @@ use crate::net::output::standalone_account;
 use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::compress::{self, Coding};
 use crate::protocol::error::ApiError;
-use crate::protocol::{Cursor, Step, Transport};
+use crate::protocol::{Cursor, Transport};
 use crate::protocol::{Epoch, Message};
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 use crate::transport::stitch::Stitcher;
+
+use super::longpoll_park::{ParkOffer, ToPark};
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
@@ -101,14 +103,15 @@ pub async fn handle(
     channel: &str,
     peer: std::net::SocketAddr,
 ) -> Result<Response, ApiError> {
-    let poll = match admit(gw, req, channel, peer).await {
+    let park = req.extensions_mut().remove::<ParkOffer>();
+    let mut poll = match admit(gw, req, channel, peer).await {
         Ok(Admitted::Answered(resp)) => return Ok(resp),
         Ok(Admitted::Poll(poll)) => poll,
         Err(e) => return Ok(refused(&e, allowed_origin(gw, req.headers()))),
     };
     *req.uri_mut() = http::Uri::default();
     *req.headers_mut() = HeaderMap::new();
-    match poll.answer(gw).await {
+    match poll.answer(gw, park).await {
         Ok(resp) => Ok(resp),
         Err(e) => Ok(refused(&e, poll.origin.as_ref())),
     }
@@ -145,7 +148,8 @@ struct AdmittedPoll {
     /// `?delta=1` with a cursor naming its epoch: the client holds the
     /// value at `since` and may get a delta against it.
     delta: Option<DeltaTrack>,
-    _in_flight: ConnectionGuard,
+    /// The in-flight gauge, handed to a parked poll.
+    in_flight: Option<ConnectionGuard>,
 }
 
 /// The checks, limits and bookkeeping of a poll before it reads the
@@ -200,13 +204,20 @@ async fn admit(
             .then_some(query.since)
             .flatten()
             .and_then(|s| Some(DeltaTrack::holding(Cursor::new(s.id, s.epoch?)))),
-        _in_flight: in_flight,
+        in_flight: Some(in_flight),
     }))
 }
 
 impl AdmittedPoll {
     /// Reads the channel and answers, holding the poll when nothing is new.
-    async fn answer(&self, gw: &Arc<Gateway>) -> Result<Response, ApiError> {
+    ///
+    /// A poll that must wait is parked on the connection if it `park`s
+    /// and the answer is of the common shape ([`super::longpoll_park`]).
+    async fn answer(
+        &mut self,
+        gw: &Arc<Gateway>,
+        park: Option<ParkOffer>,
+    ) -> Result<Response, ApiError> {
         let limit = gw.config.longpoll.max_messages;
         let read = gw.bus.history(&self.channel, self.since, limit).await?;
         // No `since`: the client wants what comes next, after the current
@@ -231,7 +242,11 @@ impl AdmittedPoll {
         } else {
             drop(read);
             let wants = (self.accepted, self.delta);
-            wait(gw, &self.channel, cursor, self.timeout, wants).await?
+            let plain = self.origin.is_none() && self.accepted.is_none() && self.delta.is_none();
+            let park = park
+                .filter(|_| plain)
+                .map(|offer| (offer, &mut self.in_flight));
+            wait(gw, &self.channel, cursor, self.timeout, wants, park).await?
         };
         if let Some(origin) = &self.origin {
             cors_headers(origin.clone(), resp.headers_mut());
@@ -252,10 +267,11 @@ async fn wait(
     cursor: Since,
     timeout: Duration,
     (accepted, delta): (Option<Coding>, Option<DeltaTrack>),
+    park: Option<(ParkOffer, &mut Option<ConnectionGuard>)>,
 ) -> Result<Response, ApiError> {
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
-    let (_subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
+    let (subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
     if !read.messages.is_empty() || read.truncated || read.conflated {
         return respond(
             gw,
@@ -269,6 +285,20 @@ async fn wait(
     }
     let cursor = Cursor::new(cursor.id, read.epoch);
     drop(read);
+    if let Some((offer, in_flight)) = park {
+        let parked = ToPark {
+            channel: channel.clone(),
+            queue,
+            subscription,
+            cursor,
+            timeout,
+            in_flight: in_flight.take(),
+        };
+        super::longpoll_park::park(gw, &offer, parked);
+        // The connection answers (or the publisher does).
+        return Ok(Response::new(crate::http::Body::empty()));
+    }
+    let _subscription = subscription;
     let mut sleep = pin!(tokio::time::sleep(timeout));
     let mut shutdown = pin!(gw.shutdown.cancelled());
     // The queue is looked at first: messages that arrive in the same turn
@@ -279,23 +309,7 @@ async fn wait(
             drained.clear();
             let ready = queue.poll_drain(cx, drained, max).is_ready();
             let resp = ready.then(|| {
-                // A shared bus may hand us live copies of what history
-                // already had.
-                let mut seen = cursor;
-                let mut truncated = false;
-                let mut kept = 0;
-                for i in 0..drained.len() {
-                    match seen.step(&drained[i]) {
-                        Step::Duplicate => continue,
-                        Step::Next => {}
-                        // What came before belongs to the lost sequence.
-                        Step::Restarted => (truncated, kept) = (true, 0),
-                    }
-                    drained.swap(kept, i);
-                    kept += 1;
-                }
-                drained.truncate(kept);
-                respond(gw, drained, seen, truncated, false, accepted, delta)
+                super::longpoll_park::answer_drained(gw, drained, cursor, (accepted, delta))
             });
             drained.clear();
             resp
@@ -335,7 +349,7 @@ fn page(messages: &[Arc<Message>], max_bytes: usize) -> &[Arc<Message>] {
 /// coding (shared like its plain form), any other small answer on its own,
 /// a streamed one stitched from the messages' pieces compressed once
 /// ([`crate::transport::stitch`]).
-fn respond(
+pub(super) fn respond(
     gw: &Gateway,
     messages: &[Arc<Message>],
     position: Cursor,

@@ -6,6 +6,7 @@
 pub mod cors;
 pub mod delta;
 pub mod longpoll;
+pub mod longpoll_park;
 pub mod params;
 pub mod replay;
 pub mod sse;

@@ -12,6 +12,7 @@
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use crate::http::{RequestBody, Response};
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::server::protocols::{Protocols, Version, PREFACE};
 use crate::server::{public, App};
+use crate::transport::longpoll_park::{Finished, ParkOffer, Parked};
 
 type Stream = MeteredStream<TcpStream>;
 
@@ -54,6 +56,9 @@ pub async fn serve(
 ) {
     let mut buf = BytesMut::new();
     let mut first = true;
+    // Declared after `stream`, so dropped (with any poll parked on it)
+    // before the socket closes.
+    let offer = ParkOffer::new(stream.get_ref().as_raw_fd(), meter.clone());
     loop {
         let head = match read_head(&app, &protocols, &mut stream, &mut buf, first).await {
             Next::Lean(head) => head,
@@ -72,7 +77,7 @@ pub async fn serve(
         // Only bytes pipelined behind the head stay; the buffer is freed.
         buf = BytesMut::from(&buf[head.len..]);
         let close = head.close;
-        let keep = answer(&app, &mut stream, &mut buf, head, peer, &meter).await;
+        let keep = answer(&app, &mut stream, &mut buf, head, peer, (&meter, &offer)).await;
         if !keep || close || app.shutdown.is_cancelled() {
             let _ = stream.shutdown().await;
             return;
@@ -136,21 +141,73 @@ async fn answer(
     buf: &mut BytesMut,
     head: Head,
     peer: SocketAddr,
-    meter: &Arc<ConnMeter>,
+    (meter, offer): (&Arc<ConnMeter>, &ParkOffer),
 ) -> bool {
     let mut req = http::Request::new(RequestBody::Empty);
     *req.uri_mut() = head.uri;
     *req.headers_mut() = head.headers;
+    if !head.close {
+        // A poll that must wait may park on this connection.
+        req.extensions_mut().insert(offer.clone());
+    }
     let limit = app.config.limits.max_header_bytes;
-    let route = public::route(app.clone(), req, peer, meter.clone(), false);
+    // Boxed: the router's future is large and lives only until the answer
+    // is decided; inline it would size the connection's task (so every
+    // parked poll and open stream) for the rest of its life.
+    let route = Box::pin(public::route(app.clone(), req, peer, meter.clone(), false));
     let Some(resp) = watching(stream, buf, limit, route).await else {
         return false;
     };
+    if let Some(parked) = offer.take() {
+        drop(resp);
+        return hold(app, stream, buf, parked).await;
+    }
     // hyper ends a connection after the answer in flight at shutdown.
     let close = head.close || app.shutdown.is_cancelled();
     write_response(stream, buf, limit, resp, close)
         .await
         .is_ok()
+}
+
+/// Holds a parked poll (`transport::longpoll_park`): waits for the
+/// client's next request or close, the poll's deadline, the gateway's
+/// shutdown or an event only the task handles, then finishes the poll;
+/// false when the connection must close.
+async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut parked: Parked) -> bool {
+    let limit = app.config.limits.max_header_bytes;
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        let room = buf.len() < limit;
+        tokio::select! {
+            biased;
+            () = poll_fn(|cx| parked.poll_event(cx)) => break,
+            () = &mut shutdown => break,
+            ready = stream.get_ref().readable(), if room => {
+                if ready.is_err() {
+                    return false;
+                }
+            }
+        }
+        if parked.answered() {
+            // The client's next request (or its close) is `read_head`'s.
+            break;
+        }
+        if read_arrived(stream, buf) != Some(true) {
+            return false;
+        }
+    }
+    let close = app.shutdown.is_cancelled();
+    match parked.finish() {
+        Finished::Answered(None) => true,
+        Finished::Answered(Some(rest)) => write_parts(stream, &mut [rest]).await.is_ok(),
+        Finished::Respond(resp) => {
+            drop(parked);
+            write_response(stream, buf, limit, resp, close)
+                .await
+                .is_ok()
+        }
+    }
 }
 
 /// Runs `fut` while watching the socket: bytes that arrive are kept (up

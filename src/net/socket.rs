@@ -1,0 +1,100 @@
+//! The publisher's handle on a client socket its connection task owns:
+//! a counted, non-blocking `send()` on the descriptor, for direct delivery
+//! (the publisher writes a message's shared pre-encoded bytes itself, under
+//! the subscriber queue's lock, instead of waking the connection's task).
+//!
+//! Modelled on the WebSocket's socket (`transport::websocket::socket`):
+//! a plain `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`, without tokio's
+//! readiness bookkeeping around it, each byte counted on the connection's
+//! meter. Skipping tokio's bookkeeping is safe because a write the socket
+//! does not take whole ends direct mode, and the task's own writes go
+//! through tokio, whose first `EAGAIN` clears its readiness as usual.
+//!
+//! The handle borrows the descriptor: the connection keeps the socket open
+//! for as long as any publisher may write through it, i.e. it takes direct
+//! mode back (`SubscriberQueue::leave_direct`, under the queue's lock)
+//! before it closes the socket.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::meter::ConnMeter;
+
+/// A counted non-blocking sender on a socket owned elsewhere (see the
+/// module doc for who keeps it open).
+pub struct DirectSend {
+    fd: RawFd,
+    meter: Arc<ConnMeter>,
+}
+
+impl DirectSend {
+    /// `fd` must stay open while the handle may be used (module doc).
+    pub fn new(fd: RawFd, meter: Arc<ConnMeter>) -> DirectSend {
+        DirectSend { fd, meter }
+    }
+
+    /// The connection's meter.
+    pub fn meter(&self) -> &Arc<ConnMeter> {
+        &self.meter
+    }
+
+    /// Sends what the socket takes now (`WouldBlock` when nothing), and
+    /// counts it.
+    pub fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
+        // SAFETY: a non-blocking send(2) on a descriptor the owner keeps
+        // open while this handle is in use, from a live buffer of
+        // `bytes.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                self.fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        self.meter.on_write(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn sends_and_counts_until_the_socket_is_full() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let meter = ConnMeter::new(metrics.clone(), Arc::new(AtomicUsize::new(1)), None);
+        let send = DirectSend::new(client.as_raw_fd(), meter);
+        assert_eq!(send.try_send(b"hello").unwrap(), 5);
+        let mut got = [0; 5];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // Nobody reads: the socket fills and the send would block.
+        let big = vec![0u8; 1 << 16];
+        let mut sent = 5;
+        let err = loop {
+            match send.try_send(&big) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let counted: u64 = crate::protocol::Transport::ALL
+            .iter()
+            .map(|t| metrics.transport(*t).wire_out.get())
+            .sum();
+        assert_eq!(counted, sent as u64);
+    }
+}

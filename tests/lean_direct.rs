@@ -1,0 +1,189 @@
+//! Held long-polls answered by the publisher (the lean HTTP/1.1 path parks
+//! a poll that must wait and the fan-out writes its whole answer): the
+//! answer is byte for byte the task path's, a client leaving a parked
+//! poll frees it, timeouts still answer, and a burst of messages gives one
+//! answer and leaves the rest for the next poll, without loss or
+//! duplicate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads one answer with a Content-Length body: its raw bytes (head and
+/// body) and the body as JSON.
+async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (Vec<u8>, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or_else(|| panic!("no content-length: {head}"));
+            if buf.len() >= end + 4 + len {
+                let raw: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                let body = serde_json::from_slice(&raw[end + 4..]).unwrap();
+                return (raw, body);
+            }
+        }
+        assert!(Instant::now() < deadline, "no full answer: {buf:?}");
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn poll(channel: &str, since: u64, timeout: u32) -> Vec<u8> {
+    format!("GET /rt/poll/{channel}?since={since}&timeout={timeout} HTTP/1.1\r\nHost: x\r\n\r\n")
+        .into_bytes()
+}
+
+/// Waits until `n` polls are held (the in-flight gauge).
+async fn held(gw: &Gateway, n: f64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} polls held"),
+        || async {
+            let got = gw
+                .metric("pollbridge_connections", &[("transport", "longpoll")])
+                .await
+                .unwrap_or(0.0);
+            (got == n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The channel's long-poll subscribers, as `/channels` lists them (0 when
+/// the channel is not listed).
+async fn poll_subscribers(gw: &Gateway, channel: &str) -> u64 {
+    let channels = get(&gw.admin_url("/channels")).await.json();
+    channels["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == channel)
+        .and_then(|c| c["subscribers"]["longpoll"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_parked_poll_gets_the_task_paths_answer_byte_for_byte() {
+    let gw = Gateway::start(&[]).await;
+    let first = gw.publish_json("same", &serde_json::json!({"n": 0})).await;
+    let mut stream = TcpStream::connect(gw.public).await.unwrap();
+    let mut buf = Vec::new();
+    stream.write_all(&poll("same", first, 20)).await.unwrap();
+    held(&gw, 1.0).await;
+    let id = gw
+        .publish_json("same", &serde_json::json!({"n": 1, "text": "é\"x"}))
+        .await;
+    let (parked, body) = read_answer(&mut stream, &mut buf).await;
+    assert_eq!(body["messages"][0]["id"], id, "{body}");
+    assert_eq!(body["last_id"], id, "{body}");
+    // The same message from history, answered by the connection's task.
+    stream.write_all(&poll("same", first, 0)).await.unwrap();
+    let (from_history, _) = read_answer(&mut stream, &mut buf).await;
+    assert_eq!(
+        String::from_utf8_lossy(&parked),
+        String::from_utf8_lossy(&from_history)
+    );
+    held(&gw, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_parked_poll_frees_its_subscription() {
+    let gw = Gateway::start(&[]).await;
+    let id = gw.publish_json("leave", &serde_json::json!(1)).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.public).await.unwrap();
+        s.write_all(&poll("leave", id, 60)).await.unwrap();
+        clients.push(s);
+    }
+    held(&gw, 5.0).await;
+    assert_eq!(poll_subscribers(&gw, "leave").await, 5);
+    drop(clients);
+    held(&gw, 0.0).await;
+    eventually(Duration::from_secs(10), "subscriptions freed", || async {
+        (poll_subscribers(&gw, "leave").await == 0).then_some(())
+    })
+    .await;
+    // And a publish after they left goes nowhere and breaks nothing.
+    gw.publish_json("leave", &serde_json::json!(2)).await;
+    gw.assert_still_serving().await;
+}
+
+#[tokio::test]
+async fn a_parked_poll_times_out_with_an_empty_answer() {
+    let gw = Gateway::start(&[]).await;
+    let id = gw.publish_json("quiet", &serde_json::json!(1)).await;
+    let mut stream = TcpStream::connect(gw.public).await.unwrap();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    stream.write_all(&poll("quiet", id, 1)).await.unwrap();
+    let (_, body) = read_answer(&mut stream, &mut buf).await;
+    let took = started.elapsed();
+    assert_eq!(body["messages"].as_array().unwrap().len(), 0, "{body}");
+    assert_eq!(body["last_id"], id, "{body}");
+    // The timeout, rounded up by at most the documented granularity (and
+    // a slow shared machine's scheduling).
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    held(&gw, 0.0).await;
+    // The connection goes on: the next poll is held and answered.
+    stream.write_all(&poll("quiet", id, 20)).await.unwrap();
+    held(&gw, 1.0).await;
+    let next = gw.publish_json("quiet", &serde_json::json!(2)).await;
+    let (_, body) = read_answer(&mut stream, &mut buf).await;
+    assert_eq!(body["last_id"], next, "{body}");
+}
+
+#[tokio::test]
+async fn a_burst_gives_one_answer_and_the_next_poll_the_rest() {
+    let gw = Gateway::start(&[]).await;
+    let first = gw.publish_json("burst", &serde_json::json!(0)).await;
+    let mut stream = TcpStream::connect(gw.public).await.unwrap();
+    let mut buf = Vec::new();
+    stream.write_all(&poll("burst", first, 20)).await.unwrap();
+    held(&gw, 1.0).await;
+    let items: Vec<(&str, Value)> = (1..=20)
+        .map(|n| ("burst", serde_json::json!({ "n": n })))
+        .collect();
+    let ids = gw.publish_batch_ok(&items).await;
+    // Answers on this one connection, each poll from the last answer's
+    // `last_id`, until every message came: exactly one answer per poll
+    // (a second answer to the held poll would be read as the next
+    // poll's and show up as a duplicate or a gap).
+    let mut got = Vec::new();
+    let mut since = first;
+    let mut answers = 0;
+    while got.len() < ids.len() {
+        if answers > 0 {
+            stream.write_all(&poll("burst", since, 20)).await.unwrap();
+        }
+        let (_, body) = read_answer(&mut stream, &mut buf).await;
+        answers += 1;
+        let messages = body["messages"].as_array().unwrap();
+        assert!(!messages.is_empty(), "{body}");
+        got.extend(messages.iter().map(|m| m["id"].as_u64().unwrap()));
+        since = body["last_id"].as_u64().unwrap();
+        assert_eq!(since, *got.last().unwrap(), "{body}");
+        assert!(answers <= ids.len(), "more answers than messages");
+    }
+    assert_eq!(got, ids, "every message once, in order");
+    // Nothing more: the next poll is held.
+    stream.write_all(&poll("burst", since, 20)).await.unwrap();
+    held(&gw, 1.0).await;
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+}
