@@ -12,6 +12,8 @@
 pub mod command;
 mod deflate;
 mod guard;
+#[cfg(feature = "park-experiment")]
+mod park_experiment;
 mod reader;
 mod session;
 mod socket;
@@ -293,6 +295,11 @@ pub(crate) fn spawn_on_socket(
         read_ahead.extend_from_slice(&rest);
     }
     let (stream, meter) = stream.into_parts();
+    #[cfg(feature = "park-experiment")]
+    if read_ahead.is_empty() {
+        park_experiment::park_on_socket(gw, stream, meter, queue, start, compression);
+        return;
+    }
     let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), compression.0));
     let sink: Arc<dyn DirectSink> = socket.clone();
     let input = Input::Socket(socket.clone());
