@@ -12,6 +12,7 @@
 pub mod command;
 mod deflate;
 mod guard;
+mod park;
 #[cfg(feature = "park-experiment")]
 mod park_experiment;
 mod reader;
@@ -300,7 +301,13 @@ pub(crate) fn spawn_on_socket(
         park_experiment::park_on_socket(gw, stream, meter, queue, start, compression);
         return;
     }
-    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), compression.0));
+    let socket = match WsSocket::new(stream, meter, gw.clone(), compression.0) {
+        Ok(socket) => Arc::new(socket),
+        Err(e) => {
+            tracing::warn!(error = %e, "websocket: cannot register the upgraded socket");
+            return;
+        }
+    };
     let sink: Arc<dyn DirectSink> = socket.clone();
     let input = Input::Socket(socket.clone());
     let writer = SocketWriter(socket);
