@@ -23,10 +23,12 @@ pub struct WebSocketConfig {
     /// Default: 30s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// A plain (non-TLS) connection with nothing to do for about this
-    /// long is parked: it keeps no task and no runtime registration, only
-    /// its state, until the client sends something, a message cannot be
-    /// written directly, or a ping is due. `0s` never parks. Default: 1s.
+    /// A plain (non-TLS) connection that had something to do parks again
+    /// once it has had nothing to do for about this long (a new one parks
+    /// as soon as it is idle): it keeps no task and no runtime
+    /// registration, only its state, until the client sends something, a
+    /// message cannot be written directly, or a ping is due. `0s` never
+    /// parks. Default: 1s.
     #[serde(with = "humantime_serde")]
     pub park_after: Duration,
     /// permessage-deflate (RFC 7692) for clients that offer it. Default:

@@ -389,9 +389,12 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 ));
             }
         };
-        // A whole tick period went by with no other wake-up: park (if it
-        // may) rather than wait.
-        let (mut quiet, mut park) = (false, false);
+        // Park (if it may) rather than wait: a new session as soon as it
+        // has nothing to do (its task's memory is then reused by the next
+        // connection's, rather than every idle connection's task being
+        // allocated at once), one that ran again once a whole tick period
+        // (at most `park_after`) went by with no other wake-up.
+        let (mut quiet, mut park) = (false, first == First::Wait);
         loop {
             let wake = match std::mem::replace(&mut first, First::Wait) {
                 First::Resumed => Wake::Resumed,

@@ -63,6 +63,10 @@ impl Session<SocketWriter> {
         self.kick.is_cancelled()
     }
 
+    pub(in super::super) fn kick_token(&self) -> tokio_util::sync::CancellationToken {
+        self.kick.clone()
+    }
+
     pub(in super::super) fn tracker_token(&self) -> TaskTrackerToken {
         self.gw.tasks.token()
     }
