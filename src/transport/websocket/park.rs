@@ -173,6 +173,10 @@ pub(super) fn park(session: Parked, due: Instant) -> Result<(), Parked> {
     let rc = unsafe { libc::epoll_ctl(registry.epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
     if rc != 0 {
         tracing::warn!(error = %io::Error::last_os_error(), "websocket park: epoll_ctl");
+        // The queue holds a waker with this token now: the slot's next
+        // use gets another generation, so that waker stays a no-op.
+        let slot = &mut table.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
         table.free.push(index);
         return Err(session);
     }
