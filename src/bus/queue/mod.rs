@@ -218,11 +218,7 @@ impl SubscriberQueue {
                     // and the connection must send its tail now, not at
                     // its next wake-up for something else (a parked one
                     // would wait for its ping).
-                    let waker = state.waker.take();
-                    drop(state);
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
+                    wake_reader(state);
                 }
                 return Pushed::Written;
             }
@@ -277,12 +273,18 @@ impl SubscriberQueue {
                 outcome = Pushed::Overflowed { dropped };
             }
         }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_reader(state);
         outcome
+    }
+}
+
+/// Wakes the connection's task, if it waits, after letting the lock go (a
+/// woken task may lock the queue at once).
+fn wake_reader(mut state: parking_lot::MutexGuard<'_, State>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 

@@ -23,10 +23,12 @@
 
 mod commands;
 mod delivery;
+mod input;
 mod parking;
 #[cfg(test)]
 mod sizes;
 mod subscriptions;
+mod timers;
 mod vectored;
 
 use std::future::{poll_fn, Future};
@@ -37,13 +39,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::deflate::{ClientInflate, Deflate, DeflateContext};
 use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
-use super::socket::WsSocket;
 use super::ticks::Tick;
 use crate::auth::Credentials;
 use crate::bus::{
@@ -54,6 +55,7 @@ use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::{Message, Transport};
 use crate::transport::throttle::Throttle;
+pub use input::Input;
 pub(super) use parking::park_or_go_on;
 use subscriptions::Subscriptions;
 pub use vectored::SendProgress;
@@ -90,40 +92,6 @@ pub struct Start {
     pub expires: Option<SystemTime>,
     /// Subscriptions taken before the 101.
     pub initial: Vec<InitialSubscription>,
-}
-
-/// Where the session's inbound bytes come from.
-pub enum Input {
-    /// The raw TCP socket, shared with the writer and the publishers:
-    /// waits for readiness and holds no buffer while idle.
-    Socket(Arc<WsSocket>),
-    /// Any other stream (TLS), read through the decoder's buffer.
-    Stream(Box<dyn AsyncRead + Send + Unpin>),
-}
-
-impl Input {
-    /// Appends what the client sent to `buf`; 0 at end of stream. Nothing
-    /// is consumed unless it returns `Ready`; on a plain socket an empty
-    /// `buf` holds no allocation while this is pending.
-    ///
-    /// A poll function rather than an `async fn`: the session waits on it in
-    /// a `select!` that every idle connection holds, and a future here would
-    /// add its state (72 bytes) to that.
-    fn poll_read_into(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut Vec<u8>,
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            Input::Socket(socket) => socket.poll_read_into(cx, buf),
-            Input::Stream(stream) => {
-                // Kept while pending: this is polled on every wake-up, and
-                // a TLS stream holds far larger buffers of its own anyway.
-                buf.reserve(4096);
-                tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
-            }
-        }
-    }
 }
 
 /// How [`Session::serve`] ends.
@@ -472,18 +440,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         Poll::Pending
     }
 
-    /// How often the session checks for silence: often enough to ping on
-    /// time and to drop a silent client within half its idle timeout (and,
-    /// with parking on, to park after `park_after`).
-    fn tick_period(&self) -> Duration {
-        let cfg = &self.gw.config.websocket;
-        let mut period = cfg.ping_interval.min(cfg.idle_timeout / 2);
-        if !cfg.park_after.is_zero() && W::PARKS {
-            period = period.min(cfg.park_after);
-        }
-        period.max(Duration::from_millis(100))
-    }
-
     /// Handles one wake-up of [`serve`](Self::serve); `Err` ends the session.
     async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
         self.take_back_socket().await?;
@@ -527,37 +483,5 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     fn going_away(&self, code: u16, why: &str) -> End {
         let delay = self.gw.reconnect_delay().as_millis();
         End::Close(code, format!("{why}; reconnect and resume; retry={delay}"))
-    }
-
-    async fn on_tick(&mut self) -> Result<(), End> {
-        let cfg = &self.gw.config.websocket;
-        let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        let silent = self.last_heard.elapsed();
-        if silent >= idle_timeout {
-            return Err(End::Close(1001, "no answer to ping".into()));
-        }
-        if silent >= ping_interval && !self.ping_sent {
-            self.ping_sent = true;
-            self.write_frames(&[frame::encode(frame::OP_PING, b"")])
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Closes the session at `at` at the latest (an earlier deadline
-    /// already armed stays). A deadline the clock cannot reach is none.
-    pub(super) fn expire_at(&mut self, at: Option<SystemTime>) {
-        let Some(at) = at else { return };
-        let left = at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let Some(deadline) = tokio::time::Instant::now().checked_add(left) else {
-            return;
-        };
-        match &mut self.expiry {
-            Some(armed) if armed.deadline() <= deadline => {}
-            Some(armed) => armed.as_mut().reset(deadline),
-            None => self.expiry = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
     }
 }

@@ -79,6 +79,7 @@ impl Session<SocketWriter> {
     /// registered with the runtime again, it takes the socket back from
     /// the publishers (and pings, if that is why it runs), then serves as
     /// before.
+    #[allow(clippy::manual_async_fn)] // as `Session::run`: nothing kept twice
     pub(in super::super) fn resume(self: Box<Self>, why: Why) -> impl Future<Output = ()> + Send {
         async move {
             let mut session = self;
