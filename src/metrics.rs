@@ -105,6 +105,9 @@ pub struct Metrics {
     /// `wire_bytes_total{transport="websocket"}`.
     pub ws_handshakes: IntCounter,
     pub ws_handshake_bytes: IntCounter,
+    /// WebSocket connections parked now (no task, no runtime registration:
+    /// `websocket.park_after`); also counted in `connections`.
+    pub ws_parked: IntGauge,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -162,6 +165,11 @@ impl Metrics {
         let fanout = FanoutMetrics::new(&registry);
 
         let delta = DeltaMetrics::register(&registry);
+        let ws_parked = series::gauge(
+            &registry,
+            "ws_parked_connections",
+            "WebSocket connections parked now: idle for websocket.park_after, held without a task until the client sends, a message can't be written directly or a ping is due",
+        );
         Metrics {
             registry,
             transports,
@@ -182,6 +190,7 @@ impl Metrics {
             bridge_auth_checks,
             ws_handshakes,
             ws_handshake_bytes,
+            ws_parked,
             legacy_clients,
             fallbacks,
             upgrade_failures,
@@ -300,6 +309,7 @@ mod tests {
             "pollbridge_output_pending_bytes 0",
             "pollbridge_ws_handshakes_total 0",
             "pollbridge_ws_handshake_bytes_total 0",
+            "pollbridge_ws_parked_connections 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

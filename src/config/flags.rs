@@ -73,6 +73,7 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("ws-enabled", "websocket.enabled", Kind::Bool, "Accept WebSocket upgrades [default: true]"),
     ("ws-ping-interval", "websocket.ping_interval", Kind::Text, "Ping a WebSocket client silent for this long [default: 30s]"),
     ("ws-idle-timeout", "websocket.idle_timeout", Kind::Text, "Drop a WebSocket client silent for this long [default: 75s]"),
+    ("ws-park-after", "websocket.park_after", Kind::Text, "Park a plain WebSocket connection again after this long with nothing to do (no task held; 0s: never) [default: 1s]"),
     ("ws-write-timeout", "websocket.write_timeout", Kind::Text, "Drop a WebSocket client whose socket accepts nothing for this long [default: 30s]"),
     ("ws-compression", "websocket.compression", Kind::Text, "permessage-deflate for WebSocket clients that offer it: off, or shared (each message compressed once for all) [default: shared]"),
     ("ws-compression-min-bytes", "websocket.compression_min_bytes", Kind::Integer, "WebSocket messages shorter than this go uncompressed [default: 256]"),

@@ -23,6 +23,14 @@ pub struct WebSocketConfig {
     /// Default: 30s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// A plain (non-TLS) connection that had something to do parks again
+    /// once it has had nothing to do for about this long (a new one parks
+    /// as soon as it is idle): it keeps no task and no runtime
+    /// registration, only its state, until the client sends something, a
+    /// message cannot be written directly, or a ping is due. `0s` never
+    /// parks. Default: 1s.
+    #[serde(with = "humantime_serde")]
+    pub park_after: Duration,
     /// permessage-deflate (RFC 7692) for clients that offer it. Default:
     /// `shared`.
     pub compression: WsCompression,
@@ -62,6 +70,7 @@ impl Default for WebSocketConfig {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(30),
+            park_after: Duration::from_secs(1),
             compression: WsCompression::Shared,
             compression_min_bytes: 256,
             deflate_context_takeover: false,

@@ -213,6 +213,13 @@ impl SubscriberQueue {
         if state.direct.is_some() {
             let written = write_direct(&mut state, msgs, self.transport, tally);
             if written == msgs.len() {
+                if state.direct.is_none() {
+                    // The last frame went out in part: direct mode ended
+                    // and the connection must send its tail now, not at
+                    // its next wake-up for something else (a parked one
+                    // would wait for its ping).
+                    wake_reader(state);
+                }
                 return Pushed::Written;
             }
             rest = &msgs[written..];
@@ -266,12 +273,18 @@ impl SubscriberQueue {
                 outcome = Pushed::Overflowed { dropped };
             }
         }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_reader(state);
         outcome
+    }
+}
+
+/// Wakes the connection's task, if it waits, after letting the lock go (a
+/// woken task may lock the queue at once).
+fn wake_reader(mut state: parking_lot::MutexGuard<'_, State>) {
+    let waker = state.waker.take();
+    drop(state);
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
@@ -566,6 +579,38 @@ mod tests {
         assert_eq!(wire, expected);
         // Drained and nothing pending: direct mode may start again.
         assert!(q.enter_direct(&sink, &mut DirectReport::default()));
+    }
+
+    #[test]
+    fn a_frame_written_in_part_wakes_the_connection_for_its_tail() {
+        let q = SubscriberQueue::new(8, Transport::WebSocket);
+        let frame_len = msg("a", 1).ws_frame().len();
+        let fake = FakeSink::new(frame_len / 2);
+        let sink: Arc<dyn DirectSink> = fake.clone();
+        let mut report = subscribed_to("a");
+        assert!(q.enter_direct(&sink, &mut report));
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let pending = q.poll_drain(
+            &mut std::task::Context::from_waker(&waker),
+            &mut Vec::new(),
+            0,
+        );
+        assert!(pending.is_pending());
+        assert_eq!(q.push(&msg("a", 1), ChannelMode::Stream), Pushed::Written);
+        assert!(
+            woken.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the connection must be woken to finish the frame"
+        );
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// The cursors a connection lends: `channel` at id 0 in `epoch()`.

@@ -12,6 +12,9 @@
 pub mod command;
 mod deflate;
 mod guard;
+mod park;
+#[cfg(feature = "park-experiment")]
+mod park_experiment;
 mod reader;
 mod session;
 mod socket;
@@ -293,7 +296,18 @@ pub(crate) fn spawn_on_socket(
         read_ahead.extend_from_slice(&rest);
     }
     let (stream, meter) = stream.into_parts();
-    let socket = Arc::new(WsSocket::new(stream, meter, gw.clone(), compression.0));
+    #[cfg(feature = "park-experiment")]
+    if read_ahead.is_empty() {
+        park_experiment::park_on_socket(gw, stream, meter, queue, start, compression);
+        return;
+    }
+    let socket = match WsSocket::new(stream, meter, gw.clone(), compression.0) {
+        Ok(socket) => Arc::new(socket),
+        Err(e) => {
+            tracing::warn!(error = %e, "websocket: cannot register the upgraded socket");
+            return;
+        }
+    };
     let sink: Arc<dyn DirectSink> = socket.clone();
     let input = Input::Socket(socket.clone());
     let writer = SocketWriter(socket);

@@ -250,6 +250,12 @@ impl Decoder {
         self.ended
     }
 
+    /// Nothing read is waiting to be decoded and no message is half
+    /// assembled: the session may park (see `websocket::park`).
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.assembler.is_none() && !self.ended
+    }
+
     /// Where the session appends what it reads.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buf

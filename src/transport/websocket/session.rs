@@ -23,9 +23,12 @@
 
 mod commands;
 mod delivery;
+mod input;
+mod parking;
 #[cfg(test)]
 mod sizes;
 mod subscriptions;
+mod timers;
 mod vectored;
 
 use std::future::{poll_fn, Future};
@@ -36,13 +39,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::WaitForCancellationFuture;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::deflate::{ClientInflate, Deflate, DeflateContext};
 use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
-use super::socket::WsSocket;
 use super::ticks::Tick;
 use crate::auth::Credentials;
 use crate::bus::{
@@ -53,6 +55,8 @@ use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::{Message, Transport};
 use crate::transport::throttle::Throttle;
+pub use input::Input;
+pub(super) use parking::park_or_go_on;
 use subscriptions::Subscriptions;
 pub use vectored::SendProgress;
 
@@ -90,42 +94,38 @@ pub struct Start {
     pub initial: Vec<InitialSubscription>,
 }
 
-/// Where the session's inbound bytes come from.
-pub enum Input {
-    /// The raw TCP socket, shared with the writer and the publishers:
-    /// waits for readiness and holds no buffer while idle.
-    Socket(Arc<WsSocket>),
-    /// Any other stream (TLS), read through the decoder's buffer.
-    Stream(Box<dyn AsyncRead + Send + Unpin>),
+/// How [`Session::serve`] ends.
+enum Served {
+    End(End),
+    /// Idle for `websocket.park_after`: park it.
+    Park,
 }
 
-impl Input {
-    /// Appends what the client sent to `buf`; 0 at end of stream. Nothing
-    /// is consumed unless it returns `Ready`; on a plain socket an empty
-    /// `buf` holds no allocation while this is pending.
-    ///
-    /// A poll function rather than an `async fn`: the session waits on it in
-    /// a `select!` that every idle connection holds, and a future here would
-    /// add its state (72 bytes) to that.
-    fn poll_read_into(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut Vec<u8>,
-    ) -> Poll<io::Result<usize>> {
+impl Served {
+    fn into_end(self) -> End {
         match self {
-            Input::Socket(socket) => socket.poll_read_into(cx, buf),
-            Input::Stream(stream) => {
-                // Kept while pending: this is polled on every wake-up, and
-                // a TLS stream holds far larger buffers of its own anyway.
-                buf.reserve(4096);
-                tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
-            }
+            Served::End(end) => end,
+            Served::Park => End::Drop,
         }
     }
 }
 
+/// What [`Session::serve`] does before its first wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// Wait for a wake-up (a new session).
+    Wait,
+    /// Handle [`Wake::Resumed`]: it was parked.
+    Resumed,
+    /// Handle a tick: it was parked and a ping or its idle timeout is due.
+    Tick,
+}
+
 /// What woke the session.
 enum Wake {
+    /// It was parked and runs again: it only takes its socket back, and
+    /// finds whatever woke it on its next wait.
+    Resumed,
     Shutdown,
     Kick,
     Read(io::Result<usize>),
@@ -157,6 +157,9 @@ pub struct Session<W> {
     /// Command and publish rates; made on the first command, so an idle
     /// connection holds only the empty pointer.
     guard: Option<Box<CommandGuard>>,
+    /// The operator's disconnect (and shutdown) token when the session
+    /// started: cancelled by `POST /disconnect` and shutdown.
+    kick: CancellationToken,
     /// Fires when the earliest subscriber token this session relies on
     /// expires (`exp + auth.leeway`): the session is closed then, not at the
     /// next ping tick. Armed only for sessions holding a token with `exp`,
@@ -208,6 +211,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         // Counted down by `Drop`: a guard kept as a field would be 16 more
         // bytes in every idle connection's future.
         gw.metrics.transport(Transport::WebSocket).connections.inc();
+        let kick = gw.kick_token();
         Session {
             input,
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
@@ -221,6 +225,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             credentials: None,
             client: std::net::Ipv4Addr::UNSPECIFIED.into(),
             guard: None,
+            kick,
             expiry: None,
             writer,
             queue,
@@ -245,7 +250,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     #[allow(clippy::manual_async_fn)] // on purpose, see above
     pub fn run(mut self, start: Box<Start>) -> impl Future<Output = ()> + Send
     where
-        W: Send,
+        W: Send + 'static,
     {
         async move {
             let initial = self.take_start(start);
@@ -254,8 +259,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             if let Err(end) = Box::pin(self.start(initial)).await {
                 return Box::pin(self.finish(end)).await;
             }
-            let end = self.serve().await;
-            Box::pin(self.finish(end)).await;
+            let end = self.serve(First::Wait).await;
+            if let Served::Park = end {
+                return W::park(self);
+            }
+            Box::pin(self.finish(end.into_end())).await;
         }
     }
 
@@ -327,10 +335,15 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         Ok(())
     }
 
-    async fn serve(&mut self) -> End {
-        // Registered once for the session, not on every wake-up; cancelled
-        // by shutdown too (a child of the shutdown token).
-        let kick_token = self.gw.kick_token();
+    /// Serves until the session ends or parks. `first`: what to do before
+    /// the first wait (a session that was parked takes its socket back
+    /// first).
+    async fn serve(&mut self, mut first: First) -> Served {
+        // Registered once per run, not on every wake-up; cancelled by
+        // shutdown too (a child of the shutdown token). The session's own
+        // token, taken when it started: a kick while it was parked is not
+        // missed.
+        let kick_token = self.kick.clone();
         let kick = kick_token.cancelled();
         tokio::pin!(kick);
         // The shared clock, not a timer of its own (see `ticks`).
@@ -338,26 +351,47 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             Ok(tick) => tick,
             Err(e) => {
                 tracing::error!(error = %e, "websocket ping clock unavailable");
-                return End::Close(1013, "server overloaded; try again later".into());
+                return Served::End(End::Close(
+                    1013,
+                    "server overloaded; try again later".into(),
+                ));
             }
         };
+        // Park (if it may) rather than wait: a new session as soon as it
+        // has nothing to do (its task's memory is then reused by the next
+        // connection's, rather than every idle connection's task being
+        // allocated at once), one that ran again once a whole tick period
+        // (at most `park_after`) went by with no other wake-up.
+        let (mut quiet, mut park) = (false, first == First::Wait);
         loop {
-            self.lend_socket();
-            // Boxed, and only while something is held back: a timer inline
-            // here would be part of every idle connection's memory.
-            let mut throttled = self
-                .throttle
-                .deadline()
-                .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
-            let wake =
-                poll_fn(|cx| self.poll_wake(cx, kick.as_mut(), &mut tick, &mut throttled)).await;
+            let wake = match std::mem::replace(&mut first, First::Wait) {
+                First::Resumed => Wake::Resumed,
+                First::Tick => Wake::Tick,
+                First::Wait => {
+                    let lent = self.lend_socket();
+                    if park && lent && W::PARKS && self.may_park() {
+                        return Served::Park;
+                    }
+                    // Boxed, and only while something is held back: a
+                    // timer inline here would be part of every idle
+                    // connection's memory.
+                    let mut throttled = self
+                        .throttle
+                        .deadline()
+                        .map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+                    poll_fn(|cx| self.poll_wake(cx, kick.as_mut(), &mut tick, &mut throttled)).await
+                }
+            };
+            let ticked = matches!(wake, Wake::Tick);
             // Everything after a wake-up is boxed: the session future's
             // size is what each idle connection holds, and wake-ups are rare
             // while publishers write directly.
             let step = Box::pin(self.on_wake(wake)).await;
             if let Err(end) = step {
-                return end;
+                return Served::End(end);
             }
+            park = ticked && quiet;
+            quiet = ticked;
         }
     }
 
@@ -406,19 +440,11 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         Poll::Pending
     }
 
-    /// How often the session checks for silence: often enough to ping on
-    /// time and to drop a silent client within half its idle timeout.
-    fn tick_period(&self) -> Duration {
-        let cfg = &self.gw.config.websocket;
-        cfg.ping_interval
-            .min(cfg.idle_timeout / 2)
-            .max(Duration::from_millis(100))
-    }
-
     /// Handles one wake-up of [`serve`](Self::serve); `Err` ends the session.
     async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
         self.take_back_socket().await?;
         match wake {
+            Wake::Resumed => Ok(()),
             Wake::Shutdown => Err(self.going_away(1001, "server shutting down")),
             Wake::Kick => Err(self.going_away(1012, "disconnected by the operator")),
             // The peer went away without a close frame.
@@ -457,37 +483,5 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     fn going_away(&self, code: u16, why: &str) -> End {
         let delay = self.gw.reconnect_delay().as_millis();
         End::Close(code, format!("{why}; reconnect and resume; retry={delay}"))
-    }
-
-    async fn on_tick(&mut self) -> Result<(), End> {
-        let cfg = &self.gw.config.websocket;
-        let (ping_interval, idle_timeout) = (cfg.ping_interval, cfg.idle_timeout);
-        let silent = self.last_heard.elapsed();
-        if silent >= idle_timeout {
-            return Err(End::Close(1001, "no answer to ping".into()));
-        }
-        if silent >= ping_interval && !self.ping_sent {
-            self.ping_sent = true;
-            self.write_frames(&[frame::encode(frame::OP_PING, b"")])
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Closes the session at `at` at the latest (an earlier deadline
-    /// already armed stays). A deadline the clock cannot reach is none.
-    pub(super) fn expire_at(&mut self, at: Option<SystemTime>) {
-        let Some(at) = at else { return };
-        let left = at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let Some(deadline) = tokio::time::Instant::now().checked_add(left) else {
-            return;
-        };
-        match &mut self.expiry {
-            Some(armed) if armed.deadline() <= deadline => {}
-            Some(armed) => armed.as_mut().reset(deadline),
-            None => self.expiry = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
     }
 }

@@ -3,18 +3,25 @@
 //! the connection is idle: no read buffer, no second task.
 //!
 //! Reads wait for readiness and only then borrow a buffer; writes are
-//! non-blocking `write()`s the caller may retry when the socket is
+//! non-blocking `send()`s the caller may retry when the socket is
 //! writable. Every byte is counted on the connection's meter, as below
 //! hyper.
+//!
+//! The descriptor is owned as a std socket and tokio's readiness
+//! registration is separate ([`WsSocket::register`]): a session that parks
+//! (see [`super::park`]) drops the registration and keeps the socket, which
+//! publishers go on writing to directly.
 
 use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::AsyncWrite;
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use crate::bus::DirectSink;
@@ -28,8 +35,24 @@ use crate::protocol::Message;
 /// frames, rarely more.
 const READ_CHUNK: usize = 4096;
 
+/// The descriptor as tokio's registration sees it: borrowed, never closed
+/// by it ([`WsSocket`] owns it and drops the registration first).
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
 pub struct WsSocket {
-    stream: TcpStream,
+    /// tokio's readiness registration (a `ScheduledIo`, 256 bytes in the
+    /// driver), while a task serves the connection; None while it is
+    /// parked. Only the session's own task locks it, so it is never
+    /// contended. Declared before `stream`: dropped before the descriptor
+    /// is closed.
+    io: Mutex<Option<AsyncFd<Fd>>>,
+    stream: std::net::TcpStream,
     meter: Arc<ConnMeter>,
     gw: Arc<Gateway>,
     /// permessage-deflate, if negotiated: publishers write the shared
@@ -37,21 +60,111 @@ pub struct WsSocket {
     deflate: Option<Deflate>,
 }
 
+/// A non-blocking `send()` of `bufs` (one `sendmsg()` for several).
+fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let n = match bufs {
+        // One buffer (the usual fan-out case): `send()`, which skips the
+        // VFS layer `writev()` goes through (~10 % of a delivery's CPU in
+        // `perf`: `vfs_writev`, `fdget_pos`).
+        // SAFETY: a non-blocking send(2) on a live socket, from a live
+        // buffer of `one.len()` bytes.
+        [one] => unsafe {
+            libc::send(
+                fd,
+                one.as_ptr().cast(),
+                one.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        },
+        // SAFETY: a non-blocking sendmsg(2) on a live socket from live
+        // buffers; `IoSlice` is ABI-compatible with `iovec`.
+        _ => unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        },
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A non-blocking `recv()` appending to `buf` (room for it reserved).
+fn recv_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv(2) into the vector's spare capacity, of its length;
+    // only the bytes it reports written are then counted as initialized.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: recv wrote `n` bytes after the initialized part.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+fn not_registered() -> io::Error {
+    io::Error::other("websocket socket used while parked")
+}
+
 impl WsSocket {
-    /// Deliveries written through it are counted by the writer (the
-    /// fan-out shard's tally, or the session's own accounting).
+    /// Takes the socket out of tokio and registers it again on its own
+    /// (see the module doc). Deliveries written through it are counted by
+    /// the writer (the fan-out shard's tally, or the session's own
+    /// accounting). Must run on the runtime.
     pub fn new(
         stream: TcpStream,
         meter: Arc<ConnMeter>,
         gw: Arc<Gateway>,
         deflate: Option<Deflate>,
-    ) -> WsSocket {
-        WsSocket {
-            stream,
+    ) -> io::Result<WsSocket> {
+        let socket = WsSocket {
+            io: Mutex::new(None),
+            stream: stream.into_std()?,
             meter,
             gw,
             deflate,
+        };
+        socket.register()?;
+        Ok(socket)
+    }
+
+    /// Registers the socket with the current runtime's I/O driver (a
+    /// session task is about to serve it); nothing if it is already.
+    pub fn register(&self) -> io::Result<()> {
+        let mut io = self.io.lock();
+        if io.is_none() {
+            let fd = Fd(self.stream.as_raw_fd());
+            // SAFETY: the descriptor is `self.stream`'s, open for as long
+            // as `self` lives, and the registration is dropped before it
+            // closes (field order and `Drop`).
+            let registered = unsafe {
+                AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)
+            };
+            *io = Some(registered?);
         }
+        Ok(())
+    }
+
+    /// Drops the registration (the session parks): nothing of tokio's is
+    /// held for the socket until [`register`](Self::register).
+    pub fn deregister(&self) {
+        let io = self.io.lock().take();
+        drop(io);
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
     }
 
     /// Once the client has sent something (or closed), appends it to `buf`
@@ -64,22 +177,23 @@ impl WsSocket {
         cx: &mut Context<'_>,
         buf: &mut Vec<u8>,
     ) -> Poll<io::Result<usize>> {
+        let io = self.io.lock();
+        let Some(io) = io.as_ref() else {
+            return Poll::Ready(Err(not_registered()));
+        };
         loop {
-            // `poll_read_ready`, not `readable()`: it replaces the waker
-            // hyper's connection task left in the socket's read slot, which
-            // would otherwise keep that finished task's memory (~5 KiB)
-            // allocated for the connection's life.
-            ready!(self.stream.poll_read_ready(cx))?;
+            let mut ready = ready!(io.poll_read_ready(cx))?;
             buf.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(buf) {
+            match recv_into(self.stream.as_raw_fd(), buf) {
                 Ok(n) => {
                     self.meter.on_read(n);
                     return Poll::Ready(Ok(n));
                 }
-                // A false alarm: tokio cleared its readiness, so the next
+                // A false alarm: clear the readiness, so the next
                 // `poll_read_ready` (this loop's) registers the waker and
                 // returns `Pending`.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
                     if buf.is_empty() {
                         *buf = Vec::new();
                     }
@@ -91,13 +205,7 @@ impl WsSocket {
     }
 
     fn try_write_counted(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // One buffer (the usual fan-out case): `send()`, which skips the
-        // VFS layer `writev()` goes through (~10 % of a delivery's CPU in
-        // `perf`: `vfs_writev`, `fdget_pos`).
-        let n = match bufs {
-            [one] => self.stream.try_write(one)?,
-            _ => self.stream.try_write_vectored(bufs)?,
-        };
+        let n = send_vectored(self.stream.as_raw_fd(), bufs)?;
         self.meter.on_write(n);
         Ok(n)
     }
@@ -108,36 +216,25 @@ impl WsSocket {
     }
 }
 
+impl Drop for WsSocket {
+    fn drop(&mut self) {
+        // Before the descriptor closes: tokio deregisters it by number.
+        self.io.get_mut().take();
+    }
+}
+
 impl DirectSink for WsSocket {
     fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
         frame_for(&self.gw, self.deflate, msg)
     }
 
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let [one] = bufs else {
-            return self.try_write_counted(bufs);
-        };
         // The fan-out's hot path: a plain `send()` on the descriptor,
         // without tokio's readiness bookkeeping around it (~4 % of a
         // delivery's CPU in `perf`). Safe to skip: a full socket ends
-        // direct mode, and the session's own writes go through tokio,
-        // whose first `EAGAIN` then clears its readiness as usual.
-        // SAFETY: a non-blocking send(2) on a socket `self` owns, from a
-        // live buffer of `one.len()` bytes.
-        let n = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                one.as_ptr().cast(),
-                one.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        self.meter.on_write(n);
-        Ok(n)
+        // direct mode, and the session's own writes clear the readiness
+        // at their first `EAGAIN`, as usual.
+        self.try_write_counted(bufs)
     }
 
     fn encoded_delta<'m>(&self, msg: &'m Message, base: u64) -> Option<&'m Bytes> {
@@ -165,10 +262,14 @@ impl SocketWriter {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let io = self.0.io.lock();
+        let Some(io) = io.as_ref() else {
+            return Poll::Ready(Err(not_registered()));
+        };
         loop {
-            ready!(self.0.stream.poll_write_ready(cx))?;
+            let mut ready = ready!(io.poll_write_ready(cx))?;
             match self.0.try_write_counted(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
                 result => return Poll::Ready(result),
             }
         }
@@ -214,5 +315,11 @@ impl AsyncWrite for SocketWriter {
 impl super::session::SendProgress for SocketWriter {
     fn unsent(&self) -> Option<u64> {
         self.0.unsent()
+    }
+
+    const PARKS: bool = true;
+
+    fn park(session: super::session::Session<Self>) {
+        super::session::park_or_go_on(Box::new(session));
     }
 }

@@ -33,11 +33,13 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// delta frame, and end direct mode at the first message that has none
     /// against that value (see `bus::queue::direct`). A client that holds
     /// another value (none yet, after a subscribe with no history) is
-    /// served by this task until it does.
-    pub(super) fn lend_socket(&mut self) {
-        let Some(sink) = &self.sink else { return };
+    /// served by this task until it does. True if the socket was lent.
+    pub(super) fn lend_socket(&mut self) -> bool {
+        let Some(sink) = &self.sink else {
+            return false;
+        };
         if self.throttle.is_enabled() || !self.subscriptions.deltas_hold_cursors() {
-            return;
+            return false;
         }
         // Its own compressor (context takeover): no shared frames to write.
         if self
@@ -45,7 +47,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .as_ref()
             .is_some_and(|c| c.compresses())
         {
-            return;
+            return false;
         }
         let cursors = self
             .subscriptions
@@ -56,7 +58,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         self.report.deltas.clear();
         let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
         self.report.deltas.extend(deltas.map(|(c, _)| c.clone()));
-        self.queue.enter_direct(sink, &mut self.report);
+        self.queue.enter_direct(sink, &mut self.report)
     }
 
     /// Ends direct mode: from here on this task is the socket's only

@@ -13,7 +13,7 @@
 
 use std::mem::size_of;
 
-use super::{Session, Start};
+use super::{First, Session, Start};
 use crate::transport::websocket::reader::Decoder;
 use crate::transport::websocket::socket::{SocketWriter, WsSocket};
 
@@ -22,14 +22,10 @@ fn returned_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
     size_of::<R>()
 }
 
-fn returned_size1<A, R>(_: impl FnOnce(A) -> R) -> usize {
-    size_of::<R>()
-}
-
 #[test]
 fn the_session_future_stays_small() {
     let run = returned_size::<Session<SocketWriter>, Box<Start>, _>(Session::run);
-    let serve = returned_size1::<&mut Session<SocketWriter>, _>(Session::serve);
+    let serve = returned_size::<&mut Session<SocketWriter>, First, _>(Session::serve);
     let session = size_of::<Session<SocketWriter>>();
     eprintln!("Session::run future {run}, serve future {serve}, Session {session}");
     // 632 / 256 / 312 before the shared clock, the single poll function
@@ -43,7 +39,9 @@ fn the_session_future_stays_small() {
     );
     // 272 before sessions carried their opt-in compression context (8)
     // and the delta channels of their direct-mode report (24).
-    assert!(session <= 304, "Session grew to {session} bytes");
+    // 312 with the kick token it keeps while parked (8): a parked
+    // session is this, boxed (jemalloc's 320-byte class).
+    assert!(session <= 312, "Session grew to {session} bytes");
 }
 
 #[test]

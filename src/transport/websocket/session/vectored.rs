@@ -9,9 +9,19 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// How much of what was written the peer has not acknowledged yet: lets a
 /// blocked writer tell a slow reader (the queue drains) from a dead one.
-pub trait SendProgress {
+pub trait SendProgress: Sized {
     /// Bytes in the socket's send queue, when known.
     fn unsent(&self) -> Option<u64>;
+
+    /// The writer of a plain socket: its session may park when idle
+    /// (see `websocket::park`).
+    const PARKS: bool = false;
+
+    /// Parks `session`; called only when [`PARKS`](Self::PARKS).
+    fn park(session: super::Session<Self>) {
+        tracing::error!("a websocket session that cannot park was parked: dropped");
+        drop(session);
+    }
 }
 
 impl<T> SendProgress for tokio::io::WriteHalf<T> {
