@@ -34,7 +34,7 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("redis-command-timeout", "redis.command_timeout", Kind::Text, "Every Redis command must be answered within this, else 503 [default: 2s]"),
     ("redis-reconnect-min-delay", "redis.reconnect_min_delay", Kind::Text, "First Redis reconnect delay, doubling with jitter [default: 100ms]"),
     ("redis-reconnect-max-delay", "redis.reconnect_max_delay", Kind::Text, "Longest Redis reconnect delay [default: 5s]"),
-    ("redis-health-interval", "redis.health_interval", Kind::Text, "Ping the Redis subscription connection this often [default: 1s]"),
+    ("redis-health-interval", "redis.health_interval", Kind::Text, "Ping the Redis subscription connection this often [default: 30s]"),
     ("redis-unsubscribe-delay", "redis.unsubscribe_delay", Kind::Text, "Unsubscribe a channel on Redis this long after its last local subscriber left [default: 10s]"),
     ("redis-pubsub", "redis.pubsub", Kind::Text, "Redis pub/sub commands: auto, sharded (SPUBLISH, Redis 7+) or classic [default: auto]"),
     ("redis-key-prefix", "redis.key_prefix", Kind::Text, "Prefix of every Redis key and pub/sub channel [default: pollbridge]"),
