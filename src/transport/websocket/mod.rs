@@ -13,8 +13,6 @@ pub mod command;
 mod deflate;
 mod guard;
 mod park;
-#[cfg(feature = "park-experiment")]
-mod park_experiment;
 mod reader;
 mod session;
 mod socket;
@@ -296,11 +294,6 @@ pub(crate) fn spawn_on_socket(
         read_ahead.extend_from_slice(&rest);
     }
     let (stream, meter) = stream.into_parts();
-    #[cfg(feature = "park-experiment")]
-    if read_ahead.is_empty() {
-        park_experiment::park_on_socket(gw, stream, meter, queue, start, compression);
-        return;
-    }
     let socket = match WsSocket::new(stream, meter, gw.clone(), compression.0) {
         Ok(socket) => Arc::new(socket),
         Err(e) => {

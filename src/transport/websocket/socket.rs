@@ -29,6 +29,7 @@ use crate::bus::DirectSink;
 use super::deflate::{frame_for, record_compressed, Deflate};
 use crate::gateway::Gateway;
 use crate::net::meter::ConnMeter;
+use crate::net::socket::{recv_into, send_vectored};
 use crate::protocol::Message;
 
 /// Bytes read per readiness event; a client sends commands and control
@@ -58,59 +59,6 @@ pub struct WsSocket {
     /// permessage-deflate, if negotiated: publishers write the shared
     /// compressed frames.
     deflate: Option<Deflate>,
-}
-
-/// A non-blocking `send()` of `bufs` (one `sendmsg()` for several).
-fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    let n = match bufs {
-        // One buffer (the usual fan-out case): `send()`, which skips the
-        // VFS layer `writev()` goes through (~10 % of a delivery's CPU in
-        // `perf`: `vfs_writev`, `fdget_pos`).
-        // SAFETY: a non-blocking send(2) on a live socket, from a live
-        // buffer of `one.len()` bytes.
-        [one] => unsafe {
-            libc::send(
-                fd,
-                one.as_ptr().cast(),
-                one.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        },
-        // SAFETY: a non-blocking sendmsg(2) on a live socket from live
-        // buffers; `IoSlice` is ABI-compatible with `iovec`.
-        _ => unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = bufs.len() as _;
-            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
-        },
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// A non-blocking `recv()` appending to `buf` (room for it reserved).
-fn recv_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    // SAFETY: recv(2) into the vector's spare capacity, of its length;
-    // only the bytes it reports written are then counted as initialized.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    // SAFETY: recv wrote `n` bytes after the initialized part.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
 }
 
 fn not_registered() -> io::Error {
