@@ -108,6 +108,9 @@ pub struct Metrics {
     /// WebSocket connections parked now (no task, no runtime registration:
     /// `websocket.park_after`); also counted in `connections`.
     pub ws_parked: IntGauge,
+    /// Long-polls parked on their connection now (the lean HTTP/1.1 path):
+    /// held without the router's future, answered by the publisher.
+    pub longpoll_parked: IntGauge,
     /// Distinct legacy pollers per route over the telemetry window.
     pub legacy_clients: IntGaugeVec,
     fallbacks: [IntCounter; 5],
@@ -170,6 +173,11 @@ impl Metrics {
             "ws_parked_connections",
             "WebSocket connections parked now: idle for websocket.park_after, held without a task until the client sends, a message can't be written directly or a ping is due",
         );
+        let longpoll_parked = series::gauge(
+            &registry,
+            "longpoll_parked_polls",
+            "Long-polls parked on their connection now (cleartext HTTP/1.1): held without a handler, answered by the publisher with one send()",
+        );
         Metrics {
             registry,
             transports,
@@ -191,6 +199,7 @@ impl Metrics {
             ws_handshakes,
             ws_handshake_bytes,
             ws_parked,
+            longpoll_parked,
             legacy_clients,
             fallbacks,
             upgrade_failures,
@@ -310,6 +319,7 @@ mod tests {
             "pollbridge_ws_handshakes_total 0",
             "pollbridge_ws_handshake_bytes_total 0",
             "pollbridge_ws_parked_connections 0",
+            "pollbridge_longpoll_parked_polls 0",
         ] {
             assert!(text.contains(needle), "missing {needle}\n{text}");
         }

@@ -64,6 +64,22 @@ async fn held(gw: &Gateway, n: f64) {
     .await;
 }
 
+/// Waits until `n` polls are parked (`pollbridge_longpoll_parked_polls`).
+async fn parked(gw: &Gateway, n: f64) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} polls parked"),
+        || async {
+            let got = gw
+                .metric("pollbridge_longpoll_parked_polls", &[])
+                .await
+                .unwrap_or(-1.0);
+            (got == n).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The channel's long-poll subscribers, as `/channels` lists them (0 when
 /// the channel is not listed).
 async fn poll_subscribers(gw: &Gateway, channel: &str) -> u64 {
@@ -85,17 +101,19 @@ async fn a_parked_poll_gets_the_task_paths_answer_byte_for_byte() {
     let mut buf = Vec::new();
     stream.write_all(&poll("same", first, 20)).await.unwrap();
     held(&gw, 1.0).await;
+    parked(&gw, 1.0).await;
     let id = gw
         .publish_json("same", &serde_json::json!({"n": 1, "text": "é\"x"}))
         .await;
-    let (parked, body) = read_answer(&mut stream, &mut buf).await;
+    let (from_publisher, body) = read_answer(&mut stream, &mut buf).await;
     assert_eq!(body["messages"][0]["id"], id, "{body}");
     assert_eq!(body["last_id"], id, "{body}");
+    parked(&gw, 0.0).await;
     // The same message from history, answered by the connection's task.
     stream.write_all(&poll("same", first, 0)).await.unwrap();
     let (from_history, _) = read_answer(&mut stream, &mut buf).await;
     assert_eq!(
-        String::from_utf8_lossy(&parked),
+        String::from_utf8_lossy(&from_publisher),
         String::from_utf8_lossy(&from_history)
     );
     held(&gw, 0.0).await;
@@ -112,9 +130,11 @@ async fn a_client_leaving_a_parked_poll_frees_its_subscription() {
         clients.push(s);
     }
     held(&gw, 5.0).await;
+    parked(&gw, 5.0).await;
     assert_eq!(poll_subscribers(&gw, "leave").await, 5);
     drop(clients);
     held(&gw, 0.0).await;
+    parked(&gw, 0.0).await;
     eventually(Duration::from_secs(10), "subscriptions freed", || async {
         (poll_subscribers(&gw, "leave").await == 0).then_some(())
     })
@@ -186,4 +206,32 @@ async fn a_burst_gives_one_answer_and_the_next_poll_the_rest() {
     stream.write_all(&poll("burst", since, 20)).await.unwrap();
     held(&gw, 1.0).await;
     assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+}
+
+#[tokio::test]
+async fn a_poll_of_another_shape_is_held_by_its_connections_task() {
+    // A client that accepts gzip may get a compressed answer: not the
+    // shared plain one the publisher writes, so the poll is not parked.
+    let gw = Gateway::start(&[]).await;
+    let id = gw.publish_json("shape", &serde_json::json!(1)).await;
+    let mut plain = TcpStream::connect(gw.public).await.unwrap();
+    plain.write_all(&poll("shape", id, 20)).await.unwrap();
+    parked(&gw, 1.0).await;
+    let mut gzip = TcpStream::connect(gw.public).await.unwrap();
+    let head = format!(
+        "GET /rt/poll/shape?since={id}&timeout=20 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+    );
+    gzip.write_all(head.as_bytes()).await.unwrap();
+    held(&gw, 2.0).await;
+    assert_eq!(
+        gw.metric("pollbridge_longpoll_parked_polls", &[]).await,
+        Some(1.0),
+        "only the plain poll is parked"
+    );
+    let next = gw.publish_json("shape", &serde_json::json!(2)).await;
+    let mut buf = Vec::new();
+    let (_, body) = read_answer(&mut plain, &mut buf).await;
+    assert_eq!(body["last_id"], next, "{body}");
+    parked(&gw, 0.0).await;
+    held(&gw, 0.0).await;
 }

@@ -92,8 +92,8 @@ struct PollSink {
     partial: AtomicBool,
     /// The connection's task, woken for a partial answer.
     waker: AtomicWaker,
-    /// The poll's in-flight gauge, let go once answered.
-    in_flight: Mutex<Option<ConnectionGuard>>,
+    /// The poll's in-flight and parked gauges, let go once answered.
+    in_flight: Mutex<Option<Held>>,
 }
 
 /// The head the lean path writes for a plain single-message answer of
@@ -146,6 +146,31 @@ impl DirectSink for PollSink {
     }
 }
 
+/// What a parked poll holds until it is answered: the in-flight gauge
+/// (`pollbridge_connections{transport="longpoll"}`) and its place in
+/// `pollbridge_longpoll_parked_polls`.
+struct Held {
+    _in_flight: Option<ConnectionGuard>,
+    parked: prometheus::IntGauge,
+}
+
+impl Held {
+    fn new(gw: &Gateway, in_flight: Option<ConnectionGuard>) -> Held {
+        let parked = gw.metrics.longpoll_parked.clone();
+        parked.inc();
+        Held {
+            _in_flight: in_flight,
+            parked,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.parked.dec();
+    }
+}
+
 /// A poll parked on its connection (see the module doc).
 pub struct Parked {
     gw: Arc<Gateway>,
@@ -189,7 +214,7 @@ pub(super) fn park(gw: &Arc<Gateway>, offer: &ParkOffer, poll: ToPark) {
         answered: AtomicBool::new(false),
         partial: AtomicBool::new(false),
         waker: AtomicWaker::new(),
-        in_flight: Mutex::new(poll.in_flight),
+        in_flight: Mutex::new(Some(Held::new(gw, poll.in_flight))),
     });
     let mut report = DirectReport::default();
     report
