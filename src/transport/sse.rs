@@ -37,7 +37,9 @@ use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
 use crate::transport::replay::{Framing, Replay};
+use crate::transport::longpoll_park::ParkOffer;
 use crate::transport::sse_compressed::{self, wire, EventKind, SseEvent};
+use crate::transport::sse_direct::DirectLease;
 use crate::transport::stitch::Stitcher;
 use crate::transport::throttle::Throttle;
 
@@ -81,6 +83,15 @@ pub async fn handle(
     body.gzip = coding.map(|c| Stitcher::new(c, compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
+    }
+    let plain = body.gzip.is_none() && body.delta.is_none() && !body.throttle.is_enabled();
+    if let (true, Some(offer)) = (plain, req.extensions().get::<ParkOffer>()) {
+        // The lean path's socket: the publisher may write to it.
+        body.direct = Some(DirectLease::new(
+            offer.direct_send(),
+            body.queue.clone(),
+            body.channel.clone(),
+        ));
     }
     if let Some(expires) = grant.expires {
         // The stream ends when the subscriber token does.
@@ -149,6 +160,18 @@ pub struct SseBody {
     rules: ChannelRules,
     /// Set when the stream is compressed, gzip or brotli ([`Stitcher`]).
     gzip: Option<Stitcher>,
+    channel: ChannelName,
+    /// Set on a plain stream of the lean path: the socket the publisher
+    /// may write to while the stream is idle ([`crate::transport::sse_direct`]).
+    /// It takes direct mode back when dropped, and the connection drops
+    /// the body before it closes the socket.
+    direct: Option<DirectLease>,
+    /// A chunk was yielded: the response head is on the wire once the
+    /// body is polled again.
+    yielded: bool,
+    /// The last frame yielded is already chunk-framed (the unsent tail of
+    /// a chunk the publisher wrote in part).
+    prechunked: bool,
 }
 
 impl SseBody {
@@ -160,6 +183,7 @@ impl SseBody {
         subscription: Subscription,
         history: HistoryRead,
     ) -> SseBody {
+        let stream_channel = channel.clone();
         let mut head = BytesMut::new();
         head.put_slice(format!("retry: {}\n\n", gw.config.sse.retry.as_millis()).as_bytes());
         if history.truncated || history.conflated {
@@ -202,6 +226,10 @@ impl SseBody {
             throttle_timer: None,
             rules: gw.rules.clone(),
             gzip: None,
+            channel: stream_channel,
+            direct: None,
+            yielded: false,
+            prechunked: false,
         }
     }
 
@@ -366,6 +394,10 @@ impl crate::http::StreamBody for SseBody {
     fn attach_meter(&self, meter: &Arc<ConnMeter>) {
         SseBody::attach_meter(self, meter)
     }
+
+    fn prechunked(&self) -> bool {
+        self.prechunked
+    }
 }
 
 impl HttpBody for SseBody {
@@ -378,13 +410,17 @@ impl HttpBody for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        this.prechunked = false;
         match this.poll_chunk(cx) {
+            Poll::Ready(Some(chunk)) => {
+                this.yielded = true;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
             Poll::Ready(None) => {
                 this.ended = true;
                 let tail = this.gzip.as_mut().and_then(Stitcher::finish);
                 Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
             }
-            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -401,6 +437,14 @@ impl SseBody {
         let this = self;
         if this.ended {
             return Poll::Ready(None);
+        }
+        // Whatever woke the stream, the task writes next: the socket is
+        // taken back from the publisher first.
+        if let Some(direct) = this.direct.as_mut() {
+            if let Some(tail) = direct.take_back(&mut this.cursor, &mut this.last_sent) {
+                this.prechunked = true;
+                return Poll::Ready(Some(tail));
+            }
         }
         if let Some((head, history)) = this.prelude.take() {
             this.replay = Some(Box::new(this.start_replay(head, history)));
@@ -474,6 +518,14 @@ impl SseBody {
             this.keepalive.as_mut().reset(next);
             let keepalive = Bytes::from_static(b":\n\n");
             return Poll::Ready(Some(wire(&mut this.gzip, keepalive)));
+        }
+        // Idle and live (the replay and the head written): the publisher
+        // may write the next events itself. Refused when something was
+        // queued meanwhile; its push woke the stream.
+        if let (Some(direct), true) = (this.direct.as_mut(), this.yielded) {
+            if this.replay.is_none() {
+                direct.lend(this.cursor);
+            }
         }
         Poll::Pending
     }
