@@ -139,3 +139,29 @@ impl Drop for DirectLease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Epoch;
+
+    #[test]
+    fn an_event_chunk_is_the_lean_paths_chunk_of_that_event_alone() {
+        let msg = Message::new(
+            ChannelName::new("c").unwrap(),
+            Epoch::parse(b"e1").unwrap(),
+            7,
+            br#"{"text":"\u00e9 and more"}"#,
+            std::time::Instant::now(),
+        );
+        let event = msg.sse_event().clone();
+        // What `server::lean::conn::write_response` writes for a data
+        // frame of a chunked body.
+        let mut task = chunk_size_line(event.len()).to_vec();
+        task.extend_from_slice(&event);
+        task.extend_from_slice(b"\r\n");
+        assert_eq!(event_chunk(&msg).as_ref(), &task[..]);
+        // Shared: made once.
+        assert_eq!(event_chunk(&msg).as_ptr(), event_chunk(&msg).as_ptr());
+    }
+}
