@@ -60,7 +60,8 @@ async fn events_are_the_task_paths_bytes_and_a_burst_arrives_whole_and_in_order(
     // One at a time: the task path writes each event in a chunk of its own.
     for n in 1..=5 {
         let text = "é\"x".repeat(n);
-        gw.publish_json("same", &json!({ "n": n, "text": text })).await;
+        gw.publish_json("same", &json!({ "n": n, "text": text }))
+            .await;
         let a = direct.conn.read_chunk().await.unwrap().expect("a chunk");
         let b = task.conn.read_chunk().await.unwrap().expect("a chunk");
         assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
@@ -71,13 +72,18 @@ async fn events_are_the_task_paths_bytes_and_a_burst_arrives_whole_and_in_order(
     let ids = gw.publish_batch_ok(&items).await;
     let first = direct.conn.read_chunk().await.unwrap().expect("a chunk");
     let text = String::from_utf8(first).unwrap();
-    assert_eq!(text.matches("\n\n").count(), 1, "one event: {text:?}");
+    let head: String = text.chars().take(300).collect();
+    assert_eq!(text.matches("\n\n").count(), 1, "one event: {head:?}…");
     assert!(text.starts_with(&format!("id: {}-", ids[0])), "{text:?}");
     let rest = read_events(&mut direct, ids.len() - 1).await;
     let from_task = read_events(&mut task, ids.len()).await;
     let got: Vec<u64> = rest.iter().map(|(id, _)| *id).collect();
     assert_eq!(got, ids[1..], "every event once, in order");
-    assert_eq!(&from_task[1..], &rest[..], "the same events as the task path");
+    assert_eq!(
+        &from_task[1..],
+        &rest[..],
+        "the same events as the task path"
+    );
     for (i, (_, data)) in rest.iter().enumerate() {
         assert_eq!(data["data"]["burst"], i + 1);
     }
@@ -150,8 +156,14 @@ async fn deliveries_and_wire_bytes_are_counted_exactly() {
             gw.metric(name, &labels).await.unwrap_or(0.0) as u64
         }
     };
-    assert_eq!(metric("pollbridge_messages_delivered_total", None).await, 50);
-    assert_eq!(metric("pollbridge_payload_bytes_total", Some("out")).await, payload);
+    assert_eq!(
+        metric("pollbridge_messages_delivered_total", None).await,
+        50
+    );
+    assert_eq!(
+        metric("pollbridge_payload_bytes_total", Some("out")).await,
+        payload
+    );
     eventually(T, "wire bytes counted", || async {
         let out = metric("pollbridge_wire_bytes_total", Some("out")).await;
         let inn = metric("pollbridge_wire_bytes_total", Some("in")).await;
