@@ -211,3 +211,31 @@ async fn a_client_closing_a_live_stream_frees_its_subscription() {
     }
     gw.assert_still_serving().await;
 }
+
+#[tokio::test]
+async fn keepalives_and_publisher_written_events_never_interleave() {
+    // A keepalive interval close to the gap between events: the stream's
+    // task takes the socket back for each keepalive it considers, while
+    // the publisher writes events in between.
+    let gw = Gateway::start(&["--sse-keepalive", "30ms"]).await;
+    let start = gw.publish_json("mixed", &json!(0)).await;
+    let mut sse = open_live(&gw, "mixed", start, &[]).await;
+    streams(&gw, 1.0).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(gw.publish_json("mixed", &json!({ "n": n })).await);
+        tokio::time::sleep(Duration::from_millis(n % 4 * 15)).await;
+    }
+    // Every chunk parses (a strict chunked decoder), every event once.
+    let got: Vec<u64> = read_events(&mut sse, ids.len())
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(got, ids);
+    // Idle again: keepalives go on, and so do events.
+    sse.expect_no_event(Duration::from_millis(200)).await;
+    assert!(sse.comments > 0, "keepalive comments");
+    let next = gw.publish_json("mixed", &json!("last")).await;
+    assert_eq!(read_events(&mut sse, 1).await[0].0, next);
+}
