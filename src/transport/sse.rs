@@ -79,7 +79,7 @@ pub async fn handle(
         .await?;
     let compression = Compression::new(&gw.config.compression);
     let coding = compression.accepted(req.headers(), &ANSWER_CODINGS);
-    let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
+    let mut body = SseBody::new(gw, channel.clone(), since, queue, subscription, history);
     body.gzip = coding.map(|c| Stitcher::new(c, compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
@@ -90,7 +90,7 @@ pub async fn handle(
         body.direct = Some(DirectLease::new(
             offer.direct_send(),
             body.queue.clone(),
-            body.channel.clone(),
+            channel,
         ));
     }
     if let Some(expires) = grant.expires {
@@ -160,7 +160,6 @@ pub struct SseBody {
     rules: ChannelRules,
     /// Set when the stream is compressed, gzip or brotli ([`Stitcher`]).
     gzip: Option<Stitcher>,
-    channel: ChannelName,
     /// Set on a plain stream of the lean path: the socket the publisher
     /// may write to while the stream is idle ([`crate::transport::sse_direct`]).
     /// It takes direct mode back when dropped, and the connection drops
@@ -183,7 +182,6 @@ impl SseBody {
         subscription: Subscription,
         history: HistoryRead,
     ) -> SseBody {
-        let stream_channel = channel.clone();
         let mut head = BytesMut::new();
         head.put_slice(format!("retry: {}\n\n", gw.config.sse.retry.as_millis()).as_bytes());
         if history.truncated || history.conflated {
@@ -226,7 +224,6 @@ impl SseBody {
             throttle_timer: None,
             rules: gw.rules.clone(),
             gzip: None,
-            channel: stream_channel,
             direct: None,
             yielded: false,
             prechunked: false,
