@@ -39,6 +39,13 @@ pub trait StreamBody: Send + Unpin + 'static {
 
     /// Lets the output limits abort the connection of a dropped client.
     fn attach_meter(&self, meter: &Arc<ConnMeter>);
+
+    /// The last data frame is already in the connection's HTTP/1.1 chunk
+    /// framing (the unsent tail of a chunk the publisher wrote in part,
+    /// `transport::sse_direct`): the lean path writes it as is.
+    fn prechunked(&self) -> bool {
+        false
+    }
 }
 
 enum Kind {
@@ -92,6 +99,13 @@ impl Body {
             stream.attach_meter(&meter);
         }
         self.meter = Some(meter);
+    }
+}
+
+impl Body {
+    /// See [`StreamBody::prechunked`].
+    pub(crate) fn prechunked(&self) -> bool {
+        matches!(&self.kind, Kind::Stream(stream) if stream.prechunked())
     }
 }
 

@@ -42,8 +42,13 @@ impl DirectSend {
     /// Sends what the socket takes now (`WouldBlock` when nothing), and
     /// counts it.
     pub fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_send_vectored(&[IoSlice::new(bytes)])
+    }
+
+    /// [`try_send`](Self::try_send) of several buffers, in one call.
+    pub fn try_send_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         // The owner keeps the descriptor open while this handle is in use.
-        let n = send_vectored(self.fd, &[IoSlice::new(bytes)])?;
+        let n = send_vectored(self.fd, bufs)?;
         self.meter.on_write(n);
         Ok(n)
     }

@@ -102,6 +102,9 @@ pub struct Message {
     /// Its variants for smaller windows, made only if a client asks.
     ws_deflated_small: OnceLock<Box<SmallWindowFrames>>,
     sse_event: OnceLock<Bytes>,
+    /// [`sse_event`](Self::sse_event) as one HTTP/1.1 chunk, made only
+    /// for SSE streams the publisher writes to (lean path).
+    sse_chunk: OnceLock<Bytes>,
     poll_answer: OnceLock<Bytes>,
     /// The whole HTTP/1.1 answer (head and body) a parked long-poll gets,
     /// per head variant; boxed, made only on the lean path.
@@ -173,6 +176,7 @@ impl Message {
             ws_deflated: OnceLock::new(),
             ws_deflated_small: OnceLock::new(),
             sse_event: OnceLock::new(),
+            sse_chunk: OnceLock::new(),
             poll_answer: OnceLock::new(),
             poll_http: OnceLock::new(),
             compressed: Compressed::default(),
@@ -259,6 +263,23 @@ impl Message {
             let mut out = BytesMut::with_capacity(head.len() + body.len());
             out.put_slice(&head);
             out.put_slice(body);
+            out.freeze()
+        })
+    }
+
+    /// [`sse_event`](Self::sse_event) framed as one HTTP/1.1 chunk: the
+    /// size line `size_line` makes for its length, the event, `\r\n` —
+    /// the bytes the lean path writes for a chunk carrying this event
+    /// alone. Made once and shared by every SSE stream the publisher
+    /// writes to (`transport::sse_direct`).
+    pub fn sse_http_chunk(&self, size_line: impl FnOnce(usize) -> Bytes) -> &Bytes {
+        self.sse_chunk.get_or_init(|| {
+            let event = self.sse_event();
+            let size = size_line(event.len());
+            let mut out = BytesMut::with_capacity(size.len() + event.len() + 2);
+            out.put_slice(&size);
+            out.put_slice(event);
+            out.put_slice(b"\r\n");
             out.freeze()
         })
     }

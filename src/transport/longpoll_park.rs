@@ -71,6 +71,13 @@ impl ParkOffer {
         }))
     }
 
+    /// A sender on the connection's socket for a handler that streams its
+    /// answer through the publisher (`transport::sse_direct`); the
+    /// connection drops the response before it closes the socket.
+    pub fn direct_send(&self) -> DirectSend {
+        DirectSend::new(self.0.fd, self.0.meter.clone())
+    }
+
     /// The poll the handler parked, if it did.
     pub fn take(&self) -> Option<Parked> {
         self.0.parked.lock().take()

@@ -11,6 +11,7 @@ pub mod params;
 pub mod replay;
 pub mod sse;
 mod sse_compressed;
+mod sse_direct;
 pub mod stitch;
 pub mod throttle;
 pub mod websocket;

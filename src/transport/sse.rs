@@ -10,6 +10,8 @@
 //! live messages queued meanwhile count against the client's output limits
 //! ([`crate::net::output`]).
 
+mod events;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,8 +38,10 @@ use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::error::ApiError;
 use crate::protocol::Message;
 use crate::protocol::{Cursor, Step, Transport};
+use crate::transport::longpoll_park::ParkOffer;
 use crate::transport::replay::{Framing, Replay};
-use crate::transport::sse_compressed::{self, wire, EventKind, SseEvent};
+use crate::transport::sse_compressed::{wire, SseEvent};
+use crate::transport::sse_direct::DirectLease;
 use crate::transport::stitch::Stitcher;
 use crate::transport::throttle::Throttle;
 
@@ -77,10 +81,19 @@ pub async fn handle(
         .await?;
     let compression = Compression::new(&gw.config.compression);
     let coding = compression.accepted(req.headers(), &ANSWER_CODINGS);
-    let mut body = SseBody::new(gw, channel, since, queue, subscription, history);
+    let mut body = SseBody::new(gw, channel.clone(), since, queue, subscription, history);
     body.gzip = coding.map(|c| Stitcher::new(c, compression, gw.metrics.clone(), Transport::Sse));
     if super::delta::wants_delta(req.uri().query()) {
         body.delta = Some(DeltaTrack::default());
+    }
+    let plain = body.gzip.is_none() && body.delta.is_none() && !body.throttle.is_enabled();
+    if let (true, Some(offer)) = (plain, req.extensions().get::<ParkOffer>()) {
+        // The lean path's socket: the publisher may write to it.
+        body.direct = Some(DirectLease::new(
+            offer.direct_send(),
+            body.queue.clone(),
+            channel,
+        ));
     }
     if let Some(expires) = grant.expires {
         // The stream ends when the subscriber token does.
@@ -149,6 +162,17 @@ pub struct SseBody {
     rules: ChannelRules,
     /// Set when the stream is compressed, gzip or brotli ([`Stitcher`]).
     gzip: Option<Stitcher>,
+    /// Set on a plain stream of the lean path: the socket the publisher
+    /// may write to while the stream is idle ([`crate::transport::sse_direct`]).
+    /// It takes direct mode back when dropped, and the connection drops
+    /// the body before it closes the socket.
+    direct: Option<DirectLease>,
+    /// A chunk was yielded: the response head is on the wire once the
+    /// body is polled again.
+    yielded: bool,
+    /// The last frame yielded is already chunk-framed (the unsent tail of
+    /// a chunk the publisher wrote in part).
+    prechunked: bool,
 }
 
 impl SseBody {
@@ -202,6 +226,9 @@ impl SseBody {
             throttle_timer: None,
             rules: gw.rules.clone(),
             gzip: None,
+            direct: None,
+            yielded: false,
+            prechunked: false,
         }
     }
 
@@ -240,84 +267,6 @@ impl SseBody {
         Replay::new(Framing::SseEvents, head, history, Bytes::new())
     }
 
-    /// The events of `messages` this client may have now, as one chunk
-    /// (throttled channels' extra updates are held).
-    fn encode(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
-        if !self.throttle.is_enabled() {
-            return self.encode_now(messages);
-        }
-        let mut batch = messages.to_vec();
-        let metrics = self.metrics.clone();
-        self.throttle.admit(
-            &self.rules,
-            &mut batch,
-            std::time::Instant::now(),
-            metrics.transport(Transport::Sse),
-        );
-        self.encode_now(&batch)
-    }
-
-    /// Held updates whose time has come, as one chunk.
-    fn poll_throttled(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
-        let deadline = self.throttle.deadline()?;
-        let timer = self
-            .throttle_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-        if timer.deadline() != deadline.into() {
-            timer.as_mut().reset(deadline.into());
-        }
-        if timer.as_mut().poll(cx).is_pending() {
-            return None;
-        }
-        let mut due = Vec::new();
-        self.throttle.release(std::time::Instant::now(), &mut due);
-        self.encode_now(&due)
-    }
-
-    /// The events of `messages` this client hasn't had, as one chunk. The
-    /// first message of a new sequence (the bus lost the channel's data)
-    /// comes after an `event: truncated`.
-    fn encode_now(&mut self, messages: &[Arc<Message>]) -> Option<Bytes> {
-        let mut fresh = std::mem::take(&mut self.fresh);
-        fresh.clear();
-        // (index in `fresh`, the notice to send before it)
-        let mut notices: Vec<(usize, Bytes)> = Vec::new();
-        for m in messages {
-            let before = self.cursor;
-            match self.cursor.step(m) {
-                Step::Duplicate => continue,
-                Step::Next => {}
-                Step::Restarted => notices.push((fresh.len(), restart_notice(m, before))),
-            }
-            fresh.push(m.clone());
-        }
-        let mut events = std::mem::take(&mut self.events);
-        events.clear();
-        for m in &fresh {
-            let delta = self
-                .delta
-                .as_mut()
-                .and_then(|d| d.pick(m, Transport::Sse, &self.metrics.delta));
-            events.push(match delta {
-                Some(delta) => SseEvent {
-                    bytes: delta.sse_event(m).clone(),
-                    kind: EventKind::Delta { base: delta.base },
-                },
-                None => SseEvent {
-                    bytes: m.sse_event().clone(),
-                    kind: EventKind::Whole,
-                },
-            });
-        }
-        let chunk = sse_compressed::chunk(self.gzip.as_mut(), &notices, &fresh, &events);
-        events.clear();
-        self.events = events;
-        record_delivery(&self.metrics, Transport::Sse, &fresh);
-        fresh.clear();
-        self.fresh = fresh;
-        chunk
-    }
-
     /// A chunk is going out: the keepalive counts from now.
     fn note_sent(&mut self) {
         self.last_sent = tokio::time::Instant::now();
@@ -340,17 +289,6 @@ impl SseBody {
     }
 }
 
-/// `event: truncated` before `msg`, the first of a new sequence: the
-/// client's cursor `before` is of a sequence the bus lost.
-fn restart_notice(msg: &Message, before: Cursor) -> Bytes {
-    let data = serde_json::json!({
-        "channel": msg.channel.as_str(),
-        "since": before.id,
-        "epoch": msg.epoch.to_string(),
-    });
-    Bytes::from(format!("event: truncated\ndata: {data}\n\n"))
-}
-
 impl crate::http::StreamBody for SseBody {
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -366,6 +304,10 @@ impl crate::http::StreamBody for SseBody {
     fn attach_meter(&self, meter: &Arc<ConnMeter>) {
         SseBody::attach_meter(self, meter)
     }
+
+    fn prechunked(&self) -> bool {
+        self.prechunked
+    }
 }
 
 impl HttpBody for SseBody {
@@ -378,13 +320,17 @@ impl HttpBody for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        this.prechunked = false;
         match this.poll_chunk(cx) {
+            Poll::Ready(Some(chunk)) => {
+                this.yielded = true;
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
             Poll::Ready(None) => {
                 this.ended = true;
                 let tail = this.gzip.as_mut().and_then(Stitcher::finish);
                 Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
             }
-            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -401,6 +347,14 @@ impl SseBody {
         let this = self;
         if this.ended {
             return Poll::Ready(None);
+        }
+        // Whatever woke the stream, the task writes next: the socket is
+        // taken back from the publisher first.
+        if let Some(direct) = this.direct.as_mut() {
+            if let Some(tail) = direct.take_back(&mut this.cursor, &mut this.last_sent) {
+                this.prechunked = true;
+                return Poll::Ready(Some(tail));
+            }
         }
         if let Some((head, history)) = this.prelude.take() {
             this.replay = Some(Box::new(this.start_replay(head, history)));
@@ -436,6 +390,35 @@ impl SseBody {
             let retry = format!("retry: {}\n\n", this.farewell_retry.as_millis().max(1));
             return Poll::Ready(Some(wire(&mut this.gzip, Bytes::from(retry))));
         }
+        if let Poll::Ready(chunk) = this.poll_queue(cx) {
+            return Poll::Ready(chunk);
+        }
+        if let Some(chunk) = this.poll_throttled(cx) {
+            this.note_sent();
+            return Poll::Ready(Some(chunk));
+        }
+        if this.poll_keepalive_due(cx) {
+            this.note_sent();
+            let next = this.last_sent + this.keepalive_every;
+            this.keepalive.as_mut().reset(next);
+            let keepalive = Bytes::from_static(b":\n\n");
+            return Poll::Ready(Some(wire(&mut this.gzip, keepalive)));
+        }
+        // Idle and live (the replay and the head written): the publisher
+        // may write the next events itself. Refused when something was
+        // queued meanwhile; its push woke the stream.
+        if let (Some(direct), true) = (this.direct.as_mut(), this.yielded) {
+            if this.replay.is_none() {
+                direct.lend(this.cursor);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// The next chunk of what is queued (`None`: the queue closed, the
+    /// stream ends); pending when nothing is.
+    fn poll_queue(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self;
         loop {
             let queue = this.queue.clone();
             match queue.poll_drain(cx, &mut this.batch, BATCH) {
@@ -461,20 +444,8 @@ impl SseBody {
                     this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => break,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        if let Some(chunk) = this.poll_throttled(cx) {
-            this.note_sent();
-            return Poll::Ready(Some(chunk));
-        }
-        if this.poll_keepalive_due(cx) {
-            this.note_sent();
-            let next = this.last_sent + this.keepalive_every;
-            this.keepalive.as_mut().reset(next);
-            let keepalive = Bytes::from_static(b":\n\n");
-            return Poll::Ready(Some(wire(&mut this.gzip, keepalive)));
-        }
-        Poll::Pending
     }
 }

@@ -64,6 +64,19 @@ impl SseClient {
         })
     }
 
+    /// A client on a connection whose response head was read already.
+    pub fn from_parts(conn: RawHttpConn, head: Head) -> SseClient {
+        let chunked = head.is_chunked();
+        SseClient {
+            conn,
+            head,
+            chunked,
+            text: Vec::new(),
+            ended: false,
+            comments: 0,
+        }
+    }
+
     /// Connects and asserts a `200 text/event-stream` head.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
         let c = Self::connect(addr, path, headers)

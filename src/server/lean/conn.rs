@@ -289,6 +289,8 @@ async fn write_response(
         };
         let head = pending_head.take().unwrap_or_default();
         match framing {
+            // Already chunk-framed (an SSE stream's publisher-written tail).
+            Framing::Chunked if body.prechunked() => write_parts(stream, &mut [head, data]).await?,
             Framing::Chunked => {
                 let size = chunk_size_line(data.len());
                 write_parts(stream, &mut [head, size, data, Bytes::from_static(b"\r\n")]).await?
