@@ -11,36 +11,20 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Reads one answer with a Content-Length body: its raw bytes (head and
 /// body) and the body as JSON.
 async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (Vec<u8>, Value) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or_else(|| panic!("no content-length: {head}"));
-            if buf.len() >= end + 4 + len {
-                let raw: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                let body = serde_json::from_slice(&raw[end + 4..]).unwrap();
-                return (raw, body);
-            }
-        }
-        assert!(Instant::now() < deadline, "no full answer: {buf:?}");
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("answer in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (raw, head_len) = read_length_answer(stream, buf, Duration::from_secs(10)).await;
+    let head = String::from_utf8_lossy(&raw[..head_len]);
+    assert!(
+        head.contains("content-length: "),
+        "no content-length: {head}"
+    );
+    let body = serde_json::from_slice(&raw[head_len..]).unwrap();
+    (raw, body)
 }
 
 fn poll(channel: &str, since: u64, timeout: u32) -> Vec<u8> {
@@ -78,19 +62,6 @@ async fn parked(gw: &Gateway, n: f64) {
         },
     )
     .await;
-}
-
-/// The channel's long-poll subscribers, as `/channels` lists them (0 when
-/// the channel is not listed).
-async fn poll_subscribers(gw: &Gateway, channel: &str) -> u64 {
-    let channels = get(&gw.admin_url("/channels")).await.json();
-    channels["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == channel)
-        .and_then(|c| c["subscribers"]["longpoll"].as_u64())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -131,12 +102,12 @@ async fn a_client_leaving_a_parked_poll_frees_its_subscription() {
     }
     held(&gw, 5.0).await;
     parked(&gw, 5.0).await;
-    assert_eq!(poll_subscribers(&gw, "leave").await, 5);
+    assert_eq!(gw.channel_subscribers("leave", "longpoll").await, 5);
     drop(clients);
     held(&gw, 0.0).await;
     parked(&gw, 0.0).await;
     eventually(Duration::from_secs(10), "subscriptions freed", || async {
-        (poll_subscribers(&gw, "leave").await == 0).then_some(())
+        (gw.channel_subscribers("leave", "longpoll").await == 0).then_some(())
     })
     .await;
     // And a publish after they left goes nowhere and breaks nothing.

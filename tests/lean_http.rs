@@ -181,30 +181,9 @@ async fn hostile_and_odd_heads_get_what_hyper_answered() {
 
 /// Reads one response with a Content-Length body from `stream`.
 async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let body = buf[end + 4..end + 4 + len].to_vec();
-                buf.drain(..end + 4 + len);
-                return (head, body);
-            }
-        }
-        assert!(Instant::now() < deadline, "no full answer: {buf:?}");
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .expect("answer in time")
-            .unwrap();
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (raw, head_len) = read_length_answer(stream, buf, Duration::from_secs(5)).await;
+    let head = String::from_utf8_lossy(&raw[..head_len]).into_owned();
+    (head, raw[head_len..].to_vec())
 }
 
 #[tokio::test]

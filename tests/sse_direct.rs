@@ -172,18 +172,6 @@ async fn deliveries_and_wire_bytes_are_counted_exactly() {
     .await;
 }
 
-/// The channel's SSE subscribers, as `/channels` lists them.
-async fn sse_subscribers(gw: &Gateway, channel: &str) -> u64 {
-    let channels = get(&gw.admin_url("/channels")).await.json();
-    channels["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == channel)
-        .and_then(|c| c["subscribers"]["sse"].as_u64())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_client_closing_a_live_stream_frees_its_subscription() {
     let gw = Gateway::start(&[]).await;
@@ -198,11 +186,11 @@ async fn a_client_closing_a_live_stream_frees_its_subscription() {
     for sse in &mut clients {
         assert_eq!(read_events(sse, 1).await[0].0, id);
     }
-    assert_eq!(sse_subscribers(&gw, "leave").await, 5);
+    assert_eq!(gw.channel_subscribers("leave", "sse").await, 5);
     drop(clients);
     streams(&gw, 0.0).await;
     eventually(T, "subscriptions freed", || async {
-        (sse_subscribers(&gw, "leave").await == 0).then_some(())
+        (gw.channel_subscribers("leave", "sse").await == 0).then_some(())
     })
     .await;
     // Publishing after they left writes to no closed socket.

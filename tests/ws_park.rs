@@ -188,19 +188,6 @@ async fn a_slow_parked_reader_falls_back_without_loss() {
     assert_eq!(env["id"], TOTAL + 1, "{env}");
 }
 
-/// The hub's WebSocket subscribers of `channel` (admin `GET /channels`).
-async fn websocket_subscribers(gw: &Gateway, channel: &str) -> u64 {
-    let r = http("GET", &gw.admin_url("/channels?limit=1000"), &[], None).await;
-    let page = r.json();
-    page["channels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["channel"] == channel)
-        .map(|c| c["subscribers"]["websocket"].as_u64().expect("a count"))
-        .sum()
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -229,7 +216,10 @@ async fn closing_parked_and_running_connections_leaks_nothing() {
         clients.push(raw);
     }
     wait_parked(&gw, EACH as f64).await;
-    assert_eq!(websocket_subscribers(&gw, "leak").await, EACH as u64);
+    assert_eq!(
+        gw.channel_subscribers("leak", "websocket").await,
+        EACH as u64
+    );
     // (Admin requests may hold a descriptor or two for a moment.)
     assert!(open_fds(gw.pid()) >= EACH);
     for (i, mut raw) in clients.drain(..).enumerate() {
@@ -249,7 +239,7 @@ async fn closing_parked_and_running_connections_leaks_nothing() {
         let open = gw
             .metric("pollbridge_connections", &[("transport", "websocket")])
             .await;
-        let subs = websocket_subscribers(&gw, "leak").await;
+        let subs = gw.channel_subscribers("leak", "websocket").await;
         let fds = open_fds(gw.pid());
         (open == Some(0.0) && subs == 0 && parked(&gw).await == 0.0 && fds <= fds_before)
             .then_some(())

@@ -15,6 +15,38 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Largest response head we accept before calling it a protocol error.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Reads one answer framed by `Content-Length` (none: no body) off a raw
+/// socket, `buf` holding what was read ahead (what follows the answer stays
+/// in it); returns the answer's raw bytes and the length of its head. Fails
+/// the test if it does not arrive whole within `t`.
+pub async fn read_length_answer(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    t: Duration,
+) -> (Vec<u8>, usize) {
+    let deadline = tokio::time::Instant::now() + t;
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head_len = end + 4;
+            let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= head_len + len {
+                return (buf.drain(..head_len + len).collect(), head_len);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no full answer in {t:?}: {buf:?}"))
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Status line and headers of a response.
 #[derive(Debug, Clone)]
 pub struct Head {

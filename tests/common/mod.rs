@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use http::{get, http, split_url, Head, RawHttpConn, Response};
+pub use http::{get, http, read_length_answer, split_url, Head, RawHttpConn, Response};
 pub use sse::{SseClient, SseEvent};
 pub use ws::{RawFrame, RawWs, WsClient, WsEvent};
 
@@ -453,6 +453,20 @@ impl Gateway {
     /// Sum of the samples of `name` whose labels include all of `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// The hub's subscribers of `channel` on `transport` (`websocket`,
+    /// `longpoll`, `sse`, `bridge`), as admin `GET /channels` lists them:
+    /// 0 when the channel is not listed.
+    pub async fn channel_subscribers(&self, channel: &str, transport: &str) -> u64 {
+        let page = get(&self.admin_url("/channels?limit=1000")).await.json();
+        page["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["channel"] == channel)
+            .map(|c| c["subscribers"][transport].as_u64().expect("a count"))
+            .sum()
     }
 
     /// The gateway still works: a publish on a fresh channel is answered
