@@ -34,34 +34,14 @@ fn poll(channel: &str, since: u64, timeout: u32) -> Vec<u8> {
 
 /// Waits until `n` polls are held (the in-flight gauge).
 async fn held(gw: &Gateway, n: f64) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("{n} polls held"),
-        || async {
-            let got = gw
-                .metric("pollbridge_connections", &[("transport", "longpoll")])
-                .await
-                .unwrap_or(0.0);
-            (got == n).then_some(())
-        },
-    )
-    .await;
+    gw.wait_metric("pollbridge_connections", &[("transport", "longpoll")], n)
+        .await;
 }
 
 /// Waits until `n` polls are parked (`pollbridge_longpoll_parked_polls`).
 async fn parked(gw: &Gateway, n: f64) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("{n} polls parked"),
-        || async {
-            let got = gw
-                .metric("pollbridge_longpoll_parked_polls", &[])
-                .await
-                .unwrap_or(-1.0);
-            (got == n).then_some(())
-        },
-    )
-    .await;
+    gw.wait_metric("pollbridge_longpoll_parked_polls", &[], n)
+        .await;
 }
 
 #[tokio::test]

@@ -16,14 +16,8 @@ const T: Duration = Duration::from_secs(20);
 
 /// Waits until `n` SSE streams are open (the connections gauge).
 async fn streams(gw: &Gateway, n: f64) {
-    eventually(T, &format!("{n} SSE streams"), || async {
-        let got = gw
-            .metric("pollbridge_connections", &[("transport", "sse")])
-            .await
-            .unwrap_or(0.0);
-        (got == n).then_some(())
-    })
-    .await;
+    gw.wait_metric("pollbridge_connections", &[("transport", "sse")], n)
+        .await;
 }
 
 /// Opens a stream from `since` and reads its first chunk (`retry:`): the

@@ -23,10 +23,8 @@ async fn parked(gw: &Gateway) -> f64 {
 }
 
 async fn wait_parked(gw: &Gateway, n: f64) {
-    eventually(Duration::from_secs(10), "connections parked", || async {
-        (parked(gw).await == n).then_some(())
-    })
-    .await;
+    gw.wait_metric("pollbridge_ws_parked_connections", &[], n)
+        .await;
 }
 
 #[tokio::test]

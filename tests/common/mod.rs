@@ -455,6 +455,17 @@ impl Gateway {
         metric_value(&self.metrics().await, name, labels)
     }
 
+    /// Waits (up to 10 s) until the sum of the samples of `name` whose
+    /// labels include `labels` is `value`; an absent metric never matches.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{name}{labels:?} == {value}"),
+            || async { (self.metric(name, labels).await == Some(value)).then_some(()) },
+        )
+        .await;
+    }
+
     /// The hub's subscribers of `channel` on `transport` (`websocket`,
     /// `longpoll`, `sse`, `bridge`), as admin `GET /channels` lists them:
     /// 0 when the channel is not listed.
