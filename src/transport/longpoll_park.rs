@@ -78,9 +78,35 @@ impl ParkOffer {
         DirectSend::new(self.0.fd, self.0.meter.clone())
     }
 
-    /// The poll the handler parked, if it did.
-    pub fn take(&self) -> Option<Parked> {
-        self.0.parked.lock().take()
+    /// Whether the handler parked a poll here.
+    ///
+    /// The parked poll stays in the offer (which the connection holds
+    /// anyway) rather than moving into the connection's future: every
+    /// move of it there would keep a copy's storage in the task, which
+    /// every parked poll pays for.
+    pub fn is_parked(&self) -> bool {
+        self.0.parked.lock().is_some()
+    }
+
+    /// The parked poll's [`Parked::poll_event`]; ready at once if there
+    /// is none.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.parked.lock().as_mut() {
+            Some(parked) => parked.poll_event(cx),
+            None => Poll::Ready(()),
+        }
+    }
+
+    /// Whether the publisher wrote (some of) the parked poll's answer.
+    pub fn answered(&self) -> bool {
+        self.0.parked.lock().as_ref().is_some_and(Parked::answered)
+    }
+
+    /// Finishes the parked poll and lets it go ([`Parked::finish`]); the
+    /// publishers no longer reach the socket once this returns.
+    pub fn finish(&self) -> Option<Finished> {
+        let mut parked = self.0.parked.lock().take()?;
+        Some(parked.finish())
     }
 }
 
@@ -179,7 +205,7 @@ impl Drop for Held {
 }
 
 /// A poll parked on its connection (see the module doc).
-pub struct Parked {
+struct Parked {
     gw: Arc<Gateway>,
     queue: Arc<SubscriberQueue>,
     _subscription: Subscription,
@@ -248,7 +274,7 @@ impl Parked {
     /// Ready when the connection's task must act: the deadline passed,
     /// something was queued (or the queue closed), or the answer went out
     /// in part.
-    pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.sink.waker.register(cx.waker());
         if self.sink.partial.load(Ordering::Acquire) {
             return Poll::Ready(());
@@ -261,14 +287,14 @@ impl Parked {
     }
 
     /// The publisher wrote (some of) the answer.
-    pub fn answered(&self) -> bool {
+    fn answered(&self) -> bool {
         self.sink.answered.load(Ordering::Acquire)
     }
 
     /// Takes direct mode back and says what is left to do: the tail of
     /// the publisher's answer, or the whole answer (what was queued, or
     /// none at the deadline or shutdown) as the task path gives it.
-    pub fn finish(&mut self) -> Finished {
+    fn finish(&mut self) -> Finished {
         self.queue.leave_direct(&mut self.report);
         if self.answered() {
             return Finished::Answered(self.report.remainder.take());

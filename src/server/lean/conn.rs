@@ -29,7 +29,7 @@ use crate::http::{RequestBody, Response};
 use crate::net::meter::{ConnMeter, MeteredStream};
 use crate::server::protocols::{Protocols, Version, PREFACE};
 use crate::server::{public, App};
-use crate::transport::longpoll_park::{Finished, ParkOffer, Parked};
+use crate::transport::longpoll_park::{Finished, ParkOffer};
 
 type Stream = MeteredStream<TcpStream>;
 
@@ -60,29 +60,52 @@ pub async fn serve(
     // before the socket closes.
     let offer = ParkOffer::new(stream.get_ref().as_raw_fd(), meter.clone());
     loop {
-        let head = match read_head(&app, &protocols, &mut stream, &mut buf, first).await {
-            Next::Lean(head) => head,
-            Next::HandOver(version) => {
-                stream.rewind(buf.freeze());
-                let io = TokioIo::new(stream);
-                let serve =
-                    super::super::serve_public(&app, &protocols, version, io, peer, meter, false);
-                // Boxed: hyper's connection state must not size the lean
-                // connection's task (every held poll pays for that).
-                return Box::pin(serve).await;
+        // No binding of the head (or of the request made from it) lives
+        // past this statement: whatever does stays in the task's state
+        // while a poll is parked, as the moved-from storage of a local.
+        let next = match read_head(&app, &protocols, &mut stream, &mut buf, first).await {
+            Next::Lean(head) => {
+                // Only bytes pipelined behind the head stay; the buffer is freed.
+                buf = BytesMut::from(&buf[head.len..]);
+                let close = head.close;
+                Ok((start_route(&app, head, peer, (&meter, &offer)), close))
             }
-            Next::Close => return,
+            Next::HandOver(version) => Err(Some(version)),
+            Next::Close => Err(None),
+        };
+        let (route, close) = match next {
+            Ok(lean) => lean,
+            Err(Some(version)) => {
+                stream.rewind(buf.freeze());
+                return hand_over(&app, &protocols, version, stream, peer, meter).await;
+            }
+            Err(None) => return,
         };
         first = false;
-        // Only bytes pipelined behind the head stay; the buffer is freed.
-        buf = BytesMut::from(&buf[head.len..]);
-        let close = head.close;
-        let keep = answer(&app, &mut stream, &mut buf, head, peer, (&meter, &offer)).await;
+        let keep = answer(&app, &mut stream, &mut buf, route, close, &offer).await;
         if !keep || close || app.shutdown.is_cancelled() {
             let _ = stream.shutdown().await;
             return;
         }
     }
+}
+
+/// hyper's connection, boxed: its state must not size the lean
+/// connection's task (every parked poll pays for that). Built and boxed
+/// in a plain function: an async fn keeps a local future's storage for
+/// the whole `.await` that consumes it, even once it is moved into a box.
+fn hand_over<'a>(
+    app: &'a Arc<App>,
+    protocols: &'a Protocols,
+    version: Version,
+    stream: Stream,
+    peer: SocketAddr,
+    meter: Arc<ConnMeter>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    let io = TokioIo::new(stream);
+    Box::pin(super::super::serve_public(
+        app, protocols, version, io, peer, meter, false,
+    ))
 }
 
 /// Reads until the head at the start of `buf` is decided, within
@@ -134,15 +157,19 @@ async fn read_head(
     }
 }
 
-/// Answers one lean request; false when the connection must close.
-async fn answer(
+/// A lean request's answer, being decided by the public router. Boxed:
+/// the router's future is large and lives only until the answer is
+/// decided; inline it would size the connection's task (so every parked
+/// poll and open stream) for the rest of its life.
+type Route = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Starts routing a lean request.
+fn start_route(
     app: &Arc<App>,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
     head: Head,
     peer: SocketAddr,
     (meter, offer): (&Arc<ConnMeter>, &ParkOffer),
-) -> bool {
+) -> Route {
     let mut req = http::Request::new(RequestBody::Empty);
     *req.uri_mut() = head.uri;
     *req.headers_mut() = head.headers;
@@ -150,30 +177,41 @@ async fn answer(
         // A poll that must wait may park on this connection.
         req.extensions_mut().insert(offer.clone());
     }
-    let limit = app.config.limits.max_header_bytes;
-    // Boxed: the router's future is large and lives only until the answer
-    // is decided; inline it would size the connection's task (so every
-    // parked poll and open stream) for the rest of its life.
-    let route = Box::pin(public::route(app.clone(), req, peer, meter.clone(), false));
-    let Some(resp) = watching(stream, buf, limit, route).await else {
-        return false;
-    };
-    if let Some(parked) = offer.take() {
-        drop(resp);
-        return hold(app, stream, buf, parked).await;
-    }
-    // hyper ends a connection after the answer in flight at shutdown.
-    let close = head.close || app.shutdown.is_cancelled();
-    write_response(stream, buf, limit, resp, close)
-        .await
-        .is_ok()
+    Box::pin(public::route(app.clone(), req, peer, meter.clone(), false))
 }
 
-/// Holds a parked poll (`transport::longpoll_park`): waits for the
-/// client's next request or close, the poll's deadline, the gateway's
-/// shutdown or an event only the task handles, then finishes the poll;
-/// false when the connection must close.
-async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut parked: Parked) -> bool {
+/// Answers one lean request; false when the connection must close.
+async fn answer(
+    app: &App,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    route: Route,
+    close: bool,
+    offer: &ParkOffer,
+) -> bool {
+    let limit = app.config.limits.max_header_bytes;
+    // A block, so that the answer's storage ends before a parked poll is
+    // held (the handler that parked it returned an unused answer).
+    {
+        let Some(resp) = watching(stream, buf, limit, route).await else {
+            return false;
+        };
+        if !offer.is_parked() {
+            // hyper ends a connection after the answer in flight at shutdown.
+            let close = close || app.shutdown.is_cancelled();
+            return write_response(stream, buf, limit, resp, close)
+                .await
+                .is_ok();
+        }
+    }
+    hold(app, stream, buf, offer).await
+}
+
+/// Holds the poll parked on `offer` (`transport::longpoll_park`): waits
+/// for the client's next request or close, the poll's deadline, the
+/// gateway's shutdown or an event only the task handles, then finishes
+/// the poll; false when the connection must close.
+async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, offer: &ParkOffer) -> bool {
     let limit = app.config.limits.max_header_bytes;
     let shutdown = app.shutdown.cancelled();
     tokio::pin!(shutdown);
@@ -181,7 +219,7 @@ async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut parked: Pa
         let room = buf.len() < limit;
         tokio::select! {
             biased;
-            () = poll_fn(|cx| parked.poll_event(cx)) => break,
+            () = poll_fn(|cx| offer.poll_event(cx)) => break,
             () = &mut shutdown => break,
             ready = stream.get_ref().readable(), if room => {
                 if ready.is_err() {
@@ -189,7 +227,7 @@ async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut parked: Pa
                 }
             }
         }
-        if parked.answered() {
+        if offer.answered() {
             // The client's next request (or its close) is `read_head`'s.
             break;
         }
@@ -198,16 +236,19 @@ async fn hold(app: &App, stream: &mut Stream, buf: &mut BytesMut, mut parked: Pa
         }
     }
     let close = app.shutdown.is_cancelled();
-    match parked.finish() {
-        Finished::Answered(None) => true,
-        Finished::Answered(Some(rest)) => write_parts(stream, &mut [rest]).await.is_ok(),
-        Finished::Respond(resp) => {
-            drop(parked);
-            write_response(stream, buf, limit, resp, close)
-                .await
-                .is_ok()
-        }
-    }
+    // One boxed write, so no part of the finished poll is kept in the
+    // task's state beside the parked one's.
+    let write = match offer.finish() {
+        None | Some(Finished::Answered(None)) => return true,
+        Some(Finished::Answered(Some(rest))) => Box::pin(write_tail(stream, rest)),
+        Some(Finished::Respond(resp)) => write_response(stream, buf, limit, resp, close),
+    };
+    write.await.is_ok()
+}
+
+/// Writes the tail of an answer the publisher wrote in part.
+async fn write_tail(stream: &mut Stream, rest: Bytes) -> std::io::Result<()> {
+    write_parts(stream, &mut [rest]).await
 }
 
 /// Runs `fut` while watching the socket: bytes that arrive are kept (up
@@ -254,8 +295,20 @@ fn read_arrived(stream: &mut Stream, buf: &mut BytesMut) -> Option<bool> {
 }
 
 /// Writes the answer: head, then the body as its frames come, watching
-/// the socket meanwhile.
-async fn write_response(
+/// the socket meanwhile. Boxed for the same reason as [`hand_over`]: a
+/// parked poll answered by its publisher never writes through here, and
+/// must not carry this state.
+fn write_response<'a>(
+    stream: &'a mut Stream,
+    buf: &'a mut BytesMut,
+    limit: usize,
+    resp: Response,
+    close: bool,
+) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>> {
+    Box::pin(write_answer(stream, buf, limit, resp, close))
+}
+
+async fn write_answer(
     stream: &mut Stream,
     buf: &mut BytesMut,
     limit: usize,
