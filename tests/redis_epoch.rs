@@ -39,6 +39,16 @@ const SLOW_RESUBSCRIBE: &[&str] = &[
     "4s",
 ];
 
+/// Node 2, whose clients are checked: `recovery`, and WebSocket sessions
+/// that park again soon after they had something to do (the default,
+/// 30 s, would keep the session running past the loss), so the loss
+/// reaches a parked session.
+async fn start_node2(bus: &[String], recovery: &[&str]) -> Gateway {
+    let mut args = recovery.to_vec();
+    args.extend(["--ws-park-after", "200ms"]);
+    start_gateway(bus, &args).await
+}
+
 /// `[Msg(before…), Truncated, Msg(after…)]`.
 fn told(before: impl IntoIterator<Item = u64>, after: impl IntoIterator<Item = u64>) -> Vec<Seen> {
     let mut want: Vec<Seen> = before.into_iter().map(Seen::Msg).collect();
@@ -114,6 +124,19 @@ impl Clients {
         }
     }
 
+    /// Waits until the clients of `gw` wait on the gateway's fast paths,
+    /// as idle clients do: the WebSocket session parked (no task,
+    /// `transport::websocket::park`) and the long-poll parked on its
+    /// connection (`transport::longpoll_park`). (The idle SSE stream is
+    /// written by the publisher, `transport::sse_direct`; it has no gauge.)
+    /// A loss must be told through these paths too.
+    async fn on_fast_paths(&self, gw: &Gateway) {
+        gw.wait_metric("pollbridge_ws_parked_connections", &[], 1.0)
+            .await;
+        gw.wait_metric("pollbridge_longpoll_parked_polls", &[], 1.0)
+            .await;
+    }
+
     /// The cursor the long-poll client holds.
     fn poll_cursor(&self) -> String {
         self.poll_cursor.lock().unwrap().clone()
@@ -128,7 +151,10 @@ impl Clients {
 }
 
 /// Polls with the cursor of each answer, as a browser client does; 503s
-/// (Redis down) are retried.
+/// (Redis down) are retried. Each poll asks to keep its connection open
+/// (as browsers do), so a poll that waits is parked on it and answered by
+/// the publisher (`transport::longpoll_park`), the path whose epoch check
+/// these tests must reach.
 async fn long_poller(
     url: String,
     log: Log,
@@ -137,7 +163,13 @@ async fn long_poller(
 ) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let since = cursor.lock().unwrap().clone();
-        let r = get(&format!("{url}?since={since}&timeout=5")).await;
+        let r = http(
+            "GET",
+            &format!("{url}?since={since}&timeout=5"),
+            &[("Connection", "keep-alive")],
+            None,
+        )
+        .await;
         match r.status() {
             200 => {
                 let body: Value = serde_json::from_slice(&r.body).expect("poll answer is JSON");
@@ -312,7 +344,7 @@ async fn empty_restart_whose_new_ids_overtake_is_told_on_every_transport() {
     let mut redis = RedisServer::start().await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
     let channel = "epoch.restart";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await, [1, 2, 3, 4, 5]);
@@ -320,6 +352,7 @@ async fn empty_restart_whose_new_ids_overtake_is_told_on_every_transport() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.restart().await; // kill -9, then empty on the same port
     let new = publish_all(&a, channel, 1..=20).await;
@@ -340,7 +373,7 @@ async fn flushall_with_connections_up_is_told_on_every_transport() {
     let redis = RedisServer::start().await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, FAST_RECOVERY).await;
     let channel = "epoch.flush";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
@@ -348,6 +381,7 @@ async fn flushall_with_connections_up_is_told_on_every_transport() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.cli(&["FLUSHALL"]);
     let new = publish_all(&a, channel, 1..=20).await;
@@ -375,7 +409,7 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
     let replica = RedisServer::start_with(&["--replicaof".into(), "127.0.0.1".into(), port]).await;
     let bus = bus_args(&master.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
     let channel = "epoch.failover";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
@@ -395,6 +429,7 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
         .expect(&(1..=15).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 15).await;
+    clients.on_fast_paths(&b).await;
 
     // Fail over: the replica's data, as it is, serves the master's address.
     replica.cli(&["SAVE"]);
@@ -460,7 +495,7 @@ async fn older_snapshot_reloaded_under_live_connections_is_told() {
     let redis = RedisServer::start_with(&["--enable-debug-command".into(), "yes".into()]).await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, FAST_RECOVERY).await;
     let channel = "epoch.reload";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=2).await.len(), 2);
@@ -470,6 +505,7 @@ async fn older_snapshot_reloaded_under_live_connections_is_told() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]);
     let new = publish_all(&a, channel, 3..=7).await;
