@@ -61,8 +61,10 @@ fn told(before: impl IntoIterator<Item = u64>, after: impl IntoIterator<Item = u
 struct Clients {
     ws: WsClient,
     ws_log: Vec<Seen>,
+    ws_epoch: Option<String>,
     sse: SseClient,
     sse_log: Vec<Seen>,
+    sse_epoch: Option<String>,
     poll_log: Log,
     poll_cursor: Arc<Mutex<String>>,
     poll_stop: Arc<std::sync::atomic::AtomicBool>,
@@ -88,8 +90,10 @@ impl Clients {
         Clients {
             ws,
             ws_log: Vec::new(),
+            ws_epoch: None,
             sse,
             sse_log: Vec::new(),
+            sse_epoch: None,
             poll_log,
             poll_cursor,
             poll_stop,
@@ -100,13 +104,20 @@ impl Clients {
     /// Reads until every client's log is `want` (panics on anything else
     /// or after `t`), then checks nothing more comes for a moment.
     async fn expect(&mut self, want: &[Seen], t: Duration) {
-        read_ws(&mut self.ws, &mut self.ws_log, want, t).await;
+        read_ws(&mut self.ws, &mut self.ws_log, &mut self.ws_epoch, want, t).await;
         assert!(
             saw_as_told(&self.ws_log, want),
             "WebSocket: {:?}, want {want:?}",
             self.ws_log
         );
-        read_sse(&mut self.sse, &mut self.sse_log, want, t).await;
+        read_sse(
+            &mut self.sse,
+            &mut self.sse_log,
+            &mut self.sse_epoch,
+            want,
+            t,
+        )
+        .await;
         assert!(
             saw_as_told(&self.sse_log, want),
             "SSE: {:?}, want {want:?}",
@@ -114,6 +125,9 @@ impl Clients {
         );
         let deadline = tokio::time::Instant::now() + t;
         while !saw_as_told(&self.poll_log.lock().unwrap(), want) {
+            if self.poll_task.is_finished() {
+                (&mut self.poll_task).await.expect("the long-poll client");
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "long-poll: stuck at {:?}, cursor {:?}",
@@ -173,6 +187,7 @@ async fn long_poller(
         match r.status() {
             200 => {
                 let body: Value = serde_json::from_slice(&r.body).expect("poll answer is JSON");
+                check_poll_cursor(&since, &body);
                 let mut log = log.lock().unwrap();
                 if body["truncated"] == true {
                     log.push(Seen::Truncated);
@@ -186,6 +201,34 @@ async fn long_poller(
             503 => tokio::time::sleep(Duration::from_millis(100)).await,
             s => panic!("long-poll answered {s}: {}", r.text()),
         }
+    }
+}
+
+/// The epoch part of an `N-E` cursor (`None` for a plain `N`).
+fn epoch_of(cursor: &str) -> Option<&str> {
+    cursor.split_once('-').map(|(_, epoch)| epoch)
+}
+
+/// A long-poll answer's cursor is `last_id` and the epoch of its messages
+/// (publisher-written answers of parked polls included), and an answer in
+/// another epoch than the client's cursor says `truncated`.
+fn check_poll_cursor(since: &str, body: &Value) {
+    let cursor = body["cursor"].as_str().expect("cursor");
+    let last_id = body["last_id"].as_u64().expect("last_id");
+    let epoch = epoch_of(cursor);
+    if !body["messages"].as_array().expect("messages").is_empty() {
+        assert!(epoch.is_some_and(|e| !e.is_empty()), "no epoch: {body}");
+    }
+    assert_eq!(
+        cursor.split('-').next(),
+        Some(last_id.to_string().as_str()),
+        "{body}"
+    );
+    if let (Some(before), Some(now)) = (epoch_of(since), epoch) {
+        assert!(
+            before == now || body["truncated"] == true,
+            "since={since}: another epoch untold: {body}"
+        );
     }
 }
 
@@ -221,7 +264,17 @@ fn saw_as_told(log: &[Seen], want: &[Seen]) -> bool {
             .all(|run| run.iter().copied().eq(1..=run.len() as u64))
 }
 
-async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Duration) {
+/// Reads WebSocket messages into `log`. `epoch`: the epoch of the
+/// client's cursor, from the `subscribed` answer (whose `cursor` is
+/// `last_id-epoch`) and the `truncated` notices, each of which names
+/// another one.
+async fn read_ws(
+    ws: &mut WsClient,
+    log: &mut Vec<Seen>,
+    epoch: &mut Option<String>,
+    want: &[Seen],
+    t: Duration,
+) {
     let deadline = tokio::time::Instant::now() + t;
     while !saw_as_told(log, want) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -230,10 +283,20 @@ async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Durat
                 log.push(Seen::Msg(v["id"].as_u64().expect("id")))
             }
             WsEvent::Json(v) if v["type"] == "truncated" => {
-                assert!(v["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+                let told = v["epoch"].as_str().filter(|e| !e.is_empty());
+                let told = told.unwrap_or_else(|| panic!("no epoch: {v}"));
+                assert_ne!(epoch.as_deref(), Some(told), "same epoch: {v}");
+                *epoch = Some(told.to_string());
                 log.push(Seen::Truncated)
             }
             WsEvent::Json(v) if v["type"] == "subscribed" => {
+                let last_id = v["last_id"].as_u64().expect("last_id");
+                *epoch = v["epoch"].as_str().map(str::to_string);
+                let cursor = match epoch {
+                    Some(e) => format!("{last_id}-{e}"),
+                    None => last_id.to_string(),
+                };
+                assert_eq!(v["cursor"], cursor, "{v}");
                 if v["truncated"] == true {
                     log.push(Seen::Truncated);
                 }
@@ -243,20 +306,42 @@ async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Durat
     }
 }
 
-async fn read_sse(sse: &mut SseClient, log: &mut Vec<Seen>, want: &[Seen], t: Duration) {
+/// Reads SSE events into `log`. `epoch`: the epoch of the client's
+/// cursor, from the event ids; it changes only where an `event: truncated`
+/// says so (naming the new epoch).
+async fn read_sse(
+    sse: &mut SseClient,
+    log: &mut Vec<Seen>,
+    epoch: &mut Option<String>,
+    want: &[Seen],
+    t: Duration,
+) {
     let deadline = tokio::time::Instant::now() + t;
     while !saw_as_told(log, want) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match sse.next_event(left).await {
-            Ok(Some(ev)) if ev.event.as_deref() == Some("truncated") => log.push(Seen::Truncated),
+            Ok(Some(ev)) if ev.event.as_deref() == Some("truncated") => {
+                // Live notices name the new epoch; one that opens a
+                // resumed stream does not (docs/protocol.md).
+                let told = ev.json()["epoch"].as_str().map(str::to_string);
+                if told.is_some() {
+                    assert_ne!(*epoch, told, "truncated in the same epoch");
+                }
+                *epoch = told;
+                log.push(Seen::Truncated);
+            }
             Ok(Some(ev)) => {
                 let id = ev.json()["id"].as_u64().expect("id");
-                // The event id is the cursor: the message id and its epoch.
+                // The event id is the cursor: the message id and its epoch
+                // (publisher-written events of direct mode included).
                 let cursor = ev.id.clone().expect("SSE id");
+                let (n, e) = cursor.split_once('-').expect("an N-E id");
+                assert_eq!(n, id.to_string(), "SSE id {cursor:?} for message {id}");
                 assert!(
-                    cursor.starts_with(&format!("{id}-")),
-                    "SSE id {cursor:?} for message {id}"
+                    epoch.as_deref().is_none_or(|was| was == e),
+                    "SSE id {cursor:?}: another epoch than {epoch:?}, untold, after {log:?}"
                 );
+                *epoch = Some(e.to_string());
                 log.push(Seen::Msg(id));
             }
             other => panic!("SSE: {other:?} after {log:?}"),
@@ -294,12 +379,14 @@ async fn publish_all(gw: &Gateway, channel: &str, n: impl IntoIterator<Item = u6
 }
 
 /// A client that held `cursor` before the loss resumes on `gw` (another
-/// node): every transport says `truncated` and replays the new sequence.
+/// node): every transport says `truncated` and replays the new sequence,
+/// in an epoch other than the cursor's, the same on every transport.
 async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u64]) {
     let want = told([], new.iter().copied());
     let (status, body) = gw.poll(channel, &format!("since={cursor}&timeout=0")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["truncated"], true, "long-poll with {cursor}: {body}");
+    check_poll_cursor(cursor, &body);
     let ids: Vec<u64> = body["messages"]
         .as_array()
         .unwrap()
@@ -307,6 +394,9 @@ async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u6
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, new, "long-poll with {cursor}");
+    let new_epoch = epoch_of(body["cursor"].as_str().unwrap()).map(str::to_string);
+    assert!(new_epoch.is_some(), "{body}");
+    assert_ne!(new_epoch.as_deref(), epoch_of(cursor), "{body}");
 
     let mut sse = SseClient::open(
         gw.public,
@@ -314,14 +404,16 @@ async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u6
         &[("Last-Event-ID", cursor)],
     )
     .await;
-    let mut log = Vec::new();
-    read_sse(&mut sse, &mut log, &want, T5).await;
+    let (mut log, mut epoch) = (Vec::new(), epoch_of(cursor).map(str::to_string));
+    read_sse(&mut sse, &mut log, &mut epoch, &want, T5).await;
     assert_eq!(log, want, "SSE resuming with {cursor}");
+    assert_eq!(epoch, new_epoch, "SSE resuming with {cursor}");
 
     let mut ws = WsClient::connect(&gw.ws_url(&format!("/rt/ws/{channel}?since={cursor}"))).await;
-    let mut log = Vec::new();
-    read_ws(&mut ws, &mut log, &want, T5).await;
+    let (mut log, mut epoch) = (Vec::new(), None);
+    read_ws(&mut ws, &mut log, &mut epoch, &want, T5).await;
     assert_eq!(log, want, "WebSocket resuming with {cursor}");
+    assert_eq!(epoch, new_epoch, "WebSocket resuming with {cursor}");
     ws.close().await;
 }
 
