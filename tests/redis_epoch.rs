@@ -378,10 +378,30 @@ async fn publish_all(gw: &Gateway, channel: &str, n: impl IntoIterator<Item = u6
     ids
 }
 
+/// Whether the loss gave the channel's sequence a new epoch.
+#[derive(Clone, Copy, PartialEq)]
+enum Sequence {
+    New,
+    Same,
+}
+
 /// A client that held `cursor` before the loss resumes on `gw` (another
 /// node): every transport says `truncated` and replays the new sequence,
 /// in an epoch other than the cursor's, the same on every transport.
 async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u64]) {
+    resume_is_told(gw, channel, cursor, new, Sequence::New).await
+}
+
+/// A client that held `cursor` resumes on `gw`: every transport says
+/// `truncated` and replays `new`, in one epoch (`sequence`: another than
+/// the cursor's, or its own).
+async fn resume_is_told(
+    gw: &Gateway,
+    channel: &str,
+    cursor: &str,
+    new: &[u64],
+    sequence: Sequence,
+) {
     let want = told([], new.iter().copied());
     let (status, body) = gw.poll(channel, &format!("since={cursor}&timeout=0")).await;
     assert_eq!(status, 200, "{body}");
@@ -396,7 +416,11 @@ async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u6
     assert_eq!(ids, new, "long-poll with {cursor}");
     let new_epoch = epoch_of(body["cursor"].as_str().unwrap()).map(str::to_string);
     assert!(new_epoch.is_some(), "{body}");
-    assert_ne!(new_epoch.as_deref(), epoch_of(cursor), "{body}");
+    assert_eq!(
+        new_epoch.as_deref() == epoch_of(cursor),
+        sequence == Sequence::Same,
+        "{body}"
+    );
 
     let mut sse = SseClient::open(
         gw.public,
@@ -547,6 +571,58 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
     // The sequence is now told as restarted: everything Redis has, 1–25.
     clients.expect(&told(1..=15, 1..=25), T10).await;
     old_cursor_is_told(&a, channel, &old_cursor, &(1..=25).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
+
+/// docs/redis.md, "under eviction": with a `volatile-*` policy only the
+/// history streams (which have a TTL) are evicted; ids and epochs stay.
+/// Node 2 is away while the messages it missed are evicted (the stream
+/// deleted, as eviction does): coming back, it can't fill the gap, so it
+/// lets its clients go instead of serving the later ids as if continuous —
+/// the WebSocket is closed, the SSE stream ends, the held long-poll is
+/// answered — and each one resuming with its cursor is told `truncated`.
+#[tokio::test]
+async fn history_evicted_while_a_node_was_away_is_told_on_every_transport() {
+    let redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
+    let channel = "epoch.evicted";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
+
+    // Node 2 loses its subscription connection and is away for 3–4 s.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(publish_all(&a, channel, 6..=10).await.len(), 5);
+    let log = format!("pollbridge:{{{channel}}}:log");
+    let bytes = format!("pollbridge:{{{channel}}}:bytes");
+    redis.cli(&["DEL", &log, &bytes]);
+    assert_eq!(publish_all(&a, channel, 11..=12).await, [11, 12]);
+
+    // Back, node 2 lets its clients go, with nothing after 5.
+    match clients.ws.recv(T10).await {
+        WsEvent::Close(_) | WsEvent::Ended(_) => {}
+        other => panic!("WebSocket: {other:?} after {:?}", clients.ws_log),
+    }
+    match clients.sse.next_event(T10).await {
+        Ok(None) | Err(_) => {}
+        other => panic!("SSE: {other:?} after {:?}", clients.sse_log),
+    }
+    let deadline = tokio::time::Instant::now() + T10;
+    while !saw_as_told(&clients.poll_log.lock().unwrap(), &told(1..=5, 11..=12)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "long-poll: {:?}",
+            clients.poll_log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    resume_is_told(&b, channel, &cursor, &[11, 12], Sequence::Same).await;
     clients.close().await;
 }
 
