@@ -39,6 +39,16 @@ const SLOW_RESUBSCRIBE: &[&str] = &[
     "4s",
 ];
 
+/// Node 2, whose clients are checked: `recovery`, and WebSocket sessions
+/// that park again soon after they had something to do (the default,
+/// 30 s, would keep the session running past the loss), so the loss
+/// reaches a parked session.
+async fn start_node2(bus: &[String], recovery: &[&str]) -> Gateway {
+    let mut args = recovery.to_vec();
+    args.extend(["--ws-park-after", "200ms"]);
+    start_gateway(bus, &args).await
+}
+
 /// `[Msg(before…), Truncated, Msg(after…)]`.
 fn told(before: impl IntoIterator<Item = u64>, after: impl IntoIterator<Item = u64>) -> Vec<Seen> {
     let mut want: Vec<Seen> = before.into_iter().map(Seen::Msg).collect();
@@ -51,8 +61,10 @@ fn told(before: impl IntoIterator<Item = u64>, after: impl IntoIterator<Item = u
 struct Clients {
     ws: WsClient,
     ws_log: Vec<Seen>,
+    ws_epoch: Option<String>,
     sse: SseClient,
     sse_log: Vec<Seen>,
+    sse_epoch: Option<String>,
     poll_log: Log,
     poll_cursor: Arc<Mutex<String>>,
     poll_stop: Arc<std::sync::atomic::AtomicBool>,
@@ -78,8 +90,10 @@ impl Clients {
         Clients {
             ws,
             ws_log: Vec::new(),
+            ws_epoch: None,
             sse,
             sse_log: Vec::new(),
+            sse_epoch: None,
             poll_log,
             poll_cursor,
             poll_stop,
@@ -90,13 +104,20 @@ impl Clients {
     /// Reads until every client's log is `want` (panics on anything else
     /// or after `t`), then checks nothing more comes for a moment.
     async fn expect(&mut self, want: &[Seen], t: Duration) {
-        read_ws(&mut self.ws, &mut self.ws_log, want, t).await;
+        read_ws(&mut self.ws, &mut self.ws_log, &mut self.ws_epoch, want, t).await;
         assert!(
             saw_as_told(&self.ws_log, want),
             "WebSocket: {:?}, want {want:?}",
             self.ws_log
         );
-        read_sse(&mut self.sse, &mut self.sse_log, want, t).await;
+        read_sse(
+            &mut self.sse,
+            &mut self.sse_log,
+            &mut self.sse_epoch,
+            want,
+            t,
+        )
+        .await;
         assert!(
             saw_as_told(&self.sse_log, want),
             "SSE: {:?}, want {want:?}",
@@ -104,6 +125,9 @@ impl Clients {
         );
         let deadline = tokio::time::Instant::now() + t;
         while !saw_as_told(&self.poll_log.lock().unwrap(), want) {
+            if self.poll_task.is_finished() {
+                (&mut self.poll_task).await.expect("the long-poll client");
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "long-poll: stuck at {:?}, cursor {:?}",
@@ -112,6 +136,19 @@ impl Clients {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the clients of `gw` wait on the gateway's fast paths,
+    /// as idle clients do: the WebSocket session parked (no task,
+    /// `transport::websocket::park`) and the long-poll parked on its
+    /// connection (`transport::longpoll_park`). (The idle SSE stream is
+    /// written by the publisher, `transport::sse_direct`; it has no gauge.)
+    /// A loss must be told through these paths too.
+    async fn on_fast_paths(&self, gw: &Gateway) {
+        gw.wait_metric("pollbridge_ws_parked_connections", &[], 1.0)
+            .await;
+        gw.wait_metric("pollbridge_longpoll_parked_polls", &[], 1.0)
+            .await;
     }
 
     /// The cursor the long-poll client holds.
@@ -128,7 +165,10 @@ impl Clients {
 }
 
 /// Polls with the cursor of each answer, as a browser client does; 503s
-/// (Redis down) are retried.
+/// (Redis down) are retried. Each poll asks to keep its connection open
+/// (as browsers do), so a poll that waits is parked on it and answered by
+/// the publisher (`transport::longpoll_park`), the path whose epoch check
+/// these tests must reach.
 async fn long_poller(
     url: String,
     log: Log,
@@ -137,10 +177,17 @@ async fn long_poller(
 ) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let since = cursor.lock().unwrap().clone();
-        let r = get(&format!("{url}?since={since}&timeout=5")).await;
+        let r = http(
+            "GET",
+            &format!("{url}?since={since}&timeout=5"),
+            &[("Connection", "keep-alive")],
+            None,
+        )
+        .await;
         match r.status() {
             200 => {
                 let body: Value = serde_json::from_slice(&r.body).expect("poll answer is JSON");
+                check_poll_cursor(&since, &body);
                 let mut log = log.lock().unwrap();
                 if body["truncated"] == true {
                     log.push(Seen::Truncated);
@@ -154,6 +201,34 @@ async fn long_poller(
             503 => tokio::time::sleep(Duration::from_millis(100)).await,
             s => panic!("long-poll answered {s}: {}", r.text()),
         }
+    }
+}
+
+/// The epoch part of an `N-E` cursor (`None` for a plain `N`).
+fn epoch_of(cursor: &str) -> Option<&str> {
+    cursor.split_once('-').map(|(_, epoch)| epoch)
+}
+
+/// A long-poll answer's cursor is `last_id` and the epoch of its messages
+/// (publisher-written answers of parked polls included), and an answer in
+/// another epoch than the client's cursor says `truncated`.
+fn check_poll_cursor(since: &str, body: &Value) {
+    let cursor = body["cursor"].as_str().expect("cursor");
+    let last_id = body["last_id"].as_u64().expect("last_id");
+    let epoch = epoch_of(cursor);
+    if !body["messages"].as_array().expect("messages").is_empty() {
+        assert!(epoch.is_some_and(|e| !e.is_empty()), "no epoch: {body}");
+    }
+    assert_eq!(
+        cursor.split('-').next(),
+        Some(last_id.to_string().as_str()),
+        "{body}"
+    );
+    if let (Some(before), Some(now)) = (epoch_of(since), epoch) {
+        assert!(
+            before == now || body["truncated"] == true,
+            "since={since}: another epoch untold: {body}"
+        );
     }
 }
 
@@ -189,7 +264,17 @@ fn saw_as_told(log: &[Seen], want: &[Seen]) -> bool {
             .all(|run| run.iter().copied().eq(1..=run.len() as u64))
 }
 
-async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Duration) {
+/// Reads WebSocket messages into `log`. `epoch`: the epoch of the
+/// client's cursor, from the `subscribed` answer (whose `cursor` is
+/// `last_id-epoch`) and the `truncated` notices, each of which names
+/// another one.
+async fn read_ws(
+    ws: &mut WsClient,
+    log: &mut Vec<Seen>,
+    epoch: &mut Option<String>,
+    want: &[Seen],
+    t: Duration,
+) {
     let deadline = tokio::time::Instant::now() + t;
     while !saw_as_told(log, want) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -198,10 +283,20 @@ async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Durat
                 log.push(Seen::Msg(v["id"].as_u64().expect("id")))
             }
             WsEvent::Json(v) if v["type"] == "truncated" => {
-                assert!(v["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+                let told = v["epoch"].as_str().filter(|e| !e.is_empty());
+                let told = told.unwrap_or_else(|| panic!("no epoch: {v}"));
+                assert_ne!(epoch.as_deref(), Some(told), "same epoch: {v}");
+                *epoch = Some(told.to_string());
                 log.push(Seen::Truncated)
             }
             WsEvent::Json(v) if v["type"] == "subscribed" => {
+                let last_id = v["last_id"].as_u64().expect("last_id");
+                *epoch = v["epoch"].as_str().map(str::to_string);
+                let cursor = match epoch {
+                    Some(e) => format!("{last_id}-{e}"),
+                    None => last_id.to_string(),
+                };
+                assert_eq!(v["cursor"], cursor, "{v}");
                 if v["truncated"] == true {
                     log.push(Seen::Truncated);
                 }
@@ -211,20 +306,42 @@ async fn read_ws(ws: &mut WsClient, log: &mut Vec<Seen>, want: &[Seen], t: Durat
     }
 }
 
-async fn read_sse(sse: &mut SseClient, log: &mut Vec<Seen>, want: &[Seen], t: Duration) {
+/// Reads SSE events into `log`. `epoch`: the epoch of the client's
+/// cursor, from the event ids; it changes only where an `event: truncated`
+/// says so (naming the new epoch).
+async fn read_sse(
+    sse: &mut SseClient,
+    log: &mut Vec<Seen>,
+    epoch: &mut Option<String>,
+    want: &[Seen],
+    t: Duration,
+) {
     let deadline = tokio::time::Instant::now() + t;
     while !saw_as_told(log, want) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match sse.next_event(left).await {
-            Ok(Some(ev)) if ev.event.as_deref() == Some("truncated") => log.push(Seen::Truncated),
+            Ok(Some(ev)) if ev.event.as_deref() == Some("truncated") => {
+                // Live notices name the new epoch; one that opens a
+                // resumed stream does not (docs/protocol.md).
+                let told = ev.json()["epoch"].as_str().map(str::to_string);
+                if told.is_some() {
+                    assert_ne!(*epoch, told, "truncated in the same epoch");
+                }
+                *epoch = told;
+                log.push(Seen::Truncated);
+            }
             Ok(Some(ev)) => {
                 let id = ev.json()["id"].as_u64().expect("id");
-                // The event id is the cursor: the message id and its epoch.
+                // The event id is the cursor: the message id and its epoch
+                // (publisher-written events of direct mode included).
                 let cursor = ev.id.clone().expect("SSE id");
+                let (n, e) = cursor.split_once('-').expect("an N-E id");
+                assert_eq!(n, id.to_string(), "SSE id {cursor:?} for message {id}");
                 assert!(
-                    cursor.starts_with(&format!("{id}-")),
-                    "SSE id {cursor:?} for message {id}"
+                    epoch.as_deref().is_none_or(|was| was == e),
+                    "SSE id {cursor:?}: another epoch than {epoch:?}, untold, after {log:?}"
                 );
+                *epoch = Some(e.to_string());
                 log.push(Seen::Msg(id));
             }
             other => panic!("SSE: {other:?} after {log:?}"),
@@ -261,13 +378,35 @@ async fn publish_all(gw: &Gateway, channel: &str, n: impl IntoIterator<Item = u6
     ids
 }
 
+/// Whether the loss gave the channel's sequence a new epoch.
+#[derive(Clone, Copy, PartialEq)]
+enum Sequence {
+    New,
+    Same,
+}
+
 /// A client that held `cursor` before the loss resumes on `gw` (another
-/// node): every transport says `truncated` and replays the new sequence.
+/// node): every transport says `truncated` and replays the new sequence,
+/// in an epoch other than the cursor's, the same on every transport.
 async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u64]) {
+    resume_is_told(gw, channel, cursor, new, Sequence::New).await
+}
+
+/// A client that held `cursor` resumes on `gw`: every transport says
+/// `truncated` and replays `new`, in one epoch (`sequence`: another than
+/// the cursor's, or its own).
+async fn resume_is_told(
+    gw: &Gateway,
+    channel: &str,
+    cursor: &str,
+    new: &[u64],
+    sequence: Sequence,
+) {
     let want = told([], new.iter().copied());
     let (status, body) = gw.poll(channel, &format!("since={cursor}&timeout=0")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["truncated"], true, "long-poll with {cursor}: {body}");
+    check_poll_cursor(cursor, &body);
     let ids: Vec<u64> = body["messages"]
         .as_array()
         .unwrap()
@@ -275,6 +414,13 @@ async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u6
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, new, "long-poll with {cursor}");
+    let new_epoch = epoch_of(body["cursor"].as_str().unwrap()).map(str::to_string);
+    assert!(new_epoch.is_some(), "{body}");
+    assert_eq!(
+        new_epoch.as_deref() == epoch_of(cursor),
+        sequence == Sequence::Same,
+        "{body}"
+    );
 
     let mut sse = SseClient::open(
         gw.public,
@@ -282,14 +428,16 @@ async fn old_cursor_is_told(gw: &Gateway, channel: &str, cursor: &str, new: &[u6
         &[("Last-Event-ID", cursor)],
     )
     .await;
-    let mut log = Vec::new();
-    read_sse(&mut sse, &mut log, &want, T5).await;
+    let (mut log, mut epoch) = (Vec::new(), epoch_of(cursor).map(str::to_string));
+    read_sse(&mut sse, &mut log, &mut epoch, &want, T5).await;
     assert_eq!(log, want, "SSE resuming with {cursor}");
+    assert_eq!(epoch, new_epoch, "SSE resuming with {cursor}");
 
     let mut ws = WsClient::connect(&gw.ws_url(&format!("/rt/ws/{channel}?since={cursor}"))).await;
-    let mut log = Vec::new();
-    read_ws(&mut ws, &mut log, &want, T5).await;
+    let (mut log, mut epoch) = (Vec::new(), None);
+    read_ws(&mut ws, &mut log, &mut epoch, &want, T5).await;
     assert_eq!(log, want, "WebSocket resuming with {cursor}");
+    assert_eq!(epoch, new_epoch, "WebSocket resuming with {cursor}");
     ws.close().await;
 }
 
@@ -312,7 +460,7 @@ async fn empty_restart_whose_new_ids_overtake_is_told_on_every_transport() {
     let mut redis = RedisServer::start().await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
     let channel = "epoch.restart";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await, [1, 2, 3, 4, 5]);
@@ -320,6 +468,7 @@ async fn empty_restart_whose_new_ids_overtake_is_told_on_every_transport() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.restart().await; // kill -9, then empty on the same port
     let new = publish_all(&a, channel, 1..=20).await;
@@ -340,7 +489,7 @@ async fn flushall_with_connections_up_is_told_on_every_transport() {
     let redis = RedisServer::start().await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, FAST_RECOVERY).await;
     let channel = "epoch.flush";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
@@ -348,6 +497,7 @@ async fn flushall_with_connections_up_is_told_on_every_transport() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.cli(&["FLUSHALL"]);
     let new = publish_all(&a, channel, 1..=20).await;
@@ -375,7 +525,7 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
     let replica = RedisServer::start_with(&["--replicaof".into(), "127.0.0.1".into(), port]).await;
     let bus = bus_args(&master.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, SLOW_RESUBSCRIBE).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
     let channel = "epoch.failover";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
@@ -395,6 +545,7 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
         .expect(&(1..=15).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 15).await;
+    clients.on_fast_paths(&b).await;
 
     // Fail over: the replica's data, as it is, serves the master's address.
     replica.cli(&["SAVE"]);
@@ -420,6 +571,58 @@ async fn failover_to_a_lagging_replica_is_told_on_every_transport() {
     // The sequence is now told as restarted: everything Redis has, 1–25.
     clients.expect(&told(1..=15, 1..=25), T10).await;
     old_cursor_is_told(&a, channel, &old_cursor, &(1..=25).collect::<Vec<_>>()).await;
+    clients.close().await;
+}
+
+/// docs/redis.md, "under eviction": with a `volatile-*` policy only the
+/// history streams (which have a TTL) are evicted; ids and epochs stay.
+/// Node 2 is away while the messages it missed are evicted (the stream
+/// deleted, as eviction does): coming back, it can't fill the gap, so it
+/// lets its clients go instead of serving the later ids as if continuous —
+/// the WebSocket is closed, the SSE stream ends, the held long-poll is
+/// answered — and each one resuming with its cursor is told `truncated`.
+#[tokio::test]
+async fn history_evicted_while_a_node_was_away_is_told_on_every_transport() {
+    let redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, SLOW_RESUBSCRIBE).await;
+    let channel = "epoch.evicted";
+    let mut clients = Clients::open(&b, channel).await;
+    assert_eq!(publish_all(&a, channel, 1..=5).await.len(), 5);
+    clients
+        .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
+        .await;
+    let cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
+
+    // Node 2 loses its subscription connection and is away for 3–4 s.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(publish_all(&a, channel, 6..=10).await.len(), 5);
+    let log = format!("pollbridge:{{{channel}}}:log");
+    let bytes = format!("pollbridge:{{{channel}}}:bytes");
+    redis.cli(&["DEL", &log, &bytes]);
+    assert_eq!(publish_all(&a, channel, 11..=12).await, [11, 12]);
+
+    // Back, node 2 lets its clients go, with nothing after 5.
+    match clients.ws.recv(T10).await {
+        WsEvent::Close(_) | WsEvent::Ended(_) => {}
+        other => panic!("WebSocket: {other:?} after {:?}", clients.ws_log),
+    }
+    match clients.sse.next_event(T10).await {
+        Ok(None) | Err(_) => {}
+        other => panic!("SSE: {other:?} after {:?}", clients.sse_log),
+    }
+    let deadline = tokio::time::Instant::now() + T10;
+    while !saw_as_told(&clients.poll_log.lock().unwrap(), &told(1..=5, 11..=12)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "long-poll: {:?}",
+            clients.poll_log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    resume_is_told(&b, channel, &cursor, &[11, 12], Sequence::Same).await;
     clients.close().await;
 }
 
@@ -460,7 +663,7 @@ async fn older_snapshot_reloaded_under_live_connections_is_told() {
     let redis = RedisServer::start_with(&["--enable-debug-command".into(), "yes".into()]).await;
     let bus = bus_args(&redis.url(), false);
     let a = start_gateway(&bus, FAST_RECOVERY).await;
-    let b = start_gateway(&bus, FAST_RECOVERY).await;
+    let b = start_node2(&bus, FAST_RECOVERY).await;
     let channel = "epoch.reload";
     let mut clients = Clients::open(&b, channel).await;
     assert_eq!(publish_all(&a, channel, 1..=2).await.len(), 2);
@@ -470,6 +673,7 @@ async fn older_snapshot_reloaded_under_live_connections_is_told() {
         .expect(&(1..=5).map(Seen::Msg).collect::<Vec<_>>(), T10)
         .await;
     let old_cursor = cursor_at(&clients, 5).await;
+    clients.on_fast_paths(&b).await;
 
     redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]);
     let new = publish_all(&a, channel, 3..=7).await;
