@@ -54,6 +54,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             .iter()
             .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
         self.report.written.clear();
+        // Exactly one per subscription: it stays allocated while the
+        // session waits (a first `extend` makes room for four).
+        self.report.written.reserve_exact(self.subscriptions.len());
         self.report.written.extend(cursors);
         self.report.deltas.clear();
         let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
