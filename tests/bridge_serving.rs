@@ -84,6 +84,21 @@ async fn check_config_takes_the_file_directly_and_lists_bridge_routes() {
             "{args:?}: {stdout}"
         );
     }
+    // An incremental route names its cursor and where its items are.
+    let chat = dir.write(
+        "chat.toml",
+        "upstream = \"http://127.0.0.1:9\"\n[[bridge]]\npath = \"/api/messages\"\n\
+         channel = \"chat\"\nmode = \"incremental\"\nitems = \"/messages\"\n",
+    );
+    let (code, stdout, stderr) =
+        run_to_exit(&["--check-config", chat.to_str().unwrap()], &[], t).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "\n  bridge /api/messages -> channel chat, every 1s, incremental (cursor after, items /messages, id /id)"
+        ),
+        "{stdout}"
+    );
     // Two different files: which one was meant is not guessed.
     let (code, _, stderr) =
         run_to_exit(&["--check-config", file, "--config", example], &[], t).await;
