@@ -141,4 +141,13 @@ async fn items_reach_parked_and_direct_subscribers_who_alone_keep_the_feed_polle
     assert_eq!(from_ws, expected, "WebSocket");
     assert_eq!(from_sse, expected, "SSE");
     assert_eq!(from_long_poll, expected, "long-poll");
+    // A stream channel: every item kept, none replaced by the next.
+    let listed = get(&gw.admin_url("/channels?limit=1000")).await.json();
+    let room = listed["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["channel"] == channel.as_str())
+        .unwrap_or_else(|| panic!("no {channel} in {listed}"));
+    assert_eq!(room["mode"], "stream", "{room}");
 }
