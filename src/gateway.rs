@@ -111,13 +111,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // Snapshot bridges' channels carry state (the latest body); an
         // incremental bridge's carry a stream of items.
-        let rules = config
-            .bridges
-            .iter()
-            .filter(|b| b.mode == crate::config::BridgeMode::Snapshot)
-            .fold(ChannelRules::new(config.channels.clone()), |rules, b| {
-                rules.with_state_default(&b.channel)
-            });
+        let rules = config.channel_rules();
         let auth = Authorizer::new(&config.auth, rules.clone(), &metrics)?;
         let client_channels = ClientChannels::new(
             config.limits.ws.max_client_channels,

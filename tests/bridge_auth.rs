@@ -11,13 +11,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::bridge_upstream::{ScoresUpstream, AUTH_PATH, INBOX_PATH};
+use common::toy_backend::ToyBackend;
 use common::*;
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 
 const ALICE: &str = "Bearer alice";
 const BOB: &str = "Bearer bob";
@@ -252,61 +251,9 @@ async fn a_public_channel_for_an_auth_route_is_a_configuration_error() {
     assert!(stderr.contains("needs auth.auth_url"), "{stderr}");
 }
 
-/// The README's toy backend, in its own process on a free port.
-struct ToyBackend {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl ToyBackend {
-    async fn start() -> ToyBackend {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/toy-backend/backend.py"
-        );
-        let mut child = tokio::process::Command::new("python3")
-            .arg(script)
-            .arg("0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the toy backend (python3)");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the toy backend says where it listens")
-            .unwrap()
-            .unwrap();
-        let url = line
-            .strip_prefix("toy backend on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        ToyBackend { child, url }
-    }
-
-    /// Logs `user` in; returns its `session=…` cookie.
-    async fn log_in(&self, user: &str) -> String {
-        let r = get(&format!("{}/login?user={user}", self.url)).await;
-        assert_eq!(r.status(), 200);
-        let set_cookie = r.header("set-cookie").expect("Set-Cookie");
-        set_cookie.split(';').next().unwrap().to_string()
-    }
-
-    async fn stats(&self) -> serde_json::Value {
-        get(&format!("{}/stats", self.url)).await.json()
-    }
-}
-
-impl Drop for ToyBackend {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test]
 async fn the_toy_backends_inbox_is_served_to_logged_in_users_only() {
-    let toy = ToyBackend::start().await;
+    let toy = ToyBackend::start();
     let alice = toy.log_in("alice").await;
     let bob = toy.log_in("bob").await;
     let gw = Gateway::builder()
@@ -315,7 +262,7 @@ async fn the_toy_backends_inbox_is_served_to_logged_in_users_only() {
              [[channels]]\npattern = \"inbox\"\nauth = \"backend\"\n\
              [[bridge]]\npath = \"/api/inbox\"\nchannel = \"inbox\"\ninterval = \"200ms\"\n\
              auth = \"route\"\n",
-            url = toy.url
+            url = toy.url()
         ))
         .start()
         .await;

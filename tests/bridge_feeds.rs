@@ -12,10 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::toy_backend::ToyBackend;
+use common::toy_backend::{feed_channel, ToyBackend};
 use common::*;
 use serde_json::Value;
-use sha1::{Digest, Sha1};
 
 /// A gateway bridging `/api/messages` (snapshot mode) to channel
 /// `messages` every 100 ms, with `extra` lines for the `[[bridge]]` table.
@@ -43,14 +42,6 @@ async fn gauge(gw: &Gateway, name: &str, bridge: &str) -> f64 {
     gw.metric(name, &[("bridge", bridge)]).await.unwrap_or(-1.0)
 }
 
-/// The channel of a query variant, as docs/bridge.md says: the route's
-/// channel, a dot, 32 hex digits of SHA-1(`?{canonical query}\0`).
-fn variant_channel(base: &str, canonical_query: &str) -> String {
-    let digest = Sha1::digest(format!("?{canonical_query}\0").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{base}.{hex}")
-}
-
 #[tokio::test]
 async fn two_rooms_are_two_feeds_polled_and_served_separately() {
     let backend = ToyBackend::start();
@@ -75,7 +66,7 @@ async fn two_rooms_are_two_feeds_polled_and_served_separately() {
     // Each room's feed follows its own room, and its channel carries it.
     let mut ws = WsClient::connect(&gw.ws_url(&format!(
         "/rt/ws/{}?since=0",
-        variant_channel("messages", "room=7")
+        feed_channel("messages", "room=7")
     )))
     .await;
     ws.expect_control("subscribed", T5).await;

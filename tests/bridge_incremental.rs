@@ -12,10 +12,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::toy_backend::ToyBackend;
+use common::toy_backend::{feed_channel, ToyBackend};
 use common::*;
 use serde_json::Value;
-use sha1::{Digest, Sha1};
 
 const INTERVAL_MS: u64 = 100;
 
@@ -38,9 +37,7 @@ async fn chat_gateway(backend: &ToyBackend, extra: &str, history: &str) -> Gatew
 /// The channel of the room's feed: `chat.` + 32 hex digits of
 /// SHA-1(`?room=R\0`) (the cursor is no part of it).
 fn room_channel(room: &str) -> String {
-    let digest = Sha1::digest(format!("?room={room}\0").as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("chat.{hex}")
+    feed_channel("chat", &format!("room={room}"))
 }
 
 /// The polls a node made of the backend (its lease held), by its metrics.

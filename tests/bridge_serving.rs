@@ -84,6 +84,35 @@ async fn check_config_takes_the_file_directly_and_lists_bridge_routes() {
             "{args:?}: {stdout}"
         );
     }
+    // An incremental route names its cursor and where its items are.
+    let chat = dir.write(
+        "chat.toml",
+        "upstream = \"http://127.0.0.1:9\"\n[[bridge]]\npath = \"/api/messages\"\n\
+         channel = \"chat\"\nmode = \"incremental\"\nitems = \"/messages\"\n",
+    );
+    let (code, stdout, stderr) =
+        run_to_exit(&["--check-config", chat.to_str().unwrap()], &[], t).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(
+            "\n  bridge /api/messages -> channel chat, every 1s, incremental (cursor after, items /messages, id /id)"
+        ),
+        "{stdout}"
+    );
+    // Under a snapshot route's channel, the rooms' channels would be state
+    // channels, whose newer items replace unread ones: refused.
+    let state = dir.write(
+        "state.toml",
+        "upstream = \"http://127.0.0.1:9\"\n[[bridge]]\npath = \"/api/messages\"\n\
+         channel = \"chat.rooms\"\nmode = \"incremental\"\n\
+         [[bridge]]\npath = \"/api/scores\"\nchannel = \"chat\"\n",
+    );
+    let (code, _, stderr) = run_to_exit(&["--check-config", state.to_str().unwrap()], &[], t).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bridge[0].channel") && stderr.contains("state channel"),
+        "{stderr}"
+    );
     // Two different files: which one was meant is not guessed.
     let (code, _, stderr) =
         run_to_exit(&["--check-config", file, "--config", example], &[], t).await;

@@ -13,7 +13,8 @@
 # a [[bridge]] route), which starts after Prometheus' first scrape. Everything
 # is stopped on exit.
 # Runs twice: with a [[bridge]] route and without one (a gateway without
-# routes has no pollbridge_bridge_* series; its bridge panels and the
+# routes exports the pollbridge_bridge_* series once, at 0 and without a
+# bridge label; its bridge panels and the
 # bridge_requests_saved rule must still return data: 0). Env: BRIDGE=1 or
 # BRIDGE=0 runs only that one; POLLBRIDGE_ARGS="..." adds flags.
 # Does not build: run `cargo build` first.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::BridgeAuthMode;
+use super::{BridgeAuthMode, ChannelMode, ChannelRules, Config};
 
 /// Highest `max_variants` accepted: each variant is a poller of the backend.
 const MAX_VARIANTS_LIMIT: usize = 100_000;
@@ -162,6 +162,43 @@ pub(super) fn bridge_route_problems(route: &BridgeRoute) -> Vec<(&'static str, S
     problems
 }
 
+impl Config {
+    /// The channel rules the gateway runs with: the `[[channels]]` rules,
+    /// and `state` by default for the channels snapshot routes feed (their
+    /// feeds' `{channel}.{hash}` too).
+    pub fn channel_rules(&self) -> ChannelRules {
+        self.bridges
+            .iter()
+            .filter(|b| b.mode == BridgeMode::Snapshot)
+            .fold(ChannelRules::new(self.channels.clone()), |rules, b| {
+                rules.with_state_default(&b.channel)
+            })
+    }
+}
+
+/// An incremental route publishes each item as one message, so its
+/// channels must be `stream` channels: on a `state` channel (a
+/// `[[channels]]` rule, or a name under a snapshot route's channel) a newer
+/// item would replace one a subscriber has not read yet.
+pub(super) fn incremental_channel_problem(config: &Config, route: &BridgeRoute) -> Option<String> {
+    if route.mode != BridgeMode::Incremental {
+        return None;
+    }
+    let rules = config.channel_rules();
+    // The plain feed's channel, and the shape of every query feed's.
+    let query_feed = format!("{}.{}", route.channel, "0".repeat(32));
+    [route.channel.clone(), query_feed]
+        .into_iter()
+        .find(|name| rules.resolve(name).mode == ChannelMode::State)
+        .map(|name| {
+            format!(
+                "an incremental route needs stream channels, but {name:?} is a state channel \
+                 (a [[channels]] rule with mode = \"state\", or under a snapshot route's \
+                 channel): newer items would replace unread ones"
+            )
+        })
+}
+
 /// RFC 6901: empty (the whole document) or `/`-separated reference tokens,
 /// `~` only as `~0` or `~1`.
 fn is_json_pointer(pointer: &str) -> bool {
@@ -207,6 +244,33 @@ mod tests {
             problems("mode = \"incremental\"\ncursor_param = \"_\""),
             ["cursor_param"]
         );
+    }
+
+    /// The `channel` problems of a configuration with these routes and rules.
+    fn channel_problems(toml: &str) -> Vec<String> {
+        let config: Config = toml::from_str(toml).unwrap();
+        config
+            .bridges
+            .iter()
+            .filter_map(|route| incremental_channel_problem(&config, route))
+            .collect()
+    }
+
+    #[test]
+    fn incremental_routes_need_stream_channels() {
+        let chat = "[[bridge]]\npath = \"/m\"\nchannel = \"chat.rooms\"\nmode = \"incremental\"\n";
+        assert!(channel_problems(chat).is_empty());
+        // Under a snapshot route's channel: its feeds would be state.
+        let under = format!("{chat}[[bridge]]\npath = \"/s\"\nchannel = \"chat\"\n");
+        let problems = channel_problems(&under);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("\"chat.rooms\""), "{problems:?}");
+        // A state rule for the room feeds only.
+        let rule = format!("{chat}[[channels]]\npattern = \"chat.rooms.*\"\nmode = \"state\"\n");
+        assert!(channel_problems(&rule)[0].contains("chat.rooms.000"));
+        // A stream rule is what the route needs anyway.
+        let stream = format!("{under}[[channels]]\npattern = \"chat.rooms*\"\n");
+        assert!(channel_problems(&stream).is_empty());
     }
 
     #[test]

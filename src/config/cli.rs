@@ -146,6 +146,19 @@ pub fn check_summary(config: &Config) -> String {
             route.channel,
             humantime::format_duration(route.interval)
         ));
+        if route.mode == super::BridgeMode::Incremental {
+            // Which cursor and items the gateway reads: a wrong pointer shows
+            // here rather than as an empty feed.
+            let items = if route.items.is_empty() {
+                "the answer"
+            } else {
+                &route.items
+            };
+            out.push_str(&format!(
+                ", incremental (cursor {}, items {items}, id {})",
+                route.cursor_param, route.item_id
+            ));
+        }
         if let Some(hold) = route.hold {
             out.push_str(&format!(", hold {}", humantime::format_duration(hold)));
         }

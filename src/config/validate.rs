@@ -295,6 +295,9 @@ fn check_bridge(cfg: &Config, i: usize, route: &BridgeRoute, problems: &mut Prob
             .into_iter()
             .map(|(field, message)| (key(field), message)),
     );
+    if let Some(problem) = super::bridge::incremental_channel_problem(cfg, route) {
+        problems.bad(&key("channel"), problem);
+    }
     if cfg.bridges[..i]
         .iter()
         .any(|other| other.path == route.path)

@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::http::{get, http};
 
-/// The script, from the crate root.
 /// The `User-Agent` of [`ToyBackend::direct`].
 const TEST_AGENT: &str = "toy-backend-test";
 
+/// The script, from the crate root.
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/toy-backend/backend.py"
@@ -112,8 +112,17 @@ impl ToyBackend {
         r.json()
     }
 
-    async fn stats(&self) -> Value {
+    /// The backend's `/stats`: requests served per polling URL.
+    pub async fn stats(&self) -> Value {
         get(&format!("{}/stats", self.url())).await.json()
+    }
+
+    /// Logs `user` in; returns its `session=…` cookie.
+    pub async fn log_in(&self, user: &str) -> String {
+        let r = get(&format!("{}/login?user={user}", self.url())).await;
+        assert_eq!(r.status(), 200, "log {user} in: {}", r.text());
+        let set_cookie = r.header("set-cookie").expect("Set-Cookie");
+        set_cookie.split(';').next().unwrap().to_string()
     }
 
     /// Requests `/api/scores` has served.
@@ -142,4 +151,14 @@ impl ToyBackend {
             })
             .collect()
     }
+}
+
+/// The channel of a bridge route's feed for a query, as docs/bridge.md
+/// says: the route's channel, a dot, the first 32 hex digits of
+/// SHA-1(`?{canonical query}` NUL).
+pub fn feed_channel(base: &str, canonical_query: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(format!("?{canonical_query}\0").as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{base}.{hex}")
 }
