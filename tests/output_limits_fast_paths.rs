@@ -4,7 +4,10 @@
 //! path in direct mode (the publisher writes its events). A client that
 //! never reads is still dropped at its hard limit, at its soft limit held
 //! too long, or by the write deadline, each counted, while a reading
-//! client of the same channel gets everything.
+//! client of the same channel gets everything. (A parked long-poll's
+//! answer is one message under 16 KiB, written by the publisher only as
+//! far as the socket takes it at once; the rest is the connection's, under
+//! `limits.write_timeout`.)
 
 mod common;
 
@@ -52,6 +55,22 @@ async fn parked_never_reading_ws(gw: &Gateway, channel: &str) -> RawWs {
     gw.wait_metric("pollbridge_ws_parked_connections", &[], 1.0)
         .await;
     ws
+}
+
+/// A plain live SSE stream on the lean path with a tiny receive buffer
+/// that reads nothing: its socket is lent to the publisher once the head
+/// is out (`transport::sse_direct`).
+async fn never_reading_live_sse(gw: &Gateway, channel: &str) -> RawHttpConn {
+    let mut conn = RawHttpConn::connect_small_rcvbuf(gw.public, 4096)
+        .await
+        .unwrap();
+    let path = format!("/rt/sse/{channel}");
+    conn.send_request("GET", &path, &[("Accept", "*/*")], None)
+        .await
+        .unwrap();
+    gw.wait_metric("pollbridge_connections", &[("transport", "sse")], 1.0)
+        .await;
+    conn
 }
 
 /// A reading WebSocket subscriber that must get `count` messages in order.
@@ -140,16 +159,7 @@ async fn a_direct_mode_sse_stream_past_its_soft_limit_for_too_long_is_dropped() 
         "120s",
     ])
     .await;
-    // A plain live stream on the lean path: its socket is lent to the
-    // publisher once the head is out (transport::sse_direct).
-    let mut slow = RawHttpConn::connect_small_rcvbuf(gw.public, 4096)
-        .await
-        .unwrap();
-    slow.send_request("GET", "/rt/sse/soft", &[("Accept", "*/*")], None)
-        .await
-        .unwrap();
-    gw.wait_metric("pollbridge_connections", &[("transport", "sse")], 1.0)
-        .await;
+    let mut slow = never_reading_live_sse(&gw, "soft").await;
     let fast = reader(&gw, "soft", COUNT).await;
     // 7 MB: the socket buffers fill, then more than 1 MiB stays queued.
     fill(&gw, "soft", COUNT as usize).await;
@@ -175,5 +185,22 @@ async fn a_direct_mode_sse_stream_past_its_soft_limit_for_too_long_is_dropped() 
         "got {} bytes: the stream was not cut off",
         bytes.len()
     );
+    gw.assert_still_serving().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_mode_sse_stream_that_never_reads_is_closed_by_the_write_deadline() {
+    let gw = Gateway::start(&["--write-timeout", "1s"]).await;
+    let _slow = never_reading_live_sse(&gw, "stalled").await;
+    // 3 MB: more than the socket buffers, under every output limit.
+    fill(&gw, "stalled", 50).await;
+    gw.wait_metric(
+        "pollbridge_slow_clients_closed_total",
+        &[("transport", "sse"), ("reason", "write_timeout")],
+        1.0,
+    )
+    .await;
+    gw.wait_metric("pollbridge_connections", &[("transport", "sse")], 0.0)
+        .await;
     gw.assert_still_serving().await;
 }
