@@ -761,12 +761,15 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Header lines as (lower-cased name, value) pairs.
+pub type HeaderLines = Vec<(String, Vec<u8>)>;
+
 /// The reference reading of a head the lean path took, split by hand
 /// (independent of `httparse`): any empty lines, `GET SP target SP HTTP/1.1 CRLF`, then
 /// `name ":" OWS value OWS CRLF` lines (names of `tchar`s, values without
 /// control characters but HTAB), then `CRLF`. Returns the target and the
 /// (lower-cased name, value) pairs; `None` when the bytes are not that.
-pub fn reference_head(head: &[u8]) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+pub fn reference_head(head: &[u8]) -> Option<(String, HeaderLines)> {
     // Every line (the empty one that ends the head too) ends with CRLF.
     let mut body = head.strip_suffix(b"\r\n")?;
     // Empty lines before the request line are ignored (RFC 9112 §2.2).
@@ -893,7 +896,7 @@ pub fn check_request_head(data: &[u8]) {
             endpoint(HEAD_PREFIX, head.uri.path()),
             Some(Endpoint::Poll(_) | Endpoint::Sse(_))
         ));
-        let mut seen: Vec<(String, Vec<u8>)> = head
+        let mut seen: HeaderLines = head
             .headers
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
