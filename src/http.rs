@@ -40,6 +40,10 @@ pub trait StreamBody: Send + Unpin + 'static {
     /// Lets the output limits abort the connection of a dropped client.
     fn attach_meter(&self, meter: &Arc<ConnMeter>);
 
+    /// Holds the body's pending output to `limits.write_timeout` itself
+    /// (an HTTP/2 stream: see `OutputAccount::watch_stalls`).
+    fn watch_stalls(&self) {}
+
     /// The last data frame is already in the connection's HTTP/1.1 chunk
     /// framing (the unsent tail of a chunk the publisher wrote in part,
     /// `transport::sse_direct`): the lean path writes it as is.
@@ -103,6 +107,13 @@ impl Body {
 }
 
 impl Body {
+    /// See [`StreamBody::watch_stalls`].
+    pub(crate) fn watch_stalls(&self) {
+        if let Kind::Stream(stream) = &self.kind {
+            stream.watch_stalls();
+        }
+    }
+
     /// See [`StreamBody::prechunked`].
     pub(crate) fn prechunked(&self) -> bool {
         matches!(&self.kind, Kind::Stream(stream) if stream.prechunked())

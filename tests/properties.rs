@@ -501,6 +501,117 @@ fn realtime_request_text() -> impl Strategy<Value = String> {
     })
 }
 
+/// A raw request head near the lean path's edge: a request line of the
+/// realtime routes (or just beside them), headers that matter for framing
+/// and for the routes (`Host`, `Connection`, `Last-Event-ID`…) with right
+/// and wrong values, then a few bytes overwritten or cut off.
+fn request_head_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let line = (
+        prop_oneof![
+            8 => Just("GET"),
+            1 => Just("HEAD"),
+            1 => Just("get"),
+        ],
+        prop_oneof![
+            4 => (
+                prop_oneof![Just("/rt/poll/"), Just("/rt/sse/")],
+                channel_name(),
+                "(\\?((since|timeout|x)=[0-9a-z.-]{0,6}&?){0,3})?",
+            )
+                .prop_map(|(p, c, q)| format!("{p}{c}{q}")),
+            2 => realtime_request_text().prop_map(|t| {
+                let mut parts = t.splitn(3, '\n');
+                let path = parts.next().unwrap_or("").replace(' ', "%20");
+                match parts.next().filter(|q| !q.is_empty()) {
+                    Some(q) => format!("{path}?{}", q.replace(' ', "+")),
+                    None => path,
+                }
+            }),
+            1 => "/rt/(poll|sse)/[ -~]{0,10}",
+        ],
+        prop_oneof![8 => Just("HTTP/1.1"), 1 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0")],
+    )
+        .prop_map(|(m, t, v)| format!("{m} {t} {v}"));
+    let name = prop_oneof![
+        1 => Just("Host"),
+        2 => Just("Connection"),
+        3 => Just("Last-Event-ID"),
+        3 => Just("Accept"),
+        2 => Just("cookie"),
+        1 => Just("Content-Length"),
+        1 => Just("Transfer-Encoding"),
+        1 => Just("Upgrade"),
+        1 => Just("X y"),
+    ];
+    let value = prop_oneof![
+        Just("app.test".to_string()),
+        Just("[::1]:8080".to_string()),
+        Just("user@h".to_string()),
+        Just("a b".to_string()),
+        Just("evil/path?x".to_string()),
+        Just("close".to_string()),
+        Just("keep-alive, Close".to_string()),
+        Just("0".to_string()),
+        Just("chunked".to_string()),
+        any::<u64>().prop_map(|n| format!(" {n} ")),
+        "[ -~\t]{0,12}",
+    ];
+    let sep = || prop_oneof![4 => Just(": "), 1 => Just(":"), 1 => Just(" : "), 1 => Just(":\t")];
+    let header = (name, sep(), value).prop_map(|(n, s, v)| format!("{n}{s}{v}\r\n"));
+    let host_value = prop_oneof![
+        4 => Just("app.test".to_string()),
+        1 => Just("[::1]:8080".to_string()),
+        1 => Just("127.0.0.1:65536".to_string()),
+        1 => Just("user@h".to_string()),
+        1 => Just("a b".to_string()),
+        1 => Just("evil/path?x".to_string()),
+        1 => Just("h:".to_string()),
+        1 => Just("%41%zz".to_string()),
+        2 => "[ -~]{0,12}",
+    ];
+    let host = prop::option::weighted(0.9, (sep(), host_value))
+        .prop_map(|h| h.map_or(String::new(), |(s, v)| format!("Host{s}{v}\r\n")));
+    let head = (
+        prop_oneof![9 => Just(""), 1 => Just("\r\n")],
+        line,
+        host,
+        prop::collection::vec(header, 0..5),
+    )
+        .prop_map(|(lead, line, host, headers)| {
+            format!("{lead}{line}\r\n{host}{}\r\n", headers.concat())
+        });
+    let edits = prop_oneof![
+        3 => Just(Vec::new()),
+        1 => prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..3),
+    ];
+    let cut = prop::option::weighted(0.2, any::<prop::sample::Index>());
+    (head, edits, cut).prop_map(|(head, edits, cut)| {
+        let mut bytes = head.into_bytes();
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        bytes
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn request_heads_of_the_realtime_routes(bytes in request_head_bytes()) {
+        invariants::check_request_head(&bytes);
+    }
+
+    #[test]
+    fn request_head_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+        invariants::check_request_head(&bytes);
+    }
+}
+
 // ---------------------------------------------------------------- corpora and regressions
 
 /// Runs `check` on every file under `fuzz/{corpus,regressions}/<target>/`;
@@ -545,6 +656,7 @@ fn fuzz_inputs_replay() {
         replay("config_loader", config_bytes),
         replay("publish_body", invariants::check_publish_body),
         replay("realtime_request", invariants::check_realtime_request),
+        replay("request_head", invariants::check_request_head),
     ];
     assert!(
         seen.iter().all(|&n| n > 0),

@@ -748,3 +748,229 @@ pub fn check_realtime_request(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------- raw request heads (lean path)
+
+/// The prefix and head limits the `request_head` target runs with: the
+/// default head limit, and a small one that inputs reach.
+pub const HEAD_PREFIX: &str = "/rt";
+pub const HEAD_LIMITS: [usize; 2] = [16 * 1024, 256];
+
+/// RFC 9110 `tchar`: what a header name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Header lines as (lower-cased name, value) pairs.
+pub type HeaderLines = Vec<(String, Vec<u8>)>;
+
+/// The reference reading of a head the lean path took, split by hand
+/// (independent of `httparse`): any empty lines, `GET SP target SP HTTP/1.1 CRLF`, then
+/// `name ":" OWS value OWS CRLF` lines (names of `tchar`s, values without
+/// control characters but HTAB), then `CRLF`. Returns the target and the
+/// (lower-cased name, value) pairs; `None` when the bytes are not that.
+pub fn reference_head(head: &[u8]) -> Option<(String, HeaderLines)> {
+    // Every line (the empty one that ends the head too) ends with CRLF.
+    let mut body = head.strip_suffix(b"\r\n")?;
+    // Empty lines before the request line are ignored (RFC 9112 §2.2).
+    while let Some(rest) = body.strip_prefix(b"\r\n") {
+        body = rest;
+    }
+    let mut lines = body
+        .split_inclusive(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r\n"));
+    let request_line = lines.next()??;
+    let rest = request_line.strip_prefix(b"GET ")?;
+    let target = rest.strip_suffix(b" HTTP/1.1")?;
+    if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return None;
+    }
+    let mut headers = Vec::new();
+    for line in lines {
+        let line = line?;
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return None;
+        }
+        let ows = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+        let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+        let value = &value[start..end];
+        if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return None;
+        }
+        headers.push((
+            String::from_utf8(name.to_ascii_lowercase()).ok()?,
+            value.to_vec(),
+        ));
+    }
+    Some((String::from_utf8(target.to_vec()).ok()?, headers))
+}
+
+/// Reference for the `Host` check (RFC 3986 `uri-host [ ":" port ]`, as
+/// docs/security.md states it): a bracketed IPv6 address or a non-empty
+/// name of unreserved / `%XX` / sub-delimiter characters, then an optional
+/// port of 1–5 digits up to 65535.
+pub fn reference_host_ok(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, tail)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => match tail {
+                "" => (text, None),
+                _ => match tail.strip_prefix(':') {
+                    Some(port) => (&text[..text.len() - tail.len()], Some(port)),
+                    None => return false,
+                },
+            },
+            _ => return false,
+        }
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let name_ok = host.starts_with('[') || {
+        let bytes = host.as_bytes();
+        let mut i = 0;
+        let mut ok = !bytes.is_empty();
+        while ok && i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                ok = bytes.len() > i + 2
+                    && bytes[i + 1].is_ascii_hexdigit()
+                    && bytes[i + 2].is_ascii_hexdigit();
+                i += 3;
+            } else {
+                ok = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+                i += 1;
+            }
+        }
+        ok
+    };
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+    });
+    name_ok && port_ok
+}
+
+/// The `request_head` target: raw bytes as they arrive on a cleartext
+/// public connection, through what a realtime route parses of them — the
+/// lean path's head parser (`server::lean::head::decide`), the `Host`
+/// check every request passes (`net::host::check`), then the route's
+/// query and `Last-Event-ID` ([`check_realtime_request`]).
+///
+/// A head the lean path takes is exactly its reference reading: a bodiless
+/// `GET` over HTTP/1.1 of a poll or SSE endpoint, one valid-framed `Host`,
+/// none of the headers that would change framing, the same target and
+/// headers; the bytes after it do not change the decision. Anything else
+/// is handed over (hyper answers it, `tests/lean_fuzz.rs`) or waits for
+/// more, but never past the head limit.
+pub fn check_request_head(data: &[u8]) {
+    use http::header;
+    use pollbridge::server::lean::head::{decide, Decision, MAX_HEADERS};
+    use pollbridge::transport::params::{endpoint, Endpoint};
+
+    for max in HEAD_LIMITS {
+        let head = match decide(data, HEAD_PREFIX, max) {
+            Decision::Lean(head) => head,
+            Decision::NeedMore => {
+                assert!(data.len() < max, "waits for more past the head limit");
+                continue;
+            }
+            Decision::HandOver => continue,
+        };
+        let raw = &data[..head.len];
+        assert!(head.len <= max, "a head of {} bytes over {max}", head.len);
+        let (target, mut lines) = reference_head(raw)
+            .unwrap_or_else(|| panic!("took a head the reference refuses: {raw:?}"));
+        // A fragment is dropped, as hyper drops it.
+        let sent = target.split('#').next().unwrap_or("");
+        assert_eq!(head.uri.to_string(), sent, "the target as sent");
+        assert!(matches!(
+            endpoint(HEAD_PREFIX, head.uri.path()),
+            Some(Endpoint::Poll(_) | Endpoint::Sse(_))
+        ));
+        let mut seen: HeaderLines = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        lines.sort();
+        seen.sort();
+        assert_eq!(seen, lines, "the headers as sent");
+        assert!(seen.len() <= MAX_HEADERS);
+        let count = |name: &header::HeaderName| head.headers.get_all(name).iter().count();
+        assert_eq!(count(&header::HOST), 1, "exactly one Host");
+        for framing in [
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::EXPECT,
+            header::TE,
+        ] {
+            assert_eq!(count(&framing), 0, "{framing} taken");
+        }
+        assert!(head
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v == "0"));
+        assert!(count(&header::CONTENT_LENGTH) <= 1);
+        let close = head
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        assert_eq!(head.close, close, "Connection: close");
+
+        // What follows the head (a pipelined request, or nothing yet)
+        // does not change what was read.
+        for tail in [&b""[..], b"GET /rt/poll/x HTTP/1.1\r\n", b"\r\n\r\n\0"] {
+            let mut more = raw.to_vec();
+            more.extend_from_slice(tail);
+            match decide(&more, HEAD_PREFIX, max) {
+                Decision::Lean(again) => {
+                    assert_eq!((again.len, &again.uri), (head.len, &head.uri));
+                    assert_eq!(again.headers, head.headers);
+                }
+                other => panic!("{raw:?} + {tail:?}: {other:?}"),
+            }
+        }
+
+        // The Host check every request passes, against its reference.
+        let host = head.headers.get(header::HOST).expect("one Host");
+        match pollbridge::net::host::check(http::Version::HTTP_11, &head.headers) {
+            Ok(Some(checked)) => {
+                assert_eq!(checked, host);
+                assert!(reference_host_ok(host.as_bytes()), "took Host {host:?}");
+            }
+            Ok(None) => panic!("an HTTP/1.1 Host passed as absent"),
+            Err(e) => {
+                assert!(!reference_host_ok(host.as_bytes()), "refused Host {host:?}");
+                check_refusal(&e, &["bad_request"]);
+            }
+        }
+
+        // The route's own parsing of the query and Last-Event-ID.
+        let mut parts = head.uri.path().to_owned();
+        let last_event_id = head
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok());
+        if head.uri.query().is_some() || last_event_id.is_some() {
+            parts.push('\n');
+            parts.push_str(head.uri.query().unwrap_or(""));
+        }
+        if let Some(id) = last_event_id {
+            parts.push('\n');
+            parts.push_str(id);
+        }
+        check_realtime_request(parts.as_bytes());
+    }
+}

@@ -95,3 +95,38 @@ fn the_reaper_drops_the_largest_first_and_soft_limits_expire() {
     drop(answer);
     assert_eq!(soft.pending(), 0);
 }
+
+/// HTTP/2 streams are stall-watched: pending output without progress for
+/// `limits.write_timeout` is dropped as a write timeout; output that
+/// moves, or none pending, is not.
+#[test]
+fn stall_watched_output_without_progress_is_dropped_at_the_write_timeout() {
+    let limits = LimitsConfig {
+        write_timeout: Duration::from_millis(50),
+        ..LimitsConfig::default()
+    };
+    let b = OutputBudget::new(&limits, Arc::new(Metrics::new()));
+    let stalled = standalone_account(&b, Transport::LongPoll, 100_000);
+    let moving = standalone_account(&b, Transport::LongPoll, 100_000);
+    let unwatched = standalone_account(&b, Transport::LongPoll, 100_000);
+    let idle = SubscriberQueue::for_client(1000, Transport::Sse, &b);
+    for account in [&stalled, &moving] {
+        account.watch_stalls();
+    }
+    idle.output().unwrap().watch_stalls();
+    std::thread::sleep(Duration::from_millis(80));
+    moving.sub(1_000);
+    b.enforce();
+    assert!(stalled.is_killed());
+    assert!(!moving.is_killed() && !unwatched.is_killed());
+    assert!(!idle.output().unwrap().is_killed(), "nothing pending");
+    assert_eq!(
+        b.metrics
+            .slow_closed_count(Transport::LongPoll, SlowClose::WriteTimeout),
+        1
+    );
+    // Output queued after a quiet spell starts its stall clock then.
+    idle.push(&msg(1, 100), ChannelMode::Stream);
+    b.enforce();
+    assert!(!idle.output().unwrap().is_killed());
+}

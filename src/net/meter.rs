@@ -158,6 +158,18 @@ impl ConnMeter {
         self.killed.load(Ordering::Relaxed)
     }
 
+    /// Resolves once the connection is [killed](Self::kill), looking once
+    /// a second. For HTTP/2, where the kill cannot wait for a blocked
+    /// write: a stream stalled by the client's flow control blocks none.
+    pub async fn until_killed(&self) {
+        loop {
+            tokio::time::sleep(STALL_TICK).await;
+            if self.is_killed() {
+                return;
+            }
+        }
+    }
+
     /// The upgrade is complete (hyper has written the 101 and let go of the
     /// socket): from now on the connection's bytes are messages, not
     /// handshake. (Not at [`response_done`](Self::response_done): hyper

@@ -46,6 +46,9 @@ pub struct OutputBudget {
     hard: usize,
     soft: usize,
     soft_time: Duration,
+    /// `limits.write_timeout`: how long a stall-watched account
+    /// ([`OutputAccount::watch_stalls`]) may hold output without progress.
+    stall_time: Duration,
     /// Sum of every client's pending output.
     pending: AtomicUsize,
     /// Time zero for the soft-limit clocks (milliseconds in an atomic).
@@ -76,6 +79,7 @@ impl OutputBudget {
             hard: limits.client_output_hard_bytes,
             soft: limits.client_output_soft_bytes,
             soft_time: limits.client_output_soft_time,
+            stall_time: limits.write_timeout,
             pending: AtomicUsize::new(0),
             epoch: Instant::now(),
             tracked: Mutex::new(Vec::new()),
@@ -92,6 +96,8 @@ impl OutputBudget {
             transport,
             pending: AtomicUsize::new(0),
             soft_since: AtomicU64::new(0),
+            progress_at: AtomicU64::new(0),
+            stall_watched: AtomicBool::new(false),
             tracked: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             queue: OnceLock::new(),
@@ -129,10 +135,13 @@ impl OutputBudget {
         };
         let now = self.now_ms();
         let soft_ms = self.soft_time.as_millis() as u64;
+        let stall_ms = self.stall_time.as_millis() as u64;
         for account in &accounts {
             let since = account.soft_since.load(Ordering::Relaxed);
             if since != 0 && now.saturating_sub(since) >= soft_ms {
                 account.kill(SlowClose::SoftLimit);
+            } else if stall_ms > 0 && account.stalled_for(now) >= stall_ms {
+                account.kill(SlowClose::WriteTimeout);
             }
         }
         let total = self.pending();
@@ -189,6 +198,11 @@ pub struct OutputAccount {
     /// When the pending output went past the soft limit (the budget's
     /// milliseconds), 0 while it is below.
     soft_since: AtomicU64,
+    /// Stall-watched accounts only: when the output last made progress
+    /// (the budget's milliseconds), or became pending after none was.
+    progress_at: AtomicU64,
+    /// Held to `limits.write_timeout` by the reaper ([`Self::watch_stalls`]).
+    stall_watched: AtomicBool,
     /// Registered with the reaper.
     tracked: AtomicBool,
     killed: AtomicBool,
@@ -203,6 +217,10 @@ impl OutputAccount {
     pub fn add(&self, bytes: usize) -> Verdict {
         let budget = &self.budget;
         let pending = self.pending.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if pending == bytes && self.stall_watched.load(Ordering::Relaxed) {
+            // Output pending again after none: its stall clock starts now.
+            self.progress_at.store(budget.now_ms(), Ordering::Relaxed);
+        }
         let total = budget.pending.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if total > budget.limit {
             budget.over.notify_one();
@@ -230,6 +248,10 @@ impl OutputAccount {
     pub fn sub(&self, bytes: usize) {
         let pending = self.pending.fetch_sub(bytes, Ordering::Relaxed) - bytes;
         self.budget.pending.fetch_sub(bytes, Ordering::Relaxed);
+        if bytes > 0 && self.stall_watched.load(Ordering::Relaxed) {
+            self.progress_at
+                .store(self.budget.now_ms(), Ordering::Relaxed);
+        }
         if pending <= self.budget.soft && self.soft_since.load(Ordering::Relaxed) != 0 {
             self.soft_since.store(0, Ordering::Relaxed);
         }
@@ -252,6 +274,29 @@ impl OutputAccount {
     /// Lets the account drop the client by aborting its connection.
     pub fn attach_meter(&self, meter: &Arc<ConnMeter>) {
         let _ = self.meter.set(meter.clone());
+    }
+
+    /// Holds this output to `limits.write_timeout` from here: output that
+    /// stays pending without progress that long is dropped
+    /// (`reason="write_timeout"`). For an HTTP/2 stream, whose client's
+    /// flow control can stall it while the connection's socket takes
+    /// everything else, so the socket's write deadline never sees it.
+    pub fn watch_stalls(&self) {
+        self.progress_at
+            .store(self.budget.now_ms(), Ordering::Relaxed);
+        self.stall_watched.store(true, Ordering::Relaxed);
+        if !self.tracked.swap(true, Ordering::Relaxed) {
+            self.budget.tracked.lock().push(self.me.clone());
+        }
+    }
+
+    /// How long (ms) stall-watched output has been pending without
+    /// progress at `now`; 0 when none is pending or it is not watched.
+    fn stalled_for(&self, now: u64) -> u64 {
+        if !self.stall_watched.load(Ordering::Relaxed) || self.pending() == 0 || self.is_killed() {
+            return 0;
+        }
+        now.saturating_sub(self.progress_at.load(Ordering::Relaxed))
     }
 
     /// Counts the drop and aborts the connection, for a caller that closes

@@ -210,6 +210,7 @@ async fn serve_public<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let svc_app = app.clone();
+    let conn_meter = meter.clone();
     let service = service_fn(move |req| {
         let app = svc_app.clone();
         let meter = meter.clone();
@@ -236,9 +237,18 @@ async fn serve_public<I>(
         // Boxed: an HTTP/2 connection's state is kilobytes larger than an
         // HTTP/1.1 one's, and unboxed it would size every connection's task
         // (every held poll, every SSE stream) for it.
+        // A client dropped by the output limits is dropped with its whole
+        // connection: its stalled stream blocks no write that could fail.
         Version::Http2 => {
             let conn = builder.h2.serve_connection(io, service);
-            Box::pin(until_shutdown(app, conn, |c| c.graceful_shutdown())).await
+            let served = until_shutdown(app, conn, |c| c.graceful_shutdown());
+            Box::pin(async {
+                tokio::select! {
+                    result = served => result,
+                    () = conn_meter.until_killed() => Ok(()),
+                }
+            })
+            .await
         }
     };
     match result {

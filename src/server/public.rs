@@ -84,6 +84,7 @@ pub fn route(
 ) -> impl Future<Output = Response> + Send {
     async move {
         let route = pick_route(&app, &req);
+        let http2 = req.version() == http::Version::HTTP_2;
         meter.begin_request(route.transport());
         // Before anything reads or forwards it (RFC 9112 §3.2).
         crate::net::host::authority_as_host(&mut req);
@@ -145,6 +146,11 @@ pub fn route(
             },
         };
         let mut resp = result.unwrap_or_else(|e| h::logged_error(&e));
+        if http2 {
+            // A stream its client's flow control stalls blocks no socket
+            // write: the write deadline is kept by the output reaper.
+            resp.body_mut().watch_stalls();
+        }
         resp.body_mut().set_meter(meter);
         resp
     }

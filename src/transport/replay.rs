@@ -269,6 +269,10 @@ impl crate::http::StreamBody for ReplayBody {
         self.account.attach_meter(meter);
     }
 
+    fn watch_stalls(&self) {
+        self.account.watch_stalls();
+    }
+
     fn poll_frame(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,

@@ -305,6 +305,12 @@ impl crate::http::StreamBody for SseBody {
         SseBody::attach_meter(self, meter)
     }
 
+    fn watch_stalls(&self) {
+        if let Some(account) = self.queue.output() {
+            account.watch_stalls();
+        }
+    }
+
     fn prechunked(&self) -> bool {
         self.prechunked
     }
