@@ -297,7 +297,7 @@ impl Parked {
     fn finish(&mut self) -> Finished {
         self.queue.leave_direct(&mut self.report);
         if self.answered() {
-            return Finished::Answered(self.report.remainder.take());
+            return Finished::Answered(self.report.take_remainder());
         }
         let max = self.gw.config.longpoll.max_messages;
         let _ = self.queue.try_drain(&mut self.drained, max);

@@ -126,7 +126,7 @@ impl DirectLease {
         if let Some(at) = self.sink.last_write.lock().take() {
             *last_sent = (*last_sent).max(tokio::time::Instant::from_std(at));
         }
-        self.report.remainder.take()
+        self.report.take_remainder()
     }
 }
 

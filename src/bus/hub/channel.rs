@@ -149,6 +149,14 @@ pub struct Subscription {
     pub(super) key: u64,
 }
 
+impl Subscription {
+    /// The channel's name as the hub holds it: a subscriber that keeps it
+    /// shares the hub's copy instead of keeping its request's.
+    pub fn channel(&self) -> &ChannelName {
+        &self.slot.name
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut wakeups = Wakeups::default();

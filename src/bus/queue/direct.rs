@@ -48,8 +48,10 @@ pub trait DirectSink: Send + Sync {
 /// written per channel, after direct mode ends.
 #[derive(Default)]
 pub struct DirectReport {
-    /// The unsent tail of a message the publisher wrote in part.
-    pub remainder: Option<Bytes>,
+    /// The unsent tail of a message the publisher wrote in part. Boxed:
+    /// rare, and every connection holds two reports (its own and its
+    /// queue's), so 24 bytes each matter.
+    remainder: Option<Box<Bytes>>,
     /// Last id delivered per channel, and the epoch it is in: the
     /// connection's cursors, one per channel it is subscribed to, moved on
     /// by what publishers wrote. Messages of other channels are not
@@ -61,4 +63,38 @@ pub struct DirectReport {
     /// The channels of `written` the connection reads as deltas; it holds
     /// the value of each one's cursor (see the module doc).
     pub deltas: Vec<crate::protocol::channel::ChannelName>,
+}
+
+impl DirectReport {
+    /// Whether a partly written message's tail is left to write.
+    pub fn has_remainder(&self) -> bool {
+        self.remainder.is_some()
+    }
+
+    /// Leaves the unsent tail of a message the publisher wrote in part.
+    pub fn set_remainder(&mut self, rest: Bytes) {
+        self.remainder = Some(Box::new(rest));
+    }
+
+    /// Takes the unsent tail, if any.
+    pub fn take_remainder(&mut self) -> Option<Bytes> {
+        self.remainder.take().map(|rest| *rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_stays_small() {
+        // Every connection holds two (its own and its queue's).
+        assert!(std::mem::size_of::<DirectReport>() <= 56);
+        let mut report = DirectReport::default();
+        assert!(!report.has_remainder());
+        report.set_remainder(Bytes::from_static(b"tail"));
+        assert!(report.has_remainder());
+        assert_eq!(report.take_remainder().as_deref(), Some(&b"tail"[..]));
+        assert!(!report.has_remainder());
+    }
 }

@@ -19,7 +19,7 @@ impl SubscriberQueue {
     /// queue is closed: the connection drains first.
     pub fn enter_direct(&self, sink: &Arc<dyn DirectSink>, report: &mut DirectReport) -> bool {
         let mut state = self.state.lock();
-        if !state.items.is_empty() || state.closed.is_some() || state.report.remainder.is_some() {
+        if !state.items.is_empty() || state.closed.is_some() || state.report.has_remainder() {
             return false;
         }
         std::mem::swap(&mut state.report, report);
@@ -69,7 +69,7 @@ impl SubscriberQueue {
         max: usize,
     ) -> Poll<Result<(), QueueClosed>> {
         let mut state = self.state.lock();
-        if !state.items.is_empty() || state.report.remainder.is_some() {
+        if !state.items.is_empty() || state.report.has_remainder() {
             self.move_out(&mut state, out, max);
             return Poll::Ready(Ok(()));
         }

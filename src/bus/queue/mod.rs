@@ -349,7 +349,7 @@ fn write_direct(
         };
         let (mut sent, partial) = taken(frames, n);
         if let Some(rest) = partial {
-            state.report.remainder = Some(rest);
+            state.report.set_remainder(rest);
             sent += 1;
         }
         if sent > 0 {
@@ -561,7 +561,7 @@ mod tests {
         assert!(!q.enter_direct(&sink, &mut DirectReport::default()));
 
         q.leave_direct(&mut report);
-        let tail = report.remainder.take().expect("a partial frame");
+        let tail = report.take_remainder().expect("a partial frame");
         assert_eq!(report.written.len(), 1);
         assert_eq!(report.written[0].2, 3);
         let mut wire = fake.wire.lock().clone();
@@ -747,7 +747,7 @@ mod tests {
         assert_eq!(delivered(&metrics), 4);
         q.leave_direct(&mut report);
         assert_eq!(report.written[0].2, 4, "deltas up to #4 written");
-        assert!(report.remainder.is_none());
+        assert!(!report.has_remainder());
         let mut out = Vec::new();
         q.try_drain(&mut out, 10).unwrap();
         assert_eq!(out.iter().map(|m| m.id).collect::<Vec<_>>(), [5]);

@@ -161,6 +161,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
         let is_state = self.gw.rules.resolve(channel.as_str()).mode == ChannelMode::State;
+        // The hub's copy of the name, kept for the connection's life; the
+        // request's copy goes (one allocation less per idle connection).
+        let channel = subscription.channel().clone();
         self.subscriptions.insert(
             channel,
             Subscribed {

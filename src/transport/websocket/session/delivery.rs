@@ -85,7 +85,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 }
             }
         }
-        match self.report.remainder.take() {
+        match self.report.take_remainder() {
             Some(rest) => Box::pin(self.write_frames(&[rest])).await,
             None => Ok(()),
         }
