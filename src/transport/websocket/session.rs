@@ -145,9 +145,6 @@ pub struct Session<W> {
     /// The socket as the publishers write to it in direct mode (None: this
     /// connection can't be shared, e.g. TLS).
     sink: Option<Arc<dyn DirectSink>>,
-    /// Reused for what publishers report when the session takes the socket
-    /// back.
-    report: DirectReport,
     /// `conflate_interval` on state channels.
     throttle: Throttle,
     handler: Handler,
@@ -218,7 +215,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             deflate,
             deflate_context,
             sink,
-            report: DirectReport::default(),
             throttle: Throttle::new(&gw.rules),
             gw,
             handler: Handler::Commands,
@@ -291,7 +287,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     async fn finish(&mut self, end: End) {
         // serve() took the socket back before returning; make sure no
         // publisher writes after the close frame.
-        self.queue.leave_direct(&mut self.report);
+        self.queue.leave_direct(&mut DirectReport::default());
         if let End::Close(code, ref reason) = end {
             let close = frame::close(code, reason);
             let _ =

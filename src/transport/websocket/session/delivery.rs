@@ -14,7 +14,7 @@ use super::super::deflate::{frame_for, record_compressed};
 use super::subscriptions::Subscriptions;
 use super::vectored::write_all_vectored;
 use super::{End, SendProgress, Session};
-use crate::bus::{Bus, QueueClosed, SubscriberQueue};
+use crate::bus::{Bus, DirectReport, QueueClosed, SubscriberQueue};
 use crate::gateway::Gateway;
 use crate::metrics::record_delivery;
 use crate::protocol::channel::ChannelName;
@@ -49,19 +49,21 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         {
             return false;
         }
-        let cursors = self
-            .subscriptions
-            .iter()
-            .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id));
-        self.report.written.clear();
-        // Exactly one per subscription: it stays allocated while the
-        // session waits (a first `extend` makes room for four).
-        self.report.written.reserve_exact(self.subscriptions.len());
-        self.report.written.extend(cursors);
-        self.report.deltas.clear();
+        // Made here and moved into the queue, which holds it while the
+        // socket is lent: the session keeps no report of its own (56 bytes
+        // less in every idle session, which then fits a smaller allocation
+        // class). Exactly one cursor per subscription: it stays allocated
+        // while the session waits (a first `extend` makes room for four).
+        let mut report = DirectReport::default();
+        report.written.reserve_exact(self.subscriptions.len());
+        report.written.extend(
+            self.subscriptions
+                .iter()
+                .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id)),
+        );
         let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
-        self.report.deltas.extend(deltas.map(|(c, _)| c.clone()));
-        self.queue.enter_direct(sink, &mut self.report)
+        report.deltas.extend(deltas.map(|(c, _)| c.clone()));
+        self.queue.enter_direct(sink, &mut report)
     }
 
     /// Ends direct mode: from here on this task is the socket's only
@@ -71,8 +73,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         if self.sink.is_none() {
             return Ok(());
         }
-        self.queue.leave_direct(&mut self.report);
-        for (channel, epoch, id) in self.report.written.drain(..) {
+        let mut report = DirectReport::default();
+        self.queue.leave_direct(&mut report);
+        for (channel, epoch, id) in report.written.drain(..) {
             if let Some(sub) = self.subscriptions.get_mut(&channel) {
                 // Publishers write only in the cursor's own epoch.
                 if sub.cursor.epoch == epoch && id > sub.cursor.id {
@@ -85,7 +88,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 }
             }
         }
-        match self.report.take_remainder() {
+        match report.take_remainder() {
             Some(rest) => Box::pin(self.write_frames(&[rest])).await,
             None => Ok(()),
         }
