@@ -85,6 +85,26 @@ async fn reader(gw: &Gateway, channel: &str, count: u64) -> tokio::task::JoinHan
     })
 }
 
+/// The reading client gets everything in time, and the slow one is
+/// dropped for `reason`.
+async fn served_while_the_slow_one_is_dropped(
+    gw: &Gateway,
+    fast: tokio::task::JoinHandle<()>,
+    transport: &str,
+    reason: &str,
+) {
+    tokio::time::timeout(Duration::from_secs(60), fast)
+        .await
+        .expect("the reading client got everything in time")
+        .unwrap();
+    gw.wait_metric(
+        "pollbridge_slow_clients_closed_total",
+        &[("transport", transport), ("reason", reason)],
+        1.0,
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_websocket_that_never_reads_is_dropped_at_its_hard_limit() {
     const COUNT: u64 = 200;
@@ -103,16 +123,7 @@ async fn a_parked_websocket_that_never_reads_is_dropped_at_its_hard_limit() {
     let fast = reader(&gw, "live", COUNT).await;
     // 12 MB: more than the socket buffers plus the 2 MiB limit.
     fill(&gw, "live", COUNT as usize).await;
-    tokio::time::timeout(Duration::from_secs(60), fast)
-        .await
-        .expect("the reading client got everything in time")
-        .unwrap();
-    gw.wait_metric(
-        "pollbridge_slow_clients_closed_total",
-        &[("transport", "websocket"), ("reason", "output_hard_limit")],
-        1.0,
-    )
-    .await;
+    served_while_the_slow_one_is_dropped(&gw, fast, "websocket", "output_hard_limit").await;
     // The reading client is gone too (its task ended): nothing stays
     // open, parked or pending.
     gw.wait_metric("pollbridge_connections", &[("transport", "websocket")], 0.0)
@@ -163,16 +174,7 @@ async fn a_direct_mode_sse_stream_past_its_soft_limit_for_too_long_is_dropped() 
     let fast = reader(&gw, "soft", COUNT).await;
     // 7 MB: the socket buffers fill, then more than 1 MiB stays queued.
     fill(&gw, "soft", COUNT as usize).await;
-    tokio::time::timeout(Duration::from_secs(60), fast)
-        .await
-        .expect("the reading client got everything in time")
-        .unwrap();
-    gw.wait_metric(
-        "pollbridge_slow_clients_closed_total",
-        &[("transport", "sse"), ("reason", "output_soft_limit")],
-        1.0,
-    )
-    .await;
+    served_while_the_slow_one_is_dropped(&gw, fast, "sse", "output_soft_limit").await;
     assert_eq!(closed_for(&gw, "output_hard_limit", "sse").await, 0.0);
     gw.wait_metric("pollbridge_connections", &[("transport", "sse")], 0.0)
         .await;
