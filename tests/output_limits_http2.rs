@@ -7,33 +7,10 @@
 
 mod common;
 
+use common::h2::{frame, get_headers};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A GET's header block (HPACK: static `:method GET`, `:scheme http`,
-/// literal `:path` and `:authority`).
-fn get_headers(path: &str) -> Vec<u8> {
-    fn literal(out: &mut Vec<u8>, s: &[u8]) {
-        assert!(s.len() < 127);
-        out.push(s.len() as u8);
-        out.extend_from_slice(s);
-    }
-    let mut block = vec![0x82, 0x86, 0x04];
-    literal(&mut block, path.as_bytes());
-    block.push(0x01);
-    literal(&mut block, b"localhost");
-    block
-}
 
 const MIB: usize = 1024 * 1024;
 
@@ -67,7 +44,7 @@ async fn an_http2_client_that_grants_no_window_is_dropped_at_the_write_deadline(
         .await
         .unwrap();
     for stream in [1u32, 3] {
-        h2.write_all(&frame(0x1, 0x5, stream, &get_headers(large)))
+        h2.write_all(&frame(0x1, 0x5, stream, &get_headers(large, &[])))
             .await
             .unwrap();
     }

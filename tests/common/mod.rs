@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bridge_upstream;
+pub mod h2;
 pub mod http;
 pub mod migration;
 pub mod redis;

@@ -53,15 +53,7 @@ impl SseClient {
         all.extend_from_slice(headers);
         conn.send_request("GET", path, &all, None).await?;
         let head = conn.read_head().await?;
-        let chunked = head.is_chunked();
-        Ok(SseClient {
-            conn,
-            head,
-            chunked,
-            text: Vec::new(),
-            ended: false,
-            comments: 0,
-        })
+        Ok(SseClient::from_parts(conn, head))
     }
 
     /// A client on a connection whose response head was read already.
