@@ -245,13 +245,7 @@ impl SseBody {
     /// delivered now.
     fn start_replay(&mut self, head: Bytes, mut history: Vec<Arc<Message>>) -> Replay {
         if self.throttle.is_enabled() {
-            let metrics = self.metrics.clone();
-            self.throttle.admit(
-                &self.rules,
-                &mut history,
-                std::time::Instant::now(),
-                metrics.transport(Transport::Sse),
-            );
+            self.hold_throttled(&mut history);
         }
         let cursor = &mut self.cursor;
         // The history is of the cursor's own sequence (it starts in the

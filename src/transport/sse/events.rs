@@ -21,14 +21,20 @@ impl SseBody {
             return self.encode_now(messages);
         }
         let mut batch = messages.to_vec();
+        self.hold_throttled(&mut batch);
+        self.encode_now(&batch)
+    }
+
+    /// Takes out of `messages` the extra updates of throttled channels,
+    /// which the throttle holds for later (`conflate_interval`).
+    pub(super) fn hold_throttled(&mut self, messages: &mut Vec<Arc<Message>>) {
         let metrics = self.metrics.clone();
         self.throttle.admit(
             &self.rules,
-            &mut batch,
+            messages,
             std::time::Instant::now(),
             metrics.transport(Transport::Sse),
         );
-        self.encode_now(&batch)
     }
 
     /// Held updates whose time has come, as one chunk.
