@@ -112,6 +112,21 @@ impl Wheel {
     }
 }
 
+/// The wheel's tick that `at` falls in (tenths of a second since the
+/// wheel started), rounded up — a due time, never early — or down — now.
+/// For a clock that keeps times in a few bytes (`websocket::park`'s
+/// table) on the wheel's own scale.
+pub fn tick_of(at: Instant, up: bool) -> u64 {
+    let nanos = at.saturating_duration_since(wheel().started).as_nanos();
+    let tick = GRANULARITY.as_nanos();
+    let ticks = if up {
+        nanos.div_ceil(tick)
+    } else {
+        nanos / tick
+    };
+    ticks.min(u64::MAX as u128) as u64
+}
+
 /// A registered deadline; unregistered on drop.
 pub struct Deadline {
     /// `slot * SHARDS + shard`.
@@ -220,6 +235,16 @@ mod tests {
         for d in &later {
             assert!(d.poll_due(&mut cx).is_pending());
         }
+    }
+
+    #[test]
+    fn a_due_tick_is_never_early() {
+        let at = wheel().started + Duration::from_millis(1_050);
+        let due = tick_of(at, true);
+        assert_eq!(due, 11);
+        // Looked at just before `at`: not due; at or after it: due.
+        assert!(due > tick_of(at - Duration::from_millis(1), false));
+        assert!(due <= tick_of(at + Duration::from_millis(50), false));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::session::Session;
 use super::socket::SocketWriter;
+use crate::net::deadlines;
 
 /// How often parked sessions are checked for pings and idle timeouts due
 /// (a [`Tick`] in each table slot: up to a tenth of a second later still)
@@ -109,29 +110,14 @@ fn split(token: u64) -> (usize, u32) {
 pub(super) struct Registry {
     epoll: RawFd,
     table: Mutex<Table>,
-    /// Tick zero.
-    epoch: Instant,
 }
 
-/// A time as the registry keeps it: tenths of a second since its epoch
-/// (13 years fit).
+/// A time as the table keeps it: the deadline wheel's tick
+/// (`net::deadlines::tick_of`, tenths of a second; 13 years fit).
 type Tick = u32;
 
-/// How long one [`Tick`] is.
-const TICK_MS: u128 = 100;
-
-impl Registry {
-    /// The tick `at` falls in, rounded up (`due`: never early) or down
-    /// (`now`).
-    fn tick(&self, at: Instant, up: bool) -> Tick {
-        let ms = at.saturating_duration_since(self.epoch).as_millis();
-        let ticks = if up {
-            ms.div_ceil(TICK_MS)
-        } else {
-            ms / TICK_MS
-        };
-        ticks.min(Tick::MAX as u128) as Tick
-    }
+fn tick(at: Instant, up: bool) -> Tick {
+    deadlines::tick_of(at, up).min(Tick::MAX as u64) as Tick
 }
 
 /// The registry, started on first use (its epoll set and thread).
@@ -146,7 +132,6 @@ fn registry() -> io::Result<&'static Registry> {
         let registry: &'static Registry = Box::leak(Box::new(Registry {
             epoll,
             table: Mutex::default(),
-            epoch: Instant::now(),
         }));
         std::thread::Builder::new()
             .name("pollbridge-ws-park".into())
@@ -211,7 +196,7 @@ pub(super) fn park(session: Parked, due: Instant) -> Result<(), Parked> {
     }
     session.parked_gauge().inc();
     let tracked = session.tracker_token();
-    let due = registry.tick(due, true);
+    let due = tick(due, true);
     let kick = session.kick_token();
     table.slots[index as usize].entry = Some(Entry {
         session,
@@ -296,14 +281,14 @@ impl Registry {
                 continue;
             }
             next_scan = now + SCAN;
-            let tick = self.tick(now, false);
+            let now_tick = tick(now, false);
             {
                 let table = self.table.lock();
                 for (index, slot) in table.slots.iter().enumerate() {
                     let Some(entry) = &slot.entry else { continue };
                     let why = if entry.kick.is_cancelled() {
                         Why::Kick
-                    } else if entry.due <= tick {
+                    } else if entry.due <= now_tick {
                         Why::Due
                     } else {
                         continue;
@@ -364,24 +349,5 @@ mod tests {
         eprintln!("park table slot: {entry} bytes");
         // 72 with an `Instant`.
         assert!(entry <= 56, "a park table slot grew to {entry} bytes");
-    }
-
-    #[test]
-    fn a_due_tick_is_never_early() {
-        let registry = Registry {
-            epoll: -1,
-            table: Mutex::default(),
-            epoch: Instant::now(),
-        };
-        let at = registry.epoch + Duration::from_millis(1_050);
-        let due = registry.tick(at, true);
-        assert_eq!(due, 11);
-        // Scanned just before `at`: not due; at or after it: due.
-        assert!(due > registry.tick(at - Duration::from_millis(1), false));
-        assert!(due <= registry.tick(at + Duration::from_millis(50), false));
-        assert_eq!(
-            registry.tick(registry.epoch + Duration::from_secs(500_000_000), true),
-            Tick::MAX
-        );
     }
 }
