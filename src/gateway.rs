@@ -190,6 +190,22 @@ impl Gateway {
         Ok(subscribed)
     }
 
+    /// Parks a long-poll on the bus ([`Bus::park_poll`]); a parked poll
+    /// is demand for the channel as a subscriber is.
+    pub async fn park_poll(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        since: crate::protocol::channel::Since,
+        poll: &Arc<dyn crate::bus::WaitingPoll>,
+        limit: usize,
+    ) -> Result<crate::bus::Parking, BusError> {
+        let parking = self.bus.park_poll(channel, since, poll, limit).await?;
+        if let Some(demand) = self.demand.get() {
+            demand.wanted(self, channel);
+        }
+        Ok(parking)
+    }
+
     /// Registers who is told of every subscribe (once, at startup).
     pub fn set_demand(&self, demand: Arc<dyn ChannelDemand>) {
         if self.demand.set(demand).is_err() {

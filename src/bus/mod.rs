@@ -18,7 +18,9 @@ pub mod redis;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use hub::{ChannelStats, HistoryRead, Hub, Subscription};
+pub use hub::{
+    ChannelStats, HistoryRead, Hub, Parking, PollRegistration, Subscription, WaitingPoll,
+};
 pub use queue::{DirectReport, DirectSink, QueueClosed, SubscriberQueue};
 
 use crate::protocol::channel::{ChannelName, Since};
@@ -81,6 +83,18 @@ pub trait Bus: Send + Sync + 'static {
         queue: &Arc<SubscriberQueue>,
         limit: usize,
     ) -> impl Future<Output = Result<(Subscription, HistoryRead), BusError>> + Send;
+
+    /// Parks a long-poll that found nothing after `since` on the channel's
+    /// list of waiting polls ([`hub::WaitingPoll`]), so that the next
+    /// message is offered to it, or returns what the channel has after
+    /// `since` after all (read again, as `subscribe` does).
+    fn park_poll(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+        poll: &Arc<dyn WaitingPoll>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Parking, BusError>> + Send;
 
     /// History after `since`, for polls.
     fn history(
@@ -171,6 +185,19 @@ impl Bus for AnyBus {
         match self {
             AnyBus::Memory(bus) => bus.subscribe(channel, since, queue, limit).await,
             AnyBus::Redis(bus) => Box::pin(bus.subscribe(channel, since, queue, limit)).await,
+        }
+    }
+
+    async fn park_poll(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+        poll: &Arc<dyn WaitingPoll>,
+        limit: usize,
+    ) -> Result<Parking, BusError> {
+        match self {
+            AnyBus::Memory(bus) => bus.park_poll(channel, since, poll, limit).await,
+            AnyBus::Redis(bus) => Box::pin(bus.park_poll(channel, since, poll, limit)).await,
         }
     }
 
@@ -265,6 +292,16 @@ impl Bus for MemoryBus {
         limit: usize,
     ) -> Result<(Subscription, HistoryRead), BusError> {
         Ok(self.hub.subscribe(channel, since, queue, limit))
+    }
+
+    async fn park_poll(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+        poll: &Arc<dyn WaitingPoll>,
+        limit: usize,
+    ) -> Result<Parking, BusError> {
+        Ok(self.hub.park_poll(channel, since, poll, limit))
     }
 
     async fn history(

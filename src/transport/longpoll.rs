@@ -51,7 +51,7 @@ use crate::protocol::{Epoch, Message};
 use crate::transport::replay::{self, Framing, Replay, ReplayBody};
 use crate::transport::stitch::Stitcher;
 
-use super::longpoll_park::{ParkOffer, ToPark};
+use super::longpoll_park::ParkOffer;
 
 /// Per worker thread scratch space, so the common poll allocates nothing of
 /// its own. Only borrowed inside synchronous sections, never across an
@@ -269,6 +269,12 @@ async fn wait(
     (accepted, delta): (Option<Coding>, Option<DeltaTrack>),
     park: Option<(ParkOffer, &mut Option<ConnectionGuard>)>,
 ) -> Result<Response, ApiError> {
+    if let Some((offer, in_flight)) = park {
+        let parked = super::longpoll_park::park(gw, &offer, channel, cursor, timeout, in_flight);
+        // `None`: parked; the connection answers (or the publisher does).
+        let answer = parked.await?;
+        return Ok(answer.unwrap_or_else(|| Response::new(crate::http::Body::empty())));
+    }
     let max = gw.config.longpoll.max_messages;
     let queue = SubscriberQueue::new(max, Transport::LongPoll);
     let (subscription, read) = gw.subscribe(channel, Some(cursor), &queue, max).await?;
@@ -285,19 +291,6 @@ async fn wait(
     }
     let cursor = Cursor::new(cursor.id, read.epoch);
     drop(read);
-    if let Some((offer, in_flight)) = park {
-        let parked = ToPark {
-            channel: channel.clone(),
-            queue,
-            subscription,
-            cursor,
-            timeout,
-            in_flight: in_flight.take(),
-        };
-        super::longpoll_park::park(gw, &offer, parked);
-        // The connection answers (or the publisher does).
-        return Ok(Response::new(crate::http::Body::empty()));
-    }
     let _subscription = subscription;
     let mut sleep = pin!(tokio::time::sleep(timeout));
     let mut shutdown = pin!(gw.shutdown.cancelled());

@@ -1,28 +1,30 @@
 //! Parked long-polls: a held poll on the lean HTTP/1.1 path is answered by
-//! the publisher itself, as WebSocket direct mode is (`bus::queue`).
+//! the publisher itself, as WebSocket direct mode is (`bus::queue`), and
+//! waits without a subscription or a queue of its own.
 //!
 //! The connection offers the poll handler a [`ParkOffer`] (a request
 //! extension). A poll that must wait, of the common shape — no CORS
 //! origin, no compression for this client, no deltas, a connection that
-//! stays open — lends its one-off queue a sink whose encoding of a message
-//! is the WHOLE HTTP/1.1 answer (head and body) carrying that message,
-//! pre-encoded once per message and shared
+//! stays open — is listed on its channel as a one-shot waiter
+//! ([`crate::bus::WaitingPoll`]; the hub's `polls` module), atomically
+//! with the history read that found nothing new. The next batch recorded
+//! on the channel is offered to it on a fan-out shard: its answer is the
+//! WHOLE HTTP/1.1 answer (head and body) carrying the batch's first new
+//! message, pre-encoded once per message and shared
 //! ([`Message::poll_http_answer`]), with the head the lean path writes
-//! for the same answer ([`crate::http::h1::encode_head`]). The publisher
-//! writes it with one non-blocking `send()` and the poll is answered: the
-//! sink takes nothing more, and messages after it stay for the client's
-//! next poll (history), as on the task path (the answer's `last_id` is the
-//! message written). The answer is counted as the task path counts it.
+//! for the same answer ([`crate::http::h1::encode_head`]), written with one
+//! non-blocking `send()`. Messages after it stay for the client's next poll
+//! (history), as on the task path (the answer's `last_id` is the message
+//! written). The answer is counted as the task path counts it.
 //!
 //! The poll is handed back to the connection as a [`Parked`]: the
 //! connection's task then only waits for its socket (the client's next
 //! request, or its close), the poll's deadline, the gateway's shutdown, or
 //! an event only it can handle — a message of a new sequence (the answer
-//! says `truncated`), a message too large to pre-encode, an answer the
-//! socket took only in part. Then it takes direct mode back
-//! ([`Parked::finish`]) and answers as the task path does.
+//! says `truncated`), a message too large to pre-encode, a socket that took
+//! none or only part of the answer, the channel's data gone. Then it lets
+//! the poll go ([`Parked::finish`]) and answers as the task path does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,20 +34,22 @@ use futures_util::task::AtomicWaker;
 use http::StatusCode;
 use parking_lot::Mutex;
 
-use crate::bus::{DirectReport, DirectSink, SubscriberQueue, Subscription};
+use crate::bus::hub::Offered;
+use crate::bus::{Parking, PollRegistration, WaitingPoll};
 use crate::gateway::Gateway;
 use crate::http::encoding::vary_on_encoding;
 use crate::http::h1::{encode_head, Framing};
 use crate::http::{json, Response};
-use crate::metrics::{ConnectionGuard, PollResult};
+use crate::metrics::{ConnectionGuard, DeliveryTally, PollResult};
 use crate::net::deadlines::Deadline;
 use crate::net::meter::ConnMeter;
 use crate::net::socket::DirectSend;
-use crate::protocol::channel::ChannelName;
+use crate::protocol::channel::{ChannelName, Since};
 use crate::protocol::compress::Coding;
 use crate::protocol::error::ApiError;
-use crate::protocol::{Cursor, Message, Step};
+use crate::protocol::{Cursor, Message, Step, Transport};
 use crate::transport::delta::DeltaTrack;
+use crate::transport::replay::CHUNK;
 
 /// What a connection that can hold polls itself offers the poll handler,
 /// and where the handler leaves the poll it parked. One per connection.
@@ -110,23 +114,32 @@ impl ParkOffer {
     }
 }
 
-/// The sink a parked poll lends its queue: takes one message, writes its
-/// whole answer (see the module doc).
-struct PollSink {
+/// A parked poll as its channel lists it ([`WaitingPoll`]): the shard
+/// that runs the next batch of the channel offers it the batch, and it
+/// writes its whole answer to the socket itself (see the module doc).
+struct Waiter {
     send: DirectSend,
     gw: Arc<Gateway>,
     /// The head variant: with `vary: Accept-Encoding` (compression on).
     vary: bool,
-    /// A message was admitted: nothing more is.
-    taken: AtomicBool,
-    /// Some of the answer went out.
-    answered: AtomicBool,
-    /// The answer went out in part: the task must finish it.
-    partial: AtomicBool,
-    /// The connection's task, woken for a partial answer.
+    /// Under this lock the publisher writes, and the connection lets the
+    /// poll go ([`WaitState::Gone`]): once it has, nothing more is written
+    /// to a socket the connection may close.
+    state: Mutex<WaitState>,
+    /// The connection's task, woken when it must act.
     waker: AtomicWaker,
-    /// The poll's in-flight and parked gauges, let go once answered.
-    in_flight: Mutex<Option<Held>>,
+}
+
+enum WaitState {
+    /// Listed; its gauges (set once the poll is parked).
+    Waiting(Option<Held>),
+    /// The publisher wrote the answer; the tail the socket did not take.
+    Answered(Option<Bytes>),
+    /// The connection must answer, with these messages (none: the data the
+    /// poll waited on is gone, so the answer is at its cursor).
+    Woken(Vec<Arc<Message>>),
+    /// Let go by the connection.
+    Gone,
 }
 
 /// The head the lean path writes for a plain single-message answer of
@@ -144,38 +157,62 @@ fn answer_head(vary: bool, len: usize) -> Bytes {
     )
 }
 
-impl DirectSink for PollSink {
-    fn admit(&self, msg: &Message) -> bool {
-        // A larger answer is streamed from the shared envelope by the task
-        // instead of cached as a second copy (as `longpoll::respond` does).
-        msg.envelope.len() < crate::transport::replay::CHUNK
-            && !self.taken.swap(true, Ordering::Relaxed)
-    }
-
-    fn encoded<'m>(&self, msg: &'m Message) -> &'m Bytes {
-        let vary = self.vary;
-        msg.poll_http_answer(vary as usize, |len| answer_head(vary, len))
-    }
-
-    fn try_write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        let Some(answer) = bufs.first() else {
-            return Ok(0);
-        };
-        let n = self.send.try_send(answer)?;
-        if n > 0 {
-            self.answered.store(true, Ordering::Release);
+impl WaitingPoll for Waiter {
+    fn offer(
+        &self,
+        msgs: &[Arc<Message>],
+        cursor: Cursor,
+        tally: &mut DeliveryTally<'_>,
+    ) -> Offered {
+        let mut state = self.state.lock();
+        if !matches!(*state, WaitState::Waiting(_)) {
+            return Offered::Taken;
         }
-        if n < answer.len() {
-            self.partial.store(true, Ordering::Release);
+        // A shared bus may offer what the poll's history read already had.
+        let known = msgs
+            .iter()
+            .take_while(|m| m.epoch == cursor.epoch && m.id <= cursor.id)
+            .count();
+        let fresh = &msgs[known..];
+        let Some(first) = fresh.first() else {
+            return Offered::NotForIt;
+        };
+        // A new sequence (the answer says `truncated`) or a message too
+        // large to pre-encode (streamed from its envelope instead, as
+        // `longpoll::respond` does) is the connection's to answer.
+        if first.epoch == cursor.epoch && first.envelope.len() < CHUNK {
+            let vary = self.vary;
+            let answer = first.poll_http_answer(vary as usize, |len| answer_head(vary, len));
+            // An error (peer gone) is the connection's to find.
+            let sent = self.send.try_send(answer).unwrap_or(0);
+            if sent > 0 {
+                // The answer's `last_id` is this message's: what follows
+                // it is the client's next poll's, from history.
+                tally.record(Transport::LongPoll, std::slice::from_ref(first));
+                self.gw.metrics.poll_answered(PollResult::Messages);
+                let rest = (sent < answer.len()).then(|| answer.slice(sent..));
+                let partial = rest.is_some();
+                *state = WaitState::Answered(rest);
+                drop(state);
+                if partial {
+                    self.waker.wake();
+                }
+                return Offered::Taken;
+            }
+        }
+        *state = WaitState::Woken(fresh.to_vec());
+        drop(state);
+        self.waker.wake();
+        Offered::Taken
+    }
+
+    fn wake(&self) {
+        let mut state = self.state.lock();
+        if matches!(*state, WaitState::Waiting(_)) {
+            *state = WaitState::Woken(Vec::new());
+            drop(state);
             self.waker.wake();
         }
-        Ok(n)
-    }
-
-    fn delivered(&self, _msgs: &[Arc<Message>]) {
-        // Deliveries are counted by the writer's tally.
-        self.gw.metrics.poll_answered(PollResult::Messages);
-        self.in_flight.lock().take();
     }
 }
 
@@ -207,13 +244,12 @@ impl Drop for Held {
 /// A poll parked on its connection (see the module doc).
 struct Parked {
     gw: Arc<Gateway>,
-    queue: Arc<SubscriberQueue>,
-    _subscription: Subscription,
-    sink: Arc<PollSink>,
+    waiter: Arc<Waiter>,
+    /// Its place on the channel's list; left when the poll is let go while
+    /// still listed.
+    registration: Option<PollRegistration>,
     /// Where the client is: what an answer without messages says.
     cursor: Cursor,
-    report: DirectReport,
-    drained: Vec<Arc<Message>>,
     /// The poll's timeout, on the shared wheel (`net::deadlines`).
     deadline: Deadline,
 }
@@ -227,83 +263,100 @@ pub enum Finished {
     Respond(Response),
 }
 
-/// What [`park`] needs of the poll.
-pub(super) struct ToPark {
-    pub channel: ChannelName,
-    pub queue: Arc<SubscriberQueue>,
-    pub subscription: Subscription,
-    pub cursor: Cursor,
-    pub timeout: Duration,
-    pub in_flight: Option<ConnectionGuard>,
-}
-
-/// Parks the poll on the offering connection (see the module doc).
-pub(super) fn park(gw: &Arc<Gateway>, offer: &ParkOffer, poll: ToPark) {
-    let sink = Arc::new(PollSink {
+/// Parks a poll that found nothing after `cursor` on the offering
+/// connection (see the module doc), or answers it from what the bus has
+/// after all. `None`: parked (the connection answers, or the publisher).
+pub(super) async fn park(
+    gw: &Arc<Gateway>,
+    offer: &ParkOffer,
+    channel: &ChannelName,
+    cursor: Since,
+    timeout: Duration,
+    in_flight: &mut Option<ConnectionGuard>,
+) -> Result<Option<Response>, ApiError> {
+    let waiter = Arc::new(Waiter {
         send: DirectSend::new(offer.0.fd, offer.0.meter.clone()),
         gw: gw.clone(),
         vary: gw.config.compression.enabled,
-        taken: AtomicBool::new(false),
-        answered: AtomicBool::new(false),
-        partial: AtomicBool::new(false),
+        state: Mutex::new(WaitState::Waiting(None)),
         waker: AtomicWaker::new(),
-        in_flight: Mutex::new(Some(Held::new(gw, poll.in_flight))),
     });
-    let mut report = DirectReport::default();
-    report
-        .written
-        .push((poll.channel, poll.cursor.epoch, poll.cursor.id));
-    let dyn_sink: Arc<dyn DirectSink> = sink.clone();
-    // Refused if something was queued since the subscription: then the
-    // task answers it at once (`poll_event` is ready).
-    poll.queue.enter_direct(&dyn_sink, &mut report);
+    let poll: Arc<dyn WaitingPoll> = waiter.clone();
+    let max = gw.config.longpoll.max_messages;
+    let (registration, cursor) = match gw.park_poll(channel, cursor, &poll, max).await? {
+        Parking::Parked(registration, cursor) => (registration, cursor),
+        Parking::Read(read) => {
+            let at = Cursor::new(read.last_id, read.epoch);
+            let resp = super::longpoll::respond(
+                gw,
+                &read.messages,
+                at,
+                read.truncated,
+                read.conflated,
+                None,
+                None,
+            )?;
+            return Ok(Some(resp));
+        }
+    };
+    if let WaitState::Waiting(held) = &mut *waiter.state.lock() {
+        *held = Some(Held::new(gw, in_flight.take()));
+    }
     let parked = Parked {
         gw: gw.clone(),
-        queue: poll.queue,
-        _subscription: poll.subscription,
-        sink,
-        cursor: poll.cursor,
-        report,
-        drained: Vec::new(),
-        deadline: Deadline::after(poll.timeout),
+        waiter,
+        registration: Some(registration),
+        cursor,
+        deadline: Deadline::after(timeout),
     };
     *offer.0.parked.lock() = Some(parked);
+    Ok(None)
 }
 
 impl Parked {
-    /// Ready when the connection's task must act: the deadline passed,
-    /// something was queued (or the queue closed), or the answer went out
-    /// in part.
+    /// Ready when the connection's task must act: the deadline passed, or
+    /// the publisher left it the answer (or its tail) to write.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.sink.waker.register(cx.waker());
-        if self.sink.partial.load(Ordering::Acquire) {
-            return Poll::Ready(());
-        }
-        let max = self.gw.config.longpoll.max_messages;
-        if self.queue.poll_drain(cx, &mut self.drained, max).is_ready() {
-            return Poll::Ready(());
+        self.waiter.waker.register(cx.waker());
+        match &*self.waiter.state.lock() {
+            WaitState::Answered(Some(_)) | WaitState::Woken(_) | WaitState::Gone => {
+                return Poll::Ready(())
+            }
+            WaitState::Waiting(_) | WaitState::Answered(None) => {}
         }
         self.deadline.poll_due(cx)
     }
 
     /// The publisher wrote (some of) the answer.
     fn answered(&self) -> bool {
-        self.sink.answered.load(Ordering::Acquire)
+        matches!(*self.waiter.state.lock(), WaitState::Answered(_))
     }
 
-    /// Takes direct mode back and says what is left to do: the tail of
-    /// the publisher's answer, or the whole answer (what was queued, or
-    /// none at the deadline or shutdown) as the task path gives it.
-    fn finish(&mut self) -> Finished {
-        self.queue.leave_direct(&mut self.report);
-        if self.answered() {
-            return Finished::Answered(self.report.take_remainder());
+    /// Lets the poll go — the publisher writes nothing more — and leaves
+    /// the channel's list if it is still on it; returns what it was.
+    fn let_go(&mut self) -> WaitState {
+        let was = std::mem::replace(&mut *self.waiter.state.lock(), WaitState::Gone);
+        if let Some(registration) = self.registration.take() {
+            if matches!(was, WaitState::Waiting(_)) {
+                drop(registration);
+            } else {
+                // The batch or the reset that took it off the list did.
+                registration.taken();
+            }
         }
-        let max = self.gw.config.longpoll.max_messages;
-        let _ = self.queue.try_drain(&mut self.drained, max);
-        let in_flight = self.sink.in_flight.lock().take();
-        let answer = answer_drained(&self.gw, &mut self.drained, self.cursor, (None, None));
-        drop(in_flight);
+        was
+    }
+
+    /// Says what is left to do: the tail of the publisher's answer, or the
+    /// whole answer (what the publisher left, or none at the deadline or
+    /// shutdown) as the task path gives it.
+    fn finish(&mut self) -> Finished {
+        let mut drained = match self.let_go() {
+            WaitState::Answered(rest) => return Finished::Answered(rest),
+            WaitState::Woken(drained) => drained,
+            WaitState::Waiting(_) | WaitState::Gone => Vec::new(),
+        };
+        let answer = answer_drained(&self.gw, &mut drained, self.cursor, (None, None));
         Finished::Respond(answer.unwrap_or_else(|e| crate::http::logged_error(&e)))
     }
 }
@@ -312,7 +365,7 @@ impl Drop for Parked {
     fn drop(&mut self) {
         // Publishers must not write to the socket once the connection may
         // close it.
-        self.queue.leave_direct(&mut self.report);
+        self.let_go();
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::polls::Listed;
 use super::shard::{Job, LaneCell, Shards, Wakeups};
 use crate::bus::history::{Budget, Evictable, History};
 use crate::bus::queue::SubscriberQueue;
@@ -45,6 +46,8 @@ pub(super) struct ChannelInner {
     /// push each), and a feed counts on finding its own publishes queued
     /// the moment the publish returns.
     pub(super) inline: Vec<(u64, Arc<SubscriberQueue>)>,
+    /// Parked long-polls waiting for the next message ([`super::polls`]).
+    pub(super) polls: Vec<Listed>,
     pub(super) last_activity: Instant,
 }
 
@@ -61,15 +64,19 @@ impl ChannelInner {
             members: HashMap::new(),
             lane_sizes: vec![0; lanes].into(),
             inline: Vec::new(),
+            polls: Vec::new(),
             last_activity: Instant::now(),
         }
     }
 
-    /// Nothing here worth keeping: no subscriber, no history, and no id
-    /// handed out (forgetting a used channel would restart its ids, so
-    /// those wait for the sweeper's `idle_channel_ttl`).
+    /// Nothing here worth keeping: no subscriber, no parked poll, no
+    /// history, and no id handed out (forgetting a used channel would
+    /// restart its ids, so those wait for the sweeper's `idle_channel_ttl`).
     pub(super) fn is_unused(&self) -> bool {
-        self.members.is_empty() && self.history.is_empty() && self.last_id == 0
+        self.members.is_empty()
+            && self.polls.is_empty()
+            && self.history.is_empty()
+            && self.last_id == 0
     }
 
     /// Adds a member: a bridge feed to the inline list, any other to the
@@ -173,22 +180,27 @@ impl Drop for Subscription {
         };
         self.shards.kick(wakeups);
         if unused {
-            // Map shard first, then the channel lock: the sweeper's order.
-            // Checked again under both, as a publish or subscribe may have
-            // come in between.
-            self.channels.remove_if(&self.slot.name, |_, slot| {
-                if !Arc::ptr_eq(slot, &self.slot) {
-                    return false;
-                }
-                let mut inner = slot.inner.lock();
-                let unused = inner.is_unused();
-                if unused {
-                    inner.removed = true;
-                }
-                unused
-            });
+            forget_if_unused(&self.channels, &self.slot);
         }
     }
+}
+
+/// Removes `slot`'s channel from the map if nothing uses it (its last
+/// subscriber or parked poll just left). Map shard first, then the channel
+/// lock: the sweeper's order. Checked again under both, as a publish or
+/// subscribe may have come in since the caller looked.
+pub(super) fn forget_if_unused(channels: &Channels, slot: &Arc<ChannelSlot>) {
+    channels.remove_if(&slot.name, |_, listed| {
+        if !Arc::ptr_eq(listed, slot) {
+            return false;
+        }
+        let mut inner = listed.inner.lock();
+        let unused = inner.is_unused();
+        if unused {
+            inner.removed = true;
+        }
+        unused
+    });
 }
 
 impl Evictable for Arc<ChannelSlot> {

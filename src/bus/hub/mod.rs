@@ -19,6 +19,7 @@
 
 mod channel;
 mod lane;
+mod polls;
 mod read;
 mod shard;
 mod stats;
@@ -43,6 +44,7 @@ use channel::{ChannelInner, ChannelSlot, Channels};
 use shard::{Job, Shards, Wakeups};
 
 pub use channel::Subscription;
+pub use polls::{Offered, Parking, PollRegistration, WaitingPoll};
 pub use read::{read_start, HistoryRead, ReadStart, Sequence};
 pub use stats::{ChannelStats, SubscriberCounts};
 
@@ -252,6 +254,7 @@ impl Hub {
         inner.epoch = epoch;
         inner.last_id = 0;
         inner.history.clear(&self.budget);
+        polls::wake_all_but(inner, epoch);
     }
 
     /// Records `msgs` (one channel's, in id order) in the sequence and
@@ -289,6 +292,12 @@ impl Hub {
         self.write_inline(inner, msgs);
         self.shards
             .fan_out(slot, &inner.lane_sizes, msgs, inner.mode, wakeups);
+        if !inner.polls.is_empty() {
+            // Each parked poll takes one answer: the list starts over.
+            let polls = std::mem::take(&mut inner.polls);
+            self.shards
+                .offer_polls(slot, polls, msgs, self.history.size, wakeups);
+        }
     }
 
     /// Pushes `msgs` to the channel's inline members (bridge feeds), under
@@ -373,6 +382,7 @@ impl Hub {
             let mut inner = slot.inner.lock();
             inner.history.trim_by_age(max_age, now, &self.budget);
             let idle = inner.members.is_empty()
+                && inner.polls.is_empty()
                 && inner.history.is_empty()
                 && now.saturating_duration_since(inner.last_activity) >= ttl;
             if idle {
@@ -405,5 +415,6 @@ impl Hub {
         }
         inner.inline.clear();
         inner.lane_sizes.iter_mut().for_each(|n| *n = 0);
+        polls::wake_all_but(&mut inner, Epoch::NONE);
     }
 }

@@ -1,7 +1,7 @@
 //! What `/channels`, the bridges and the Redis bus learn about this node's
 //! channels: per-channel figures and subscriber counts by transport.
 
-use super::channel::Member;
+use super::channel::ChannelInner;
 use super::Hub;
 use crate::config::ChannelMode;
 use crate::protocol::channel::ChannelName;
@@ -28,9 +28,14 @@ pub struct SubscriberCounts {
     pub bridge: usize,
 }
 
-fn count_subscribers<'m>(members: impl Iterator<Item = &'m Member>) -> SubscriberCounts {
-    let mut counts = SubscriberCounts::default();
-    for member in members {
+/// The channel's subscribers by transport; its parked long-polls count
+/// as long-poll subscribers.
+fn count_subscribers(inner: &ChannelInner) -> SubscriberCounts {
+    let mut counts = SubscriberCounts {
+        longpoll: inner.polls.len(),
+        ..SubscriberCounts::default()
+    };
+    for member in inner.members.values() {
         match member.queue.transport() {
             Transport::WebSocket => counts.websocket += 1,
             Transport::LongPoll => counts.longpoll += 1,
@@ -75,7 +80,7 @@ impl Hub {
                     last_id: inner.last_id,
                     history: inner.history.len(),
                     history_bytes: inner.history.bytes(),
-                    subscribers: count_subscribers(inner.members.values()),
+                    subscribers: count_subscribers(&inner),
                 })
             })
             .collect()
@@ -88,6 +93,6 @@ impl Hub {
             return SubscriberCounts::default();
         };
         let inner = slot.inner.lock();
-        count_subscribers(inner.members.values())
+        count_subscribers(&inner)
     }
 }

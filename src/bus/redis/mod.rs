@@ -39,11 +39,13 @@ use self::conn::{min_major_version, CommandConn, PubSubConn, Target};
 use self::script::{parse_read_reply, Keys, ReadReply, MAX_LUA_CURSOR};
 use self::subscriber::{bounded, Control};
 use super::hub::{read_start, Sequence};
-use super::{Bus, BusError, HistoryRead, Hub, Published, SubscriberQueue, Subscription};
+use super::{
+    Bus, BusError, HistoryRead, Hub, Parking, Published, SubscriberQueue, Subscription, WaitingPoll,
+};
 use crate::config::redis_url::redact;
 use crate::config::{ChannelMode, Config, PubSubMode, RedisConfig};
 use crate::protocol::channel::{ChannelName, Since};
-use crate::protocol::{Epoch, Message, Payload};
+use crate::protocol::{Cursor, Epoch, Message, Payload};
 
 /// The Redis bus. Must be created inside the tokio runtime (it starts the
 /// subscription task); dropping it stops the task.
@@ -448,6 +450,31 @@ impl Bus for RedisBus {
         self.shared.ensure_live(channel).await?;
         let read = self.shared.history(channel, since, limit).await?;
         Ok((subscription, read))
+    }
+
+    async fn park_poll(
+        &self,
+        channel: &ChannelName,
+        since: Since,
+        poll: &Arc<dyn WaitingPoll>,
+        limit: usize,
+    ) -> Result<Parking, BusError> {
+        // Live first, so what is published after the read reaches this
+        // node; the node's hub then lists the poll at the read's cursor,
+        // unless it already recorded something after it: then the shared
+        // history has that too.
+        self.shared.ensure_live(channel).await?;
+        let read = self.shared.history(channel, Some(since), limit).await?;
+        if !read.messages.is_empty() || read.truncated || read.conflated {
+            return Ok(Parking::Read(read));
+        }
+        let cursor = Cursor::new(since.id, read.epoch);
+        match self.shared.hub.list_poll(channel, cursor, poll) {
+            Some(registration) => Ok(Parking::Parked(registration, cursor)),
+            None => Ok(Parking::Read(
+                self.shared.history(channel, Some(since), limit).await?,
+            )),
+        }
     }
 
     async fn history(
