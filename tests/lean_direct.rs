@@ -186,3 +186,59 @@ async fn a_poll_of_another_shape_is_held_by_its_connections_task() {
     parked(&gw, 0.0).await;
     held(&gw, 0.0).await;
 }
+
+#[tokio::test]
+async fn many_parked_polls_of_one_channel_each_get_the_message_once() {
+    // More polls than a publisher answers inline: the channel's list is
+    // split over the fan-out shards.
+    let gw = Gateway::start(&[]).await;
+    let first = gw.publish_json("crowd", &serde_json::json!(0)).await;
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(gw.public).await.unwrap();
+        s.write_all(&poll("crowd", first, 20)).await.unwrap();
+        clients.push((s, Vec::new()));
+    }
+    parked(&gw, 100.0).await;
+    assert_eq!(gw.channel_subscribers("crowd", "longpoll").await, 100);
+    let id = gw.publish_json("crowd", &serde_json::json!({"n": 1})).await;
+    for (stream, buf) in &mut clients {
+        let (_, body) = read_answer(stream, buf).await;
+        assert_eq!(body["last_id"], id, "{body}");
+        assert_eq!(body["messages"].as_array().unwrap().len(), 1, "{body}");
+    }
+    parked(&gw, 0.0).await;
+    assert_eq!(gw.channel_subscribers("crowd", "longpoll").await, 0);
+    // Each connection polls on and gets the next one, once.
+    for (stream, _) in &mut clients {
+        stream.write_all(&poll("crowd", id, 20)).await.unwrap();
+    }
+    parked(&gw, 100.0).await;
+    let next = gw.publish_json("crowd", &serde_json::json!({"n": 2})).await;
+    for (stream, buf) in &mut clients {
+        let (_, body) = read_answer(stream, buf).await;
+        assert_eq!(body["last_id"], next, "{body}");
+        assert!(buf.is_empty(), "one answer per poll");
+    }
+}
+
+#[tokio::test]
+async fn a_parked_poll_of_a_large_message_is_answered_by_its_connection() {
+    // Too large to pre-encode: the publisher hands it to the connection,
+    // which streams it from the message's envelope as the task path does.
+    let gw = Gateway::start(&[]).await;
+    let first = gw.publish_json("large", &serde_json::json!(0)).await;
+    let mut conn = RawHttpConn::connect(gw.public).await.unwrap();
+    conn.write_all(&poll("large", first, 20)).await.unwrap();
+    parked(&gw, 1.0).await;
+    let text = "x".repeat(40_000);
+    let id = gw
+        .publish_json("large", &serde_json::json!({ "text": text }))
+        .await;
+    let answer = conn.read_response("GET").await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.json();
+    assert_eq!(body["last_id"], id);
+    assert_eq!(body["messages"][0]["data"]["text"], text);
+    parked(&gw, 0.0).await;
+}

@@ -218,6 +218,15 @@ impl AdmittedPoll {
         gw: &Arc<Gateway>,
         park: Option<ParkOffer>,
     ) -> Result<Response, ApiError> {
+        let plain = self.origin.is_none() && self.accepted.is_none() && self.delta.is_none();
+        let park = park.filter(|_| plain && !self.timeout.is_zero());
+        if let (Some(since), Some(offer)) = (self.since, &park) {
+            // Parking reads the channel itself, atomically with listing
+            // the poll, and a client that is behind is answered from that
+            // read: one read per poll, not two. (Plain: no CORS headers.)
+            let park = Some((offer.clone(), &mut self.in_flight));
+            return wait(gw, &self.channel, since, self.timeout, (None, None), park).await;
+        }
         let limit = gw.config.longpoll.max_messages;
         let read = gw.bus.history(&self.channel, self.since, limit).await?;
         // No `since`: the client wants what comes next, after the current
@@ -242,10 +251,7 @@ impl AdmittedPoll {
         } else {
             drop(read);
             let wants = (self.accepted, self.delta);
-            let plain = self.origin.is_none() && self.accepted.is_none() && self.delta.is_none();
-            let park = park
-                .filter(|_| plain)
-                .map(|offer| (offer, &mut self.in_flight));
+            let park = park.map(|offer| (offer, &mut self.in_flight));
             wait(gw, &self.channel, cursor, self.timeout, wants, park).await?
         };
         if let Some(origin) = &self.origin {

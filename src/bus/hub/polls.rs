@@ -233,3 +233,7 @@ pub(super) fn wake_all_but(inner: &mut ChannelInner, epoch: Epoch) {
         keep
     });
 }
+
+#[cfg(test)]
+#[path = "polls_tests.rs"]
+mod tests;
