@@ -145,7 +145,12 @@ async fn read_head(
             buf.reserve(grow.min(left).max(1));
         }
         let idle = buf.is_empty();
+        // Biased, the read first: a request that is already there (a
+        // polling client's next poll usually is) is read without setting
+        // up the shutdown's wait (a lock in the token's tree, and another
+        // to leave it).
         let read = tokio::select! {
+            biased;
             read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
             _ = app.shutdown.cancelled(), if idle => return Next::Close,
         };
