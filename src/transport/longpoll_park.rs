@@ -177,6 +177,21 @@ impl WaitingPoll for Waiter {
         let Some(first) = fresh.first() else {
             return Offered::NotForIt;
         };
+        let next = if first.epoch == cursor.epoch {
+            cursor.id + 1
+        } else {
+            1
+        };
+        if first.id != next {
+            // Not the next one (of the cursor's sequence, or the first of
+            // a new one): never answered past a message the poll was not
+            // offered. The connection answers at the cursor; the client's
+            // next poll reads on from history.
+            *state = WaitState::Woken(Vec::new());
+            drop(state);
+            self.waker.wake();
+            return Offered::Taken;
+        }
         // A new sequence (the answer says `truncated`) or a message too
         // large to pre-encode (streamed from its envelope instead, as
         // `longpoll::respond` does) is the connection's to answer.
@@ -204,6 +219,15 @@ impl WaitingPoll for Waiter {
         drop(state);
         self.waker.wake();
         Offered::Taken
+    }
+
+    fn cancel(&self) -> bool {
+        let mut state = self.state.lock();
+        let waiting = matches!(*state, WaitState::Waiting(_));
+        if waiting {
+            *state = WaitState::Gone;
+        }
+        waiting
     }
 
     fn wake(&self) {
@@ -284,7 +308,8 @@ pub(super) async fn park(
     let poll: Arc<dyn WaitingPoll> = waiter.clone();
     let max = gw.config.longpoll.max_messages;
     let (registration, cursor) = match gw.park_poll(channel, cursor, &poll, max).await? {
-        Parking::Parked(registration, cursor) => (registration, cursor),
+        Parking::Parked(registration, cursor) => (Some(registration), cursor),
+        Parking::Taken(cursor) => (None, cursor),
         Parking::Read(read) => {
             let at = Cursor::new(read.last_id, read.epoch);
             let resp = super::longpoll::respond(
@@ -305,7 +330,7 @@ pub(super) async fn park(
     let parked = Parked {
         gw: gw.clone(),
         waiter,
-        registration: Some(registration),
+        registration,
         cursor,
         deadline: Deadline::after(timeout),
     };

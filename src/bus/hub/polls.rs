@@ -43,6 +43,9 @@ pub trait WaitingPoll: Send + Sync {
     /// The channel's data is gone (a reset sequence, a forgotten channel):
     /// the poll's connection must answer it.
     fn wake(&self);
+    /// Lets the poll go unless it took something already: true when it
+    /// was still waiting (nothing is written for it from here on).
+    fn cancel(&self) -> bool;
 }
 
 /// What a poll did with a batch offered to it.
@@ -92,6 +95,20 @@ pub struct PollRegistration {
 }
 
 impl PollRegistration {
+    /// Moves the listed poll's cursor into `cursor`'s sequence: a shared
+    /// bus lists a poll before it has read which sequence the channel is
+    /// in (a client's plain id has none).
+    pub fn set_cursor(&self, cursor: Cursor) {
+        let mut inner = self.slot.inner.lock();
+        if let Some(listed) = inner
+            .polls
+            .iter_mut()
+            .find(|listed| Arc::ptr_eq(&listed.poll, &self.poll))
+        {
+            listed.cursor = cursor;
+        }
+    }
+
     /// Lets go of a poll known to be off the list already (a batch was
     /// offered to it and it took it, or it was woken): nothing to look
     /// up under the channel lock, which every answered poll would
@@ -132,6 +149,10 @@ pub enum Parking {
     /// Not listed: the channel has something for it (or the cursor is
     /// truncated): answer from this read.
     Read(HistoryRead),
+    /// Off the list already: a message was offered to it while a shared
+    /// bus read its history, and it took it (it answers, or its connection
+    /// does); its client was at this cursor.
+    Taken(Cursor),
 }
 
 impl Hub {
@@ -156,11 +177,16 @@ impl Hub {
         })
     }
 
-    /// Lists `poll` at `cursor`, read from a shared bus's own history,
-    /// unless this node already recorded something after it (None: read
-    /// again). A message of the cursor's sequence recorded after this is
-    /// offered to the poll; one this node recorded before it is what made
-    /// the shared history's read, so it is not missed.
+    /// Lists `poll` at `cursor` without reading: a shared bus lists its
+    /// polls before it makes sure the channel is live and reads its own
+    /// history (as it subscribes), so that this node counts the poll as
+    /// wanting the channel from the start. What the read then finds, the
+    /// poll may also be offered: the bus lets it go ([`WaitingPoll::cancel`])
+    /// or, if it already took something, leaves it to answer. None when
+    /// this node already recorded something after the cursor (for a
+    /// cursor of another sequence: anything of the channel's current one):
+    /// the poll would never be offered it, and the shared history has it
+    /// too.
     pub fn list_poll(
         &self,
         channel: &ChannelName,
@@ -168,7 +194,12 @@ impl Hub {
         poll: &Arc<dyn WaitingPoll>,
     ) -> Option<PollRegistration> {
         self.with_channel(channel, |slot, inner, _| {
-            if inner.epoch == cursor.epoch && inner.last_id > cursor.id {
+            // A plain id is in whatever sequence the channel is in; a
+            // cursor of another sequence waits for the next one's first
+            // message, unless this node already has some of it.
+            let same = cursor.epoch.is_none() || inner.epoch == cursor.epoch;
+            let behind = if same { cursor.id } else { 0 };
+            if inner.last_id > behind {
                 return None;
             }
             list(inner, poll, cursor);

@@ -36,6 +36,10 @@ impl WaitingPoll for Recorder {
     fn wake(&self) {
         *self.woken.lock() += 1;
     }
+
+    fn cancel(&self) -> bool {
+        true
+    }
 }
 
 fn hub() -> Hub {
@@ -119,7 +123,7 @@ fn a_poll_that_wants_none_of_a_batch_is_put_back() {
     // Listed ahead of this node (a shared bus's read): 1 and 2 are known.
     let listed = hub
         .list_poll(&ch, Cursor::new(2, epoch), &poll)
-        .expect("listed");
+        .expect("nothing after 2 here");
     hub.publish_next(&ch, &Bytes::from("1"));
     hub.publish_next(&ch, &Bytes::from("2"));
     assert_eq!(hub.subscriber_counts(&ch).longpoll, 1, "still waiting");
@@ -137,7 +141,34 @@ fn a_shared_bus_poll_is_not_listed_behind_what_this_node_recorded() {
     let poll: Arc<dyn WaitingPoll> = Arc::new(Recorder::default());
     let epoch = hub.epoch(&ch);
     assert!(hub.list_poll(&ch, Cursor::new(0, epoch), &poll).is_none());
+    assert!(hub
+        .list_poll(&ch, Cursor::new(0, Epoch::NONE), &poll)
+        .is_none());
     assert!(hub.list_poll(&ch, Cursor::new(1, epoch), &poll).is_some());
+    // A cursor of another sequence: this node has some of the current one.
+    let old = Epoch::parse(b"abc").unwrap();
+    assert!(hub.list_poll(&ch, Cursor::new(9, old), &poll).is_none());
+}
+
+#[test]
+fn a_listed_cursor_can_move_into_the_sequence_read() {
+    let hub = hub();
+    let ch = name("news");
+    let epoch = Epoch::parse(b"e2").unwrap();
+    hub.reset(&ch, epoch);
+    let rec = Arc::new(Recorder::default());
+    let poll: Arc<dyn WaitingPoll> = rec.clone();
+    // A plain id: no sequence yet. A reset to the read's keeps it listed
+    // only once its cursor is in that sequence.
+    let listed = hub
+        .list_poll(&ch, Cursor::new(0, Epoch::NONE), &poll)
+        .expect("an empty channel");
+    listed.set_cursor(Cursor::new(0, epoch));
+    hub.reset(&ch, epoch);
+    assert_eq!(*rec.woken.lock(), 0);
+    hub.publish_next(&ch, &Bytes::from("1"));
+    assert_eq!(*rec.offered.lock(), vec![vec![1]]);
+    listed.taken();
 }
 
 #[test]

@@ -459,22 +459,41 @@ impl Bus for RedisBus {
         poll: &Arc<dyn WaitingPoll>,
         limit: usize,
     ) -> Result<Parking, BusError> {
-        // Live first, so what is published after the read reaches this
-        // node; the node's hub then lists the poll at the read's cursor,
-        // unless it already recorded something after it: then the shared
-        // history has that too.
-        self.shared.ensure_live(channel).await?;
-        let read = self.shared.history(channel, Some(since), limit).await?;
-        if !read.messages.is_empty() || read.truncated || read.conflated {
+        // Listed first, so that this node counts the poll as wanting the
+        // channel before it makes sure the channel is live (the order
+        // `subscribe` keeps; see `subscriber::sweep_idle`), at the client's
+        // cursor until the shared history says which sequence it is in.
+        let listed = Cursor::new(since.id, since.epoch.unwrap_or(Epoch::NONE));
+        let Some(registration) = self.shared.hub.list_poll(channel, listed, poll) else {
+            self.shared.ensure_live(channel).await?;
+            let read = self.shared.history(channel, Some(since), limit).await?;
             return Ok(Parking::Read(read));
+        };
+        let read = match self.shared.ensure_live(channel).await {
+            Ok(()) => self.shared.history(channel, Some(since), limit).await,
+            Err(e) => Err(e),
+        };
+        // The client's cursor, in the sequence the read found when it
+        // named none (a plain id): what a parked poll's answer is measured
+        // against, so that one of a lost sequence is told `truncated`.
+        let settled = |epoch| Cursor::new(since.id, since.epoch.unwrap_or(epoch));
+        let cursor = match &read {
+            Ok(read) if read.messages.is_empty() && !read.truncated && !read.conflated => {
+                settled(read.epoch)
+            }
+            // Something to answer (or an error): unless a live message was
+            // offered to the poll meanwhile, which it is answering.
+            _ if poll.cancel() => return read.map(Parking::Read),
+            _ => {
+                registration.taken();
+                let epoch = read.map_or(listed.epoch, |read| read.epoch);
+                return Ok(Parking::Taken(settled(epoch)));
+            }
+        };
+        if cursor.epoch != listed.epoch {
+            registration.set_cursor(cursor);
         }
-        let cursor = Cursor::new(since.id, read.epoch);
-        match self.shared.hub.list_poll(channel, cursor, poll) {
-            Some(registration) => Ok(Parking::Parked(registration, cursor)),
-            None => Ok(Parking::Read(
-                self.shared.history(channel, Some(since), limit).await?,
-            )),
-        }
+        Ok(Parking::Parked(registration, cursor))
     }
 
     async fn history(
