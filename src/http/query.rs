@@ -1,0 +1,194 @@
+//! Reading a request's query (`application/x-www-form-urlencoded` pairs)
+//! and percent-encoded path segments, on every poll's path.
+//!
+//! The answers are exactly `form_urlencoded::parse`'s and
+//! `percent_decode_str(..).decode_utf8_lossy()`'s (the unit tests compare
+//! them on arbitrary input), but a name, value or segment with nothing to
+//! decode — no `%`, and in a query no `+` — is taken as it is: it is
+//! already UTF-8 (it is a `&str`), so decoding it could only hand it back,
+//! after a byte-by-byte walk and a UTF-8 validation. Only a pair that
+//! needs decoding goes through `form_urlencoded`.
+
+use std::borrow::Cow;
+
+/// Query parameters as (name, value) pairs, percent-decoded, in order;
+/// names and values that need no decoding are borrowed from the query.
+/// Empty `&`-separated pieces are skipped, a piece without `=` is a name
+/// with an empty value, as `form_urlencoded::parse` reads them.
+pub fn query_pairs(query: Option<&str>) -> QueryPairs<'_> {
+    QueryPairs {
+        rest: query.unwrap_or(""),
+    }
+}
+
+/// The iterator of [`query_pairs`].
+#[derive(Debug, Clone)]
+pub struct QueryPairs<'q> {
+    /// What is left of the query after the pairs already read.
+    rest: &'q str,
+}
+
+impl<'q> Iterator for QueryPairs<'q> {
+    type Item = (Cow<'q, str>, Cow<'q, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let piece = match self.rest.split_once('&') {
+                Some((piece, rest)) => {
+                    self.rest = rest;
+                    piece
+                }
+                None => std::mem::take(&mut self.rest),
+            };
+            if !piece.is_empty() {
+                return Some(pair(piece));
+            }
+        }
+    }
+}
+
+/// One non-empty `name=value` piece of a query (no `&` in it).
+fn pair(piece: &str) -> (Cow<'_, str>, Cow<'_, str>) {
+    if piece.bytes().any(|b| b == b'%' || b == b'+') {
+        // Something to decode: the reference decoder reads this piece as
+        // the one pair it is.
+        return form_urlencoded::parse(piece.as_bytes())
+            .next()
+            .expect("a non-empty piece is one pair");
+    }
+    let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+    (Cow::Borrowed(name), Cow::Borrowed(value))
+}
+
+/// Decodes one percent-encoded path segment (channel names travel in
+/// paths); invalid UTF-8 after decoding becomes U+FFFD.
+pub fn decode_segment(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_owned();
+    }
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The decoders this module's fast paths stand in for.
+    fn reference_pairs(query: Option<&str>) -> Vec<(String, String)> {
+        form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    fn reference_segment(segment: &str) -> String {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8_lossy()
+            .into_owned()
+    }
+
+    fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+        query_pairs(query)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_pairs_like_form_urlencoded() {
+        for query in [
+            "",
+            "&",
+            "&&a=1&&",
+            "since=4&timeout=30",
+            "a",
+            "a=",
+            "=b",
+            "=",
+            "a=b=c",
+            "a+b=c+d",
+            "a%20b=%41%42",
+            "a=%zz&b=%",
+            "a=%FF%FE",
+            "x=%E2%82%AC&y=€",
+            "delta=1&delta=0",
+        ] {
+            assert_eq!(
+                pairs(Some(query)),
+                reference_pairs(Some(query)),
+                "{query:?}"
+            );
+        }
+        assert!(pairs(None).is_empty());
+    }
+
+    #[test]
+    fn borrows_what_needs_no_decoding() {
+        let mut it = query_pairs(Some("since=4&a%20b=c"));
+        assert!(matches!(
+            it.next(),
+            Some((Cow::Borrowed("since"), Cow::Borrowed("4")))
+        ));
+        assert_eq!(
+            it.next(),
+            Some((Cow::Owned("a b".into()), Cow::Borrowed("c")))
+        );
+        assert_eq!(it.next(), None);
+    }
+
+    #[test]
+    fn decodes_segments_like_percent_encoding() {
+        for segment in [
+            "news",
+            "a%20b",
+            "a+b",
+            "%",
+            "%2",
+            "%zz",
+            "%FF",
+            "€%E2%82%AC",
+        ] {
+            assert_eq!(
+                decode_segment(segment),
+                reference_segment(segment),
+                "{segment:?}"
+            );
+        }
+    }
+
+    /// Query-like text: mostly the characters that matter to the parser.
+    fn query_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("&".to_string()),
+            Just("=".to_string()),
+            Just("+".to_string()),
+            Just("%".to_string()),
+            "%[0-9a-fA-F]{2}",
+            "[a-z0-9]{1,6}",
+            "[^&=+%]{1,3}",
+            any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_agrees_with_form_urlencoded(query in query_text()) {
+            prop_assert_eq!(pairs(Some(&query)), reference_pairs(Some(&query)));
+        }
+
+        #[test]
+        fn fast_path_agrees_on_any_text(query in any::<String>()) {
+            prop_assert_eq!(pairs(Some(&query)), reference_pairs(Some(&query)));
+        }
+
+        #[test]
+        fn segments_agree_with_percent_encoding(segment in query_text()) {
+            prop_assert_eq!(decode_segment(&segment), reference_segment(&segment));
+        }
+    }
+}
