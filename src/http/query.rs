@@ -32,41 +32,52 @@ impl<'q> Iterator for QueryPairs<'q> {
     type Item = (Cow<'q, str>, Cow<'q, str>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.rest.is_empty() {
-                return None;
-            }
-            let piece = match self.rest.split_once('&') {
-                Some((piece, rest)) => {
-                    self.rest = rest;
-                    piece
+        // One walk over the bytes finds the piece's end, its first `=` and
+        // whether it has anything to decode (the pieces are short, so a
+        // plain loop beats searching for each in turn).
+        let bytes = self.rest.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let (mut end, mut equals, mut encoded) = (start, None, false);
+            while let Some(&b) = bytes.get(end) {
+                match b {
+                    b'&' => break,
+                    b'=' if equals.is_none() => equals = Some(end),
+                    b'%' | b'+' => encoded = true,
+                    _ => {}
                 }
-                None => std::mem::take(&mut self.rest),
-            };
-            if !piece.is_empty() {
-                return Some(pair(piece));
+                end += 1;
             }
+            if end == start {
+                start += 1; // an empty piece
+                continue;
+            }
+            let rest = self.rest;
+            // Past the `&` (if any): every index here is an ASCII byte's,
+            // so a char boundary.
+            self.rest = rest.get(end + 1..).unwrap_or("");
+            if encoded {
+                // Something to decode: the reference decoder reads this
+                // piece as the one pair it is.
+                return form_urlencoded::parse(rest[start..end].as_bytes()).next();
+            }
+            return Some(match equals {
+                Some(eq) => (
+                    Cow::Borrowed(&rest[start..eq]),
+                    Cow::Borrowed(&rest[eq + 1..end]),
+                ),
+                None => (Cow::Borrowed(&rest[start..end]), Cow::Borrowed("")),
+            });
         }
+        self.rest = "";
+        None
     }
-}
-
-/// One non-empty `name=value` piece of a query (no `&` in it).
-fn pair(piece: &str) -> (Cow<'_, str>, Cow<'_, str>) {
-    if piece.bytes().any(|b| b == b'%' || b == b'+') {
-        // Something to decode: the reference decoder reads this piece as
-        // the one pair it is.
-        return form_urlencoded::parse(piece.as_bytes())
-            .next()
-            .expect("a non-empty piece is one pair");
-    }
-    let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
-    (Cow::Borrowed(name), Cow::Borrowed(value))
 }
 
 /// Decodes one percent-encoded path segment (channel names travel in
 /// paths); invalid UTF-8 after decoding becomes U+FFFD.
 pub fn decode_segment(segment: &str) -> String {
-    if !segment.contains('%') {
+    if !segment.bytes().any(|b| b == b'%') {
         return segment.to_owned();
     }
     percent_encoding::percent_decode_str(segment)
