@@ -16,7 +16,7 @@ pub mod h1;
 mod query;
 mod request_body;
 
-pub use query::{decode_segment, query_pairs, QueryPairs};
+pub use query::{decode_segment, may_name, query_pairs, QueryPairs};
 pub use request_body::RequestBody;
 
 use crate::net::meter::ConnMeter;

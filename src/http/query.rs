@@ -74,6 +74,26 @@ impl<'q> Iterator for QueryPairs<'q> {
     }
 }
 
+/// False when no pair of `query` can be named `name` once decoded: the
+/// query has no `%` and `name` nowhere in it. One scan, to skip reading
+/// the pairs of a query that cannot hold the parameter.
+/// `name` is non-empty ASCII without `%`, `+`, `&`, `=` or space, so it only
+/// decodes from itself or from something percent-encoded.
+pub fn may_name(query: &str, name: &str) -> bool {
+    debug_assert!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"%+&=".contains(&b)),
+        "{name:?}"
+    );
+    let (query, name) = (query.as_bytes(), name.as_bytes());
+    query
+        .iter()
+        .enumerate()
+        .any(|(at, &b)| b == b'%' || (b == name[0] && query[at..].starts_with(name)))
+}
+
 /// Decodes one percent-encoded path segment (channel names travel in
 /// paths); invalid UTF-8 after decoding becomes U+FFFD.
 pub fn decode_segment(segment: &str) -> String {
@@ -180,6 +200,8 @@ mod tests {
             Just("%".to_string()),
             "%[0-9a-fA-F]{2}",
             "[a-z0-9]{1,6}",
+            Just("delta".to_string()),
+            Just("since".to_string()),
             "[^&=+%]{1,3}",
             any::<char>().prop_map(String::from),
         ];
@@ -195,6 +217,16 @@ mod tests {
         #[test]
         fn fast_path_agrees_on_any_text(query in any::<String>()) {
             prop_assert_eq!(pairs(Some(&query)), reference_pairs(Some(&query)));
+        }
+
+        #[test]
+        fn may_name_is_false_only_without_such_a_pair(
+            query in query_text(),
+            name in prop_oneof![Just("delta"), Just("since"), Just("a")],
+        ) {
+            if !may_name(&query, name) {
+                prop_assert!(reference_pairs(Some(&query)).iter().all(|(k, _)| k != name));
+            }
         }
 
         #[test]
