@@ -90,11 +90,16 @@ impl DistinctWindow {
         self.slice_len * SLICES as u32
     }
 
+    #[inline]
     fn rotate(&mut self, now: Instant) {
         // Most calls (every poll) come well within the newest slice.
-        if self.next_rotation.is_none_or(|due| now < due) {
-            return;
+        if self.next_rotation.is_some_and(|due| now >= due) {
+            self.rotate_now(now);
         }
+    }
+
+    #[cold]
+    fn rotate_now(&mut self, now: Instant) {
         let newest = self.slices.last().map(|(t, _)| *t).unwrap_or(now);
         if now.duration_since(newest) >= self.slice_len {
             self.slices.push((now, sketch()));
