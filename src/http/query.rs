@@ -59,7 +59,7 @@ impl<'q> Iterator for QueryPairs<'q> {
             if encoded {
                 // Something to decode: the reference decoder reads this
                 // piece as the one pair it is.
-                return form_urlencoded::parse(rest[start..end].as_bytes()).next();
+                return form_urlencoded::parse(&bytes[start..end]).next();
             }
             return Some(match equals {
                 Some(eq) => (
