@@ -13,8 +13,10 @@ use hyper::body::Incoming;
 
 pub mod encoding;
 pub mod h1;
+mod query;
 mod request_body;
 
+pub use query::{decode_segment, may_name, query_pairs, QueryPairs};
 pub use request_body::RequestBody;
 
 use crate::net::meter::ConnMeter;
@@ -239,19 +241,6 @@ pub fn is_json_content_type(content_type: Option<&HeaderValue>) -> bool {
                 .to_ascii_lowercase()
         })
         .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
-}
-
-/// Query parameters as (name, value) pairs, percent-decoded; names and
-/// values that need no decoding are borrowed from the query, not copied.
-pub fn query_pairs(query: Option<&str>) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-}
-
-/// Decodes one percent-encoded path segment (channel names travel in paths).
-pub fn decode_segment(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// Reads a request body up to `limit` bytes within `timeout`.

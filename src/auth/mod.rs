@@ -161,6 +161,12 @@ impl Authorizer {
         }
     }
 
+    /// True when the allow-list names any origin (`auth.allowed_origins`);
+    /// without one, [`origin_allowed`](Self::origin_allowed) is always false.
+    pub fn lists_origins(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
     /// True when `origin` is on the allow-list (also used for CORS).
     pub fn origin_allowed(&self, origin: &str) -> bool {
         self.allowed_origins

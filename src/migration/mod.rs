@@ -16,7 +16,12 @@ use parking_lot::Mutex;
 use prometheus::IntGaugeVec;
 
 use topk::SpaceSaving;
-use window::DistinctWindow;
+use window::{ClientHash, DistinctWindow};
+
+/// The maps' hasher: foldhash, seeded at random per process. Channel
+/// names are the client's choice, so the hash must not be one a client can
+/// aim collisions at, but it runs on every poll, so not SipHash.
+type Keyed = foldhash::fast::RandomState;
 
 /// Channels whose distinct pollers are tracked one by one (for `/stats`);
 /// past it, only the per-route figures grow.
@@ -27,8 +32,8 @@ pub const TOP_PAGES: usize = 20;
 
 struct Inner {
     /// Bridged routes (by path) and `longpoll` (every long-poll endpoint).
-    routes: HashMap<String, DistinctWindow>,
-    channels: HashMap<String, DistinctWindow>,
+    routes: HashMap<String, DistinctWindow, Keyed>,
+    channels: HashMap<String, DistinctWindow, Keyed>,
     pages: SpaceSaving,
 }
 
@@ -64,7 +69,7 @@ pub fn referer_path(headers: &HeaderMap) -> Option<String> {
 
 impl Migration {
     pub fn new(window: Duration, legacy_clients: IntGaugeVec, routes: &[String]) -> Migration {
-        let mut map: HashMap<String, DistinctWindow> = routes
+        let mut map: HashMap<String, DistinctWindow, Keyed> = routes
             .iter()
             .map(|r| (r.clone(), DistinctWindow::new(window)))
             .collect();
@@ -76,7 +81,7 @@ impl Migration {
             window,
             inner: Mutex::new(Inner {
                 routes: map,
-                channels: HashMap::new(),
+                channels: HashMap::default(),
                 pages: SpaceSaving::new(PAGE_COUNTERS),
             }),
             legacy_clients,
@@ -86,6 +91,7 @@ impl Migration {
     /// One legacy poll: `route` is `longpoll` or a bridged path.
     pub fn record_poll(&self, route: &str, channel: &str, client: u64, page: Option<&str>) {
         let now = Instant::now();
+        let client = ClientHash::of(client);
         let mut inner = self.inner.lock();
         if let Some(w) = inner.routes.get_mut(route) {
             w.insert(client, now);

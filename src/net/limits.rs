@@ -18,12 +18,17 @@ use parking_lot::Mutex;
 use super::bucket::TokenBucket;
 use crate::config::LimitsConfig;
 
+/// The maps' hasher: keyed by client addresses, which a client with an
+/// IPv6 prefix chooses by the million, so seeded at random per process;
+/// foldhash rather than SipHash, as it runs on every poll.
+type Keyed = foldhash::fast::RandomState;
+
 pub struct IpLimits {
     max_connections: usize,
-    open: DashMap<IpAddr, usize>,
+    open: DashMap<IpAddr, usize, Keyed>,
     poll_rate: u32,
     /// Per address: `longpoll_rate_per_ip` per second, a burst of twice that.
-    polls: DashMap<IpAddr, Mutex<TokenBucket>>,
+    polls: DashMap<IpAddr, Mutex<TokenBucket>, Keyed>,
     trusted: Vec<IpNet>,
 }
 
@@ -66,9 +71,9 @@ impl IpLimits {
             .collect();
         Arc::new(IpLimits {
             max_connections: config.max_connections_per_ip,
-            open: DashMap::new(),
+            open: DashMap::default(),
             poll_rate: config.longpoll_rate_per_ip,
-            polls: DashMap::new(),
+            polls: DashMap::default(),
             trusted,
         })
     }
@@ -121,11 +126,17 @@ impl IpLimits {
         }
         let rate = self.poll_rate as f64;
         let now = Instant::now();
-        let bucket = self
-            .polls
-            .entry(ip)
-            .or_insert_with(|| Mutex::new(TokenBucket::new(rate, 2.0 * rate, now)));
-        let taken = bucket.lock().take(1.0, now);
+        // A shared (read) lock on the map for an address it knows, which
+        // is every poll of a client but its first.
+        let taken = match self.polls.get(&ip) {
+            Some(bucket) => bucket.lock().take(1.0, now),
+            None => self
+                .polls
+                .entry(ip)
+                .or_insert_with(|| Mutex::new(TokenBucket::new(rate, 2.0 * rate, now)))
+                .lock()
+                .take(1.0, now),
+        };
         taken.map_err(|wait| RateLimited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
         })

@@ -17,6 +17,10 @@ use crate::protocol::{Cursor, Epoch, Message, Transport};
 
 /// `delta=1` (or `delta=true`) in a query: the client asks for deltas.
 pub fn wants_delta(query: Option<&str>) -> bool {
+    // Most queries (every plain poll's) name no `delta`: one scan says so.
+    if !query.is_some_and(|q| crate::http::may_name(q, "delta")) {
+        return false;
+    }
     crate::http::query_pairs(query)
         .filter(|(k, _)| k == "delta")
         .last()
@@ -130,5 +134,23 @@ mod tests {
         assert!(!wants_delta(Some("delta=0")));
         assert!(!wants_delta(Some("delta=1&delta=0")));
         assert!(!wants_delta(None));
+        assert!(!wants_delta(Some("since=3&timeout=30")));
+        assert!(wants_delta(Some("%64elta=1")));
+        assert!(wants_delta(Some("x=delta&delta=1")));
+        assert!(!wants_delta(Some("del+ta=1&deltas=1")));
+    }
+
+    proptest::proptest! {
+        /// As it was read before the fast paths: every pair, decoded.
+        #[test]
+        fn delta_flag_reads_as_before(
+            query in "((delta|%64elta|del%74a|since|d|x)(=(1|true|0|%31|tru%65|)?)?&?){0,4}",
+        ) {
+            let reference = form_urlencoded::parse(query.as_bytes())
+                .filter(|(k, _)| k == "delta")
+                .last()
+                .is_some_and(|(_, v)| v == "1" || v == "true");
+            proptest::prop_assert_eq!(wants_delta(Some(&query)), reference);
+        }
     }
 }

@@ -15,14 +15,15 @@ use crate::protocol::error::ApiError;
 
 /// A path under the gateway's prefix, by endpoint. The channel of
 /// `{prefix}/poll/{channel}` and the like is the percent-decoded rest of
-/// the path (validated later, by the transport).
+/// the path (validated later, by the transport); in [`endpoint_raw`]'s
+/// answer (`Endpoint<&str>`) it is that rest as it is, still encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub enum Endpoint<Channel = String> {
     /// `{prefix}/ws` or `{prefix}/ws/{channel}`.
-    WebSocket(Option<String>),
-    Poll(String),
-    Sse(String),
-    Publish(String),
+    WebSocket(Option<Channel>),
+    Poll(Channel),
+    Sse(Channel),
+    Publish(Channel),
     Echo,
     ClientJs,
     ClientDts,
@@ -35,13 +36,34 @@ pub enum Endpoint {
 /// The endpoint `path` names, or `None` when it is not under `prefix`
 /// (`/rtx` is not under `/rt`): then it goes to the bridge or the proxy.
 pub fn endpoint(prefix: &str, path: &str) -> Option<Endpoint> {
+    Some(match endpoint_raw(prefix, path)? {
+        Endpoint::WebSocket(ch) => Endpoint::WebSocket(ch.map(decode_segment)),
+        Endpoint::Poll(ch) => Endpoint::Poll(decode_segment(ch)),
+        Endpoint::Sse(ch) => Endpoint::Sse(decode_segment(ch)),
+        Endpoint::Publish(ch) => Endpoint::Publish(decode_segment(ch)),
+        Endpoint::Echo => Endpoint::Echo,
+        Endpoint::ClientJs => Endpoint::ClientJs,
+        Endpoint::ClientDts => Endpoint::ClientDts,
+        Endpoint::Demo => Endpoint::Demo,
+        Endpoint::Stats => Endpoint::Stats,
+        Endpoint::Unknown => Endpoint::Unknown,
+    })
+}
+
+/// [`endpoint`] without decoding (or copying) the channel: for a caller
+/// that only needs to know which endpoint a path names.
+pub fn endpoint_raw<'p>(prefix: &str, path: &'p str) -> Option<Endpoint<&'p str>> {
     let rest = path.strip_prefix(prefix)?;
     if !rest.is_empty() && !rest.starts_with('/') {
         return None;
     }
-    let (name, arg) = match rest.trim_start_matches('/').split_once('/') {
-        Some((name, arg)) => (name, Some(decode_segment(arg))),
-        None => (rest.trim_start_matches('/'), None),
+    // Byte loops, not `trim_start_matches`/`split_once` (the generic char
+    // searcher): this runs on every poll, twice (lean head, router).
+    let slashes = rest.bytes().take_while(|&b| b == b'/').count();
+    let rest = &rest[slashes..];
+    let (name, arg) = match rest.bytes().position(|b| b == b'/') {
+        Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+        None => (rest, None),
     };
     Some(match (name, arg) {
         ("ws", arg) => Endpoint::WebSocket(arg),
@@ -52,7 +74,8 @@ pub fn endpoint(prefix: &str, path: &str) -> Option<Endpoint> {
         ("client.js", None) => Endpoint::ClientJs,
         ("client.d.ts", None) => Endpoint::ClientDts,
         ("demo", None) => Endpoint::Demo,
-        ("demo", Some(rest)) if rest.is_empty() => Endpoint::Demo,
+        // Empty raw, empty decoded: nothing non-empty decodes to nothing.
+        ("demo", Some("")) => Endpoint::Demo,
         ("stats", None) => Endpoint::Stats,
         _ => Endpoint::Unknown,
     })
@@ -205,6 +228,79 @@ mod tests {
         assert_eq!(e("/api/rt/ws"), None);
         assert_eq!(e("/rt/poll/a/b"), Some(Endpoint::Poll("a/b".into())));
         assert_eq!(e("/rt/demo/"), Some(Endpoint::Demo));
+        assert_eq!(e("//rt"), None);
+        assert_eq!(e("/rt"), Some(Endpoint::Unknown));
+        assert_eq!(e("/rt//poll/x"), Some(Endpoint::Poll("x".into())));
+        assert_eq!(e("/rt/poll/"), Some(Endpoint::Poll("".into())));
+        assert_eq!(e("/rt/echo/x"), Some(Endpoint::Unknown));
+        assert_eq!(
+            endpoint_raw("/rt", "/rt/poll/a%20b"),
+            Some(Endpoint::Poll("a%20b"))
+        );
+    }
+
+    /// The reading of a path before the byte loops and the raw step: the
+    /// reference the property test holds `endpoint` to.
+    fn reference_endpoint(prefix: &str, path: &str) -> Option<Endpoint> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let rest = path.strip_prefix(prefix)?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        let (name, arg) = match rest.trim_start_matches('/').split_once('/') {
+            Some((name, arg)) => (name, Some(decode(arg))),
+            None => (rest.trim_start_matches('/'), None),
+        };
+        Some(match (name, arg) {
+            ("ws", arg) => Endpoint::WebSocket(arg),
+            ("poll", Some(ch)) => Endpoint::Poll(ch),
+            ("sse", Some(ch)) => Endpoint::Sse(ch),
+            ("publish", Some(ch)) => Endpoint::Publish(ch),
+            ("echo", None) => Endpoint::Echo,
+            ("client.js", None) => Endpoint::ClientJs,
+            ("client.d.ts", None) => Endpoint::ClientDts,
+            ("demo", None) => Endpoint::Demo,
+            ("demo", Some(rest)) if rest.is_empty() => Endpoint::Demo,
+            ("stats", None) => Endpoint::Stats,
+            _ => Endpoint::Unknown,
+        })
+    }
+
+    fn kind<C>(e: &Endpoint<C>) -> &'static str {
+        match e {
+            Endpoint::WebSocket(_) => "ws",
+            Endpoint::Poll(_) => "poll",
+            Endpoint::Sse(_) => "sse",
+            Endpoint::Publish(_) => "publish",
+            Endpoint::Echo => "echo",
+            Endpoint::ClientJs => "client.js",
+            Endpoint::ClientDts => "client.d.ts",
+            Endpoint::Demo => "demo",
+            Endpoint::Stats => "stats",
+            Endpoint::Unknown => "unknown",
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn endpoints_read_as_before(
+            path in "(/rt|/rtx|/r)?(/{0,2}(ws|poll|sse|publish|echo|demo|stats|client\\.js|client\\.d\\.ts|x)(/[a-z%0-9/€\\xff]{0,6})?)?",
+        ) {
+            proptest::prop_assert_eq!(endpoint("/rt", &path), reference_endpoint("/rt", &path));
+        }
+
+        #[test]
+        fn any_path_reads_as_before(path in proptest::prelude::any::<String>()) {
+            proptest::prop_assert_eq!(endpoint("/rt", &path), reference_endpoint("/rt", &path));
+            proptest::prop_assert_eq!(
+                endpoint_raw("/rt", &path).as_ref().map(kind),
+                endpoint("/rt", &path).as_ref().map(kind)
+            );
+        }
     }
 
     #[test]
