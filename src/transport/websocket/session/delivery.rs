@@ -61,8 +61,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .iter()
                 .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id)),
         );
-        let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
-        report.deltas.extend(deltas.map(|(c, _)| c.clone()));
+        for (channel, _) in self.subscriptions.iter().filter(|(_, s)| s.delta.is_some()) {
+            report.add_delta_channel(channel.clone());
+        }
         self.queue.enter_direct(sink, &mut report)
     }
 
