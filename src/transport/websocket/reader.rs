@@ -226,7 +226,9 @@ pub struct Decoder {
     assembler: Option<Box<Assembler>>,
     /// The inflater, kept here while no assembler is.
     inflate: Option<ClientInflate>,
-    max_message: usize,
+    /// `limits.max_message_bytes`, at most 4 GiB - 1 (`u32`: 8 bytes less
+    /// in every session, see `session::sizes`).
+    max_message: u32,
     /// A close or a violation was reported: nothing more is decoded.
     ended: bool,
 }
@@ -239,7 +241,7 @@ impl Decoder {
             buf: read_ahead,
             assembler: None,
             inflate,
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             ended: false,
         }
     }
@@ -269,7 +271,7 @@ impl Decoder {
         let mut complete = 0;
         let mut rsv1 = Vec::new();
         loop {
-            match scan_frame(&self.buf[complete..], self.max_message) {
+            match scan_frame(&self.buf[complete..], self.max_message as usize) {
                 Scan::Complete(len) => {
                     rsv1.push(take_rsv1(&mut self.buf[complete]));
                     complete += len;
@@ -302,8 +304,11 @@ impl Decoder {
         }
         let (complete, rsv1, refused) = self.scan();
         if !rsv1.is_empty() {
-            let assembler =
-                make_assembler(&mut self.assembler, &mut self.inflate, self.max_message);
+            let assembler = make_assembler(
+                &mut self.assembler,
+                &mut self.inflate,
+                self.max_message as usize,
+            );
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
@@ -312,7 +317,7 @@ impl Decoder {
             ws.set_auto_close(false);
             ws.set_auto_pong(false);
             // fastwebsockets refuses a frame whose length is >= this.
-            ws.set_max_message_size(self.max_message.saturating_add(1));
+            ws.set_max_message_size((self.max_message as usize).saturating_add(1));
             for (rsv1, deflated_text) in rsv1 {
                 // Never waits: the whole frame is in the cursor.
                 let frame = ws

@@ -47,9 +47,7 @@ use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
 use super::ticks::Tick;
 use crate::auth::Credentials;
-use crate::bus::{
-    DirectReport, DirectSink, HistoryRead, QueueClosed, SubscriberQueue, Subscription,
-};
+use crate::bus::{DirectReport, HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 use crate::gateway::Gateway;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
@@ -142,9 +140,6 @@ pub struct Session<W> {
     gw: Arc<Gateway>,
     input: Input,
     decoder: Decoder,
-    /// The socket as the publishers write to it in direct mode (None: this
-    /// connection can't be shared, e.g. TLS).
-    sink: Option<Arc<dyn DirectSink>>,
     /// `conflate_interval` on state channels.
     throttle: Throttle,
     handler: Handler,
@@ -199,7 +194,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         gw: Arc<Gateway>,
         input: Input,
         writer: W,
-        sink: Option<Arc<dyn DirectSink>>,
         queue: Arc<SubscriberQueue>,
         read_ahead: Vec<u8>,
         (deflate, deflate_context): (Option<Deflate>, Option<Box<DeflateContext>>),
@@ -214,7 +208,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
             deflate,
             deflate_context,
-            sink,
             throttle: Throttle::new(&gw.rules),
             gw,
             handler: Handler::Commands,
