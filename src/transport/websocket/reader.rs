@@ -45,7 +45,7 @@ struct Assembler {
     /// The message being assembled came with RSV1: `buf` is deflated.
     compressed: bool,
     /// permessage-deflate was negotiated: how client messages inflate.
-    inflate: Option<ClientInflate>,
+    inflate: Option<Box<ClientInflate>>,
 }
 
 impl Assembler {
@@ -224,8 +224,10 @@ pub struct Decoder {
     /// incomplete: an idle connection holds the empty pointer (it was 64
     /// bytes inline in every session).
     assembler: Option<Box<Assembler>>,
-    /// The inflater, kept here while no assembler is.
-    inflate: Option<ClientInflate>,
+    /// The inflater, kept here while no assembler is. Boxed: most
+    /// connections negotiate no compression, and every session holds a
+    /// decoder (8 bytes instead of 16; see `session::sizes`).
+    inflate: Option<Box<ClientInflate>>,
     /// `limits.max_message_bytes`, at most 4 GiB - 1 (`u32`: 8 bytes less
     /// in every session, see `session::sizes`).
     max_message: u32,
@@ -240,7 +242,7 @@ impl Decoder {
         Decoder {
             buf: read_ahead,
             assembler: None,
-            inflate,
+            inflate: inflate.map(Box::new),
             max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             ended: false,
         }
@@ -379,7 +381,7 @@ impl Decoder {
 /// The decoder's assembler, made (with the inflater, if any) on first use.
 fn make_assembler<'a>(
     slot: &'a mut Option<Box<Assembler>>,
-    inflate: &mut Option<ClientInflate>,
+    inflate: &mut Option<Box<ClientInflate>>,
     max_message: usize,
 ) -> &'a mut Assembler {
     slot.get_or_insert_with(|| {

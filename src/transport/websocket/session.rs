@@ -160,7 +160,8 @@ pub struct Session<W> {
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: Subscriptions,
-    last_heard: Instant,
+    /// When the client last sent anything (coarse: see [`timers::Heard`]).
+    last_heard: timers::Heard,
     ping_sent: bool,
     /// permessage-deflate, if negotiated.
     deflate: Option<Deflate>,
@@ -219,7 +220,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             writer,
             queue,
             subscriptions: Subscriptions::default(),
-            last_heard: Instant::now(),
+            last_heard: timers::Heard::now(),
             ping_sent: false,
         }
     }
@@ -439,7 +440,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             // The peer went away without a close frame.
             Wake::Read(Ok(0) | Err(_)) => Err(End::Drop),
             Wake::Read(Ok(_)) => {
-                self.last_heard = Instant::now();
+                self.last_heard = timers::Heard::now();
                 self.ping_sent = false;
                 // Boxed: bigger than the other arms, and on_wake is
                 // allocated on every wake-up.

@@ -35,6 +35,7 @@ impl<W: tokio::io::AsyncWrite + SendProgress + Unpin> Session<W> {
             false => cfg.ping_interval,
         };
         self.last_heard
+            .instant()
             .checked_add(wait)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
