@@ -38,8 +38,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::session::Session;
-use super::socket::SocketWriter;
+use super::session::ParkedSession;
 use crate::net::deadlines;
 
 /// How often parked sessions are checked for pings and idle timeouts due
@@ -52,7 +51,7 @@ use crate::net::deadlines;
 const SCAN: Duration = Duration::from_secs(1);
 
 /// A parked session as the table holds it.
-pub(super) type Parked = Box<Session<SocketWriter>>;
+pub(super) type Parked = Box<ParkedSession>;
 
 /// Why a parked session runs again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +152,7 @@ pub(super) fn park(session: Parked, due: Instant) -> Result<(), Parked> {
     let Ok(registry) = registry() else {
         return Err(session);
     };
-    let Some(fd) = session.parked_fd() else {
-        return Err(session);
-    };
+    let fd = session.parked_fd();
     // Kicked meanwhile: it must run to close (checked again by the scan,
     // for a kick that comes after this).
     if session.is_kicked() {
@@ -245,11 +242,9 @@ impl Registry {
         table.free.push(index as u32);
         // Under the lock: the slot can't be reused (and the descriptor
         // added again) before it is out of the set.
-        // A parked session always has a descriptor (`park` checked).
-        if let Some(fd) = entry.session.parked_fd() {
-            // SAFETY: epoll_ctl(2) deleting a descriptor the entry owns.
-            unsafe { libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
-        }
+        let fd = entry.session.parked_fd();
+        // SAFETY: epoll_ctl(2) deleting a descriptor the entry owns.
+        unsafe { libc::epoll_ctl(self.epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
         Some(entry)
     }
 

@@ -248,6 +248,21 @@ impl Decoder {
         }
     }
 
+    /// What an idle decoder keeps while its session is parked: only the
+    /// inflater (everything else is empty, or the configured limit).
+    pub fn into_parked(self) -> Option<Box<ClientInflate>> {
+        debug_assert!(self.is_idle(), "only an idle decoder is parked");
+        self.inflate
+    }
+
+    /// The idle decoder of a session that runs again
+    /// ([`into_parked`](Self::into_parked)).
+    pub fn unparked(max_message: usize, inflate: Option<Box<ClientInflate>>) -> Decoder {
+        let mut decoder = Decoder::new(max_message, Vec::new(), None);
+        decoder.inflate = inflate;
+        decoder
+    }
+
     /// True once a close frame or a violation was decoded: the client has
     /// nothing more to say that we would read.
     pub fn is_ended(&self) -> bool {

@@ -54,7 +54,7 @@ use crate::protocol::ws_frame as frame;
 use crate::protocol::{Message, Transport};
 use crate::transport::throttle::Throttle;
 pub use input::Input;
-pub(super) use parking::park_or_go_on;
+pub(super) use parking::{park_or_go_on, ParkedSession};
 use subscriptions::Subscriptions;
 pub use vectored::SendProgress;
 
@@ -136,8 +136,10 @@ enum Wake {
 }
 
 /// One WebSocket connection's state, served by one task ([`Session::run`]).
+/// A parked one is kept as a smaller [`ParkedSession`].
 pub struct Session<W> {
-    gw: Arc<Gateway>,
+    /// Counts the connection while it lives, running or parked.
+    gw: Counted,
     input: Input,
     decoder: Decoder,
     /// `conflate_interval` on state channels.
@@ -171,9 +173,31 @@ pub struct Session<W> {
     deflate_context: Option<Box<DeflateContext>>,
 }
 
-impl<W> Drop for Session<W> {
+/// The session's gateway, counting the connection in the WebSocket
+/// connections gauge for as long as it is held: by the session, then by
+/// its parked record, then by the session again. (A field rather than
+/// `Drop` on `Session`, so that parking can move the fields out; and the
+/// gateway pointer itself, as a separate guard would be 8 more bytes.)
+pub(super) struct Counted(Arc<Gateway>);
+
+impl Counted {
+    fn new(gw: Arc<Gateway>) -> Counted {
+        gw.metrics.transport(Transport::WebSocket).connections.inc();
+        Counted(gw)
+    }
+}
+
+impl std::ops::Deref for Counted {
+    type Target = Arc<Gateway>;
+
+    fn deref(&self) -> &Arc<Gateway> {
+        &self.0
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.gw
+        self.0
             .metrics
             .transport(Transport::WebSocket)
             .connections
@@ -200,9 +224,6 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         (deflate, deflate_context): (Option<Deflate>, Option<Box<DeflateContext>>),
     ) -> Self {
         let inflate = deflate.map(ClientInflate::new);
-        // Counted down by `Drop`: a guard kept as a field would be 16 more
-        // bytes in every idle connection's future.
-        gw.metrics.transport(Transport::WebSocket).connections.inc();
         let kick = gw.kick_token();
         Session {
             input,
@@ -210,7 +231,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             deflate,
             deflate_context,
             throttle: Throttle::new(&gw.rules),
-            gw,
+            gw: Counted::new(gw),
             handler: Handler::Commands,
             credentials: None,
             client: std::net::Ipv4Addr::UNSPECIFIED.into(),

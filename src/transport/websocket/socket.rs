@@ -276,6 +276,6 @@ impl super::session::SendProgress for SocketWriter {
     }
 
     fn park(session: super::session::Session<Self>) {
-        super::session::park_or_go_on(Box::new(session));
+        super::session::park_or_go_on(session);
     }
 }

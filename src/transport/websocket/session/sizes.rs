@@ -48,6 +48,11 @@ fn the_session_future_stays_small() {
     // the decoder's inflater boxed (8) and the last-heard time in 4 bytes
     // (`timers::Heard`, 12).
     assert!(session <= 192, "Session grew to {session} bytes");
+    // What a parked connection keeps instead of the whole session, boxed:
+    // up to 128 bytes, jemalloc's 128-byte class.
+    let parked = size_of::<super::ParkedSession>();
+    eprintln!("ParkedSession {parked}");
+    assert!(parked <= 128, "ParkedSession grew to {parked} bytes");
 }
 
 #[test]
