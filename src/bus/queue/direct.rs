@@ -48,10 +48,10 @@ pub trait DirectSink: Send + Sync {
 /// written per channel, after direct mode ends.
 #[derive(Default)]
 pub struct DirectReport {
-    /// The unsent tail of a message the publisher wrote in part. Boxed:
-    /// rare, and every connection holds two reports (its own and its
-    /// queue's), so 24 bytes each matter.
-    remainder: Option<Box<Bytes>>,
+    /// What few connections ever have (a partly written message, delta
+    /// channels), boxed: every idle WebSocket's queue holds a report, and
+    /// 24 bytes more put the queue in a larger allocation class.
+    rare: Option<Box<RareReport>>,
     /// Last id delivered per channel, and the epoch it is in: the
     /// connection's cursors, one per channel it is subscribed to, moved on
     /// by what publishers wrote. Messages of other channels are not
@@ -60,25 +60,47 @@ pub struct DirectReport {
     /// channel's data) ends direct mode, so that the connection tells its
     /// client.
     pub written: Vec<(crate::protocol::channel::ChannelName, Epoch, u64)>,
+}
+
+/// The boxed part of a [`DirectReport`].
+#[derive(Default)]
+struct RareReport {
+    /// The unsent tail of a message the publisher wrote in part.
+    remainder: Option<Bytes>,
     /// The channels of `written` the connection reads as deltas; it holds
     /// the value of each one's cursor (see the module doc).
-    pub deltas: Vec<crate::protocol::channel::ChannelName>,
+    deltas: Vec<crate::protocol::channel::ChannelName>,
 }
 
 impl DirectReport {
     /// Whether a partly written message's tail is left to write.
     pub fn has_remainder(&self) -> bool {
-        self.remainder.is_some()
+        self.rare.as_ref().is_some_and(|r| r.remainder.is_some())
     }
 
     /// Leaves the unsent tail of a message the publisher wrote in part.
     pub fn set_remainder(&mut self, rest: Bytes) {
-        self.remainder = Some(Box::new(rest));
+        self.rare.get_or_insert_with(Box::default).remainder = Some(rest);
     }
 
     /// Takes the unsent tail, if any.
     pub fn take_remainder(&mut self) -> Option<Bytes> {
-        self.remainder.take().map(|rest| *rest)
+        self.rare.as_mut().and_then(|r| r.remainder.take())
+    }
+
+    /// The connection reads `channel` (one of `written`) as deltas.
+    pub fn add_delta_channel(&mut self, channel: crate::protocol::channel::ChannelName) {
+        self.rare
+            .get_or_insert_with(Box::default)
+            .deltas
+            .push(channel);
+    }
+
+    /// Whether the connection reads `channel` as deltas.
+    pub fn is_delta_channel(&self, channel: &crate::protocol::channel::ChannelName) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| r.deltas.contains(channel))
     }
 }
 
@@ -88,13 +110,18 @@ mod tests {
 
     #[test]
     fn a_report_stays_small() {
-        // Every connection holds two (its own and its queue's).
-        assert!(std::mem::size_of::<DirectReport>() <= 56);
+        // Every queue holds one: 80 with the tail inline, 56 with only the
+        // tail boxed, 32 with the delta channels boxed too.
+        assert!(std::mem::size_of::<DirectReport>() <= 32);
         let mut report = DirectReport::default();
         assert!(!report.has_remainder());
         report.set_remainder(Bytes::from_static(b"tail"));
         assert!(report.has_remainder());
         assert_eq!(report.take_remainder().as_deref(), Some(&b"tail"[..]));
         assert!(!report.has_remainder());
+        let channel = crate::protocol::channel::ChannelName::new("s").unwrap();
+        assert!(!report.is_delta_channel(&channel));
+        report.add_delta_channel(channel.clone());
+        assert!(report.is_delta_channel(&channel));
     }
 }

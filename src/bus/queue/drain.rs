@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{cost, DirectReport, DirectSink, QueueClosed, State, SubscriberQueue};
+use super::{cost, saturate, DirectReport, DirectSink, QueueClosed, State, SubscriberQueue};
 use crate::protocol::Message;
 
 impl SubscriberQueue {
@@ -48,7 +48,7 @@ impl SubscriberQueue {
         }
         if reason == QueueClosed::OutputLimit {
             // What it holds is what it is dropped for: let it go now.
-            state.dropped = state.items.len();
+            state.dropped = saturate(state.items.len());
             state.items = VecDeque::new();
             Self::release_all(&mut state);
         }
@@ -104,7 +104,7 @@ impl SubscriberQueue {
     /// gives up on the subscriber counts them as dropped; a reader that
     /// catches up from history has lost nothing.
     pub fn overflow_dropped(&self) -> usize {
-        self.state.lock().dropped
+        self.state.lock().dropped as usize
     }
 
     /// Completes once the queue has overflowed or was closed for its

@@ -82,8 +82,10 @@ struct State {
     waker: Option<Waker>,
     closed: Option<QueueClosed>,
     /// Messages lost to the overflow (what was queued, and the one that
-    /// did not fit).
-    dropped: usize,
+    /// did not fit): at most `capacity + 1`. (`u32`: every idle connection
+    /// holds a queue, and its size decides its allocation class; see
+    /// `a_queue_stays_small`.)
+    dropped: u32,
     /// Set while the publisher writes to the connection itself.
     direct: Option<Arc<dyn DirectSink>>,
     /// Written directly since the connection last took its socket back.
@@ -106,7 +108,8 @@ fn cost(msg: &Message) -> usize {
 /// One subscriber's queue, shared by every channel it is subscribed to.
 pub struct SubscriberQueue {
     state: Mutex<State>,
-    capacity: usize,
+    /// `limits.queue_length` (`u32`, as `State::dropped`).
+    capacity: u32,
     transport: Transport,
     /// Where the client's output account comes from (None: uncounted,
     /// e.g. a held poll's one-off queue).
@@ -145,7 +148,7 @@ impl SubscriberQueue {
                 report_lent: false,
                 output: None,
             }),
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             transport,
             budget,
         }
@@ -238,12 +241,12 @@ impl SubscriberQueue {
                     outcome = Pushed::Conflated { count: conflated };
                 }
             }
-            if state.items.len() >= self.capacity {
+            if state.items.len() >= self.capacity as usize {
                 let dropped = state.items.len() + 1;
                 state.items = VecDeque::new();
                 removed = state.output.as_ref().map_or(0, |a| a.pending()) + added;
                 state.closed = Some(QueueClosed::Overflow);
-                state.dropped = dropped;
+                state.dropped = saturate(dropped);
                 outcome = Pushed::Overflowed { dropped };
                 break;
             }
@@ -266,7 +269,7 @@ impl SubscriberQueue {
                 Self::release_all(&mut state);
                 state.closed = Some(QueueClosed::OutputLimit);
                 state.direct = None;
-                state.dropped = dropped;
+                state.dropped = saturate(dropped);
                 if let Some(account) = &state.output {
                     account.mark_dropped(why);
                 }
@@ -276,6 +279,11 @@ impl SubscriberQueue {
         wake_reader(state);
         outcome
     }
+}
+
+/// A count of messages as the queue keeps it.
+fn saturate(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 /// Wakes the connection's task, if it waits, after letting the lock go (a
@@ -325,7 +333,7 @@ fn write_direct(
         // mode ends here (the sink is not put back).
         return 0;
     }
-    let deltas = !state.report.deltas.is_empty() && state.report.deltas.contains(&first.channel);
+    let deltas = state.report.is_delta_channel(&first.channel);
     let known = state.report.written[cursor].2;
     let skip = msgs.iter().take_while(|m| m.id <= known).count();
     // The value the connection holds (delta channels): the last written.
@@ -430,6 +438,17 @@ mod tests {
 
     fn epoch() -> Epoch {
         Epoch::parse(b"e1").unwrap()
+    }
+
+    #[test]
+    fn a_queue_stays_small() {
+        // Every idle WebSocket holds one in an `Arc` (16 bytes of counts):
+        // 176 bytes was jemalloc's 192-byte class; up to 144, the 160-byte
+        // one (the delta channels boxed with the report's tail, the counts
+        // `u32`).
+        let size = std::mem::size_of::<SubscriberQueue>();
+        eprintln!("SubscriberQueue: {size} bytes");
+        assert!(size <= 144, "SubscriberQueue grew to {size} bytes");
     }
 
     fn msg(channel: &str, id: u64) -> Arc<Message> {
@@ -723,7 +742,7 @@ mod tests {
         report
             .written
             .push((ChannelName::new("a").unwrap(), epoch(), 0));
-        report.deltas.push(ChannelName::new("s").unwrap());
+        report.add_delta_channel(ChannelName::new("s").unwrap());
         assert!(q.enter_direct(&sink, &mut report));
         // Two at once (one write), then one, then a whole-value channel.
         let batch = [msgs[1].clone(), msgs[2].clone()];
@@ -767,7 +786,7 @@ mod tests {
         // lent before): #3 is a delta against #2, not against 1.
         let mut report = subscribed_to("s");
         report.written[0].2 = 1;
-        report.deltas.push(ChannelName::new("s").unwrap());
+        report.add_delta_channel(ChannelName::new("s").unwrap());
         assert!(q.enter_direct(&sink, &mut report));
         assert_eq!(push_counted(&q, &m3, &metrics), Pushed::Queued);
         assert!(fake.wire.lock().is_empty());

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
-use crate::bus::{DirectSink, SubscriberQueue};
+use crate::bus::SubscriberQueue;
 use crate::config::WsCompression;
 use crate::gateway::Gateway;
 use crate::http::{Body, Request, Response};
@@ -259,15 +259,7 @@ fn spawn_session(
             // lock-based split, every message by this task.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let input = Input::Stream(Box::new(read));
-            let session = Session::new(
-                gw.clone(),
-                input,
-                write,
-                None,
-                queue,
-                Vec::new(),
-                compression,
-            );
+            let session = Session::new(gw.clone(), input, write, queue, Vec::new(), compression);
             gw.tasks.spawn(session.run(start));
         }
     }
@@ -301,18 +293,9 @@ pub(crate) fn spawn_on_socket(
             return;
         }
     };
-    let sink: Arc<dyn DirectSink> = socket.clone();
     let input = Input::Socket(socket.clone());
     let writer = SocketWriter(socket);
-    let session = Session::new(
-        gw.clone(),
-        input,
-        writer,
-        Some(sink),
-        queue,
-        read_ahead,
-        compression,
-    );
+    let session = Session::new(gw.clone(), input, writer, queue, read_ahead, compression);
     gw.tasks.spawn(session.run(start));
 }
 

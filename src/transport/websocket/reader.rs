@@ -45,7 +45,7 @@ struct Assembler {
     /// The message being assembled came with RSV1: `buf` is deflated.
     compressed: bool,
     /// permessage-deflate was negotiated: how client messages inflate.
-    inflate: Option<ClientInflate>,
+    inflate: Option<Box<ClientInflate>>,
 }
 
 impl Assembler {
@@ -224,9 +224,13 @@ pub struct Decoder {
     /// incomplete: an idle connection holds the empty pointer (it was 64
     /// bytes inline in every session).
     assembler: Option<Box<Assembler>>,
-    /// The inflater, kept here while no assembler is.
-    inflate: Option<ClientInflate>,
-    max_message: usize,
+    /// The inflater, kept here while no assembler is. Boxed: most
+    /// connections negotiate no compression, and every session holds a
+    /// decoder (8 bytes instead of 16; see `session::sizes`).
+    inflate: Option<Box<ClientInflate>>,
+    /// `limits.max_message_bytes`, at most 4 GiB - 1 (`u32`: 8 bytes less
+    /// in every session, see `session::sizes`).
+    max_message: u32,
     /// A close or a violation was reported: nothing more is decoded.
     ended: bool,
 }
@@ -238,10 +242,25 @@ impl Decoder {
         Decoder {
             buf: read_ahead,
             assembler: None,
-            inflate,
-            max_message,
+            inflate: inflate.map(Box::new),
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             ended: false,
         }
+    }
+
+    /// What an idle decoder keeps while its session is parked: only the
+    /// inflater (everything else is empty, or the configured limit).
+    pub fn into_parked(self) -> Option<Box<ClientInflate>> {
+        debug_assert!(self.is_idle(), "only an idle decoder is parked");
+        self.inflate
+    }
+
+    /// The idle decoder of a session that runs again
+    /// ([`into_parked`](Self::into_parked)).
+    pub fn unparked(max_message: usize, inflate: Option<Box<ClientInflate>>) -> Decoder {
+        let mut decoder = Decoder::new(max_message, Vec::new(), None);
+        decoder.inflate = inflate;
+        decoder
     }
 
     /// True once a close frame or a violation was decoded: the client has
@@ -269,7 +288,7 @@ impl Decoder {
         let mut complete = 0;
         let mut rsv1 = Vec::new();
         loop {
-            match scan_frame(&self.buf[complete..], self.max_message) {
+            match scan_frame(&self.buf[complete..], self.max_message as usize) {
                 Scan::Complete(len) => {
                     rsv1.push(take_rsv1(&mut self.buf[complete]));
                     complete += len;
@@ -302,8 +321,11 @@ impl Decoder {
         }
         let (complete, rsv1, refused) = self.scan();
         if !rsv1.is_empty() {
-            let assembler =
-                make_assembler(&mut self.assembler, &mut self.inflate, self.max_message);
+            let assembler = make_assembler(
+                &mut self.assembler,
+                &mut self.inflate,
+                self.max_message as usize,
+            );
             let (mut ws, _unused) = fastwebsockets::after_handshake_split(
                 std::io::Cursor::new(&self.buf[..complete]),
                 tokio::io::sink(),
@@ -312,7 +334,7 @@ impl Decoder {
             ws.set_auto_close(false);
             ws.set_auto_pong(false);
             // fastwebsockets refuses a frame whose length is >= this.
-            ws.set_max_message_size(self.max_message.saturating_add(1));
+            ws.set_max_message_size((self.max_message as usize).saturating_add(1));
             for (rsv1, deflated_text) in rsv1 {
                 // Never waits: the whole frame is in the cursor.
                 let frame = ws
@@ -374,7 +396,7 @@ impl Decoder {
 /// The decoder's assembler, made (with the inflater, if any) on first use.
 fn make_assembler<'a>(
     slot: &'a mut Option<Box<Assembler>>,
-    inflate: &mut Option<ClientInflate>,
+    inflate: &mut Option<Box<ClientInflate>>,
     max_message: usize,
 ) -> &'a mut Assembler {
     slot.get_or_insert_with(|| {

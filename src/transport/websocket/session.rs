@@ -47,16 +47,14 @@ use super::guard::CommandGuard;
 use super::reader::{Decoder, Inbound};
 use super::ticks::Tick;
 use crate::auth::Credentials;
-use crate::bus::{
-    DirectReport, DirectSink, HistoryRead, QueueClosed, SubscriberQueue, Subscription,
-};
+use crate::bus::{DirectReport, HistoryRead, QueueClosed, SubscriberQueue, Subscription};
 use crate::gateway::Gateway;
 use crate::protocol::channel::ChannelName;
 use crate::protocol::ws_frame as frame;
 use crate::protocol::{Message, Transport};
 use crate::transport::throttle::Throttle;
 pub use input::Input;
-pub(super) use parking::park_or_go_on;
+pub(super) use parking::{park_or_go_on, ParkedSession};
 use subscriptions::Subscriptions;
 pub use vectored::SendProgress;
 
@@ -138,13 +136,12 @@ enum Wake {
 }
 
 /// One WebSocket connection's state, served by one task ([`Session::run`]).
+/// A parked one is kept as a smaller [`ParkedSession`].
 pub struct Session<W> {
-    gw: Arc<Gateway>,
+    /// Counts the connection while it lives, running or parked.
+    gw: Counted,
     input: Input,
     decoder: Decoder,
-    /// The socket as the publishers write to it in direct mode (None: this
-    /// connection can't be shared, e.g. TLS).
-    sink: Option<Arc<dyn DirectSink>>,
     /// `conflate_interval` on state channels.
     throttle: Throttle,
     handler: Handler,
@@ -165,7 +162,8 @@ pub struct Session<W> {
     writer: W,
     queue: Arc<SubscriberQueue>,
     subscriptions: Subscriptions,
-    last_heard: Instant,
+    /// When the client last sent anything (coarse: see [`timers::Heard`]).
+    last_heard: timers::Heard,
     ping_sent: bool,
     /// permessage-deflate, if negotiated.
     deflate: Option<Deflate>,
@@ -175,9 +173,31 @@ pub struct Session<W> {
     deflate_context: Option<Box<DeflateContext>>,
 }
 
-impl<W> Drop for Session<W> {
+/// The session's gateway, counting the connection in the WebSocket
+/// connections gauge for as long as it is held: by the session, then by
+/// its parked record, then by the session again. (A field rather than
+/// `Drop` on `Session`, so that parking can move the fields out; and the
+/// gateway pointer itself, as a separate guard would be 8 more bytes.)
+pub(super) struct Counted(Arc<Gateway>);
+
+impl Counted {
+    fn new(gw: Arc<Gateway>) -> Counted {
+        gw.metrics.transport(Transport::WebSocket).connections.inc();
+        Counted(gw)
+    }
+}
+
+impl std::ops::Deref for Counted {
+    type Target = Arc<Gateway>;
+
+    fn deref(&self) -> &Arc<Gateway> {
+        &self.0
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.gw
+        self.0
             .metrics
             .transport(Transport::WebSocket)
             .connections
@@ -199,24 +219,19 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         gw: Arc<Gateway>,
         input: Input,
         writer: W,
-        sink: Option<Arc<dyn DirectSink>>,
         queue: Arc<SubscriberQueue>,
         read_ahead: Vec<u8>,
         (deflate, deflate_context): (Option<Deflate>, Option<Box<DeflateContext>>),
     ) -> Self {
         let inflate = deflate.map(ClientInflate::new);
-        // Counted down by `Drop`: a guard kept as a field would be 16 more
-        // bytes in every idle connection's future.
-        gw.metrics.transport(Transport::WebSocket).connections.inc();
         let kick = gw.kick_token();
         Session {
             input,
             decoder: Decoder::new(gw.config.limits.max_message_bytes, read_ahead, inflate),
             deflate,
             deflate_context,
-            sink,
             throttle: Throttle::new(&gw.rules),
-            gw,
+            gw: Counted::new(gw),
             handler: Handler::Commands,
             credentials: None,
             client: std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -226,7 +241,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             writer,
             queue,
             subscriptions: Subscriptions::default(),
-            last_heard: Instant::now(),
+            last_heard: timers::Heard::now(),
             ping_sent: false,
         }
     }
@@ -446,7 +461,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
             // The peer went away without a close frame.
             Wake::Read(Ok(0) | Err(_)) => Err(End::Drop),
             Wake::Read(Ok(_)) => {
-                self.last_heard = Instant::now();
+                self.last_heard = timers::Heard::now();
                 self.ping_sent = false;
                 // Boxed: bigger than the other arms, and on_wake is
                 // allocated on every wake-up.

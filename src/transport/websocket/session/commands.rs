@@ -161,20 +161,17 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
         self.send_text(&serde_json::to_vec(&ack).expect("json"))
             .await?;
         let is_state = self.gw.rules.resolve(channel.as_str()).mode == ChannelMode::State;
-        // The hub's copy of the name, kept for the connection's life; the
-        // request's copy goes (one allocation less per idle connection).
-        let channel = subscription.channel().clone();
-        self.subscriptions.insert(
-            channel,
-            Subscribed {
-                _subscription: subscription,
-                cursor,
-                // The first value after a (re)subscribe is whole. Only
-                // `state` channels have deltas: elsewhere the flag is moot
-                // (and would only cost this connection its direct mode).
-                delta: (delta && is_state).then(DeltaTrack::default),
-            },
-        );
+        // Found by the hub's copy of the name from now on; the request's
+        // copy goes (one allocation less per idle connection).
+        drop(channel);
+        self.subscriptions.insert(Subscribed {
+            subscription,
+            cursor,
+            // The first value after a (re)subscribe is whole. Only
+            // `state` channels have deltas: elsewhere the flag is moot
+            // (and would only cost this connection its direct mode).
+            delta: (delta && is_state).then(Box::<DeltaTrack>::default),
+        });
         self.write_messages(&history.messages).await
     }
 

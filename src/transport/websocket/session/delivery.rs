@@ -35,9 +35,9 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
     /// another value (none yet, after a subscribe with no history) is
     /// served by this task until it does. True if the socket was lent.
     pub(super) fn lend_socket(&mut self) -> bool {
-        let Some(sink) = &self.sink else {
+        if !W::LENDS {
             return false;
-        };
+        }
         if self.throttle.is_enabled() || !self.subscriptions.deltas_hold_cursors() {
             return false;
         }
@@ -61,16 +61,20 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 .iter()
                 .map(|(c, s)| (c.clone(), s.cursor.epoch, s.cursor.id)),
         );
-        let deltas = self.subscriptions.iter().filter(|(_, s)| s.delta.is_some());
-        report.deltas.extend(deltas.map(|(c, _)| c.clone()));
-        self.queue.enter_direct(sink, &mut report)
+        for (channel, _) in self.subscriptions.iter().filter(|(_, s)| s.delta.is_some()) {
+            report.add_delta_channel(channel.clone());
+        }
+        let Some(sink) = self.writer.direct_sink() else {
+            return false;
+        };
+        self.queue.enter_direct(&sink, &mut report)
     }
 
     /// Ends direct mode: from here on this task is the socket's only
     /// writer. Catches the cursors up with what publishers wrote and
     /// finishes a frame they wrote in part.
     pub(super) async fn take_back_socket(&mut self) -> Result<(), End> {
-        if self.sink.is_none() {
+        if !W::LENDS {
             return Ok(());
         }
         let mut report = DirectReport::default();
@@ -254,7 +258,7 @@ impl<W: AsyncWrite + SendProgress + Unpin> Session<W> {
                 return Err(slow_consumer());
             }
             let entry = self.subscriptions.get_mut(&channel).expect("listed above");
-            entry._subscription = subscription;
+            entry.subscription = subscription;
             backlog.extend(history.messages);
         }
         self.queue = queue;

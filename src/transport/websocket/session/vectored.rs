@@ -17,6 +17,16 @@ pub trait SendProgress: Sized {
     /// (see `websocket::park`).
     const PARKS: bool = false;
 
+    /// The writer's socket can be lent to publishers (direct mode).
+    const LENDS: bool = false;
+
+    /// The socket as publishers write to it in direct mode; None when
+    /// [`LENDS`](Self::LENDS) is false (e.g. TLS). Made when the session
+    /// lends it, rather than kept in every session (16 bytes).
+    fn direct_sink(&self) -> Option<std::sync::Arc<dyn crate::bus::DirectSink>> {
+        None
+    }
+
     /// Parks `session`; called only when [`PARKS`](Self::PARKS).
     fn park(session: super::Session<Self>) {
         tracing::error!("a websocket session that cannot park was parked: dropped");
