@@ -47,7 +47,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// One string match (the compiler switches on the length first) instead
 /// of nine `HeaderName` comparisons per header; the unit tests keep it in
 /// step with [`HOP_BY_HOP`].
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"

@@ -1,16 +1,18 @@
 //! Reverse proxy: every path outside the gateway's prefix goes to the
 //! upstream unchanged, bodies streamed both ways, upgrades tunnelled.
 //!
-//! Per request: the client's request is forwarded in place (its head,
-//! `HeaderMap` and body handed on, not copied; hop-by-hop headers stripped,
-//! forwarding headers added), on a pooled keep-alive HTTP/1.1 connection
-//! that the request's own task drives ([`upstream`]), and the answer's
-//! body relays back the same way ([`relay`]).
+//! Per request: the client's request is rewritten in place (hop-by-hop
+//! headers stripped, forwarding headers added) and written upstream by the
+//! proxy's own HTTP/1.1 codec ([`codec`]) on a pooled keep-alive
+//! connection, spoken by the request's own task; the answer's body relays
+//! back the same way. Upgrades and `CONNECT` go through hyper's client on
+//! such a connection instead ([`upstream`]).
 
 mod body;
+mod codec;
 mod headers;
 mod pool;
-mod relay;
+mod upgrade_relay;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -28,9 +30,10 @@ use crate::metrics::Metrics;
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
+use codec::{AnswerHead, ExchangeError, Relay, Upstream, UpstreamRequest};
 use pool::Pool;
-use relay::Relay;
-use upstream::{Target, Upstream, UpstreamRequest};
+use upgrade_relay::HyperRelay;
+use upstream::{HyperUpstream, Target};
 
 pub use crate::config::upstream::parse_upstream;
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
@@ -53,7 +56,10 @@ pub struct Proxy {
 enum Failure {
     /// No connection could be opened.
     Connect(std::io::Error),
-    /// The connection failed before the answer's head.
+    /// The exchange failed before the answer's head (or the answer was
+    /// not one the codec relays).
+    Codec(ExchangeError),
+    /// hyper's client failed before the answer's head (upgrades).
     Request(hyper::Error),
 }
 
@@ -61,6 +67,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::Codec(e) => write!(f, "{e}"),
             Failure::Request(e) => write!(f, "{e}"),
         }
     }
@@ -119,6 +126,86 @@ impl Proxy {
             req.headers_mut()
                 .insert(http::header::HOST, self.default_host.clone());
         }
+        if let Some(proto) = upgrade {
+            return Box::pin(self.forward_upgrade(req, Some(proto), started, fault, peer)).await;
+        }
+        if req.method() == Method::CONNECT {
+            return Box::pin(self.forward_upgrade(req, None, started, fault, peer)).await;
+        }
+
+        let result = tokio::time::timeout(self.timeout, self.send(&mut req)).await;
+        self.metrics
+            .proxy_duration
+            .observe(started.elapsed().as_secs_f64());
+        // What went wrong is logged with the upstream's address; the
+        // client is told only what kind of failure it was.
+        let (head, upstream, sent) = match result {
+            Err(_) => return self.timed_out(),
+            Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
+            Ok(Ok(answer)) => answer,
+        };
+        drop(req);
+        let AnswerHead {
+            mut parts,
+            framing,
+            keep_alive,
+            has_hop_by_hop,
+        } = head;
+        self.metrics.proxy_answered(parts.status.as_u16());
+        if has_hop_by_hop {
+            remove_hop_by_hop(&mut parts.headers);
+        }
+        // An answer that came before the whole request went out leaves
+        // the connection mid-request: not reused.
+        let relay = Relay::new(upstream, framing, keep_alive && sent, self.pool.clone());
+        Response::from_parts(parts, Body::stream(relay))
+    }
+
+    /// Sends the request on a pooled connection, or a new one, and reads
+    /// the answer's head. A pooled connection the upstream closed before
+    /// the request went out is retried once on a new connection (a
+    /// request it began to send is not: it may not be idempotent). The
+    /// boolean: the whole request was sent.
+    async fn send(
+        &self,
+        req: &mut UpstreamRequest,
+    ) -> Result<(AnswerHead, Upstream, bool), Failure> {
+        let mut pooled = true;
+        loop {
+            let mut upstream = self.connection(pooled).await?;
+            match upstream.exchange(req).await {
+                Ok((head, sent)) => return Ok((head, upstream, sent)),
+                Err(ExchangeError::Unsent(e)) if upstream.reused => {
+                    tracing::debug!(error = %e, "proxy: pooled upstream connection was closed; retrying on a new one");
+                    pooled = false;
+                }
+                Err(e) => return Err(Failure::Codec(e)),
+            }
+        }
+    }
+
+    /// A pooled connection (when `pooled`) or a new one.
+    async fn connection(&self, pooled: bool) -> Result<Upstream, Failure> {
+        match pooled.then(|| self.pool.take()).flatten() {
+            Some(upstream) => Ok(upstream),
+            // Boxed: connecting is rare, and its future (address lookup,
+            // connect) would otherwise size every request's.
+            None => Box::pin(self.target.connect())
+                .await
+                .map_err(Failure::Connect),
+        }
+    }
+
+    /// An upgrade (`upgrade`: the protocol asked for) or a `CONNECT`,
+    /// through hyper's client, which hands the socket over on `101`.
+    async fn forward_upgrade(
+        &self,
+        mut req: UpstreamRequest,
+        upgrade: Option<HeaderValue>,
+        started: Instant,
+        fault: Option<body::FaultSlot>,
+        peer: SocketAddr,
+    ) -> Response {
         let downstream_upgrade = upgrade.map(|proto| {
             req.headers_mut().insert(http::header::UPGRADE, proto);
             req.headers_mut().insert(
@@ -129,12 +216,10 @@ impl Proxy {
             hyper::upgrade::on(&mut req)
         });
 
-        let result = tokio::time::timeout(self.timeout, self.send(req)).await;
+        let result = tokio::time::timeout(self.timeout, self.send_hyper(req)).await;
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
-        // What went wrong is logged with the upstream's address; the
-        // client is told only what kind of failure it was.
         let (mut resp, upstream) = match result {
             Err(_) => return self.timed_out(),
             Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
@@ -151,33 +236,25 @@ impl Proxy {
             }
         }
         remove_hop_by_hop(resp.headers_mut());
-        let pool = self.pool.clone();
-        resp.map(|incoming| Body::stream(Relay::new(incoming, upstream, pool)))
+        resp.map(|incoming| Body::stream(HyperRelay::new(incoming, upstream)))
     }
 
-    /// Sends the request on a pooled connection, or a new one. A pooled
-    /// connection the upstream closed before the request went out is
-    /// retried once on a new connection (a request it began to send is
-    /// not: it may not be idempotent).
-    async fn send(
+    /// [`send`](Self::send) through hyper's client.
+    async fn send_hyper(
         &self,
         mut req: UpstreamRequest,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Upstream), Failure> {
+    ) -> Result<(http::Response<hyper::body::Incoming>, HyperUpstream), Failure> {
         let mut pooled = true;
         loop {
-            let mut upstream = match pooled.then(|| self.pool.take()).flatten() {
-                Some(upstream) => upstream,
-                // Boxed: connecting is rare, and its future (address
-                // lookup, connect, handshake) would otherwise size every
-                // request's.
-                None => Box::pin(self.target.connect())
-                    .await
-                    .map_err(Failure::Connect)?,
-            };
+            let upstream = self.connection(pooled).await?;
+            let reused = upstream.reused;
+            let mut upstream = HyperUpstream::handshake(upstream)
+                .await
+                .map_err(Failure::Connect)?;
             match upstream.exchange(req).await {
                 Ok(resp) => return Ok((resp, upstream)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if upstream.reused => {
+                    Some(unsent) if reused => {
                         tracing::debug!(error = %e.error(), "proxy: pooled upstream connection was closed; retrying on a new one");
                         req = unsent;
                         pooled = false;
