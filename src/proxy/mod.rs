@@ -49,6 +49,8 @@ pub struct Proxy {
     timeout: std::time::Duration,
     /// How fast request bodies must arrive.
     pace: Pace,
+    /// Plain requests through the codec (`proxy.codec`).
+    codec: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -88,6 +90,7 @@ impl Proxy {
                 grace: cfg.body_timeout,
                 min_rate: cfg.body_min_rate,
             },
+            codec: cfg.codec,
             metrics,
         })
     }
@@ -126,11 +129,8 @@ impl Proxy {
             req.headers_mut()
                 .insert(http::header::HOST, self.default_host.clone());
         }
-        if let Some(proto) = upgrade {
-            return Box::pin(self.forward_upgrade(req, Some(proto), started, fault, peer)).await;
-        }
-        if req.method() == Method::CONNECT {
-            return Box::pin(self.forward_upgrade(req, None, started, fault, peer)).await;
+        if upgrade.is_some() || req.method() == Method::CONNECT || !self.codec {
+            return Box::pin(self.forward_hyper(req, upgrade, started, fault, peer)).await;
         }
 
         let result = tokio::time::timeout(self.timeout, self.send(&mut req)).await;
@@ -196,9 +196,10 @@ impl Proxy {
         }
     }
 
-    /// An upgrade (`upgrade`: the protocol asked for) or a `CONNECT`,
-    /// through hyper's client, which hands the socket over on `101`.
-    async fn forward_upgrade(
+    /// An upgrade (`upgrade`: the protocol asked for), a `CONNECT`, or
+    /// any request with `proxy.codec = false`, through hyper's client,
+    /// which hands the socket over on `101`.
+    async fn forward_hyper(
         &self,
         mut req: UpstreamRequest,
         upgrade: Option<HeaderValue>,
