@@ -15,9 +15,12 @@ mod pool;
 mod upgrade_relay;
 mod upstream;
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
@@ -27,6 +30,7 @@ use crate::config::ProxyConfig;
 use crate::http::{Body, Request, Response};
 use crate::metrics::ConnectionGuard;
 use crate::metrics::Metrics;
+use crate::net::deadlines::Deadline;
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
@@ -37,6 +41,10 @@ use upstream::{HyperUpstream, Target};
 
 pub use crate::config::upstream::parse_upstream;
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
+
+/// A `proxy.timeout` longer than this is this (the wheel counts ticks in
+/// a `u64`; a year is as good as never).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
 
 /// The upstream, its pooled connections and the proxy's limits.
 pub struct Proxy {
@@ -133,16 +141,16 @@ impl Proxy {
             return Box::pin(self.forward_hyper(req, upgrade, started, fault, peer)).await;
         }
 
-        let result = tokio::time::timeout(self.timeout, self.send(&mut req)).await;
+        let result = self.within_timeout(self.send(&mut req)).await;
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
         // What went wrong is logged with the upstream's address; the
         // client is told only what kind of failure it was.
         let (head, upstream, sent) = match result {
-            Err(_) => return self.timed_out(),
-            Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
-            Ok(Ok(answer)) => answer,
+            None => return self.timed_out(),
+            Some(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
+            Some(Ok(answer)) => answer,
         };
         drop(req);
         let AnswerHead {
@@ -159,6 +167,21 @@ impl Proxy {
         // the connection mid-request: not reused.
         let relay = Relay::new(upstream, framing, keep_alive && sent, self.pool.clone());
         Response::from_parts(parts, Body::stream(relay))
+    }
+
+    /// `fut`'s output, or `None` once `proxy.timeout` has passed. The
+    /// deadline is a slot on the shared timer wheel (`net::deadlines`,
+    /// 100 ms ticks: a 504 comes up to 0.2 s late, never early) instead of
+    /// a tokio timer of its own, whose registration, polls and removal
+    /// cost ~1.4k instructions per request (callgrind).
+    async fn within_timeout<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let deadline = Deadline::after(self.timeout.min(LONGEST_TIMEOUT));
+        let mut fut = pin!(fut);
+        poll_fn(|cx| match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => deadline.poll_due(cx).map(|()| None),
+        })
+        .await
     }
 
     /// Sends the request on a pooled connection, or a new one, and reads
@@ -217,14 +240,14 @@ impl Proxy {
             hyper::upgrade::on(&mut req)
         });
 
-        let result = tokio::time::timeout(self.timeout, self.send_hyper(req)).await;
+        let result = self.within_timeout(self.send_hyper(req)).await;
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
         let (mut resp, upstream) = match result {
-            Err(_) => return self.timed_out(),
-            Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
-            Ok(Ok(answer)) => answer,
+            None => return self.timed_out(),
+            Some(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
+            Some(Ok(answer)) => answer,
         };
         self.metrics.proxy_answered(resp.status().as_u16());
 

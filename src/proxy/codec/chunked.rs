@@ -78,42 +78,9 @@ impl Chunked {
             match self.state {
                 State::Done => return Ok(Step::Done),
                 State::Size => {
-                    if buf.is_empty() {
+                    if !self.size_line(buf)? {
                         return Ok(Step::NeedMore);
                     }
-                    if !buf[0].is_ascii_hexdigit() {
-                        return Err("invalid chunk size");
-                    }
-                    let (used, size) = match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete(found)) => found,
-                        Ok(httparse::Status::Partial) => {
-                            // httparse takes any byte in an extension; hyper
-                            // refuses a bare LF there, and bounds them.
-                            if buf.contains(&b'\n') {
-                                return Err("chunk extension contains a newline");
-                            }
-                            if buf.len() >= EXTENSIONS_LIMIT - self.extensions + SIZE_PREFIX_MAX {
-                                return Err("chunk extensions over the limit");
-                            }
-                            return Ok(Step::NeedMore);
-                        }
-                        Err(_) => return Err("invalid chunk size"),
-                    };
-                    let line = &buf[..used - 2];
-                    if line.contains(&b'\n') {
-                        return Err("chunk extension contains a newline");
-                    }
-                    if let Some(semi) = line.iter().position(|&b| b == b';') {
-                        self.extensions += line.len() - semi - 1;
-                        if self.extensions >= EXTENSIONS_LIMIT {
-                            return Err("chunk extensions over the limit");
-                        }
-                    }
-                    buf.advance(used);
-                    self.state = match size {
-                        0 => State::Trailers,
-                        n => State::Data(n),
-                    };
                 }
                 State::Data(left) => {
                     if buf.is_empty() {
@@ -141,37 +108,88 @@ impl Chunked {
                     None => return Ok(Step::NeedMore),
                 },
                 State::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.state = State::Done;
-                        continue;
-                    }
-                    if buf.len() < 2 {
-                        if buf.first().is_some_and(|&b| b == b'\n') {
-                            return Err("bare LF after the last chunk");
-                        }
+                    if !self.trailers(buf)? {
                         return Ok(Step::NeedMore);
                     }
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if buf.len() > TRAILER_LIMIT {
-                            return Err("trailers over the limit");
-                        }
-                        return Ok(Step::NeedMore);
-                    };
-                    let section = end + 4;
-                    if section > TRAILER_LIMIT {
-                        return Err("trailers over the limit");
-                    }
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-                    match httparse::parse_headers(&buf[..section], &mut fields) {
-                        Ok(httparse::Status::Complete((used, _))) if used == section => {}
-                        _ => return Err("invalid trailers"),
-                    }
-                    buf.advance(section);
-                    self.state = State::Done;
                 }
             }
         }
+    }
+
+    /// Takes a chunk-size line off the front of `buf`; false when it is not
+    /// complete yet.
+    fn size_line(&mut self, buf: &mut BytesMut) -> Result<bool, &'static str> {
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        if !buf[0].is_ascii_hexdigit() {
+            return Err("invalid chunk size");
+        }
+        let (used, size) = match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => {
+                // httparse takes any byte in an extension; hyper refuses a
+                // bare LF there, and bounds them.
+                if buf.contains(&b'\n') {
+                    return Err("chunk extension contains a newline");
+                }
+                if buf.len() >= EXTENSIONS_LIMIT - self.extensions + SIZE_PREFIX_MAX {
+                    return Err("chunk extensions over the limit");
+                }
+                return Ok(false);
+            }
+            Err(_) => return Err("invalid chunk size"),
+        };
+        let line = &buf[..used - 2];
+        if line.contains(&b'\n') {
+            return Err("chunk extension contains a newline");
+        }
+        if let Some(semi) = line.iter().position(|&b| b == b';') {
+            self.extensions += line.len() - semi - 1;
+            if self.extensions >= EXTENSIONS_LIMIT {
+                return Err("chunk extensions over the limit");
+            }
+        }
+        buf.advance(used);
+        self.state = match size {
+            0 => State::Trailers,
+            n => State::Data(n),
+        };
+        Ok(true)
+    }
+
+    /// Takes the trailer section (checked, then dropped) off the front of
+    /// `buf`; false when it is not complete yet.
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<bool, &'static str> {
+        if buf.starts_with(b"\r\n") {
+            buf.advance(2);
+            self.state = State::Done;
+            return Ok(true);
+        }
+        if buf.len() < 2 {
+            if buf.first().is_some_and(|&b| b == b'\n') {
+                return Err("bare LF after the last chunk");
+            }
+            return Ok(false);
+        }
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            if buf.len() > TRAILER_LIMIT {
+                return Err("trailers over the limit");
+            }
+            return Ok(false);
+        };
+        let section = end + 4;
+        if section > TRAILER_LIMIT {
+            return Err("trailers over the limit");
+        }
+        let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+        match httparse::parse_headers(&buf[..section], &mut fields) {
+            Ok(httparse::Status::Complete((used, _))) if used == section => {}
+            _ => return Err("invalid trailers"),
+        }
+        buf.advance(section);
+        self.state = State::Done;
+        Ok(true)
     }
 }
 
