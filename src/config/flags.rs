@@ -92,6 +92,7 @@ pub(super) const SETTINGS: &[(&str, &str, Kind, &str)] = &[
     ("proxy-pool-max-idle", "proxy.pool_max_idle", Kind::Integer, "Idle upstream connections kept [default: 256]"),
     ("proxy-body-timeout", "proxy.body_timeout", Kind::Text, "A proxied request body must be complete within this, plus 1s per --proxy-body-min-rate bytes, else 408 [default: 10s]"),
     ("proxy-body-min-rate", "proxy.body_min_rate", Kind::Integer, "Bytes per second that extend --proxy-body-timeout by 1s; 0 = whole body within it [default: 1024]"),
+    ("proxy-codec", "proxy.codec", Kind::Bool, "Plain proxied requests through the gateway's own upstream HTTP/1.1 codec; false = hyper's client, a new upstream connection per request [default: true]"),
     ("publish-key", "publish.keys", Kind::List, "Key allowing POST {prefix}/publish on the public listener; repeat or comma-separate [default: none]"),
     ("drain-timeout", "shutdown.drain_timeout", Kind::Text, "Time connections get to finish after SIGTERM [default: 10s]"),
     ("jwt-secret", "auth.jwt_secret", Kind::Text, "HS256 secret for subscriber tokens [default: none]"),

@@ -32,6 +32,12 @@ pub struct ProxyConfig {
     /// `body_timeout` (each this many bytes extends the deadline by 1 s);
     /// 0: the whole body within `body_timeout`. Default: 1024.
     pub body_min_rate: u64,
+    /// Plain proxied requests go through the gateway's own HTTP/1.1
+    /// upstream codec (docs/http.md); `false`: through hyper's client, on
+    /// a new upstream connection per request (for comparison, or should an
+    /// upstream's answers need hyper's leniency). Upgrades and `CONNECT`
+    /// always use hyper's client. Default: true.
+    pub codec: bool,
 }
 
 impl Default for ProxyConfig {
@@ -43,6 +49,7 @@ impl Default for ProxyConfig {
             pool_max_idle: 256,
             body_timeout: Duration::from_secs(10),
             body_min_rate: 1024,
+            codec: true,
         }
     }
 }

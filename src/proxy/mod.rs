@@ -1,21 +1,26 @@
 //! Reverse proxy: every path outside the gateway's prefix goes to the
 //! upstream unchanged, bodies streamed both ways, upgrades tunnelled.
 //!
-//! Per request: the client's request is forwarded in place (its head,
-//! `HeaderMap` and body handed on, not copied; hop-by-hop headers stripped,
-//! forwarding headers added), on a pooled keep-alive HTTP/1.1 connection
-//! that the request's own task drives ([`upstream`]), and the answer's
-//! body relays back the same way ([`relay`]).
+//! Per request: the client's request is rewritten in place (hop-by-hop
+//! headers stripped, forwarding headers added) and written upstream by the
+//! proxy's own HTTP/1.1 codec ([`codec`]) on a pooled keep-alive
+//! connection, spoken by the request's own task; the answer's body relays
+//! back the same way. Upgrades and `CONNECT` go through hyper's client on
+//! such a connection instead ([`upstream`]).
 
 mod body;
+mod codec;
 mod headers;
 mod pool;
-mod relay;
+mod upgrade_relay;
 mod upstream;
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{HeaderValue, Method, StatusCode, Uri, Version};
@@ -25,15 +30,21 @@ use crate::config::ProxyConfig;
 use crate::http::{Body, Request, Response};
 use crate::metrics::ConnectionGuard;
 use crate::metrics::Metrics;
+use crate::net::deadlines::Deadline;
 use crate::protocol::error::ApiError;
 use crate::protocol::Transport;
 use body::{GuardedBody, Pace};
+use codec::{AnswerHead, ExchangeError, Relay, Upstream, UpstreamRequest};
 use pool::Pool;
-use relay::Relay;
-use upstream::{Target, Upstream, UpstreamRequest};
+use upgrade_relay::HyperRelay;
+use upstream::{HyperUpstream, Target};
 
 pub use crate::config::upstream::parse_upstream;
 pub use headers::{add_forwarding, remove_hop_by_hop, upgrade_protocol};
+
+/// A `proxy.timeout` longer than this is this (the wheel counts ticks in
+/// a `u64`; a year is as good as never).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
 
 /// The upstream, its pooled connections and the proxy's limits.
 pub struct Proxy {
@@ -46,6 +57,8 @@ pub struct Proxy {
     timeout: std::time::Duration,
     /// How fast request bodies must arrive.
     pace: Pace,
+    /// Plain requests through the codec (`proxy.codec`).
+    codec: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -53,7 +66,10 @@ pub struct Proxy {
 enum Failure {
     /// No connection could be opened.
     Connect(std::io::Error),
-    /// The connection failed before the answer's head.
+    /// The exchange failed before the answer's head (or the answer was
+    /// not one the codec relays).
+    Codec(ExchangeError),
+    /// hyper's client failed before the answer's head (upgrades).
     Request(hyper::Error),
 }
 
@@ -61,6 +77,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Connect(e) => write!(f, "connect: {e}"),
+            Failure::Codec(e) => write!(f, "{e}"),
             Failure::Request(e) => write!(f, "{e}"),
         }
     }
@@ -81,6 +98,7 @@ impl Proxy {
                 grace: cfg.body_timeout,
                 min_rate: cfg.body_min_rate,
             },
+            codec: cfg.codec,
             metrics,
         })
     }
@@ -119,6 +137,99 @@ impl Proxy {
             req.headers_mut()
                 .insert(http::header::HOST, self.default_host.clone());
         }
+        if upgrade.is_some() || req.method() == Method::CONNECT || !self.codec {
+            return Box::pin(self.forward_hyper(req, upgrade, started, fault, peer)).await;
+        }
+
+        let result = self.within_timeout(self.send(&mut req)).await;
+        self.metrics
+            .proxy_duration
+            .observe(started.elapsed().as_secs_f64());
+        // What went wrong is logged with the upstream's address; the
+        // client is told only what kind of failure it was.
+        let (head, upstream, sent) = match result {
+            None => return self.timed_out(),
+            Some(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
+            Some(Ok(answer)) => answer,
+        };
+        drop(req);
+        let AnswerHead {
+            mut parts,
+            framing,
+            keep_alive,
+            has_hop_by_hop,
+        } = head;
+        self.metrics.proxy_answered(parts.status.as_u16());
+        if has_hop_by_hop {
+            remove_hop_by_hop(&mut parts.headers);
+        }
+        // An answer that came before the whole request went out leaves
+        // the connection mid-request: not reused.
+        let relay = Relay::new(upstream, framing, keep_alive && sent, self.pool.clone());
+        Response::from_parts(parts, Body::stream(relay))
+    }
+
+    /// `fut`'s output, or `None` once `proxy.timeout` has passed. The
+    /// deadline is a slot on the shared timer wheel (`net::deadlines`,
+    /// 100 ms ticks: a 504 comes up to 0.2 s late, never early) instead of
+    /// a tokio timer of its own, whose registration, polls and removal
+    /// cost ~1.4k instructions per request (callgrind).
+    async fn within_timeout<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let deadline = Deadline::after(self.timeout.min(LONGEST_TIMEOUT));
+        let mut fut = pin!(fut);
+        poll_fn(|cx| match fut.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => deadline.poll_due(cx).map(|()| None),
+        })
+        .await
+    }
+
+    /// Sends the request on a pooled connection, or a new one, and reads
+    /// the answer's head. A pooled connection the upstream closed before
+    /// the request went out is retried once on a new connection (a
+    /// request it began to send is not: it may not be idempotent). The
+    /// boolean: the whole request was sent.
+    async fn send(
+        &self,
+        req: &mut UpstreamRequest,
+    ) -> Result<(AnswerHead, Upstream, bool), Failure> {
+        let mut pooled = true;
+        loop {
+            let mut upstream = self.connection(pooled).await?;
+            match upstream.exchange(req).await {
+                Ok((head, sent)) => return Ok((head, upstream, sent)),
+                Err(ExchangeError::Unsent(e)) if upstream.reused => {
+                    tracing::debug!(error = %e, "proxy: pooled upstream connection was closed; retrying on a new one");
+                    pooled = false;
+                }
+                Err(e) => return Err(Failure::Codec(e)),
+            }
+        }
+    }
+
+    /// A pooled connection (when `pooled`) or a new one.
+    async fn connection(&self, pooled: bool) -> Result<Upstream, Failure> {
+        match pooled.then(|| self.pool.take()).flatten() {
+            Some(upstream) => Ok(upstream),
+            // Boxed: connecting is rare, and its future (address lookup,
+            // connect) would otherwise size every request's.
+            None => Box::pin(self.target.connect())
+                .await
+                .map_err(Failure::Connect),
+        }
+    }
+
+    /// An upgrade (`upgrade`: the protocol asked for), a `CONNECT`, or
+    /// any request with `proxy.codec = false`, through hyper's client,
+    /// which hands the socket over on `101`.
+    async fn forward_hyper(
+        &self,
+        mut req: UpstreamRequest,
+        upgrade: Option<HeaderValue>,
+        started: Instant,
+        fault: Option<body::FaultSlot>,
+        peer: SocketAddr,
+    ) -> Response {
         let downstream_upgrade = upgrade.map(|proto| {
             req.headers_mut().insert(http::header::UPGRADE, proto);
             req.headers_mut().insert(
@@ -129,16 +240,14 @@ impl Proxy {
             hyper::upgrade::on(&mut req)
         });
 
-        let result = tokio::time::timeout(self.timeout, self.send(req)).await;
+        let result = self.within_timeout(self.send_hyper(req)).await;
         self.metrics
             .proxy_duration
             .observe(started.elapsed().as_secs_f64());
-        // What went wrong is logged with the upstream's address; the
-        // client is told only what kind of failure it was.
         let (mut resp, upstream) = match result {
-            Err(_) => return self.timed_out(),
-            Ok(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
-            Ok(Ok(answer)) => answer,
+            None => return self.timed_out(),
+            Some(Err(e)) => return self.failed(&e, fault.as_ref(), peer),
+            Some(Ok(answer)) => answer,
         };
         self.metrics.proxy_answered(resp.status().as_u16());
 
@@ -151,33 +260,25 @@ impl Proxy {
             }
         }
         remove_hop_by_hop(resp.headers_mut());
-        let pool = self.pool.clone();
-        resp.map(|incoming| Body::stream(Relay::new(incoming, upstream, pool)))
+        resp.map(|incoming| Body::stream(HyperRelay::new(incoming, upstream)))
     }
 
-    /// Sends the request on a pooled connection, or a new one. A pooled
-    /// connection the upstream closed before the request went out is
-    /// retried once on a new connection (a request it began to send is
-    /// not: it may not be idempotent).
-    async fn send(
+    /// [`send`](Self::send) through hyper's client.
+    async fn send_hyper(
         &self,
         mut req: UpstreamRequest,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Upstream), Failure> {
+    ) -> Result<(http::Response<hyper::body::Incoming>, HyperUpstream), Failure> {
         let mut pooled = true;
         loop {
-            let mut upstream = match pooled.then(|| self.pool.take()).flatten() {
-                Some(upstream) => upstream,
-                // Boxed: connecting is rare, and its future (address
-                // lookup, connect, handshake) would otherwise size every
-                // request's.
-                None => Box::pin(self.target.connect())
-                    .await
-                    .map_err(Failure::Connect)?,
-            };
+            let upstream = self.connection(pooled).await?;
+            let reused = upstream.reused;
+            let mut upstream = HyperUpstream::handshake(upstream)
+                .await
+                .map_err(Failure::Connect)?;
             match upstream.exchange(req).await {
                 Ok(resp) => return Ok((resp, upstream)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if upstream.reused => {
+                    Some(unsent) if reused => {
                         tracing::debug!(error = %e.error(), "proxy: pooled upstream connection was closed; retrying on a new one");
                         req = unsent;
                         pooled = false;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::upstream::Upstream;
+use super::codec::Upstream;
 
 pub struct Pool {
     idle: Mutex<Idle>,

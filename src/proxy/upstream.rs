@@ -1,26 +1,19 @@
-//! One HTTP/1.1 connection to the upstream, driven by the task of the
-//! request that uses it.
+//! Connecting to the upstream, and hyper's client for the requests the
+//! codec leaves to it: upgrades (a WebSocket through the proxy) and
+//! `CONNECT`, whose `101` / `2xx` hands the socket over to a tunnel.
 //!
-//! hyper-util's pooled client (used before) ran every upstream connection
-//! in a task of its own, so each request crossed tasks several times (the
-//! request in, the head back, the body back) and spawned one more task per
-//! response to put the connection back in the pool once it was idle, after
-//! a pool checkout keyed by scheme and authority and a URI rebuilt twice.
-//! Here the downstream connection's task polls the upstream connection's
-//! future itself, beside the answer it waits for and then beside the body
-//! it relays ([`Relay`](super::relay::Relay)), as the bench's floor proxy
-//! does: per request no task, no cross-task wake-up.
-//!
-//! Between requests a connection waits in the [`Pool`](super::pool::Pool),
-//! polled by no one; taking it out polls it once (with a no-op waker) so a
-//! connection the upstream closed meanwhile is seen closed and dropped.
+//! Such a request takes a pooled (or new) connection's socket and speaks
+//! hyper's `client::conn::http1` on it, driven by the request's own task
+//! beside the answer it waits for and then beside the body it relays
+//! ([`HyperRelay`](super::upgrade_relay::HyperRelay)); the connection is
+//! not pooled again (an upgrade consumes it; a refused one is rare).
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::body::Incoming;
@@ -30,24 +23,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::GuardedBody;
+use super::codec::{Upstream, UpstreamRequest};
 
 /// The upstream connection's own future (hyper's, with upgrades; its type
 /// cannot be named, hence the box: one per connection, not per request).
 type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
-/// A request as sent upstream.
-pub type UpstreamRequest = http::Request<GuardedBody>;
-
-/// One keep-alive connection to the upstream.
-pub struct Upstream {
+/// hyper's client on an upstream connection's socket, for one request.
+pub struct HyperUpstream {
     sender: SendRequest<GuardedBody>,
     /// `None` once it finished (closed by either side, failed, upgraded).
     driver: Option<Driver>,
-    /// It served a request before: a request it failed to send may be
-    /// retried on a fresh connection (the upstream closed it while idle).
-    pub reused: bool,
-    /// When it was last put back in the pool.
-    pub idle_since: Instant,
 }
 
 /// Where and how to connect.
@@ -90,16 +76,7 @@ impl Target {
             })??;
         stream.set_nodelay(true)?;
         set_keepalive(&stream);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        Ok(Upstream {
-            sender,
-            driver: Some(Box::pin(conn.with_upgrades())),
-            reused: false,
-            idle_since: Instant::now(),
-        })
+        Ok(Upstream::new(stream))
     }
 
     async fn open(&self) -> io::Result<TcpStream> {
@@ -157,23 +134,24 @@ fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
     }
 }
 
-impl Upstream {
+impl HyperUpstream {
+    /// Speaks hyper's client on the connection's socket (it has nothing
+    /// unread between requests).
+    pub async fn handshake(up: Upstream) -> io::Result<HyperUpstream> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(up.stream))
+            .await
+            .map_err(io::Error::other)?;
+        Ok(HyperUpstream {
+            sender,
+            driver: Some(Box::pin(conn.with_upgrades())),
+        })
+    }
+
     /// Lets the connection read and write what it can; false once it has
     /// finished.
     pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         drive(&mut self.driver, cx)
-    }
-
-    /// Whether its last poll left it idle and waiting for a request (no
-    /// poll: what the connection did since is not seen).
-    pub fn idle_now(&self) -> bool {
-        self.driver.is_some() && self.sender.is_ready()
-    }
-
-    /// Whether it can take a request now: still open and idle.
-    pub fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        self.drive(&mut cx) && self.sender.is_ready()
     }
 
     /// Sends `req` and drives the connection until the answer's head
@@ -183,7 +161,7 @@ impl Upstream {
         &mut self,
         req: UpstreamRequest,
     ) -> Result<http::Response<Incoming>, TrySendError<UpstreamRequest>> {
-        let Upstream { sender, driver, .. } = self;
+        let HyperUpstream { sender, driver } = self;
         let mut answer = pin!(sender.try_send_request(req));
         poll_fn(|cx| {
             // The connection first: it writes the request, reads the head

@@ -1,9 +1,7 @@
-//! The upstream's answer body on its way to the client. Polling it drives
-//! the upstream connection too (no task of its own, see
-//! [`upstream`](super::upstream)); once the body is complete the
-//! connection goes back to the [`Pool`] if it is idle and open, and is
-//! closed otherwise (a client that left mid-body, an upstream that said
-//! `Connection: close` or failed).
+//! The answer body of a request that went through hyper's client (an
+//! upgrade the upstream refused, a `CONNECT`) on its way to the client.
+//! Polling it drives the upstream connection too (no task of its own, see
+//! [`upstream`](super::upstream)); the connection is closed with it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,41 +11,30 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use hyper::body::Incoming;
 
-use super::pool::Pool;
-use super::upstream::Upstream;
+use super::upstream::HyperUpstream;
 use crate::http::{BoxError, StreamBody};
 use crate::net::meter::ConnMeter;
 
-pub struct Relay {
+pub struct HyperRelay {
     incoming: Incoming,
-    /// `None` once handed back (or given up).
-    upstream: Option<Upstream>,
-    pool: Arc<Pool>,
+    /// `None` once the body ended (or failed).
+    upstream: Option<HyperUpstream>,
 }
 
-impl Relay {
-    pub fn new(incoming: Incoming, upstream: Upstream, pool: Arc<Pool>) -> Relay {
-        Relay {
+impl HyperRelay {
+    pub fn new(incoming: Incoming, upstream: HyperUpstream) -> HyperRelay {
+        HyperRelay {
             incoming,
             upstream: Some(upstream),
-            pool,
         }
     }
 
-    /// The body is complete: the connection goes back to the pool if it
-    /// can take another request. Usually the poll that delivered the end
-    /// of the body left it idle already; if not, it is polled once more.
-    /// (Taking it from the pool polls it anyway, for a close meanwhile.)
     fn release(&mut self) {
-        if let Some(mut up) = self.upstream.take() {
-            if up.idle_now() || up.usable() {
-                self.pool.put(up);
-            }
-        }
+        self.upstream = None;
     }
 }
 
-impl StreamBody for Relay {
+impl StreamBody for HyperRelay {
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -85,14 +72,4 @@ impl StreamBody for Relay {
     /// A proxied body is the upstream's, not counted against the client's
     /// output limits (as before this type existed).
     fn attach_meter(&self, _meter: &Arc<ConnMeter>) {}
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended (a
-        // Content-Length reached, or an empty body it never polls).
-        if self.incoming.is_end_stream() {
-            self.release();
-        }
-    }
 }
