@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use super::channel::{forget_if_unused, ChannelInner, ChannelSlot, Channels};
 use super::read::{read_history, HistoryRead};
+use super::shard::{Job, Shards, Wakeups, CHUNK, INLINE_WRITES};
 use super::Hub;
 use crate::metrics::DeliveryTally;
 use crate::protocol::channel::{ChannelName, Since};
@@ -217,6 +218,52 @@ impl Hub {
             channels: self.channels.clone(),
             poll: poll.clone(),
             listed: true,
+        }
+    }
+}
+
+impl Shards {
+    /// Hands `msgs` (just recorded, under the channel lock) to the
+    /// channel's parked long-polls, taken off its list: in parts of at
+    /// most [`CHUNK`] polls, spread over the shards like lanes are, so a
+    /// channel's polls are answered by every core. Unlike a delivery, not
+    /// counted in the backlog: the polls were listed by their own requests,
+    /// one answer each, so a publisher cannot make these pile up.
+    pub(super) fn offer_polls(
+        &self,
+        slot: &Arc<ChannelSlot>,
+        mut polls: Vec<Listed>,
+        msgs: &[Arc<Message>],
+        limit: usize,
+        wakeups: &mut Wakeups,
+    ) {
+        let msgs: Arc<[Arc<Message>]> = msgs.into();
+        let spread = if polls.len() > INLINE_WRITES {
+            self.count()
+        } else {
+            1
+        };
+        let parts = polls
+            .len()
+            .div_ceil(CHUNK)
+            .max(spread)
+            .clamp(1, polls.len().max(1));
+        let size = polls.len().div_ceil(parts);
+        // The first part goes to a shard picked by the channel's address,
+        // so one-poll channels do not all land on the first shard.
+        let first = (Arc::as_ptr(slot) as usize / 64) % self.count();
+        let mut part = 0;
+        while !polls.is_empty() {
+            let these = polls.split_off(polls.len().saturating_sub(size));
+            let writes = these.len();
+            let job = Job::Polls(PollBatch {
+                slot: slot.clone(),
+                msgs: msgs.clone(),
+                polls: these,
+                limit,
+            });
+            self.post((first + part) % self.count(), job, writes, wakeups);
+            part += 1;
         }
     }
 }

@@ -22,6 +22,7 @@
 //!   answer 503 and subscribes fail instead of hanging.
 
 mod conn;
+mod polls;
 mod script;
 mod subscriber;
 
@@ -45,7 +46,7 @@ use super::{
 use crate::config::redis_url::redact;
 use crate::config::{ChannelMode, Config, PubSubMode, RedisConfig};
 use crate::protocol::channel::{ChannelName, Since};
-use crate::protocol::{Cursor, Epoch, Message, Payload};
+use crate::protocol::{Epoch, Message, Payload};
 
 /// The Redis bus. Must be created inside the tokio runtime (it starts the
 /// subscription task); dropping it stops the task.
@@ -459,41 +460,7 @@ impl Bus for RedisBus {
         poll: &Arc<dyn WaitingPoll>,
         limit: usize,
     ) -> Result<Parking, BusError> {
-        // Listed first, so that this node counts the poll as wanting the
-        // channel before it makes sure the channel is live (the order
-        // `subscribe` keeps; see `subscriber::sweep_idle`), at the client's
-        // cursor until the shared history says which sequence it is in.
-        let listed = Cursor::new(since.id, since.epoch.unwrap_or(Epoch::NONE));
-        let Some(registration) = self.shared.hub.list_poll(channel, listed, poll) else {
-            self.shared.ensure_live(channel).await?;
-            let read = self.shared.history(channel, Some(since), limit).await?;
-            return Ok(Parking::Read(read));
-        };
-        let read = match self.shared.ensure_live(channel).await {
-            Ok(()) => self.shared.history(channel, Some(since), limit).await,
-            Err(e) => Err(e),
-        };
-        // The client's cursor, in the sequence the read found when it
-        // named none (a plain id): what a parked poll's answer is measured
-        // against, so that one of a lost sequence is told `truncated`.
-        let settled = |epoch| Cursor::new(since.id, since.epoch.unwrap_or(epoch));
-        let cursor = match &read {
-            Ok(read) if read.messages.is_empty() && !read.truncated && !read.conflated => {
-                settled(read.epoch)
-            }
-            // Something to answer (or an error): unless a live message was
-            // offered to the poll meanwhile, which it is answering.
-            _ if poll.cancel() => return read.map(Parking::Read),
-            _ => {
-                registration.taken();
-                let epoch = read.map_or(listed.epoch, |read| read.epoch);
-                return Ok(Parking::Taken(settled(epoch)));
-            }
-        };
-        if cursor.epoch != listed.epoch {
-            registration.set_cursor(cursor);
-        }
-        Ok(Parking::Parked(registration, cursor))
+        self.shared.park_poll(channel, since, poll, limit).await
     }
 
     async fn history(
