@@ -472,3 +472,37 @@ async fn tls_password_and_database_from_the_url() {
     let (status, body) = untrusted.publish("secure", b"{}", "application/json").await;
     assert_eq!(status, 503, "{body}");
 }
+
+/// A long-poll parked on one node on a channel nobody has published on
+/// yet (with `since=0` and without `since`) gets the first message
+/// published on the other node: the new sequence's first message is its
+/// next, not a reset it must be woken for (the two-node deploy check
+/// found it answered empty).
+#[tokio::test]
+async fn a_poll_parked_on_a_new_channel_gets_the_first_message_from_the_other_node() {
+    let redis = RedisServer::start().await;
+    let bus = bus_args(&redis.url(), false);
+    let a = start_gateway(&bus, &[]).await;
+    let b = start_gateway(&bus, &[]).await;
+    for (channel, query) in [
+        ("fresh.zero", "since=0&timeout=20"),
+        ("fresh.none", "timeout=20"),
+    ] {
+        let url = a.public_url(&format!("/rt/poll/{channel}?{query}"));
+        let poll =
+            tokio::spawn(
+                async move { http("GET", &url, &[("Connection", "keep-alive")], None).await },
+            );
+        a.wait_metric("pollbridge_longpoll_parked_polls", &[], 1.0)
+            .await;
+        let id = b.publish_json(channel, &json!({"first": true})).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), poll)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let body = answer.json();
+        assert_eq!(ids(&body), vec![id], "{body}");
+        assert_eq!(body["truncated"], false, "{body}");
+    }
+}

@@ -301,10 +301,13 @@ fn relist(slot: &ChannelSlot, listed: Listed, limit: usize, tally: &mut Delivery
 /// Wakes every poll listed on the channel whose cursor is not in
 /// `epoch` (all of them for [`Epoch::NONE`]): the data it waited on is
 /// gone. (A shared bus's poll may be listed at the shared sequence before
-/// this node has seen a message of it: that one waits on.)
+/// this node has seen a message of it: that one waits on; so does a poll
+/// at id 0, which had nothing of any sequence: the new one's first
+/// message is its next.)
 pub(super) fn wake_all_but(inner: &mut ChannelInner, epoch: Epoch) {
     inner.polls.retain(|listed| {
-        let keep = !epoch.is_none() && listed.cursor.epoch == epoch;
+        let fresh = listed.cursor.id == 0;
+        let keep = !epoch.is_none() && (listed.cursor.epoch == epoch || fresh);
         if !keep {
             listed.poll.wake();
         }

@@ -179,9 +179,21 @@ fn a_new_sequence_or_a_forgotten_channel_wakes_the_polls() {
     let Parking::Parked(_registration, _) = parking else {
         panic!("parked");
     };
+    // At id 0 a poll had nothing of any sequence: a new one's first
+    // message is its next, so a reset keeps it.
     let other = Epoch::parse(b"ff").unwrap();
     hub.reset(&ch, other);
-    assert_eq!(*rec.woken.lock(), 1, "its cursor is of the old sequence");
+    assert_eq!(*rec.woken.lock(), 0, "nothing lost at id 0");
+    hub.publish_next(&ch, &Bytes::from("1"));
+    assert_eq!(*rec.offered.lock(), vec![vec![1]]);
+    let (behind, parking) = park(&hub, &ch, Since::plain(1));
+    let Parking::Parked(_behind_registration, _) = parking else {
+        panic!("parked");
+    };
+    let third = Epoch::parse(b"fe").unwrap();
+    hub.reset(&ch, third);
+    assert_eq!(*behind.woken.lock(), 1, "its cursor is of the old sequence");
+    let other = third;
     // A poll listed at the new sequence waits on through a reset to it.
     let (kept, parking) = park(&hub, &ch, Since::at(0, other));
     let Parking::Parked(_kept_registration, _) = parking else {
