@@ -28,13 +28,6 @@ pub trait DirectSink: Send + Sync {
     fn encoded_delta<'m>(&self, _msg: &'m Message, _base: u64) -> Option<&'m Bytes> {
         None
     }
-    /// Whether the publisher may write `msg` now; false ends direct mode
-    /// before it (the connection's task takes it). Asked once per message,
-    /// just before it is encoded, so a sink may take a bounded number (a
-    /// parked long-poll takes one: its answer).
-    fn admit(&self, _msg: &Message) -> bool {
-        true
-    }
     /// Writes what the socket takes now, without waiting.
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// `msgs` were written whole (deliveries themselves are counted by

@@ -394,9 +394,6 @@ fn chunk_frames<'m>(
 ) -> usize {
     let mut ready = 0;
     for (msg, slot) in chunk.iter().zip(frames.iter_mut()) {
-        if !sink.admit(msg) {
-            break;
-        }
         let frame = match holds.as_deref_mut() {
             Some(held) => sink.encoded_delta(msg, *held).inspect(|_| *held = msg.id),
             None => Some(sink.encoded(msg)),
